@@ -1,0 +1,48 @@
+// gRPC server bootstrap shared by every service: one listening address, the
+// standard health service and server reflection, and a graceful shutdown
+// that stops accepting, then drains in-flight calls up to a deadline.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tollgate {
+
+class GrpcServer final {
+ public:
+  explicit GrpcServer(std::string listen);
+  ~GrpcServer();
+
+  // Services must outlive the server. Call before Start().
+  void Register(grpc::Service* service);
+  // Binds and starts serving; throws std::runtime_error if the address cannot be bound.
+  void Start();
+  int port() const { return port_; }
+  const std::string& listen() const { return listen_; }
+  // Health status of every registered service and of the server as a whole ("").
+  void SetServing(bool serving);
+  void Shutdown(std::chrono::system_clock::time_point deadline);
+
+ private:
+  std::string listen_;
+  std::vector<grpc::Service*> services_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+// Constant-time check of the "authorization: Bearer <admin token>" metadata.
+// An empty configured token refuses every admin call.
+grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
+                             const std::string& admin_token);
+
+// A client channel with keep-alive; every call made on it must still set a deadline.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+
+// Sets a deadline `timeout` from now on `context`.
+void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout);
+
+}  // namespace tollgate

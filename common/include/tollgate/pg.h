@@ -1,0 +1,136 @@
+// PostgreSQL plumbing: a small RAII connection pool and the migration runner.
+// Only the Pg* repositories and this layer include pqxx.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace prometheus {
+class Registry;
+template <typename T>
+class Family;
+class Gauge;
+class Counter;
+}  // namespace prometheus
+
+namespace tollgate {
+
+class PgPoolTimeout final : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct PgPoolOptions {
+  std::string dsn;
+  int size = 8;
+  std::chrono::milliseconds acquire_timeout{2000};
+  std::string name = "default";  // metrics label: the owning service
+};
+
+class PgPool final {
+ public:
+  explicit PgPool(PgPoolOptions options, prometheus::Registry* registry = nullptr);
+  ~PgPool();
+  PgPool(const PgPool&) = delete;
+  PgPool& operator=(const PgPool&) = delete;
+
+  class Lease final {
+   public:
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+    pqxx::connection& operator*() const { return *conn_; }
+    pqxx::connection* operator->() const { return conn_.get(); }
+    // The connection is unusable: close it instead of returning it.
+    void MarkBroken() { broken_ = true; }
+
+   private:
+    friend class PgPool;
+    Lease(PgPool* pool, std::unique_ptr<pqxx::connection> conn);
+    PgPool* pool_;
+    std::unique_ptr<pqxx::connection> conn_;
+    bool broken_ = false;
+  };
+
+  // Waits up to the acquire timeout for a free connection (opening a new one
+  // while under `size`). Throws PgPoolTimeout or pqxx::broken_connection.
+  Lease Acquire();
+
+  // Runs `fn(pqxx::connection&)`. If the connection turns out broken (the
+  // server restarted, pg_terminate_backend, a network cut) it is replaced and
+  // `fn` runs once more on a fresh connection: `fn` must be a transaction
+  // that either committed or did nothing when it throws broken_connection.
+  template <typename Fn>
+  auto Run(Fn&& fn) -> decltype(fn(std::declval<pqxx::connection&>())) {
+    for (int attempt = 0;; ++attempt) {
+      Lease lease = Acquire();
+      try {
+        return fn(*lease);
+      } catch (const pqxx::broken_connection&) {
+        OnBroken(lease);
+        if (attempt >= 1) throw;
+      }
+    }
+  }
+
+  // Checks the database answers (readiness probes).
+  bool Ping();
+
+  int size() const { return options_.size; }
+  int open_connections() const;
+  int idle_connections() const;
+
+ private:
+  void Release(std::unique_ptr<pqxx::connection> conn, bool broken);
+  // Marks the lease broken and closes every idle connection too: whatever
+  // broke this one (a server restart, a failover) broke its siblings.
+  void OnBroken(Lease& lease);
+  void UpdateGauges();
+
+  PgPoolOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<pqxx::connection>> idle_;
+  int open_ = 0;
+  prometheus::Gauge* open_gauge_ = nullptr;
+  prometheus::Gauge* idle_gauge_ = nullptr;
+  prometheus::Counter* replaced_counter_ = nullptr;
+  prometheus::Counter* timeout_counter_ = nullptr;
+};
+
+struct Migration {
+  int64_t version;
+  std::string name;
+  std::string sql;
+};
+
+class SchemaTooNew final : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct MigrationResult {
+  int64_t schema_version = 0;
+  int applied = 0;
+};
+
+// Applies the missing `migrations` (sorted by version) to `conn` under a
+// per-service advisory lock, one transaction each, recording them in
+// schema_migrations. Throws SchemaTooNew when the database has a version this
+// binary does not know.
+MigrationResult Migrate(pqxx::connection& conn, const std::string& service,
+                        const std::vector<Migration>& migrations);
+
+// Highest applied migration, or 0 on an empty database.
+int64_t SchemaVersion(pqxx::connection& conn);
+
+}  // namespace tollgate

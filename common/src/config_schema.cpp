@@ -1,0 +1,69 @@
+// The one list of configuration keys. A key not listed here is rejected.
+#include "tollgate/config.h"
+
+namespace tollgate {
+namespace {
+
+void AddDbService(std::vector<ConfigKey>& keys, const std::string& svc, int port) {
+  using T = ConfigType;
+  keys.push_back({svc + ".grpc_listen", T::kHostPort, "127.0.0.1:" + std::to_string(port),
+                  "address the " + svc + " gRPC server binds"});
+  keys.push_back({svc + ".database.dsn", T::kString,
+                  "host=127.0.0.1 port=5432 user=postgres dbname=tollgate_" + svc,
+                  "libpq connection string of the " + svc +
+                      " database (a password only via the environment or dsn_file)"});
+  keys.push_back({svc + ".database.dsn_file", T::kString, "",
+                  "file holding the DSN (takes precedence over dsn)"});
+  keys.push_back(
+      {svc + ".database.pool_size", T::kInt, "8", "connections in the pool", false, 1, 256});
+  keys.push_back({svc + ".database.acquire_timeout", T::kDuration, "2s",
+                  "how long a caller waits for a free connection", false, 1, 600000});
+  keys.push_back({svc + ".database.connect_timeout", T::kDuration, "30s",
+                  "how long start-up waits for the database to accept connections", false, 0,
+                  3600000});
+  keys.push_back(
+      {svc + ".workers", T::kInt, "8", "threads for blocking database work", false, 1, 256});
+}
+
+std::vector<ConfigKey> BuildSchema() {
+  using T = ConfigType;
+  std::vector<ConfigKey> keys = {
+      {"log.level",
+       T::kEnum,
+       "info",
+       "debug, info, warn or error",
+       false,
+       INT64_MIN,
+       INT64_MAX,
+       {"debug", "info", "warn", "error"}},
+      {"metrics.listen", T::kHostPort, "127.0.0.1:9464",
+       "address of this process's Prometheus /metrics endpoint"},
+      {"shutdown.drain_timeout", T::kDuration, "10s",
+       "on SIGTERM, how long in-flight work may take to finish", false, 0, 3600000},
+      {"admin.token", T::kString, "", "token required by every admin RPC", true},
+  };
+  AddDbService(keys, "auth", 7101);
+  AddDbService(keys, "quota", 7102);
+  AddDbService(keys, "router", 7103);
+  AddDbService(keys, "billing", 7104);
+  std::vector<ConfigKey> edge = {
+      {"edge.listen", T::kHostPort, "127.0.0.1:8080", "address of the OpenAI-compatible HTTP API"},
+      {"edge.threads", T::kInt, "0", "I/O threads (0: one per core)", false, 0, 256},
+      {"edge.auth_target", T::kString, "127.0.0.1:7101", "gRPC address of the auth service"},
+      {"edge.quota_targets", T::kStringList, "127.0.0.1:7102",
+       "gRPC addresses of the quota replicas, in ordinal order"},
+      {"edge.router_target", T::kString, "127.0.0.1:7103", "gRPC address of the router service"},
+      {"edge.billing_target", T::kString, "127.0.0.1:7104", "gRPC address of the billing service"},
+  };
+  keys.insert(keys.end(), edge.begin(), edge.end());
+  return keys;
+}
+
+}  // namespace
+
+const std::vector<ConfigKey>& ConfigSchema() {
+  static const std::vector<ConfigKey> schema = BuildSchema();
+  return schema;
+}
+
+}  // namespace tollgate

@@ -1,0 +1,86 @@
+#include "tollgate/grpc_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <openssl/crypto.h>
+
+#include <stdexcept>
+
+#include "tollgate/log.h"
+
+namespace tollgate {
+
+GrpcServer::GrpcServer(std::string listen) : listen_(std::move(listen)) {}
+
+GrpcServer::~GrpcServer() {
+  if (server_) Shutdown(std::chrono::system_clock::now());
+}
+
+void GrpcServer::Register(grpc::Service* service) { services_.push_back(service); }
+
+void GrpcServer::Start() {
+  static const bool kGlobalsSet = [] {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    return true;
+  }();
+  (void)kGlobalsSet;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen_, grpc::InsecureServerCredentials(), &port_);
+  builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
+  for (auto* s : services_) builder.RegisterService(s);
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) {
+    server_.reset();
+    throw std::runtime_error("cannot listen for gRPC on " + listen_);
+  }
+  auto colon = listen_.rfind(':');
+  listen_ = listen_.substr(0, colon) + ":" + std::to_string(port_);
+}
+
+void GrpcServer::SetServing(bool serving) {
+  if (!server_) return;
+  auto* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus(serving);
+}
+
+void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
+  if (!server_) return;
+  SetServing(false);
+  server_->Shutdown(deadline);  // stops accepting; cancels what is left at the deadline
+  server_->Wait();
+  server_.reset();
+}
+
+grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
+                             const std::string& admin_token) {
+  if (admin_token.empty())
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "admin RPCs are disabled: no admin token is configured");
+  const auto& md = context.client_metadata();
+  auto it = md.find("authorization");
+  static constexpr std::string_view kBearer = "Bearer ";
+  if (it == md.end()) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing admin token");
+  std::string_view value(it->second.data(), it->second.size());
+  if (value.substr(0, kBearer.size()) == kBearer) value.remove_prefix(kBearer.size());
+  bool ok = value.size() == admin_token.size() &&
+            CRYPTO_memcmp(value.data(), admin_token.data(), value.size()) == 0;
+  if (!ok) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid admin token");
+  return grpc::Status::OK;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetMaxReceiveMessageSize(16 * 1024 * 1024);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+}  // namespace tollgate

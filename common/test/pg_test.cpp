@@ -1,0 +1,156 @@
+// The pool and the migration runner against a real throwaway PostgreSQL.
+#include "tollgate/pg.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "pg_fixture.h"
+
+namespace tollgate {
+namespace {
+
+using testing::TestDatabase;
+
+std::vector<Migration> TwoMigrations() {
+  return {{1, "create_things", "CREATE TABLE things (id BIGSERIAL PRIMARY KEY, name TEXT)"},
+          {2, "seed_things", "INSERT INTO things (name) VALUES ('a'), ('b')"}};
+}
+
+int64_t Count(pqxx::connection& c, const std::string& sql) {
+  pqxx::nontransaction tx(c);
+  return tx.exec(sql)[0][0].as<int64_t>();
+}
+
+TEST(MigrateTest, AppliesOnceAndRecords) {
+  TestDatabase db;
+  pqxx::connection c(db.dsn());
+  auto first = Migrate(c, "svc", TwoMigrations());
+  EXPECT_EQ(first.applied, 2);
+  EXPECT_EQ(first.schema_version, 2);
+  auto second = Migrate(c, "svc", TwoMigrations());
+  EXPECT_EQ(second.applied, 0);
+  EXPECT_EQ(second.schema_version, 2);
+  EXPECT_EQ(Count(c, "SELECT count(*) FROM things"), 2) << "the seed ran twice";
+  EXPECT_EQ(Count(c, "SELECT count(*) FROM schema_migrations"), 2);
+  EXPECT_EQ(SchemaVersion(c), 2);
+}
+
+TEST(MigrateTest, ConcurrentRunnersApplyEachMigrationExactlyOnce) {
+  TestDatabase db;
+  // A slow first migration widens the race window: without the advisory lock
+  // both runners would see version 0 and both would seed.
+  std::vector<Migration> migrations = {
+      {1, "slow_create", "SELECT pg_sleep(0.3); CREATE TABLE things (id BIGSERIAL, name TEXT)"},
+      {2, "seed", "INSERT INTO things (name) VALUES ('only-once')"}};
+  constexpr int kRunners = 4;
+  std::atomic<int> applied{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> runners;
+  for (int i = 0; i < kRunners; ++i) {
+    runners.emplace_back([&] {
+      try {
+        pqxx::connection c(db.dsn());  // each runner is its own session, like a process
+        applied += Migrate(c, "svc", migrations).applied;
+      } catch (const std::exception& e) {
+        ++failures;
+        ADD_FAILURE() << e.what();
+      }
+    });
+  }
+  for (auto& t : runners) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(applied.load(), 2);
+  pqxx::connection c(db.dsn());
+  EXPECT_EQ(Count(c, "SELECT count(*) FROM things"), 1);
+}
+
+TEST(MigrateTest, RefusesASchemaNewerThanItKnows) {
+  TestDatabase db;
+  pqxx::connection c(db.dsn());
+  Migrate(c, "svc", TwoMigrations());
+  std::vector<Migration> older = {TwoMigrations().front()};
+  try {
+    Migrate(c, "svc", older);
+    FAIL() << "an older binary accepted a newer schema";
+  } catch (const SchemaTooNew& e) {
+    EXPECT_NE(std::string(e.what()).find("schema version 2"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MigrateTest, AFailedMigrationLeavesNoRecord) {
+  TestDatabase db;
+  pqxx::connection c(db.dsn());
+  std::vector<Migration> bad = {{1, "ok", "CREATE TABLE a (x INT)"},
+                                {2, "broken", "CREATE TABLE b (x NOSUCHTYPE)"}};
+  EXPECT_ANY_THROW(Migrate(c, "svc", bad));
+  EXPECT_EQ(SchemaVersion(c), 1);
+  // The lock was released: a fixed binary can proceed.
+  bad[1].sql = "CREATE TABLE b (x INT)";
+  EXPECT_EQ(Migrate(c, "svc", bad).applied, 1);
+}
+
+std::vector<int> BackendPids(PgPool& pool, int n) {
+  // Hold n leases at once so that n distinct connections exist.
+  std::vector<PgPool::Lease> leases;
+  std::vector<int> pids;
+  for (int i = 0; i < n; ++i) {
+    leases.push_back(pool.Acquire());
+    pqxx::nontransaction tx(*leases.back());
+    pids.push_back(tx.exec("SELECT pg_backend_pid()")[0][0].as<int>());
+  }
+  return pids;
+}
+
+TEST(PgPoolTest, ReplacesConnectionsKilledByTheServer) {
+  TestDatabase db;
+  PgPool pool({db.dsn(), 3, std::chrono::milliseconds(2000), "test"});
+  auto before = BackendPids(pool, 3);
+  EXPECT_EQ(pool.open_connections(), 3);
+  {
+    pqxx::connection admin(db.dsn());
+    pqxx::nontransaction tx(admin);
+    for (int pid : before) tx.exec("SELECT pg_terminate_backend(" + std::to_string(pid) + ")");
+  }
+  // Every pooled connection is now dead; each Run must still succeed, on a new backend.
+  for (int i = 0; i < 6; ++i) {
+    int pid = pool.Run([](pqxx::connection& c) {
+      pqxx::nontransaction tx(c);
+      return tx.exec("SELECT pg_backend_pid()")[0][0].as<int>();
+    });
+    EXPECT_EQ(std::find(before.begin(), before.end(), pid), before.end())
+        << "query ran on a terminated backend";
+  }
+  EXPECT_LE(pool.open_connections(), 3);
+  EXPECT_TRUE(pool.Ping());
+}
+
+TEST(PgPoolTest, AcquireTimesOutWhenExhausted) {
+  TestDatabase db;
+  PgPool pool({db.dsn(), 1, std::chrono::milliseconds(100), "test"});
+  auto held = pool.Acquire();
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(pool.Acquire(), PgPoolTimeout);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(90));
+}
+
+TEST(PgPoolTest, AReleasedConnectionIsReused) {
+  TestDatabase db;
+  PgPool pool({db.dsn(), 2, std::chrono::milliseconds(1000), "test"});
+  { auto a = pool.Acquire(); }
+  { auto b = pool.Acquire(); }
+  EXPECT_EQ(pool.open_connections(), 1);
+  EXPECT_EQ(pool.idle_connections(), 1);
+}
+
+TEST(PgPoolTest, UnreachableDatabaseFailsClearly) {
+  PgPool pool({"host=/nonexistent-socket-dir dbname=x connect_timeout=1", 1,
+               std::chrono::milliseconds(100), "test"});
+  EXPECT_THROW(pool.Acquire(), pqxx::broken_connection);
+  EXPECT_EQ(pool.open_connections(), 0);
+  EXPECT_FALSE(pool.Ping());
+}
+
+}  // namespace
+}  // namespace tollgate

@@ -1,0 +1,16 @@
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "tollgate/module.h"
+#include "tollgate/pg.h"
+
+namespace tollgate::billing {
+
+// The billing service's migrations (services/billing/migrations), embedded at build time.
+const std::vector<Migration>& Migrations();
+
+std::unique_ptr<Module> MakeBillingModule(const ModuleDeps& deps);
+
+}  // namespace tollgate::billing
