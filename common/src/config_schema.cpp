@@ -46,6 +46,31 @@ std::vector<ConfigKey> BuildSchema() {
   AddDbService(keys, "quota", 7102);
   AddDbService(keys, "router", 7103);
   AddDbService(keys, "billing", 7104);
+  // router: the upstream key pool (services/router).
+  std::vector<ConfigKey> router = {
+      {"router.master_key", T::kString, "",
+       "32-byte AES-256-GCM key that encrypts upstream secrets at rest: 64 hex characters or "
+       "base64 (e.g. `openssl rand -hex 32`)",
+       true},
+      {"router.max_attempts", T::kInt, "3",
+       "upstream attempts a Route plan holds when the caller does not ask for a number", false, 1,
+       16},
+      {"router.breaker.failure_threshold", T::kInt, "3",
+       "consecutive failures (connect error, timeout, 5xx, 401/403) that open a key's breaker",
+       false, 1, 1000},
+      {"router.breaker.cooldown", T::kDuration, "30s",
+       "how long an open breaker keeps a key out before one trial request", false, 1, 86400000},
+      {"router.breaker.trial_timeout", T::kDuration, "60s",
+       "how long a half-open key waits for its trial's outcome before granting another trial",
+       false, 1, 3600000},
+      {"router.rate_limit_cooldown", T::kDuration, "10s",
+       "how long a 429 without retry-after keeps a key out of rotation", false, 1, 3600000},
+      {"router.cache_refresh", T::kDuration, "1s",
+       "how often the catalogue is reloaded from the database (admin changes made on another "
+       "replica show up within this)",
+       false, 50, 3600000},
+  };
+  keys.insert(keys.end(), router.begin(), router.end());
   std::vector<ConfigKey> edge = {
       {"edge.listen", T::kHostPort, "127.0.0.1:8080", "address of the OpenAI-compatible HTTP API"},
       {"edge.threads", T::kInt, "0", "I/O threads (0: one per core)", false, 0, 256},
