@@ -16,7 +16,10 @@ GrpcServer::~GrpcServer() {
   if (server_) Shutdown(std::chrono::system_clock::now());
 }
 
-void GrpcServer::Register(grpc::Service* service) { services_.push_back(service); }
+void GrpcServer::Register(grpc::Service* service, std::string full_name) {
+  services_.push_back(service);
+  if (!full_name.empty()) names_.push_back(std::move(full_name));
+}
 
 void GrpcServer::Start() {
   static const bool kGlobalsSet = [] {
@@ -42,6 +45,7 @@ void GrpcServer::SetServing(bool serving) {
   if (!server_) return;
   auto* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
+  for (const auto& name : names_) health->SetServingStatus(name, serving);
   health->SetServingStatus(serving);
 }
 

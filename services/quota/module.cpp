@@ -34,7 +34,7 @@ class QuotaModule final : public DbServiceModule {
  protected:
   void RegisterServices(GrpcServer& server) override {
     admin_ = std::make_unique<AdminService>(*this);
-    server.Register(admin_.get());
+    server.Register(admin_.get(), pb::QuotaAdminService::service_full_name());
   }
 
  private:

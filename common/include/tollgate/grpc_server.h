@@ -17,8 +17,9 @@ class GrpcServer final {
   explicit GrpcServer(std::string listen);
   ~GrpcServer();
 
-  // Services must outlive the server. Call before Start().
-  void Register(grpc::Service* service);
+  // Services must outlive the server. Call before Start(). A service given its
+  // full name (e.g. pb::RouterService::service_full_name()) gets its own health status.
+  void Register(grpc::Service* service, std::string full_name = {});
   // Binds and starts serving; throws std::runtime_error if the address cannot be bound.
   void Start();
   int port() const { return port_; }
@@ -30,6 +31,7 @@ class GrpcServer final {
  private:
   std::string listen_;
   std::vector<grpc::Service*> services_;
+  std::vector<std::string> names_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };

@@ -1,0 +1,268 @@
+// Cross-process tests of the tollgate binary: real processes, a real
+// PostgreSQL (one fresh database per service), real gRPC health checks,
+// the real /metrics endpoint and the real SIGTERM path.
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <pqxx/pqxx>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "pg_fixture.h"
+
+namespace {
+
+using tollgate::testing::TestDatabase;
+
+std::string Binary() { return TOLLGATE_BIN_PATH; }
+
+// A child process with its stderr captured line by line.
+class Process {
+ public:
+  Process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe");
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+      std::vector<char*> argv;
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    err_ = fdopen(fds[0], "r");
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (err_) fclose(err_);
+  }
+
+  // Reads stderr until a JSON line satisfies `pred` (returns it) or EOF.
+  nlohmann::json WaitForLog(const std::function<bool(const nlohmann::json&)>& pred) {
+    char* line = nullptr;
+    size_t cap = 0;
+    nlohmann::json found;
+    while (getline(&line, &cap, err_) > 0) {
+      output_ += line;
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && pred(j)) {
+        found = j;
+        break;
+      }
+    }
+    free(line);
+    return found;
+  }
+
+  std::string RestOfOutput() {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, err_)) > 0) output_.append(buf, n);
+    return output_;
+  }
+
+  // Waits up to `timeout` for the exit status (-1 on timeout).
+  int Wait(std::chrono::milliseconds timeout) {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+  const std::string& output() const { return output_; }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* err_ = nullptr;
+  bool exited_ = false;
+  std::string output_;
+};
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return "";
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return resp;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& target,
+                                                            const std::string& service = "") {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  auto status = stub->Check(&ctx, req, &resp);
+  return status.ok() ? resp.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+}
+
+const std::vector<std::string> kServices = {"auth", "quota", "router", "billing"};
+
+class SuiteProcessTest : public ::testing::Test {
+ protected:
+  std::map<std::string, std::string> Env() {
+    std::map<std::string, std::string> env = {
+        {"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"},
+        {"TOLLGATE_EDGE__LISTEN", "127.0.0.1:0"},
+        {"TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s"},
+        {"TOLLGATE_ADMIN__TOKEN", "test-admin-token"},
+        // ROUTER_MASTER_KEY_PLACEHOLDER
+    };
+    for (const auto& svc : kServices) {
+      std::string up = svc;
+      for (auto& c : up) c = static_cast<char>(toupper(c));
+      env["TOLLGATE_" + up + "__GRPC_LISTEN"] = "127.0.0.1:0";
+      env["TOLLGATE_" + up + "__DATABASE__DSN"] = dbs_[svc].dsn();
+    }
+    return env;
+  }
+  std::map<std::string, TestDatabase> dbs_ = [] {
+    std::map<std::string, TestDatabase> m;
+    for (const auto& s : kServices) m.try_emplace(s);
+    return m;
+  }();
+};
+
+TEST_F(SuiteProcessTest, AllTargetsServeHealthAndMetricsAndExitZeroOnSigterm) {
+  Process p({Binary(), "--target=all"}, Env());
+  std::map<std::string, std::string> grpc_listen;
+  int edge_port = 0, metrics_port = 0;
+  p.WaitForLog([&](const nlohmann::json& j) {
+    if (j.value("msg", "") == "serving gRPC") grpc_listen[j["component"]] = j["listen"];
+    if (j.value("msg", "") == "serving HTTP") {
+      auto l = j["listen"].get<std::string>();
+      edge_port = std::stoi(l.substr(l.rfind(':') + 1));
+    }
+    if (j.value("msg", "") == "tollgate started") metrics_port = j["metrics_port"];
+    return metrics_port != 0 || j.value("msg", "") == "start-up failed";
+  });
+  ASSERT_NE(metrics_port, 0) << p.RestOfOutput();
+  ASSERT_EQ(grpc_listen.size(), kServices.size()) << p.output();
+  for (const auto& [svc, listen] : grpc_listen) {
+    EXPECT_EQ(Health(listen), grpc::health::v1::HealthCheckResponse::SERVING) << svc;
+    std::string upper = svc;
+    upper[0] = static_cast<char>(toupper(upper[0]));
+    EXPECT_EQ(Health(listen, "tollgate." + svc + ".v1." + upper + "AdminService"),
+              grpc::health::v1::HealthCheckResponse::SERVING)
+        << svc;
+  }
+  EXPECT_NE(HttpGet(edge_port, "/healthz").find("200 OK"), std::string::npos);
+  EXPECT_NE(HttpGet(edge_port, "/readyz").find("200 OK"), std::string::npos);
+  std::string metrics = HttpGet(metrics_port, "/metrics");
+  EXPECT_NE(metrics.find("tollgate_pg_pool_connections"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("tollgate_edge_http_requests_total"), std::string::npos);
+  // Migrations ran against each service's own database and nowhere else.
+  for (const auto& svc : kServices) {
+    pqxx::connection c(dbs_[svc].dsn());
+    pqxx::nontransaction tx(c);
+    EXPECT_TRUE(tx.exec("SELECT to_regclass('schema_migrations') IS NOT NULL")[0][0].as<bool>())
+        << svc;
+  }
+
+  p.Signal(SIGTERM);
+  int code = p.Wait(std::chrono::seconds(15));
+  std::string out = p.RestOfOutput();
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("\"msg\":\"stopped\""), std::string::npos) << out;
+  EXPECT_EQ(out.find("test-admin-token"), std::string::npos) << "a secret reached the logs";
+}
+
+TEST_F(SuiteProcessTest, OneTargetRunsAlone) {
+  Process p({Binary(), "--target=router"}, Env());
+  std::string listen;
+  p.WaitForLog([&](const nlohmann::json& j) {
+    if (j.value("msg", "") == "serving gRPC") listen = j["listen"];
+    return j.value("msg", "") == "tollgate started" || j.value("msg", "") == "start-up failed";
+  });
+  ASSERT_FALSE(listen.empty()) << p.RestOfOutput();
+  EXPECT_EQ(Health(listen), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(p.output().find("\"component\":\"auth\""), std::string::npos) << "auth started too";
+  // The health subcommand is what probes and the launcher use.
+  std::string cmd = Binary() + " health " + listen + " >/dev/null";
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+}
+
+TEST_F(SuiteProcessTest, RefusesADatabaseWithANewerSchema) {
+  {
+    pqxx::connection c(dbs_["auth"].dsn());
+    pqxx::nontransaction tx(c);
+    tx.exec(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL,"
+        " checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+        "INSERT INTO schema_migrations VALUES (9999, 'from_the_future', 'x', now())");
+  }
+  Process p({Binary(), "--target=auth"}, Env());
+  int code = p.Wait(std::chrono::seconds(30));
+  std::string out = p.RestOfOutput();
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("schema version 9999"), std::string::npos) << out;
+}
+
+TEST_F(SuiteProcessTest, BadConfigFailsFastNamingTheKey) {
+  auto env = Env();
+  env["TOLLGATE_AUTH__DATABASE__POOL_SIZE"] = "many";
+  Process p({Binary(), "--target=auth"}, env);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(10)), 2);
+  EXPECT_NE(p.RestOfOutput().find("auth.database.pool_size"), std::string::npos) << p.output();
+}
+
+TEST_F(SuiteProcessTest, MigrateSubcommandsRunConcurrentlyFromTwoProcesses) {
+  auto env = Env();
+  Process a({Binary(), "migrate", "--target=auth,router"}, env);
+  Process b({Binary(), "migrate", "--target=auth,router"}, env);
+  EXPECT_EQ(a.Wait(std::chrono::seconds(30)), 0) << a.RestOfOutput();
+  EXPECT_EQ(b.Wait(std::chrono::seconds(30)), 0) << b.RestOfOutput();
+  for (const std::string svc : {"auth", "router"}) {
+    pqxx::connection c(dbs_[svc].dsn());
+    pqxx::nontransaction tx(c);
+    auto dupes = tx.exec("SELECT count(*) - count(DISTINCT version) FROM schema_migrations");
+    EXPECT_EQ(dupes[0][0].as<int>(), 0) << svc;
+  }
+}
+
+}  // namespace
