@@ -1,0 +1,171 @@
+// The mock upstream's logic: fault knobs, reply generation and counters. No Beast here, so the
+// one Beast-heavy file (server.cpp) stays the only slow one to compile.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace tollgate::mock {
+
+// One set of latency/fault knobs. Unset fields inherit from the layer below; the layers, lowest
+// first: process defaults (flags) < per-key behaviour < model-name directives < x-mock-* headers.
+struct Behavior {
+  std::optional<int32_t> status;              // answer this HTTP status with an OpenAI error body
+  std::optional<int32_t> retry_after_s;       // retry-after header; alone it implies status 429
+  std::optional<std::string> error_code;      // error.code (default depends on the status)
+  std::optional<int32_t> ttfb_ms;             // delay before the response headers
+  std::optional<int32_t> chunks;              // streamed content chunks
+  std::optional<int32_t> chunk_delay_ms;      // delay before each streamed content chunk
+  std::optional<int32_t> size;                // content words
+  std::optional<int32_t> reset_after_chunks;  // RST after N events (non-streaming: no answer)
+  std::optional<bool> hang;                   // never answer; wait for the client to leave
+
+  // Fields set in `upper` replace ours.
+  void Overlay(const Behavior& upper);
+  bool Empty() const;
+};
+
+// Sets one field by name (case-insensitive, '-' may stand for '_'); false with *error for an
+// unknown name or a bad value.
+bool SetBehaviorField(Behavior* behavior, std::string_view name, std::string_view value,
+                      std::string* error);
+// "status=429,retry_after=2" (the part after KEY: of --key-behavior). Names as in Behavior, with
+// retry_after for retry_after_s and code for error_code; '-' may stand for '_'.
+std::optional<Behavior> ParseBehaviorSpec(std::string_view spec, std::string* error);
+// The control endpoint's body, e.g. {"status":500,"retry_after":2}; same names as the spec.
+std::optional<Behavior> BehaviorFromJson(const nlohmann::json& json, std::string* error);
+nlohmann::json BehaviorToJson(const Behavior& behavior);
+// Directives encoded in a model name, e.g. "mock-429-retry-2"; grammar in mock_upstream.cpp.
+Behavior ParseModelDirectives(std::string_view model);
+
+struct Options {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string port_file;
+  int32_t threads = 2;
+  Behavior defaults;
+  std::vector<std::string> require_keys;  // empty: any non-empty key is accepted
+  std::vector<std::pair<std::string, Behavior>> key_behaviors;
+  std::vector<std::string> models;
+  bool verbose = false;
+};
+
+// Runs until SIGINT/SIGTERM; returns the process exit code.
+int RunServer(const Options& options);
+
+// An OpenAI-format error: {"error":{"message","type","param","code"}}.
+struct ApiError {
+  int32_t status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::optional<std::string> param;
+  std::optional<std::string> code;
+};
+// The error a real provider sends for `status` (e.g. 429 rate_limit_exceeded); `code` overrides.
+ApiError ErrorForStatus(int32_t status, const std::optional<std::string>& code);
+void AppendErrorJson(std::string& out, const ApiError& error);
+
+void AppendJsonString(std::string& out, std::string_view text);
+
+enum class CompletionKind { kChat, kText };
+
+// One chat or text completion reply, decided up front and rendered either as one JSON body or as
+// a sequence of server-sent events.
+class Completion final {
+ public:
+  // Validates the request and plans the reply; nullopt with *error set when the request is bad.
+  // `model_override` (Azure's deployment) replaces the body's model when non-empty.
+  static std::optional<Completion> Plan(CompletionKind kind, const nlohmann::json& body,
+                                        std::string_view model_override, const Behavior& behavior,
+                                        uint64_t seq, int64_t created, ApiError* error);
+
+  bool stream() const { return stream_; }
+  void AppendJson(std::string& out) const;
+  // Appends the next "data: ...\n\n" event; false once [DONE] has been produced. *content is set
+  // when the event carries generated content (the chunk delay goes before those).
+  bool NextEvent(std::string& out, bool* content);
+  bool finished() const { return phase_ == Phase::kEnd; }
+
+ private:
+  struct Choice {
+    std::string text;            // the content, or a tool call's arguments
+    std::vector<uint32_t> cuts;  // end offset of each streamed piece of `text`
+    std::string tool_call_id;    // non-empty: this choice is a tool call
+    std::string tool_name;
+    const char* finish_reason = "stop";
+    int32_t completion_tokens = 0;
+  };
+  enum class Phase { kRole, kContent, kFinish, kUsage, kDone, kEnd };
+
+  Completion() = default;
+  void AppendUsage(std::string& out) const;
+  void AppendChunkChoiceOpen(std::string& out, size_t index) const;
+
+  CompletionKind kind_ = CompletionKind::kChat;
+  std::string id_;
+  std::string model_;
+  int64_t created_ = 0;
+  std::vector<Choice> choices_;
+  int32_t prompt_tokens_ = 0;
+  bool stream_ = false;
+  bool include_usage_ = false;
+  std::string event_prefix_;  // every chunk's JSON up to "choices":[
+  Phase phase_ = Phase::kRole;
+  size_t step_ = 0;
+  size_t steps_ = 0;
+  size_t choice_ = 0;
+};
+
+// POST /v1/embeddings: writes the response body to *out, or returns false with *error set.
+bool BuildEmbeddings(const nlohmann::json& body, std::string_view model_override, std::string* out,
+                     ApiError* error);
+std::string ModelListJson(const std::vector<std::string>& models);
+void AppendModelJson(std::string& out, std::string_view id);
+
+// Request counters and per-key behaviours, shared by all connections.
+class MockState final {
+ public:
+  explicit MockState(std::vector<std::pair<std::string, Behavior>> initial_key_behaviors);
+
+  // Counts one API request (key may be empty) and returns the behaviour set for its key.
+  std::optional<Behavior> Admit(std::string_view key, std::string_view path);
+  void Finish() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  void CountCancelled() { cancelled_.fetch_add(1, std::memory_order_relaxed); }
+
+  // An empty behaviour removes the key's entry.
+  void SetKeyBehavior(std::string_view key, const Behavior& behavior);
+  nlohmann::json StatsJson() const;
+  nlohmann::json KeyBehaviorsJson() const;
+  // Zeroes the counters (not in_flight, which is live) and restores the start-up key behaviours.
+  void Reset();
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  template <typename V>
+  using Map = std::unordered_map<std::string, V, Hash, std::equal_to<>>;
+
+  const std::vector<std::pair<std::string, Behavior>> initial_key_behaviors_;
+  mutable std::mutex mu_;
+  uint64_t total_ = 0;
+  Map<uint64_t> by_key_;
+  Map<uint64_t> by_path_;
+  Map<Behavior> key_behaviors_;
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<uint64_t> cancelled_{0};
+};
+
+}  // namespace tollgate::mock
