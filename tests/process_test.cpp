@@ -149,7 +149,7 @@ class SuiteProcessTest : public ::testing::Test {
         {"TOLLGATE_EDGE__LISTEN", "127.0.0.1:0"},
         {"TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s"},
         {"TOLLGATE_ADMIN__TOKEN", "test-admin-token"},
-        // ROUTER_MASTER_KEY_PLACEHOLDER
+        {"TOLLGATE_ROUTER__MASTER_KEY", std::string(64, 'a')},
     };
     for (const auto& svc : kServices) {
       std::string up = svc;
