@@ -1,0 +1,172 @@
+// The key pool: an in-memory snapshot of the catalogue with the secrets
+// decrypted, so Route never touches the database; smooth weighted round-robin
+// among a model's healthy keys; a circuit breaker and a 429 cooldown per key.
+//
+// Breaker, per key: `failure_threshold` consecutive failures (connect error,
+// timeout, 5xx, 401/403) open it for `breaker_cooldown`. After the cooldown it
+// is half-open: exactly one Route hands the key out as a trial (always as the
+// first attempt, the one the edge surely makes); its outcome closes the
+// breaker (the key answered: success, 4xx or 429) or reopens it (another
+// failure). A trial with no reported outcome after `trial_timeout` is presumed
+// lost and the next Route gets a new one. Success always resets the count.
+// A 429 takes the key out of rotation for its retry-after (or
+// `rate_limit_cooldown`) without counting as a failure.
+//
+// Health is per replica and survives catalogue reloads; it is reset only when
+// the key's secret is rotated. Thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tollgate/router/catalogue.h"
+#include "tollgate/router/clock.h"
+
+namespace tollgate::router {
+
+struct KeyPoolOptions {
+  int failure_threshold = 3;
+  std::chrono::milliseconds breaker_cooldown{30000};
+  std::chrono::milliseconds trial_timeout{60000};
+  std::chrono::milliseconds rate_limit_cooldown{10000};
+  // Attempts in a plan when the caller asks for 0.
+  int max_attempts = 3;
+};
+
+struct RouteAttempt {
+  int64_t key_id = 0;
+  ProviderType provider_type = ProviderType::kOpenAi;
+  std::string base_url;
+  std::string upstream_model;
+  std::string api_key;
+  std::string api_version;
+  bool trial = false;
+};
+
+struct RouteResult {
+  enum class Status { kOk, kModelNotFound, kNoHealthyUpstream };
+  Status status = Status::kOk;
+  std::string model;  // canonical name (aliases resolved); empty when not found
+  std::vector<RouteAttempt> attempts;
+};
+
+enum class OutcomeKind {
+  kUnspecified,
+  kSuccess,
+  kConnectError,
+  kTimeout,
+  kServerError,
+  kRateLimited,
+  kClientError,
+  kAuthError,
+};
+
+struct Outcome {
+  int64_t key_id = 0;
+  OutcomeKind kind = OutcomeKind::kUnspecified;
+  int64_t retry_after_ms = 0;  // 429 only; 0: the configured default
+};
+
+enum class BreakerState { kClosed, kOpen, kHalfOpen };
+
+struct KeyHealth {
+  int64_t key_id = 0;
+  BreakerState state = BreakerState::kClosed;
+  int32_t consecutive_failures = 0;
+  // Time left until an open breaker turns half-open; zero otherwise.
+  std::chrono::milliseconds breaker_remaining{0};
+  // Time left in a 429 cooldown; zero otherwise.
+  std::chrono::milliseconds rate_limit_remaining{0};
+  bool trial_in_flight = false;
+  int64_t requests = 0;  // outcomes reported
+  int64_t failures = 0;  // outcomes that counted against the breaker
+};
+
+struct ModelInfo {
+  std::string id;  // model name or alias
+  int64_t created = 0;
+  std::string owned_by;
+};
+
+// Reveals a key's plaintext secret; nullopt if it cannot be decrypted.
+using SecretOpener = std::function<std::optional<std::string>(const UpstreamKeyRecord&)>;
+
+class KeyPool final {
+ public:
+  KeyPool(KeyPoolOptions options, const Clock& clock);
+  KeyPool(const KeyPool&) = delete;
+  KeyPool& operator=(const KeyPool&) = delete;
+
+  // Swaps in a new catalogue. Returns the ids of keys whose secret could not be
+  // opened (they are kept out of rotation).
+  std::vector<int64_t> Replace(const Catalogue& catalogue, const SecretOpener& open);
+
+  // The plan for a public model name or alias: the weighted round-robin pick
+  // first, then the other healthy keys in round-robin order, at most
+  // `max_attempts` (0: the configured default).
+  RouteResult Route(std::string_view model, int max_attempts = 0);
+
+  // Feeds a breaker. Returns false for a key the pool does not know (deleted).
+  bool Report(const Outcome& outcome);
+
+  std::optional<KeyHealth> Health(int64_t key_id) const;
+  // Every key of the catalogue, by id.
+  std::vector<KeyHealth> Health() const;
+  // Models and aliases, sorted by id.
+  std::vector<ModelInfo> ListModels() const;
+
+  const KeyPoolOptions& options() const { return options_; }
+
+ private:
+  struct KeyState {
+    int32_t weight = 1;
+    bool usable = false;  // enabled, provider enabled, secret readable
+    std::string api_key;
+    std::string nonce;  // a new nonce means a rotated secret: the health starts over
+    // Breaker.
+    int32_t consecutive_failures = 0;
+    bool open = false;
+    Clock::TimePoint open_until{};
+    bool trial_in_flight = false;
+    Clock::TimePoint trial_deadline{};
+    // 429 cooldown.
+    Clock::TimePoint rate_limited_until{};
+    int64_t requests = 0;
+    int64_t failures = 0;
+  };
+  struct Candidate {
+    KeyState* key = nullptr;
+    int64_t key_id = 0;
+    ProviderType provider_type = ProviderType::kOpenAi;
+    std::string base_url;
+    std::string api_version;
+    std::string upstream_model;
+    int64_t current = 0;  // smooth weighted round-robin state
+  };
+  struct ModelEntry {
+    ModelRecord record;
+    std::vector<Candidate> candidates;
+  };
+  enum class Gate { kBlocked, kHealthy, kTrial };
+
+  Gate GateOf(const KeyState& key, Clock::TimePoint now) const;
+  KeyHealth HealthOf(int64_t id, const KeyState& key, Clock::TimePoint now) const;
+  static RouteAttempt AttemptFor(const Candidate& candidate);
+
+  const KeyPoolOptions options_;
+  const Clock& clock_;
+  mutable std::mutex mu_;
+  std::unordered_map<int64_t, KeyState> keys_;
+  std::map<std::string, ModelEntry, std::less<>> models_;
+  std::map<std::string, std::string, std::less<>> aliases_;
+};
+
+}  // namespace tollgate::router
