@@ -1,0 +1,50 @@
+// Keeps the key pool's snapshot in step with the database: on demand (after an
+// admin change on this replica) and periodically (changes made on another one).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "tollgate/router/catalogue.h"
+#include "tollgate/router/key_pool.h"
+#include "tollgate/router/repository.h"
+
+namespace tollgate::router {
+
+class CatalogueRefresher final {
+ public:
+  CatalogueRefresher(RouterRepository& repo, KeyPool& pool, SecretOpener open);
+  ~CatalogueRefresher();
+  CatalogueRefresher(const CatalogueRefresher&) = delete;
+  CatalogueRefresher& operator=(const CatalogueRefresher&) = delete;
+
+  // Loads the catalogue and hands it to the pool (skipped when nothing
+  // changed). Throws when the database cannot be read; the pool then keeps
+  // its last snapshot.
+  void Reload();
+
+  // Reloads every `interval` on a background thread until Stop(). Failures
+  // are logged; `after_each` runs after every attempt (metrics).
+  void Start(std::chrono::milliseconds interval, std::function<void()> after_each = {});
+  void Stop();
+
+ private:
+  void Loop(std::chrono::milliseconds interval, std::function<void()> after_each);
+
+  RouterRepository& repo_;
+  KeyPool& pool_;
+  SecretOpener open_;
+  std::mutex reload_mu_;  // one reload at a time, so an older read never lands last
+  std::optional<Catalogue> last_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace tollgate::router

@@ -1,0 +1,77 @@
+#include "tollgate/router/refresher.h"
+
+#include <string>
+
+#include "tollgate/log.h"
+
+namespace tollgate::router {
+
+CatalogueRefresher::CatalogueRefresher(RouterRepository& repo, KeyPool& pool, SecretOpener open)
+    : repo_(repo), pool_(pool), open_(std::move(open)) {}
+
+CatalogueRefresher::~CatalogueRefresher() { Stop(); }
+
+void CatalogueRefresher::Reload() {
+  std::lock_guard lock(reload_mu_);
+  Catalogue catalogue = repo_.LoadCatalogue();
+  if (last_ && *last_ == catalogue) return;
+  auto unreadable = pool_.Replace(catalogue, open_);
+  if (!unreadable.empty()) {
+    // Ids only: nothing about the secret itself goes to the log.
+    std::string ids;
+    for (int64_t id : unreadable) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    log::Error("router",
+               "upstream keys cannot be decrypted with router.master_key; they are out of "
+               "rotation (was the master key changed?)",
+               {{"key_ids", ids}});
+  }
+  log::Debug("router", "catalogue loaded",
+             {{"providers", catalogue.providers.size()},
+              {"keys", catalogue.keys.size()},
+              {"models", catalogue.models.size()}});
+  last_ = std::move(catalogue);
+}
+
+void CatalogueRefresher::Start(std::chrono::milliseconds interval,
+                               std::function<void()> after_each) {
+  Stop();
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = false;
+  }
+  thread_ = std::thread(
+      [this, interval, after_each = std::move(after_each)] { Loop(interval, after_each); });
+}
+
+void CatalogueRefresher::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void CatalogueRefresher::Loop(std::chrono::milliseconds interval,
+                              std::function<void()> after_each) {
+  bool failing = false;
+  std::unique_lock lock(mu_);
+  while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
+    lock.unlock();
+    try {
+      Reload();
+      if (failing) log::Info("router", "catalogue reload recovered");
+      failing = false;
+    } catch (const std::exception& e) {
+      // Route keeps answering from the last snapshot; say so once, not every second.
+      if (!failing)
+        log::Warn("router", "catalogue reload failed; serving the last snapshot",
+                  {{"error", log::Redact(e.what())}});
+      failing = true;
+    }
+    if (after_each) after_each();
+    lock.lock();
+  }
+}
+
+}  // namespace tollgate::router

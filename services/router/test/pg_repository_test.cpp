@@ -1,0 +1,338 @@
+// PgRouterRepository and RouterAdmin against a real throwaway PostgreSQL with
+// the router's embedded migrations.
+#include "tollgate/router/pg_repository.h"
+
+#include <gtest/gtest.h>
+
+#include "pg_fixture.h"
+#include "tollgate/pg.h"
+#include "tollgate/router/admin.h"
+#include "tollgate/router/module.h"
+
+namespace tollgate::router {
+namespace {
+
+using testing::TestDatabase;
+using Kind = RouterError::Kind;
+
+template <typename Fn>
+void ExpectRouterError(Kind kind, Fn&& fn, const std::string& what_contains = "") {
+  try {
+    fn();
+    ADD_FAILURE() << "no RouterError";
+  } catch (const RouterError& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    if (!what_contains.empty()) {
+      EXPECT_NE(std::string(e.what()).find(what_contains), std::string::npos) << e.what();
+    }
+  }
+}
+
+class RouterPgRepositoryTest : public ::testing::Test {
+ protected:
+  RouterPgRepositoryTest() {
+    pqxx::connection conn(db_.dsn());
+    Migrate(conn, "router", Migrations());
+  }
+
+  Provider MakeProvider(const std::string& name = "openai-main") {
+    return repo_.CreateProvider(
+        {name, ProviderType::kOpenAi, "https://api.openai.com/v1", "", true});
+  }
+
+  TestDatabase db_;
+  PgPool pool_{{db_.dsn(), 2, std::chrono::milliseconds(2000), "router-test"}};
+  PgRouterRepository repo_{pool_};
+};
+
+TEST_F(RouterPgRepositoryTest, MigrationsApplyAndAreIdempotent) {
+  pqxx::connection conn(db_.dsn());
+  auto again = Migrate(conn, "router", Migrations());
+  EXPECT_EQ(again.applied, 0);
+  EXPECT_EQ(again.schema_version, Migrations().back().version);
+  EXPECT_EQ(repo_.LoadCatalogue(), Catalogue{});
+}
+
+TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
+  Provider openai = MakeProvider();
+  EXPECT_GT(openai.id, 0);
+  EXPECT_GT(openai.created, 1600000000);
+  Provider azure = repo_.CreateProvider(
+      {"azure-eu", ProviderType::kAzureOpenAi, "https://eu.openai.azure.com", "2024-06-01", false});
+  NewUpstreamKey nk;
+  nk.provider_id = openai.id;
+  nk.name = "primary";
+  nk.secret = {std::string("\x00\x01\xff\x80"
+                           "ciphertext",
+                           14),
+               std::string(12, '\x07')};
+  nk.key_prefix = "sk-abc";
+  nk.weight = 3;
+  UpstreamKeyRecord key = repo_.CreateUpstreamKey(nk);
+  EXPECT_EQ(key.secret, nk.secret) << "BYTEA survives binary bytes, NULs included";
+  EXPECT_EQ(key.weight, 3);
+  repo_.CreateModel("gpt-4o", "openai");
+  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-08-06"});
+  repo_.SetModelRoute({"gpt-4o", azure.id, "my-gpt4o-deployment"});
+  repo_.SetAlias("gpt-4o-latest", "gpt-4o");
+
+  Catalogue c = repo_.LoadCatalogue();
+  ASSERT_EQ(c.providers.size(), 2u);
+  EXPECT_EQ(c.providers[0], openai);
+  EXPECT_EQ(c.providers[1].type, ProviderType::kAzureOpenAi);
+  EXPECT_EQ(c.providers[1].api_version, "2024-06-01");
+  EXPECT_FALSE(c.providers[1].enabled);
+  ASSERT_EQ(c.keys.size(), 1u);
+  EXPECT_EQ(c.keys[0], key);
+  ASSERT_EQ(c.models.size(), 1u);
+  EXPECT_EQ(c.models[0].owned_by, "openai");
+  ASSERT_EQ(c.routes.size(), 2u);
+  EXPECT_EQ(c.routes[1].upstream_model, "my-gpt4o-deployment");
+  ASSERT_EQ(c.aliases.size(), 1u);
+  EXPECT_EQ(c.aliases[0].model, "gpt-4o");
+
+  // Setting a route again updates it in place.
+  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-11-20"});
+  EXPECT_EQ(repo_.LoadCatalogue().routes[0].upstream_model, "gpt-4o-2024-11-20");
+}
+
+TEST_F(RouterPgRepositoryTest, DuplicatesAndMissingReferencesAreReported) {
+  Provider p = MakeProvider();
+  ExpectRouterError(
+      Kind::kAlreadyExists, [&] { MakeProvider(); }, "already exists");
+  NewUpstreamKey nk;
+  nk.provider_id = p.id;
+  nk.name = "k";
+  nk.secret = {"c", std::string(12, 'n')};
+  nk.key_prefix = "x";
+  repo_.CreateUpstreamKey(nk);
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateUpstreamKey(nk); });
+  nk.provider_id = 9999;
+  ExpectRouterError(
+      Kind::kNotFound, [&] { repo_.CreateUpstreamKey(nk); }, "provider 9999");
+
+  repo_.CreateModel("m", "system");
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel("m", "system"); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"nope", p.id, "x"}); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetAlias("a", "nope"); });
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.SetAlias("m", "m"); });
+  repo_.SetAlias("a", "m");
+  ExpectRouterError(
+      Kind::kAlreadyExists, [&] { repo_.CreateModel("a", "system"); }, "alias");
+
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateProvider(9999, {}); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteUpstreamKey(9999); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModel("nope"); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModelRoute("m", p.id); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteAlias("nope"); });
+}
+
+TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
+  Provider p = repo_.CreateProvider(
+      {"az", ProviderType::kAzureOpenAi, "https://a.openai.azure.com", "2024-02-01", true});
+  Provider disabled = repo_.UpdateProvider(p.id, {false, std::nullopt, std::nullopt});
+  EXPECT_FALSE(disabled.enabled);
+  EXPECT_EQ(disabled.base_url, p.base_url);
+  EXPECT_EQ(disabled.api_version, "2024-02-01");
+  Provider moved =
+      repo_.UpdateProvider(p.id, {std::nullopt, "https://b.openai.azure.com", "2024-06-01"});
+  EXPECT_FALSE(moved.enabled);
+  EXPECT_EQ(moved.base_url, "https://b.openai.azure.com");
+  EXPECT_EQ(moved.api_version, "2024-06-01");
+
+  NewUpstreamKey nk;
+  nk.provider_id = p.id;
+  nk.name = "k";
+  nk.secret = {"old", std::string(12, 'o')};
+  nk.key_prefix = "old";
+  nk.weight = 2;
+  UpstreamKeyRecord k = repo_.CreateUpstreamKey(nk);
+  UpstreamKeyPatch weight_only;
+  weight_only.weight = 7;
+  UpstreamKeyRecord w = repo_.UpdateUpstreamKey(k.id, weight_only);
+  EXPECT_EQ(w.weight, 7);
+  EXPECT_TRUE(w.enabled);
+  EXPECT_EQ(w.secret, k.secret);
+  UpstreamKeyPatch rotate;
+  rotate.enabled = false;
+  rotate.secret = SealedSecret{"new", std::string(12, 'N')};
+  rotate.key_prefix = "new";
+  UpstreamKeyRecord r = repo_.UpdateUpstreamKey(k.id, rotate);
+  EXPECT_EQ(r.weight, 7);
+  EXPECT_FALSE(r.enabled);
+  EXPECT_EQ(r.secret, *rotate.secret);
+  EXPECT_EQ(r.key_prefix, "new");
+}
+
+TEST_F(RouterPgRepositoryTest, DeletingAModelTakesItsRoutesAndAliases) {
+  Provider p = MakeProvider();
+  repo_.CreateModel("m", "system");
+  repo_.SetModelRoute({"m", p.id, "m"});
+  repo_.SetAlias("m2", "m");
+  repo_.DeleteModel("m");
+  Catalogue c = repo_.LoadCatalogue();
+  EXPECT_TRUE(c.models.empty());
+  EXPECT_TRUE(c.routes.empty());
+  EXPECT_TRUE(c.aliases.empty());
+  EXPECT_EQ(c.providers.size(), 1u);
+}
+
+TEST_F(RouterPgRepositoryTest, ListsKeysPerProvider) {
+  Provider a = MakeProvider("a");
+  Provider b = MakeProvider("b");
+  const std::vector<std::pair<int64_t, std::string>> keys = {{a.id, "1"}, {a.id, "2"}, {b.id, "3"}};
+  for (const auto& [provider, name] : keys) {
+    NewUpstreamKey nk;
+    nk.provider_id = provider;
+    nk.name = name;
+    nk.secret = {"c", std::string(12, 'n')};
+    nk.key_prefix = "p";
+    repo_.CreateUpstreamKey(nk);
+  }
+  EXPECT_EQ(repo_.ListUpstreamKeys(0).size(), 3u);
+  EXPECT_EQ(repo_.ListUpstreamKeys(a.id).size(), 2u);
+  EXPECT_EQ(repo_.ListUpstreamKeys(b.id).size(), 1u);
+  EXPECT_EQ(repo_.ListProviders().size(), 2u);
+}
+
+// RouterAdmin over the real repository: what an operator does, end to end
+// minus gRPC.
+class RouterAdminTest : public RouterPgRepositoryTest {
+ protected:
+  RouterAdminTest() : box_(SecretBox::ParseKey(std::string(64, 'a'))) {}
+
+  class StoppedClock final : public Clock {
+   public:
+    TimePoint Now() const override { return TimePoint() + std::chrono::hours(1); }
+  } clock_;
+  SecretBox box_;
+  KeyPool pool_{KeyPoolOptions{}, clock_};
+  CatalogueRefresher refresher_{repo_, pool_,
+                                [this](const UpstreamKeyRecord& k) { return box_.Open(k.secret); }};
+  RouterAdmin admin_{repo_, box_, pool_, refresher_};
+};
+
+TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
+  Provider p = admin_.CreateProvider(
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1///", "", true});
+  EXPECT_EQ(p.base_url, "https://api.openai.com/v1") << "trailing slashes dropped";
+  const std::string secret = "sk-proj-LIVEsecretvalue0123456789";
+  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 0, true);
+  EXPECT_EQ(k.weight, 1);
+  EXPECT_EQ(k.masked_key, "sk-proj-...");
+  admin_.CreateModel("gpt-4o-mini", "");
+  admin_.SetModelRoute({"gpt-4o-mini", p.id, ""});
+  admin_.SetAlias("mini", "gpt-4o-mini");
+
+  auto plan = pool_.Route("mini");
+  ASSERT_EQ(plan.status, RouteResult::Status::kOk);
+  EXPECT_EQ(plan.model, "gpt-4o-mini");
+  ASSERT_EQ(plan.attempts.size(), 1u);
+  EXPECT_EQ(plan.attempts[0].api_key, secret) << "decrypted for Route";
+  EXPECT_EQ(plan.attempts[0].upstream_model, "gpt-4o-mini") << "defaults to the public name";
+
+  admin_.UpdateUpstreamKey(k.id, std::nullopt, false, std::nullopt);
+  EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kNoHealthyUpstream);
+  admin_.UpdateUpstreamKey(k.id, std::nullopt, true, std::string("sk-rotated-0000000000000000"));
+  EXPECT_EQ(pool_.Route("mini").attempts.at(0).api_key, "sk-rotated-0000000000000000");
+  admin_.DeleteAlias("mini");
+  EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kModelNotFound);
+  admin_.DeleteUpstreamKey(k.id);
+  EXPECT_EQ(pool_.Route("gpt-4o-mini").status, RouteResult::Status::kNoHealthyUpstream);
+
+  auto listing = admin_.ListCatalogue();
+  ASSERT_EQ(listing.models.size(), 1u);
+  EXPECT_EQ(listing.models[0].routes.size(), 1u);
+}
+
+TEST_F(RouterAdminTest, RejectsBadInput) {
+  auto bad = [&](auto fn, const std::string& what) {
+    ExpectRouterError(Kind::kInvalidArgument, fn, what);
+  };
+  bad([&] { admin_.CreateProvider({"", ProviderType::kOpenAi, "https://x", "", true}); }, "name");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p", ProviderType::kOpenAi, "ftp://x", "", true});
+      },
+      "base_url");
+  bad([&] { admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://", "", true}); }, "host");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://x y", "", true});
+      },
+      "base_url");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p", ProviderType::kAzureOpenAi, "https://x", "", true});
+      },
+      "api_version");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p q", ProviderType::kOpenAi, "https://x", "", true});
+      },
+      "may only contain");
+  Provider p =
+      admin_.CreateProvider({"p", ProviderType::kOpenAi, "http://10.0.0.5:8000/v1", "", true});
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "", 1, true); }, "secret");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true); }, "secret");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", -1, true); }, "weight");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", 10001, true); }, "weight");
+  bad([&] { admin_.CreateModel("", ""); }, "name");
+  bad([&] { admin_.SetAlias("x", "x"); }, "itself");
+  EXPECT_TRUE(repo_.ListUpstreamKeys(0).empty()) << "nothing was written";
+}
+
+TEST_F(RouterAdminTest, KeyPrefixShowsLittle) {
+  EXPECT_EQ(KeyPrefix("sk-abcdefghijklmnopqrstuvwxyz0123456789"), "sk-abcde");
+  EXPECT_EQ(KeyPrefix("0123456789abcdef"), "0123");
+  EXPECT_EQ(KeyPrefix("abc"), "");
+}
+
+TEST_F(RouterAdminTest, ThePlaintextSecretIsStoredNowhere) {
+  const std::string secret = "sk-live-PLAINTEXT-must-never-hit-disk-4f9a1c";
+  Provider p = admin_.CreateProvider(
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true});
+  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 2, true);
+  // A second key with the same secret must not produce the same ciphertext.
+  admin_.CreateUpstreamKey(p.id, "twin", secret, 1, true);
+
+  pqxx::connection conn(db_.dsn());
+  pqxx::nontransaction tx(conn);
+  // Every column of every row, as text, and the BYTEA columns decoded raw too.
+  std::string dump;
+  for (const auto& row : tx.exec("SELECT t::text FROM upstream_keys t")) dump += row[0].c_str();
+  for (const auto& row : tx.exec("SELECT encode(secret_ciphertext, 'escape') FROM upstream_keys"))
+    dump += row[0].c_str();
+  ASSERT_FALSE(dump.empty());
+  EXPECT_EQ(dump.find(secret), std::string::npos);
+  std::string hex;  // how BYTEA prints in t::text
+  for (unsigned char c : secret) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[c >> 4];
+    hex += kDigits[c & 15];
+  }
+  EXPECT_EQ(dump.find(hex.substr(16)), std::string::npos);
+  EXPECT_EQ(dump.find(secret.substr(8)), std::string::npos) << "not even past the prefix";
+  auto stored = tx.exec("SELECT key_prefix FROM upstream_keys ORDER BY id");
+  EXPECT_EQ(std::string(stored[0][0].c_str()), "sk-live-");
+  auto distinct = tx.exec("SELECT count(DISTINCT secret_ciphertext) FROM upstream_keys");
+  EXPECT_EQ(distinct[0][0].as<int>(), 2);
+
+  // The whole database, for good measure: no other table got a copy.
+  for (const auto& table :
+       {"providers", "models", "model_routes", "model_aliases", "schema_migrations"}) {
+    for (const auto& row : tx.exec(std::string("SELECT t::text FROM ") + table + " t"))
+      EXPECT_EQ(std::string(row[0].c_str()).find(secret), std::string::npos) << table;
+  }
+  // And the admin listing carries only the mask.
+  for (const auto& listed : admin_.ListUpstreamKeys(0)) {
+    EXPECT_EQ(listed.masked_key, "sk-live-...");
+    EXPECT_EQ(listed.masked_key.find(secret.substr(8)), std::string::npos);
+  }
+  EXPECT_EQ(k.masked_key, "sk-live-...");
+}
+
+}  // namespace
+}  // namespace tollgate::router
