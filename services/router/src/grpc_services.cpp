@@ -1,0 +1,410 @@
+#include "grpc_services.h"
+
+#include <chrono>
+#include <string>
+
+#include "tollgate/errors.h"
+#include "tollgate/log.h"
+
+namespace tollgate::router {
+namespace {
+
+namespace pb = ::tollgate::router::v1;
+
+pb::ProviderType ToProto(ProviderType type) {
+  switch (type) {
+    case ProviderType::kOpenAi:
+      return pb::PROVIDER_TYPE_OPENAI;
+    case ProviderType::kAzureOpenAi:
+      return pb::PROVIDER_TYPE_AZURE_OPENAI;
+    case ProviderType::kOpenAiCompatible:
+      return pb::PROVIDER_TYPE_OPENAI_COMPATIBLE;
+  }
+  return pb::PROVIDER_TYPE_UNSPECIFIED;
+}
+
+std::optional<ProviderType> FromProto(pb::ProviderType type) {
+  switch (type) {
+    case pb::PROVIDER_TYPE_OPENAI:
+      return ProviderType::kOpenAi;
+    case pb::PROVIDER_TYPE_AZURE_OPENAI:
+      return ProviderType::kAzureOpenAi;
+    case pb::PROVIDER_TYPE_OPENAI_COMPATIBLE:
+      return ProviderType::kOpenAiCompatible;
+    default:
+      return std::nullopt;
+  }
+}
+
+OutcomeKind FromProto(pb::OutcomeKind kind) {
+  switch (kind) {
+    case pb::OUTCOME_KIND_SUCCESS:
+      return OutcomeKind::kSuccess;
+    case pb::OUTCOME_KIND_CONNECT_ERROR:
+      return OutcomeKind::kConnectError;
+    case pb::OUTCOME_KIND_TIMEOUT:
+      return OutcomeKind::kTimeout;
+    case pb::OUTCOME_KIND_SERVER_ERROR:
+      return OutcomeKind::kServerError;
+    case pb::OUTCOME_KIND_RATE_LIMITED:
+      return OutcomeKind::kRateLimited;
+    case pb::OUTCOME_KIND_CLIENT_ERROR:
+      return OutcomeKind::kClientError;
+    case pb::OUTCOME_KIND_AUTH_ERROR:
+      return OutcomeKind::kAuthError;
+    default:
+      return OutcomeKind::kUnspecified;
+  }
+}
+
+pb::BreakerState ToProto(BreakerState state) {
+  switch (state) {
+    case BreakerState::kClosed:
+      return pb::BREAKER_STATE_CLOSED;
+    case BreakerState::kOpen:
+      return pb::BREAKER_STATE_OPEN;
+    case BreakerState::kHalfOpen:
+      return pb::BREAKER_STATE_HALF_OPEN;
+  }
+  return pb::BREAKER_STATE_UNSPECIFIED;
+}
+
+void Fill(const Provider& p, pb::Provider* out) {
+  out->set_id(p.id);
+  out->set_name(p.name);
+  out->set_type(ToProto(p.type));
+  out->set_base_url(p.base_url);
+  out->set_api_version(p.api_version);
+  out->set_enabled(p.enabled);
+  out->set_created(p.created);
+}
+
+int64_t UnixMillisIn(std::chrono::milliseconds remaining) {
+  if (remaining.count() <= 0) return 0;
+  auto at = std::chrono::system_clock::now() + remaining;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
+}
+
+// Deliberately no secret field is filled: the listing carries none.
+void Fill(const KeyListing& k, pb::UpstreamKey* out) {
+  out->set_id(k.id);
+  out->set_provider_id(k.provider_id);
+  out->set_name(k.name);
+  out->set_masked_key(k.masked_key);
+  out->set_weight(k.weight);
+  out->set_enabled(k.enabled);
+  out->set_created(k.created);
+  auto* h = out->mutable_health();
+  h->set_state(ToProto(k.health.state));
+  h->set_consecutive_failures(k.health.consecutive_failures);
+  h->set_breaker_open_until_ms(UnixMillisIn(k.health.breaker_remaining));
+  h->set_rate_limited_until_ms(UnixMillisIn(k.health.rate_limit_remaining));
+  h->set_requests(k.health.requests);
+  h->set_failures(k.health.failures);
+  h->set_trial_in_flight(k.health.trial_in_flight);
+}
+
+void Fill(const ModelRecord& m, pb::Model* out) {
+  out->set_id(m.name);
+  out->set_created(m.created);
+  out->set_owned_by(m.owned_by);
+}
+
+void Fill(const ModelRoute& r, pb::ModelRoute* out) {
+  out->set_model(r.model);
+  out->set_provider_id(r.provider_id);
+  out->set_upstream_model(r.upstream_model);
+}
+
+// The client's model name goes back in the message; keep it to a sane length.
+std::string Quoted(const std::string& model) {
+  constexpr size_t kMax = 256;
+  return model.size() <= kMax ? model : model.substr(0, kMax) + "...";
+}
+
+class RouterServiceImpl final : public pb::RouterService::CallbackService {
+ public:
+  RouterServiceImpl(KeyPool& pool, RouterMetrics& metrics) : pool_(pool), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* Route(grpc::CallbackServerContext* context,
+                                  const pb::RouteRequest* request,
+                                  pb::RouteResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    RouteResult result = pool_.Route(request->model(), std::max(0, request->max_attempts()));
+    metrics_.CountRoute(result.status);
+    switch (result.status) {
+      case RouteResult::Status::kModelNotFound:
+        reactor->Finish(ToGrpcStatus(ErrorCode::kModelNotFound,
+                                     "The model `" + Quoted(request->model()) +
+                                         "` does not exist or you do not have access to it."));
+        return reactor;
+      case RouteResult::Status::kNoHealthyUpstream:
+        reactor->Finish(ToGrpcStatus(ErrorCode::kNoHealthyUpstream,
+                                     "No healthy upstream is available for the model `" +
+                                         result.model + "`. Please retry shortly."));
+        return reactor;
+      case RouteResult::Status::kOk:
+        break;
+    }
+    response->set_model(result.model);
+    for (auto& a : result.attempts) {
+      auto* out = response->add_attempts();
+      out->set_upstream_key_id(a.key_id);
+      out->set_provider_type(ToProto(a.provider_type));
+      out->set_base_url(std::move(a.base_url));
+      out->set_upstream_model(std::move(a.upstream_model));
+      out->set_api_key(std::move(a.api_key));
+      out->set_api_version(std::move(a.api_version));
+      out->set_trial(a.trial);
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ReportOutcomes(grpc::CallbackServerContext* context,
+                                           const pb::ReportOutcomesRequest* request,
+                                           pb::ReportOutcomesResponse*) override {
+    auto* reactor = context->DefaultReactor();
+    for (const auto& o : request->outcomes()) {
+      Outcome outcome{o.upstream_key_id(), FromProto(o.kind()), o.retry_after_ms()};
+      // Unknown ids (a key deleted meanwhile) and unknown kinds are dropped, not errors:
+      // the edge must not retry a batch because of one stale entry.
+      if (!pool_.Report(outcome)) continue;
+      metrics_.CountAttempt(outcome.key_id, outcome.kind);
+      if (auto health = pool_.Health(outcome.key_id)) metrics_.SetBreaker(*health);
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const pb::ListModelsRequest*,
+                                       pb::ListModelsResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    for (const auto& m : pool_.ListModels()) {
+      auto* out = response->add_models();
+      out->set_id(m.id);
+      out->set_created(m.created);
+      out->set_owned_by(m.owned_by);
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  KeyPool& pool_;
+  RouterMetrics& metrics_;
+};
+
+grpc::Status FromRouterError(const RouterError& e) {
+  switch (e.kind()) {
+    case RouterError::Kind::kInvalidArgument:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
+    case RouterError::Kind::kNotFound:
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, e.what());
+    case RouterError::Kind::kAlreadyExists:
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, e.what());
+  }
+  return grpc::Status(grpc::StatusCode::INTERNAL, "internal error");
+}
+
+class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackService {
+ public:
+  explicit RouterAdminServiceImpl(AdminServiceDeps deps) : deps_(std::move(deps)) {}
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const pb::GetStatusRequest*,
+                                      pb::GetStatusResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    grpc::Status auth = deps_.authorize(*context);
+    if (auth.ok()) deps_.status(response);
+    reactor->Finish(auth);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* CreateProvider(grpc::CallbackServerContext* context,
+                                           const pb::CreateProviderRequest* request,
+                                           pb::CreateProviderResponse* response) override {
+    return OnWorker(context, "CreateProvider", [=, this] {
+      auto type = FromProto(request->type());
+      if (!type)
+        throw RouterError(RouterError::Kind::kInvalidArgument,
+                          "type must be PROVIDER_TYPE_OPENAI, PROVIDER_TYPE_AZURE_OPENAI or "
+                          "PROVIDER_TYPE_OPENAI_COMPATIBLE");
+      NewProvider p;
+      p.name = request->name();
+      p.type = *type;
+      p.base_url = request->base_url();
+      p.api_version = request->api_version();
+      p.enabled = request->has_enabled() ? request->enabled() : true;
+      Fill(deps_.admin.CreateProvider(std::move(p)), response->mutable_provider());
+    });
+  }
+
+  grpc::ServerUnaryReactor* UpdateProvider(grpc::CallbackServerContext* context,
+                                           const pb::UpdateProviderRequest* request,
+                                           pb::UpdateProviderResponse* response) override {
+    return OnWorker(context, "UpdateProvider", [=, this] {
+      ProviderPatch patch;
+      if (request->has_enabled()) patch.enabled = request->enabled();
+      if (request->has_base_url()) patch.base_url = request->base_url();
+      if (request->has_api_version()) patch.api_version = request->api_version();
+      Fill(deps_.admin.UpdateProvider(request->id(), std::move(patch)),
+           response->mutable_provider());
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListProviders(grpc::CallbackServerContext* context,
+                                          const pb::ListProvidersRequest*,
+                                          pb::ListProvidersResponse* response) override {
+    return OnWorker(context, "ListProviders", [=, this] {
+      for (const auto& p : deps_.admin.ListProviders()) Fill(p, response->add_providers());
+    });
+  }
+
+  grpc::ServerUnaryReactor* CreateUpstreamKey(grpc::CallbackServerContext* context,
+                                              const pb::CreateUpstreamKeyRequest* request,
+                                              pb::CreateUpstreamKeyResponse* response) override {
+    return OnWorker(context, "CreateUpstreamKey", [=, this] {
+      Fill(deps_.admin.CreateUpstreamKey(request->provider_id(), request->name(), request->secret(),
+                                         request->weight(),
+                                         request->has_enabled() ? request->enabled() : true),
+           response->mutable_key());
+    });
+  }
+
+  grpc::ServerUnaryReactor* UpdateUpstreamKey(grpc::CallbackServerContext* context,
+                                              const pb::UpdateUpstreamKeyRequest* request,
+                                              pb::UpdateUpstreamKeyResponse* response) override {
+    return OnWorker(context, "UpdateUpstreamKey", [=, this] {
+      std::optional<int32_t> weight;
+      std::optional<bool> enabled;
+      std::optional<std::string> secret;
+      if (request->has_weight()) weight = request->weight();
+      if (request->has_enabled()) enabled = request->enabled();
+      if (request->has_secret()) secret = request->secret();
+      Fill(deps_.admin.UpdateUpstreamKey(request->id(), weight, enabled, std::move(secret)),
+           response->mutable_key());
+    });
+  }
+
+  grpc::ServerUnaryReactor* DeleteUpstreamKey(grpc::CallbackServerContext* context,
+                                              const pb::DeleteUpstreamKeyRequest* request,
+                                              pb::DeleteUpstreamKeyResponse*) override {
+    return OnWorker(context, "DeleteUpstreamKey",
+                    [=, this] { deps_.admin.DeleteUpstreamKey(request->id()); });
+  }
+
+  grpc::ServerUnaryReactor* ListUpstreamKeys(grpc::CallbackServerContext* context,
+                                             const pb::ListUpstreamKeysRequest* request,
+                                             pb::ListUpstreamKeysResponse* response) override {
+    return OnWorker(context, "ListUpstreamKeys", [=, this] {
+      for (const auto& k : deps_.admin.ListUpstreamKeys(request->provider_id()))
+        Fill(k, response->add_keys());
+    });
+  }
+
+  grpc::ServerUnaryReactor* CreateModel(grpc::CallbackServerContext* context,
+                                        const pb::CreateModelRequest* request,
+                                        pb::CreateModelResponse* response) override {
+    return OnWorker(context, "CreateModel", [=, this] {
+      Fill(deps_.admin.CreateModel(request->name(), request->owned_by()),
+           response->mutable_model());
+    });
+  }
+
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context,
+                                        const pb::DeleteModelRequest* request,
+                                        pb::DeleteModelResponse*) override {
+    return OnWorker(context, "DeleteModel",
+                    [=, this] { deps_.admin.DeleteModel(request->name()); });
+  }
+
+  grpc::ServerUnaryReactor* SetModelRoute(grpc::CallbackServerContext* context,
+                                          const pb::SetModelRouteRequest* request,
+                                          pb::SetModelRouteResponse* response) override {
+    return OnWorker(context, "SetModelRoute", [=, this] {
+      Fill(deps_.admin.SetModelRoute(
+               {request->model(), request->provider_id(), request->upstream_model()}),
+           response->mutable_route());
+    });
+  }
+
+  grpc::ServerUnaryReactor* DeleteModelRoute(grpc::CallbackServerContext* context,
+                                             const pb::DeleteModelRouteRequest* request,
+                                             pb::DeleteModelRouteResponse*) override {
+    return OnWorker(context, "DeleteModelRoute", [=, this] {
+      deps_.admin.DeleteModelRoute(request->model(), request->provider_id());
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetAlias(grpc::CallbackServerContext* context,
+                                     const pb::SetAliasRequest* request,
+                                     pb::SetAliasResponse*) override {
+    return OnWorker(context, "SetAlias",
+                    [=, this] { deps_.admin.SetAlias(request->alias(), request->model()); });
+  }
+
+  grpc::ServerUnaryReactor* DeleteAlias(grpc::CallbackServerContext* context,
+                                        const pb::DeleteAliasRequest* request,
+                                        pb::DeleteAliasResponse*) override {
+    return OnWorker(context, "DeleteAlias",
+                    [=, this] { deps_.admin.DeleteAlias(request->alias()); });
+  }
+
+  grpc::ServerUnaryReactor* ListCatalogue(grpc::CallbackServerContext* context,
+                                          const pb::ListCatalogueRequest*,
+                                          pb::ListCatalogueResponse* response) override {
+    return OnWorker(context, "ListCatalogue", [=, this] {
+      for (const auto& entry : deps_.admin.ListCatalogue().models) {
+        auto* out = response->add_models();
+        Fill(entry.model, out->mutable_model());
+        for (const auto& r : entry.routes) Fill(r, out->add_routes());
+        for (const auto& a : entry.aliases) out->add_aliases(a);
+      }
+    });
+  }
+
+ private:
+  // Checks the admin token, then runs `work` on the worker pool (it may block
+  // on the database) and finishes the call from there.
+  template <typename Work>
+  grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
+                                     Work work) {
+    auto* reactor = context->DefaultReactor();
+    grpc::Status auth = deps_.authorize(*context);
+    if (!auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
+    deps_.workers.Post([reactor, rpc, work = std::move(work)]() mutable {
+      grpc::Status status = grpc::Status::OK;
+      try {
+        work();
+      } catch (const RouterError& e) {
+        status = FromRouterError(e);
+      } catch (const std::exception& e) {
+        // What went wrong stays in the log; the caller learns only that it failed.
+        log::Error("router", "admin call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
+        status = ToGrpcStatus(ErrorCode::kServiceUnavailable,
+                              "the router's database is unavailable; try again");
+      }
+      reactor->Finish(status);
+    });
+    return reactor;
+  }
+
+  AdminServiceDeps deps_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& metrics) {
+  return std::make_unique<RouterServiceImpl>(pool, metrics);
+}
+
+std::unique_ptr<grpc::Service> MakeRouterAdminService(AdminServiceDeps deps) {
+  return std::make_unique<RouterAdminServiceImpl>(std::move(deps));
+}
+
+}  // namespace tollgate::router

@@ -1,0 +1,377 @@
+// The router module in-process: its real gRPC server on 127.0.0.1:0, a real
+// channel, a real throwaway database.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "pg_fixture.h"
+#include "tollgate/config.h"
+#include "tollgate/db_service.h"
+#include "tollgate/grpc_server.h"
+#include "tollgate/metrics.h"
+#include "tollgate/router/module.h"
+#include "tollgate/router/v1/router.grpc.pb.h"
+
+namespace tollgate::router {
+namespace {
+
+namespace pb = ::tollgate::router::v1;
+using testing::TestDatabase;
+
+constexpr char kToken[] = "test-admin-token-0123456789";
+constexpr char kMasterKey[] = "8f1c2a7e9b3d4f60a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
+const std::string kHeavySecret = "sk-heavy-SECRET-0123456789abcdefghij";
+const std::string kLightSecret = "sk-light-SECRET-9876543210zyxwvutsrq";
+
+class RouterProcess {
+ public:
+  RouterProcess(const std::string& dsn, Config::Environment extra = {}) {
+    Config::Environment env = {{"TOLLGATE_ROUTER__DATABASE__DSN", dsn},
+                               {"TOLLGATE_ROUTER__GRPC_LISTEN", "127.0.0.1:0"},
+                               {"TOLLGATE_ROUTER__WORKERS", "2"},
+                               {"TOLLGATE_ROUTER__DATABASE__POOL_SIZE", "2"},
+                               {"TOLLGATE_ADMIN__TOKEN", kToken},
+                               {"TOLLGATE_ROUTER__MASTER_KEY", kMasterKey},
+                               {"TOLLGATE_ROUTER__BREAKER__COOLDOWN", "1h"},
+                               {"TOLLGATE_ROUTER__CACHE_REFRESH", "100ms"}};
+    for (auto& [k, v] : extra) env[k] = v;
+    config_ = Config::Load("", env);
+    module_ = MakeRouterModule({config_, metrics_});
+  }
+  ~RouterProcess() {
+    module_->BeginShutdown();
+    module_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+  void Start() { module_->Start(); }
+  int port() { return dynamic_cast<DbServiceModule&>(*module_).grpc_port(); }
+  Metrics& metrics() { return metrics_; }
+
+ private:
+  Metrics metrics_{"127.0.0.1:0"};
+  Config config_;
+  std::unique_ptr<Module> module_;
+};
+
+class RouterGrpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    process_ = std::make_unique<RouterProcess>(db_.dsn());
+    process_->Start();
+    auto channel = MakeChannel("127.0.0.1:" + std::to_string(process_->port()));
+    router_ = pb::RouterService::NewStub(channel);
+    admin_ = pb::RouterAdminService::NewStub(channel);
+  }
+
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = kToken) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    SetDeadline(*ctx, std::chrono::seconds(10));
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+
+  // Provider "openai" with a heavy (3) and a light (1) key serving "gpt-4o-mini", alias "mini".
+  void Seed() {
+    pb::CreateProviderRequest cp;
+    cp.set_name("openai");
+    cp.set_type(pb::PROVIDER_TYPE_OPENAI);
+    cp.set_base_url("https://api.openai.com/v1");
+    pb::CreateProviderResponse provider;
+    ASSERT_TRUE(admin_->CreateProvider(Ctx().get(), cp, &provider).ok());
+    provider_id_ = provider.provider().id();
+    for (auto [name, secret, weight] :
+         {std::tuple{"heavy", kHeavySecret, 3}, std::tuple{"light", kLightSecret, 1}}) {
+      pb::CreateUpstreamKeyRequest ck;
+      ck.set_provider_id(provider_id_);
+      ck.set_name(name);
+      ck.set_secret(secret);
+      ck.set_weight(weight);
+      pb::CreateUpstreamKeyResponse key;
+      auto status = admin_->CreateUpstreamKey(Ctx().get(), ck, &key);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(key.SerializeAsString().find(secret), std::string::npos);
+      EXPECT_EQ(key.key().masked_key(), secret.substr(0, 8) + "...");
+      (weight == 3 ? heavy_id_ : light_id_) = key.key().id();
+    }
+    pb::CreateModelRequest cm;
+    cm.set_name("gpt-4o-mini");
+    cm.set_owned_by("openai");
+    pb::CreateModelResponse model;
+    ASSERT_TRUE(admin_->CreateModel(Ctx().get(), cm, &model).ok());
+    pb::SetModelRouteRequest sr;
+    sr.set_model("gpt-4o-mini");
+    sr.set_provider_id(provider_id_);
+    sr.set_upstream_model("gpt-4o-mini-2024-07-18");
+    pb::SetModelRouteResponse route;
+    ASSERT_TRUE(admin_->SetModelRoute(Ctx().get(), sr, &route).ok());
+    pb::SetAliasRequest sa;
+    sa.set_alias("mini");
+    sa.set_model("gpt-4o-mini");
+    pb::SetAliasResponse alias;
+    ASSERT_TRUE(admin_->SetAlias(Ctx().get(), sa, &alias).ok());
+  }
+
+  grpc::Status Route(const std::string& model, pb::RouteResponse* response) {
+    pb::RouteRequest request;
+    request.set_model(model);
+    return router_->Route(Ctx("").get(), request, response);
+  }
+
+  void Report(int64_t key, pb::OutcomeKind kind, int times, int64_t retry_after_ms = 0) {
+    pb::ReportOutcomesRequest request;
+    for (int i = 0; i < times; ++i) {
+      auto* o = request.add_outcomes();
+      o->set_upstream_key_id(key);
+      o->set_kind(kind);
+      o->set_retry_after_ms(retry_after_ms);
+    }
+    pb::ReportOutcomesResponse response;
+    ASSERT_TRUE(router_->ReportOutcomes(Ctx("").get(), request, &response).ok());
+  }
+
+  std::map<int64_t, pb::UpstreamKey> Keys() {
+    pb::ListUpstreamKeysResponse response;
+    EXPECT_TRUE(admin_->ListUpstreamKeys(Ctx().get(), {}, &response).ok());
+    std::map<int64_t, pb::UpstreamKey> out;
+    for (const auto& k : response.keys()) out[k.id()] = k;
+    EXPECT_EQ(response.SerializeAsString().find("SECRET"), std::string::npos);
+    return out;
+  }
+
+  TestDatabase db_;
+  std::unique_ptr<RouterProcess> process_;
+  std::unique_ptr<pb::RouterService::Stub> router_;
+  std::unique_ptr<pb::RouterAdminService::Stub> admin_;
+  int64_t provider_id_ = 0;
+  int64_t heavy_id_ = 0;
+  int64_t light_id_ = 0;
+};
+
+TEST_F(RouterGrpcTest, AdminRpcsRequireTheAdminToken) {
+  pb::GetStatusResponse status;
+  EXPECT_EQ(admin_->GetStatus(Ctx("").get(), {}, &status).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(admin_->GetStatus(Ctx("wrong-token").get(), {}, &status).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  pb::CreateProviderRequest cp;
+  cp.set_name("sneaky");
+  cp.set_type(pb::PROVIDER_TYPE_OPENAI);
+  cp.set_base_url("https://evil.example.com/v1");
+  pb::CreateProviderResponse created;
+  EXPECT_EQ(admin_->CreateProvider(Ctx("").get(), cp, &created).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  pb::ListUpstreamKeysResponse keys;
+  EXPECT_EQ(admin_->ListUpstreamKeys(Ctx("").get(), {}, &keys).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  pb::DeleteModelRequest dm;
+  dm.set_name("x");
+  pb::DeleteModelResponse deleted;
+  EXPECT_EQ(admin_->DeleteModel(Ctx("wrong-token").get(), dm, &deleted).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  pb::ListProvidersResponse providers;
+  ASSERT_TRUE(admin_->ListProviders(Ctx().get(), {}, &providers).ok());
+  EXPECT_EQ(providers.providers_size(), 0) << "the unauthenticated create did nothing";
+  ASSERT_TRUE(admin_->GetStatus(Ctx().get(), {}, &status).ok());
+  EXPECT_GE(status.schema_version(), 1);
+  EXPECT_EQ(status.database(), db_.name());
+}
+
+TEST_F(RouterGrpcTest, RouteServesTheWeightedPlanWithTheDecryptedKey) {
+  Seed();
+  std::map<int64_t, int> first;
+  for (int i = 0; i < 8; ++i) {
+    pb::RouteResponse plan;
+    auto status = Route(i % 2 ? "mini" : "gpt-4o-mini", &plan);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(plan.model(), "gpt-4o-mini");
+    ASSERT_EQ(plan.attempts_size(), 2);
+    ++first[plan.attempts(0).upstream_key_id()];
+    EXPECT_NE(plan.attempts(0).upstream_key_id(), plan.attempts(1).upstream_key_id());
+    for (const auto& a : plan.attempts()) {
+      EXPECT_EQ(a.api_key(), a.upstream_key_id() == heavy_id_ ? kHeavySecret : kLightSecret);
+      EXPECT_EQ(a.provider_type(), pb::PROVIDER_TYPE_OPENAI);
+      EXPECT_EQ(a.base_url(), "https://api.openai.com/v1");
+      EXPECT_EQ(a.upstream_model(), "gpt-4o-mini-2024-07-18");
+      EXPECT_FALSE(a.trial());
+    }
+  }
+  EXPECT_EQ(first[heavy_id_], 6);
+  EXPECT_EQ(first[light_id_], 2);
+
+  pb::RouteRequest one;
+  one.set_model("gpt-4o-mini");
+  one.set_max_attempts(1);
+  pb::RouteResponse single;
+  ASSERT_TRUE(router_->Route(Ctx("").get(), one, &single).ok());
+  EXPECT_EQ(single.attempts_size(), 1);
+
+  pb::ListModelsResponse models;
+  ASSERT_TRUE(router_->ListModels(Ctx("").get(), {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 2);
+  EXPECT_EQ(models.models(0).id(), "gpt-4o-mini");
+  EXPECT_EQ(models.models(0).owned_by(), "openai");
+  EXPECT_GT(models.models(0).created(), 1600000000);
+  EXPECT_EQ(models.models(1).id(), "mini");
+}
+
+TEST_F(RouterGrpcTest, UnknownModelIsNotFoundInOpenAiWords) {
+  Seed();
+  pb::RouteResponse plan;
+  auto status = Route("gpt-5-nope", &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(status.error_details(), "model_not_found");
+  EXPECT_EQ(status.error_message(),
+            "The model `gpt-5-nope` does not exist or you do not have access to it.");
+}
+
+TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
+  Seed();
+  Report(heavy_id_, pb::OUTCOME_KIND_SERVER_ERROR, 3);
+  Report(987654, pb::OUTCOME_KIND_SERVER_ERROR, 1);  // an unknown key is ignored
+  auto keys = Keys();
+  const auto& heavy = keys.at(heavy_id_).health();
+  EXPECT_EQ(heavy.state(), pb::BREAKER_STATE_OPEN);
+  EXPECT_EQ(heavy.consecutive_failures(), 3);
+  EXPECT_EQ(heavy.failures(), 3);
+  EXPECT_EQ(heavy.requests(), 3);
+  auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  EXPECT_GT(heavy.breaker_open_until_ms(), now_ms + 3500 * 1000) << "cooldown 1h";
+  EXPECT_EQ(keys.at(light_id_).health().state(), pb::BREAKER_STATE_CLOSED);
+
+  for (int i = 0; i < 5; ++i) {
+    pb::RouteResponse plan;
+    ASSERT_TRUE(Route("mini", &plan).ok());
+    ASSERT_EQ(plan.attempts_size(), 1);
+    EXPECT_EQ(plan.attempts(0).upstream_key_id(), light_id_);
+  }
+
+  Report(light_id_, pb::OUTCOME_KIND_RATE_LIMITED, 1, 60000);
+  EXPECT_GT(Keys().at(light_id_).health().rate_limited_until_ms(), now_ms + 50000);
+  pb::RouteResponse plan;
+  auto status = Route("mini", &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(status.error_details(), "no_healthy_upstream");
+
+  prometheus::TextSerializer serializer;
+  std::string text = serializer.Serialize(process_->metrics().registry().Collect());
+  const std::string heavy_label = "key_id=\"" + std::to_string(heavy_id_) + "\"";
+  EXPECT_NE(
+      text.find("tollgate_router_attempts_total{" + heavy_label + ",outcome=\"server_error\"} 3"),
+      std::string::npos)
+      << text;
+  EXPECT_NE(text.find("tollgate_router_breaker_state{" + heavy_label + "} 1"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("tollgate_router_routes_total{result=\"no_healthy_upstream\"} 1"),
+            std::string::npos);
+  EXPECT_EQ(text.find("987654"), std::string::npos);
+  EXPECT_EQ(text.find("SECRET"), std::string::npos);
+  EXPECT_EQ(text.find("sk-heavy"), std::string::npos) << "not even the prefix";
+}
+
+TEST_F(RouterGrpcTest, AdminErrorsMapToStatusCodes) {
+  Seed();
+  pb::CreateProviderRequest cp;
+  cp.set_name("openai");
+  cp.set_type(pb::PROVIDER_TYPE_OPENAI);
+  cp.set_base_url("https://api.openai.com/v1");
+  pb::CreateProviderResponse provider;
+  EXPECT_EQ(admin_->CreateProvider(Ctx().get(), cp, &provider).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  cp.set_name("other");
+  cp.set_type(pb::PROVIDER_TYPE_UNSPECIFIED);
+  EXPECT_EQ(admin_->CreateProvider(Ctx().get(), cp, &provider).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  cp.set_type(pb::PROVIDER_TYPE_OPENAI);
+  cp.set_base_url("not a url");
+  EXPECT_EQ(admin_->CreateProvider(Ctx().get(), cp, &provider).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  pb::UpdateUpstreamKeyRequest uk;
+  uk.set_id(123456);
+  uk.set_weight(2);
+  pb::UpdateUpstreamKeyResponse updated;
+  EXPECT_EQ(admin_->UpdateUpstreamKey(Ctx().get(), uk, &updated).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  uk.set_id(heavy_id_);
+  uk.set_weight(0);
+  EXPECT_EQ(admin_->UpdateUpstreamKey(Ctx().get(), uk, &updated).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // Disabling the provider takes its keys out of rotation at once.
+  pb::UpdateProviderRequest up;
+  up.set_id(provider_id_);
+  up.set_enabled(false);
+  pb::UpdateProviderResponse disabled;
+  ASSERT_TRUE(admin_->UpdateProvider(Ctx().get(), up, &disabled).ok());
+  EXPECT_FALSE(disabled.provider().enabled());
+  EXPECT_EQ(disabled.provider().base_url(), "https://api.openai.com/v1");
+  pb::RouteResponse plan;
+  EXPECT_EQ(Route("mini", &plan).error_details(), "no_healthy_upstream");
+
+  pb::ListCatalogueResponse catalogue;
+  ASSERT_TRUE(admin_->ListCatalogue(Ctx().get(), {}, &catalogue).ok());
+  ASSERT_EQ(catalogue.models_size(), 1);
+  EXPECT_EQ(catalogue.models(0).aliases(0), "mini");
+  EXPECT_EQ(catalogue.models(0).routes(0).upstream_model(), "gpt-4o-mini-2024-07-18");
+}
+
+TEST_F(RouterGrpcTest, AnotherReplicaSeesChangesWithinTheRefreshInterval) {
+  RouterProcess replica(db_.dsn());
+  replica.Start();
+  auto stub =
+      pb::RouterService::NewStub(MakeChannel("127.0.0.1:" + std::to_string(replica.port())));
+  pb::RouteRequest request;
+  request.set_model("mini");
+  pb::RouteResponse plan;
+  EXPECT_EQ(stub->Route(Ctx("").get(), request, &plan).error_code(), grpc::StatusCode::NOT_FOUND);
+  Seed();  // through the first replica
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  grpc::Status status;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    plan.Clear();
+    status = stub->Route(Ctx("").get(), request, &plan);
+  } while (!status.ok() && std::chrono::steady_clock::now() < deadline);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(plan.attempts_size(), 2);
+}
+
+TEST(RouterStartupTest, RefusesToStartWithoutAUsableMasterKey) {
+  TestDatabase db;
+  for (const std::string& key : {std::string(), std::string("tooshort-but-secret-ish-value")}) {
+    Config::Environment extra = {{"TOLLGATE_ROUTER__MASTER_KEY", key}};
+    RouterProcess process(db.dsn(), extra);
+    try {
+      process.Start();
+      ADD_FAILURE() << "started with master key '" << key << "'";
+    } catch (const std::runtime_error& e) {
+      std::string what = e.what();
+      EXPECT_NE(what.find("router.master_key"), std::string::npos) << what;
+      if (key.empty()) {
+        EXPECT_NE(what.find("TOLLGATE_ROUTER__MASTER_KEY"), std::string::npos) << what;
+      } else {
+        EXPECT_NE(what.find("malformed"), std::string::npos) << what;
+        EXPECT_EQ(what.find(key), std::string::npos) << "the error repeats the secret";
+      }
+    }
+  }
+  // The secret cannot come from a config file.
+  char path[] = "/tmp/router-config-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::string yaml = std::string("router:\n  master_key: ") + kMasterKey + "\n";
+  ASSERT_EQ(write(fd, yaml.data(), yaml.size()), static_cast<ssize_t>(yaml.size()));
+  close(fd);
+  EXPECT_THROW(Config::Load(path, {}), ConfigError);
+  unlink(path);
+}
+
+}  // namespace
+}  // namespace tollgate::router
