@@ -110,7 +110,7 @@ up() {
   if alive "$STATE/tollgate.pid"; then say "already running (scripts/run.sh down to stop)"; banner; return 0; fi
   "$ROOT/scripts/deps.sh"
   say "building (first time: a few minutes)"
-  "$ROOT/scripts/build.sh" tollgate tollgate-mock-upstream >/dev/null
+  "$ROOT/scripts/build.sh" tollgate tollgatectl tollgate-mock-upstream >/dev/null
   mkdir -p "$STATE/secrets" "$STATE/logs"
 
   local dsn_host

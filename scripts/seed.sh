@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Seeds the router of a launcher-started suite with an upstream, once: the mock
+# upstream, or OpenAI when OPENAI_API_KEY is set. Idempotent: a second run
+# changes nothing. Called by scripts/run.sh; needs TG_STATE_DIR.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE=${TG_STATE_DIR:?}
+BUILD=${BUILD_DIR:-$ROOT/build}
+CTL=("$BUILD/cmd/tollgate/tollgatectl" --admin-token-file="$STATE/secrets/admin_token"
+     --addr="127.0.0.1:$(( ${TG_GRPC_BASE:-7101} + 2 ))")
+
+if [ -n "${OPENAI_API_KEY:-}" ]; then
+  name=openai base_url=${OPENAI_BASE_URL:-https://api.openai.com/v1}
+  models=(gpt-4o-mini gpt-4o gpt-4.1-mini text-embedding-3-small)
+else
+  name=mock base_url="http://127.0.0.1:$(cat "$STATE/mock.port")/v1"
+  models=(gpt-4o-mini gpt-4o text-embedding-3-small mock-model)
+fi
+
+if "${CTL[@]}" router list-providers | awk 'NR>1 {print $2}' | grep -qx "$name"; then
+  # The mock's port changes with every start: keep the provider pointing at it.
+  id=$("${CTL[@]}" router list-providers | awk -v n="$name" 'NR>1 && $2==n {print $1}')
+  "${CTL[@]}" router update-provider --id="$id" --base-url="$base_url" >/dev/null
+  exit 0
+fi
+type=openai; [ "$name" = mock ] && type=openai-compatible
+id=$("${CTL[@]}" router create-provider --name="$name" --type="$type" --base-url="$base_url" \
+  | awk '$1=="provider.id" {print $2}')
+if [ -n "${OPENAI_API_KEY:-}" ]; then
+  "${CTL[@]}" router create-upstream-key --provider-id="$id" --name=openai-1 --secret-env=OPENAI_API_KEY >/dev/null
+else
+  "${CTL[@]}" router create-upstream-key --provider-id="$id" --name=mock-a --secret=mock-key-a --weight=1 >/dev/null
+  "${CTL[@]}" router create-upstream-key --provider-id="$id" --name=mock-b --secret=mock-key-b --weight=1 >/dev/null
+fi
+for m in "${models[@]}"; do
+  "${CTL[@]}" router create-model --name="$m" --owned-by="$name" >/dev/null
+  "${CTL[@]}" router set-model-route --model="$m" --provider-id="$id" >/dev/null
+done
+echo "tollgate: router seeded with the $name upstream (${models[*]})"
