@@ -1,0 +1,361 @@
+#include "src/openai.h"
+
+#include <cctype>
+
+namespace tollgate::edge {
+namespace {
+
+using Json = nlohmann::json;
+using OrderedJson = nlohmann::ordered_json;
+
+// Azure's GA data-plane version, used when the router's attempt names none.
+constexpr std::string_view kDefaultAzureApiVersion = "2024-10-21";
+
+template <typename J>
+int64_t IntField(const J& object, const char* name) {
+  auto it = object.find(name);
+  if (it == object.end() || !it->is_number()) return 0;
+  return it->template get<int64_t>();
+}
+
+template <typename J>
+int64_t StringLength(const J& object, const char* name) {
+  auto it = object.find(name);
+  if (it == object.end() || !it->is_string()) return 0;
+  return Utf8Length(it->template get_ref<const std::string&>());
+}
+
+// Characters of a message's or a prompt's text, however it is shaped (string, content parts,
+// array of strings or of token ids).
+int64_t TextChars(const OrderedJson& value) {
+  if (value.is_string()) return Utf8Length(value.get_ref<const std::string&>());
+  int64_t n = 0;
+  if (value.is_array()) {
+    for (const auto& item : value) {
+      if (item.is_number_integer()) {
+        n += 4;  // a token id: one token
+      } else if (item.is_object()) {
+        n += StringLength(item, "text");
+      } else {
+        n += TextChars(item);
+      }
+    }
+  }
+  return n;
+}
+
+int64_t PromptChars(Endpoint endpoint, const OrderedJson& body) {
+  switch (endpoint) {
+    case Endpoint::kChatCompletions: {
+      int64_t n = 0;
+      for (const auto& message : body["messages"]) {
+        if (!message.is_object()) continue;
+        if (auto it = message.find("content"); it != message.end()) n += TextChars(*it);
+      }
+      return n;
+    }
+    case Endpoint::kCompletions:
+      return TextChars(body["prompt"]);
+    case Endpoint::kEmbeddings:
+      return TextChars(body["input"]);
+  }
+  return 0;
+}
+
+// Generated characters in one choice of a response (`message`) or of a chunk (`delta`).
+int64_t ChoiceChars(const Json& choice) {
+  if (!choice.is_object()) return 0;
+  int64_t n = StringLength(choice, "text");  // completions
+  for (const char* part : {"message", "delta"}) {
+    auto it = choice.find(part);
+    if (it == choice.end() || !it->is_object()) continue;
+    n += StringLength(*it, "content") + StringLength(*it, "reasoning_content") +
+         StringLength(*it, "refusal");
+    if (auto calls = it->find("tool_calls"); calls != it->end() && calls->is_array()) {
+      for (const auto& call : *calls) {
+        if (!call.is_object()) continue;
+        if (auto fn = call.find("function"); fn != call.end() && fn->is_object())
+          n += StringLength(*fn, "arguments") + StringLength(*fn, "name");
+      }
+    }
+    if (auto fn = it->find("function_call"); fn != it->end() && fn->is_object())
+      n += StringLength(*fn, "arguments") + StringLength(*fn, "name");
+  }
+  return n;
+}
+
+int64_t ChoicesChars(const Json& object) {
+  int64_t n = 0;
+  if (auto it = object.find("choices"); it != object.end() && it->is_array())
+    for (const auto& choice : *it) n += ChoiceChars(choice);
+  return n;
+}
+
+void ReadUsage(const Json& usage, Usage& out) {
+  out.present = true;
+  out.prompt_tokens = IntField(usage, "prompt_tokens");
+  out.completion_tokens = IntField(usage, "completion_tokens");
+}
+
+// Applies the SSE field of one line to `event`.
+void ApplyLine(std::string_view line, SseEvent& event) {
+  if (line.empty() || line.front() == ':') return;  // comment
+  size_t colon = line.find(':');
+  std::string_view name = line.substr(0, colon);
+  std::string_view value = colon == std::string_view::npos ? "" : line.substr(colon + 1);
+  if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  if (name != "data") return;
+  if (event.has_data) event.data += '\n';
+  event.data.append(value);
+  event.has_data = true;
+}
+
+bool IsUnreserved(unsigned char c) {
+  return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::string_view EndpointSuffix(Endpoint endpoint) {
+  switch (endpoint) {
+    case Endpoint::kChatCompletions:
+      return "/chat/completions";
+    case Endpoint::kCompletions:
+      return "/completions";
+    case Endpoint::kEmbeddings:
+      return "/embeddings";
+  }
+  return "";
+}
+
+std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body) {
+  ParsedRequest out;
+  out.endpoint = endpoint;
+  out.body = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (out.body.is_discarded() || !out.body.is_object()) {
+    return RequestError{
+        "We could not parse the JSON body of your request. The OpenAI API expects a JSON object "
+        "as the request body.",
+        ""};
+  }
+  auto& json = out.body;
+  auto model = json.find("model");
+  if (model == json.end() || !model->is_string() || model->get_ref<const std::string&>().empty())
+    return RequestError{"You must provide a model parameter.", "model"};
+  out.model = model->get<std::string>();
+
+  const char* required = endpoint == Endpoint::kChatCompletions ? "messages"
+                         : endpoint == Endpoint::kCompletions   ? "prompt"
+                                                                : "input";
+  auto field = json.find(required);
+  if (field == json.end() || field->is_null())
+    return RequestError{std::string("Missing required parameter: '") + required + "'.", required};
+  if (endpoint == Endpoint::kChatCompletions && !field->is_array())
+    return RequestError{"Invalid type for 'messages': expected an array.", "messages"};
+
+  if (endpoint != Endpoint::kEmbeddings) {
+    if (auto stream = json.find("stream"); stream != json.end() && !stream->is_null()) {
+      if (!stream->is_boolean())
+        return RequestError{"Invalid type for 'stream': expected a boolean.", "stream"};
+      out.stream = stream->get<bool>();
+    }
+  }
+  if (out.stream) {
+    auto options = json.find("stream_options");
+    if (options == json.end() || options->is_null()) {
+      json["stream_options"] = OrderedJson::object();
+      options = json.find("stream_options");
+    } else if (!options->is_object()) {
+      return RequestError{"Invalid type for 'stream_options': expected an object.",
+                          "stream_options"};
+    }
+    auto usage = options->find("include_usage");
+    out.client_wants_usage = usage != options->end() && usage->is_boolean() && usage->get<bool>();
+    // Usage is always asked for, so every stream can be billed from the provider's own count.
+    (*options)["include_usage"] = true;
+  }
+  out.prompt_estimate = EstimateTokens(PromptChars(endpoint, json));
+  out.max_tokens = IntField(json, "max_completion_tokens");
+  if (out.max_tokens == 0) out.max_tokens = IntField(json, "max_tokens");
+  return out;
+}
+
+std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model) {
+  request.body["model"] = upstream_model.empty() ? request.model : std::string(upstream_model);
+  return request.body.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
+}
+
+int64_t EstimateTokens(int64_t characters) { return characters <= 0 ? 0 : (characters + 3) / 4; }
+
+int64_t Utf8Length(std::string_view text) {
+  int64_t n = 0;
+  for (unsigned char c : text) n += (c & 0xC0) != 0x80;  // count every byte but continuations
+  return n;
+}
+
+Usage UsageFromBody(std::string_view body, int64_t* completion_chars) {
+  Usage usage;
+  auto json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) return usage;
+  if (auto it = json.find("usage"); it != json.end() && it->is_object()) ReadUsage(*it, usage);
+  if (completion_chars != nullptr) *completion_chars = ChoicesChars(json);
+  return usage;
+}
+
+void SseParser::Feed(std::string_view bytes, std::vector<SseEvent>& out) {
+  buffer_.append(bytes);
+  for (;;) {
+    size_t newline = buffer_.find('\n', scanned_);
+    if (newline == std::string::npos) return;
+    std::string_view line(buffer_.data() + scanned_, newline - scanned_);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (!line.empty()) {
+      scanned_ = newline + 1;
+      continue;
+    }
+    // A blank line ends the event.
+    SseEvent event;
+    event.raw = buffer_.substr(0, newline + 1);
+    std::string_view rest(event.raw);
+    bool any_field = false;
+    while (!rest.empty()) {
+      size_t end = rest.find('\n');
+      std::string_view l = rest.substr(0, end);
+      if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+      any_field |= !l.empty();
+      ApplyLine(l, event);
+      rest.remove_prefix(end == std::string_view::npos ? rest.size() : end + 1);
+    }
+    buffer_.erase(0, newline + 1);
+    scanned_ = 0;
+    if (any_field) out.push_back(std::move(event));  // stray blank lines are not events
+  }
+}
+
+StreamRelay::Action StreamRelay::OnEvent(const SseEvent& event) {
+  if (!event.has_data) {
+    ++forwarded_;
+    return Action::kForward;  // comments and keep-alives
+  }
+  if (event.data == "[DONE]") return Action::kDone;
+  auto json = Json::parse(event.data, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    ++forwarded_;
+    return Action::kForward;
+  }
+  bool usage_only = false;
+  if (auto usage = json.find("usage"); usage != json.end() && usage->is_object()) {
+    ReadUsage(*usage, usage_);
+    auto choices = json.find("choices");
+    usage_only = choices == json.end() || (choices->is_array() && choices->empty());
+  }
+  relayed_chars_ += ChoicesChars(json);
+  if (usage_only && !client_wants_usage_) return Action::kDrop;
+  ++forwarded_;
+  return Action::kForward;
+}
+
+std::optional<UpstreamUrl> ParseUpstreamUrl(std::string_view base_url, std::string_view suffix) {
+  UpstreamUrl url;
+  auto starts = [&](std::string_view prefix) {
+    if (base_url.size() < prefix.size()) return false;
+    for (size_t i = 0; i < prefix.size(); ++i)
+      if (std::tolower(static_cast<unsigned char>(base_url[i])) != prefix[i]) return false;
+    base_url.remove_prefix(prefix.size());
+    return true;
+  };
+  if (starts("https://")) {
+    url.tls = true;
+    url.port = 443;
+  } else if (starts("http://")) {
+    url.tls = false;
+    url.port = 80;
+  } else {
+    return std::nullopt;
+  }
+  size_t slash = base_url.find_first_of("/?#");
+  std::string_view authority = base_url.substr(0, slash);
+  std::string_view path = slash == std::string_view::npos ? "" : base_url.substr(slash);
+  if (authority.find('@') != std::string_view::npos) return std::nullopt;  // no userinfo
+  std::string_view host = authority;
+  std::string_view port;
+  if (!authority.empty() && authority.front() == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return std::nullopt;
+      port = authority.substr(close + 2);
+    }
+  } else if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  if (host.empty()) return std::nullopt;
+  if (!port.empty()) {
+    int value = 0;
+    for (char c : port) {
+      if (!std::isdigit(static_cast<unsigned char>(c))) return std::nullopt;
+      value = value * 10 + (c - '0');
+      if (value > 65535) return std::nullopt;
+    }
+    if (value == 0) return std::nullopt;
+    url.port = static_cast<uint16_t>(value);
+  }
+  url.host = std::string(host);
+  path = path.substr(0, path.find_first_of("?#"));
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  url.target = std::string(path) + std::string(suffix);
+  if (url.target.empty() || url.target.front() != '/') url.target.insert(0, "/");
+  return url;
+}
+
+std::string UpstreamSuffix(ProviderKind provider, Endpoint endpoint,
+                           std::string_view upstream_model, std::string_view api_version) {
+  if (provider != ProviderKind::kAzureOpenAi) return std::string(EndpointSuffix(endpoint));
+  return "/openai/deployments/" + PercentEncode(upstream_model) +
+         std::string(EndpointSuffix(endpoint)) + "?api-version=" +
+         PercentEncode(api_version.empty() ? kDefaultAzureApiVersion : api_version);
+}
+
+std::string PercentEncode(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (IsUnreserved(c)) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+std::string PercentDecode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    int hi = 0;
+    int lo = 0;
+    if (text[i] == '%' && i + 2 < text.size() && (hi = HexValue(text[i + 1])) >= 0 &&
+        (lo = HexValue(text[i + 2])) >= 0) {
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace tollgate::edge
