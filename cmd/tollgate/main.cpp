@@ -126,7 +126,9 @@ int Migrate(const Args& args, const Config& config) {
   return 0;
 }
 
-int Serve(const Args& args, const Config& config) {
+int Serve(const Args& args, const Config& loaded) {
+  // Mutable: in-process services may bind port 0, and the edge must call their actual ports.
+  Config config = loaded;
   // Block the shutdown signals in every thread; main waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
@@ -149,6 +151,13 @@ int Serve(const Args& args, const Config& config) {
       if (!args.targets.count(name)) continue;
       auto module = factory(deps);
       module->Start();
+      if (int port = module->grpc_port(); port > 0 && args.targets.count("edge")) {
+        std::string host = config.GetString(name + ".grpc_listen");
+        host = host.substr(0, host.rfind(':'));
+        if (host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+        config.Set(name == "quota" ? "edge.quota_targets" : "edge." + name + "_target",
+                   host + ":" + std::to_string(port));
+      }
       running.push_back(std::move(module));
     }
   } catch (const std::exception& e) {

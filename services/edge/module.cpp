@@ -1,7 +1,11 @@
-// Wires the edge: the OpenAI-compatible HTTP surface.
+// Wires the edge: the OpenAI-compatible HTTP surface, its router client and, until their own
+// issues land, permissive stand-ins for auth, quota and billing.
 #include "tollgate/edge/module.h"
 
+#include "src/grpc_router_client.h"
 #include "src/http_server.h"
+#include "src/permissive_clients.h"
+#include "src/proxy.h"
 #include "tollgate/config.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
@@ -16,13 +20,52 @@ class EdgeModule final : public Module {
   std::string name() const override { return "edge"; }
 
   void Start() override {
+    const Config& config = deps_.config;
+    GrpcRouterClientOptions router;
+    router.target = config.GetString("edge.router_target");
+    router.timeout = config.GetDuration("edge.grpc_timeout");
+    router.flush_interval = config.GetDuration("edge.outcome_flush_interval");
+    router.batch_size = static_cast<size_t>(config.GetInt("edge.outcome_batch_size"));
+    router.stale_plan_ttl = config.GetDuration("edge.router_stale_plan_ttl");
+    router_ = std::make_unique<GrpcRouterClient>(router);
+
+    // TODO(auth, quota, billing issues): GrpcAuthClient, GrpcQuotaClient, GrpcBillingClient
+    // on edge.auth_target, edge.quota_targets, edge.billing_target.
+    auth_ = std::make_unique<AllowAllAuthClient>();
+    quota_ = std::make_unique<AllowAllQuotaClient>();
+    billing_ = std::make_unique<DiscardingBillingClient>();
+    log::Warn("edge",
+              "auth, quota and billing are not wired yet: every API key is accepted, nothing is "
+              "limited or billed");
+
+    ProxyOptions proxy;
+    proxy.max_attempts = static_cast<int32_t>(config.GetInt("edge.max_attempts"));
+    proxy.upstream.connect = config.GetDuration("edge.upstream.connect_timeout");
+    proxy.upstream.first_byte = config.GetDuration("edge.upstream.first_byte_timeout");
+    proxy.upstream.idle = config.GetDuration("edge.upstream.idle_timeout");
+    proxy.upstream.total = config.GetDuration("edge.upstream.total_timeout");
+    proxy.pool.keepalive = config.GetDuration("edge.upstream.pool_idle_timeout");
+    proxy.pool.max_idle_per_host =
+        static_cast<size_t>(config.GetInt("edge.upstream.pool_max_idle_per_host"));
+    proxy.pool.ca_file = config.GetString("edge.upstream.ca_file");
+
     HttpServerOptions options;
-    options.listen = deps_.config.GetString("edge.listen");
-    options.threads = static_cast<int>(deps_.config.GetInt("edge.threads"));
-    server_ = std::make_unique<HttpServer>(options, deps_.metrics.registry());
+    options.listen = config.GetString("edge.listen");
+    options.threads = static_cast<int>(config.GetInt("edge.threads"));
+    options.max_body_bytes = static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
+    options.max_header_bytes = static_cast<uint32_t>(config.GetInt("edge.max_header_bytes"));
+    options.idle_timeout = config.GetDuration("edge.client_idle_timeout");
+    options.read_timeout = config.GetDuration("edge.client_read_timeout");
+    options.write_timeout = config.GetDuration("edge.client_write_timeout");
+    server_ = std::make_unique<HttpServer>(
+        options, deps_.metrics.registry(),
+        MakeProxyHandlers(proxy, EdgeClients{*auth_, *quota_, *router_, *billing_},
+                          deps_.metrics.registry()));
     server_->Start();
     auto host = options.listen.substr(0, options.listen.rfind(':'));
-    log::Info("edge", "serving HTTP", {{"listen", host + ":" + std::to_string(server_->port())}});
+    log::Info("edge", "serving HTTP",
+              {{"listen", host + ":" + std::to_string(server_->port())},
+               {"router_target", router.target}});
   }
 
   void BeginShutdown() override {
@@ -32,13 +75,21 @@ class EdgeModule final : public Module {
   void Shutdown(std::chrono::system_clock::time_point deadline) override {
     if (!server_) return;
     auto left = deadline - std::chrono::system_clock::now();
-    server_->Shutdown(std::chrono::steady_clock::now() +
-                      std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
+    server_->Drain(std::chrono::steady_clock::now() +
+                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
+    // The router's callbacks post to the server's executors: finish them while those run.
+    router_->Shutdown();
+    server_->Shutdown(std::chrono::steady_clock::now());
     server_.reset();
+    router_.reset();
   }
 
  private:
   ModuleDeps deps_;
+  std::unique_ptr<GrpcRouterClient> router_;
+  std::unique_ptr<AuthClient> auth_;
+  std::unique_ptr<QuotaClient> quota_;
+  std::unique_ptr<BillingClient> billing_;
   std::unique_ptr<HttpServer> server_;
 };
 

@@ -25,6 +25,8 @@ class Module {
   virtual void BeginShutdown() = 0;
   // Drains in-flight work until `deadline`, then releases everything.
   virtual void Shutdown(std::chrono::system_clock::time_point deadline) = 0;
+  // The bound gRPC port once started (it may have been configured as 0); 0: none.
+  virtual int grpc_port() const { return 0; }
 };
 
 struct ModuleDeps {

@@ -8,6 +8,8 @@
 #include <boost/beast/http.hpp>
 
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -24,10 +26,12 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using asio::awaitable;
 using asio::use_awaitable;
+using Clock = std::chrono::steady_clock;
 
-constexpr auto kIdleTimeout = std::chrono::seconds(60);
-constexpr size_t kHeaderLimit = 16 * 1024;
-constexpr uint64_t kBodyLimit = 4 * 1024 * 1024;
+// After a 413 the connection closes; what the client still sends is read and dropped for a
+// moment first, so the kernel does not reset the connection before the client read our answer.
+constexpr auto kDrainTime = std::chrono::seconds(2);
+constexpr size_t kDrainLimit = 64 * 1024 * 1024;
 
 tcp::endpoint ParseEndpoint(const std::string& listen) {
   auto colon = listen.rfind(':');
@@ -38,94 +42,289 @@ tcp::endpoint ParseEndpoint(const std::string& listen) {
           static_cast<unsigned short>(std::stoi(listen.substr(colon + 1)))};
 }
 
+std::string Lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// Writes one response on a client connection, whole or as a chunked stream, and watches for the
+// client hanging up while the handler waits on an upstream.
+class ClientWriter final : public ResponseWriter {
+ public:
+  ClientWriter(beast::tcp_stream& stream, unsigned version, bool keep_alive,
+               std::chrono::milliseconds write_timeout)
+      : stream_(stream),
+        version_(version),
+        keep_alive_(keep_alive),
+        write_timeout_(write_timeout) {}
+  ~ClientWriter() override { StopWatching(); }
+
+  awaitable<bool> Send(int status, HttpHeaders headers, std::string body) override {
+    StopWatching();
+    if (gone_ || started_) co_return false;
+    started_ = true;
+    status_ = status;
+    http::response<http::string_body> res{static_cast<http::status>(status), version_};
+    for (auto& [name, value] : headers) res.set(name, value);
+    res.keep_alive(keep_alive_);
+    res.body() = std::move(body);
+    res.prepare_payload();
+    beast::error_code ec;
+    stream_.expires_after(write_timeout_);
+    co_await http::async_write(stream_, res, asio::redirect_error(use_awaitable, ec));
+    complete_ = !ec;
+    co_return Check(ec);
+  }
+
+  awaitable<bool> BeginStream(int status, HttpHeaders headers) override {
+    if (gone_ || started_) co_return false;
+    started_ = true;
+    status_ = status;
+    http::response<http::empty_body> res{static_cast<http::status>(status), version_};
+    for (auto& [name, value] : headers) res.set(name, value);
+    res.keep_alive(keep_alive_);
+    res.chunked(true);
+    http::response_serializer<http::empty_body> serializer{res};
+    beast::error_code ec;
+    stream_.expires_after(write_timeout_);
+    co_await http::async_write_header(stream_, serializer, asio::redirect_error(use_awaitable, ec));
+    co_return Check(ec);
+  }
+
+  awaitable<bool> WriteChunk(std::string_view data) override {
+    if (gone_) co_return false;
+    beast::error_code ec;
+    stream_.expires_after(write_timeout_);
+    co_await asio::async_write(stream_,
+                               http::make_chunk(asio::const_buffer(data.data(), data.size())),
+                               asio::redirect_error(use_awaitable, ec));
+    co_return Check(ec);
+  }
+
+  awaitable<bool> EndStream() override {
+    StopWatching();
+    if (gone_) co_return false;
+    beast::error_code ec;
+    stream_.expires_after(write_timeout_);
+    co_await asio::async_write(stream_, http::make_chunk_last(),
+                               asio::redirect_error(use_awaitable, ec));
+    complete_ = !ec;
+    co_return Check(ec);
+  }
+
+  void WatchDisconnect(std::function<void()> on_gone) override {
+    StopWatching();
+    if (gone_) return;
+    auto watch = std::make_shared<Watch>();
+    watch->on_gone = std::move(on_gone);
+    watch_ = watch;
+    int fd = stream_.socket().native_handle();
+    stream_.socket().async_wait(
+        tcp::socket::wait_read, [this, watch, fd](const beast::error_code& ec) {
+          if (!watch->active) return;  // stopped: `this` may be gone
+          watch->active = false;
+          if (ec == asio::error::operation_aborted) return;
+          // Readable: end of stream or a reset means the client left; bytes are its next
+          // (pipelined) request, which the session reads later.
+          char c;
+          ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+          if (!ec && (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))) return;
+          gone_ = true;
+          watch->on_gone();
+        });
+  }
+
+  bool client_gone() const override { return gone_; }
+  bool started() const override { return started_; }
+  int status() const override { return status_; }
+  // The response went out whole, so the connection can carry the next request.
+  bool complete() const { return complete_; }
+
+ private:
+  struct Watch {
+    bool active = true;
+    std::function<void()> on_gone;
+  };
+
+  bool Check(const beast::error_code& ec) {
+    if (ec) gone_ = true;
+    return !ec;
+  }
+
+  void StopWatching() {
+    if (!watch_ || !watch_->active) return;
+    watch_->active = false;
+    beast::error_code ec;
+    stream_.socket().cancel(ec);  // only the wait is pending here: writes are awaited in turn
+  }
+
+  beast::tcp_stream& stream_;
+  unsigned version_;
+  bool keep_alive_;
+  std::chrono::milliseconds write_timeout_;
+  bool started_ = false;
+  bool complete_ = false;
+  bool gone_ = false;
+  int status_ = 0;
+  std::shared_ptr<Watch> watch_;
+};
+
 }  // namespace
 
 struct HttpServer::Impl {
   HttpServerOptions options;
+  HandlerFactory factory;
   prometheus::Family<prometheus::Counter>* requests = nullptr;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+  std::vector<std::unique_ptr<RequestHandler>> handlers;
   std::vector<std::thread> threads;
   std::atomic<bool> accepting{true};
   std::atomic<int> in_flight{0};
   int port = 0;
 
-  http::response<http::string_body> Json(const http::request<http::string_body>& req,
-                                         http::status status, std::string body) {
-    http::response<http::string_body> res{status, req.version()};
-    res.set(http::field::content_type, "application/json");
-    res.body() = std::move(body);
-    return res;
-  }
-
-  http::response<http::string_body> Error(const http::request<http::string_body>& req,
-                                          ErrorCode code, std::string_view message) {
-    return Json(req, static_cast<http::status>(Describe(code).http),
-                OpenAiErrorBody(code, message));
-  }
-
-  http::response<http::string_body> Handle(const http::request<http::string_body>& req,
-                                           std::string& route) {
-    std::string_view target(req.target().data(), req.target().size());
-    std::string_view path = target.substr(0, target.find('?'));
-    if (path == "/healthz") {
-      route = "healthz";
-      return Json(req, http::status::ok, R"({"status":"ok"})");
-    }
-    if (path == "/readyz") {
-      route = "readyz";
-      return accepting
-                 ? Json(req, http::status::ok, R"({"status":"ready"})")
-                 : Json(req, http::status::service_unavailable, R"({"status":"shutting down"})");
-    }
-    route = "unknown";
-    return Error(
-        req, ErrorCode::kNotFound,
-        "Invalid URL (" + std::string(req.method_string()) + " " + std::string(path) + ")");
-  }
-
-  void Count(const std::string& route, unsigned status) {
+  void Count(const std::string& route, int status) {
     requests->Add({{"route", route}, {"code", std::to_string(status)}}).Increment();
   }
 
-  awaitable<void> Session(tcp::socket socket) {
+  static HttpHeaders Head(const std::string& request_id, Clock::time_point received) {
+    return {{"x-request-id", request_id},
+            {"x-tollgate-overhead-ms", FormatMillis(Clock::now() - received)},
+            {"content-type", "application/json"}};
+  }
+
+  // Answers what the server knows itself: health probes and, without a handler, 404.
+  awaitable<std::string> Builtin(HttpRequest& req, ResponseWriter& writer) {
+    if (req.path == "/healthz") {
+      co_await writer.Send(200, Head(req.request_id, req.received), R"({"status":"ok"})");
+      co_return "healthz";
+    }
+    if (req.path == "/readyz") {
+      if (accepting) {
+        co_await writer.Send(200, Head(req.request_id, req.received), R"({"status":"ready"})");
+      } else {
+        co_await writer.Send(503, Head(req.request_id, req.received),
+                             R"({"status":"shutting down"})");
+      }
+      co_return "readyz";
+    }
+    co_await writer.Send(
+        404, Head(req.request_id, req.received),
+        OpenAiErrorBody(ErrorCode::kNotFound, "Invalid URL (" + req.method + " " + req.path + ")"));
+    co_return "unknown";
+  }
+
+  // Answers a request that could not be read (too large, malformed) and closes.
+  awaitable<void> Reject(beast::tcp_stream& stream, ErrorCode code, std::string_view message,
+                         const std::string& route) {
+    auto request_id = AcceptOrMakeRequestId("");
+    ClientWriter writer(stream, 11, false, options.write_timeout);
+    co_await writer.Send(Describe(code).http, Head(request_id, Clock::now()),
+                         OpenAiErrorBody(code, message));
+    Count(route, Describe(code).http);
+    beast::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    std::vector<char> sink(64 * 1024);
+    size_t drained = 0;
+    stream.expires_after(kDrainTime);
+    while (drained < kDrainLimit) {
+      size_t n = co_await stream.async_read_some(asio::buffer(sink),
+                                                 asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      drained += n;
+    }
+  }
+
+  awaitable<void> Session(tcp::socket socket, RequestHandler* handler) {
+    beast::error_code ec;
+    std::string client_ip = socket.remote_endpoint(ec).address().to_string();
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
-    beast::error_code ec;
     for (;;) {
-      http::request_parser<http::string_body> parser;
-      parser.header_limit(kHeaderLimit);
-      parser.body_limit(kBodyLimit);
-      stream.expires_after(kIdleTimeout);
-      co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-      if (ec == http::error::body_limit || ec == http::error::header_limit) {
-        http::request<http::string_body> dummy;
-        auto res = Error(dummy, ErrorCode::kRequestTooLarge,
-                         ec == http::error::body_limit ? "Request body is too large"
-                                                       : "Request headers are too large");
-        res.keep_alive(false);
-        res.prepare_payload();
-        Count("too_large", res.result_int());
-        co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
-        break;
+      // Idle: wait for the first byte of the next request.
+      if (buffer.size() == 0) {
+        stream.expires_after(options.idle_timeout);
+        size_t n = co_await stream.async_read_some(buffer.prepare(4096),
+                                                   asio::redirect_error(use_awaitable, ec));
+        if (ec) break;  // closed, idle timeout, reset
+        buffer.commit(n);
       }
-      if (ec) break;  // end of stream, timeout, reset
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(options.max_header_bytes);
+      parser.body_limit(options.max_body_bytes);
+      stream.expires_after(options.read_timeout);
+      co_await http::async_read_header(stream, buffer, parser,
+                                       asio::redirect_error(use_awaitable, ec));
+      if (!ec && !parser.is_done()) {
+        if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+          http::response<http::empty_body> cont{http::status::continue_, 11};
+          co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
+        }
+        if (!ec)
+          co_await http::async_read(stream, buffer, parser,
+                                    asio::redirect_error(use_awaitable, ec));
+      }
+      if (ec == http::error::body_limit) {
+        co_await Reject(stream, ErrorCode::kRequestTooLarge,
+                        "Request body is too large (limit " +
+                            std::to_string(options.max_body_bytes) + " bytes).",
+                        "too_large");
+        co_return;
+      }
+      if (ec == http::error::header_limit) {
+        co_await Reject(stream, ErrorCode::kRequestTooLarge, "Request headers are too large.",
+                        "too_large");
+        co_return;
+      }
+      if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
+          ec == asio::error::eof || ec == asio::error::connection_reset)
+        break;
+      if (ec) {
+        co_await Reject(stream, ErrorCode::kInvalidRequest, "Malformed HTTP request.", "malformed");
+        co_return;
+      }
+
       ++in_flight;
-      const auto& req = parser.get();
+      auto& msg = parser.get();
+      HttpRequest req;
+      req.method = std::string(msg.method_string());
+      req.target = std::string(msg.target());
+      req.path = req.target.substr(0, req.target.find('?'));
+      req.headers.reserve(16);
+      for (const auto& field : msg)
+        req.headers.emplace_back(Lower(field.name_string()), field.value());
+      req.body = std::move(msg.body());
+      req.request_id = AcceptOrMakeRequestId(req.Header("x-request-id"));
+      req.client_ip = client_ip;
+      req.received = Clock::now();
+      const bool keep_alive = msg.keep_alive();
+
+      ClientWriter writer(stream, msg.version(), keep_alive && accepting, options.write_timeout);
       std::string route;
-      auto res = Handle(req, route);
-      bool keep_alive = req.keep_alive() && accepting;
-      res.keep_alive(keep_alive);
-      res.prepare_payload();
-      Count(route, res.result_int());
-      co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
+      if (handler != nullptr && req.path != "/healthz" && req.path != "/readyz") {
+        try {
+          route = co_await handler->Handle(req, writer);
+        } catch (const std::exception& e) {
+          log::Write(log::Level::kError, "edge", "request handler failed",
+                     {{"error", log::Redact(e.what())}}, req.request_id);
+          route = "error";
+        }
+      } else {
+        route = co_await Builtin(req, writer);
+      }
+      if (!writer.started()) {
+        co_await writer.Send(500, Head(req.request_id, req.received),
+                             OpenAiErrorBody(ErrorCode::kInternal, "Internal error."));
+      }
+      Count(route, writer.status());
       --in_flight;
-      if (ec || !keep_alive) break;
+      if (!writer.complete() || writer.client_gone() || !keep_alive || !accepting) break;
     }
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
   }
 
-  awaitable<void> Accept(tcp::acceptor& acceptor) {
+  awaitable<void> Accept(tcp::acceptor& acceptor, RequestHandler* handler) {
     for (;;) {
       beast::error_code ec;
       tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
@@ -133,15 +332,17 @@ struct HttpServer::Impl {
         if (!accepting || ec == asio::error::operation_aborted) co_return;
         continue;  // EMFILE and friends: keep serving the connections we have
       }
-      socket.set_option(tcp::no_delay(true), ec);
-      asio::co_spawn(acceptor.get_executor(), Session(std::move(socket)), asio::detached);
+      socket.set_option(tcp::no_delay(true), ec);  // each streamed event leaves at once
+      asio::co_spawn(acceptor.get_executor(), Session(std::move(socket), handler), asio::detached);
     }
   }
 };
 
-HttpServer::HttpServer(HttpServerOptions options, prometheus::Registry& registry)
+HttpServer::HttpServer(HttpServerOptions options, prometheus::Registry& registry,
+                       HandlerFactory handlers)
     : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
+  impl_->factory = std::move(handlers);
   impl_->requests = &prometheus::BuildCounter()
                          .Name("tollgate_edge_http_requests_total")
                          .Help("HTTP requests answered by the edge, by route and status code")
@@ -173,7 +374,9 @@ void HttpServer::Start() {
       impl_->port = acceptor->local_endpoint().port();
       endpoint.port(static_cast<unsigned short>(impl_->port));
     }
-    asio::co_spawn(*ctx, impl_->Accept(*acceptor), asio::detached);
+    auto handler = impl_->factory ? impl_->factory(*ctx) : nullptr;
+    asio::co_spawn(*ctx, impl_->Accept(*acceptor, handler.get()), asio::detached);
+    impl_->handlers.push_back(std::move(handler));
     impl_->acceptors.push_back(std::move(acceptor));
     impl_->contexts.push_back(std::move(ctx));
   }
@@ -181,6 +384,8 @@ void HttpServer::Start() {
 }
 
 int HttpServer::port() const { return impl_->port; }
+
+int HttpServer::in_flight() const { return impl_->in_flight.load(); }
 
 void HttpServer::StopAccepting() {
   if (!impl_->accepting.exchange(false)) return;
@@ -191,14 +396,21 @@ void HttpServer::StopAccepting() {
     });
 }
 
-void HttpServer::Shutdown(std::chrono::steady_clock::time_point deadline) {
+void HttpServer::Drain(std::chrono::steady_clock::time_point deadline) {
   if (impl_->threads.empty()) return;
   StopAccepting();
   while (impl_->in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+void HttpServer::Shutdown(std::chrono::steady_clock::time_point deadline) {
+  if (impl_->threads.empty()) return;
+  Drain(deadline);
   for (auto& ctx : impl_->contexts) ctx->stop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
+  // Handlers (and their upstream pools) go before the contexts their sockets belong to.
+  impl_->handlers.clear();
   impl_->acceptors.clear();
   impl_->contexts.clear();
 }

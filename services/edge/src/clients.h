@@ -1,0 +1,172 @@
+// The seams between the edge's request path and the services it calls. The request path only
+// sees these interfaces; the gRPC implementations (GrpcRouterClient, later GrpcAuthClient...)
+// and the interim permissive ones (AllowAllAuthClient...) are chosen in module.cpp.
+//
+// Every call is asynchronous: it returns at once and runs `done` exactly once, on any thread
+// (a gRPC callback thread, or inline). Callers bridge it back to their own executor
+// (see async.h). Implementations must never block the calling thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "src/openai.h"
+#include "tollgate/errors.h"
+
+namespace tollgate::edge {
+
+// Why a call was refused, in the terms a client will see.
+struct Failure {
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+  int64_t retry_after_ms = 0;  // for 429s; 0: none
+};
+
+// Who is calling: what the auth service knows about an API key.
+struct Principal {
+  std::string api_key_id;
+  std::string user_id;
+  std::string account_id;
+};
+
+struct AuthResult {
+  std::optional<Failure> failure;
+  Principal principal;
+};
+
+class AuthClient {
+ public:
+  virtual ~AuthClient() = default;
+  // `api_key` as presented (Authorization: Bearer or api-key); may be empty.
+  virtual void Authenticate(std::string api_key, std::string client_ip,
+                            std::function<void(AuthResult)> done) = 0;
+};
+
+struct AdmitRequest {
+  std::string request_id;
+  Principal principal;
+  std::string model;
+  int64_t estimated_tokens = 0;  // prompt estimate plus max_tokens
+};
+
+struct AdmitResult {
+  std::optional<Failure> failure;
+  std::string reservation_id;  // settled later from the UsageRecord
+};
+
+class QuotaClient {
+ public:
+  virtual ~QuotaClient() = default;
+  virtual void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) = 0;
+  // Gives back a reservation whose request never ran (another admission check refused it).
+  virtual void Release(std::string reservation_id) = 0;
+};
+
+struct HoldRequest {
+  std::string request_id;
+  Principal principal;
+  std::string model;
+  int64_t estimated_prompt_tokens = 0;
+  int64_t max_completion_tokens = 0;
+};
+
+struct HoldResult {
+  std::optional<Failure> failure;
+  std::string hold_id;
+};
+
+// What the edge reports once per request, after the response (or the client) ended. Billing and
+// quota settle from it; both are idempotent on request_id.
+struct UsageRecord {
+  std::string request_id;
+  Principal principal;
+  std::string reservation_id;
+  std::string hold_id;
+  std::string model;            // public name, as routed
+  std::string upstream_model;   // what the upstream was asked for
+  int64_t upstream_key_id = 0;  // the attempt that answered; 0: none did
+  int32_t attempts = 0;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  // The tokens are the edge's estimate (EstimateTokens) because the upstream sent no usage,
+  // e.g. the client left mid-stream before the usage chunk.
+  bool usage_estimated = false;
+  bool streamed = false;
+  int32_t http_status = 0;  // what the client got (or was getting when it left)
+  std::chrono::milliseconds latency{0};
+  bool client_disconnected = false;
+};
+
+class BillingClient {
+ public:
+  virtual ~BillingClient() = default;
+  virtual void Hold(HoldRequest request, std::function<void(HoldResult)> done) = 0;
+  // Gives back a hold whose request never ran.
+  virtual void Release(std::string hold_id) = 0;
+  // Takes the record for delivery; returns at once (the real one spools it).
+  virtual void Record(UsageRecord record) = 0;
+};
+
+// One upstream attempt of a route plan. `api_key` is a secret: never logged, never returned.
+struct UpstreamAttempt {
+  int64_t upstream_key_id = 0;
+  ProviderKind provider = ProviderKind::kOpenAi;
+  std::string base_url;
+  std::string upstream_model;
+  std::string api_key;
+  std::string api_version;
+  bool trial = false;
+};
+
+struct RouteResult {
+  std::optional<Failure> failure;
+  std::string model;  // canonical public name
+  std::vector<UpstreamAttempt> attempts;
+};
+
+enum class OutcomeKind {
+  kSuccess,
+  kConnectError,
+  kTimeout,
+  kServerError,
+  kRateLimited,
+  kClientError,
+  kAuthError,
+};
+
+const char* OutcomeName(OutcomeKind kind);
+
+struct AttemptOutcome {
+  int64_t upstream_key_id = 0;
+  OutcomeKind kind = OutcomeKind::kSuccess;
+  int32_t http_status = 0;
+  int64_t retry_after_ms = 0;
+  int64_t latency_ms = 0;
+};
+
+struct ModelInfo {
+  std::string id;
+  int64_t created = 0;
+  std::string owned_by;
+};
+
+struct ModelsResult {
+  std::optional<Failure> failure;
+  std::vector<ModelInfo> models;
+};
+
+class RouterClient {
+ public:
+  virtual ~RouterClient() = default;
+  virtual void Route(std::string model, int32_t max_attempts,
+                     std::function<void(RouteResult)> done) = 0;
+  // Queues the outcome; delivery is batched and off the request path.
+  virtual void Report(AttemptOutcome outcome) = 0;
+  virtual void ListModels(std::function<void(ModelsResult)> done) = 0;
+};
+
+}  // namespace tollgate::edge

@@ -1,0 +1,556 @@
+#include "src/proxy.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <array>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "src/async.h"
+#include "src/openai.h"
+#include "tollgate/log.h"
+
+namespace tollgate::edge {
+namespace {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using Clock = std::chrono::steady_clock;
+
+// Not an HTTP status anyone sends: nginx's "client closed request", for records and metrics.
+constexpr int kClientClosedRequest = 499;
+
+struct Metrics {
+  explicit Metrics(prometheus::Registry& registry) {
+    auto& attempts_family = prometheus::BuildCounter()
+                                .Name("tollgate_edge_upstream_attempts_total")
+                                .Help(
+                                    "Upstream attempts by outcome (as reported to the router, "
+                                    "plus client_cancelled)")
+                                .Register(registry);
+    for (int k = 0; k <= static_cast<int>(OutcomeKind::kAuthError); ++k)
+      attempts[k] = &attempts_family.Add({{"outcome", OutcomeName(static_cast<OutcomeKind>(k))}});
+    cancelled = &attempts_family.Add({{"outcome", "client_cancelled"}});
+    overhead = &prometheus::BuildHistogram()
+                    .Name("tollgate_edge_overhead_seconds")
+                    .Help("Time spent in Tollgate itself per request, upstream wait excluded")
+                    .Register(registry)
+                    .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001,
+                                                                     0.0025, 0.005, 0.01, 0.025,
+                                                                     0.05, 0.1, 0.25, 0.5, 1, 2.5});
+    auto& records_family = prometheus::BuildCounter()
+                               .Name("tollgate_edge_usage_records_total")
+                               .Help("Usage records produced, by whether the tokens are estimated")
+                               .Register(registry);
+    records_exact = &records_family.Add({{"estimated", "false"}});
+    records_estimated = &records_family.Add({{"estimated", "true"}});
+  }
+  std::array<prometheus::Counter*, static_cast<int>(OutcomeKind::kAuthError) + 1> attempts{};
+  prometheus::Counter* cancelled = nullptr;
+  prometheus::Histogram* overhead = nullptr;
+  prometheus::Counter* records_exact = nullptr;
+  prometheus::Counter* records_estimated = nullptr;
+};
+
+// One request's bookkeeping: the clock for x-tollgate-overhead-ms and the usage record.
+struct Exchange {
+  HttpRequest& request;
+  ResponseWriter& writer;
+  Clock::time_point start;
+  Clock::duration upstream_wait{0};  // connect + waiting for upstream answers
+  bool overhead_observed = false;
+  UsageRecord record;
+};
+
+// Lets the client's disconnect reach whichever upstream call is current.
+struct CancelSlot {
+  bool client_gone = false;
+  std::weak_ptr<UpstreamCall> current;
+};
+
+std::string_view ApiKey(const HttpRequest& request) {
+  std::string_view auth = request.Header("authorization");
+  if (auth.size() > 7 && (auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
+    return auth.substr(7);
+  return request.Header("api-key");
+}
+
+bool IsEventStream(std::string_view content_type) {
+  return content_type.substr(0, 17) == "text/event-stream";
+}
+
+// retry-after-ms (OpenAI) or retry-after in seconds; 0 when absent or an HTTP date.
+int64_t RetryAfterMs(const UpstreamCall& call) {
+  auto parse = [](const std::string& text) -> double {
+    try {
+      size_t used = 0;
+      double v = std::stod(text, &used);
+      return used == text.size() && v > 0 ? v : 0;
+    } catch (const std::exception&) {
+      return 0;
+    }
+  };
+  if (double ms = parse(call.Header("retry-after-ms")); ms > 0) return static_cast<int64_t>(ms);
+  return static_cast<int64_t>(parse(call.Header("retry-after")) * 1000);
+}
+
+OutcomeKind KindForStatus(int status) {
+  if (status == 429) return OutcomeKind::kRateLimited;
+  if (status == 401 || status == 403) return OutcomeKind::kAuthError;
+  if (status >= 500) return OutcomeKind::kServerError;
+  if (status >= 400) return OutcomeKind::kClientError;
+  return OutcomeKind::kSuccess;
+}
+
+OutcomeKind KindForFailure(UpstreamStatus status) {
+  switch (status) {
+    case UpstreamStatus::kTimeout:
+      return OutcomeKind::kTimeout;
+    case UpstreamStatus::kConnectError:
+      return OutcomeKind::kConnectError;
+    default:
+      return OutcomeKind::kServerError;  // a cut-off or malformed answer
+  }
+}
+
+// An upstream error body can quote the credential it was sent ("Incorrect API key provided:
+// sk-..."); it never reaches the client with it.
+void Scrub(std::string& body, const std::string& secret) {
+  if (secret.size() < 4) return;
+  for (size_t at = body.find(secret); at != std::string::npos; at = body.find(secret, at))
+    body.replace(at, secret.size(), "***");
+}
+
+class Proxy final : public RequestHandler {
+ public:
+  Proxy(asio::io_context& io, const ProxyOptions& options, EdgeClients clients,
+        std::shared_ptr<Metrics> metrics)
+      : options_(options),
+        clients_(clients),
+        metrics_(std::move(metrics)),
+        pool_(io, options.pool) {}
+
+  awaitable<std::string> Handle(HttpRequest& request, ResponseWriter& writer) override {
+    Exchange x{request, writer, request.received};
+    const std::string& path = request.path;
+    const bool post = request.method == "POST";
+    const bool get = request.method == "GET";
+    if (path == "/v1/chat/completions" && post) {
+      co_await Complete(x, Endpoint::kChatCompletions);
+      co_return "chat_completions";
+    }
+    if (path == "/v1/completions" && post) {
+      co_await Complete(x, Endpoint::kCompletions);
+      co_return "completions";
+    }
+    if (path == "/v1/embeddings" && post) {
+      co_await Complete(x, Endpoint::kEmbeddings);
+      co_return "embeddings";
+    }
+    if (path == "/v1/models" && get) {
+      co_await Models(x, std::nullopt);
+      co_return "models";
+    }
+    constexpr std::string_view kModelPrefix = "/v1/models/";
+    if (get && path.size() > kModelPrefix.size() && path.starts_with(kModelPrefix)) {
+      co_await Models(x, PercentDecode(std::string_view(path).substr(kModelPrefix.size())));
+      co_return "model";
+    }
+    co_await SendError(x, ErrorCode::kNotFound,
+                       "Invalid URL (" + request.method + " " + request.path + ")");
+    co_return "unknown";
+  }
+
+ private:
+  HttpHeaders CommonHeaders(Exchange& x) {
+    auto overhead = Clock::now() - x.start - x.upstream_wait;
+    if (!x.overhead_observed) {
+      x.overhead_observed = true;
+      metrics_->overhead->Observe(std::chrono::duration<double>(overhead).count());
+    }
+    return {{"x-request-id", x.request.request_id},
+            {"x-tollgate-overhead-ms", FormatMillis(overhead)}};
+  }
+
+  awaitable<void> SendError(Exchange& x, ErrorCode code, std::string_view message,
+                            std::string_view param = {}, HttpHeaders extra = {}) {
+    auto headers = CommonHeaders(x);
+    headers.emplace_back("content-type", "application/json");
+    for (auto& h : extra) headers.push_back(std::move(h));
+    co_await x.writer.Send(Describe(code).http, std::move(headers),
+                           OpenAiErrorBody(code, message, param));
+  }
+
+  void Report(const UpstreamAttempt& attempt, OutcomeKind kind, int status, int64_t retry_after_ms,
+              Clock::duration latency) {
+    metrics_->attempts[static_cast<int>(kind)]->Increment();
+    clients_.router.Report(
+        {attempt.upstream_key_id, kind, status, retry_after_ms,
+         std::chrono::duration_cast<std::chrono::milliseconds>(latency).count()});
+  }
+
+  void Finish(Exchange& x, int status) {
+    x.record.http_status = status;
+    x.record.latency =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - x.start);
+    (x.record.usage_estimated ? metrics_->records_estimated : metrics_->records_exact)->Increment();
+    clients_.billing.Record(std::move(x.record));
+  }
+
+  awaitable<AuthResult> Authenticate(Exchange& x) {
+    Eventual<AuthResult> auth(co_await asio::this_coro::executor);
+    clients_.auth.Authenticate(std::string(ApiKey(x.request)), x.request.client_ip, auth.Setter());
+    co_return co_await auth.Wait();
+  }
+
+  awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
+    auto parsed = ParseRequest(endpoint, x.request.body);
+    if (auto* error = std::get_if<RequestError>(&parsed)) {
+      co_await SendError(x, ErrorCode::kInvalidRequest, error->message, error->param);
+      co_return;
+    }
+    auto& request = std::get<ParsedRequest>(parsed);
+    auto executor = co_await asio::this_coro::executor;
+
+    // Routing does not depend on who calls, so it starts at once, alongside authentication;
+    // quota and billing need the principal and start together right after.
+    Eventual<RouteResult> route(executor);
+    clients_.router.Route(request.model, options_.max_attempts, route.Setter());
+    AuthResult who = co_await Authenticate(x);
+    if (who.failure) {
+      co_await SendError(x, who.failure->code, who.failure->message);
+      co_return;
+    }
+    Eventual<AdmitResult> admit(executor);
+    clients_.quota.Admit({x.request.request_id, who.principal, request.model,
+                          request.prompt_estimate + request.max_tokens},
+                         admit.Setter());
+    Eventual<HoldResult> hold(executor);
+    clients_.billing.Hold({x.request.request_id, who.principal, request.model,
+                           request.prompt_estimate, request.max_tokens},
+                          hold.Setter());
+    RouteResult plan = co_await route.Wait();
+    AdmitResult admitted = co_await admit.Wait();
+    HoldResult held = co_await hold.Wait();
+
+    const Failure* denied = plan.failure       ? &*plan.failure
+                            : admitted.failure ? &*admitted.failure
+                            : held.failure     ? &*held.failure
+                                               : nullptr;
+    if (denied == nullptr && plan.attempts.empty()) {
+      plan.failure =
+          Failure{ErrorCode::kNoHealthyUpstream, "No healthy upstream is available for model '" +
+                                                     request.model + "'. Retry later."};
+      denied = &*plan.failure;
+    }
+    if (denied != nullptr) {
+      // Any denial gives back what the other checks granted.
+      if (!admitted.failure && !admitted.reservation_id.empty())
+        clients_.quota.Release(admitted.reservation_id);
+      if (!held.failure && !held.hold_id.empty()) clients_.billing.Release(held.hold_id);
+      HttpHeaders extra;
+      if (denied->retry_after_ms > 0)
+        extra.emplace_back("retry-after", std::to_string((denied->retry_after_ms + 999) / 1000));
+      co_await SendError(x, denied->code, denied->message,
+                         denied->code == ErrorCode::kModelNotFound ? "model" : "",
+                         std::move(extra));
+      co_return;
+    }
+
+    auto& record = x.record;
+    record.request_id = x.request.request_id;
+    record.principal = who.principal;
+    record.reservation_id = admitted.reservation_id;
+    record.hold_id = held.hold_id;
+    record.model = plan.model.empty() ? request.model : plan.model;
+    record.streamed = request.stream;
+    co_await RunAttempts(x, request, plan);
+  }
+
+  awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& plan) {
+    auto slot = std::make_shared<CancelSlot>();
+    // While Tollgate waits on the upstream, a client that hangs up cancels the upstream call.
+    x.writer.WatchDisconnect([slot] {
+      slot->client_gone = true;
+      if (auto call = slot->current.lock()) call->Cancel();
+    });
+    const size_t n = std::min<size_t>(plan.attempts.size(),
+                                      static_cast<size_t>(std::max(1, options_.max_attempts)));
+    OutcomeKind last_kind = OutcomeKind::kConnectError;
+    int last_status = 0;
+    int64_t last_retry_after_ms = 0;
+    for (size_t i = 0; i < n && !slot->client_gone; ++i) {
+      const UpstreamAttempt& attempt = plan.attempts[i];
+      x.record.attempts = static_cast<int32_t>(i + 1);
+      x.record.upstream_model = attempt.upstream_model;
+      auto url = ParseUpstreamUrl(attempt.base_url,
+                                  UpstreamSuffix(attempt.provider, request.endpoint,
+                                                 attempt.upstream_model, attempt.api_version));
+      if (!url) {
+        log::Write(log::Level::kError, "edge", "upstream base_url is not an http(s) URL",
+                   {{"upstream_key_id", attempt.upstream_key_id}}, x.request.request_id);
+        Report(attempt, OutcomeKind::kConnectError, 0, 0, {});
+        last_kind = OutcomeKind::kConnectError;
+        continue;
+      }
+      UpstreamRequest upstream{std::move(*url), "POST", {}, {}};
+      upstream.headers.emplace_back("content-type", "application/json");
+      upstream.headers.emplace_back("accept",
+                                    request.stream ? "text/event-stream" : "application/json");
+      if (attempt.provider == ProviderKind::kAzureOpenAi) {
+        upstream.headers.emplace_back("api-key", attempt.api_key);
+      } else {
+        upstream.headers.emplace_back("authorization", "Bearer " + attempt.api_key);
+      }
+      upstream.body = RenderUpstreamBody(request, attempt.upstream_model);
+
+      std::shared_ptr<UpstreamCall> call = pool_.NewCall(std::move(upstream), options_.upstream);
+      slot->current = call;
+      const auto t0 = Clock::now();
+      UpstreamStatus st = co_await call->Start();
+      if (st == UpstreamStatus::kCancelled || slot->client_gone) {
+        x.upstream_wait += Clock::now() - t0;
+        metrics_->cancelled->Increment();
+        break;
+      }
+      if (st != UpstreamStatus::kOk) {
+        x.upstream_wait += Clock::now() - t0;
+        last_kind = KindForFailure(st);
+        last_status = 0;
+        LogAttempt(x, attempt, last_kind, 0, call->error_detail());
+        Report(attempt, last_kind, 0, 0, Clock::now() - t0);
+        continue;
+      }
+      const int status = call->status();
+      if (status >= 200 && status < 300 && request.stream &&
+          IsEventStream(call->Header("content-type"))) {
+        x.upstream_wait += Clock::now() - t0;  // the first upstream byte is here
+        x.record.upstream_key_id = attempt.upstream_key_id;
+        co_await RelayStream(x, request, attempt, *call, t0, *slot);
+        co_return;
+      }
+      // Everything else is buffered: nothing has reached the client yet, so failover is safe.
+      std::string body;
+      st = co_await call->ReadAll(body);
+      x.upstream_wait += Clock::now() - t0;
+      if (st == UpstreamStatus::kCancelled || slot->client_gone) {
+        metrics_->cancelled->Increment();
+        break;
+      }
+      OutcomeKind kind = KindForStatus(status);
+      if (st != UpstreamStatus::kOk &&
+          (kind == OutcomeKind::kSuccess || kind == OutcomeKind::kClientError)) {
+        // An answer we cannot deliver whole counts as the upstream's failure.
+        kind = KindForFailure(st);
+        LogAttempt(x, attempt, kind, status, call->error_detail());
+        Report(attempt, kind, status, 0, Clock::now() - t0);
+        last_kind = kind;
+        last_status = status;
+        continue;
+      }
+      if (kind == OutcomeKind::kSuccess || kind == OutcomeKind::kClientError) {
+        Report(attempt, kind, status, 0, Clock::now() - t0);
+        x.record.upstream_key_id = attempt.upstream_key_id;
+        if (kind == OutcomeKind::kSuccess) {
+          int64_t completion_chars = 0;
+          Usage usage = UsageFromBody(body, &completion_chars);
+          SetUsage(x.record, request, usage, completion_chars);
+        } else {
+          Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
+        }
+        std::string content_type = call->Header("content-type");
+        auto headers = CommonHeaders(x);
+        headers.emplace_back("content-type",
+                             content_type.empty() ? "application/json" : content_type);
+        bool delivered = co_await x.writer.Send(status, std::move(headers), std::move(body));
+        x.record.client_disconnected = !delivered;
+        Finish(x, status);
+        co_return;
+      }
+      last_kind = kind;
+      last_status = status;
+      last_retry_after_ms = kind == OutcomeKind::kRateLimited ? RetryAfterMs(*call) : 0;
+      LogAttempt(x, attempt, kind, status, "");
+      Report(attempt, kind, status, last_retry_after_ms, Clock::now() - t0);
+    }
+
+    if (slot->client_gone) {
+      // Left before any answer: the upstream call was cancelled, nothing was delivered.
+      x.record.client_disconnected = true;
+      Finish(x, kClientClosedRequest);
+      co_return;
+    }
+    // Every attempt failed: the last failure decides what the client sees.
+    ErrorCode code = ErrorCode::kUpstreamError;
+    std::string message;
+    HttpHeaders extra;
+    switch (last_kind) {
+      case OutcomeKind::kTimeout:
+        code = ErrorCode::kUpstreamTimeout;
+        message = "The upstream provider did not answer in time.";
+        break;
+      case OutcomeKind::kRateLimited:
+        code = ErrorCode::kRateLimited;
+        message = "The upstream providers for this model are rate limited. Retry later.";
+        if (last_retry_after_ms > 0)
+          extra.emplace_back("retry-after", std::to_string((last_retry_after_ms + 999) / 1000));
+        break;
+      case OutcomeKind::kConnectError:
+        message = "Could not reach the upstream provider.";
+        break;
+      case OutcomeKind::kAuthError:
+        message = "The upstream provider refused Tollgate's credentials.";
+        break;
+      default:
+        message = last_status > 0 ? "The upstream provider answered with HTTP " +
+                                        std::to_string(last_status) + "."
+                                  : "The upstream provider sent a malformed answer.";
+        break;
+    }
+    co_await SendError(x, code, message, {}, std::move(extra));
+    x.record.upstream_key_id = 0;  // nothing was generated: the record settles at zero
+    Finish(x, Describe(code).http);
+  }
+
+  awaitable<void> RelayStream(Exchange& x, ParsedRequest& request, const UpstreamAttempt& attempt,
+                              UpstreamCall& call, Clock::time_point t0, CancelSlot& slot) {
+    auto headers = CommonHeaders(x);
+    headers.emplace_back("content-type", "text/event-stream; charset=utf-8");
+    headers.emplace_back("cache-control", "no-cache");
+    headers.emplace_back("x-accel-buffering", "no");
+    bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
+
+    StreamRelay relay(request.client_wants_usage);
+    SseParser parser;
+    std::vector<SseEvent> events;
+    std::string data;
+    UpstreamStatus st = UpstreamStatus::kOk;
+    while (client_ok && !slot.client_gone) {
+      data.clear();
+      st = co_await call.Read(data);
+      if (st != UpstreamStatus::kOk) break;
+      events.clear();
+      parser.Feed(data, events);
+      for (const auto& event : events) {
+        if (relay.OnEvent(event) != StreamRelay::Action::kForward) continue;
+        client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
+        if (!client_ok) break;
+      }
+      if (call.finished()) break;
+    }
+
+    const bool client_left = !client_ok || slot.client_gone || st == UpstreamStatus::kCancelled;
+    OutcomeKind kind = OutcomeKind::kSuccess;
+    if (client_left) {
+      call.Cancel();  // close the upstream socket: the provider stops generating
+      x.record.client_disconnected = true;
+      metrics_->cancelled->Increment();
+    } else if (st != UpstreamStatus::kOk) {
+      // Too late to fail over: the client has bytes. End the stream with an error event, the
+      // way OpenAI reports mid-stream failures.
+      kind = KindForFailure(st);
+      LogAttempt(x, attempt, kind, 200, call.error_detail());
+      ErrorCode code =
+          st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
+      std::string event =
+          "data: " +
+          OpenAiErrorBody(code, st == UpstreamStatus::kTimeout
+                                    ? "The upstream provider stopped sending."
+                                    : "The upstream provider broke off the answer.") +
+          "\n\n";
+      if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
+    } else {
+      if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
+        co_await x.writer.EndStream();
+      } else {
+        x.record.client_disconnected = true;
+      }
+    }
+    Report(attempt, kind, 200, 0, Clock::now() - t0);
+    SetUsage(x.record, request, relay.usage(), relay.relayed_chars());
+    Finish(x, 200);
+  }
+
+  awaitable<void> Models(Exchange& x, std::optional<std::string> id) {
+    AuthResult who = co_await Authenticate(x);
+    if (who.failure) {
+      co_await SendError(x, who.failure->code, who.failure->message);
+      co_return;
+    }
+    Eventual<ModelsResult> listed(co_await asio::this_coro::executor);
+    clients_.router.ListModels(listed.Setter());
+    ModelsResult result = co_await listed.Wait();
+    if (result.failure) {
+      co_await SendError(x, result.failure->code, result.failure->message);
+      co_return;
+    }
+    auto model_json = [](const ModelInfo& m) {
+      return nlohmann::ordered_json{
+          {"id", m.id}, {"object", "model"}, {"created", m.created}, {"owned_by", m.owned_by}};
+    };
+    std::string body;
+    if (id) {
+      auto it = std::find_if(result.models.begin(), result.models.end(),
+                             [&](const ModelInfo& m) { return m.id == *id; });
+      if (it == result.models.end()) {
+        co_await SendError(
+            x, ErrorCode::kModelNotFound,
+            "The model '" + *id + "' does not exist or you do not have access to it.", "model");
+        co_return;
+      }
+      body = model_json(*it).dump();
+    } else {
+      nlohmann::ordered_json list{{"object", "list"}, {"data", nlohmann::ordered_json::array()}};
+      for (const auto& m : result.models) list["data"].push_back(model_json(m));
+      body = list.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    }
+    auto headers = CommonHeaders(x);
+    headers.emplace_back("content-type", "application/json");
+    co_await x.writer.Send(200, std::move(headers), std::move(body));
+  }
+
+  // Usage from the upstream when it sent some; otherwise the estimate (documented in openai.h).
+  static void SetUsage(UsageRecord& record, const ParsedRequest& request, const Usage& usage,
+                       int64_t completion_chars) {
+    if (usage.present) {
+      record.prompt_tokens = usage.prompt_tokens;
+      record.completion_tokens = usage.completion_tokens;
+      record.usage_estimated = false;
+    } else {
+      record.prompt_tokens = request.prompt_estimate;
+      record.completion_tokens = EstimateTokens(completion_chars);
+      record.usage_estimated = true;
+    }
+  }
+
+  void LogAttempt(const Exchange& x, const UpstreamAttempt& attempt, OutcomeKind kind, int status,
+                  const std::string& detail) {
+    log::Write(log::Level::kWarn, "edge", "upstream attempt failed",
+               {{"upstream_key_id", attempt.upstream_key_id},
+                {"outcome", OutcomeName(kind)},
+                {"http_status", status},
+                {"detail", detail}},
+               x.request.request_id);
+  }
+
+  const ProxyOptions options_;
+  EdgeClients clients_;
+  std::shared_ptr<Metrics> metrics_;
+  UpstreamPool pool_;
+};
+
+}  // namespace
+
+HandlerFactory MakeProxyHandlers(ProxyOptions options, EdgeClients clients,
+                                 prometheus::Registry& registry) {
+  auto metrics = std::make_shared<Metrics>(registry);
+  return [options, clients, metrics](asio::io_context& io) -> std::unique_ptr<RequestHandler> {
+    return std::make_unique<Proxy>(io, options, clients, metrics);
+  };
+}
+
+}  // namespace tollgate::edge

@@ -1,0 +1,36 @@
+// The edge's OpenAI surface: /v1/chat/completions, /v1/completions, /v1/embeddings,
+// /v1/models[/{id}]. Admission (auth, then quota, billing and route concurrently), the upstream
+// attempts with failover, the relay (streamed or not) and the UsageRecord.
+#pragma once
+
+#include <cstdint>
+
+#include "src/clients.h"
+#include "src/http.h"
+#include "src/upstream_client.h"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace tollgate::edge {
+
+struct ProxyOptions {
+  int32_t max_attempts = 3;  // upper bound on the attempts of one request (router plan permitting)
+  UpstreamTimeouts upstream;
+  UpstreamPoolOptions pool;
+};
+
+// The services the request path calls; they must outlive every handler.
+struct EdgeClients {
+  AuthClient& auth;
+  QuotaClient& quota;
+  RouterClient& router;
+  BillingClient& billing;
+};
+
+// One proxy handler per io_context; metrics are registered once on `registry`.
+HandlerFactory MakeProxyHandlers(ProxyOptions options, EdgeClients clients,
+                                 prometheus::Registry& registry);
+
+}  // namespace tollgate::edge

@@ -1,0 +1,105 @@
+// The edge's HTTP client for upstream providers (Beast lives in upstream_client.cpp only):
+// keep-alive connections pooled per (scheme, host, port), TLS with SNI and certificate
+// verification, and connect / first-byte / between-chunks / total timeouts.
+//
+// One UpstreamPool per io_context: a call and its connection stay on that thread.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "src/http.h"
+#include "src/openai.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace tollgate::edge {
+
+struct UpstreamTimeouts {
+  std::chrono::milliseconds connect{5000};      // DNS, TCP and TLS handshake
+  std::chrono::milliseconds first_byte{60000};  // request sent -> response head
+  std::chrono::milliseconds idle{60000};        // between two pieces of the body
+  std::chrono::milliseconds total{600000};      // the whole exchange
+};
+
+struct UpstreamPoolOptions {
+  std::string ca_file;  // extra trust anchors (PEM), on top of the system's
+  size_t max_idle_per_host = 32;
+  std::chrono::milliseconds keepalive{30000};   // an idle connection older than this is closed
+  size_t max_buffered_body = 64 * 1024 * 1024;  // ReadAll's limit
+};
+
+struct UpstreamRequest {
+  UpstreamUrl url;
+  std::string method = "POST";
+  HttpHeaders headers;  // besides host, content-length, connection
+  std::string body;
+};
+
+enum class UpstreamStatus {
+  kOk,
+  kConnectError,  // DNS, refused, TLS handshake or verification failed, reset before an answer
+  kTimeout,       // a timeout fired
+  kBroken,        // the answer was cut off or malformed
+  kCancelled,     // Cancel() was called
+};
+
+const char* UpstreamStatusName(UpstreamStatus status);
+
+class UpstreamPool;
+
+// One request/response exchange on a pooled connection. Destroying the call returns the
+// connection to its pool when the exchange ended cleanly; otherwise the connection is closed.
+class UpstreamCall final {
+ public:
+  ~UpstreamCall();
+  UpstreamCall(const UpstreamCall&) = delete;
+  UpstreamCall& operator=(const UpstreamCall&) = delete;
+
+  // Connects (or takes an idle connection), sends the request and reads the response head.
+  boost::asio::awaitable<UpstreamStatus> Start();
+  int status() const;
+  // A response header by name (case-insensitive), or "".
+  std::string Header(std::string_view name) const;
+  // Appends the next piece of the body as soon as it arrives. kOk with finished() at the end.
+  boost::asio::awaitable<UpstreamStatus> Read(std::string& out);
+  // Reads the rest of the body (up to the pool's max_buffered_body).
+  boost::asio::awaitable<UpstreamStatus> ReadAll(std::string& out);
+  bool finished() const;
+  // Closes the connection at once (the provider sees the reset and stops generating); a
+  // pending Start or Read completes with kCancelled. Call on the pool's thread.
+  void Cancel();
+  // What went wrong, for logs; never contains the request (nor its key).
+  const std::string& error_detail() const;
+
+ private:
+  friend class UpstreamPool;
+  struct Impl;
+  explicit UpstreamCall(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class UpstreamPool final {
+ public:
+  // Throws std::runtime_error when ca_file cannot be loaded.
+  UpstreamPool(boost::asio::io_context& io, UpstreamPoolOptions options);
+  ~UpstreamPool();
+
+  std::unique_ptr<UpstreamCall> NewCall(UpstreamRequest request, UpstreamTimeouts timeouts);
+  size_t idle_connections() const;
+
+  struct Shared;
+
+ private:
+  std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace tollgate::edge
