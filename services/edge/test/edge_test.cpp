@@ -1,0 +1,771 @@
+// The edge's request path in one process: the real HttpServer and proxy, the real
+// GrpcRouterClient talking to a small fake RouterService on 127.0.0.1:0, and the real mock
+// upstream binary (tools/mock_upstream) as the provider.
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <algorithm>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "src/grpc_router_client.h"
+#include "src/http_server.h"
+#include "src/permissive_clients.h"
+#include "src/proxy.h"
+#include "tollgate/grpc_server.h"
+#include "tollgate/router/v1/router.grpc.pb.h"
+
+namespace tollgate::edge {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace pb = tollgate::router::v1;
+using tcp = asio::ip::tcp;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking HTTP client, good enough for tests.
+
+struct Reply {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+  Json json() const { return Json::parse(body, nullptr, false); }
+};
+
+template <typename Message>
+std::map<std::string, std::string> HeaderMap(const Message& msg) {
+  std::map<std::string, std::string> out;
+  for (const auto& f : msg) {
+    std::string name(f.name_string());
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    out[name] = std::string(f.value());
+  }
+  return out;
+}
+
+http::request<http::string_body> MakeRequest(http::verb method, const std::string& target,
+                                             const std::string& body,
+                                             const std::map<std::string, std::string>& headers) {
+  http::request<http::string_body> req{method, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  req.set(http::field::content_type, "application/json");
+  for (const auto& [k, v] : headers) req.set(k, v);
+  req.body() = body;
+  req.prepare_payload();
+  return req;
+}
+
+Reply Call(int port, http::verb method, const std::string& target, const std::string& body = "",
+           const std::map<std::string, std::string>& headers = {}) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+  auto req = MakeRequest(method, target, body, headers);
+  http::write(stream, req);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+  http::read(stream, buffer, parser);
+  Reply reply;
+  reply.status = parser.get().result_int();
+  reply.headers = HeaderMap(parser.get());
+  reply.body = parser.get().body();
+  return reply;
+}
+
+Reply Post(int port, const std::string& target, const Json& body,
+           const std::map<std::string, std::string>& headers = {}) {
+  return Call(port, http::verb::post, target, body.dump(), headers);
+}
+
+struct StreamReply {
+  int status = 0;
+  std::map<std::string, std::string> headers;
+  std::vector<std::string> events;  // each "data: ...", without the blank line
+  std::vector<double> times_ms;     // when each event arrived, from the request's start
+  int chunks = 0;                   // chunks of the chunked transfer encoding
+  std::string body;
+};
+
+// Streams a POST, noting when each SSE event arrives. `stop` may end it early: the client then
+// closes the connection (a disconnect).
+StreamReply Stream(int port, const Json& body,
+                   const std::function<bool(const std::string&)>& stop = {},
+                   const std::map<std::string, std::string>& headers = {}) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+  auto t0 = Clock::now();
+  auto req = MakeRequest(http::verb::post, "/v1/chat/completions", body.dump(), headers);
+  http::write(stream, req);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+  StreamReply out;
+  auto on_chunk = [&](uint64_t size, std::string_view, beast::error_code&) {
+    if (size > 0) ++out.chunks;
+  };
+  parser.on_chunk_header(on_chunk);
+  http::read_header(stream, buffer, parser);
+  out.status = parser.get().result_int();
+  out.headers = HeaderMap(parser.get());
+  size_t scanned = 0;
+  while (!parser.is_done()) {
+    beast::error_code ec;
+    http::read_some(stream, buffer, parser, ec);
+    if (ec) break;
+    const std::string& text = parser.get().body();
+    for (size_t end; (end = text.find("\n\n", scanned)) != std::string::npos; scanned = end + 2) {
+      out.events.push_back(text.substr(scanned, end - scanned));
+      out.times_ms.push_back(MsSince(t0));
+      if (stop && stop(out.events.back())) {
+        stream.socket().close();
+        out.body = text;
+        return out;
+      }
+    }
+  }
+  out.body = parser.get().body();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mock upstream, as a child process.
+
+class MockUpstream {
+ public:
+  MockUpstream() {
+    int out[2];
+    if (pipe(out) != 0) throw std::runtime_error("pipe");
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      close(out[0]);
+      close(out[1]);
+      // --verbose: one stderr line per request, next to the test's output when it fails.
+      execl(TOLLGATE_MOCK_UPSTREAM, "tollgate-mock-upstream", "--listen=127.0.0.1:0", "--threads=2",
+            "--verbose", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(out[1]);
+    std::string line;
+    char c;
+    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
+    close(out[0]);
+    auto colon = line.rfind(':');
+    if (line.rfind("listening on ", 0) != 0 || colon == std::string::npos)
+      throw std::runtime_error("mock upstream did not start: '" + line + "'");
+    port_ = std::stoi(line.substr(colon + 1));
+  }
+  ~MockUpstream() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+  int port() const { return port_; }
+  std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  Json Stats() const { return Call(port_, http::verb::get, "/_mock/stats").json(); }
+  int64_t KeyCount(const std::string& key) const {
+    auto stats = Stats();
+    return stats["by_key"].contains(key) ? stats["by_key"][key].get<int64_t>() : 0;
+  }
+  void SetKey(const std::string& key, const Json& behavior) const {
+    auto reply = Call(port_, http::verb::post, "/_mock/keys/" + key, behavior.dump());
+    ASSERT_EQ(reply.status, 200) << reply.body;
+  }
+  Json Last() const { return Call(port_, http::verb::get, "/_mock/last").json(); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// A fake router: fixed plans per model, outcomes recorded.
+
+class FakeRouter final : public pb::RouterService::Service {
+ public:
+  void SetPlan(const std::string& model, std::vector<pb::Attempt> attempts) {
+    std::lock_guard lock(mu_);
+    plans_[model] = std::move(attempts);
+  }
+
+  grpc::Status Route(grpc::ServerContext*, const pb::RouteRequest* request,
+                     pb::RouteResponse* response) override {
+    std::lock_guard lock(mu_);
+    ++route_calls_;
+    auto it = plans_.find(request->model());
+    if (it == plans_.end())
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model", "model_not_found");
+    if (it->second.empty())
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "all open", "no_healthy_upstream");
+    response->set_model(request->model());
+    for (const auto& a : it->second) *response->add_attempts() = a;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportOutcomes(grpc::ServerContext*, const pb::ReportOutcomesRequest* request,
+                              pb::ReportOutcomesResponse*) override {
+    std::lock_guard lock(mu_);
+    ++report_calls_;
+    for (const auto& o : request->outcomes()) outcomes_.push_back(o);
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListModels(grpc::ServerContext*, const pb::ListModelsRequest*,
+                          pb::ListModelsResponse* response) override {
+    for (const char* id : {"gpt-4o-mini", "org/with-slash"}) {
+      auto* m = response->add_models();
+      m->set_id(id);
+      m->set_created(1700000000);
+      m->set_owned_by("tollgate");
+    }
+    return grpc::Status::OK;
+  }
+
+  // Waits until an outcome for `key_id` arrived; returns it.
+  std::optional<pb::Outcome> WaitOutcome(int64_t key_id, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    std::optional<pb::Outcome> found;
+    cv_.wait_for(lock, timeout, [&] {
+      for (const auto& o : outcomes_)
+        if (o.upstream_key_id() == key_id) found = o;
+      return found.has_value();
+    });
+    return found;
+  }
+
+  int route_calls() {
+    std::lock_guard lock(mu_);
+    return route_calls_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::vector<pb::Attempt>> plans_;
+  std::vector<pb::Outcome> outcomes_;
+  int route_calls_ = 0;
+  int report_calls_ = 0;
+};
+
+pb::Attempt MakeAttempt(int64_t key_id, const std::string& base_url, const std::string& key,
+                        const std::string& upstream_model,
+                        pb::ProviderType type = pb::PROVIDER_TYPE_OPENAI) {
+  pb::Attempt a;
+  a.set_upstream_key_id(key_id);
+  a.set_provider_type(type);
+  a.set_base_url(base_url);
+  a.set_api_key(key);
+  a.set_upstream_model(upstream_model);
+  if (type == pb::PROVIDER_TYPE_AZURE_OPENAI) a.set_api_version("2024-10-21");
+  return a;
+}
+
+class RecordingBillingClient final : public BillingClient {
+ public:
+  void Hold(HoldRequest, std::function<void(HoldResult)> done) override { done({}); }
+  void Release(std::string) override {}
+  void Record(UsageRecord record) override {
+    std::lock_guard lock(mu_);
+    records_.push_back(std::move(record));
+    cv_.notify_all();
+  }
+  std::optional<UsageRecord> WaitFor(const std::string& request_id,
+                                     std::chrono::milliseconds timeout = 3s) {
+    std::unique_lock lock(mu_);
+    std::optional<UsageRecord> found;
+    cv_.wait_for(lock, timeout, [&] {
+      for (const auto& r : records_)
+        if (r.request_id == request_id) found = r;
+      return found.has_value();
+    });
+    return found;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<UsageRecord> records_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class EdgeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    mock_ = new MockUpstream();
+    router_ = new FakeRouter();
+    router_server_ = new GrpcServer("127.0.0.1:0");
+    router_server_->Register(router_);
+    router_server_->Start();
+    const std::string mock = mock_->base_url() + "/v1";
+    router_->SetPlan("chat", {MakeAttempt(1, mock, "sk-chat", "gpt-4o-mini")});
+    router_->SetPlan("slow-stream", {MakeAttempt(2, mock, "sk-slow", "mock-chunks-5-delay-200")});
+    router_->SetPlan("failover", {MakeAttempt(11, mock, "sk-bad", "gpt-4o-mini"),
+                                  MakeAttempt(12, mock, "sk-good", "gpt-4o-mini")});
+    router_->SetPlan("ratelimited", {MakeAttempt(21, mock, "sk-limited", "gpt-4o-mini"),
+                                     MakeAttempt(22, mock, "sk-spare", "gpt-4o-mini")});
+    router_->SetPlan("too-long", {MakeAttempt(31, mock, "sk-400",
+                                              "mock-fail-400-code-"
+                                              "context_length_exceeded"),
+                                  MakeAttempt(32, mock, "sk-400-spare", "gpt-4o-mini")});
+    router_->SetPlan("disconnect",
+                     {MakeAttempt(41, mock, "sk-disconnect", "mock-chunks-40-delay-100")});
+    router_->SetPlan("azure", {MakeAttempt(51, mock_->base_url(), "az-key", "my-deployment",
+                                           pb::PROVIDER_TYPE_AZURE_OPENAI)});
+    router_->SetPlan("hang", {MakeAttempt(61, mock, "sk-hang", "mock-hang")});
+    router_->SetPlan("all-bad", {MakeAttempt(71, mock, "sk-all-bad-1", "mock-fail-503"),
+                                 MakeAttempt(72, mock, "sk-all-bad-2", "mock-fail-500")});
+    router_->SetPlan("refused", {MakeAttempt(81, "http://127.0.0.1:1/v1", "sk-nowhere", "x"),
+                                 MakeAttempt(82, mock, "sk-after-refused", "gpt-4o-mini")});
+    router_->SetPlan("all-open", {});
+    router_->SetPlan("embed", {MakeAttempt(91, mock, "sk-embed", "text-embedding-3-small")});
+    router_->SetPlan("text", {MakeAttempt(92, mock, "sk-text", "gpt-3.5-turbo-instruct")});
+  }
+
+  static void TearDownTestSuite() {
+    router_server_->Shutdown(std::chrono::system_clock::now());
+    delete router_server_;
+    delete router_;
+    delete mock_;
+  }
+
+  void SetUp() override {
+    GrpcRouterClientOptions router_options;
+    router_options.target = "127.0.0.1:" + std::to_string(router_server_->port());
+    router_options.flush_interval = 20ms;
+    router_client_ = std::make_unique<GrpcRouterClient>(router_options);
+    ProxyOptions proxy;
+    proxy.max_attempts = 3;
+    proxy.upstream.first_byte = 1500ms;  // the "hang" model times out quickly
+    proxy.upstream.idle = 5s;            // a stalled stream fails the test fast
+    HttpServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.threads = 2;
+    options.max_body_bytes = 64 * 1024;
+    server_ = std::make_unique<HttpServer>(
+        options, registry_,
+        MakeProxyHandlers(proxy, EdgeClients{auth_, quota_, *router_client_, billing_}, registry_));
+    server_->Start();
+    port_ = server_->port();
+  }
+
+  void TearDown() override {
+    server_->Drain(Clock::now() + 5s);
+    router_client_->Shutdown();
+    server_->Shutdown(Clock::now());
+    server_.reset();
+    router_client_.reset();
+  }
+
+  static Json Chat(const std::string& model, bool stream = false) {
+    Json body = {{"model", model},
+                 {"messages", {{{"role", "user"}, {"content", "Say hello to the test."}}}}};
+    if (stream) body["stream"] = true;
+    return body;
+  }
+
+  static inline MockUpstream* mock_ = nullptr;
+  static inline FakeRouter* router_ = nullptr;
+  static inline GrpcServer* router_server_ = nullptr;
+
+  prometheus::Registry registry_;
+  AllowAllAuthClient auth_;
+  AllowAllQuotaClient quota_;
+  RecordingBillingClient billing_;
+  std::unique_ptr<GrpcRouterClient> router_client_;
+  std::unique_ptr<HttpServer> server_;
+  int port_ = 0;
+};
+
+TEST_F(EdgeTest, NonStreamingChatIsRelayedAndRecorded) {
+  Json body = Chat("chat");
+  body["temperature"] = 0.25;
+  body["tools"] =
+      Json::array({{{"type", "function"},
+                    {"function", {{"name", "lookup"}, {"parameters", {{"type", "object"}}}}}}});
+  body["tool_choice"] = "none";
+  body["response_format"] = {{"type", "text"}};
+  body["n"] = 1;
+  body["logprobs"] = false;
+  auto reply = Post(port_, "/v1/chat/completions", body, {{"x-request-id", "test-chat-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(reply.headers["x-request-id"], "test-chat-1");
+  ASSERT_TRUE(reply.headers.count("x-tollgate-overhead-ms"));
+  EXPECT_LT(std::stod(reply.headers["x-tollgate-overhead-ms"]), 100.0);
+  EXPECT_EQ(reply.headers["content-type"], "application/json");
+  auto json = reply.json();
+  EXPECT_EQ(json["object"], "chat.completion");
+  EXPECT_FALSE(json["choices"][0]["message"]["content"].get<std::string>().empty());
+
+  // Upstream got the upstream model, every other field untouched, our credential only.
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"], "/v1/chat/completions");
+  EXPECT_EQ(sent["headers"]["authorization"], "Bearer sk-chat");
+  EXPECT_EQ(sent["body"]["model"], "gpt-4o-mini");
+  Json expected = body;
+  expected["model"] = "gpt-4o-mini";
+  EXPECT_EQ(sent["body"], expected);
+
+  auto record = billing_.WaitFor("test-chat-1");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->model, "chat");
+  EXPECT_EQ(record->upstream_key_id, 1);
+  EXPECT_EQ(record->prompt_tokens, json["usage"]["prompt_tokens"].get<int64_t>());
+  EXPECT_EQ(record->completion_tokens, json["usage"]["completion_tokens"].get<int64_t>());
+  EXPECT_FALSE(record->usage_estimated);
+  EXPECT_FALSE(record->streamed);
+  EXPECT_EQ(record->http_status, 200);
+  EXPECT_FALSE(record->client_disconnected);
+  auto outcome = router_->WaitOutcome(1, 2s);
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->kind(), pb::OUTCOME_KIND_SUCCESS);
+}
+
+TEST_F(EdgeTest, GeneratesARequestIdWhenTheClientSendsNone) {
+  auto reply = Post(port_, "/v1/chat/completions", Chat("chat"));
+  ASSERT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.headers["x-request-id"].rfind("req_", 0), 0u);
+}
+
+TEST_F(EdgeTest, StreamingDeliversEachEventAsItArrives) {
+  auto t0 = Clock::now();
+  auto reply = Stream(port_, Chat("slow-stream", true), {}, {{"x-request-id", "test-stream-1"}});
+  double total_ms = MsSince(t0);
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(reply.headers["content-type"], "text/event-stream; charset=utf-8");
+  EXPECT_EQ(reply.headers["cache-control"], "no-cache");
+  EXPECT_EQ(reply.headers["x-accel-buffering"], "no");
+  EXPECT_EQ(reply.headers["transfer-encoding"], "chunked");
+  EXPECT_EQ(reply.headers["x-request-id"], "test-stream-1");
+  EXPECT_TRUE(reply.headers.count("x-tollgate-overhead-ms"));
+
+  // role chunk, 5 content chunks, the finish chunk, [DONE]; the usage-only chunk is dropped
+  // because this client did not ask for it.
+  ASSERT_EQ(reply.events.size(), 8u) << reply.body;
+  EXPECT_EQ(reply.events.back(), "data: [DONE]");
+  for (const auto& e : reply.events) EXPECT_EQ(e.find("\"choices\":[]"), std::string::npos) << e;
+  EXPECT_EQ(reply.chunks, 8);  // one chunk per event
+
+  // The first content chunk long before the last: 200 ms gaps, really streamed.
+  double first_content = reply.times_ms[1];
+  double last_content = reply.times_ms[5];
+  std::cout << "[ measured ] first content chunk " << first_content << " ms, last " << last_content
+            << " ms, whole stream " << total_ms << " ms\n";
+  EXPECT_LT(first_content, 600);
+  EXPECT_GT(last_content - first_content, 600);
+  for (int i = 2; i <= 5; ++i) EXPECT_GT(reply.times_ms[i] - reply.times_ms[i - 1], 120);
+
+  // Upstream was asked for usage anyway, and the usage is in the record.
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["body"]["stream_options"]["include_usage"], true);
+  EXPECT_EQ(sent["body"]["model"], "mock-chunks-5-delay-200");
+  auto record = billing_.WaitFor("test-stream-1");
+  ASSERT_TRUE(record);
+  EXPECT_TRUE(record->streamed);
+  EXPECT_FALSE(record->usage_estimated);
+  EXPECT_EQ(record->completion_tokens, 5);
+  EXPECT_GT(record->prompt_tokens, 0);
+}
+
+TEST_F(EdgeTest, StreamingKeepsTheUsageChunkWhenTheClientAsks) {
+  Json body = Chat("slow-stream", true);
+  body["stream_options"] = {{"include_usage", true}};
+  auto reply = Stream(port_, body);
+  ASSERT_EQ(reply.status, 200);
+  ASSERT_EQ(reply.events.size(), 9u) << reply.body;
+  auto usage = Json::parse(reply.events[7].substr(6));
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 5);
+  EXPECT_EQ(reply.events.back(), "data: [DONE]");
+}
+
+TEST_F(EdgeTest, FailsOverFromAKeyAnswering500) {
+  mock_->SetKey("sk-bad", {{"status", 500}});
+  int64_t bad_before = mock_->KeyCount("sk-bad");
+  int64_t good_before = mock_->KeyCount("sk-good");
+  for (int i = 0; i < 3; ++i) {
+    auto reply = Post(port_, "/v1/chat/completions", Chat("failover"));
+    ASSERT_EQ(reply.status, 200) << reply.body;
+  }
+  EXPECT_EQ(mock_->KeyCount("sk-bad") - bad_before, 3);
+  EXPECT_EQ(mock_->KeyCount("sk-good") - good_before, 3);
+  auto bad = router_->WaitOutcome(11, 2s);
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->kind(), pb::OUTCOME_KIND_SERVER_ERROR);
+  EXPECT_EQ(bad->http_status(), 500);
+  auto good = router_->WaitOutcome(12, 2s);
+  ASSERT_TRUE(good);
+  EXPECT_EQ(good->kind(), pb::OUTCOME_KIND_SUCCESS);
+
+  // Streams fail over the same way: nothing had reached the client yet.
+  auto stream = Stream(port_, Chat("failover", true));
+  EXPECT_EQ(stream.status, 200);
+  EXPECT_EQ(stream.events.back(), "data: [DONE]");
+}
+
+TEST_F(EdgeTest, RateLimitedKeyMovesTrafficAndReportsRetryAfter) {
+  mock_->SetKey("sk-limited", {{"status", 429}, {"retry_after", 2}});
+  int64_t spare_before = mock_->KeyCount("sk-spare");
+  auto reply = Post(port_, "/v1/chat/completions", Chat("ratelimited"));
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(mock_->KeyCount("sk-spare") - spare_before, 1);
+  auto limited = router_->WaitOutcome(21, 2s);
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->kind(), pb::OUTCOME_KIND_RATE_LIMITED);
+  EXPECT_EQ(limited->retry_after_ms(), 2000);
+}
+
+TEST_F(EdgeTest, UpstreamClientErrorIsPassedThroughWithoutFailover) {
+  int64_t spare_before = mock_->KeyCount("sk-400-spare");
+  auto reply = Post(port_, "/v1/chat/completions", Chat("too-long"));
+  ASSERT_EQ(reply.status, 400);
+  auto json = reply.json();
+  EXPECT_EQ(json["error"]["code"], "context_length_exceeded");
+  EXPECT_EQ(json["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(mock_->KeyCount("sk-400-spare"), spare_before);  // the request's fault: no retry
+  auto outcome = router_->WaitOutcome(31, 2s);
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->kind(), pb::OUTCOME_KIND_CLIENT_ERROR);
+}
+
+TEST_F(EdgeTest, EveryAttemptFailingGives502) {
+  auto reply = Post(port_, "/v1/chat/completions", Chat("all-bad"));
+  EXPECT_EQ(reply.status, 502);
+  EXPECT_EQ(reply.json()["error"]["code"], "upstream_error");
+  EXPECT_TRUE(reply.headers.count("x-request-id"));
+}
+
+TEST_F(EdgeTest, ConnectErrorFailsOver) {
+  auto reply = Post(port_, "/v1/chat/completions", Chat("refused"));
+  EXPECT_EQ(reply.status, 200) << reply.body;
+  auto outcome = router_->WaitOutcome(81, 2s);
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->kind(), pb::OUTCOME_KIND_CONNECT_ERROR);
+}
+
+TEST_F(EdgeTest, UpstreamWithoutFirstByteGives504) {
+  auto t0 = Clock::now();
+  auto reply = Post(port_, "/v1/chat/completions", Chat("hang"));
+  EXPECT_EQ(reply.status, 504);
+  EXPECT_EQ(reply.json()["error"]["code"], "upstream_timeout");
+  EXPECT_GE(MsSince(t0), 1400);
+  auto outcome = router_->WaitOutcome(61, 2s);
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->kind(), pb::OUTCOME_KIND_TIMEOUT);
+}
+
+TEST_F(EdgeTest, RequestErrorsUseTheOpenAiFormat) {
+  auto too_large =
+      Call(port_, http::verb::post, "/v1/chat/completions",
+           R"({"model":"chat","messages":[],"pad":")" + std::string(70000, 'x') + "\"}");
+  EXPECT_EQ(too_large.status, 413);
+  EXPECT_EQ(too_large.json()["error"]["code"], "request_too_large");
+  EXPECT_TRUE(too_large.headers.count("x-request-id"));
+
+  auto malformed = Call(port_, http::verb::post, "/v1/chat/completions", "{\"model\": ");
+  EXPECT_EQ(malformed.status, 400);
+  EXPECT_EQ(malformed.json()["error"]["type"], "invalid_request_error");
+
+  auto missing = Post(port_, "/v1/chat/completions", Json{{"model", "chat"}});
+  EXPECT_EQ(missing.status, 400);
+  EXPECT_EQ(missing.json()["error"]["param"], "messages");
+
+  auto no_model = Post(port_, "/v1/chat/completions", Json{{"messages", Json::array()}});
+  EXPECT_EQ(no_model.status, 400);
+  EXPECT_EQ(no_model.json()["error"]["param"], "model");
+
+  auto unknown = Post(port_, "/v1/chat/completions", Chat("no-such-model"));
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(unknown.json()["error"]["code"], "model_not_found");
+
+  auto all_open = Post(port_, "/v1/chat/completions", Chat("all-open"));
+  EXPECT_EQ(all_open.status, 503);
+  EXPECT_EQ(all_open.json()["error"]["code"], "no_healthy_upstream");
+
+  auto wrong_path = Call(port_, http::verb::get, "/v1/nothing");
+  EXPECT_EQ(wrong_path.status, 404);
+  EXPECT_TRUE(wrong_path.headers.count("x-request-id"));
+}
+
+TEST_F(EdgeTest, ClientDisconnectCancelsTheUpstreamAndStillRecordsUsage) {
+  auto before = mock_->Stats()["cancelled"].get<int64_t>();
+  int content_events = 0;
+  auto reply = Stream(port_, Chat("disconnect", true),
+                      [&](const std::string& event) {
+                        return event.find("\"content\":\"") != std::string::npos &&
+                               event.find("\"content\":\"\"") == std::string::npos &&
+                               ++content_events == 3;
+                      },
+                      {{"x-request-id", "test-disconnect-1"}});
+  auto closed = Clock::now();
+  ASSERT_EQ(reply.status, 200);
+  // The upstream sees its connection closed long before its 4 s answer would end.
+  int64_t cancelled = before;
+  while (cancelled == before && MsSince(closed) < 2000) {
+    std::this_thread::sleep_for(20ms);
+    cancelled = mock_->Stats()["cancelled"].get<int64_t>();
+  }
+  double cancel_ms = MsSince(closed);
+  std::cout << "[ measured ] upstream cancelled " << cancel_ms << " ms after the client left\n";
+  EXPECT_EQ(cancelled, before + 1);
+  EXPECT_LT(cancel_ms, 1000);
+
+  auto record = billing_.WaitFor("test-disconnect-1");
+  ASSERT_TRUE(record);
+  EXPECT_TRUE(record->client_disconnected);
+  EXPECT_TRUE(record->streamed);
+  EXPECT_TRUE(record->usage_estimated);  // the usage chunk never came
+  EXPECT_GE(record->completion_tokens, 1);
+  EXPECT_GT(record->prompt_tokens, 0);
+  EXPECT_EQ(record->upstream_key_id, 41);
+}
+
+TEST_F(EdgeTest, AzureDeploymentFormUsesApiKeyHeader) {
+  auto reply = Post(port_, "/v1/chat/completions", Chat("azure"));
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"],
+            "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21");
+  EXPECT_EQ(sent["headers"]["api-key"], "az-key");
+  EXPECT_FALSE(sent["headers"].contains("authorization"));
+}
+
+TEST_F(EdgeTest, EmbeddingsAndCompletions) {
+  auto embed = Post(port_, "/v1/embeddings", Json{{"model", "embed"}, {"input", {"a", "b"}}});
+  ASSERT_EQ(embed.status, 200) << embed.body;
+  EXPECT_EQ(embed.json()["data"].size(), 2u);
+  EXPECT_EQ(mock_->Last()["target"], "/v1/embeddings");
+
+  auto text = Post(port_, "/v1/completions", Json{{"model", "text"}, {"prompt", "Once upon"}});
+  ASSERT_EQ(text.status, 200) << text.body;
+  EXPECT_EQ(text.json()["object"], "text_completion");
+}
+
+TEST_F(EdgeTest, ModelsComeFromTheRouter) {
+  auto list = Call(port_, http::verb::get, "/v1/models");
+  ASSERT_EQ(list.status, 200);
+  auto json = list.json();
+  EXPECT_EQ(json["object"], "list");
+  ASSERT_EQ(json["data"].size(), 2u);
+  EXPECT_EQ(json["data"][0], (Json{{"id", "gpt-4o-mini"},
+                                   {"object", "model"},
+                                   {"created", 1700000000},
+                                   {"owned_by", "tollgate"}}));
+
+  auto one = Call(port_, http::verb::get, "/v1/models/org%2Fwith-slash");
+  ASSERT_EQ(one.status, 200);
+  EXPECT_EQ(one.json()["id"], "org/with-slash");
+  auto slash = Call(port_, http::verb::get, "/v1/models/org/with-slash");
+  EXPECT_EQ(slash.status, 200);
+
+  auto missing = Call(port_, http::verb::get, "/v1/models/nope");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(missing.json()["error"]["code"], "model_not_found");
+}
+
+TEST_F(EdgeTest, KeepAliveConnectionServesManyRequests) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port_)));
+  beast::flat_buffer buffer;
+  for (int i = 0; i < 5; ++i) {
+    auto req = MakeRequest(http::verb::post, "/v1/chat/completions", Chat("chat").dump(), {});
+    http::write(stream, req);
+    http::response<http::string_body> res;
+    http::read(stream, buffer, res);
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_TRUE(res.keep_alive());
+  }
+}
+
+// Not a benchmark (tests share two cores with builds): a sanity bound on the edge's own time,
+// and the numbers for the record.
+TEST_F(EdgeTest, OverheadStaysSmall) {
+  asio::io_context io;
+  auto time_requests = [&](int port, const std::string& target, const std::string& body,
+                           std::vector<double>* overhead) {
+    beast::tcp_stream stream(io);
+    stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+    beast::flat_buffer buffer;
+    std::vector<double> latency;
+    for (int i = 0; i < 200; ++i) {
+      auto req = MakeRequest(http::verb::post, target, body, {{"authorization", "Bearer sk-chat"}});
+      auto t0 = Clock::now();
+      http::write(stream, req);
+      http::response<http::string_body> res;
+      http::read(stream, buffer, res);
+      latency.push_back(MsSince(t0));
+      EXPECT_EQ(res.result_int(), 200);
+      if (overhead) overhead->push_back(std::stod(std::string(res["x-tollgate-overhead-ms"])));
+    }
+    std::sort(latency.begin(), latency.end());
+    return latency;
+  };
+  std::vector<double> overhead;
+  Json body = Chat("chat");
+  auto direct =
+      time_requests(mock_->port(), "/v1/chat/completions",
+                    Json{{"model", "gpt-4o-mini"}, {"messages", body["messages"]}}.dump(), nullptr);
+  auto via_edge = time_requests(port_, "/v1/chat/completions", body.dump(), &overhead);
+  std::sort(overhead.begin(), overhead.end());
+  std::cout << "[ measured ] 200 sequential non-streamed chats on one keep-alive connection: "
+            << "direct to mock p50 " << direct[100] << " ms p99 " << direct[198]
+            << " ms; through the edge p50 " << via_edge[100] << " ms p99 " << via_edge[198]
+            << " ms; x-tollgate-overhead-ms p50 " << overhead[100] << " p99 " << overhead[198]
+            << "\n";
+  EXPECT_LT(overhead[100], 20.0);
+}
+
+TEST(EdgeRouterDown, RouterUnreachableGives503) {
+  prometheus::Registry registry;
+  AllowAllAuthClient auth;
+  AllowAllQuotaClient quota;
+  DiscardingBillingClient billing;
+  GrpcRouterClientOptions router_options;
+  router_options.target = "127.0.0.1:1";  // nothing listens there
+  router_options.timeout = 500ms;
+  router_options.stale_plan_ttl = 0ms;
+  GrpcRouterClient router(router_options);
+  HttpServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.threads = 1;
+  HttpServer server(options, registry,
+                    MakeProxyHandlers({}, EdgeClients{auth, quota, router, billing}, registry));
+  server.Start();
+  auto t0 = Clock::now();
+  auto reply = Post(server.port(), "/v1/chat/completions",
+                    Json{{"model", "m"}, {"messages", Json::array()}});
+  EXPECT_EQ(reply.status, 503);
+  EXPECT_EQ(reply.json()["error"]["code"], "service_unavailable");
+  EXPECT_LT(MsSince(t0), 1500);  // the gRPC deadline, not a hang
+  auto models = Call(server.port(), http::verb::get, "/v1/models");
+  EXPECT_EQ(models.status, 503);
+  server.Drain(Clock::now() + 1s);
+  router.Shutdown();
+  server.Shutdown(Clock::now());
+}
+
+}  // namespace
+}  // namespace tollgate::edge
