@@ -81,8 +81,12 @@ Failure RouteFailure(const grpc::Status& status, const std::string& model) {
 struct GrpcRouterClient::Impl {
   explicit Impl(GrpcRouterClientOptions opts)
       : options(std::move(opts)),
-        stub(pb::RouterService::NewStub(MakeChannel(options.target))),
-        flusher([this] { FlushLoop(); }) {}
+        channel(MakeChannel(options.target)),
+        stub(pb::RouterService::NewStub(channel)),
+        flusher([this] { FlushLoop(); }) {
+    // Connect now, so the first request does not pay for the HTTP/2 handshake.
+    channel->GetState(/*try_to_connect=*/true);
+  }
 
   ~Impl() { Shutdown(); }
 
@@ -176,6 +180,7 @@ struct GrpcRouterClient::Impl {
   };
 
   GrpcRouterClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::RouterService::Stub> stub;
   std::mutex mu;
   std::condition_variable cv;
@@ -236,8 +241,11 @@ void GrpcRouterClient::Route(std::string model, int32_t max_attempts,
             result.attempts.push_back(std::move(attempt));
           }
           if (impl->options.stale_plan_ttl.count() > 0) {
+            // Refreshed at most once a second per model: a copy per request is not needed.
+            auto now = Clock::now();
             std::lock_guard lock(impl->plans_mu);
-            impl->last_plans[model] = {Clock::now(), result};
+            auto& last = impl->last_plans[model];
+            if (now - last.at >= std::chrono::seconds(1)) last = {now, result};
           }
         } else {
           bool stale_used = false;
@@ -250,10 +258,14 @@ void GrpcRouterClient::Route(std::string model, int32_t max_attempts,
               stale_used = true;
             }
           }
-          log::Warn("edge", stale_used ? "router unreachable; using its last plan" : "route failed",
-                    {{"model", model},
-                     {"grpc_code", static_cast<int>(status.error_code())},
-                     {"error", status.error_message()}});
+          // An unknown model is the client's business; anything else is worth a warning.
+          log::Write(status.error_code() == grpc::StatusCode::NOT_FOUND ? log::Level::kDebug
+                                                                        : log::Level::kWarn,
+                     "edge",
+                     stale_used ? "router unreachable; using its last plan" : "route failed",
+                     {{"model", model},
+                      {"grpc_code", static_cast<int>(status.error_code())},
+                      {"error", status.error_message()}});
           if (!stale_used) result.failure = RouteFailure(status, model);
         }
         owned->done(std::move(result));

@@ -738,6 +738,33 @@ TEST_F(EdgeTest, OverheadStaysSmall) {
   EXPECT_LT(overhead[100], 20.0);
 }
 
+TEST_F(EdgeTest, LastPlanServesWhileTheRouterIsDown) {
+  FakeRouter router;
+  router.SetPlan("chat", {MakeAttempt(1, mock_->base_url() + "/v1", "sk-chat", "gpt-4o-mini")});
+  auto router_server = std::make_unique<GrpcServer>("127.0.0.1:0");
+  router_server->Register(&router);
+  router_server->Start();
+  GrpcRouterClientOptions router_options;
+  router_options.target = "127.0.0.1:" + std::to_string(router_server->port());
+  router_options.timeout = 500ms;
+  GrpcRouterClient client(router_options);
+  HttpServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.threads = 1;
+  HttpServer server(options, registry_,
+                    MakeProxyHandlers({}, EdgeClients{auth_, quota_, client, billing_}, registry_));
+  server.Start();
+  EXPECT_EQ(Post(server.port(), "/v1/chat/completions", Chat("chat")).status, 200);
+  router_server->Shutdown(std::chrono::system_clock::now());
+  router_server.reset();
+  EXPECT_EQ(Post(server.port(), "/v1/chat/completions", Chat("chat")).status, 200);
+  // A model the router never planned has no last plan.
+  EXPECT_EQ(Post(server.port(), "/v1/chat/completions", Chat("failover")).status, 503);
+  server.Drain(Clock::now() + 1s);
+  client.Shutdown();
+  server.Shutdown(Clock::now());
+}
+
 TEST(EdgeRouterDown, RouterUnreachableGives503) {
   prometheus::Registry registry;
   AllowAllAuthClient auth;
