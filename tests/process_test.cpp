@@ -266,3 +266,21 @@ TEST_F(SuiteProcessTest, MigrateSubcommandsRunConcurrentlyFromTwoProcesses) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ProcessStartupTest, SigtermWhileWaitingForTheDatabaseExitsZeroPromptly) {
+  Process p({Binary(), "--target=auth"},
+            {{"TOLLGATE_AUTH__DATABASE__DSN", "host=/nonexistent-socket-dir dbname=x"},
+             {"TOLLGATE_AUTH__GRPC_LISTEN", "127.0.0.1:0"},
+             {"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"}});
+  auto waiting = p.WaitForLog(
+      [](const nlohmann::json& j) { return j.value("msg", "") == "waiting for the database"; });
+  ASSERT_FALSE(waiting.is_null()) << p.RestOfOutput();
+  auto start = std::chrono::steady_clock::now();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(5)), 0) << p.RestOfOutput();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+}  // namespace

@@ -6,11 +6,14 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tollgate/auth/module.h"
@@ -22,6 +25,7 @@
 #include "tollgate/metrics.h"
 #include "tollgate/quota/module.h"
 #include "tollgate/router/module.h"
+#include "tollgate/stop.h"
 
 namespace {
 
@@ -136,6 +140,19 @@ int Serve(const Args& args, const Config& loaded) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A dedicated thread takes the signal, so SIGTERM is honoured during start-up too.
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  int sig = 0;
+  std::thread signal_thread([&] {
+    int got = 0;
+    sigwait(&signals, &got);
+    std::lock_guard lock(stop_mu);
+    sig = got;
+    tollgate::RequestStop();
+    stop_cv.notify_all();
+  });
+  signal_thread.detach();
 
   tollgate::Metrics metrics(config.GetString("metrics.listen"));
   ModuleDeps deps{config, metrics};
@@ -160,6 +177,10 @@ int Serve(const Args& args, const Config& loaded) {
       }
       running.push_back(std::move(module));
     }
+  } catch (const tollgate::StopRequestedError&) {
+    tollgate::log::Info("main", "stopped during start-up");
+    stop_all(std::chrono::milliseconds(0));
+    return 0;
   } catch (const std::exception& e) {
     tollgate::log::Error("main", "start-up failed", {{"error", tollgate::log::Redact(e.what())}});
     stop_all(std::chrono::milliseconds(0));
@@ -170,8 +191,10 @@ int Serve(const Args& args, const Config& loaded) {
   tollgate::log::Info("main", "tollgate started",
                       {{"targets", names}, {"metrics_port", metrics.port()}});
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  {
+    std::unique_lock lock(stop_mu);
+    stop_cv.wait(lock, [] { return tollgate::StopRequested(); });
+  }
   auto drain = config.GetDuration("shutdown.drain_timeout");
   tollgate::log::Info(
       "main", "shutting down",

@@ -5,6 +5,7 @@
 #include "tollgate/config.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/stop.h"
 
 #ifndef TOLLGATE_VERSION
 #define TOLLGATE_VERSION "dev"
@@ -63,6 +64,7 @@ void DbServiceModule::Start() {
                  {"applied", result.applied}});
       break;
     } catch (const pqxx::broken_connection& e) {
+      if (StopRequested()) throw StopRequestedError();
       if (std::chrono::steady_clock::now() >= give_up)
         throw std::runtime_error("cannot connect to the " + name_ + " database '" + database_ +
                                  "': " + log::Redact(e.what()));
