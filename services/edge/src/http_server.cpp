@@ -116,23 +116,9 @@ class ClientWriter final : public ResponseWriter {
   void WatchDisconnect(std::function<void()> on_gone) override {
     StopWatching();
     if (gone_) return;
-    auto watch = std::make_shared<Watch>();
-    watch->on_gone = std::move(on_gone);
-    watch_ = watch;
-    int fd = stream_.socket().native_handle();
-    stream_.socket().async_wait(
-        tcp::socket::wait_read, [this, watch, fd](const beast::error_code& ec) {
-          if (!watch->active) return;  // stopped: `this` may be gone
-          watch->active = false;
-          if (ec == asio::error::operation_aborted) return;
-          // Readable: end of stream or a reset means the client left; bytes are its next
-          // (pipelined) request, which the session reads later.
-          char c;
-          ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-          if (!ec && (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))) return;
-          gone_ = true;
-          watch->on_gone();
-        });
+    watch_ = std::make_shared<Watch>();
+    watch_->on_gone = std::move(on_gone);
+    ArmWatch(watch_);
   }
 
   bool client_gone() const override { return gone_; }
@@ -146,6 +132,31 @@ class ClientWriter final : public ResponseWriter {
     bool active = true;
     std::function<void()> on_gone;
   };
+
+  // Waits for the client's socket to turn readable, then peeks without blocking: end of stream
+  // or a reset means the client left; bytes are its next (pipelined) request, which the session
+  // reads later. Readiness can be spurious (nothing to peek): then it waits again.
+  void ArmWatch(const std::shared_ptr<Watch>& watch) {
+    int fd = stream_.socket().native_handle();
+    stream_.socket().async_wait(tcp::socket::wait_read,
+                                [this, watch, fd](const beast::error_code& ec) {
+                                  if (!watch->active) return;  // stopped: `this` may be gone
+                                  if (ec == asio::error::operation_aborted) {
+                                    watch->active = false;
+                                    return;
+                                  }
+                                  char c;
+                                  ssize_t n = ec ? -1 : ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+                                  if (n < 0 && !ec && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                                    ArmWatch(watch);
+                                    return;
+                                  }
+                                  watch->active = false;
+                                  if (n > 0) return;
+                                  gone_ = true;
+                                  watch->on_gone();
+                                });
+  }
 
   bool Check(const beast::error_code& ec) {
     if (ec) gone_ = true;
