@@ -364,6 +364,9 @@ class EdgeTest : public ::testing::Test {
     options.listen = "127.0.0.1:0";
     options.threads = 2;
     options.max_body_bytes = 64 * 1024;
+    options.max_header_bytes = 8 * 1024;
+    options.idle_timeout = 1500ms;
+    options.read_timeout = 500ms;
     server_ = std::make_unique<HttpServer>(
         options, registry_,
         MakeProxyHandlers(proxy, EdgeClients{auth_, quota_, *router_client_, billing_}, registry_));
@@ -736,6 +739,69 @@ TEST_F(EdgeTest, OverheadStaysSmall) {
             << " ms; x-tollgate-overhead-ms p50 " << overhead[100] << " p99 " << overhead[198]
             << "\n";
   EXPECT_LT(overhead[100], 20.0);
+}
+
+// Milliseconds until the server closes a connection on which the client sent `prefix` only.
+double MsUntilClosed(int port, const std::string& prefix) {
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+  if (!prefix.empty()) asio::write(socket, asio::buffer(prefix));
+  auto t0 = Clock::now();
+  char scratch[4096];
+  beast::error_code ec;
+  while (!ec) socket.read_some(asio::buffer(scratch), ec);
+  return MsSince(t0);
+}
+
+TEST_F(EdgeTest, SlowAndIdleClientsAreDisconnected) {
+  // Half a request head, then nothing: the read timeout (500 ms here) ends it.
+  double slow = MsUntilClosed(port_, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n");
+  EXPECT_GT(slow, 400);
+  EXPECT_LT(slow, 1400);
+  // Nothing at all: the idle timeout (1.5 s here).
+  double idle = MsUntilClosed(port_, "");
+  EXPECT_GT(idle, 1300);
+  EXPECT_LT(idle, 2500);
+
+  auto huge_header =
+      Call(port_, http::verb::get, "/v1/models", "", {{"x-padding", std::string(10 * 1024, 'p')}});
+  EXPECT_EQ(huge_header.status, 413);
+  EXPECT_EQ(huge_header.json()["error"]["code"], "request_too_large");
+}
+
+TEST_F(EdgeTest, MetricsCountRoutesAndOutcomesWithoutKeys) {
+  mock_->SetKey("sk-bad", {{"status", 500}});
+  ASSERT_EQ(Post(port_, "/v1/chat/completions", Chat("failover")).status, 200);
+  ASSERT_EQ(Post(port_, "/v1/chat/completions", Chat("no-such-model")).status, 404);
+  // Counted once the response is written, so possibly just after the client has it.
+  auto collect = [&] {
+    std::map<std::string, double> seen;
+    for (const auto& family : registry_.Collect()) {
+      for (const auto& metric : family.metric) {
+        std::string name = family.name;
+        for (const auto& label : metric.label) {
+          EXPECT_EQ(label.value.find("sk-"), std::string::npos) << family.name;
+          name += "," + label.name + "=" + label.value;
+        }
+        seen[name] += metric.counter.value + static_cast<double>(metric.histogram.sample_count);
+      }
+    }
+    return seen;
+  };
+  auto seen = collect();
+  for (int i = 0;
+       i < 50 && (seen["tollgate_edge_http_requests_total,code=404,route=chat_completions"] == 0 ||
+                  seen["tollgate_edge_http_requests_total,code=200,route=chat_completions"] == 0);
+       ++i) {
+    std::this_thread::sleep_for(10ms);
+    seen = collect();
+  }
+  EXPECT_EQ((seen["tollgate_edge_http_requests_total,code=200,route=chat_completions"]), 1);
+  EXPECT_EQ((seen["tollgate_edge_http_requests_total,code=404,route=chat_completions"]), 1);
+  EXPECT_EQ((seen["tollgate_edge_upstream_attempts_total,outcome=server_error"]), 1);
+  EXPECT_EQ((seen["tollgate_edge_upstream_attempts_total,outcome=success"]), 1);
+  EXPECT_EQ((seen["tollgate_edge_overhead_seconds"]), 2);
 }
 
 TEST_F(EdgeTest, LastPlanServesWhileTheRouterIsDown) {
