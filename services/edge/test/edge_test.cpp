@@ -339,6 +339,8 @@ class EdgeTest : public ::testing::Test {
                                  MakeAttempt(72, mock, "sk-all-bad-2", "mock-fail-500")});
     router_->SetPlan("refused", {MakeAttempt(81, "http://127.0.0.1:1/v1", "sk-nowhere", "x"),
                                  MakeAttempt(82, mock, "sk-after-refused", "gpt-4o-mini")});
+    router_->SetPlan("revoked", {MakeAttempt(23, mock, "sk-revoked", "gpt-4o-mini"),
+                                 MakeAttempt(24, mock, "sk-valid", "gpt-4o-mini")});
     router_->SetPlan("all-open", {});
     router_->SetPlan("embed", {MakeAttempt(91, mock, "sk-embed", "text-embedding-3-small")});
     router_->SetPlan("text", {MakeAttempt(92, mock, "sk-text", "gpt-3.5-turbo-instruct")});
@@ -538,6 +540,16 @@ TEST_F(EdgeTest, RateLimitedKeyMovesTrafficAndReportsRetryAfter) {
   ASSERT_TRUE(limited);
   EXPECT_EQ(limited->kind(), pb::OUTCOME_KIND_RATE_LIMITED);
   EXPECT_EQ(limited->retry_after_ms(), 2000);
+}
+
+TEST_F(EdgeTest, RejectedUpstreamKeyIsAnAuthErrorAndFailsOver) {
+  mock_->SetKey("sk-revoked", {{"status", 401}});
+  auto reply = Post(port_, "/v1/chat/completions", Chat("revoked"));
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  auto revoked = router_->WaitOutcome(23, 2s);
+  ASSERT_TRUE(revoked);
+  EXPECT_EQ(revoked->kind(), pb::OUTCOME_KIND_AUTH_ERROR);
+  EXPECT_EQ(revoked->http_status(), 401);
 }
 
 TEST_F(EdgeTest, UpstreamClientErrorIsPassedThroughWithoutFailover) {
