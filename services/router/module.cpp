@@ -75,8 +75,8 @@ class RouterModule final : public DbServiceModule {
          },
          [this](v1::GetStatusResponse* response) { FillStatus(*this, response); }, *admin_,
          workers()});
-    server.Register(router_service_.get());
-    server.Register(admin_service_.get());
+    server.Register(router_service_.get(), v1::RouterService::service_full_name());
+    server.Register(admin_service_.get(), v1::RouterAdminService::service_full_name());
     refresher_->Start(config().GetDuration("router.cache_refresh"),
                       [this] { router_metrics_->SyncBreakers(key_pool_->Health()); });
   }

@@ -18,6 +18,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -675,10 +677,15 @@ void Session::WatchPeer() {
   socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
     if (ec == asio::error::operation_aborted) return;
     if (!ec) {
+      // Never block here: readiness can be spurious, and a blocking peek would stall the
+      // whole connection until the client left.
       char probe;
-      beast::error_code peek_ec;
-      size_t n = self->socket_.receive(asio::buffer(&probe, 1), tcp::socket::message_peek, peek_ec);
-      if (!peek_ec && n > 0) return;  // a pipelined request, not a hang-up
+      ssize_t n = ::recv(self->socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) return;  // a pipelined request, not a hang-up
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        self->WatchPeer();
+        return;
+      }
     }
     self->client_gone_ = true;
     self->timer_.cancel();
