@@ -3,6 +3,7 @@
 //   tollgate migrate [--config=FILE] [--target=...]   apply migrations and exit
 //   tollgate health HOST:PORT [SERVICE]                gRPC health probe (exit 0 when SERVING)
 //   tollgate check-config [--config=FILE]              validate configuration and exit
+//   tollgate config-keys                               list every configuration key (Markdown)
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -63,7 +64,7 @@ struct Args {
 
 [[noreturn]] void Usage(const std::string& error) {
   std::cerr << "tollgate: " << error << "\n"
-            << "usage: tollgate [serve|migrate|check-config] [--config=FILE] [--target=all|"
+            << "usage: tollgate [serve|migrate|check-config|config-keys] [--config=FILE] [--target=all|"
                "edge,auth,quota,router,billing]\n"
             << "       tollgate health HOST:PORT [SERVICE]\n";
   std::exit(2);
@@ -126,6 +127,17 @@ int Migrate(const Args& args, const Config& config) {
     auto result = tollgate::Migrate(conn, name, migrations());
     std::cout << name << ": schema version " << result.schema_version << " (" << result.applied
               << " applied)\n";
+  }
+  return 0;
+}
+
+// Every configuration key as a Markdown table (docs/configuration.md is this output).
+int ConfigKeys() {
+  std::cout << "| key | environment variable | default | |\n|---|---|---|---|\n";
+  for (const auto& k : tollgate::ConfigSchema()) {
+    std::string def = k.secret ? "(secret: env or `" + k.key + "_file` only)" : k.default_value;
+    std::cout << "| `" << k.key << "` | `" << Config::EnvName(k.key) << "` | "
+              << (def.empty() ? "" : "`" + def + "`") << " | " << k.help << " |\n";
   }
   return 0;
 }
@@ -209,6 +221,7 @@ int Serve(const Args& args, const Config& loaded) {
 int main(int argc, char** argv) {
   Args args = ParseArgs(argc, argv);
   if (args.command == "health") return Health(args);
+  if (args.command == "config-keys") return ConfigKeys();
   Config config;
   try {
     config = Config::Load(args.config_path, Config::ProcessEnvironment());
