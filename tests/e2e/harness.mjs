@@ -1,0 +1,413 @@
+// End-to-end harness: one Tollgate suite (PostgreSQL, mock upstream, every service) per test
+// file, started through the launcher (scripts/run.sh up --detach) on free 127.0.0.1 ports with a
+// temporary state directory, and always torn down (after hook, process exit, SIGINT/SIGTERM).
+//
+//   const suite = await startSuite({ env: { TOLLGATE_ROUTER__BREAKER__COOLDOWN: '2s' } });
+//   suite.baseURL            http://127.0.0.1:P/v1 (for the openai SDK)
+//   suite.mockURL            http://127.0.0.1:M (the mock upstream's control API lives here)
+//   await suite.ctl([...])   runs tollgatectl with the admin token and the router's address
+//   await suite.stats()      GET /_mock/stats
+//   await suite.setKeyBehavior('mock-key-a', { status: 500 })
+//   await suite.stop()       stops the services, keeps the state dir (logs) for inspection
+//   await suite.down()       stops (if needed) and removes the state dir; idempotent
+//
+// Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
+// Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir;
+// OPENAI_SPEC (default <repo>/../shared/spec/openai-openapi.json) for response validation.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const buildDir = process.env.BUILD_DIR || path.join(repoRoot, 'build');
+export const ctlBin = path.join(buildDir, 'cmd/tollgate/tollgatectl');
+export const PG_BIN = (() => {
+  const base = '/usr/lib/postgresql';
+  try {
+    const v = fs.readdirSync(base).filter((d) => /^\d+$/.test(d)).sort((a, b) => b - a);
+    for (const d of v) if (fs.existsSync(path.join(base, d, 'bin/psql'))) return path.join(base, d, 'bin');
+  } catch {}
+  return '/usr/lib/postgresql/15/bin';
+})();
+
+const UP_TIMEOUT_MS = 180_000; // launcher: deps check + no-op build + PostgreSQL + services + seed
+const DOWN_TIMEOUT_MS = 90_000;
+const CMD_TIMEOUT_MS = 30_000;
+const HTTP_TIMEOUT_MS = 15_000;
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const running = new Set(); // commands in flight (e.g. a launcher still starting the suite)
+function killRunning() {
+  for (const child of running) { try { process.kill(-child.pid, 'SIGKILL'); } catch {} }
+  running.clear();
+}
+
+/** Runs a command with a hard timeout; resolves {code, stdout, stderr}, never rejects. */
+export function run(cmd, args, { env = process.env, timeoutMs = CMD_TIMEOUT_MS, cwd = repoRoot } = {}) {
+  return new Promise((resolve) => {
+    // Own process group, so a timeout (or our exit) can end the command with everything it started.
+    const child = spawn(cmd, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try { process.kill(-child.pid, 'SIGKILL'); } catch {}
+    }, timeoutMs);
+    child.on('error', (e) => { running.delete(child); clearTimeout(timer); resolve({ code: -1, stdout, stderr: stderr + String(e) }); });
+    child.on('close', (code, signal) => {
+      running.delete(child);
+      clearTimeout(timer);
+      if (timedOut) stderr += `\n[harness] ${cmd} killed after ${timeoutMs} ms`;
+      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr, timedOut });
+    });
+  });
+}
+
+function canBind(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ host: '127.0.0.1', port, exclusive: true }, () => s.close(() => resolve(true)));
+  });
+}
+function nobodyListens(port) {
+  return new Promise((resolve) => {
+    const c = net.connect({ host: '127.0.0.1', port });
+    const done = (v) => { c.destroy(); resolve(v); };
+    c.setTimeout(500, () => done(true));
+    c.once('connect', () => done(false));
+    c.once('error', () => done(true));
+  });
+}
+async function isFree(port) { return (await canBind(port)) && (await nobodyListens(port)); }
+
+/** Free ports below the ephemeral range: {grpcBase (4 consecutive), pg, edge, metrics}. */
+export async function freePorts() {
+  const taken = new Set();
+  const pick = async (count) => {
+    for (let i = 0; i < 200; i++) {
+      const p = 20000 + Math.floor(Math.random() * 12000);
+      let ok = true;
+      for (let k = 0; k < count && ok; k++) ok = !taken.has(p + k) && (await isFree(p + k));
+      if (ok) { for (let k = 0; k < count; k++) taken.add(p + k); return p; }
+    }
+    throw new Error('no free ports found');
+  };
+  return { grpcBase: await pick(4), pg: await pick(1), edge: await pick(1), metrics: await pick(1) };
+}
+
+async function http(url, init = {}) {
+  const res = await fetch(url, { ...init, signal: init.signal ?? AbortSignal.timeout(HTTP_TIMEOUT_MS) });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${init.method || 'GET'} ${url}: ${res.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+const live = new Set(); // suites to stop if the process exits without down()
+
+function stopSync(suite) {
+  // Also when an asynchronous stop() is under way: a second `run.sh down` is harmless.
+  if (!suite.stopDone) {
+    suite.stopped = true;
+    spawnSync('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], {
+      env: suite.env, cwd: repoRoot, stdio: 'ignore', timeout: DOWN_TIMEOUT_MS,
+    });
+    suite.stopDone = true;
+  }
+  if (!suite.removed && !process.env.TG_E2E_KEEP) fs.rmSync(suite.stateDir, { recursive: true, force: true });
+  suite.removed = true;
+  live.delete(suite);
+}
+let handlersInstalled = false;
+function installExitHandlers() {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  // A launcher interrupted half-way is killed first, so it cannot start anything after `down`.
+  process.on('exit', () => { killRunning(); for (const s of [...live]) stopSync(s); });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.once(sig, () => {
+      killRunning();
+      for (const s of [...live]) stopSync(s);
+      process.exit(130);
+    });
+  }
+}
+
+function suiteEnv(ports, stateDir, extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    // Hermetic: never reach a real provider, never inherit someone else's config overrides.
+    if (k.startsWith('TOLLGATE_') || k.startsWith('TG_') || k === 'OPENAI_API_KEY' || k === 'OPENAI_BASE_URL') continue;
+    env[k] = v;
+  }
+  Object.assign(env, {
+    BUILD_DIR: buildDir,
+    TG_STATE_DIR: stateDir,
+    TG_GRPC_BASE: String(ports.grpcBase),
+    TG_PG_PORT: String(ports.pg),
+    TG_EDGE_LISTEN: `127.0.0.1:${ports.edge}`,
+    TG_METRICS_LISTEN: `127.0.0.1:${ports.metrics}`,
+    TG_START_TIMEOUT: '120',
+  }, extra);
+  return env;
+}
+
+function alivePidFile(file) {
+  try { process.kill(Number(fs.readFileSync(file, 'utf8').trim()), 0); return true; } catch { return false; }
+}
+
+/**
+ * Starts a suite. `env` adds variables to the launcher's environment (TOLLGATE_* reach the
+ * services as config overrides). Retries once on new ports if the first start fails.
+ */
+export async function startSuite({ env: extra = {}, attempts = 2 } = {}) {
+  installExitHandlers();
+  let lastErr;
+  const t0 = Date.now();
+  // A second attempt (new ports) only when the first failed fast, e.g. a port taken meanwhile.
+  for (let attempt = 1; attempt <= attempts && (attempt === 1 || Date.now() - t0 < 60_000); attempt++) {
+    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tollgate-e2e-'));
+    fs.chmodSync(stateDir, 0o755); // the PostgreSQL cluster runs as "postgres" when we are root
+    const ports = await freePorts();
+    const suite = makeSuite(stateDir, ports, suiteEnv(ports, stateDir, extra));
+    live.add(suite);
+    try {
+      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'up', '--detach'],
+        { env: suite.env, timeoutMs: UP_TIMEOUT_MS });
+      if (r.code !== 0) throw new Error(`launcher failed (${r.code}):\n${r.stdout}\n${r.stderr}\n${suite.logTail()}`);
+      await suite.verifyOwnSuite();
+      return suite;
+    } catch (e) {
+      lastErr = e;
+      await suite.down();
+    }
+  }
+  throw lastErr;
+}
+
+function makeSuite(stateDir, ports, env) {
+  const routerAddr = `127.0.0.1:${ports.grpcBase + 2}`;
+  const suite = {
+    stateDir, ports, env, routerAddr,
+    baseURL: `http://127.0.0.1:${ports.edge}/v1`,
+    edgeURL: `http://127.0.0.1:${ports.edge}`,
+    mockURL: null,
+    stopped: false,
+    stopDone: false,
+    removed: false,
+
+    get adminToken() { return fs.readFileSync(path.join(stateDir, 'secrets/admin_token'), 'utf8').trim(); },
+    get mockPort() { return Number(fs.readFileSync(path.join(stateDir, 'mock.port'), 'utf8').trim()); },
+
+    logTail(n = 40) {
+      try {
+        const lines = fs.readFileSync(path.join(stateDir, 'logs/tollgate.log'), 'utf8').trimEnd().split('\n');
+        return `--- tail of ${stateDir}/logs/tollgate.log ---\n` + lines.slice(-n).join('\n');
+      } catch { return ''; }
+    },
+
+    /** The whole text of every log of the suite (logs/*.log and PostgreSQL's): {file: text}. */
+    logs() {
+      const dir = path.join(stateDir, 'logs');
+      const files = fs.readdirSync(dir).filter((f) => f.endsWith('.log')).map((f) => path.join(dir, f));
+      const pgLog = path.join(stateDir, 'pg/postgres.log');
+      if (fs.existsSync(pgLog)) files.push(pgLog);
+      return Object.fromEntries(files.map((f) => [f, fs.readFileSync(f, 'utf8')]));
+    },
+
+    /** tollgatectl with the admin token and the router's address; throws on a non-zero exit. */
+    async ctl(args, { json = false } = {}) {
+      const full = [`--addr=${routerAddr}`, `--admin-token-file=${path.join(stateDir, 'secrets/admin_token')}`];
+      if (json) full.push('--json');
+      full.push(...args);
+      const r = await run(ctlBin, full, { env, timeoutMs: CMD_TIMEOUT_MS });
+      if (r.code !== 0) throw new Error(`tollgatectl ${args.join(' ')}: exit ${r.code}: ${r.stderr}${r.stdout}`);
+      return json ? JSON.parse(r.stdout) : r.stdout;
+    },
+    ctlJson(args) { return suite.ctl(args, { json: true }); },
+
+    async stats() { return http(`${suite.mockURL}/_mock/stats`); },
+    async resetMock() { return http(`${suite.mockURL}/_mock/reset`, { method: 'POST' }); },
+    async mockLast() { return http(`${suite.mockURL}/_mock/last`); },
+    async setKeyBehavior(key, obj) {
+      return http(`${suite.mockURL}/_mock/keys/${encodeURIComponent(key)}`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(obj ?? {}),
+      });
+    },
+
+    /** psql against one of the suite's databases; returns stdout. */
+    async psql(db, sql) {
+      const r = await run(path.join(PG_BIN, 'psql'), ['-h', '127.0.0.1', '-p', String(ports.pg), '-U', 'postgres',
+        '-d', db, '-v', 'ON_ERROR_STOP=1', '-c', sql], { env });
+      if (r.code !== 0) throw new Error(`psql ${db}: ${r.stderr}`);
+      return r.stdout;
+    },
+    async pgDump(db) {
+      const r = await run(path.join(PG_BIN, 'pg_dump'), ['-h', '127.0.0.1', '-p', String(ports.pg), '-U', 'postgres', db], { env });
+      if (r.code !== 0) throw new Error(`pg_dump ${db}: ${r.stderr}`);
+      return r.stdout;
+    },
+
+    /** The launcher's health check only probes ports: make sure they are ours. */
+    async verifyOwnSuite() {
+      if (!alivePidFile(path.join(stateDir, 'tollgate.pid'))) throw new Error(`tollgate is not running\n${suite.logTail()}`);
+      suite.mockURL = `http://127.0.0.1:${suite.mockPort}`;
+      await http(`${suite.mockURL}/_mock/health`);
+      const providers = await suite.ctl(['router', 'list-providers']);
+      if (!providers.includes(`127.0.0.1:${suite.mockPort}/v1`)) {
+        throw new Error(`router not seeded with this suite's mock upstream:\n${providers}`);
+      }
+      const ready = await fetch(`${suite.edgeURL}/readyz`, { signal: AbortSignal.timeout(HTTP_TIMEOUT_MS) });
+      if (!ready.ok) throw new Error(`edge /readyz: ${ready.status}`);
+    },
+
+    /** Stops every process of the suite (PostgreSQL included), keeps the state dir. */
+    async stop() {
+      if (suite.stopped) return;
+      suite.stopped = true;
+      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], { env, timeoutMs: DOWN_TIMEOUT_MS });
+      suite.stopDone = true;
+      if (r.code !== 0) process.stderr.write(`[harness] run.sh down: ${r.code} ${r.stderr}\n`);
+    },
+
+    /** stop() and remove the state dir (unless TG_E2E_KEEP is set). Idempotent. */
+    async down() {
+      await suite.stop();
+      if (!suite.removed) {
+        suite.removed = true;
+        if (process.env.TG_E2E_KEEP) process.stderr.write(`[harness] state kept in ${stateDir}\n`);
+        else fs.rmSync(stateDir, { recursive: true, force: true });
+      }
+      live.delete(suite);
+    },
+  };
+  return suite;
+}
+
+/** Upstream secrets, the admin token and the master key must never appear in any log line. */
+export function findSecretsInLogs(suite, extraSecrets = []) {
+  const masterKey = fs.readFileSync(path.join(suite.stateDir, 'secrets/master_key'), 'utf8').trim();
+  const secrets = ['mock-key-a', 'mock-key-b', suite.adminToken, masterKey, ...extraSecrets];
+  const name = (s) => (s === suite.adminToken ? 'the admin token' : s === masterKey ? 'the router master key' : s);
+  const hits = [];
+  for (const [file, text] of Object.entries(suite.logs())) {
+    const lines = text.split('\n');
+    lines.forEach((line, i) => {
+      for (const s of secrets) if (s && line.includes(s)) hits.push(`${file}:${i + 1}: contains ${name(s)}: ${line.slice(0, 300)}`);
+    });
+  }
+  return hits;
+}
+
+// ---- OpenAPI spec (../shared/spec) ----
+
+export const specPath = process.env.OPENAI_SPEC || path.resolve(repoRoot, '../shared/spec/openai-openapi.json');
+
+function fixNullable(node) {
+  if (Array.isArray(node)) { node.forEach(fixNullable); return; }
+  if (!node || typeof node !== 'object') return;
+  for (const v of Object.values(node)) fixNullable(v);
+  if (node.nullable === true) {
+    delete node.nullable;
+    if (node.type !== undefined) node.type = Array.isArray(node.type) ? [...new Set([...node.type, 'null'])] : [node.type, 'null'];
+    if (Array.isArray(node.enum) && !node.enum.includes(null)) node.enum.push(null);
+    if (node.type === undefined && node.enum === undefined) {
+      // e.g. {nullable: true, allOf/oneOf/$ref...}: allow null alongside whatever it is.
+      const rest = { ...node };
+      for (const k of Object.keys(node)) delete node[k];
+      node.anyOf = [rest, { type: 'null' }];
+    }
+  }
+}
+
+let validators = null;
+/**
+ * Returns {validate(name, value) → list of error strings} or null when the spec file is absent.
+ */
+export async function loadSpec() {
+  if (validators) return validators;
+  if (!fs.existsSync(specPath)) return null;
+  const { default: Ajv } = await import('ajv');
+  const { default: addFormats } = await import('ajv-formats');
+  const spec = JSON.parse(fs.readFileSync(specPath, 'utf8'));
+  fixNullable(spec.components);
+  const quiet = { log() {}, warn() {}, error: console.error };
+  const ajv = new Ajv({ strict: false, allErrors: true, logger: quiet });
+  addFormats(ajv);
+  ajv.addFormat('unixtime', { type: 'number', validate: (n) => Number.isInteger(n) && n >= 0 });
+  ajv.addSchema({ $id: 'openai', components: spec.components });
+  const cache = new Map();
+  validators = {
+    validate(name, value) {
+      if (!cache.has(name)) cache.set(name, ajv.compile({ $ref: `openai#/components/schemas/${name}` }));
+      const v = cache.get(name);
+      if (v(value)) return [];
+      return v.errors.map((e) => `${e.instancePath || '/'} ${e.message} ${JSON.stringify(e.params)}`);
+    },
+  };
+  return validators;
+}
+
+// ---- helpers shared by the test files ----
+
+/** An openai SDK client for the suite: no SDK retries (tests see each status), bounded timeout. */
+export async function openaiClient(suite, opts = {}) {
+  const { default: OpenAI } = await import('openai');
+  return new OpenAI({ baseURL: suite.baseURL, apiKey: 'sk-e2e-not-checked-yet', maxRetries: 0, timeout: 20_000, ...opts });
+}
+
+/** Polls fn() until it returns a truthy value; returns it, or throws after timeoutMs. */
+export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 100, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** Registers a catalogue model routed to the seeded mock provider (model-name knobs, e.g. mock-chunks-5-delay-200). */
+export async function addMockModel(suite, name) {
+  const { providers } = await suite.ctlJson(['router', 'list-providers']);
+  const mock = providers.find((p) => p.name === 'mock');
+  await suite.ctl(['router', 'create-model', `--name=${name}`, '--owned-by=mock']);
+  await suite.ctl(['router', 'set-model-route', `--model=${name}`, `--provider-id=${mock.id}`]);
+}
+
+/** list-upstream-keys --json as {name: key} (mock-a, mock-b). */
+export async function keysByName(suite) {
+  const { keys } = await suite.ctlJson(['router', 'list-upstream-keys']);
+  return Object.fromEntries(keys.map((k) => [k.name, k]));
+}
+
+/**
+ * Waits until every upstream key is closed and not rate limited. The edge reports attempt
+ * outcomes to the router in batches (edge.outcome_flush_interval, 100 ms), so first give the
+ * outcomes of earlier requests time to land.
+ */
+export async function waitKeysHealthy(suite, timeoutMs = 10_000) {
+  await sleep(400);
+  return waitFor(async () => {
+    const keys = Object.values(await keysByName(suite));
+    return keys.every((k) => k.health.state === 'BREAKER_STATE_CLOSED' && Number(k.health.rate_limited_until_ms) <= Date.now());
+  }, { timeoutMs, intervalMs: 200, what: 'every upstream key closed and not rate limited' });
+}
+
+/** Runs fn(i) for i in [0, n) with at most `concurrency` in flight; returns the results in order. */
+export async function pool(n, concurrency, fn) {
+  const out = new Array(n);
+  let next = 0;
+  const worker = async () => { while (next < n) { const i = next++; out[i] = await fn(i); } };
+  await Promise.all(Array.from({ length: Math.min(n, concurrency) }, worker));
+  return out;
+}
