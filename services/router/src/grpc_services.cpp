@@ -3,6 +3,7 @@
 #include <chrono>
 #include <string>
 
+#include "tollgate/admin_call.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -196,18 +197,6 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
   RouterMetrics& metrics_;
 };
 
-grpc::Status FromRouterError(const RouterError& e) {
-  switch (e.kind()) {
-    case RouterError::Kind::kInvalidArgument:
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
-    case RouterError::Kind::kNotFound:
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, e.what());
-    case RouterError::Kind::kAlreadyExists:
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, e.what());
-  }
-  return grpc::Status(grpc::StatusCode::INTERNAL, "internal error");
-}
-
 class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackService {
  public:
   explicit RouterAdminServiceImpl(AdminServiceDeps deps) : deps_(std::move(deps)) {}
@@ -366,32 +355,11 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
   }
 
  private:
-  // Checks the admin token, then runs `work` on the worker pool (it may block
-  // on the database) and finishes the call from there.
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {
-    auto* reactor = context->DefaultReactor();
-    grpc::Status auth = deps_.authorize(*context);
-    if (!auth.ok()) {
-      reactor->Finish(auth);
-      return reactor;
-    }
-    deps_.workers.Post([reactor, rpc, work = std::move(work)]() mutable {
-      grpc::Status status = grpc::Status::OK;
-      try {
-        work();
-      } catch (const RouterError& e) {
-        status = FromRouterError(e);
-      } catch (const std::exception& e) {
-        // What went wrong stays in the log; the caller learns only that it failed.
-        log::Error("router", "admin call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
-        status = ToGrpcStatus(ErrorCode::kServiceUnavailable,
-                              "the router's database is unavailable; try again");
-      }
-      reactor->Finish(status);
-    });
-    return reactor;
+    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "router", rpc,
+                        std::move(work));
   }
 
   AdminServiceDeps deps_;

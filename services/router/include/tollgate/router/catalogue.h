@@ -3,6 +3,8 @@
 // repository stores and what the key pool is built from.
 #pragma once
 
+#include "tollgate/admin_error.h"
+
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -78,14 +80,7 @@ struct Catalogue {
 };
 
 // An expected failure of an admin operation; the message is safe to show the caller.
-class RouterError final : public std::runtime_error {
- public:
-  enum class Kind { kInvalidArgument, kNotFound, kAlreadyExists };
-  RouterError(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
-  Kind kind() const { return kind_; }
-
- private:
-  Kind kind_;
-};
+// Admin refusals (bad input, unknown or duplicate objects) are the common kind.
+using RouterError = ::tollgate::AdminError;
 
 }  // namespace tollgate::router

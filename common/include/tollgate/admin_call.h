@@ -1,0 +1,59 @@
+// How every service answers an admin RPC on the gRPC callback API: check the
+// admin token, run the work on the worker pool (it may block on the database),
+// finish the reactor from there. AdminError reaches the caller as is; anything
+// else is logged and answered UNAVAILABLE without details (no SQL leaks out).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+#include <utility>
+
+#include "tollgate/admin_error.h"
+#include "tollgate/errors.h"
+#include "tollgate/log.h"
+#include "tollgate/worker_pool.h"
+
+namespace tollgate {
+
+inline grpc::Status ToGrpcStatus(const AdminError& e) {
+  switch (e.kind()) {
+    case AdminError::Kind::kInvalidArgument:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
+    case AdminError::Kind::kNotFound:
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, e.what());
+    case AdminError::Kind::kAlreadyExists:
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, e.what());
+    case AdminError::Kind::kFailedPrecondition:
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
+  }
+  return grpc::Status(grpc::StatusCode::INTERNAL, "internal error");
+}
+
+// `authorized` is the result of CheckAdminToken for this call.
+template <typename Work>
+grpc::ServerUnaryReactor* RunAdminCall(grpc::CallbackServerContext* context,
+                                       const grpc::Status& authorized, WorkerPool& workers,
+                                       std::string component, const char* rpc, Work work) {
+  auto* reactor = context->DefaultReactor();
+  if (!authorized.ok()) {
+    reactor->Finish(authorized);
+    return reactor;
+  }
+  workers.Post([reactor, component = std::move(component), rpc, work = std::move(work)]() mutable {
+    grpc::Status status = grpc::Status::OK;
+    try {
+      work();
+    } catch (const AdminError& e) {
+      status = ToGrpcStatus(e);
+    } catch (const std::exception& e) {
+      log::Error(component, "admin call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
+      status = ToGrpcStatus(ErrorCode::kServiceUnavailable,
+                            "the " + component + " service's database is unavailable; try again");
+    }
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+}  // namespace tollgate
