@@ -71,6 +71,34 @@ std::vector<ConfigKey> BuildSchema() {
        false, 50, 3600000},
   };
   keys.insert(keys.end(), router.begin(), router.end());
+  // quota: rate limits and token quotas (services/quota). 0: unlimited.
+  std::vector<ConfigKey> quota = {
+      {"quota.default_key_rpm", T::kInt, "0", "requests per minute per API key (sliding window)",
+       false, 0, INT64_MAX},
+      {"quota.default_key_tpm", T::kInt, "0", "tokens per minute per API key (sliding window)",
+       false, 0, INT64_MAX},
+      {"quota.default_key_monthly_tokens", T::kInt, "0",
+       "tokens per calendar month (UTC) per API key", false, 0, INT64_MAX},
+      {"quota.default_key_daily_tokens", T::kInt, "0", "tokens per calendar day (UTC) per API key",
+       false, 0, INT64_MAX},
+      {"quota.default_user_monthly_tokens", T::kInt, "0",
+       "tokens per calendar month (UTC) per user, over all of their keys", false, 0, INT64_MAX},
+      {"quota.default_user_daily_tokens", T::kInt, "0",
+       "tokens per calendar day (UTC) per user, over all of their keys", false, 0, INT64_MAX},
+      {"quota.default_ip_rpm", T::kInt, "0", "requests per minute per client IP (sliding window)",
+       false, 0, INT64_MAX},
+      {"quota.default_ip_tpm", T::kInt, "0", "tokens per minute per client IP (sliding window)",
+       false, 0, INT64_MAX},
+      {"quota.reservation_ttl", T::kDuration, "10m",
+       "an admitted request's reservation is dropped if not settled or released within this "
+       "(a crashed edge leaks nothing); keep it above the longest request",
+       false, 1000, 86400000},
+      {"quota.policy_refresh", T::kDuration, "1s",
+       "how often policy overrides are reloaded from the database (changes made through another "
+       "replica reach this one within this)",
+       false, 50, 3600000},
+  };
+  keys.insert(keys.end(), quota.begin(), quota.end());
   std::vector<ConfigKey> edge = {
       {"edge.listen", T::kHostPort, "127.0.0.1:8080", "address of the OpenAI-compatible HTTP API"},
       {"edge.threads", T::kInt, "0", "I/O threads (0: one per core)", false, 0, 256},

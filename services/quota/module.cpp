@@ -1,30 +1,89 @@
-// Wires the quota service: its database, its gRPC services, its admin API.
+// Wires the quota service: its database, the limiter, the group committer, its gRPC services
+// and a background loop (reservation expiry, policy refresh, pruning of settled request ids).
 #include "tollgate/quota/module.h"
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "grpc_services.h"
+#include "tollgate/config.h"
 #include "tollgate/db_service.h"
-#include "tollgate/quota/v1/quota.grpc.pb.h"
+#include "tollgate/log.h"
+#include "tollgate/quota/group_commit.h"
+#include "tollgate/quota/limiter.h"
+#include "tollgate/quota/pg_repository.h"
 
 namespace tollgate::quota {
 namespace {
 
 namespace pb = ::tollgate::quota::v1;
 
-class AdminService final : public pb::QuotaAdminService::CallbackService {
- public:
-  explicit AdminService(const DbServiceModule& module) : module_(module) {}
+constexpr int kSettledRetentionDays = 40;
 
-  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
-                                      const pb::GetStatusRequest*,
-                                      pb::GetStatusResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    grpc::Status auth = CheckAdminToken(*context, module_.admin_token());
-    if (auth.ok()) FillStatus(module_, response);
-    reactor->Finish(auth);
-    return reactor;
+LimiterOptions Options(const Config& config) {
+  LimiterOptions o;
+  o.key_defaults.rpm = config.GetInt("quota.default_key_rpm");
+  o.key_defaults.tpm = config.GetInt("quota.default_key_tpm");
+  o.key_defaults.monthly_tokens = config.GetInt("quota.default_key_monthly_tokens");
+  o.key_defaults.daily_tokens = config.GetInt("quota.default_key_daily_tokens");
+  o.user_defaults.monthly_tokens = config.GetInt("quota.default_user_monthly_tokens");
+  o.user_defaults.daily_tokens = config.GetInt("quota.default_user_daily_tokens");
+  o.ip_defaults.rpm = config.GetInt("quota.default_ip_rpm");
+  o.ip_defaults.tpm = config.GetInt("quota.default_ip_tpm");
+  o.reservation_ttl = config.GetDuration("quota.reservation_ttl");
+  return o;
+}
+
+// Expires reservations every second, reloads policy overrides (set on another replica) every
+// `refresh`, prunes old settled request ids hourly.
+class Background final {
+ public:
+  Background(Limiter& limiter, QuotaRepository& repo, std::chrono::milliseconds refresh)
+      : limiter_(limiter), repo_(repo), refresh_(refresh), thread_([this] { Loop(); }) {}
+  ~Background() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
   }
 
  private:
-  const DbServiceModule& module_;
+  void Loop() {
+    using Steady = std::chrono::steady_clock;
+    auto next_refresh = Steady::now() + refresh_;
+    auto next_prune = Steady::now();
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      cv_.wait_for(lock, std::min<std::chrono::milliseconds>(refresh_, std::chrono::seconds(1)));
+      if (stopping_) break;
+      lock.unlock();
+      limiter_.Expire();
+      try {
+        if (Steady::now() >= next_refresh) {
+          limiter_.ReplacePolicies(repo_.LoadPolicies());
+          next_refresh = Steady::now() + refresh_;
+        }
+        if (Steady::now() >= next_prune) {
+          repo_.PruneSettled(kSettledRetentionDays);
+          next_prune = Steady::now() + std::chrono::hours(1);
+        }
+      } catch (const std::exception& e) {
+        log::Warn("quota", "background refresh failed", {{"error", log::Redact(e.what())}});
+      }
+      lock.lock();
+    }
+  }
+
+  Limiter& limiter_;
+  QuotaRepository& repo_;
+  const std::chrono::milliseconds refresh_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
 };
 
 class QuotaModule final : public DbServiceModule {
@@ -33,12 +92,38 @@ class QuotaModule final : public DbServiceModule {
 
  protected:
   void RegisterServices(GrpcServer& server) override {
-    admin_ = std::make_unique<AdminService>(*this);
-    server.Register(admin_.get(), pb::QuotaAdminService::service_full_name());
+    repo_ = std::make_unique<PgQuotaRepository>(pool());
+    limiter_ = std::make_unique<Limiter>(Options(config()), clock_, *repo_);
+    // Overrides before serving: Admit must never run on defaults alone.
+    limiter_->ReplacePolicies(repo_->LoadPolicies());
+    committer_ = std::make_unique<GroupCommitter>(*repo_);
+    quota_service_ = MakeQuotaService({*limiter_, *committer_, workers()});
+    admin_service_ = MakeQuotaAdminService(
+        {[this](const grpc::ServerContextBase& context) {
+           return CheckAdminToken(context, admin_token());
+         },
+         [this](pb::GetStatusResponse* response) { FillStatus(*this, response); }, *limiter_,
+         *repo_, workers()});
+    server.Register(quota_service_.get(), pb::QuotaService::service_full_name());
+    server.Register(admin_service_.get(), pb::QuotaAdminService::service_full_name());
+    background_ = std::make_unique<Background>(*limiter_, *repo_,
+                                               config().GetDuration("quota.policy_refresh"));
+  }
+
+  void OnStopped() override {
+    // Before the pool closes: both write through it.
+    background_.reset();
+    if (committer_) committer_->Stop();
   }
 
  private:
-  std::unique_ptr<AdminService> admin_;
+  SystemClock clock_;
+  std::unique_ptr<PgQuotaRepository> repo_;
+  std::unique_ptr<Limiter> limiter_;
+  std::unique_ptr<GroupCommitter> committer_;
+  std::unique_ptr<Background> background_;
+  std::unique_ptr<grpc::Service> quota_service_;
+  std::unique_ptr<grpc::Service> admin_service_;
 };
 
 }  // namespace

@@ -1,0 +1,197 @@
+// The quota service's admission logic: rate limits (RPM, TPM) per API key and per client IP, and
+// token quotas per calendar month and day (UTC) per API key and per user. No gRPC, no SQL: the
+// repository and the clock are injected.
+//
+// Algorithm
+// - Rate windows are exact sliding logs, not fixed buckets and not approximations: each subject
+//   keeps the admitted requests of the last `window` (60 s) as (time, tokens) entries. A request
+//   is admitted when, counting every entry younger than `window`, requests + 1 <= RPM and
+//   tokens + estimate <= TPM. So no 60 s interval, wherever it starts, ever holds more than RPM
+//   requests or TPM tokens: there is no double burst at a minute's edge. An entry counts its
+//   reserved estimate until Settle replaces it with the actual tokens; Release removes it (the
+//   request never ran); expiry leaves it to age out (the request probably ran). Retry-after is
+//   when enough of the oldest entries leave the window for the request to fit.
+// - Monthly and daily quotas: settled (durable, loaded from the database on a subject's first
+//   touch in a period) + live reservations + estimate <= quota. Estimates are upper bounds, so
+//   usage never passes the quota. A reservation expires after `reservation_ttl` (a crashed edge
+//   leaks nothing); a Settle after that charges the actual tokens to the subjects it names.
+// - Every check and the reservation happen under one lock: concurrent Admits are serialised,
+//   which is what makes the limits exact. Across replicas exactness comes from sharding: each
+//   subject has one owner replica (replicas[hash(subject) % N]); this object only ever sees the
+//   subjects its replica owns.
+// - Windows are memory only: a replica restart forgets the current minute (the first minute
+//   after a restart may admit up to one extra window's worth). Monthly/daily totals are durable.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tollgate/quota/clock.h"
+#include "tollgate/quota/repository.h"
+
+namespace tollgate::quota {
+
+// 0: unlimited.
+struct Limits {
+  int64_t rpm = 0;
+  int64_t tpm = 0;
+  int64_t monthly_tokens = 0;
+  int64_t daily_tokens = 0;
+};
+
+struct LimiterOptions {
+  Limits key_defaults;   // all four apply
+  Limits user_defaults;  // monthly and daily apply
+  Limits ip_defaults;    // rpm and tpm apply
+  std::chrono::milliseconds reservation_ttl{std::chrono::minutes(10)};
+  std::chrono::milliseconds window{std::chrono::minutes(1)};
+};
+
+struct Subjects {
+  std::string api_key_id;
+  std::string user_id;
+  std::string client_ip;
+};
+
+enum class LimitKind { kRpm, kTpm, kMonthly, kDaily };
+const char* LimitName(LimitKind kind);  // "rpm", "tpm", "monthly", "daily"
+
+struct WindowState {
+  int64_t limit = 0;  // 0: unlimited
+  int64_t remaining = 0;
+  std::chrono::milliseconds reset{0};  // until the window is back to its full limit
+};
+
+struct Denial {
+  LimitKind limit = LimitKind::kRpm;
+  SubjectKind subject = SubjectKind::kKey;
+  std::chrono::milliseconds retry_after{0};
+  std::string message;
+  // OpenAI's code: insufficient_quota for monthly/daily, rate_limit_exceeded otherwise.
+  bool insufficient_quota() const {
+    return limit == LimitKind::kMonthly || limit == LimitKind::kDaily;
+  }
+};
+
+struct AdmitInput {
+  std::string request_id;
+  Subjects subjects;
+  int64_t estimated_tokens = 0;
+};
+
+struct AdmitDecision {
+  std::optional<Denial> denial;
+  std::string reservation_id;  // when admitted
+  WindowState requests;        // the tightest requests window of the subjects checked
+  WindowState tokens;          // likewise for tokens
+};
+
+struct SettleInput {
+  std::string request_id;
+  std::string reservation_id;
+  int64_t actual_tokens = 0;
+  Subjects subjects;  // charged when the reservation is gone (expired)
+};
+
+struct EffectivePolicy {
+  Limits limits;
+  bool overridden = false;
+};
+
+struct UsageSnapshot {
+  EffectivePolicy policy;
+  int64_t monthly_tokens = 0;
+  int64_t daily_tokens = 0;
+  int64_t reserved_tokens = 0;
+  int64_t window_requests = 0;
+  int64_t window_tokens = 0;
+};
+
+class Limiter final {
+ public:
+  Limiter(LimiterOptions options, const Clock& clock, QuotaRepository& repo);
+  Limiter(const Limiter&) = delete;
+  Limiter& operator=(const Limiter&) = delete;
+
+  // May block on the repository (a subject's first touch in a period).
+  AdmitDecision Admit(const AdmitInput& input);
+  // False: unknown or already gone.
+  bool Release(const std::string& reservation_id);
+
+  // Settle runs in two phases around the group commit:
+  // Prepare resolves what each settlement adds to the durable totals (may block on the
+  // repository); after CommitSettlements, Apply updates memory with the ones that were new.
+  std::vector<SettledRequest> PrepareSettle(const std::vector<SettleInput>& inputs);
+  void ApplySettled(const std::vector<SettleInput>& inputs,
+                    const std::vector<SettledRequest>& prepared, const std::vector<bool>& fresh);
+
+  // Drops expired reservations and counters of past periods (also done lazily by Admit).
+  void Expire();
+
+  void ReplacePolicies(std::vector<PolicyOverride> overrides);
+  void PutPolicy(const PolicyOverride& policy);
+  void RemovePolicy(SubjectKind kind, const std::string& subject);
+  EffectivePolicy Policy(SubjectKind kind, const std::string& subject) const;
+  UsageSnapshot Usage(SubjectKind kind, const std::string& subject);
+
+  size_t live_reservations() const;
+
+ private:
+  using SubjectRef = std::pair<SubjectKind, std::string>;
+  struct Entry {
+    Clock::TimePoint at;
+    uint64_t seq;
+    int64_t tokens;
+  };
+  struct Window {
+    std::deque<Entry> entries;
+    int64_t tokens = 0;
+  };
+  struct Cell {
+    int64_t settled = 0;
+    int64_t reserved = 0;
+  };
+  struct Reservation {
+    std::string request_id;
+    uint64_t seq = 0;
+    int64_t tokens = 0;
+    std::vector<SubjectRef> windows;
+    std::vector<UsageKey> cells;
+    std::multimap<Clock::TimePoint, std::string>::iterator expiry;
+  };
+
+  EffectivePolicy PolicyLocked(SubjectKind kind, const std::string& subject) const;
+  void EnsureLoaded(const std::vector<UsageKey>& keys);
+  void ExpireLocked(Clock::TimePoint now);
+  void DropReservationLocked(std::unordered_map<std::string, Reservation>::iterator it,
+                             bool remove_window_entries, std::optional<int64_t> actual_tokens);
+  Window& WindowLocked(const SubjectRef& ref, Clock::TimePoint now);
+  std::string NewReservationId(uint64_t seq);
+
+  const LimiterOptions options_;
+  const Clock& clock_;
+  QuotaRepository& repo_;
+  const uint64_t nonce_;
+
+  mutable std::mutex mu_;
+  uint64_t next_seq_ = 1;
+  std::map<SubjectRef, PolicyOverride> overrides_;
+  std::map<SubjectRef, Window> windows_;
+  std::map<UsageKey, Cell> cells_;
+  std::unordered_map<std::string, Reservation> reservations_;
+  std::multimap<Clock::TimePoint, std::string> expiries_;
+};
+
+// "2026-11" and "2026-11-22" for `t` in UTC, and the start of the next period.
+std::string PeriodOf(PeriodKind kind, Clock::TimePoint t);
+Clock::TimePoint NextPeriodStart(PeriodKind kind, Clock::TimePoint t);
+
+}  // namespace tollgate::quota

@@ -1,0 +1,35 @@
+// The quota service's gRPC surface: QuotaService (the edge's data path; admission on the worker
+// pool because a subject's first touch reads the database, Settle acknowledged after its group
+// commit) and QuotaAdminService (operators).
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "tollgate/quota/group_commit.h"
+#include "tollgate/quota/limiter.h"
+#include "tollgate/quota/repository.h"
+#include "tollgate/quota/v1/quota.grpc.pb.h"
+#include "tollgate/worker_pool.h"
+
+namespace tollgate::quota {
+
+struct QuotaServiceDeps {
+  Limiter& limiter;
+  GroupCommitter& committer;
+  WorkerPool& workers;
+};
+
+std::unique_ptr<grpc::Service> MakeQuotaService(QuotaServiceDeps deps);
+
+struct QuotaAdminDeps {
+  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
+  std::function<void(v1::GetStatusResponse*)> status;
+  Limiter& limiter;
+  QuotaRepository& repo;
+  WorkerPool& workers;
+};
+
+std::unique_ptr<grpc::Service> MakeQuotaAdminService(QuotaAdminDeps deps);
+
+}  // namespace tollgate::quota

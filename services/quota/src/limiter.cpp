@@ -1,0 +1,456 @@
+#include "tollgate/quota/limiter.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <random>
+
+namespace tollgate::quota {
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+std::tm Utc(Clock::TimePoint t) {
+  std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  return tm;
+}
+
+milliseconds Until(Clock::TimePoint at, Clock::TimePoint now) {
+  return std::max(milliseconds(0), duration_cast<milliseconds>(at - now));
+}
+
+// The tighter of two windows: the one with fewer units left (unlimited ones lose).
+void Tighten(WindowState& into, const WindowState& w) {
+  if (w.limit == 0) return;
+  if (into.limit == 0 || w.remaining < into.remaining) into = w;
+}
+
+const char* SubjectLabel(SubjectKind kind) {
+  switch (kind) {
+    case SubjectKind::kKey:
+      return "API key";
+    case SubjectKind::kUser:
+      return "user";
+    case SubjectKind::kIp:
+      return "client IP";
+  }
+  return "subject";
+}
+
+std::string Seconds(milliseconds ms) { return std::to_string((ms.count() + 999) / 1000) + "s"; }
+
+}  // namespace
+
+const char* SubjectName(SubjectKind kind) {
+  switch (kind) {
+    case SubjectKind::kKey:
+      return "key";
+    case SubjectKind::kUser:
+      return "user";
+    case SubjectKind::kIp:
+      return "ip";
+  }
+  return "key";
+}
+
+const char* LimitName(LimitKind kind) {
+  switch (kind) {
+    case LimitKind::kRpm:
+      return "rpm";
+    case LimitKind::kTpm:
+      return "tpm";
+    case LimitKind::kMonthly:
+      return "monthly";
+    case LimitKind::kDaily:
+      return "daily";
+  }
+  return "rpm";
+}
+
+std::string PeriodOf(PeriodKind kind, Clock::TimePoint t) {
+  std::tm tm = Utc(t);
+  char buf[40];
+  if (kind == PeriodKind::kMonth)
+    std::snprintf(buf, sizeof buf, "%04d-%02d", tm.tm_year + 1900, tm.tm_mon + 1);
+  else
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+  return buf;
+}
+
+Clock::TimePoint NextPeriodStart(PeriodKind kind, Clock::TimePoint t) {
+  std::tm tm = Utc(t);
+  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+  if (kind == PeriodKind::kMonth) {
+    tm.tm_mday = 1;
+    tm.tm_mon += 1;  // timegm normalises December + 1
+  } else {
+    tm.tm_mday += 1;
+  }
+  return std::chrono::system_clock::from_time_t(timegm(&tm));
+}
+
+Limiter::Limiter(LimiterOptions options, const Clock& clock, QuotaRepository& repo)
+    : options_(std::move(options)), clock_(clock), repo_(repo), nonce_(std::random_device{}()) {}
+
+EffectivePolicy Limiter::PolicyLocked(SubjectKind kind, const std::string& subject) const {
+  EffectivePolicy p;
+  switch (kind) {
+    case SubjectKind::kKey:
+      p.limits = options_.key_defaults;
+      break;
+    case SubjectKind::kUser:
+      p.limits = options_.user_defaults;
+      p.limits.rpm = p.limits.tpm = 0;
+      break;
+    case SubjectKind::kIp:
+      p.limits = options_.ip_defaults;
+      p.limits.monthly_tokens = p.limits.daily_tokens = 0;
+      break;
+  }
+  auto it = overrides_.find({kind, subject});
+  if (it == overrides_.end()) return p;
+  const PolicyOverride& o = it->second;
+  p.overridden = true;
+  if (o.rpm) p.limits.rpm = *o.rpm;
+  if (o.tpm) p.limits.tpm = *o.tpm;
+  if (o.monthly_tokens) p.limits.monthly_tokens = *o.monthly_tokens;
+  if (o.daily_tokens) p.limits.daily_tokens = *o.daily_tokens;
+  return p;
+}
+
+EffectivePolicy Limiter::Policy(SubjectKind kind, const std::string& subject) const {
+  std::lock_guard lock(mu_);
+  return PolicyLocked(kind, subject);
+}
+
+void Limiter::ReplacePolicies(std::vector<PolicyOverride> overrides) {
+  std::map<SubjectRef, PolicyOverride> next;
+  for (auto& o : overrides) next[{o.kind, o.subject}] = std::move(o);
+  std::lock_guard lock(mu_);
+  overrides_ = std::move(next);
+}
+
+void Limiter::PutPolicy(const PolicyOverride& policy) {
+  std::lock_guard lock(mu_);
+  overrides_[{policy.kind, policy.subject}] = policy;
+}
+
+void Limiter::RemovePolicy(SubjectKind kind, const std::string& subject) {
+  std::lock_guard lock(mu_);
+  overrides_.erase({kind, subject});
+}
+
+void Limiter::EnsureLoaded(const std::vector<UsageKey>& keys) {
+  std::vector<UsageKey> missing;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& k : keys)
+      if (!cells_.count(k)) missing.push_back(k);
+  }
+  if (missing.empty()) return;
+  // Outside the lock: one slow database read must not stall every other subject.
+  std::vector<int64_t> loaded;
+  loaded.reserve(missing.size());
+  for (const auto& k : missing) loaded.push_back(repo_.LoadUsage(k));
+  std::lock_guard lock(mu_);
+  for (size_t i = 0; i < missing.size(); ++i) cells_.try_emplace(missing[i], Cell{loaded[i], 0});
+}
+
+Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::TimePoint now) {
+  Window& w = windows_[ref];
+  while (!w.entries.empty() && w.entries.front().at <= now - options_.window) {
+    w.tokens -= w.entries.front().tokens;
+    w.entries.pop_front();
+  }
+  return w;
+}
+
+void Limiter::ExpireLocked(Clock::TimePoint now) {
+  while (!expiries_.empty() && expiries_.begin()->first <= now) {
+    auto it = reservations_.find(expiries_.begin()->second);
+    if (it == reservations_.end()) {
+      expiries_.erase(expiries_.begin());
+      continue;
+    }
+    DropReservationLocked(it, /*remove_window_entries=*/false, std::nullopt);
+  }
+}
+
+void Limiter::DropReservationLocked(std::unordered_map<std::string, Reservation>::iterator it,
+                                    bool remove_window_entries,
+                                    std::optional<int64_t> actual_tokens) {
+  Reservation& r = it->second;
+  for (const auto& key : r.cells) {
+    auto cell = cells_.find(key);
+    if (cell != cells_.end()) cell->second.reserved -= r.tokens;
+  }
+  if (remove_window_entries || actual_tokens) {
+    for (const auto& ref : r.windows) {
+      auto w = windows_.find(ref);
+      if (w == windows_.end()) continue;
+      auto& entries = w->second.entries;
+      auto e = std::find_if(entries.begin(), entries.end(),
+                            [&](const Entry& x) { return x.seq == r.seq; });
+      if (e == entries.end()) continue;  // already aged out
+      if (remove_window_entries) {
+        w->second.tokens -= e->tokens;
+        entries.erase(e);
+      } else {
+        w->second.tokens += *actual_tokens - e->tokens;
+        e->tokens = *actual_tokens;
+      }
+    }
+  }
+  expiries_.erase(r.expiry);
+  reservations_.erase(it);
+}
+
+std::string Limiter::NewReservationId(uint64_t seq) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "r%016llx%llx", static_cast<unsigned long long>(nonce_),
+                static_cast<unsigned long long>(seq));
+  return buf;
+}
+
+AdmitDecision Limiter::Admit(const AdmitInput& input) {
+  const Clock::TimePoint now = clock_.Now();
+  const int64_t cost = std::max<int64_t>(0, input.estimated_tokens);
+  const Subjects& s = input.subjects;
+
+  std::vector<SubjectRef> window_subjects;  // rate limited: key, IP
+  if (!s.api_key_id.empty()) window_subjects.emplace_back(SubjectKind::kKey, s.api_key_id);
+  if (!s.client_ip.empty()) window_subjects.emplace_back(SubjectKind::kIp, s.client_ip);
+  std::vector<SubjectRef> quota_subjects;  // token quotas: key, user
+  if (!s.api_key_id.empty()) quota_subjects.emplace_back(SubjectKind::kKey, s.api_key_id);
+  if (!s.user_id.empty()) quota_subjects.emplace_back(SubjectKind::kUser, s.user_id);
+
+  const std::string month = PeriodOf(PeriodKind::kMonth, now);
+  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  std::vector<UsageKey> cell_keys;
+  for (const auto& [kind, subject] : quota_subjects) {
+    cell_keys.push_back({kind, subject, PeriodKind::kMonth, month});
+    cell_keys.push_back({kind, subject, PeriodKind::kDay, day});
+  }
+  EnsureLoaded(cell_keys);
+
+  std::lock_guard lock(mu_);
+  ExpireLocked(now);
+  AdmitDecision d;
+
+  auto deny = [&](LimitKind limit, SubjectKind subject, milliseconds retry, std::string what) {
+    Denial denial;
+    denial.limit = limit;
+    denial.subject = subject;
+    denial.retry_after = retry;
+    denial.message = std::move(what);
+    d.denial = std::move(denial);
+  };
+
+  // Rate windows: requests + 1 <= RPM and tokens + cost <= TPM over the last `window`.
+  for (const auto& ref : window_subjects) {
+    const Limits limits = PolicyLocked(ref.first, ref.second).limits;
+    Window& w = WindowLocked(ref, now);
+    const int64_t used_requests = static_cast<int64_t>(w.entries.size());
+    const milliseconds full_reset =
+        w.entries.empty() ? milliseconds(0) : Until(w.entries.back().at + options_.window, now);
+    if (limits.rpm > 0) {
+      Tighten(d.requests,
+              {limits.rpm, std::max<int64_t>(0, limits.rpm - used_requests), full_reset});
+      if (!d.denial && used_requests + 1 > limits.rpm) {
+        // The oldest entries leave first; the request fits once this many have left.
+        const size_t must_leave = static_cast<size_t>(used_requests + 1 - limits.rpm);
+        milliseconds retry = Until(w.entries[must_leave - 1].at + options_.window, now);
+        deny(LimitKind::kRpm, ref.first, retry,
+             std::string("Rate limit reached for requests per minute on this ") +
+                 SubjectLabel(ref.first) + ": limit " + std::to_string(limits.rpm) + ", used " +
+                 std::to_string(used_requests) + ". Please try again in " + Seconds(retry) + ".");
+      }
+    }
+    if (limits.tpm > 0) {
+      Tighten(d.tokens, {limits.tpm, std::max<int64_t>(0, limits.tpm - w.tokens), full_reset});
+      if (!d.denial && w.tokens + cost > limits.tpm) {
+        milliseconds retry = options_.window;  // a request larger than the limit never fits
+        if (cost <= limits.tpm) {
+          int64_t left = w.tokens;
+          for (const auto& e : w.entries) {
+            left -= e.tokens;
+            if (left + cost <= limits.tpm) {
+              retry = Until(e.at + options_.window, now);
+              break;
+            }
+          }
+        }
+        deny(LimitKind::kTpm, ref.first, retry,
+             std::string("Rate limit reached for tokens per minute on this ") +
+                 SubjectLabel(ref.first) + ": limit " + std::to_string(limits.tpm) + ", used " +
+                 std::to_string(w.tokens) + ", requested " + std::to_string(cost) +
+                 ". Please try again in " + Seconds(retry) + ".");
+      }
+    }
+  }
+
+  // Token quotas: settled + reserved + cost <= quota, per calendar month and day.
+  if (!d.denial) {
+    for (const auto& key : cell_keys) {
+      const Limits limits = PolicyLocked(key.kind, key.subject).limits;
+      const bool monthly = key.period_kind == PeriodKind::kMonth;
+      const int64_t quota = monthly ? limits.monthly_tokens : limits.daily_tokens;
+      if (quota <= 0) continue;
+      const Cell& c = cells_[key];
+      if (c.settled + c.reserved + cost <= quota) continue;
+      deny(monthly ? LimitKind::kMonthly : LimitKind::kDaily, key.kind,
+           Until(NextPeriodStart(key.period_kind, now), now),
+           std::string("You exceeded the ") + (monthly ? "monthly" : "daily") +
+               " token quota of this " + SubjectLabel(key.kind) + " (" + std::to_string(quota) +
+               " tokens; " + std::to_string(c.settled + c.reserved) +
+               " used or reserved). It resets at the start of the next " +
+               (monthly ? "month" : "day") + " (UTC).");
+      break;
+    }
+  }
+  if (d.denial) return d;
+
+  // Admitted: record it everywhere at once.
+  const uint64_t seq = next_seq_++;
+  Reservation r;
+  r.request_id = input.request_id;
+  r.seq = seq;
+  r.tokens = cost;
+  for (const auto& ref : window_subjects) {
+    Window& w = windows_[ref];
+    w.entries.push_back({now, seq, cost});
+    w.tokens += cost;
+    r.windows.push_back(ref);
+  }
+  for (const auto& key : cell_keys) {
+    cells_[key].reserved += cost;
+    r.cells.push_back(key);
+  }
+  // Report the figures after this request.
+  for (WindowState* ws : {&d.requests, &d.tokens}) {
+    if (ws->limit == 0) continue;
+    ws->remaining = std::max<int64_t>(0, ws->remaining - (ws == &d.requests ? 1 : cost));
+    ws->reset = options_.window;
+  }
+  d.reservation_id = NewReservationId(seq);
+  r.expiry = expiries_.emplace(now + options_.reservation_ttl, d.reservation_id);
+  reservations_.emplace(d.reservation_id, std::move(r));
+  return d;
+}
+
+bool Limiter::Release(const std::string& reservation_id) {
+  std::lock_guard lock(mu_);
+  auto it = reservations_.find(reservation_id);
+  if (it == reservations_.end()) return false;
+  DropReservationLocked(it, /*remove_window_entries=*/true, std::nullopt);
+  return true;
+}
+
+std::vector<SettledRequest> Limiter::PrepareSettle(const std::vector<SettleInput>& inputs) {
+  const Clock::TimePoint now = clock_.Now();
+  const std::string month = PeriodOf(PeriodKind::kMonth, now);
+  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  std::vector<SettledRequest> out;
+  std::vector<UsageKey> keys;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& in : inputs) {
+      std::vector<SubjectRef> subjects;
+      auto it = reservations_.find(in.reservation_id);
+      if (it != reservations_.end()) {
+        // The reservation knows its subjects: the ones this replica owns.
+        for (const auto& key : it->second.cells)
+          if (key.period_kind == PeriodKind::kMonth) subjects.emplace_back(key.kind, key.subject);
+      } else {
+        if (!in.subjects.api_key_id.empty())
+          subjects.emplace_back(SubjectKind::kKey, in.subjects.api_key_id);
+        if (!in.subjects.user_id.empty())
+          subjects.emplace_back(SubjectKind::kUser, in.subjects.user_id);
+      }
+      SettledRequest sr;
+      sr.request_id = in.request_id;
+      const int64_t tokens = std::max<int64_t>(0, in.actual_tokens);
+      for (const auto& [kind, subject] : subjects) {
+        sr.deltas.push_back({{kind, subject, PeriodKind::kMonth, month}, tokens});
+        sr.deltas.push_back({{kind, subject, PeriodKind::kDay, day}, tokens});
+      }
+      for (const auto& d : sr.deltas) keys.push_back(d.key);
+      out.push_back(std::move(sr));
+    }
+  }
+  // Loaded before the commit, so the loaded totals never already hold these deltas.
+  EnsureLoaded(keys);
+  return out;
+}
+
+void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
+                           const std::vector<SettledRequest>& prepared,
+                           const std::vector<bool>& fresh) {
+  std::lock_guard lock(mu_);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto it = reservations_.find(inputs[i].reservation_id);
+    if (it != reservations_.end())
+      DropReservationLocked(it, /*remove_window_entries=*/false,
+                            std::max<int64_t>(0, inputs[i].actual_tokens));
+    if (!fresh[i]) continue;  // settled before: already counted
+    for (const auto& d : prepared[i].deltas) {
+      auto cell = cells_.find(d.key);
+      if (cell != cells_.end()) cell->second.settled += d.tokens;
+    }
+  }
+}
+
+void Limiter::Expire() {
+  const Clock::TimePoint now = clock_.Now();
+  const std::string month = PeriodOf(PeriodKind::kMonth, now);
+  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  std::lock_guard lock(mu_);
+  ExpireLocked(now);
+  for (auto it = cells_.begin(); it != cells_.end();) {
+    const std::string& current = it->first.period_kind == PeriodKind::kMonth ? month : day;
+    if (it->first.period != current && it->second.reserved == 0)
+      it = cells_.erase(it);
+    else
+      ++it;
+  }
+  for (auto it = windows_.begin(); it != windows_.end();) {
+    WindowLocked(it->first, now);
+    if (it->second.entries.empty())
+      it = windows_.erase(it);
+    else
+      ++it;
+  }
+}
+
+UsageSnapshot Limiter::Usage(SubjectKind kind, const std::string& subject) {
+  const Clock::TimePoint now = clock_.Now();
+  UsageKey month{kind, subject, PeriodKind::kMonth, PeriodOf(PeriodKind::kMonth, now)};
+  UsageKey day{kind, subject, PeriodKind::kDay, PeriodOf(PeriodKind::kDay, now)};
+  if (kind != SubjectKind::kIp) EnsureLoaded({month, day});
+  std::lock_guard lock(mu_);
+  ExpireLocked(now);
+  UsageSnapshot u;
+  u.policy = PolicyLocked(kind, subject);
+  if (kind != SubjectKind::kIp) {
+    u.monthly_tokens = cells_[month].settled;
+    u.daily_tokens = cells_[day].settled;
+    u.reserved_tokens = cells_[month].reserved;
+  }
+  auto w = windows_.find({kind, subject});
+  if (w != windows_.end()) {
+    Window& win = WindowLocked(w->first, now);
+    u.window_requests = static_cast<int64_t>(win.entries.size());
+    u.window_tokens = win.tokens;
+  }
+  return u;
+}
+
+size_t Limiter::live_reservations() const {
+  std::lock_guard lock(mu_);
+  return reservations_.size();
+}
+
+}  // namespace tollgate::quota
