@@ -71,6 +71,17 @@ std::vector<ConfigKey> BuildSchema() {
        false, 50, 3600000},
   };
   keys.insert(keys.end(), router.begin(), router.end());
+  // billing: holds and usage records (services/billing).
+  std::vector<ConfigKey> billing = {
+      {"billing.hold_ttl", T::kDuration, "10m",
+       "a hold neither settled by its usage record nor released stops counting after this",
+       false, 1000, 86400000},
+      {"billing.ingest_max_records", T::kInt, "2000",
+       "usage records written in one transaction at most (RecordUsage calls queued meanwhile "
+       "share one commit)",
+       false, 1, 100000},
+  };
+  keys.insert(keys.end(), billing.begin(), billing.end());
   // quota: rate limits and token quotas (services/quota). 0: unlimited.
   std::vector<ConfigKey> quota = {
       {"quota.default_key_rpm", T::kInt, "0", "requests per minute per API key (sliding window)",

@@ -1,31 +1,16 @@
-// Wires the billing service: its database, its gRPC services, its admin API.
+// Wires the billing service: its database, the ledger logic, group commit for
+// usage records, its gRPC services.
 #include "tollgate/billing/module.h"
 
-#include "tollgate/billing/v1/billing.grpc.pb.h"
+#include "grpc_services.h"
+#include "tollgate/billing/billing.h"
+#include "tollgate/billing/ingestor.h"
+#include "tollgate/billing/pg_repository.h"
+#include "tollgate/config.h"
 #include "tollgate/db_service.h"
 
 namespace tollgate::billing {
 namespace {
-
-namespace pb = ::tollgate::billing::v1;
-
-class AdminService final : public pb::BillingAdminService::CallbackService {
- public:
-  explicit AdminService(const DbServiceModule& module) : module_(module) {}
-
-  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
-                                      const pb::GetStatusRequest*,
-                                      pb::GetStatusResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    grpc::Status auth = CheckAdminToken(*context, module_.admin_token());
-    if (auth.ok()) FillStatus(module_, response);
-    reactor->Finish(auth);
-    return reactor;
-  }
-
- private:
-  const DbServiceModule& module_;
-};
 
 class BillingModule final : public DbServiceModule {
  public:
@@ -33,12 +18,35 @@ class BillingModule final : public DbServiceModule {
 
  protected:
   void RegisterServices(GrpcServer& server) override {
-    admin_ = std::make_unique<AdminService>(*this);
-    server.Register(admin_.get(), pb::BillingAdminService::service_full_name());
+    repo_ = std::make_unique<PgBillingRepository>(pool());
+    billing_ = std::make_unique<Billing>(*repo_, clock_,
+                                         BillingOptions{config().GetDuration("billing.hold_ttl")});
+    ingestor_ = std::make_unique<Ingestor>(
+        [this](std::vector<UsageInput> records) { return billing_->Record(std::move(records)); },
+        static_cast<size_t>(config().GetInt("billing.ingest_max_records")));
+    service_ = MakeBillingService(*billing_, *ingestor_, workers());
+    admin_ = MakeBillingAdminService(
+        {[this](const grpc::ServerContextBase& context) {
+           return CheckAdminToken(context, admin_token());
+         },
+         [this](v1::GetStatusResponse* response) { FillStatus(*this, response); }, *billing_,
+         workers()});
+    server.Register(service_.get(), v1::BillingService::service_full_name());
+    server.Register(admin_.get(), v1::BillingAdminService::service_full_name());
+  }
+
+  void OnStopped() override {
+    // Before the pool closes: the writer commits what is still queued.
+    if (ingestor_) ingestor_->Stop();
   }
 
  private:
-  std::unique_ptr<AdminService> admin_;
+  SystemClock clock_;
+  std::unique_ptr<PgBillingRepository> repo_;
+  std::unique_ptr<Billing> billing_;
+  std::unique_ptr<Ingestor> ingestor_;
+  std::unique_ptr<grpc::Service> service_;
+  std::unique_ptr<grpc::Service> admin_;
 };
 
 }  // namespace

@@ -1,0 +1,81 @@
+// The billing logic: validates and normalises what arrives, prices holds, and
+// words the audit trail. Storage and its atomicity live in BillingRepository.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tollgate/billing/clock.h"
+#include "tollgate/billing/repository.h"
+
+namespace tollgate::billing {
+
+struct BillingOptions {
+  // A hold neither settled nor released stops counting after this.
+  std::chrono::milliseconds hold_ttl{std::chrono::minutes(10)};
+};
+
+struct HoldInput {
+  std::string request_id;
+  int64_t user_id = 0;
+  int64_t api_key_id = 0;
+  std::string model;
+  std::string provider;
+  int64_t estimated_prompt_tokens = 0;
+  int64_t max_completion_tokens = 0;
+};
+
+struct HoldDecision {
+  bool granted = false;
+  int64_t hold_id = 0;
+  int64_t amount_micros = 0;
+  int64_t available_micros = 0;
+  int64_t expires_at_ms = 0;
+};
+
+struct NewPrice {
+  std::string model;
+  std::string provider;
+  int64_t input_micros_per_mtok = 0;
+  int64_t output_micros_per_mtok = 0;
+  std::optional<int64_t> cached_input_micros_per_mtok;  // unset: the input price
+  int64_t effective_from_ms = 0;                        // 0: now
+};
+
+class Billing final {
+ public:
+  Billing(BillingRepository& repo, const Clock& clock, BillingOptions options = {});
+
+  HoldDecision Hold(const HoldInput& input);
+  void Release(int64_t hold_id);
+  // Normalises the records (missing times become now, counts are clamped) and
+  // stores them in one transaction. Returns per record whether it was new.
+  std::vector<bool> Record(std::vector<UsageInput> records);
+
+  // Admin operations: BillingError for bad input; each is audited with `actor`.
+  PriceRecord SetPrice(const std::string& actor, const NewPrice& price);
+  std::vector<PriceRecord> ListPrices(const std::string& model);
+  void SetMultiplier(const std::string& actor, int64_t user_id, int64_t multiplier_ppm);
+  Account CreateAccount(const std::string& actor, int64_t user_id, int64_t credit_limit_micros);
+  Account TopUp(const std::string& actor, int64_t user_id, int64_t amount_micros,
+                const std::string& note);
+  Account SetCreditLimit(const std::string& actor, int64_t user_id, int64_t credit_limit_micros);
+  Account GetBalance(int64_t user_id);
+  // Days as "YYYY-MM-DD", inclusive.
+  std::vector<ReportRow> UsageReport(const std::string& from_day, const std::string& to_day,
+                                     std::vector<Dimension> group_by, int64_t user_id);
+  std::vector<AuditEntry> ListAuditLog(int32_t limit);
+
+ private:
+  AuditEntry Audit(const std::string& actor, std::string action, std::string target,
+                   std::string details) const;
+
+  BillingRepository& repo_;
+  const Clock& clock_;
+  BillingOptions options_;
+};
+
+}  // namespace tollgate::billing

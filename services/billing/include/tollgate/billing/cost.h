@@ -1,0 +1,70 @@
+// Cost arithmetic: integers only, one rounding.
+//
+// Prices are micro-units per 1,000,000 tokens; the multiplier is in parts per
+// million (1,000,000 = x1). For a record with prompt tokens P (of which C were
+// served from the provider's cache) and completion tokens O:
+//
+//   cost_micros = ceil( ((P - C) * input + C * cached_input + O * output) * multiplier_ppm
+//                       / (1,000,000 * 1,000,000) )
+//
+// computed exactly in 128-bit integers and rounded once, up, to a whole
+// micro-unit: a request that used anything priced costs at least 1 micro-unit,
+// and no sum of per-record roundings can drift below the exact total by more
+// than one micro-unit per record. C is clamped to [0, P]; negative counts count
+// as 0; counts above kMaxTokens count as kMaxTokens (so nothing can overflow).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tollgate::billing {
+
+inline constexpr int64_t kMicrosPerUnit = 1'000'000;
+inline constexpr int64_t kTokensPerPrice = 1'000'000;  // prices are per 1M tokens
+inline constexpr int64_t kMultiplierOne = 1'000'000;   // ppm
+inline constexpr int64_t kMaxTokens = 1'000'000'000;
+inline constexpr int64_t kMaxPriceMicros = 1'000'000'000'000;  // per 1M tokens
+inline constexpr int64_t kMaxMultiplierPpm = 1'000'000'000;    // x1000
+
+struct Rates {
+  int64_t input_micros_per_mtok = 0;
+  int64_t output_micros_per_mtok = 0;
+  int64_t cached_input_micros_per_mtok = 0;
+};
+
+struct TokenCounts {
+  int64_t prompt = 0;
+  int64_t completion = 0;
+  int64_t cached = 0;  // part of prompt
+};
+
+int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm);
+
+// The worst case a hold reserves: the whole prompt estimate uncached and every
+// allowed completion token.
+int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
+                   int64_t max_completion_tokens, int64_t multiplier_ppm);
+
+struct PriceRecord {
+  int64_t id = 0;
+  std::string model;
+  std::string provider;  // empty: any provider
+  Rates rates;
+  int64_t effective_from_ms = 0;
+};
+
+// The price that applies to a request on `provider` at `at_ms` among one
+// model's prices: the newest one in effect with that provider, else the newest
+// one in effect for any provider (provider ""). nullopt: the model is unpriced.
+std::optional<PriceRecord> SelectPrice(const std::vector<PriceRecord>& prices,
+                                       const std::string& provider, int64_t at_ms);
+
+// Days since 1970-01-01 (UTC) of a Unix-milliseconds time, and its "YYYY-MM-DD".
+int64_t UtcDay(int64_t unix_ms);
+std::string DayString(int64_t day);
+// "YYYY-MM-DD" -> days since the epoch; nullopt when malformed.
+std::optional<int64_t> ParseDay(const std::string& text);
+
+}  // namespace tollgate::billing

@@ -1,0 +1,177 @@
+#include "tollgate/billing/billing.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+namespace tollgate::billing {
+namespace {
+
+using Kind = BillingError::Kind;
+
+void Require(bool ok, const std::string& message) {
+  if (!ok) throw BillingError(Kind::kInvalidArgument, message);
+}
+
+void RequireUser(int64_t user_id) { Require(user_id > 0, "user_id must be a positive id"); }
+
+std::string UserTarget(int64_t user_id) { return "user:" + std::to_string(user_id); }
+
+// Keeps the stored text bounded whatever a caller sends.
+std::string Bounded(const std::string& s, size_t max) {
+  return s.size() <= max ? s : s.substr(0, max);
+}
+
+}  // namespace
+
+Billing::Billing(BillingRepository& repo, const Clock& clock, BillingOptions options)
+    : repo_(repo), clock_(clock), options_(options) {}
+
+HoldDecision Billing::Hold(const HoldInput& input) {
+  RequireUser(input.user_id);
+  Require(!input.model.empty(), "model is required");
+  const int64_t now = clock_.NowMs();
+  // An unpriced model costs nothing, so its hold is 0 (granted unless the account is overdrawn).
+  Rates rates;
+  if (auto price = SelectPrice(repo_.PricesOf(input.model), input.provider, now))
+    rates = price->rates;
+  HoldDecision d;
+  d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
+                               repo_.MultiplierOf(input.user_id));
+  d.expires_at_ms = now + options_.hold_ttl.count();
+  HoldOutcome outcome = repo_.PlaceHold(
+      {input.user_id, Bounded(input.request_id, 256), d.amount_micros, now, d.expires_at_ms});
+  d.granted = outcome.granted;
+  d.hold_id = outcome.hold_id;
+  d.available_micros = outcome.available_micros;
+  return d;
+}
+
+void Billing::Release(int64_t hold_id) {
+  if (hold_id > 0) repo_.ReleaseHold(hold_id);
+}
+
+std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
+  const int64_t now = clock_.NowMs();
+  for (auto& r : records) {
+    // A record is never refused for its content (the edge would redeliver it
+    // forever): it is normalised instead. Only a missing request id is unusable.
+    Require(!r.request_id.empty(), "every usage record needs a request_id");
+    r.request_id = Bounded(r.request_id, 256);
+    r.model = Bounded(r.model, 256);
+    r.upstream_model = Bounded(r.upstream_model, 256);
+    r.provider = Bounded(r.provider, 256);
+    r.client_ip = Bounded(r.client_ip, 64);
+    r.tokens.prompt = std::clamp<int64_t>(r.tokens.prompt, 0, kMaxTokens);
+    r.tokens.completion = std::clamp<int64_t>(r.tokens.completion, 0, kMaxTokens);
+    r.tokens.cached = std::clamp<int64_t>(r.tokens.cached, 0, r.tokens.prompt);
+    r.latency_ms = std::max<int64_t>(r.latency_ms, 0);
+    if (r.started_at_ms <= 0) r.started_at_ms = now;
+    if (r.finished_at_ms <= 0) r.finished_at_ms = std::max(now, r.started_at_ms);
+  }
+  if (records.empty()) return {};
+  return repo_.Ingest(records, now);
+}
+
+AuditEntry Billing::Audit(const std::string& actor, std::string action, std::string target,
+                          std::string details) const {
+  AuditEntry e;
+  e.at_ms = clock_.NowMs();
+  e.actor = Bounded(actor.empty() ? "admin" : actor, 128);
+  e.action = std::move(action);
+  e.target = std::move(target);
+  e.details = std::move(details);
+  return e;
+}
+
+PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
+  Require(!in.model.empty() && in.model.size() <= 256, "model is required (at most 256 bytes)");
+  Require(in.provider.size() <= 256, "provider is at most 256 bytes");
+  auto valid = [](int64_t p) { return p >= 0 && p <= kMaxPriceMicros; };
+  Require(valid(in.input_micros_per_mtok) && valid(in.output_micros_per_mtok) &&
+              valid(in.cached_input_micros_per_mtok.value_or(0)),
+          "prices are micro-units per 1M tokens, from 0 to " + std::to_string(kMaxPriceMicros));
+  Require(in.effective_from_ms >= 0, "effective_from_ms must not be negative");
+  PriceRecord p;
+  p.model = in.model;
+  p.provider = in.provider;
+  p.rates.input_micros_per_mtok = in.input_micros_per_mtok;
+  p.rates.output_micros_per_mtok = in.output_micros_per_mtok;
+  p.rates.cached_input_micros_per_mtok =
+      in.cached_input_micros_per_mtok.value_or(in.input_micros_per_mtok);
+  p.effective_from_ms = in.effective_from_ms > 0 ? in.effective_from_ms : clock_.NowMs();
+  nlohmann::json details = {{"model", p.model},
+                            {"provider", p.provider},
+                            {"input_micros_per_mtok", p.rates.input_micros_per_mtok},
+                            {"output_micros_per_mtok", p.rates.output_micros_per_mtok},
+                            {"cached_input_micros_per_mtok", p.rates.cached_input_micros_per_mtok},
+                            {"effective_from_ms", p.effective_from_ms}};
+  return repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));
+}
+
+std::vector<PriceRecord> Billing::ListPrices(const std::string& model) {
+  return repo_.ListPrices(model);
+}
+
+void Billing::SetMultiplier(const std::string& actor, int64_t user_id, int64_t multiplier_ppm) {
+  RequireUser(user_id);
+  Require(
+      multiplier_ppm > 0 && multiplier_ppm <= kMaxMultiplierPpm,
+      "multiplier_ppm must be from 1 to " + std::to_string(kMaxMultiplierPpm) + " (1000000 is x1)");
+  nlohmann::json details = {{"multiplier_ppm", multiplier_ppm}};
+  repo_.SetMultiplier(user_id, multiplier_ppm,
+                      Audit(actor, "set_multiplier", UserTarget(user_id), details.dump()));
+}
+
+Account Billing::CreateAccount(const std::string& actor, int64_t user_id,
+                               int64_t credit_limit_micros) {
+  RequireUser(user_id);
+  Require(credit_limit_micros >= 0, "credit_limit_micros must not be negative");
+  nlohmann::json details = {{"credit_limit_micros", credit_limit_micros}};
+  repo_.CreateAccount(user_id, credit_limit_micros,
+                      Audit(actor, "create_account", UserTarget(user_id), details.dump()));
+  return GetBalance(user_id);
+}
+
+Account Billing::TopUp(const std::string& actor, int64_t user_id, int64_t amount_micros,
+                       const std::string& note) {
+  RequireUser(user_id);
+  Require(amount_micros > 0, "amount_micros must be positive");
+  Require(note.size() <= 1024, "note is at most 1024 bytes");
+  nlohmann::json details = {{"amount_micros", amount_micros}, {"note", note}};
+  repo_.TopUp(user_id, amount_micros, note,
+              Audit(actor, "top_up", UserTarget(user_id), details.dump()));
+  return GetBalance(user_id);
+}
+
+Account Billing::SetCreditLimit(const std::string& actor, int64_t user_id,
+                                int64_t credit_limit_micros) {
+  RequireUser(user_id);
+  Require(credit_limit_micros >= 0, "credit_limit_micros must not be negative");
+  nlohmann::json details = {{"credit_limit_micros", credit_limit_micros}};
+  repo_.SetCreditLimit(user_id, credit_limit_micros,
+                       Audit(actor, "set_credit_limit", UserTarget(user_id), details.dump()));
+  return GetBalance(user_id);
+}
+
+Account Billing::GetBalance(int64_t user_id) {
+  RequireUser(user_id);
+  return repo_.GetAccount(user_id, clock_.NowMs());
+}
+
+std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const std::string& to_day,
+                                            std::vector<Dimension> group_by, int64_t user_id) {
+  auto from = ParseDay(from_day);
+  auto to = ParseDay(to_day);
+  Require(from && to, "from_day and to_day are UTC days written YYYY-MM-DD");
+  Require(*from <= *to, "from_day is after to_day");
+  Require(*to - *from <= 3660, "the range is at most ten years");
+  std::sort(group_by.begin(), group_by.end());
+  group_by.erase(std::unique(group_by.begin(), group_by.end()), group_by.end());
+  return repo_.Report({*from, *to, std::move(group_by), user_id});
+}
+
+std::vector<AuditEntry> Billing::ListAuditLog(int32_t limit) {
+  return repo_.ListAudit(limit <= 0 ? 100 : std::min(limit, 10000));
+}
+
+}  // namespace tollgate::billing

@@ -1,0 +1,340 @@
+#include "grpc_services.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "tollgate/admin_call.h"
+#include "tollgate/errors.h"
+#include "tollgate/log.h"
+
+namespace tollgate::billing {
+namespace {
+
+namespace pb = ::tollgate::billing::v1;
+
+grpc::Status Unavailable() {
+  return ToGrpcStatus(ErrorCode::kServiceUnavailable,
+                      "the billing service's database is unavailable; try again");
+}
+
+// The data path's counterpart of RunAdminCall (no admin token; `work` returns
+// the status): runs `work` on the worker pool (it may block on the database)
+// and finishes the call from there. What went wrong stays in the log; the caller learns only
+// that it failed (no SQL in a status).
+template <typename Work>
+grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, WorkerPool& workers,
+                                   const char* rpc, Work work) {
+  auto* reactor = context->DefaultReactor();
+  workers.Post([reactor, rpc, work = std::move(work)]() mutable {
+    grpc::Status status = grpc::Status::OK;
+    try {
+      status = work();
+    } catch (const BillingError& e) {
+      status = ToGrpcStatus(e);
+    } catch (const std::exception& e) {
+      log::Error("billing", "call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
+      status = Unavailable();
+    }
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+void Fill(const PriceRecord& p, pb::Price* out) {
+  out->set_id(p.id);
+  out->set_model(p.model);
+  out->set_provider(p.provider);
+  out->set_input_micros_per_mtok(p.rates.input_micros_per_mtok);
+  out->set_output_micros_per_mtok(p.rates.output_micros_per_mtok);
+  out->set_cached_input_micros_per_mtok(p.rates.cached_input_micros_per_mtok);
+  out->set_effective_from_ms(p.effective_from_ms);
+}
+
+void Fill(const Account& a, pb::Account* out) {
+  out->set_user_id(a.user_id);
+  out->set_balance_micros(a.balance_micros);
+  out->set_credit_limit_micros(a.credit_limit_micros);
+  out->set_held_micros(a.held_micros);
+  out->set_available_micros(a.available_micros());
+  out->set_total_top_ups_micros(a.total_top_ups_micros);
+  out->set_total_cost_micros(a.total_cost_micros);
+  out->set_multiplier_ppm(a.multiplier_ppm);
+}
+
+UsageInput FromProto(const pb::UsageRecord& r) {
+  UsageInput u;
+  u.request_id = r.request_id();
+  u.user_id = r.user_id();
+  u.api_key_id = r.api_key_id();
+  u.model = r.model();
+  u.upstream_model = r.upstream_model();
+  u.upstream_key_id = r.upstream_key_id();
+  u.provider = r.provider();
+  u.hold_id = r.hold_id();
+  u.tokens = {r.prompt_tokens(), r.completion_tokens(), r.cached_tokens()};
+  u.usage_estimated = r.usage_estimated();
+  u.streamed = r.streamed();
+  u.status = r.status();
+  u.latency_ms = r.latency_ms();
+  u.client_disconnected = r.client_disconnected();
+  u.attempts = r.attempts();
+  u.client_ip = r.client_ip();
+  u.started_at_ms = r.started_at_ms();
+  u.finished_at_ms = r.finished_at_ms();
+  return u;
+}
+
+// Who made an admin change: the optional "x-tollgate-actor" metadata (printable
+// ASCII, bounded) and the caller's address. Never the token.
+std::string Actor(const grpc::CallbackServerContext& context) {
+  std::string name = "admin";
+  const auto& md = context.client_metadata();
+  if (auto it = md.find("x-tollgate-actor"); it != md.end()) {
+    std::string given;
+    for (char c : std::string(it->second.data(), it->second.size()))
+      if (c >= 0x20 && c < 0x7f) given += c;
+    if (!given.empty()) name = given.substr(0, 64);
+  }
+  return name + " (" + context.peer().substr(0, 64) + ")";
+}
+
+class BillingServiceImpl final : public pb::BillingService::CallbackService {
+ public:
+  BillingServiceImpl(Billing& billing, Ingestor& ingestor, WorkerPool& workers)
+      : billing_(billing), ingestor_(ingestor), workers_(workers) {}
+
+  grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* context,
+                                 const pb::HoldRequest* request,
+                                 pb::HoldResponse* response) override {
+    return OnWorker(context, workers_, "Hold", [=, this] {
+      HoldInput in;
+      in.request_id = request->request_id();
+      in.user_id = request->user_id();
+      in.api_key_id = request->api_key_id();
+      in.model = request->model();
+      in.provider = request->provider();
+      in.estimated_prompt_tokens = request->estimated_prompt_tokens();
+      in.max_completion_tokens = request->max_completion_tokens();
+      HoldDecision d = billing_.Hold(in);
+      if (!d.granted)
+        return ToGrpcStatus(ErrorCode::kInsufficientQuota,
+                            "You exceeded your current quota, please check your plan and billing "
+                            "details.");
+      response->set_hold_id(d.hold_id);
+      response->set_amount_micros(d.amount_micros);
+      response->set_expires_at_ms(d.expires_at_ms);
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::ServerUnaryReactor* ReleaseHold(grpc::CallbackServerContext* context,
+                                        const pb::ReleaseHoldRequest* request,
+                                        pb::ReleaseHoldResponse*) override {
+    return OnWorker(context, workers_, "ReleaseHold", [=, this] {
+      billing_.Release(request->hold_id());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::ServerUnaryReactor* RecordUsage(grpc::CallbackServerContext* context,
+                                        const pb::RecordUsageRequest* request,
+                                        pb::RecordUsageResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    std::vector<UsageInput> records;
+    records.reserve(request->records_size());
+    for (const auto& r : request->records()) {
+      if (r.request_id().empty()) {
+        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                     "every usage record needs a request_id"));
+        return reactor;
+      }
+      records.push_back(FromProto(r));
+    }
+    if (records.empty()) {
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    // Answered from the writer thread once the batch's transaction committed.
+    ingestor_.Submit(std::move(records), [reactor, response](IngestReply reply) {
+      if (!reply.ok) {
+        reactor->Finish(Unavailable());
+        return;
+      }
+      const auto recorded = std::count(reply.stored.begin(), reply.stored.end(), true);
+      response->set_recorded(static_cast<int32_t>(recorded));
+      response->set_duplicates(static_cast<int32_t>(reply.stored.size() - recorded));
+      reactor->Finish(grpc::Status::OK);
+    });
+    return reactor;
+  }
+
+ private:
+  Billing& billing_;
+  Ingestor& ingestor_;
+  WorkerPool& workers_;
+};
+
+class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackService {
+ public:
+  explicit BillingAdminServiceImpl(AdminServiceDeps deps) : deps_(std::move(deps)) {}
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const pb::GetStatusRequest*,
+                                      pb::GetStatusResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    grpc::Status auth = deps_.authorize(*context);
+    if (auth.ok()) deps_.status(response);
+    reactor->Finish(auth);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* SetPrice(grpc::CallbackServerContext* context,
+                                     const pb::SetPriceRequest* request,
+                                     pb::SetPriceResponse* response) override {
+    return Admin(context, "SetPrice", [=, this, actor = Actor(*context)] {
+      NewPrice p;
+      p.model = request->model();
+      p.provider = request->provider();
+      p.input_micros_per_mtok = request->input_micros_per_mtok();
+      p.output_micros_per_mtok = request->output_micros_per_mtok();
+      if (request->has_cached_input_micros_per_mtok())
+        p.cached_input_micros_per_mtok = request->cached_input_micros_per_mtok();
+      p.effective_from_ms = request->effective_from_ms();
+      Fill(deps_.billing.SetPrice(actor, p), response->mutable_price());
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListPrices(grpc::CallbackServerContext* context,
+                                       const pb::ListPricesRequest* request,
+                                       pb::ListPricesResponse* response) override {
+    return Admin(context, "ListPrices", [=, this] {
+      for (const auto& p : deps_.billing.ListPrices(request->model()))
+        Fill(p, response->add_prices());
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetMultiplier(grpc::CallbackServerContext* context,
+                                          const pb::SetMultiplierRequest* request,
+                                          pb::SetMultiplierResponse*) override {
+    return Admin(context, "SetMultiplier", [=, this, actor = Actor(*context)] {
+      deps_.billing.SetMultiplier(actor, request->user_id(), request->multiplier_ppm());
+    });
+  }
+
+  grpc::ServerUnaryReactor* CreateAccount(grpc::CallbackServerContext* context,
+                                          const pb::CreateAccountRequest* request,
+                                          pb::CreateAccountResponse* response) override {
+    return Admin(context, "CreateAccount", [=, this, actor = Actor(*context)] {
+      Fill(deps_.billing.CreateAccount(actor, request->user_id(), request->credit_limit_micros()),
+           response->mutable_account());
+    });
+  }
+
+  grpc::ServerUnaryReactor* TopUp(grpc::CallbackServerContext* context,
+                                  const pb::TopUpRequest* request,
+                                  pb::TopUpResponse* response) override {
+    return Admin(context, "TopUp", [=, this, actor = Actor(*context)] {
+      Fill(
+          deps_.billing.TopUp(actor, request->user_id(), request->amount_micros(), request->note()),
+          response->mutable_account());
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetCreditLimit(grpc::CallbackServerContext* context,
+                                           const pb::SetCreditLimitRequest* request,
+                                           pb::SetCreditLimitResponse* response) override {
+    return Admin(context, "SetCreditLimit", [=, this, actor = Actor(*context)] {
+      Fill(deps_.billing.SetCreditLimit(actor, request->user_id(), request->credit_limit_micros()),
+           response->mutable_account());
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetBalance(grpc::CallbackServerContext* context,
+                                       const pb::GetBalanceRequest* request,
+                                       pb::GetBalanceResponse* response) override {
+    return Admin(context, "GetBalance", [=, this] {
+      Fill(deps_.billing.GetBalance(request->user_id()), response->mutable_account());
+    });
+  }
+
+  grpc::ServerUnaryReactor* UsageReport(grpc::CallbackServerContext* context,
+                                        const pb::UsageReportRequest* request,
+                                        pb::UsageReportResponse* response) override {
+    return Admin(context, "UsageReport", [=, this] {
+      std::vector<Dimension> group_by;
+      for (int d : request->group_by()) {
+        switch (static_cast<pb::ReportDimension>(d)) {
+          case pb::REPORT_DIMENSION_USER:
+            group_by.push_back(Dimension::kUser);
+            break;
+          case pb::REPORT_DIMENSION_KEY:
+            group_by.push_back(Dimension::kKey);
+            break;
+          case pb::REPORT_DIMENSION_MODEL:
+            group_by.push_back(Dimension::kModel);
+            break;
+          case pb::REPORT_DIMENSION_DAY:
+            group_by.push_back(Dimension::kDay);
+            break;
+          default:
+            throw BillingError(BillingError::Kind::kInvalidArgument,
+                               "group_by takes user, key, model and day");
+        }
+      }
+      for (const auto& r : deps_.billing.UsageReport(request->from_day(), request->to_day(),
+                                                     std::move(group_by), request->user_id())) {
+        auto* out = response->add_rows();
+        if (r.day) out->set_day(DayString(*r.day));
+        if (r.user_id) out->set_user_id(*r.user_id);
+        if (r.api_key_id) out->set_api_key_id(*r.api_key_id);
+        if (r.model) out->set_model(*r.model);
+        out->set_requests(r.requests);
+        out->set_prompt_tokens(r.tokens.prompt);
+        out->set_completion_tokens(r.tokens.completion);
+        out->set_cached_tokens(r.tokens.cached);
+        out->set_cost_micros(r.cost_micros);
+      }
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListAuditLog(grpc::CallbackServerContext* context,
+                                         const pb::ListAuditLogRequest* request,
+                                         pb::ListAuditLogResponse* response) override {
+    return Admin(context, "ListAuditLog", [=, this] {
+      for (const auto& e : deps_.billing.ListAuditLog(request->limit())) {
+        auto* out = response->add_entries();
+        out->set_id(e.id);
+        out->set_at_ms(e.at_ms);
+        out->set_actor(e.actor);
+        out->set_action(e.action);
+        out->set_target(e.target);
+        out->set_details(e.details);
+      }
+    });
+  }
+
+ private:
+  // Checks the admin token before anything else, then runs `work` on the workers.
+  template <typename Work>
+  grpc::ServerUnaryReactor* Admin(grpc::CallbackServerContext* context, const char* rpc,
+                                  Work work) {
+    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "billing", rpc,
+                        std::move(work));
+  }
+
+  AdminServiceDeps deps_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeBillingService(Billing& billing, Ingestor& ingestor,
+                                                  WorkerPool& workers) {
+  return std::make_unique<BillingServiceImpl>(billing, ingestor, workers);
+}
+
+std::unique_ptr<grpc::Service> MakeBillingAdminService(AdminServiceDeps deps) {
+  return std::make_unique<BillingAdminServiceImpl>(std::move(deps));
+}
+
+}  // namespace tollgate::billing

@@ -1,0 +1,30 @@
+// The billing service's gRPC surface: BillingService (the edge: holds on the
+// request path, usage records in batches) and BillingAdminService (operators).
+// SQL runs on the worker pool; usage records go through the group-commit Ingestor.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "tollgate/billing/billing.h"
+#include "tollgate/billing/ingestor.h"
+#include "tollgate/billing/v1/billing.grpc.pb.h"
+#include "tollgate/worker_pool.h"
+
+namespace tollgate::billing {
+
+std::unique_ptr<grpc::Service> MakeBillingService(Billing& billing, Ingestor& ingestor,
+                                                  WorkerPool& workers);
+
+struct AdminServiceDeps {
+  // Admin token check (CheckAdminToken).
+  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
+  // Fills GetStatus.
+  std::function<void(v1::GetStatusResponse*)> status;
+  Billing& billing;
+  WorkerPool& workers;
+};
+
+std::unique_ptr<grpc::Service> MakeBillingAdminService(AdminServiceDeps deps);
+
+}  // namespace tollgate::billing

@@ -1,0 +1,440 @@
+#include "tollgate/billing/pg_repository.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <tuple>
+
+#include "tollgate/pg.h"
+
+namespace tollgate::billing {
+namespace {
+
+using Kind = BillingError::Kind;
+
+// Unix milliseconds <-> TIMESTAMPTZ, exactly (no floating point on the way).
+std::string Ts(const char* param) {
+  return std::string("(TIMESTAMPTZ 'epoch' + ") + param + "::BIGINT * INTERVAL '1 millisecond')";
+}
+std::string Ms(const char* column) {
+  return std::string("(EXTRACT(EPOCH FROM ") + column + ") * 1000)::BIGINT";
+}
+
+const std::string kPriceColumns =
+    "id, model, provider, input_micros_per_mtok, output_micros_per_mtok, "
+    "cached_input_micros_per_mtok, " +
+    Ms("effective_from");
+
+PriceRecord PriceFrom(const pqxx::row& row) {
+  PriceRecord p;
+  p.id = row[0].as<int64_t>();
+  p.model = row[1].as<std::string>();
+  p.provider = row[2].as<std::string>();
+  p.rates.input_micros_per_mtok = row[3].as<int64_t>();
+  p.rates.output_micros_per_mtok = row[4].as<int64_t>();
+  p.rates.cached_input_micros_per_mtok = row[5].as<int64_t>();
+  p.effective_from_ms = row[6].as<int64_t>();
+  return p;
+}
+
+void WriteAudit(pqxx::work& tx, const AuditEntry& e) {
+  tx.exec_params("INSERT INTO audit_log (at, actor, action, target, details) VALUES (" + Ts("$1") +
+                     ", $2, $3, $4, $5::JSONB)",
+                 e.at_ms, e.actor, e.action, e.target, e.details.empty() ? "{}" : e.details);
+}
+
+std::vector<PriceRecord> LoadPrices(pqxx::transaction_base& tx, const std::string& model) {
+  std::vector<PriceRecord> out;
+  for (const auto& row : tx.exec_params(
+           "SELECT " + kPriceColumns + " FROM prices WHERE model = $1 ORDER BY effective_from, id",
+           model))
+    out.push_back(PriceFrom(row));
+  return out;
+}
+
+int64_t LoadMultiplier(pqxx::transaction_base& tx, int64_t user_id) {
+  auto rows = tx.exec_params("SELECT multiplier_ppm FROM multipliers WHERE user_id = $1", user_id);
+  return rows.empty() ? kMultiplierOne : rows[0][0].as<int64_t>();
+}
+
+struct DailyKey {
+  int64_t day;
+  int64_t user_id;
+  int64_t api_key_id;
+  std::string model;
+  bool operator<(const DailyKey& o) const {
+    return std::tie(day, user_id, api_key_id, model) <
+           std::tie(o.day, o.user_id, o.api_key_id, o.model);
+  }
+};
+
+struct DailySum {
+  int64_t requests = 0;
+  int64_t prompt = 0;
+  int64_t completion = 0;
+  int64_t cached = 0;
+  int64_t cost = 0;
+};
+
+const char* DimensionColumn(Dimension d) {
+  switch (d) {
+    case Dimension::kUser:
+      return "user_id";
+    case Dimension::kKey:
+      return "api_key_id";
+    case Dimension::kModel:
+      return "model";
+    case Dimension::kDay:
+      return "day";
+  }
+  return "user_id";
+}
+
+}  // namespace
+
+std::vector<PriceRecord> PgBillingRepository::PricesOf(const std::string& model) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return LoadPrices(tx, model);
+  });
+}
+
+std::vector<PriceRecord> PgBillingRepository::ListPrices(const std::string& model) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    std::vector<PriceRecord> out;
+    for (const auto& row : tx.exec_params("SELECT " + kPriceColumns +
+                                              " FROM prices WHERE $1 = '' OR model = $1 "
+                                              "ORDER BY effective_from DESC, id DESC",
+                                          model))
+      out.push_back(PriceFrom(row));
+    return out;
+  });
+}
+
+PriceRecord PgBillingRepository::AddPrice(const PriceRecord& p, const AuditEntry& audit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    try {
+      auto row = tx.exec_params1(
+          "INSERT INTO prices (model, provider, input_micros_per_mtok, output_micros_per_mtok, "
+          "cached_input_micros_per_mtok, effective_from) VALUES ($1, $2, $3, $4, $5, " +
+              Ts("$6") + ") RETURNING " + kPriceColumns,
+          p.model, p.provider, p.rates.input_micros_per_mtok, p.rates.output_micros_per_mtok,
+          p.rates.cached_input_micros_per_mtok, p.effective_from_ms);
+      WriteAudit(tx, audit);
+      tx.commit();
+      return PriceFrom(row);
+    } catch (const pqxx::unique_violation&) {
+      throw BillingError(Kind::kAlreadyExists,
+                         "model '" + p.model + "' already has a price from that time");
+    }
+  });
+}
+
+int64_t PgBillingRepository::MultiplierOf(int64_t user_id) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return LoadMultiplier(tx, user_id);
+  });
+}
+
+void PgBillingRepository::SetMultiplier(int64_t user_id, int64_t multiplier_ppm,
+                                        const AuditEntry& audit) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    tx.exec_params(
+        "INSERT INTO multipliers (user_id, multiplier_ppm) VALUES ($1, $2) "
+        "ON CONFLICT (user_id) DO UPDATE SET multiplier_ppm = EXCLUDED.multiplier_ppm",
+        user_id, multiplier_ppm);
+    WriteAudit(tx, audit);
+    tx.commit();
+  });
+}
+
+void PgBillingRepository::CreateAccount(int64_t user_id, int64_t credit_limit_micros,
+                                        const AuditEntry& audit) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    try {
+      tx.exec_params("INSERT INTO accounts (user_id, credit_limit_micros) VALUES ($1, $2)", user_id,
+                     credit_limit_micros);
+    } catch (const pqxx::unique_violation&) {
+      throw BillingError(Kind::kAlreadyExists,
+                         "user " + std::to_string(user_id) + " already has an account");
+    }
+    WriteAudit(tx, audit);
+    tx.commit();
+  });
+}
+
+void PgBillingRepository::TopUp(int64_t user_id, int64_t amount_micros, const std::string& note,
+                                const AuditEntry& audit) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    // One UPDATE adds to whatever the balance is at that moment: concurrent
+    // top-ups and settlements serialise on the row and none is lost.
+    auto rows = tx.exec_params(
+        "UPDATE accounts SET balance_micros = balance_micros + $2 WHERE user_id = $1 "
+        "RETURNING user_id",
+        user_id, amount_micros);
+    if (rows.empty())
+      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+    tx.exec_params(
+        "INSERT INTO top_ups (user_id, amount_micros, note, actor, created_at) VALUES "
+        "($1, $2, $3, $4, " +
+            Ts("$5") + ")",
+        user_id, amount_micros, note, audit.actor, audit.at_ms);
+    WriteAudit(tx, audit);
+    tx.commit();
+  });
+}
+
+void PgBillingRepository::SetCreditLimit(int64_t user_id, int64_t credit_limit_micros,
+                                         const AuditEntry& audit) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    auto rows = tx.exec_params(
+        "UPDATE accounts SET credit_limit_micros = $2 WHERE user_id = $1 RETURNING user_id",
+        user_id, credit_limit_micros);
+    if (rows.empty())
+      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+    WriteAudit(tx, audit);
+    tx.commit();
+  });
+}
+
+Account PgBillingRepository::GetAccount(int64_t user_id, int64_t now_ms) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    auto rows = tx.exec_params(
+        "SELECT a.balance_micros, a.credit_limit_micros, "
+        "(SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM holds h WHERE h.user_id = "
+        "a.user_id AND h.state = 'live' AND h.expires_at > " +
+            Ts("$2") +
+            "), "
+            "(SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM top_ups t "
+            "WHERE t.user_id = a.user_id), "
+            "(SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily d "
+            "WHERE d.user_id = a.user_id), "
+            "COALESCE((SELECT multiplier_ppm FROM multipliers m WHERE m.user_id = a.user_id), "
+            "1000000) "
+            "FROM accounts a WHERE a.user_id = $1",
+        user_id, now_ms);
+    if (rows.empty())
+      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+    Account a;
+    a.user_id = user_id;
+    a.balance_micros = rows[0][0].as<int64_t>();
+    a.credit_limit_micros = rows[0][1].as<int64_t>();
+    a.held_micros = rows[0][2].as<int64_t>();
+    a.total_top_ups_micros = rows[0][3].as<int64_t>();
+    a.total_cost_micros = rows[0][4].as<int64_t>();
+    a.multiplier_ppm = rows[0][5].as<int64_t>();
+    return a;
+  });
+}
+
+HoldOutcome PgBillingRepository::PlaceHold(const NewHold& h) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    // The account row lock serialises this user's holds with each other and
+    // with settlements, so two holds can never both spend the same money.
+    auto account = tx.exec_params(
+        "SELECT balance_micros, credit_limit_micros FROM accounts WHERE user_id = $1 FOR UPDATE",
+        h.user_id);
+    int64_t balance = 0, limit = 0;
+    if (!account.empty()) {
+      balance = account[0][0].as<int64_t>();
+      limit = account[0][1].as<int64_t>();
+    }
+    // Expired holds stop counting at once; rewriting their state keeps the partial index small.
+    tx.exec_params(
+        "UPDATE holds SET state = 'expired' WHERE user_id = $1 AND state = 'live' "
+        "AND expires_at <= " +
+            Ts("$2"),
+        h.user_id, h.now_ms);
+    int64_t held = tx.exec_params1(
+                         "SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM holds "
+                         "WHERE user_id = $1 AND state = 'live'",
+                         h.user_id)[0]
+                       .as<int64_t>();
+    HoldOutcome out;
+    out.available_micros = balance + limit - held;
+    if (h.amount_micros > out.available_micros) {
+      tx.commit();  // keeps the expiry rewrite
+      return out;
+    }
+    out.granted = true;
+    out.hold_id = tx.exec_params1(
+                        "INSERT INTO holds (user_id, request_id, amount_micros, "
+                        "created_at, expires_at) VALUES ($1, $2, $3, " +
+                            Ts("$4") + ", " + Ts("$5") + ") RETURNING id",
+                        h.user_id, h.request_id, h.amount_micros, h.now_ms, h.expires_at_ms)[0]
+                      .as<int64_t>();
+    tx.commit();
+    return out;
+  });
+}
+
+void PgBillingRepository::ReleaseHold(int64_t hold_id) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    tx.exec_params("UPDATE holds SET state = 'released' WHERE id = $1 AND state = 'live'", hold_id);
+    tx.commit();
+  });
+}
+
+std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& records,
+                                              int64_t now_ms) {
+  // Rows are touched in a fixed order (request ids, then users, holds and
+  // aggregate keys sorted) so concurrent ingesting transactions (other
+  // replicas) wait for each other instead of deadlocking.
+  std::vector<size_t> order(records.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return records[a].request_id < records[b].request_id; });
+  return pool_.Run([&](pqxx::connection& conn) {
+    std::vector<bool> stored(records.size(), false);
+    pqxx::work tx(conn);
+    std::map<std::string, std::vector<PriceRecord>> prices;
+    std::map<int64_t, int64_t> multipliers;
+    std::map<int64_t, int64_t> charges;  // user -> cost
+    std::map<int64_t, int64_t> holds;    // hold -> user
+    std::map<DailyKey, DailySum> daily;
+    for (size_t i : order) {
+      const UsageInput& r = records[i];
+      auto p = prices.find(r.model);
+      if (p == prices.end()) p = prices.emplace(r.model, LoadPrices(tx, r.model)).first;
+      auto m = multipliers.find(r.user_id);
+      if (m == multipliers.end())
+        m = multipliers.emplace(r.user_id, LoadMultiplier(tx, r.user_id)).first;
+      auto price = SelectPrice(p->second, r.provider, r.started_at_ms);
+      const int64_t cost = price ? CostMicros(price->rates, r.tokens, m->second) : 0;
+      auto inserted = tx.exec_params(
+          "INSERT INTO usage_records (request_id, user_id, api_key_id, model, upstream_model, "
+          "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, "
+          "cost_micros, price_id, multiplier_ppm, usage_estimated, streamed, status, latency_ms, "
+          "client_disconnected, attempts, client_ip, started_at, finished_at) VALUES "
+          "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULLIF($13, 0), $14, $15, $16, "
+          "$17, $18, $19, $20, $21, " +
+              Ts("$22") + ", " + Ts("$23") + ") ON CONFLICT (request_id) DO NOTHING RETURNING id",
+          r.request_id, r.user_id, r.api_key_id, r.model, r.upstream_model, r.upstream_key_id,
+          r.provider, r.hold_id, r.tokens.prompt, r.tokens.completion, r.tokens.cached, cost,
+          price ? price->id : int64_t{0}, m->second, r.usage_estimated, r.streamed, r.status,
+          r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, r.started_at_ms,
+          r.finished_at_ms);
+      if (inserted.empty()) continue;  // delivered before: nothing changes
+      stored[i] = true;
+      charges[r.user_id] += cost;
+      if (r.hold_id > 0) holds[r.hold_id] = r.user_id;
+      DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
+      d.requests += 1;
+      d.prompt += r.tokens.prompt;
+      d.completion += r.tokens.completion;
+      d.cached += r.tokens.cached;
+      d.cost += cost;
+    }
+    for (const auto& [user_id, cost] : charges) {
+      if (cost == 0) continue;
+      // A record is charged even without an account (or after its hold expired):
+      // the balance goes negative and the next hold is refused.
+      tx.exec_params(
+          "INSERT INTO accounts (user_id, balance_micros) VALUES ($1, -$2::BIGINT) "
+          "ON CONFLICT (user_id) DO UPDATE SET balance_micros = accounts.balance_micros - $2",
+          user_id, cost);
+    }
+    for (const auto& [hold_id, user_id] : holds)
+      tx.exec_params(
+          "UPDATE holds SET state = 'settled' WHERE id = $1 AND user_id = $2 "
+          "AND state IN ('live', 'expired')",
+          hold_id, user_id);
+    for (const auto& [k, d] : daily)
+      tx.exec_params(
+          "INSERT INTO usage_daily (day, user_id, api_key_id, model, requests, prompt_tokens, "
+          "completion_tokens, cached_tokens, cost_micros) VALUES "
+          "(DATE '1970-01-01' + $1::INTEGER, $2, $3, $4, $5, $6, $7, $8, $9) "
+          "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
+          "requests = usage_daily.requests + EXCLUDED.requests, "
+          "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
+          "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
+          "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
+          "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros",
+          static_cast<int32_t>(k.day), k.user_id, k.api_key_id, k.model, d.requests, d.prompt,
+          d.completion, d.cached, d.cost);
+    (void)now_ms;
+    tx.commit();
+    return stored;
+  });
+}
+
+std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
+  std::string dims;
+  for (Dimension d : q.group_by) dims += std::string(dims.empty() ? "" : ", ") + DimensionColumn(d);
+  std::string sql = "SELECT ";
+  for (Dimension d : q.group_by)
+    sql += d == Dimension::kDay ? "(day - DATE '1970-01-01')::BIGINT, "
+                                : std::string(DimensionColumn(d)) + ", ";
+  sql +=
+      "COALESCE(SUM(requests), 0)::BIGINT, COALESCE(SUM(prompt_tokens), 0)::BIGINT, "
+      "COALESCE(SUM(completion_tokens), 0)::BIGINT, COALESCE(SUM(cached_tokens), 0)::BIGINT, "
+      "COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily "
+      "WHERE day BETWEEN DATE '1970-01-01' + $1::INTEGER AND DATE '1970-01-01' + $2::INTEGER "
+      "AND ($3::BIGINT = 0 OR user_id = $3::BIGINT)";
+  if (!dims.empty()) sql += " GROUP BY " + dims + " ORDER BY " + dims;
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    std::vector<ReportRow> out;
+    for (const auto& row : tx.exec_params(sql, static_cast<int32_t>(q.from_day),
+                                          static_cast<int32_t>(q.to_day), q.user_id)) {
+      ReportRow r;
+      int c = 0;
+      for (Dimension d : q.group_by) {
+        switch (d) {
+          case Dimension::kDay:
+            r.day = row[c++].as<int64_t>();
+            break;
+          case Dimension::kUser:
+            r.user_id = row[c++].as<int64_t>();
+            break;
+          case Dimension::kKey:
+            r.api_key_id = row[c++].as<int64_t>();
+            break;
+          case Dimension::kModel:
+            r.model = row[c++].as<std::string>();
+            break;
+        }
+      }
+      r.requests = row[c++].as<int64_t>();
+      r.tokens.prompt = row[c++].as<int64_t>();
+      r.tokens.completion = row[c++].as<int64_t>();
+      r.tokens.cached = row[c++].as<int64_t>();
+      r.cost_micros = row[c++].as<int64_t>();
+      out.push_back(std::move(r));
+    }
+    return out;
+  });
+}
+
+std::vector<AuditEntry> PgBillingRepository::ListAudit(int32_t limit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    std::vector<AuditEntry> out;
+    for (const auto& row : tx.exec_params("SELECT id, " + Ms("at") +
+                                              ", actor, action, target, details::TEXT "
+                                              "FROM audit_log ORDER BY id DESC LIMIT $1",
+                                          limit)) {
+      AuditEntry e;
+      e.id = row[0].as<int64_t>();
+      e.at_ms = row[1].as<int64_t>();
+      e.actor = row[2].as<std::string>();
+      e.action = row[3].as<std::string>();
+      e.target = row[4].as<std::string>();
+      e.details = row[5].as<std::string>();
+      out.push_back(std::move(e));
+    }
+    return out;
+  });
+}
+
+}  // namespace tollgate::billing

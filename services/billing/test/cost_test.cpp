@@ -1,0 +1,95 @@
+// Cost arithmetic against hand-computed values (integer micro-units, one rounding up).
+#include "tollgate/billing/cost.h"
+
+#include <gtest/gtest.h>
+
+namespace tollgate::billing {
+namespace {
+
+// $0.15 / $0.60 / $0.075 per 1M tokens (input / output / cached input).
+constexpr Rates kMini{150'000, 600'000, 75'000};
+
+TEST(CostTest, PlainTokensAtTheListPrice) {
+  // 1000 * 150000 + 500 * 600000 = 450,000,000 micro-units per 1M tokens = 450 micro-units.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 0}, kMultiplierOne), 450);
+  // 1M prompt tokens at 2,500,000: exactly 2,500,000, nothing rounded.
+  EXPECT_EQ(CostMicros({2'500'000, 0, 0}, {1'000'000, 0, 0}, kMultiplierOne), 2'500'000);
+  EXPECT_EQ(CostMicros(kMini, {0, 0, 0}, kMultiplierOne), 0);
+}
+
+TEST(CostTest, CachedTokensAreBilledAtTheCachedPrice) {
+  // 600 uncached * 150000 + 400 cached * 75000 + 500 * 600000 = 420,000,000 -> 420.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 400}, kMultiplierOne), 420);
+  // Cached beyond the prompt counts as the whole prompt: 100 * 75000 = 7.5 -> 8.
+  EXPECT_EQ(CostMicros(kMini, {100, 0, 500}, kMultiplierOne), 8);
+  // Negative counts count as 0.
+  EXPECT_EQ(CostMicros(kMini, {-5, 10, -3}, kMultiplierOne), 6);
+}
+
+TEST(CostTest, MultiplierIsAppliedBeforeTheOneRounding) {
+  // x1.5: 420 * 1.5 = 630 exactly.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 400}, 1'500'000), 630);
+  // 3 tokens at 1,000,001 per 1M = 3.000003; x1.5 = 4.5000045 -> 5. Rounding first
+  // (ceil(3.000003) = 4, then x1.5 = 6) would overcharge: one rounding, at the end.
+  EXPECT_EQ(CostMicros({1'000'001, 0, 0}, {3, 0, 0}, 1'500'000), 5);
+  // x0.5 on 450 -> 225.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 0}, 500'000), 225);
+}
+
+TEST(CostTest, AnyPricedUseCostsAtLeastOneMicroUnit) {
+  // 1 token at 150000 per 1M = 0.15 micro-units -> 1.
+  EXPECT_EQ(CostMicros(kMini, {1, 0, 0}, kMultiplierOne), 1);
+  // 1 micro-unit less than a whole one is still rounded up: 999,999 / 1e6 -> 1.
+  EXPECT_EQ(CostMicros({999'999, 0, 0}, {1, 0, 0}, kMultiplierOne), 1);
+  // 1,000,001 / 1e6 -> 2.
+  EXPECT_EQ(CostMicros({1'000'001, 0, 0}, {1, 0, 0}, kMultiplierOne), 2);
+}
+
+TEST(CostTest, TheLargestInputsDoNotOverflow) {
+  // 1e9 prompt + 1e9 completion tokens at 1e12 per 1M, x1000: 2e21 * 1000 / 1e6 = 2e18.
+  Rates max{kMaxPriceMicros, kMaxPriceMicros, kMaxPriceMicros};
+  EXPECT_EQ(CostMicros(max, {kMaxTokens, kMaxTokens, 0}, kMaxMultiplierPpm),
+            2'000'000'000'000'000'000);
+  // Beyond the bounds everything is clamped, never wrapped.
+  EXPECT_EQ(CostMicros(max, {INT64_MAX, INT64_MAX, 0}, INT64_MAX), 2'000'000'000'000'000'000);
+}
+
+TEST(CostTest, HoldIsTheWorstCase) {
+  // Estimate 1000 prompt tokens, up to 500 completion tokens: 450, as if nothing were cached.
+  EXPECT_EQ(HoldMicros(kMini, 1000, 500, kMultiplierOne), 450);
+  EXPECT_EQ(HoldMicros(kMini, 1000, 500, 2'000'000), 900);
+}
+
+TEST(SelectPriceTest, NewestInEffectProviderSpecificFirst) {
+  std::vector<PriceRecord> prices = {
+      {1, "m", "", {100, 200, 50}, 1000},
+      {2, "m", "", {110, 220, 55}, 5000},
+      {3, "m", "azure", {90, 180, 45}, 2000},
+  };
+  EXPECT_FALSE(SelectPrice(prices, "", 999).has_value()) << "nothing in effect yet";
+  EXPECT_EQ(SelectPrice(prices, "", 1000)->id, 1);
+  EXPECT_EQ(SelectPrice(prices, "", 4999)->id, 1);
+  EXPECT_EQ(SelectPrice(prices, "", 5000)->id, 2);
+  EXPECT_EQ(SelectPrice(prices, "openai", 6000)->id, 2) << "no openai price: the default";
+  EXPECT_EQ(SelectPrice(prices, "azure", 1500)->id, 1) << "azure's own price is not in effect";
+  EXPECT_EQ(SelectPrice(prices, "azure", 6000)->id, 3) << "a provider's own price wins";
+  EXPECT_FALSE(SelectPrice({}, "", 6000).has_value());
+}
+
+TEST(DayTest, UtcDays) {
+  EXPECT_EQ(UtcDay(0), 0);
+  EXPECT_EQ(UtcDay(86'399'999), 0);
+  EXPECT_EQ(UtcDay(86'400'000), 1);
+  EXPECT_EQ(UtcDay(-1), -1);
+  EXPECT_EQ(DayString(0), "1970-01-01");
+  EXPECT_EQ(DayString(20'414), "2025-11-22");
+  EXPECT_EQ(ParseDay("2025-11-22"), 20'414);
+  EXPECT_EQ(ParseDay("2024-02-29"), 19'782);
+  EXPECT_FALSE(ParseDay("2025-02-29").has_value());
+  EXPECT_FALSE(ParseDay("2025-13-01").has_value());
+  EXPECT_FALSE(ParseDay("2025-1-01").has_value());
+  EXPECT_FALSE(ParseDay("yesterday").has_value());
+}
+
+}  // namespace
+}  // namespace tollgate::billing

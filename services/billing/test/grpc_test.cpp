@@ -1,0 +1,253 @@
+// The billing module in-process: its real gRPC server on 127.0.0.1:0, a real
+// channel, a real throwaway database.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+
+#include "pg_fixture.h"
+#include "tollgate/billing/cost.h"
+#include "tollgate/billing/module.h"
+#include "tollgate/billing/v1/billing.grpc.pb.h"
+#include "tollgate/config.h"
+#include "tollgate/db_service.h"
+#include "tollgate/grpc_server.h"
+#include "tollgate/metrics.h"
+
+namespace tollgate::billing {
+namespace {
+
+namespace pb = ::tollgate::billing::v1;
+using testing::TestDatabase;
+
+constexpr char kToken[] = "test-admin-token-0123456789";
+
+class BillingGrpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = Config::Load("", {{"TOLLGATE_BILLING__DATABASE__DSN", db_.dsn()},
+                                {"TOLLGATE_BILLING__GRPC_LISTEN", "127.0.0.1:0"},
+                                {"TOLLGATE_BILLING__WORKERS", "2"},
+                                {"TOLLGATE_BILLING__DATABASE__POOL_SIZE", "2"},
+                                {"TOLLGATE_ADMIN__TOKEN", kToken}});
+    module_ = MakeBillingModule({config_, metrics_});
+    module_->Start();
+    auto channel = MakeChannel("127.0.0.1:" + std::to_string(module_->grpc_port()));
+    billing_ = pb::BillingService::NewStub(channel);
+    admin_ = pb::BillingAdminService::NewStub(channel);
+  }
+
+  void TearDown() override {
+    module_->BeginShutdown();
+    module_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = kToken) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    SetDeadline(*ctx, std::chrono::seconds(10));
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+
+  pb::UsageRecord Record(const std::string& request_id, int64_t user) {
+    pb::UsageRecord r;
+    r.set_request_id(request_id);
+    r.set_user_id(user);
+    r.set_api_key_id(user * 10);
+    r.set_model("gpt-4o-mini");
+    r.set_prompt_tokens(1000);
+    r.set_completion_tokens(500);
+    r.set_status(200);
+    r.set_streamed(true);
+    return r;
+  }
+
+  Metrics metrics_{"127.0.0.1:0"};
+  TestDatabase db_;
+  Config config_;
+  std::unique_ptr<Module> module_;
+  std::unique_ptr<pb::BillingService::Stub> billing_;
+  std::unique_ptr<pb::BillingAdminService::Stub> admin_;
+};
+
+TEST_F(BillingGrpcTest, AdminRpcsWithoutTheTokenAreUnauthenticated) {
+  std::vector<std::pair<std::string, std::function<grpc::Status(grpc::ClientContext*)>>> calls = {
+      {"GetStatus",
+       [&](grpc::ClientContext* c) {
+         pb::GetStatusResponse r;
+         return admin_->GetStatus(c, {}, &r);
+       }},
+      {"SetPrice",
+       [&](grpc::ClientContext* c) {
+         pb::SetPriceRequest q;
+         q.set_model("gpt-4o-mini");
+         q.set_input_micros_per_mtok(1);
+         pb::SetPriceResponse r;
+         return admin_->SetPrice(c, q, &r);
+       }},
+      {"ListPrices",
+       [&](grpc::ClientContext* c) {
+         pb::ListPricesResponse r;
+         return admin_->ListPrices(c, {}, &r);
+       }},
+      {"SetMultiplier",
+       [&](grpc::ClientContext* c) {
+         pb::SetMultiplierRequest q;
+         q.set_user_id(1);
+         q.set_multiplier_ppm(1);
+         pb::SetMultiplierResponse r;
+         return admin_->SetMultiplier(c, q, &r);
+       }},
+      {"CreateAccount",
+       [&](grpc::ClientContext* c) {
+         pb::CreateAccountRequest q;
+         q.set_user_id(1);
+         pb::CreateAccountResponse r;
+         return admin_->CreateAccount(c, q, &r);
+       }},
+      {"TopUp",
+       [&](grpc::ClientContext* c) {
+         pb::TopUpRequest q;
+         q.set_user_id(1);
+         q.set_amount_micros(1'000'000);
+         pb::TopUpResponse r;
+         return admin_->TopUp(c, q, &r);
+       }},
+      {"SetCreditLimit",
+       [&](grpc::ClientContext* c) {
+         pb::SetCreditLimitRequest q;
+         q.set_user_id(1);
+         pb::SetCreditLimitResponse r;
+         return admin_->SetCreditLimit(c, q, &r);
+       }},
+      {"GetBalance",
+       [&](grpc::ClientContext* c) {
+         pb::GetBalanceRequest q;
+         q.set_user_id(1);
+         pb::GetBalanceResponse r;
+         return admin_->GetBalance(c, q, &r);
+       }},
+      {"UsageReport",
+       [&](grpc::ClientContext* c) {
+         pb::UsageReportRequest q;
+         q.set_from_day("2025-01-01");
+         q.set_to_day("2025-01-02");
+         pb::UsageReportResponse r;
+         return admin_->UsageReport(c, q, &r);
+       }},
+      {"ListAuditLog",
+       [&](grpc::ClientContext* c) {
+         pb::ListAuditLogResponse r;
+         return admin_->ListAuditLog(c, {}, &r);
+       }},
+  };
+  for (const auto& [name, call] : calls) {
+    EXPECT_EQ(call(Ctx("").get()).error_code(), grpc::StatusCode::UNAUTHENTICATED) << name;
+    EXPECT_EQ(call(Ctx("wrong-token").get()).error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << name;
+  }
+  pb::ListAuditLogResponse log;
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), {}, &log).ok());
+  EXPECT_EQ(log.entries_size(), 0) << "nothing unauthenticated got through";
+  pb::GetBalanceRequest q;
+  q.set_user_id(1);
+  pb::GetBalanceResponse balance;
+  EXPECT_EQ(admin_->GetBalance(Ctx().get(), q, &balance).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
+  pb::SetPriceRequest price;
+  price.set_model("gpt-4o-mini");
+  price.set_input_micros_per_mtok(150'000);
+  price.set_output_micros_per_mtok(600'000);
+  price.set_effective_from_ms(1);
+  pb::SetPriceResponse set;
+  ASSERT_TRUE(admin_->SetPrice(Ctx().get(), price, &set).ok());
+  EXPECT_EQ(set.price().cached_input_micros_per_mtok(), 150'000) << "defaults to the input price";
+
+  pb::HoldRequest hold;
+  hold.set_request_id("r1");
+  hold.set_user_id(42);
+  hold.set_model("gpt-4o-mini");
+  hold.set_estimated_prompt_tokens(1000);
+  hold.set_max_completion_tokens(500);
+  pb::HoldResponse held;
+  grpc::Status refused = billing_->Hold(Ctx("").get(), hold, &held);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(refused.error_details(), "insufficient_quota");
+
+  pb::CreateAccountRequest create;
+  create.set_user_id(42);
+  pb::CreateAccountResponse created;
+  ASSERT_TRUE(admin_->CreateAccount(Ctx().get(), create, &created).ok());
+  pb::TopUpRequest topup;
+  topup.set_user_id(42);
+  topup.set_amount_micros(1000);
+  topup.set_note("first");
+  pb::TopUpResponse topped;
+  auto ctx = Ctx();
+  ctx->AddMetadata("x-tollgate-actor", "alice");
+  ASSERT_TRUE(admin_->TopUp(ctx.get(), topup, &topped).ok());
+  EXPECT_EQ(topped.account().balance_micros(), 1000);
+
+  grpc::Status ok = billing_->Hold(Ctx("").get(), hold, &held);
+  ASSERT_TRUE(ok.ok()) << ok.error_message();
+  EXPECT_EQ(held.amount_micros(), 450);
+  EXPECT_GT(held.hold_id(), 0);
+
+  pb::RecordUsageRequest batch;
+  *batch.add_records() = Record("r1", 42);
+  batch.mutable_records(0)->set_hold_id(held.hold_id());
+  pb::RecordUsageResponse recorded;
+  ASSERT_TRUE(billing_->RecordUsage(Ctx("").get(), batch, &recorded).ok());
+  EXPECT_EQ(recorded.recorded(), 1);
+  EXPECT_EQ(recorded.duplicates(), 0);
+  *batch.add_records() = Record("r2", 42);
+  ASSERT_TRUE(billing_->RecordUsage(Ctx("").get(), batch, &recorded).ok());
+  EXPECT_EQ(recorded.recorded(), 1) << "r2";
+  EXPECT_EQ(recorded.duplicates(), 1) << "r1 again";
+
+  pb::RecordUsageRequest bad;
+  bad.add_records()->set_user_id(42);
+  EXPECT_EQ(billing_->RecordUsage(Ctx("").get(), bad, &recorded).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  pb::GetBalanceRequest q;
+  q.set_user_id(42);
+  pb::GetBalanceResponse balance;
+  ASSERT_TRUE(admin_->GetBalance(Ctx().get(), q, &balance).ok());
+  EXPECT_EQ(balance.account().balance_micros(), 100);
+  EXPECT_EQ(balance.account().held_micros(), 0) << "the hold was settled";
+  EXPECT_EQ(balance.account().total_cost_micros(), 900);
+
+  pb::UsageReportRequest report;
+  const int64_t today = UtcDay(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+  report.set_from_day(DayString(today - 1));
+  report.set_to_day(DayString(today + 1));
+  report.add_group_by(pb::REPORT_DIMENSION_USER);
+  report.add_group_by(pb::REPORT_DIMENSION_MODEL);
+  pb::UsageReportResponse rows;
+  grpc::Status reported = admin_->UsageReport(Ctx().get(), report, &rows);
+  ASSERT_TRUE(reported.ok()) << reported.error_message();
+  ASSERT_EQ(rows.rows_size(), 1);
+  EXPECT_EQ(rows.rows(0).user_id(), 42);
+  EXPECT_EQ(rows.rows(0).model(), "gpt-4o-mini");
+  EXPECT_EQ(rows.rows(0).requests(), 2);
+  EXPECT_EQ(rows.rows(0).cost_micros(), 900);
+  EXPECT_EQ(rows.rows(0).day(), "") << "not grouped by day";
+
+  pb::ListAuditLogResponse log;
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), {}, &log).ok());
+  ASSERT_EQ(log.entries_size(), 3);
+  EXPECT_EQ(log.entries(0).action(), "top_up");
+  EXPECT_EQ(log.entries(0).actor().rfind("alice (", 0), 0u) << log.entries(0).actor();
+  EXPECT_EQ(log.entries(0).actor().find(kToken), std::string::npos);
+  EXPECT_EQ(log.entries(1).action(), "create_account");
+  EXPECT_EQ(log.entries(2).action(), "set_price");
+}
+
+}  // namespace
+}  // namespace tollgate::billing

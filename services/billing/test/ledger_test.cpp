@@ -1,0 +1,375 @@
+// The ledger against a real throwaway PostgreSQL: Billing logic over
+// PgBillingRepository, with a fake clock.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <pqxx/pqxx>
+#include <thread>
+
+#include "pg_fixture.h"
+#include "tollgate/billing/billing.h"
+#include "tollgate/billing/ingestor.h"
+#include "tollgate/billing/module.h"
+#include "tollgate/billing/pg_repository.h"
+#include "tollgate/pg.h"
+
+namespace tollgate::billing {
+namespace {
+
+using testing::TestDatabase;
+
+constexpr int64_t kDay = 86'400'000;
+// 2025-11-22T10:00:00Z
+constexpr int64_t kT0 = 20'414 * kDay + 10 * 3'600'000;
+
+class FakeClock final : public Clock {
+ public:
+  int64_t NowMs() const override { return now_.load(); }
+  void Advance(int64_t ms) { now_ += ms; }
+  void Set(int64_t ms) { now_ = ms; }
+
+ private:
+  std::atomic<int64_t> now_{kT0};
+};
+
+class LedgerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pool_ = std::make_unique<PgPool>(PgPoolOptions{db_.dsn(), 8});
+    pool_->Run([](pqxx::connection& conn) { return Migrate(conn, "billing", Migrations()); });
+    repo_ = std::make_unique<PgBillingRepository>(*pool_);
+    billing_ = std::make_unique<Billing>(*repo_, clock_, BillingOptions{std::chrono::minutes(10)});
+    // $0.15 / $0.60 / $0.075 per 1M tokens: 1000 prompt + 500 completion = 450 micro-units.
+    NewPrice p;
+    p.model = "gpt-4o-mini";
+    p.input_micros_per_mtok = 150'000;
+    p.output_micros_per_mtok = 600'000;
+    p.cached_input_micros_per_mtok = 75'000;
+    p.effective_from_ms = kT0 - kDay;
+    billing_->SetPrice("ops", p);
+  }
+
+  UsageInput Usage(const std::string& request_id, int64_t user, int64_t prompt = 1000,
+                   int64_t completion = 500, int64_t cached = 0) {
+    UsageInput u;
+    u.request_id = request_id;
+    u.user_id = user;
+    u.api_key_id = user * 10;
+    u.model = "gpt-4o-mini";
+    u.upstream_model = "gpt-4o-mini-2024-07-18";
+    u.upstream_key_id = 3;
+    u.tokens = {prompt, completion, cached};
+    u.status = 200;
+    u.streamed = true;
+    u.client_ip = "203.0.113.7";
+    u.started_at_ms = clock_.NowMs();
+    return u;
+  }
+
+  HoldInput HoldFor(int64_t user, int64_t prompt = 1000, int64_t completion = 500) {
+    HoldInput h;
+    h.request_id = "req-hold";
+    h.user_id = user;
+    h.model = "gpt-4o-mini";
+    h.estimated_prompt_tokens = prompt;
+    h.max_completion_tokens = completion;
+    return h;
+  }
+
+  int64_t Count(const std::string& sql) {
+    return pool_->Run([&](pqxx::connection& conn) {
+      pqxx::read_transaction tx(conn);
+      return tx.exec1(sql)[0].as<int64_t>();
+    });
+  }
+
+  TestDatabase db_;
+  FakeClock clock_;
+  std::unique_ptr<PgPool> pool_;
+  std::unique_ptr<PgBillingRepository> repo_;
+  std::unique_ptr<Billing> billing_;
+};
+
+TEST_F(LedgerTest, TheSameRecordDeliveredTwiceIsCountedOnce) {
+  billing_->CreateAccount("ops", 1, 0);
+  billing_->TopUp("ops", 1, 10'000, "");
+  EXPECT_EQ(billing_->Record({Usage("req-1", 1)}), std::vector<bool>{true});
+  // Redelivered alone, then again inside a batch that also repeats it.
+  EXPECT_EQ(billing_->Record({Usage("req-1", 1)}), std::vector<bool>{false});
+  EXPECT_EQ(billing_->Record({Usage("req-1", 1), Usage("req-2", 1), Usage("req-2", 1)}),
+            (std::vector<bool>{false, true, false}));
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_records"), 2);
+  EXPECT_EQ(Count("SELECT sum(requests) FROM usage_daily"), 2);
+  Account a = billing_->GetBalance(1);
+  EXPECT_EQ(a.total_cost_micros, 900);
+  EXPECT_EQ(a.balance_micros, 10'000 - 900);
+}
+
+TEST_F(LedgerTest, CostsFollowPriceHistoryMultipliersAndCachedTokens) {
+  billing_->CreateAccount("ops", 1, 0);
+  billing_->TopUp("ops", 1, 1'000'000, "");
+  // From T0 + 1h the price doubles; records keep the price of their own start time.
+  NewPrice later;
+  later.model = "gpt-4o-mini";
+  later.input_micros_per_mtok = 300'000;
+  later.output_micros_per_mtok = 1'200'000;
+  later.effective_from_ms = kT0 + 3'600'000;
+  billing_->SetPrice("ops", later);
+  billing_->SetMultiplier("ops", 1, 1'500'000);
+
+  UsageInput before = Usage("before", 1, 1000, 500, 400);  // 420 * 1.5 = 630
+  UsageInput after = Usage("after", 1, 1000, 500, 0);
+  after.started_at_ms = kT0 + 2 * 3'600'000;  // 900 * 1.5 = 1350
+  UsageInput unpriced = Usage("unpriced", 1);
+  unpriced.model = "no-such-price";
+  billing_->Record({before, after, unpriced});
+  auto cost = [&](const std::string& id) {
+    return Count("SELECT cost_micros FROM usage_records WHERE request_id = '" + id + "'");
+  };
+  EXPECT_EQ(cost("before"), 630);
+  EXPECT_EQ(cost("after"), 1350);
+  EXPECT_EQ(cost("unpriced"), 0);
+  // The cached price defaults to the input price when not given: 400 cached at 300000.
+  UsageInput cached = Usage("cached", 1, 1000, 0, 400);
+  cached.started_at_ms = kT0 + 2 * 3'600'000;
+  billing_->Record({cached});
+  EXPECT_EQ(cost("cached"), 450);  // 1000 * 300000 / 1e6 = 300, x1.5
+  EXPECT_EQ(billing_->GetBalance(1).balance_micros, 1'000'000 - 630 - 1350 - 450);
+}
+
+TEST_F(LedgerTest, ManyParallelSettlesForOneUserKeepTheBalanceExact) {
+  billing_->CreateAccount("ops", 7, 0);
+  billing_->TopUp("ops", 7, 5'000'000, "");
+  constexpr int kThreads = 8, kBatches = 25, kPerBatch = 10;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        std::vector<UsageInput> batch;
+        for (int i = 0; i < kPerBatch; ++i)
+          batch.push_back(Usage(
+              "p-" + std::to_string(t) + "-" + std::to_string(b) + "-" + std::to_string(i), 7));
+        // Every batch is also delivered twice, concurrently with everything else.
+        try {
+          billing_->Record(batch);
+          billing_->Record(batch);
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  // Top-ups race with the settles too.
+  std::thread topups([&] {
+    for (int i = 0; i < 20; ++i) billing_->TopUp("ops", 7, 1'000, "");
+  });
+  for (auto& t : threads) t.join();
+  topups.join();
+  ASSERT_EQ(failures.load(), 0);
+  const int64_t n = kThreads * kBatches * kPerBatch;
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_records WHERE user_id = 7"), n);
+  Account a = billing_->GetBalance(7);
+  EXPECT_EQ(a.total_cost_micros, n * 450);
+  EXPECT_EQ(a.total_top_ups_micros, 5'000'000 + 20 * 1'000);
+  EXPECT_EQ(a.balance_micros, 5'000'000 + 20 * 1'000 - n * 450);
+  EXPECT_EQ(a.balance_micros, a.total_top_ups_micros - a.total_cost_micros);
+}
+
+TEST_F(LedgerTest, InsufficientBalanceRefusesTheHold) {
+  // No account: a priced request cannot be held.
+  EXPECT_FALSE(billing_->Hold(HoldFor(3)).granted);
+  billing_->CreateAccount("ops", 3, 0);
+  billing_->TopUp("ops", 3, 1000, "");
+  HoldDecision first = billing_->Hold(HoldFor(3));  // 450 of 1000
+  ASSERT_TRUE(first.granted);
+  EXPECT_EQ(first.amount_micros, 450);
+  EXPECT_EQ(first.expires_at_ms, kT0 + 600'000);
+  EXPECT_TRUE(billing_->Hold(HoldFor(3)).granted);  // 900 of 1000
+  HoldDecision third = billing_->Hold(HoldFor(3));
+  EXPECT_FALSE(third.granted) << "100 left, 450 asked";
+  EXPECT_EQ(third.available_micros, 100);
+  // Releasing one makes room again; a credit limit adds to what may be spent.
+  billing_->Release(first.hold_id);
+  EXPECT_TRUE(billing_->Hold(HoldFor(3)).granted);
+  EXPECT_FALSE(billing_->Hold(HoldFor(3)).granted);
+  billing_->SetCreditLimit("ops", 3, 400);
+  EXPECT_TRUE(billing_->Hold(HoldFor(3)).granted);
+  Account a = billing_->GetBalance(3);
+  EXPECT_EQ(a.held_micros, 3 * 450);
+  EXPECT_EQ(a.available_micros(), 1000 + 400 - 3 * 450);
+  // An unpriced model holds nothing, so it is granted while the account is not overdrawn.
+  HoldInput free = HoldFor(3);
+  free.model = "no-such-price";
+  EXPECT_TRUE(billing_->Hold(free).granted);
+}
+
+TEST_F(LedgerTest, ParallelHoldsNeverSpendTheSameMoneyTwice) {
+  billing_->CreateAccount("ops", 4, 0);
+  billing_->TopUp("ops", 4, 450 * 10 + 449, "");
+  std::atomic<int> granted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 5; ++i)
+        if (billing_->Hold(HoldFor(4)).granted) ++granted;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(granted.load(), 10);
+}
+
+TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
+  billing_->CreateAccount("ops", 5, 0);
+  billing_->TopUp("ops", 5, 500, "");
+  HoldDecision hold = billing_->Hold(HoldFor(5));
+  ASSERT_TRUE(hold.granted);
+  EXPECT_FALSE(billing_->Hold(HoldFor(5)).granted);
+  clock_.Advance(600'000 - 1);
+  EXPECT_FALSE(billing_->Hold(HoldFor(5)).granted) << "not expired 1 ms before the bound";
+  EXPECT_EQ(billing_->GetBalance(5).held_micros, 450);
+  clock_.Advance(1);
+  EXPECT_EQ(billing_->GetBalance(5).held_micros, 0);
+  HoldDecision again = billing_->Hold(HoldFor(5));
+  EXPECT_TRUE(again.granted) << "the first hold expired";
+  EXPECT_EQ(Count("SELECT count(*) FROM holds WHERE state = 'expired'"), 1);
+
+  // The late record of the expired hold is still charged, and settles its hold.
+  UsageInput late = Usage("late", 5);
+  late.hold_id = hold.hold_id;
+  late.started_at_ms = kT0;
+  billing_->Record({late});
+  Account a = billing_->GetBalance(5);
+  EXPECT_EQ(a.balance_micros, 50);
+  EXPECT_EQ(Count("SELECT count(*) FROM holds WHERE state = 'settled' AND id = " +
+                  std::to_string(hold.hold_id)),
+            1);
+  // Settling the live hold replaces it with the actual (smaller) cost.
+  UsageInput actual = Usage("actual", 5, 100, 10);  // 15000 + 6000 -> 21
+  actual.hold_id = again.hold_id;
+  billing_->Record({actual});
+  a = billing_->GetBalance(5);
+  EXPECT_EQ(a.held_micros, 0);
+  EXPECT_EQ(a.balance_micros, 50 - 21);
+}
+
+TEST_F(LedgerTest, ARecordWithoutAnAccountIsStillCharged) {
+  billing_->Record({Usage("orphan", 9)});
+  Account a = billing_->GetBalance(9);
+  EXPECT_EQ(a.balance_micros, -450);
+  EXPECT_FALSE(billing_->Hold(HoldFor(9, 1, 0)).granted) << "overdrawn";
+}
+
+TEST_F(LedgerTest, UsageReportByUserKeyModelAndDay) {
+  UsageInput a1 = Usage("a1", 1);           // day 0, user 1, key 10
+  UsageInput a2 = Usage("a2", 1, 2000, 0);  // 300
+  a2.api_key_id = 11;
+  UsageInput b1 = Usage("b1", 2, 1000, 500, 1000);  // 75 + 300 = 375
+  b1.started_at_ms = kT0 + kDay;
+  UsageInput b2 = Usage("b2", 2);
+  b2.model = "other";
+  b2.started_at_ms = kT0 + kDay;
+  UsageInput outside = Usage("outside", 2);
+  outside.started_at_ms = kT0 + 5 * kDay;
+  billing_->Record({a1, a2, b1, b2, outside});
+
+  auto total = billing_->UsageReport("2025-11-22", "2025-11-23", {}, 0);
+  ASSERT_EQ(total.size(), 1u);
+  EXPECT_EQ(total[0].requests, 4);
+  EXPECT_EQ(total[0].cost_micros, 450 + 300 + 375 + 0);
+  EXPECT_EQ(total[0].tokens.prompt, 5000);
+  EXPECT_EQ(total[0].tokens.completion, 1500);
+  EXPECT_EQ(total[0].tokens.cached, 1000);
+
+  auto by_user = billing_->UsageReport("2025-11-22", "2025-11-23", {Dimension::kUser}, 0);
+  ASSERT_EQ(by_user.size(), 2u);
+  EXPECT_EQ(*by_user[0].user_id, 1);
+  EXPECT_EQ(by_user[0].cost_micros, 750);
+  EXPECT_FALSE(by_user[0].day.has_value());
+  EXPECT_EQ(*by_user[1].user_id, 2);
+  EXPECT_EQ(by_user[1].requests, 2);
+
+  auto by_day_model =
+      billing_->UsageReport("2025-11-22", "2025-11-30", {Dimension::kModel, Dimension::kDay}, 0);
+  ASSERT_EQ(by_day_model.size(), 4u);
+  EXPECT_EQ(DayString(*by_day_model[0].day), "2025-11-22");
+  EXPECT_EQ(*by_day_model[0].model, "gpt-4o-mini");
+  EXPECT_EQ(by_day_model[0].requests, 2);
+  EXPECT_EQ(DayString(*by_day_model[1].day), "2025-11-23");
+  EXPECT_EQ(*by_day_model[1].model, "gpt-4o-mini");
+  EXPECT_EQ(DayString(*by_day_model[2].day), "2025-11-23");
+  EXPECT_EQ(*by_day_model[2].model, "other");
+  EXPECT_EQ(DayString(*by_day_model[3].day), "2025-11-27");
+
+  auto by_key = billing_->UsageReport("2025-11-22", "2025-11-22", {Dimension::kKey}, 1);
+  ASSERT_EQ(by_key.size(), 2u);
+  EXPECT_EQ(*by_key[0].api_key_id, 10);
+  EXPECT_EQ(by_key[0].cost_micros, 450);
+  EXPECT_EQ(*by_key[1].api_key_id, 11);
+  EXPECT_EQ(by_key[1].cost_micros, 300);
+
+  EXPECT_THROW(billing_->UsageReport("2025-11-23", "2025-11-22", {}, 0), BillingError);
+  EXPECT_THROW(billing_->UsageReport("22/11/2025", "2025-11-22", {}, 0), BillingError);
+}
+
+TEST_F(LedgerTest, AdminActionsAreAuditedAndTheAuditLogIsAppendOnly) {
+  billing_->CreateAccount("alice (ipv4:127.0.0.1:1)", 1, 0);
+  billing_->TopUp("alice (ipv4:127.0.0.1:1)", 1, 2500, "invoice 42");
+  billing_->SetCreditLimit("bob", 1, 100);
+  billing_->SetMultiplier("bob", 1, 1'200'000);
+  EXPECT_THROW(billing_->TopUp("bob", 99, 1, ""), BillingError) << "no account";
+  auto log = billing_->ListAuditLog(0);
+  ASSERT_EQ(log.size(), 5u) << "set_price in SetUp + 4; the refused top-up left nothing";
+  EXPECT_EQ(log[0].action, "set_multiplier");
+  EXPECT_EQ(log[0].actor, "bob");
+  EXPECT_EQ(log[0].target, "user:1");
+  EXPECT_EQ(log[2].action, "top_up");
+  EXPECT_EQ(log[2].actor, "alice (ipv4:127.0.0.1:1)");
+  EXPECT_NE(log[2].details.find("\"amount_micros\": 2500"), std::string::npos) << log[2].details;
+  EXPECT_EQ(log[3].action, "create_account");
+  EXPECT_EQ(log[4].action, "set_price");
+  EXPECT_EQ(log[4].at_ms, kT0);
+
+  for (const char* sql :
+       {"UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log", "TRUNCATE audit_log"}) {
+    EXPECT_THROW(pool_->Run([&](pqxx::connection& conn) {
+      pqxx::work tx(conn);
+      tx.exec(sql);
+      tx.commit();
+    }),
+                 pqxx::sql_error)
+        << sql;
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM audit_log WHERE actor <> 'mallory'"), 5);
+}
+
+TEST_F(LedgerTest, GroupCommitSharesTransactionsAndAnswersEveryCall) {
+  Ingestor ingestor([this](std::vector<UsageInput> r) { return billing_->Record(std::move(r)); },
+                    500);
+  constexpr int kCalls = 200;
+  std::atomic<int> acked{0}, stored{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int c = 0; c < kCalls / 4; ++c) {
+        std::vector<UsageInput> batch = {
+            Usage("g-" + std::to_string(t) + "-" + std::to_string(c), 8), Usage("g-shared", 8)};
+        std::atomic<bool> done{false};
+        ingestor.Submit(std::move(batch), [&](IngestReply reply) {
+          if (reply.ok) {
+            ++acked;
+            for (bool s : reply.stored) stored += s;
+          }
+          done = true;
+        });
+        while (!done) std::this_thread::yield();
+      }
+    });
+  for (auto& t : threads) t.join();
+  ingestor.Stop();
+  EXPECT_EQ(acked.load(), kCalls);
+  EXPECT_EQ(stored.load(), kCalls + 1) << "g-shared is stored once";
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_records"), kCalls + 1);
+  EXPECT_LE(ingestor.transactions(), kCalls);
+}
+
+}  // namespace
+}  // namespace tollgate::billing
