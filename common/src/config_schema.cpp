@@ -116,6 +116,9 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.auth_target", T::kString, "127.0.0.1:7101", "gRPC address of the auth service"},
       {"edge.quota_targets", T::kStringList, "127.0.0.1:7102",
        "gRPC addresses of the quota replicas, in ordinal order"},
+      {"edge.quota_fail_open", T::kBool, "false",
+       "when a quota replica is unreachable, admit requests unlimited instead of answering 503 "
+       "(logged and counted either way)"},
       {"edge.router_target", T::kString, "127.0.0.1:7103", "gRPC address of the router service"},
       {"edge.billing_target", T::kString, "127.0.0.1:7104", "gRPC address of the billing service"},
       {"edge.max_body_bytes", T::kInt, "4194304", "largest request body accepted (413 above)",

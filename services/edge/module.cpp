@@ -2,6 +2,7 @@
 // issues land, permissive stand-ins for auth, quota and billing.
 #include "tollgate/edge/module.h"
 
+#include "src/grpc_quota_client.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
 #include "src/permissive_clients.h"
@@ -32,7 +33,12 @@ class EdgeModule final : public Module {
     // TODO(auth, quota, billing issues): GrpcAuthClient, GrpcQuotaClient, GrpcBillingClient
     // on edge.auth_target, edge.quota_targets, edge.billing_target.
     auth_ = std::make_unique<AllowAllAuthClient>();
-    quota_ = std::make_unique<AllowAllQuotaClient>();
+    GrpcQuotaClientOptions quota;
+    quota.targets = config.GetList("edge.quota_targets");
+    quota.timeout = config.GetDuration("edge.grpc_timeout");
+    quota.fail_open = config.GetBool("edge.quota_fail_open");
+    quota.registry = &deps_.metrics.registry();
+    quota_ = std::make_unique<GrpcQuotaClient>(quota);
     billing_ = std::make_unique<DiscardingBillingClient>();
     log::Warn("edge",
               "auth, quota and billing are not wired yet: every API key is accepted, nothing is "
@@ -79,16 +85,18 @@ class EdgeModule final : public Module {
                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
     // The router's callbacks post to the server's executors: finish them while those run.
     router_->Shutdown();
+    quota_->Shutdown();
     server_->Shutdown(std::chrono::steady_clock::now());
     server_.reset();
     router_.reset();
+    quota_.reset();
   }
 
  private:
   ModuleDeps deps_;
   std::unique_ptr<GrpcRouterClient> router_;
   std::unique_ptr<AuthClient> auth_;
-  std::unique_ptr<QuotaClient> quota_;
+  std::unique_ptr<GrpcQuotaClient> quota_;
   std::unique_ptr<BillingClient> billing_;
   std::unique_ptr<HttpServer> server_;
 };

@@ -51,12 +51,25 @@ struct AdmitRequest {
   Principal principal;
   std::string model;
   int64_t estimated_tokens = 0;  // prompt estimate plus max_tokens
+  std::string client_ip;         // rate limited per IP too
+};
+
+// One rate window as OpenAI's x-ratelimit-* headers describe it; limit 0: unlimited (no headers).
+struct RateLimitWindow {
+  int64_t limit = 0;
+  int64_t remaining = 0;
+  int64_t reset_ms = 0;  // until the window is back to its full limit
 };
 
 struct AdmitResult {
   std::optional<Failure> failure;
   std::string reservation_id;  // settled later from the UsageRecord
+  // The key's tightest windows (also on denials), for the x-ratelimit-* headers.
+  RateLimitWindow requests;
+  RateLimitWindow tokens;
 };
+
+struct UsageRecord;
 
 class QuotaClient {
  public:
@@ -64,6 +77,9 @@ class QuotaClient {
   virtual void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) = 0;
   // Gives back a reservation whose request never ran (another admission check refused it).
   virtual void Release(std::string reservation_id) = 0;
+  // Replaces the reservation with the record's actual tokens; queued and sent off the request
+  // path, retried until acknowledged (the quota service is idempotent on request_id).
+  virtual void Settle(const UsageRecord& record) {}
 };
 
 struct HoldRequest {

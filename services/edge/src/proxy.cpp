@@ -64,7 +64,39 @@ struct Exchange {
   Clock::duration upstream_wait{0};  // connect + waiting for upstream answers
   bool overhead_observed = false;
   UsageRecord record;
+  HttpHeaders rate_limit_headers;  // x-ratelimit-*, once the quota service answered
 };
+
+// OpenAI's duration form for x-ratelimit-reset-*: "20ms", "1.5s", "6m0s".
+std::string FormatReset(int64_t ms) {
+  if (ms < 1000) return std::to_string(std::max<int64_t>(0, ms)) + "ms";
+  std::string out;
+  if (ms >= 60000) {
+    out = std::to_string(ms / 60000) + "m";
+    ms %= 60000;
+  }
+  std::string secs = std::to_string(ms / 1000);
+  if (int64_t frac = ms % 1000; frac != 0) {
+    std::string f = std::to_string(1000 + frac).substr(1);
+    while (f.back() == '0') f.pop_back();
+    secs += "." + f;
+  }
+  return out + secs + "s";
+}
+
+// The key's tightest windows as OpenAI's headers; none for an unlimited window.
+HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
+  HttpHeaders h;
+  auto add = [&h](const RateLimitWindow& w, const char* unit) {
+    if (w.limit <= 0) return;
+    h.emplace_back(std::string("x-ratelimit-limit-") + unit, std::to_string(w.limit));
+    h.emplace_back(std::string("x-ratelimit-remaining-") + unit, std::to_string(w.remaining));
+    h.emplace_back(std::string("x-ratelimit-reset-") + unit, FormatReset(w.reset_ms));
+  };
+  add(admitted.requests, "requests");
+  add(admitted.tokens, "tokens");
+  return h;
+}
 
 // Lets the client's disconnect reach whichever upstream call is current.
 struct CancelSlot {
@@ -172,8 +204,10 @@ class Proxy final : public RequestHandler {
       x.overhead_observed = true;
       metrics_->overhead->Observe(std::chrono::duration<double>(overhead).count());
     }
-    return {{"x-request-id", x.request.request_id},
-            {"x-tollgate-overhead-ms", FormatMillis(overhead)}};
+    HttpHeaders headers = {{"x-request-id", x.request.request_id},
+                           {"x-tollgate-overhead-ms", FormatMillis(overhead)}};
+    headers.insert(headers.end(), x.rate_limit_headers.begin(), x.rate_limit_headers.end());
+    return headers;
   }
 
   awaitable<void> SendError(Exchange& x, ErrorCode code, std::string_view message,
@@ -198,6 +232,7 @@ class Proxy final : public RequestHandler {
     x.record.latency =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - x.start);
     (x.record.usage_estimated ? metrics_->records_estimated : metrics_->records_exact)->Increment();
+    clients_.quota.Settle(x.record);
     clients_.billing.Record(std::move(x.record));
   }
 
@@ -227,7 +262,7 @@ class Proxy final : public RequestHandler {
     }
     Eventual<AdmitResult> admit(executor);
     clients_.quota.Admit({x.request.request_id, who.principal, request.model,
-                          request.prompt_estimate + request.max_tokens},
+                          request.prompt_estimate + request.max_tokens, x.request.client_ip},
                          admit.Setter());
     Eventual<HoldResult> hold(executor);
     clients_.billing.Hold({x.request.request_id, who.principal, request.model,
@@ -235,6 +270,7 @@ class Proxy final : public RequestHandler {
                           hold.Setter());
     RouteResult plan = co_await route.Wait();
     AdmitResult admitted = co_await admit.Wait();
+    x.rate_limit_headers = RateLimitHeaders(admitted);
     HoldResult held = co_await hold.Wait();
 
     const Failure* denied = plan.failure       ? &*plan.failure

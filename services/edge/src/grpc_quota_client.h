@@ -1,0 +1,64 @@
+// QuotaClient over gRPC (tollgate.quota.v1.QuotaService) to subject-sharded quota replicas.
+//
+// Every limited subject (API key, user, client IP) has exactly one owner among the ordered
+// replica list: replicas[QuotaOwner(kind, subject, N)]. Admit sends each owner only its own
+// subjects, in parallel; if any part is denied (or fails while failing closed) the granted parts
+// are released, so the limits stay exact across replicas (they can briefly under-admit, never
+// over-admit). The reservation id handed to the request path names every part ("i:id,j:id").
+// Settle is queued per replica and sent in batches by a background flusher, off the request path,
+// and retried until acknowledged.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "src/clients.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace tollgate::edge {
+
+struct GrpcQuotaClientOptions {
+  std::vector<std::string> targets = {"127.0.0.1:7102"};  // ordered: ordinal i at [i]
+  std::chrono::milliseconds timeout{2000};                // deadline of every call
+  // When a quota replica cannot be reached: false (the default) answers 503, true admits the
+  // request unlimited. Either way it is logged and counted.
+  bool fail_open = false;
+  std::chrono::milliseconds flush_interval{50};
+  size_t batch_size = 256;
+  size_t max_queued = 100000;  // per replica; beyond this the oldest settlements are dropped
+  prometheus::Registry* registry = nullptr;
+};
+
+// The owner ordinal of a subject ("key", "user", "ip") among `replicas`: FNV-1a 64 of
+// "kind:subject", modulo the count. Stable across processes and builds.
+size_t QuotaOwner(std::string_view kind, std::string_view subject, size_t replicas);
+
+class GrpcQuotaClient final : public QuotaClient {
+ public:
+  explicit GrpcQuotaClient(GrpcQuotaClientOptions options);
+  ~GrpcQuotaClient() override;  // Shutdown()
+
+  // Sends what is still queued (each batch bounded by its deadline), cancels the calls in
+  // flight and waits for their callbacks. Calls made afterwards fail at once. Idempotent.
+  void Shutdown();
+
+  void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) override;
+  void Release(std::string reservation_id) override;
+  void Settle(const UsageRecord& record) override;
+
+  int64_t settlements_sent() const;
+  int64_t settlements_dropped() const;
+  int64_t unavailable() const;  // Admits that met an unreachable replica
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::edge
