@@ -76,6 +76,18 @@ struct DailySum {
   int64_t cost = 0;
 };
 
+// The hold already placed for this request, if any. Request ids are unique across
+// users: one reused by another user is refused rather than answered with their hold.
+std::optional<int64_t> ExistingHold(pqxx::work& tx, const NewHold& h) {
+  if (h.request_id.empty()) return std::nullopt;
+  auto rows = tx.exec_params("SELECT id, user_id FROM holds WHERE request_id = $1", h.request_id);
+  if (rows.empty()) return std::nullopt;
+  if (rows[0][1].as<int64_t>() != h.user_id)
+    throw BillingError(BillingError::Kind::kAlreadyExists,
+                       "request_id is already used by another request");
+  return rows[0][0].as<int64_t>();
+}
+
 const char* DimensionColumn(Dimension d) {
   switch (d) {
     case Dimension::kUser:
@@ -261,17 +273,28 @@ HoldOutcome PgBillingRepository::PlaceHold(const NewHold& h) {
                        .as<int64_t>();
     HoldOutcome out;
     out.available_micros = balance + limit - held;
+    // The same request asking again (its first call timed out) gets its hold back.
+    if (auto id = ExistingHold(tx, h)) {
+      out.granted = true;
+      out.hold_id = *id;
+      tx.commit();
+      return out;
+    }
     if (h.amount_micros > out.available_micros) {
       tx.commit();  // keeps the expiry rewrite
       return out;
     }
     out.granted = true;
-    out.hold_id = tx.exec_params1(
-                        "INSERT INTO holds (user_id, request_id, amount_micros, "
-                        "created_at, expires_at) VALUES ($1, $2, $3, " +
-                            Ts("$4") + ", " + Ts("$5") + ") RETURNING id",
-                        h.user_id, h.request_id, h.amount_micros, h.now_ms, h.expires_at_ms)[0]
-                      .as<int64_t>();
+    // Without an account row to lock, two calls for one request can race to here (only for a
+    // free hold): the second waits for the first's insert and then returns its hold.
+    auto inserted = tx.exec_params(
+        "INSERT INTO holds (user_id, request_id, amount_micros, "
+        "created_at, expires_at) VALUES ($1, $2, $3, " +
+            Ts("$4") + ", " + Ts("$5") +
+            ") ON CONFLICT (request_id) WHERE request_id <> '' "
+            "DO NOTHING RETURNING id",
+        h.user_id, h.request_id, h.amount_micros, h.now_ms, h.expires_at_ms);
+    out.hold_id = !inserted.empty() ? inserted[0][0].as<int64_t>() : ExistingHold(tx, h).value();
     tx.commit();
     return out;
   });

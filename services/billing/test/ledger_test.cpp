@@ -68,7 +68,7 @@ class LedgerTest : public ::testing::Test {
 
   HoldInput HoldFor(int64_t user, int64_t prompt = 1000, int64_t completion = 500) {
     HoldInput h;
-    h.request_id = "req-hold";
+    h.request_id = "hold-" + std::to_string(++holds_);
     h.user_id = user;
     h.model = "gpt-4o-mini";
     h.estimated_prompt_tokens = prompt;
@@ -83,6 +83,7 @@ class LedgerTest : public ::testing::Test {
     });
   }
 
+  std::atomic<int> holds_{0};
   TestDatabase db_;
   FakeClock clock_;
   std::unique_ptr<PgPool> pool_;
@@ -201,6 +202,23 @@ TEST_F(LedgerTest, InsufficientBalanceRefusesTheHold) {
   HoldInput free = HoldFor(3);
   free.model = "no-such-price";
   EXPECT_TRUE(billing_->Hold(free).granted);
+}
+
+TEST_F(LedgerTest, ARetriedHoldGetsTheSameHoldBack) {
+  billing_->CreateAccount("ops", 6, 0);
+  billing_->TopUp("ops", 6, 1000, "");
+  HoldInput h = HoldFor(6);
+  HoldDecision first = billing_->Hold(h);
+  ASSERT_TRUE(first.granted);
+  HoldDecision again = billing_->Hold(h);
+  EXPECT_TRUE(again.granted);
+  EXPECT_EQ(again.hold_id, first.hold_id);
+  EXPECT_EQ(billing_->GetBalance(6).held_micros, 450) << "reserved once";
+  // Another user cannot reuse the request id (nor learn the hold).
+  billing_->CreateAccount("ops", 16, 0);
+  billing_->TopUp("ops", 16, 1000, "");
+  h.user_id = 16;
+  EXPECT_THROW(billing_->Hold(h), BillingError);
 }
 
 TEST_F(LedgerTest, ParallelHoldsNeverSpendTheSameMoneyTwice) {
