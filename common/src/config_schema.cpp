@@ -110,6 +110,23 @@ std::vector<ConfigKey> BuildSchema() {
        false, 50, 3600000},
   };
   keys.insert(keys.end(), quota.begin(), quota.end());
+  // auth: users and API keys (services/auth).
+  std::vector<ConfigKey> auth = {
+      {"auth.cache_refresh", T::kDuration, "1s",
+       "how often keys changed in the database are reloaded (admin changes made on another auth "
+       "replica reach this one, and the edges watching it, within this)",
+       false, 50, 3600000},
+      {"auth.cache_full_reload", T::kDuration, "5m",
+       "how often every key is reloaded, as a check on the incremental reloads", false, 1000,
+       86400000},
+      {"auth.last_used_flush_interval", T::kDuration, "5s",
+       "how often keys' last-used times are written to the database (one batch each time)", false,
+       100, 3600000},
+      {"auth.watch_heartbeat", T::kDuration, "5s",
+       "an idle WatchKeys stream gets an empty message this often, so edges notice a dead one",
+       false, 100, 600000},
+  };
+  keys.insert(keys.end(), auth.begin(), auth.end());
   std::vector<ConfigKey> edge = {
       {"edge.listen", T::kHostPort, "127.0.0.1:8080", "address of the OpenAI-compatible HTTP API"},
       {"edge.threads", T::kInt, "0", "I/O threads (0: one per core)", false, 0, 256},
@@ -142,6 +159,29 @@ std::vector<ConfigKey> BuildSchema() {
        "when the router is unreachable, reuse its last plan for a model this old at most (0: "
        "never; then 503)",
        false, 0, 3600000},
+      {"edge.auth_cache_ttl", T::kDuration, "30s",
+       "how long a cached principal is trusted without confirmation while the WatchKeys stream "
+       "is down (while it is up, pushed changes keep the cache exact)",
+       false, 100, 86400000},
+      {"edge.auth_negative_cache_ttl", T::kDuration, "2s",
+       "how long an unknown key is remembered as unknown (a key created meanwhile is pushed "
+       "and replaces it)",
+       false, 0, 600000},
+      {"edge.auth_cache_max_entries", T::kInt, "100000", "principals the edge caches at most",
+       false, 16, 100000000},
+      {"edge.auth_max_stale", T::kDuration, "1h",
+       "when auth is unreachable, a cached principal keeps working until this long past its TTL "
+       "(0: not at all; unknown keys get 503 either way)",
+       false, 0, 604800000},
+      {"edge.auth_watch_idle_timeout", T::kDuration, "15s",
+       "a WatchKeys stream silent this long (no change, no heartbeat) is reconnected", false, 500,
+       3600000},
+      {"edge.auth_watch_backoff_max", T::kDuration, "5s",
+       "longest wait between WatchKeys reconnection attempts (from 100 ms, doubling)", false, 100,
+       600000},
+      {"edge.auth_usage_flush_interval", T::kDuration, "5s",
+       "how often the keys used since the last report are sent to auth (last-used times)", false,
+       100, 3600000},
       {"edge.outcome_flush_interval", T::kDuration, "100ms",
        "how often queued upstream outcomes are sent to the router", false, 1, 60000},
       {"edge.outcome_batch_size", T::kInt, "256",

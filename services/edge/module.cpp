@@ -1,7 +1,8 @@
-// Wires the edge: the OpenAI-compatible HTTP surface, its router client and, until their own
-// issues land, permissive stand-ins for auth, quota and billing.
+// Wires the edge: the OpenAI-compatible HTTP surface, its auth, quota and router clients and,
+// until its own issue lands, a permissive stand-in for billing.
 #include "tollgate/edge/module.h"
 
+#include "src/grpc_auth_client.h"
 #include "src/grpc_quota_client.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
@@ -30,9 +31,19 @@ class EdgeModule final : public Module {
     router.stale_plan_ttl = config.GetDuration("edge.router_stale_plan_ttl");
     router_ = std::make_unique<GrpcRouterClient>(router);
 
-    // TODO(auth, quota, billing issues): GrpcAuthClient, GrpcQuotaClient, GrpcBillingClient
-    // on edge.auth_target, edge.quota_targets, edge.billing_target.
-    auth_ = std::make_unique<AllowAllAuthClient>();
+    GrpcAuthClientOptions auth;
+    auth.target = config.GetString("edge.auth_target");
+    auth.timeout = config.GetDuration("edge.grpc_timeout");
+    auth.cache_ttl = config.GetDuration("edge.auth_cache_ttl");
+    auth.negative_ttl = config.GetDuration("edge.auth_negative_cache_ttl");
+    auth.max_entries = static_cast<size_t>(config.GetInt("edge.auth_cache_max_entries"));
+    auth.max_stale = config.GetDuration("edge.auth_max_stale");
+    auth.watch_idle_timeout = config.GetDuration("edge.auth_watch_idle_timeout");
+    auth.backoff_max = config.GetDuration("edge.auth_watch_backoff_max");
+    auth.usage_flush_interval = config.GetDuration("edge.auth_usage_flush_interval");
+    auth_ = std::make_unique<GrpcAuthClient>(auth);
+
+    // TODO(billing issue): GrpcBillingClient on edge.billing_target.
     GrpcQuotaClientOptions quota;
     quota.targets = config.GetList("edge.quota_targets");
     quota.timeout = config.GetDuration("edge.grpc_timeout");
@@ -40,9 +51,7 @@ class EdgeModule final : public Module {
     quota.registry = &deps_.metrics.registry();
     quota_ = std::make_unique<GrpcQuotaClient>(quota);
     billing_ = std::make_unique<DiscardingBillingClient>();
-    log::Warn("edge",
-              "auth, quota and billing are not wired yet: every API key is accepted, nothing is "
-              "limited or billed");
+    log::Warn("edge", "billing is not wired yet: nothing is billed");
 
     ProxyOptions proxy;
     proxy.max_attempts = static_cast<int32_t>(config.GetInt("edge.max_attempts"));
@@ -71,7 +80,8 @@ class EdgeModule final : public Module {
     auto host = options.listen.substr(0, options.listen.rfind(':'));
     log::Info("edge", "serving HTTP",
               {{"listen", host + ":" + std::to_string(server_->port())},
-               {"router_target", router.target}});
+               {"router_target", router.target},
+               {"auth_target", auth.target}});
   }
 
   void BeginShutdown() override {
@@ -83,19 +93,21 @@ class EdgeModule final : public Module {
     auto left = deadline - std::chrono::system_clock::now();
     server_->Drain(std::chrono::steady_clock::now() +
                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
-    // The router's callbacks post to the server's executors: finish them while those run.
+    // The clients' callbacks post to the server's executors: finish them while those run.
     router_->Shutdown();
     quota_->Shutdown();
+    auth_->Shutdown();
     server_->Shutdown(std::chrono::steady_clock::now());
     server_.reset();
     router_.reset();
     quota_.reset();
+    auth_.reset();
   }
 
  private:
   ModuleDeps deps_;
   std::unique_ptr<GrpcRouterClient> router_;
-  std::unique_ptr<AuthClient> auth_;
+  std::unique_ptr<GrpcAuthClient> auth_;
   std::unique_ptr<GrpcQuotaClient> quota_;
   std::unique_ptr<BillingClient> billing_;
   std::unique_ptr<HttpServer> server_;

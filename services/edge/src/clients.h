@@ -1,5 +1,5 @@
 // The seams between the edge's request path and the services it calls. The request path only
-// sees these interfaces; the gRPC implementations (GrpcRouterClient, later GrpcAuthClient...)
+// sees these interfaces; the gRPC implementations (GrpcRouterClient, GrpcAuthClient...)
 // and the interim permissive ones (AllowAllAuthClient...) are chosen in module.cpp.
 //
 // Every call is asynchronous: it returns at once and runs `done` exactly once, on any thread
@@ -31,6 +31,11 @@ struct Principal {
   std::string api_key_id;
   std::string user_id;
   std::string account_id;
+  // Model names or patterns ("gpt-4o*") the key may use; empty: every model. The edge checks
+  // them (auth::ModelAllowed), since only it knows the model.
+  std::vector<std::string> allowed_models;
+  // The key's limits policy for the quota service; empty: the default.
+  std::string limits_ref;
 };
 
 struct AuthResult {

@@ -12,6 +12,7 @@
 
 #include "src/async.h"
 #include "src/openai.h"
+#include "tollgate/auth/policy.h"
 #include "tollgate/log.h"
 
 namespace tollgate::edge {
@@ -260,6 +261,19 @@ class Proxy final : public RequestHandler {
       co_await SendError(x, who.failure->code, who.failure->message);
       co_return;
     }
+    // The key's model allowlist takes the name the client sent or the canonical name it routes
+    // to, so an alias of an allowed model is allowed; only then is the route awaited early.
+    std::optional<RouteResult> routed;
+    if (!auth::ModelAllowed(who.principal.allowed_models, request.model)) {
+      routed = co_await route.Wait();
+      if (routed->failure || !auth::ModelAllowed(who.principal.allowed_models, routed->model)) {
+        co_await SendError(
+            x, ErrorCode::kPermissionDenied,
+            "This API key is not allowed to use the model '" + request.model.substr(0, 256) + "'.",
+            "model");
+        co_return;
+      }
+    }
     Eventual<AdmitResult> admit(executor);
     clients_.quota.Admit({x.request.request_id, who.principal, request.model,
                           request.prompt_estimate + request.max_tokens, x.request.client_ip},
@@ -268,7 +282,12 @@ class Proxy final : public RequestHandler {
     clients_.billing.Hold({x.request.request_id, who.principal, request.model,
                            request.prompt_estimate, request.max_tokens},
                           hold.Setter());
-    RouteResult plan = co_await route.Wait();
+    RouteResult plan;
+    if (routed) {
+      plan = std::move(*routed);
+    } else {
+      plan = co_await route.Wait();
+    }
     AdmitResult admitted = co_await admit.Wait();
     x.rate_limit_headers = RateLimitHeaders(admitted);
     HoldResult held = co_await hold.Wait();
@@ -524,6 +543,11 @@ class Proxy final : public RequestHandler {
       co_await SendError(x, result.failure->code, result.failure->message);
       co_return;
     }
+    // Only the models this key may use: the others do not exist as far as it is concerned.
+    if (!who.principal.allowed_models.empty())
+      std::erase_if(result.models, [&](const ModelInfo& m) {
+        return !auth::ModelAllowed(who.principal.allowed_models, m.id);
+      });
     auto model_json = [](const ModelInfo& m) {
       return nlohmann::ordered_json{
           {"id", m.id}, {"object", "model"}, {"created", m.created}, {"owned_by", m.owned_by}};
