@@ -2,12 +2,14 @@
 // usage records, its gRPC services.
 #include "tollgate/billing/module.h"
 
+#include "billing_metrics.h"
 #include "grpc_services.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/pg_repository.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
+#include "tollgate/metrics.h"
 
 namespace tollgate::billing {
 namespace {
@@ -21,10 +23,16 @@ class BillingModule final : public DbServiceModule {
     repo_ = std::make_unique<PgBillingRepository>(pool());
     billing_ = std::make_unique<Billing>(*repo_, clock_,
                                          BillingOptions{config().GetDuration("billing.hold_ttl")});
+    billing_metrics_ = std::make_unique<BillingMetrics>(metrics().registry());
     ingestor_ = std::make_unique<Ingestor>(
-        [this](std::vector<UsageInput> records) { return billing_->Record(std::move(records)); },
+        [this](std::vector<UsageInput> records) {
+          const size_t n = records.size();
+          auto stored = billing_->Record(std::move(records));
+          billing_metrics_->ObserveTransaction(n);
+          return stored;
+        },
         static_cast<size_t>(config().GetInt("billing.ingest_max_records")));
-    service_ = MakeBillingService(*billing_, *ingestor_, workers());
+    service_ = MakeBillingService(*billing_, *ingestor_, workers(), *billing_metrics_);
     admin_ = MakeBillingAdminService(
         {[this](const grpc::ServerContextBase& context) {
            return CheckAdminToken(context, admin_token());
@@ -44,6 +52,7 @@ class BillingModule final : public DbServiceModule {
   SystemClock clock_;
   std::unique_ptr<PgBillingRepository> repo_;
   std::unique_ptr<Billing> billing_;
+  std::unique_ptr<BillingMetrics> billing_metrics_;
   std::unique_ptr<Ingestor> ingestor_;
   std::unique_ptr<grpc::Service> service_;
   std::unique_ptr<grpc::Service> admin_;

@@ -101,8 +101,9 @@ std::string Actor(const grpc::CallbackServerContext& context) {
 
 class BillingServiceImpl final : public pb::BillingService::CallbackService {
  public:
-  BillingServiceImpl(Billing& billing, Ingestor& ingestor, WorkerPool& workers)
-      : billing_(billing), ingestor_(ingestor), workers_(workers) {}
+  BillingServiceImpl(Billing& billing, Ingestor& ingestor, WorkerPool& workers,
+                     BillingMetrics& metrics)
+      : billing_(billing), ingestor_(ingestor), workers_(workers), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* context,
                                  const pb::HoldRequest* request,
@@ -116,7 +117,14 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
       in.provider = request->provider();
       in.estimated_prompt_tokens = request->estimated_prompt_tokens();
       in.max_completion_tokens = request->max_completion_tokens();
-      HoldDecision d = billing_.Hold(in);
+      HoldDecision d;
+      try {
+        d = billing_.Hold(in);
+      } catch (...) {
+        metrics_.CountHoldError();
+        throw;
+      }
+      metrics_.CountHold(d.granted);
       if (!d.granted)
         return ToGrpcStatus(ErrorCode::kInsufficientQuota,
                             "You exceeded your current quota, please check your plan and billing "
@@ -156,12 +164,14 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
       return reactor;
     }
     // Answered from the writer thread once the batch's transaction committed.
-    ingestor_.Submit(std::move(records), [reactor, response](IngestReply reply) {
+    ingestor_.Submit(std::move(records), [this, reactor, response](IngestReply reply) {
       if (!reply.ok) {
+        metrics_.CountRecordUsageError();
         reactor->Finish(Unavailable());
         return;
       }
       const auto recorded = std::count(reply.stored.begin(), reply.stored.end(), true);
+      metrics_.CountRecords(recorded, reply.stored.size() - recorded);
       response->set_recorded(static_cast<int32_t>(recorded));
       response->set_duplicates(static_cast<int32_t>(reply.stored.size() - recorded));
       reactor->Finish(grpc::Status::OK);
@@ -173,6 +183,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
   Billing& billing_;
   Ingestor& ingestor_;
   WorkerPool& workers_;
+  BillingMetrics& metrics_;
 };
 
 class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackService {
@@ -329,8 +340,8 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
 }  // namespace
 
 std::unique_ptr<grpc::Service> MakeBillingService(Billing& billing, Ingestor& ingestor,
-                                                  WorkerPool& workers) {
-  return std::make_unique<BillingServiceImpl>(billing, ingestor, workers);
+                                                  WorkerPool& workers, BillingMetrics& metrics) {
+  return std::make_unique<BillingServiceImpl>(billing, ingestor, workers, metrics);
 }
 
 std::unique_ptr<grpc::Service> MakeBillingAdminService(AdminServiceDeps deps) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 
+#include "billing_metrics.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
@@ -14,7 +15,7 @@
 namespace tollgate::billing {
 
 std::unique_ptr<grpc::Service> MakeBillingService(Billing& billing, Ingestor& ingestor,
-                                                  WorkerPool& workers);
+                                                  WorkerPool& workers, BillingMetrics& metrics);
 
 struct AdminServiceDeps {
   // Admin token check (CheckAdminToken).

@@ -2,6 +2,8 @@
 // channel, a real throwaway database.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include <chrono>
 #include <functional>
@@ -238,6 +240,14 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   EXPECT_EQ(rows.rows(0).requests(), 2);
   EXPECT_EQ(rows.rows(0).cost_micros(), 900);
   EXPECT_EQ(rows.rows(0).day(), "") << "not grouped by day";
+
+  const std::string metrics = prometheus::TextSerializer().Serialize(metrics_.registry().Collect());
+  for (const char* line : {"tollgate_billing_holds_total{result=\"granted\"} 1",
+                           "tollgate_billing_holds_total{result=\"refused\"} 1",
+                           "tollgate_billing_usage_records_total{result=\"recorded\"} 2",
+                           "tollgate_billing_usage_records_total{result=\"duplicate\"} 1",
+                           "tollgate_billing_ingest_transaction_records_count 2"})
+    EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
 
   pb::ListAuditLogResponse log;
   ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), {}, &log).ok());
