@@ -32,11 +32,11 @@ HoldDecision Billing::Hold(const HoldInput& input) {
   const int64_t now = clock_.NowMs();
   // An unpriced model costs nothing, so its hold is 0 (granted unless the account is overdrawn).
   Rates rates;
-  if (auto price = SelectPrice(repo_.PricesOf(input.model), input.provider, now))
+  if (auto price = SelectPrice(CachedPrices(input.model, now), input.provider, now))
     rates = price->rates;
   HoldDecision d;
   d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
-                               repo_.MultiplierOf(input.user_id));
+                               CachedMultiplier(input.user_id, now));
   d.expires_at_ms = now + options_.hold_ttl.count();
   HoldOutcome outcome = repo_.PlaceHold(
       {input.user_id, Bounded(input.request_id, 256), d.amount_micros, now, d.expires_at_ms});
@@ -44,6 +44,36 @@ HoldDecision Billing::Hold(const HoldInput& input) {
   d.hold_id = outcome.hold_id;
   d.available_micros = outcome.available_micros;
   return d;
+}
+
+std::vector<PriceRecord> Billing::CachedPrices(const std::string& model, int64_t now) {
+  {
+    std::lock_guard lock(cache_mu_);
+    auto it = prices_.find(model);
+    if (it != prices_.end() && now - it->second.loaded_at_ms < options_.price_cache_ttl.count())
+      return it->second.value;
+  }
+  auto prices = repo_.PricesOf(model);
+  std::lock_guard lock(cache_mu_);
+  // Bounded: an unknown model name per request must not grow memory for ever.
+  if (prices_.size() >= 10000) prices_.clear();
+  prices_[model] = {prices, now};
+  return prices;
+}
+
+int64_t Billing::CachedMultiplier(int64_t user_id, int64_t now) {
+  {
+    std::lock_guard lock(cache_mu_);
+    auto it = multipliers_.find(user_id);
+    if (it != multipliers_.end() &&
+        now - it->second.loaded_at_ms < options_.price_cache_ttl.count())
+      return it->second.value;
+  }
+  int64_t ppm = repo_.MultiplierOf(user_id);
+  std::lock_guard lock(cache_mu_);
+  if (multipliers_.size() >= 100000) multipliers_.clear();
+  multipliers_[user_id] = {ppm, now};
+  return ppm;
 }
 
 void Billing::Release(int64_t hold_id) {
@@ -105,7 +135,11 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
                             {"output_micros_per_mtok", p.rates.output_micros_per_mtok},
                             {"cached_input_micros_per_mtok", p.rates.cached_input_micros_per_mtok},
                             {"effective_from_ms", p.effective_from_ms}};
-  return repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));
+  PriceRecord added =
+      repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));
+  std::lock_guard lock(cache_mu_);
+  prices_.erase(p.model);
+  return added;
 }
 
 std::vector<PriceRecord> Billing::ListPrices(const std::string& model) {
@@ -120,6 +154,8 @@ void Billing::SetMultiplier(const std::string& actor, int64_t user_id, int64_t m
   nlohmann::json details = {{"multiplier_ppm", multiplier_ppm}};
   repo_.SetMultiplier(user_id, multiplier_ppm,
                       Audit(actor, "set_multiplier", UserTarget(user_id), details.dump()));
+  std::lock_guard lock(cache_mu_);
+  multipliers_.erase(user_id);
 }
 
 Account Billing::CreateAccount(const std::string& actor, int64_t user_id,

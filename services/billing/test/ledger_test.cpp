@@ -221,6 +221,33 @@ TEST_F(LedgerTest, ARetriedHoldGetsTheSameHoldBack) {
   EXPECT_THROW(billing_->Hold(h), BillingError);
 }
 
+TEST_F(LedgerTest, HoldReadsPricesThroughAShortCacheAndSettlementNever) {
+  billing_->CreateAccount("ops", 2, 0);
+  billing_->TopUp("ops", 2, 1'000'000, "");
+  EXPECT_EQ(billing_->Hold(HoldFor(2)).amount_micros, 450);
+  // Another replica doubles the price and sets a multiplier: this one's holds see it only
+  // after the cache's TTL (5 s)...
+  pool_->Run([](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    tx.exec_params(
+        "INSERT INTO prices (model, provider, input_micros_per_mtok, output_micros_per_mtok, "
+        "cached_input_micros_per_mtok, effective_from) VALUES ('gpt-4o-mini', '', 300000, "
+        "1200000, 150000, TIMESTAMPTZ 'epoch' + $1::BIGINT * INTERVAL '1 millisecond')",
+        kT0 - 1000);
+    tx.exec("INSERT INTO multipliers (user_id, multiplier_ppm) VALUES (2, 2000000)");
+    tx.commit();
+  });
+  EXPECT_EQ(billing_->Hold(HoldFor(2)).amount_micros, 450);
+  // ...but a record settles at the price in the database, at once: 900 x2.
+  billing_->Record({Usage("fresh", 2)});
+  EXPECT_EQ(Count("SELECT cost_micros FROM usage_records WHERE request_id = 'fresh'"), 1800);
+  clock_.Advance(5000);
+  EXPECT_EQ(billing_->Hold(HoldFor(2)).amount_micros, 1800);
+  // A change made through this replica applies to its holds at once.
+  billing_->SetMultiplier("ops", 2, 1'000'000);
+  EXPECT_EQ(billing_->Hold(HoldFor(2)).amount_micros, 900);
+}
+
 TEST_F(LedgerTest, ParallelHoldsNeverSpendTheSameMoneyTwice) {
   billing_->CreateAccount("ops", 4, 0);
   billing_->TopUp("ops", 4, 450 * 10 + 449, "");

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,6 +18,10 @@ namespace tollgate::billing {
 struct BillingOptions {
   // A hold neither settled nor released stops counting after this.
   std::chrono::milliseconds hold_ttl{std::chrono::minutes(10)};
+  // How long Hold trusts the prices and multipliers it read (changes made on this
+  // replica apply at once). Settlement always reads them in its own transaction,
+  // so staleness can only make a hold's estimate off, never a cost.
+  std::chrono::milliseconds price_cache_ttl{std::chrono::seconds(5)};
 };
 
 struct HoldInput {
@@ -72,10 +78,21 @@ class Billing final {
  private:
   AuditEntry Audit(const std::string& actor, std::string action, std::string target,
                    std::string details) const;
+  std::vector<PriceRecord> CachedPrices(const std::string& model, int64_t now);
+  int64_t CachedMultiplier(int64_t user_id, int64_t now);
+
+  template <typename T>
+  struct Cached {
+    T value;
+    int64_t loaded_at_ms = 0;
+  };
 
   BillingRepository& repo_;
   const Clock& clock_;
   BillingOptions options_;
+  std::mutex cache_mu_;
+  std::map<std::string, Cached<std::vector<PriceRecord>>> prices_;
+  std::map<int64_t, Cached<int64_t>> multipliers_;
 };
 
 }  // namespace tollgate::billing
