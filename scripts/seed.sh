@@ -1,13 +1,33 @@
 #!/usr/bin/env bash
-# Seeds the router of a launcher-started suite with an upstream, once: the mock
-# upstream, or OpenAI when OPENAI_API_KEY is set. Idempotent: a second run
-# changes nothing. Called by scripts/run.sh; needs TG_STATE_DIR.
+# Seeds a launcher-started suite, once: a demo user with an API key (auth; the key is
+# kept in $TG_STATE_DIR/secrets/demo_api_key, mode 600, for the banner), and the
+# router with an upstream: the mock upstream, or OpenAI when OPENAI_API_KEY is set.
+# Idempotent: a second run changes nothing. Called by scripts/run.sh; needs TG_STATE_DIR.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=${TG_STATE_DIR:?}
 BUILD=${BUILD_DIR:-$ROOT/build}
-CTL=("$BUILD/cmd/tollgate/tollgatectl" --admin-token-file="$STATE/secrets/admin_token"
-     --addr="127.0.0.1:$(( ${TG_GRPC_BASE:-7101} + 2 ))")
+CTL_BIN=("$BUILD/cmd/tollgate/tollgatectl" --admin-token-file="$STATE/secrets/admin_token")
+AUTH=("${CTL_BIN[@]}" --addr="127.0.0.1:${TG_GRPC_BASE:-7101}")
+CTL=("${CTL_BIN[@]}" --addr="127.0.0.1:$(( ${TG_GRPC_BASE:-7101} + 2 ))")
+
+# The demo key: created once; created again only if the stored one is gone from auth (a new
+# database behind an old state directory).
+key_file=$STATE/secrets/demo_api_key
+uid=$("${AUTH[@]}" auth list-users | awk 'NR>1 && $2=="demo" {print $1}')
+[ -n "$uid" ] || uid=$("${AUTH[@]}" auth create-user --name=demo | awk '$1=="user.id" {print $2}')
+[ -n "$uid" ] || { echo "tollgate: could not create the demo user" >&2; exit 1; }
+if [ ! -s "$key_file" ] || ! "${AUTH[@]}" auth list-api-keys --user-id="$uid" \
+    | grep -F -- "$(head -c 10 "$key_file")..." | grep -qw active; then
+  # The key goes straight from tollgatectl's answer into a file only we can read.
+  (umask 077
+   "${AUTH[@]}" auth create-api-key --user-id="$uid" --name=demo \
+     | awk '$1=="api_key" {print $2}' >"$key_file.new")
+  [ -s "$key_file.new" ] || { rm -f "$key_file.new"; echo "tollgate: could not create the demo API key" >&2; exit 1; }
+  mv "$key_file.new" "$key_file"
+  chmod 600 "$key_file"
+  echo "tollgate: created the demo user's API key (kept in $key_file)"
+fi
 
 if [ -n "${OPENAI_API_KEY:-}" ]; then
   name=openai base_url=${OPENAI_BASE_URL:-https://api.openai.com/v1}

@@ -5,7 +5,8 @@
 //   const suite = await startSuite({ env: { TOLLGATE_ROUTER__BREAKER__COOLDOWN: '2s' } });
 //   suite.baseURL            http://127.0.0.1:P/v1 (for the openai SDK)
 //   suite.mockURL            http://127.0.0.1:M (the mock upstream's control API lives here)
-//   await suite.ctl([...])   runs tollgatectl with the admin token and the router's address
+//   await suite.ctl([...])   runs tollgatectl with the admin token and the service's address
+//   suite.demoKey            the demo user's Tollgate API key the launcher created (seed.sh)
 //   await suite.stats()      GET /_mock/stats
 //   await suite.setKeyBehavior('mock-key-a', { status: 500 })
 //   await suite.stop()       stops the services, keeps the state dir (logs) for inspection
@@ -195,6 +196,7 @@ export async function startSuite({ env: extra = {}, attempts = 2 } = {}) {
 
 function makeSuite(stateDir, ports, env) {
   const routerAddr = `127.0.0.1:${ports.grpcBase + 2}`;
+  const serviceAddr = { auth: 0, quota: 1, router: 2, billing: 3 };
   const suite = {
     stateDir, ports, env, routerAddr,
     baseURL: `http://127.0.0.1:${ports.edge}/v1`,
@@ -205,6 +207,7 @@ function makeSuite(stateDir, ports, env) {
     removed: false,
 
     get adminToken() { return fs.readFileSync(path.join(stateDir, 'secrets/admin_token'), 'utf8').trim(); },
+    get demoKey() { return fs.readFileSync(path.join(stateDir, 'secrets/demo_api_key'), 'utf8').trim(); },
     get mockPort() { return Number(fs.readFileSync(path.join(stateDir, 'mock.port'), 'utf8').trim()); },
 
     logTail(n = 40) {
@@ -223,9 +226,10 @@ function makeSuite(stateDir, ports, env) {
       return Object.fromEntries(files.map((f) => [f, fs.readFileSync(f, 'utf8')]));
     },
 
-    /** tollgatectl with the admin token and the router's address; throws on a non-zero exit. */
+    /** tollgatectl with the admin token and the address of the service args[0] names; throws on a non-zero exit. */
     async ctl(args, { json = false } = {}) {
-      const full = [`--addr=${routerAddr}`, `--admin-token-file=${path.join(stateDir, 'secrets/admin_token')}`];
+      const addr = `127.0.0.1:${ports.grpcBase + (serviceAddr[args[0]] ?? 2)}`;
+      const full = [`--addr=${addr}`, `--admin-token-file=${path.join(stateDir, 'secrets/admin_token')}`];
       if (json) full.push('--json');
       full.push(...args);
       const r = await run(ctlBin, full, { env, timeoutMs: CMD_TIMEOUT_MS });
@@ -292,11 +296,13 @@ function makeSuite(stateDir, ports, env) {
   return suite;
 }
 
-/** Upstream secrets, the admin token and the master key must never appear in any log line. */
+/** API keys, upstream secrets, the admin token and the master key must never appear in any log line. */
 export function findSecretsInLogs(suite, extraSecrets = []) {
   const masterKey = fs.readFileSync(path.join(suite.stateDir, 'secrets/master_key'), 'utf8').trim();
-  const secrets = ['mock-key-a', 'mock-key-b', suite.adminToken, masterKey, ...extraSecrets];
-  const name = (s) => (s === suite.adminToken ? 'the admin token' : s === masterKey ? 'the router master key' : s);
+  const demoKey = suite.demoKey;
+  const secrets = ['mock-key-a', 'mock-key-b', suite.adminToken, masterKey, demoKey, ...extraSecrets];
+  const name = (s) => (s === suite.adminToken ? 'the admin token' : s === masterKey ? 'the router master key'
+    : s === demoKey ? 'the demo API key' : s);
   const hits = [];
   for (const [file, text] of Object.entries(suite.logs())) {
     const lines = text.split('\n');
@@ -358,10 +364,13 @@ export async function loadSpec() {
 
 // ---- helpers shared by the test files ----
 
-/** An openai SDK client for the suite: no SDK retries (tests see each status), bounded timeout. */
+/**
+ * An openai SDK client for the suite, with the demo API key unless opts.apiKey says otherwise:
+ * no SDK retries (tests see each status), bounded timeout.
+ */
 export async function openaiClient(suite, opts = {}) {
   const { default: OpenAI } = await import('openai');
-  return new OpenAI({ baseURL: suite.baseURL, apiKey: 'sk-e2e-not-checked-yet', maxRetries: 0, timeout: 20_000, ...opts });
+  return new OpenAI({ baseURL: suite.baseURL, apiKey: suite.demoKey, maxRetries: 0, timeout: 20_000, ...opts });
 }
 
 /** Polls fn() until it returns a truthy value; returns it, or throws after timeoutMs. */
