@@ -1,8 +1,8 @@
 // kill -9 resilience: the real `tollgate --target=billing` as a child process,
-// usage batches streamed to it from several senders, SIGKILL in the middle of
-// the load, a restart, and every batch not acknowledged delivered again (as
-// the edge's spool does). Afterwards the ledger must hold exactly one record per
-// admitted request and every balance must be its top-ups minus its costs.
+// requests admitted (Hold) and their usage batches streamed to it from several senders, SIGKILL in
+// the middle of the load, a restart, and every batch not acknowledged delivered again (as the
+// edge's spool does). Afterwards the ledger must hold exactly one record per admitted request and
+// every balance must be its top-ups minus its costs.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -179,16 +179,39 @@ TEST(BillingKillTest, EveryAdmittedRecordIsBilledOnceAcrossAKill9) {
     senders.emplace_back([&, s] {
       std::string my_target;
       std::unique_ptr<pb::BillingService::Stub> stub;
-      for (const auto& batch : work[s]) {
-        for (;;) {  // until acknowledged: a batch is never dropped
-          {
-            std::lock_guard lock(mu);
-            if (current != my_target) {
-              my_target = current;
-              stub = pb::BillingService::NewStub(
-                  grpc::CreateChannel(my_target, grpc::InsecureChannelCredentials()));
+      auto reconnect = [&] {
+        std::lock_guard lock(mu);
+        if (current != my_target) {
+          my_target = current;
+          stub = pb::BillingService::NewStub(
+              grpc::CreateChannel(my_target, grpc::InsecureChannelCredentials()));
+        }
+      };
+      for (auto& batch : work[s]) {
+        // Admission: each request's hold first (a retry of the same request id gets the
+        // same hold back, so a hold interrupted by the kill is not placed twice).
+        for (auto& r : *batch.mutable_records()) {
+          pb::HoldRequest hold;
+          hold.set_request_id(r.request_id());
+          hold.set_user_id(r.user_id());
+          hold.set_model(r.model());
+          hold.set_estimated_prompt_tokens(r.prompt_tokens());
+          hold.set_max_completion_tokens(2000);
+          for (;;) {
+            reconnect();
+            pb::HoldResponse held;
+            grpc::Status status =
+                stub->Hold(Ctx(std::chrono::seconds(2), false).get(), hold, &held);
+            if (status.ok()) {
+              r.set_hold_id(held.hold_id());
+              break;
             }
+            ++failed_attempts;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
           }
+        }
+        for (;;) {  // until acknowledged: a batch is never dropped
+          reconnect();
           pb::RecordUsageResponse response;
           if (stub->RecordUsage(Ctx(std::chrono::seconds(2), false).get(), batch, &response).ok()) {
             recorded += response.recorded();
@@ -249,6 +272,14 @@ TEST(BillingKillTest, EveryAdmittedRecordIsBilledOnceAcrossAKill9) {
   EXPECT_EQ(tx.exec1("SELECT count(DISTINCT request_id) FROM usage_records")[0].as<int64_t>(),
             admitted);
   EXPECT_EQ(tx.exec1("SELECT sum(requests)::BIGINT FROM usage_daily")[0].as<int64_t>(), admitted);
+  // Every admitted request held once, and every hold settled by its record.
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM holds")[0].as<int64_t>(), admitted);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM holds WHERE state = 'settled'")[0].as<int64_t>(),
+            admitted);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM usage_records r JOIN holds h ON h.id = r.hold_id "
+                     "AND h.request_id = r.request_id")[0]
+                .as<int64_t>(),
+            admitted);
   for (int u = 1; u <= kUsers; ++u) {
     auto row = tx.exec_params1(
         "SELECT a.balance_micros, "
