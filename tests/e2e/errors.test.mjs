@@ -1,6 +1,6 @@
 // Errors as the openai SDK sees them: the APIError subclass, status, message and an OpenAI-format
 // body (validated against ErrorResponse) for 400, 404, 413, 429 and 503, plus an upstream's own
-// 4xx passed through. 401 needs auth (issue 4): not testable yet, listed as a todo.
+// 4xx passed through. 401 and 403 are in auth.test.mjs.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -175,7 +175,6 @@ describe('errors through the openai SDK', { timeout: 300_000 }, () => {
     }, { timeoutMs: 10_000, intervalMs: 250, what: 'the model to answer again after the breaker cooldown' });
   });
 
-  it.todo('401: invalid API key → AuthenticationError (needs auth, issue 4; the edge accepts any key today)');
 
   it('logs hold no upstream secret, admin token or master key', { timeout: 120_000 }, async () => {
     await suite.stop();
