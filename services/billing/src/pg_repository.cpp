@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <set>
 #include <tuple>
 
 #include "tollgate/pg.h"
@@ -86,6 +87,22 @@ std::optional<int64_t> ExistingHold(pqxx::work& tx, const NewHold& h) {
     throw BillingError(BillingError::Kind::kAlreadyExists,
                        "request_id is already used by another request");
   return rows[0][0].as<int64_t>();
+}
+
+// "($1::T1, $2::T2), ($3::T1, $4::T2)": `rows` tuples of the given casts, for
+// VALUES (or, as one tuple, for IN) with dynamic parameters.
+std::string Values(size_t rows, const std::vector<const char*>& casts) {
+  std::string out;
+  size_t n = 1;
+  for (size_t r = 0; r < rows; ++r) {
+    out += r ? ", (" : "(";
+    for (size_t c = 0; c < casts.size(); ++c) {
+      if (c) out += ", ";
+      out += "$" + std::to_string(n++) + "::" + casts[c];
+    }
+    out += ")";
+  }
+  return out;
 }
 
 const char* DimensionColumn(Dimension d) {
@@ -310,81 +327,186 @@ void PgBillingRepository::ReleaseHold(int64_t hold_id) {
 
 std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& records,
                                               int64_t now_ms) {
-  // Rows are touched in a fixed order (request ids, then users, holds and
-  // aggregate keys sorted) so concurrent ingesting transactions (other
-  // replicas) wait for each other instead of deadlocking.
+  if (records.empty()) return {};
+  // Rows are touched in a fixed order (request ids, then users and aggregate
+  // keys sorted) so concurrent ingesting transactions (other replicas) wait for
+  // each other instead of deadlocking. Stable: of two deliveries of one request
+  // in a batch, the first is the one stored.
   std::vector<size_t> order(records.size());
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return records[a].request_id < records[b].request_id; });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return records[a].request_id < records[b].request_id;
+  });
+  std::vector<size_t> unique;
+  for (size_t i : order)
+    if (unique.empty() || records[unique.back()].request_id != records[i].request_id)
+      unique.push_back(i);
+  std::set<std::string> models;
+  std::set<int64_t> users;
+  for (size_t i : unique) {
+    models.insert(records[i].model);
+    users.insert(records[i].user_id);
+  }
   return pool_.Run([&](pqxx::connection& conn) {
     std::vector<bool> stored(records.size(), false);
     pqxx::work tx(conn);
+    // Prices and multipliers as of this transaction: a cost is never computed from a cache.
     std::map<std::string, std::vector<PriceRecord>> prices;
-    std::map<int64_t, int64_t> multipliers;
-    std::map<int64_t, int64_t> charges;  // user -> cost
-    std::map<int64_t, int64_t> holds;    // hold -> user
-    std::map<DailyKey, DailySum> daily;
-    for (size_t i : order) {
-      const UsageInput& r = records[i];
-      auto p = prices.find(r.model);
-      if (p == prices.end()) p = prices.emplace(r.model, LoadPrices(tx, r.model)).first;
-      auto m = multipliers.find(r.user_id);
-      if (m == multipliers.end())
-        m = multipliers.emplace(r.user_id, LoadMultiplier(tx, r.user_id)).first;
-      auto price = SelectPrice(p->second, r.provider, r.started_at_ms);
-      const int64_t cost = price ? CostMicros(price->rates, r.tokens, m->second) : 0;
-      auto inserted = tx.exec_params(
-          "INSERT INTO usage_records (request_id, user_id, api_key_id, model, upstream_model, "
-          "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, "
-          "cost_micros, price_id, multiplier_ppm, usage_estimated, streamed, status, latency_ms, "
-          "client_disconnected, attempts, client_ip, started_at, finished_at) VALUES "
-          "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULLIF($13, 0), $14, $15, $16, "
-          "$17, $18, $19, $20, $21, " +
-              Ts("$22") + ", " + Ts("$23") + ") ON CONFLICT (request_id) DO NOTHING RETURNING id",
-          r.request_id, r.user_id, r.api_key_id, r.model, r.upstream_model, r.upstream_key_id,
-          r.provider, r.hold_id, r.tokens.prompt, r.tokens.completion, r.tokens.cached, cost,
-          price ? price->id : int64_t{0}, m->second, r.usage_estimated, r.streamed, r.status,
-          r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, r.started_at_ms,
-          r.finished_at_ms);
-      if (inserted.empty()) continue;  // delivered before: nothing changes
-      stored[i] = true;
-      charges[r.user_id] += cost;
-      if (r.hold_id > 0) holds[r.hold_id] = r.user_id;
-      DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
-      d.requests += 1;
-      d.prompt += r.tokens.prompt;
-      d.completion += r.tokens.completion;
-      d.cached += r.tokens.cached;
-      d.cost += cost;
+    {
+      std::vector<std::string> params(models.begin(), models.end());
+      for (const auto& row :
+           tx.exec_params("SELECT " + kPriceColumns + " FROM prices WHERE model IN " +
+                              Values(1, std::vector<const char*>(params.size(), "TEXT")) +
+                              " ORDER BY effective_from, id",
+                          pqxx::prepare::make_dynamic_params(params))) {
+        PriceRecord p = PriceFrom(row);
+        prices[p.model].push_back(std::move(p));
+      }
     }
+    std::map<int64_t, int64_t> multipliers;
+    {
+      std::vector<std::string> params;
+      for (int64_t u : users) params.push_back(std::to_string(u));
+      for (const auto& row :
+           tx.exec_params("SELECT user_id, multiplier_ppm FROM multipliers WHERE user_id IN " +
+                              Values(1, std::vector<const char*>(params.size(), "BIGINT")),
+                          pqxx::prepare::make_dynamic_params(params)))
+        multipliers[row[0].as<int64_t>()] = row[1].as<int64_t>();
+    }
+    std::vector<int64_t> costs(records.size(), 0);
+    std::map<int64_t, int64_t> charges;    // user -> cost
+    std::vector<std::string> hold_params;  // (hold id, user id) pairs
+    std::map<DailyKey, DailySum> daily;
+    static const std::vector<const char*> kCasts = {
+        "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
+        "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
+        "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT"};
+    constexpr size_t kChunk = 1000;  // 23 parameters a row; PostgreSQL allows 65535
+    for (size_t from = 0; from < unique.size(); from += kChunk) {
+      const size_t to = std::min(unique.size(), from + kChunk);
+      std::vector<std::string> params;
+      params.reserve((to - from) * kCasts.size());
+      auto b = [](bool v) { return std::string(v ? "true" : "false"); };
+      for (size_t k = from; k < to; ++k) {
+        const size_t i = unique[k];
+        const UsageInput& r = records[i];
+        auto m = multipliers.find(r.user_id);
+        const int64_t multiplier = m == multipliers.end() ? kMultiplierOne : m->second;
+        auto p = prices.find(r.model);
+        auto price =
+            p == prices.end() ? std::nullopt : SelectPrice(p->second, r.provider, r.started_at_ms);
+        costs[i] = price ? CostMicros(price->rates, r.tokens, multiplier) : 0;
+        for (std::string v : {r.request_id,
+                              std::to_string(r.user_id),
+                              std::to_string(r.api_key_id),
+                              r.model,
+                              r.upstream_model,
+                              std::to_string(r.upstream_key_id),
+                              r.provider,
+                              std::to_string(r.hold_id),
+                              std::to_string(r.tokens.prompt),
+                              std::to_string(r.tokens.completion),
+                              std::to_string(r.tokens.cached),
+                              std::to_string(costs[i]),
+                              std::to_string(price ? price->id : 0),
+                              std::to_string(multiplier),
+                              b(r.usage_estimated),
+                              b(r.streamed),
+                              std::to_string(r.status),
+                              std::to_string(r.latency_ms),
+                              b(r.client_disconnected),
+                              std::to_string(r.attempts),
+                              r.client_ip,
+                              std::to_string(r.started_at_ms),
+                              std::to_string(r.finished_at_ms)})
+          params.push_back(std::move(v));
+      }
+      // One statement per chunk; a request delivered before conflicts and is skipped.
+      std::set<std::string> inserted;
+      for (const auto& row : tx.exec_params(
+               "INSERT INTO usage_records (request_id, user_id, api_key_id, model, "
+               "upstream_model, upstream_key_id, provider, hold_id, prompt_tokens, "
+               "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
+               "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
+               "client_ip, started_at, finished_at) "
+               "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
+               "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
+               "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
+               "latency_ms, client_disconnected, attempts, client_ip, " +
+                   Ts("started_ms") + ", " + Ts("finished_ms") + " FROM (VALUES " +
+                   Values(to - from, kCasts) +
+                   ") AS v (request_id, user_id, api_key_id, model, upstream_model, "
+                   "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
+                   "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
+                   "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
+                   "started_ms, finished_ms) "
+                   "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+               pqxx::prepare::make_dynamic_params(params)))
+        inserted.insert(row[0].as<std::string>());
+      for (size_t k = from; k < to; ++k) {
+        const size_t i = unique[k];
+        const UsageInput& r = records[i];
+        if (!inserted.count(r.request_id)) continue;  // delivered before: nothing changes
+        stored[i] = true;
+        charges[r.user_id] += costs[i];
+        if (r.hold_id > 0) {
+          hold_params.push_back(std::to_string(r.hold_id));
+          hold_params.push_back(std::to_string(r.user_id));
+        }
+        DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
+        d.requests += 1;
+        d.prompt += r.tokens.prompt;
+        d.completion += r.tokens.completion;
+        d.cached += r.tokens.cached;
+        d.cost += costs[i];
+      }
+    }
+    // A record is charged even without an account (or after its hold expired):
+    // the balance goes negative and the next hold is refused. One statement adds
+    // to whatever each balance is at that moment (never read-modify-write).
+    std::vector<std::string> account_params;
     for (const auto& [user_id, cost] : charges) {
       if (cost == 0) continue;
-      // A record is charged even without an account (or after its hold expired):
-      // the balance goes negative and the next hold is refused.
-      tx.exec_params(
-          "INSERT INTO accounts (user_id, balance_micros) VALUES ($1, -$2::BIGINT) "
-          "ON CONFLICT (user_id) DO UPDATE SET balance_micros = accounts.balance_micros - $2",
-          user_id, cost);
+      account_params.push_back(std::to_string(user_id));
+      account_params.push_back(std::to_string(-cost));
     }
-    for (const auto& [hold_id, user_id] : holds)
-      tx.exec_params(
-          "UPDATE holds SET state = 'settled' WHERE id = $1 AND user_id = $2 "
-          "AND state IN ('live', 'expired')",
-          hold_id, user_id);
-    for (const auto& [k, d] : daily)
+    if (!account_params.empty())
+      tx.exec_params("INSERT INTO accounts (user_id, balance_micros) VALUES " +
+                         Values(account_params.size() / 2, {"BIGINT", "BIGINT"}) +
+                         " ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
+                         "accounts.balance_micros + EXCLUDED.balance_micros",
+                     pqxx::prepare::make_dynamic_params(account_params));
+    if (!hold_params.empty())
+      tx.exec_params("UPDATE holds h SET state = 'settled' FROM (VALUES " +
+                         Values(hold_params.size() / 2, {"BIGINT", "BIGINT"}) +
+                         ") AS v (id, user_id) WHERE h.id = v.id AND h.user_id = v.user_id "
+                         "AND h.state IN ('live', 'expired')",
+                     pqxx::prepare::make_dynamic_params(hold_params));
+    if (!daily.empty()) {
+      std::vector<std::string> params;
+      for (const auto& [k, d] : daily)
+        for (std::string v :
+             {std::to_string(k.day), std::to_string(k.user_id), std::to_string(k.api_key_id),
+              k.model, std::to_string(d.requests), std::to_string(d.prompt),
+              std::to_string(d.completion), std::to_string(d.cached), std::to_string(d.cost)})
+          params.push_back(std::move(v));
       tx.exec_params(
           "INSERT INTO usage_daily (day, user_id, api_key_id, model, requests, prompt_tokens, "
-          "completion_tokens, cached_tokens, cost_micros) VALUES "
-          "(DATE '1970-01-01' + $1::INTEGER, $2, $3, $4, $5, $6, $7, $8, $9) "
-          "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
-          "requests = usage_daily.requests + EXCLUDED.requests, "
-          "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
-          "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
-          "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
-          "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros",
-          static_cast<int32_t>(k.day), k.user_id, k.api_key_id, k.model, d.requests, d.prompt,
-          d.completion, d.cached, d.cost);
+          "completion_tokens, cached_tokens, cost_micros) "
+          "SELECT DATE '1970-01-01' + day, user_id, api_key_id, model, requests, prompt_tokens, "
+          "completion_tokens, cached_tokens, cost_micros FROM (VALUES " +
+              Values(daily.size(), {"INTEGER", "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT",
+                                    "BIGINT", "BIGINT", "BIGINT"}) +
+              ") AS v (day, user_id, api_key_id, model, requests, prompt_tokens, "
+              "completion_tokens, cached_tokens, cost_micros) "
+              "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
+              "requests = usage_daily.requests + EXCLUDED.requests, "
+              "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
+              "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
+              "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
+              "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros",
+          pqxx::prepare::make_dynamic_params(params));
+    }
     (void)now_ms;
     tx.commit();
     return stored;
