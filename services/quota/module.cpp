@@ -10,6 +10,7 @@
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/log.h"
+#include "tollgate/metrics.h"
 #include "tollgate/quota/group_commit.h"
 #include "tollgate/quota/limiter.h"
 #include "tollgate/quota/pg_repository.h"
@@ -97,7 +98,7 @@ class QuotaModule final : public DbServiceModule {
     // Overrides before serving: Admit must never run on defaults alone.
     limiter_->ReplacePolicies(repo_->LoadPolicies());
     committer_ = std::make_unique<GroupCommitter>(*repo_);
-    quota_service_ = MakeQuotaService({*limiter_, *committer_, workers()});
+    quota_service_ = MakeQuotaService({*limiter_, *committer_, workers(), metrics().registry()});
     admin_service_ = MakeQuotaAdminService(
         {[this](const grpc::ServerContextBase& context) {
            return CheckAdminToken(context, admin_token());

@@ -76,6 +76,8 @@ struct GrpcQuotaClient::Impl {
     std::unique_ptr<pb::QuotaService::Stub> stub;
     std::deque<pb::Settlement> queue;
     bool batch_in_flight = false;
+    // After a failed batch the replica is left alone for a second (no retry storm, no log flood).
+    std::chrono::steady_clock::time_point next_try;
   };
 
   explicit Impl(GrpcQuotaClientOptions opts) : options(std::move(opts)) {
@@ -172,6 +174,7 @@ struct GrpcQuotaClient::Impl {
       for (size_t i = 0; i < replicas.size(); ++i) {
         Replica& r = *replicas[i];
         if (r.queue.empty() || r.batch_in_flight) continue;
+        if (!stopping && std::chrono::steady_clock::now() < r.next_try) continue;
         struct BatchCall {
           grpc::ClientContext context;
           pb::SettleRequest request;
@@ -206,6 +209,7 @@ struct GrpcQuotaClient::Impl {
                           {{"replica", rep.target},
                            {"settlements", n},
                            {"grpc_code", static_cast<int>(status.error_code())}});
+                rep.next_try = std::chrono::steady_clock::now() + std::chrono::seconds(1);
                 auto& items = *owned->request.mutable_settlements();
                 for (int k = items.size() - 1; k >= 0; --k)
                   rep.queue.push_front(std::move(items[k]));

@@ -1,5 +1,9 @@
 #include "grpc_services.h"
 
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
+
+#include <array>
 #include <string>
 
 #include "tollgate/admin_call.h"
@@ -76,9 +80,33 @@ grpc::Status Unavailable() {
                       "the quota service's database is unavailable; try again");
 }
 
+struct QuotaMetrics {
+  explicit QuotaMetrics(prometheus::Registry& registry) {
+    auto& admissions = prometheus::BuildCounter()
+                           .Name("tollgate_quota_admissions_total")
+                           .Help("Admit answers by result: allowed, or the limit that denied")
+                           .Register(registry);
+    allowed = &admissions.Add({{"result", "allowed"}});
+    for (LimitKind k : {LimitKind::kRpm, LimitKind::kTpm, LimitKind::kMonthly, LimitKind::kDaily})
+      denied[static_cast<size_t>(k)] = &admissions.Add({{"result", LimitName(k)}});
+    failed = &admissions.Add({{"result", "error"}});
+    auto& settlements = prometheus::BuildCounter()
+                            .Name("tollgate_quota_settlements_total")
+                            .Help("Settlements committed: new, or duplicates of a settled request")
+                            .Register(registry);
+    settled_new = &settlements.Add({{"result", "new"}});
+    settled_duplicate = &settlements.Add({{"result", "duplicate"}});
+  }
+  prometheus::Counter* allowed = nullptr;
+  std::array<prometheus::Counter*, 4> denied{};
+  prometheus::Counter* failed = nullptr;
+  prometheus::Counter* settled_new = nullptr;
+  prometheus::Counter* settled_duplicate = nullptr;
+};
+
 class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
  public:
-  explicit QuotaServiceImpl(QuotaServiceDeps deps) : deps_(deps) {}
+  explicit QuotaServiceImpl(QuotaServiceDeps deps) : deps_(deps), metrics_(deps.registry) {}
 
   grpc::ServerUnaryReactor* Admit(grpc::CallbackServerContext* context,
                                   const pb::AdmitRequest* request,
@@ -95,9 +123,14 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
       } catch (const std::exception& e) {
         log::Error("quota", "admit failed",
                    {{"request_id", request->request_id()}, {"error", log::Redact(e.what())}});
+        metrics_.failed->Increment();
         reactor->Finish(Unavailable());
         return;
       }
+      if (d.denial)
+        metrics_.denied[static_cast<size_t>(d.denial->limit)]->Increment();
+      else
+        metrics_.allowed->Increment();
       response->set_allowed(!d.denial);
       response->set_reservation_id(d.reservation_id);
       Fill(d.requests, response->mutable_requests());
@@ -150,6 +183,8 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
               return;
             }
             deps_.limiter.ApplySettled(*inputs, *prepared, fresh);
+            for (bool f : fresh)
+              (f ? metrics_.settled_new : metrics_.settled_duplicate)->Increment();
             reactor->Finish(grpc::Status::OK);
           });
     });
@@ -168,6 +203,7 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
 
  private:
   QuotaServiceDeps deps_;
+  QuotaMetrics metrics_;
 };
 
 class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackService {

@@ -12,12 +12,17 @@
 #include "tollgate/quota/v1/quota.grpc.pb.h"
 #include "tollgate/worker_pool.h"
 
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
 namespace tollgate::quota {
 
 struct QuotaServiceDeps {
   Limiter& limiter;
   GroupCommitter& committer;
   WorkerPool& workers;
+  prometheus::Registry& registry;  // admissions and settlements, counted
 };
 
 std::unique_ptr<grpc::Service> MakeQuotaService(QuotaServiceDeps deps);

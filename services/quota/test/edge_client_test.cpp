@@ -239,5 +239,71 @@ TEST(GrpcQuotaClientTest, UnreachableReplicaFailsClosedByDefaultOrOpenWhenConfig
   }
 }
 
+// A quota server on a given database and address: a replica that restarts in place.
+class QuotaServer {
+ public:
+  QuotaServer(const std::string& dsn, const std::string& listen) {
+    config_ = Config::Load("", {{"TOLLGATE_QUOTA__DATABASE__DSN", dsn},
+                                {"TOLLGATE_QUOTA__GRPC_LISTEN", listen},
+                                {"TOLLGATE_QUOTA__WORKERS", "2"},
+                                {"TOLLGATE_QUOTA__DATABASE__POOL_SIZE", "2"},
+                                {"TOLLGATE_ADMIN__TOKEN", kToken}});
+    module_ = MakeQuotaModule({config_, metrics_});
+    module_->Start();
+  }
+  ~QuotaServer() {
+    module_->BeginShutdown();
+    module_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+  int port() { return dynamic_cast<DbServiceModule&>(*module_).grpc_port(); }
+
+ private:
+  Metrics metrics_{"127.0.0.1:0"};
+  Config config_;
+  std::unique_ptr<Module> module_;
+};
+
+TEST(GrpcQuotaClientTest, SettlementsAreRetriedUntilTheReplicaIsBack) {
+  TestDatabase db;
+  auto server = std::make_unique<QuotaServer>(db.dsn(), "127.0.0.1:0");
+  const std::string target = "127.0.0.1:" + std::to_string(server->port());
+  GrpcQuotaClient edge(Options({target}));
+  auto r = AdmitNow(edge, Request("t-1", "key-t", "user-t", "", 100));
+  ASSERT_FALSE(r.failure);
+  server.reset();  // the replica goes away with the reservation in its memory
+
+  edge::UsageRecord record;
+  record.request_id = "t-1";
+  record.principal.api_key_id = "key-t";
+  record.principal.user_id = "user-t";
+  record.reservation_id = r.reservation_id;
+  record.prompt_tokens = 30;
+  record.completion_tokens = 12;
+  edge.Settle(record);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(edge.settlements_sent(), 0);
+
+  // Back on the same address and database: the queued settlement gets through, and charges the
+  // subjects it names even though the new process never saw the reservation.
+  server = std::make_unique<QuotaServer>(db.dsn(), target);
+  for (int i = 0; i < 1000 && edge.settlements_sent() < 1; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(edge.settlements_sent(), 1);
+  EXPECT_EQ(edge.settlements_dropped(), 0);
+  auto admin = pb::QuotaAdminService::NewStub(MakeChannel(target));
+  for (auto [kind, subject] :
+       {std::pair{pb::SUBJECT_KIND_KEY, "key-t"}, std::pair{pb::SUBJECT_KIND_USER, "user-t"}}) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, std::chrono::seconds(5));
+    ctx.AddMetadata("authorization", std::string("Bearer ") + kToken);
+    pb::GetUsageRequest req;
+    req.set_subject_kind(kind);
+    req.set_subject(subject);
+    pb::GetUsageResponse resp;
+    ASSERT_TRUE(admin->GetUsage(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.monthly_tokens(), 42) << subject;
+  }
+}
+
 }  // namespace
 }  // namespace tollgate::quota

@@ -2,6 +2,8 @@
 // throwaway PostgreSQL database. The exactness claims under concurrency and across a restart.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include <atomic>
 #include <chrono>
@@ -46,6 +48,9 @@ class QuotaProcess {
     module_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   }
   int port() { return dynamic_cast<DbServiceModule&>(*module_).grpc_port(); }
+  std::string MetricsText() {
+    return prometheus::TextSerializer().Serialize(metrics_.registry().Collect());
+  }
 
  private:
   Metrics metrics_{"127.0.0.1:0"};
@@ -133,6 +138,15 @@ TEST(QuotaGrpcTest, BurstOfTenTimesRpmFromTwoChannelsAdmitsExactlyRpm) {
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(allowed.load(), kRpm);
   EXPECT_EQ(denied.load(), 9 * kRpm);
+  const std::string text = process.MetricsText();
+  EXPECT_NE(
+      text.find("tollgate_quota_admissions_total{result=\"allowed\"} " + std::to_string(kRpm)),
+      std::string::npos)
+      << text;
+  EXPECT_NE(
+      text.find("tollgate_quota_admissions_total{result=\"rpm\"} " + std::to_string(9 * kRpm)),
+      std::string::npos)
+      << text;
 }
 
 TEST(QuotaGrpcTest, MonthlyQuotaNeverOvershotUnderConcurrency) {
