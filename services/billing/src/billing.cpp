@@ -195,7 +195,8 @@ Account Billing::GetBalance(int64_t user_id) {
 }
 
 std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const std::string& to_day,
-                                            std::vector<Dimension> group_by, int64_t user_id) {
+                                            std::vector<Dimension> group_by, int64_t user_id,
+                                            int64_t api_key_id) {
   auto from = ParseDay(from_day);
   auto to = ParseDay(to_day);
   Require(from && to, "from_day and to_day are UTC days written YYYY-MM-DD");
@@ -203,7 +204,13 @@ std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const s
   Require(*to - *from <= 3660, "the range is at most ten years");
   std::sort(group_by.begin(), group_by.end());
   group_by.erase(std::unique(group_by.begin(), group_by.end()), group_by.end());
-  return repo_.Report({*from, *to, std::move(group_by), user_id});
+  return repo_.Report({*from, *to, std::move(group_by), user_id, api_key_id});
+}
+
+std::vector<ReportRow> Billing::UserUsage(int64_t user_id, int64_t api_key_id,
+                                          const std::string& from_day, const std::string& to_day) {
+  RequireUser(user_id);  // never "every user" on this path
+  return UsageReport(from_day, to_day, {Dimension::kDay}, user_id, api_key_id);
 }
 
 std::vector<AuditEntry> Billing::ListAuditLog(int32_t limit) {

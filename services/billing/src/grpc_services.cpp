@@ -62,6 +62,18 @@ void Fill(const Account& a, pb::Account* out) {
   out->set_multiplier_ppm(a.multiplier_ppm);
 }
 
+void Fill(const ReportRow& r, pb::UsageReportRow* out) {
+  if (r.day) out->set_day(DayString(*r.day));
+  if (r.user_id) out->set_user_id(*r.user_id);
+  if (r.api_key_id) out->set_api_key_id(*r.api_key_id);
+  if (r.model) out->set_model(*r.model);
+  out->set_requests(r.requests);
+  out->set_prompt_tokens(r.tokens.prompt);
+  out->set_completion_tokens(r.tokens.completion);
+  out->set_cached_tokens(r.tokens.cached);
+  out->set_cost_micros(r.cost_micros);
+}
+
 UsageInput FromProto(const pb::UsageRecord& r) {
   UsageInput u;
   u.request_id = r.request_id();
@@ -179,6 +191,26 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* GetAccount(grpc::CallbackServerContext* context,
+                                       const pb::GetAccountRequest* request,
+                                       pb::GetAccountResponse* response) override {
+    return OnWorker(context, workers_, "GetAccount", [=, this] {
+      Fill(billing_.GetBalance(request->user_id()), response->mutable_account());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
+                                     const pb::GetUsageRequest* request,
+                                     pb::GetUsageResponse* response) override {
+    return OnWorker(context, workers_, "GetUsage", [=, this] {
+      for (const auto& r : billing_.UserUsage(request->user_id(), request->api_key_id(),
+                                              request->from_day(), request->to_day()))
+        Fill(r, response->add_rows());
+      return grpc::Status::OK;
+    });
+  }
+
  private:
   Billing& billing_;
   Ingestor& ingestor_;
@@ -293,19 +325,10 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
                                "group_by takes user, key, model and day");
         }
       }
-      for (const auto& r : deps_.billing.UsageReport(request->from_day(), request->to_day(),
-                                                     std::move(group_by), request->user_id())) {
-        auto* out = response->add_rows();
-        if (r.day) out->set_day(DayString(*r.day));
-        if (r.user_id) out->set_user_id(*r.user_id);
-        if (r.api_key_id) out->set_api_key_id(*r.api_key_id);
-        if (r.model) out->set_model(*r.model);
-        out->set_requests(r.requests);
-        out->set_prompt_tokens(r.tokens.prompt);
-        out->set_completion_tokens(r.tokens.completion);
-        out->set_cached_tokens(r.tokens.cached);
-        out->set_cost_micros(r.cost_micros);
-      }
+      for (const auto& r :
+           deps_.billing.UsageReport(request->from_day(), request->to_day(), std::move(group_by),
+                                     request->user_id(), request->api_key_id()))
+        Fill(r, response->add_rows());
     });
   }
 

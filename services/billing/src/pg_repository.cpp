@@ -525,13 +525,15 @@ std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
       "COALESCE(SUM(completion_tokens), 0)::BIGINT, COALESCE(SUM(cached_tokens), 0)::BIGINT, "
       "COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily "
       "WHERE day BETWEEN DATE '1970-01-01' + $1::INTEGER AND DATE '1970-01-01' + $2::INTEGER "
-      "AND ($3::BIGINT = 0 OR user_id = $3::BIGINT)";
+      "AND ($3::BIGINT = 0 OR user_id = $3::BIGINT) "
+      "AND ($4::BIGINT = 0 OR api_key_id = $4::BIGINT)";
   if (!dims.empty()) sql += " GROUP BY " + dims + " ORDER BY " + dims;
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::read_transaction tx(conn);
     std::vector<ReportRow> out;
-    for (const auto& row : tx.exec_params(sql, static_cast<int32_t>(q.from_day),
-                                          static_cast<int32_t>(q.to_day), q.user_id)) {
+    for (const auto& row :
+         tx.exec_params(sql, static_cast<int32_t>(q.from_day), static_cast<int32_t>(q.to_day),
+                        q.user_id, q.api_key_id)) {
       ReportRow r;
       int c = 0;
       for (Dimension d : q.group_by) {

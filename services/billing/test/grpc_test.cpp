@@ -223,6 +223,16 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   EXPECT_EQ(balance.account().held_micros(), 0) << "the hold was settled";
   EXPECT_EQ(balance.account().total_cost_micros(), 900);
 
+  // The data-path views the edge's /v1/usage and /dashboard/billing/* will use.
+  pb::GetAccountRequest account_request;
+  account_request.set_user_id(42);
+  pb::GetAccountResponse account;
+  ASSERT_TRUE(billing_->GetAccount(Ctx("").get(), account_request, &account).ok());
+  EXPECT_EQ(account.account().balance_micros(), 100);
+  account_request.set_user_id(43);
+  EXPECT_EQ(billing_->GetAccount(Ctx("").get(), account_request, &account).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
   pb::UsageReportRequest report;
   const int64_t today = UtcDay(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
@@ -240,6 +250,20 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   EXPECT_EQ(rows.rows(0).requests(), 2);
   EXPECT_EQ(rows.rows(0).cost_micros(), 900);
   EXPECT_EQ(rows.rows(0).day(), "") << "not grouped by day";
+
+  pb::GetUsageRequest usage_request;
+  usage_request.set_user_id(42);
+  usage_request.set_from_day(report.from_day());
+  usage_request.set_to_day(report.to_day());
+  pb::GetUsageResponse usage;
+  ASSERT_TRUE(billing_->GetUsage(Ctx("").get(), usage_request, &usage).ok());
+  ASSERT_EQ(usage.rows_size(), 1);
+  EXPECT_EQ(usage.rows(0).day(), DayString(today));
+  EXPECT_EQ(usage.rows(0).requests(), 2);
+  EXPECT_EQ(usage.rows(0).cost_micros(), 900);
+  usage_request.set_user_id(0);
+  EXPECT_EQ(billing_->GetUsage(Ctx("").get(), usage_request, &usage).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 
   const std::string metrics = prometheus::TextSerializer().Serialize(metrics_.registry().Collect());
   for (const char* line : {"tollgate_billing_holds_total{result=\"granted\"} 1",

@@ -351,6 +351,15 @@ TEST_F(LedgerTest, UsageReportByUserKeyModelAndDay) {
   EXPECT_EQ(*by_key[1].api_key_id, 11);
   EXPECT_EQ(by_key[1].cost_micros, 300);
 
+  // A user's own usage per day (what the edge's usage endpoints show), one key or all.
+  auto own = billing_->UserUsage(1, 11, "2025-11-01", "2025-11-30");
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_EQ(DayString(*own[0].day), "2025-11-22");
+  EXPECT_EQ(own[0].cost_micros, 300);
+  EXPECT_EQ(billing_->UserUsage(2, 0, "2025-11-01", "2025-11-30").size(), 2u);
+  EXPECT_THROW(billing_->UserUsage(0, 0, "2025-11-01", "2025-11-30"), BillingError)
+      << "never every user on the data path";
+
   EXPECT_THROW(billing_->UsageReport("2025-11-23", "2025-11-22", {}, 0), BillingError);
   EXPECT_THROW(billing_->UsageReport("22/11/2025", "2025-11-22", {}, 0), BillingError);
 }

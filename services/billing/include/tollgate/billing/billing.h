@@ -72,7 +72,11 @@ class Billing final {
   Account GetBalance(int64_t user_id);
   // Days as "YYYY-MM-DD", inclusive.
   std::vector<ReportRow> UsageReport(const std::string& from_day, const std::string& to_day,
-                                     std::vector<Dimension> group_by, int64_t user_id);
+                                     std::vector<Dimension> group_by, int64_t user_id,
+                                     int64_t api_key_id = 0);
+  // One user's own usage (api_key_id 0: all its keys) per day, for the edge.
+  std::vector<ReportRow> UserUsage(int64_t user_id, int64_t api_key_id, const std::string& from_day,
+                                   const std::string& to_day);
   std::vector<AuditEntry> ListAuditLog(int32_t limit);
 
  private:

@@ -89,7 +89,8 @@ struct ReportQuery {
   int64_t from_day = 0;  // days since the epoch, inclusive
   int64_t to_day = 0;    // inclusive
   std::vector<Dimension> group_by;
-  int64_t user_id = 0;  // 0: every user
+  int64_t user_id = 0;     // 0: every user
+  int64_t api_key_id = 0;  // 0: every key
 };
 
 struct ReportRow {
