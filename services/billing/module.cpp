@@ -9,7 +9,14 @@
 #include "tollgate/billing/pg_repository.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
+#include "tollgate/log.h"
 #include "tollgate/metrics.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 namespace tollgate::billing {
 namespace {
@@ -17,6 +24,7 @@ namespace {
 class BillingModule final : public DbServiceModule {
  public:
   explicit BillingModule(const ModuleDeps& deps) : DbServiceModule("billing", deps, Migrations()) {}
+  ~BillingModule() override { StopSweeper(); }
 
  protected:
   void RegisterServices(GrpcServer& server) override {
@@ -41,15 +49,49 @@ class BillingModule final : public DbServiceModule {
          workers()});
     server.Register(service_.get(), v1::BillingService::service_full_name());
     server.Register(admin_.get(), v1::BillingAdminService::service_full_name());
+    StartSweeper(std::min<std::chrono::milliseconds>(config().GetDuration("billing.hold_ttl"),
+                                                     std::chrono::minutes(1)));
   }
 
   void OnStopped() override {
+    StopSweeper();
     // Before the pool closes: the writer commits what is still queued.
     if (ingestor_) ingestor_->Stop();
   }
 
  private:
+  // Rewrites expired holds now and then, so the live-holds index stays small even for
+  // users who never come back (their holds stopped counting at expiry regardless).
+  void StartSweeper(std::chrono::milliseconds every) {
+    sweeper_ = std::thread([this, every] {
+      std::unique_lock lock(sweeper_mu_);
+      while (!sweeper_cv_.wait_for(lock, every, [this] { return sweeper_stop_; })) {
+        lock.unlock();
+        try {
+          if (int64_t n = billing_->ExpireHolds(); n > 0)
+            log::Info("billing", "expired holds", {{"holds", n}});
+        } catch (const std::exception& e) {
+          log::Warn("billing", "expiring holds failed", {{"error", log::Redact(e.what())}});
+        }
+        lock.lock();
+      }
+    });
+  }
+
+  void StopSweeper() {
+    {
+      std::lock_guard lock(sweeper_mu_);
+      sweeper_stop_ = true;
+      sweeper_cv_.notify_all();
+    }
+    if (sweeper_.joinable()) sweeper_.join();
+  }
+
   SystemClock clock_;
+  std::mutex sweeper_mu_;
+  std::condition_variable sweeper_cv_;
+  bool sweeper_stop_ = false;
+  std::thread sweeper_;
   std::unique_ptr<PgBillingRepository> repo_;
   std::unique_ptr<Billing> billing_;
   std::unique_ptr<BillingMetrics> billing_metrics_;

@@ -80,6 +80,16 @@ void Billing::Release(int64_t hold_id) {
   if (hold_id > 0) repo_.ReleaseHold(hold_id);
 }
 
+int64_t Billing::ExpireHolds() {
+  int64_t total = 0;
+  for (;;) {
+    constexpr int64_t kBatch = 5000;  // short transactions, whatever the backlog
+    const int64_t n = repo_.ExpireHolds(clock_.NowMs(), kBatch);
+    total += n;
+    if (n < kBatch) return total;
+  }
+}
+
 std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
   const int64_t now = clock_.NowMs();
   for (auto& r : records) {

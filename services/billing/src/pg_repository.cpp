@@ -325,6 +325,19 @@ void PgBillingRepository::ReleaseHold(int64_t hold_id) {
   });
 }
 
+int64_t PgBillingRepository::ExpireHolds(int64_t now_ms, int64_t limit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    auto rows = tx.exec_params(
+        "UPDATE holds SET state = 'expired' WHERE id IN (SELECT id FROM holds WHERE state = "
+        "'live' AND expires_at <= " +
+            Ts("$1") + " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        now_ms, limit);
+    tx.commit();
+    return static_cast<int64_t>(rows.size());
+  });
+}
+
 std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& records,
                                               int64_t now_ms) {
   if (records.empty()) return {};

@@ -276,6 +276,15 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   HoldDecision again = billing_->Hold(HoldFor(5));
   EXPECT_TRUE(again.granted) << "the first hold expired";
   EXPECT_EQ(Count("SELECT count(*) FROM holds WHERE state = 'expired'"), 1);
+  // The sweeper rewrites what expired for users who never came back.
+  billing_->CreateAccount("ops", 15, 0);
+  billing_->TopUp("ops", 15, 1000, "");
+  ASSERT_TRUE(billing_->Hold(HoldFor(15)).granted);
+  EXPECT_EQ(billing_->ExpireHolds(), 0);
+  clock_.Advance(600'000);
+  EXPECT_EQ(billing_->ExpireHolds(), 2) << "user 15's, and user 5's second hold";
+  EXPECT_EQ(billing_->GetBalance(15).held_micros, 0);
+  clock_.Set(kT0 + 600'000);
 
   // The late record of the expired hold is still charged, and settles its hold.
   UsageInput late = Usage("late", 5);

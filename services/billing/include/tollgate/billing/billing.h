@@ -57,6 +57,8 @@ class Billing final {
 
   HoldDecision Hold(const HoldInput& input);
   void Release(int64_t hold_id);
+  // Rewrites the state of holds that expired (housekeeping); returns how many.
+  int64_t ExpireHolds();
   // Normalises the records (missing times become now, counts are clamped) and
   // stores them in one transaction. Returns per record whether it was new.
   std::vector<bool> Record(std::vector<UsageInput> records);

@@ -29,6 +29,7 @@ class PgBillingRepository final : public BillingRepository {
 
   HoldOutcome PlaceHold(const NewHold& hold) override;
   void ReleaseHold(int64_t hold_id) override;
+  int64_t ExpireHolds(int64_t now_ms, int64_t limit) override;
 
   std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms) override;
 

@@ -130,6 +130,9 @@ class BillingRepository {
   virtual HoldOutcome PlaceHold(const NewHold& hold) = 0;
   // Live -> released; anything else is left as is.
   virtual void ReleaseHold(int64_t hold_id) = 0;
+  // Live holds that expired by `now_ms` -> expired (at most `limit`); returns how many.
+  // Housekeeping only: an expired hold stops counting whether or not this ran.
+  virtual int64_t ExpireHolds(int64_t now_ms, int64_t limit) = 0;
 
   // Stores the records not stored yet (by request_id) and charges them, with
   // the daily aggregates and hold settlement, in one transaction. Returns,
