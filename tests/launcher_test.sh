@@ -38,6 +38,20 @@ echo "$out" | grep -q "http://$TG_EDGE_LISTEN/v1" || fail "banner does not say w
 check_up
 echo "ok: first start, every service healthy"
 
+# The admin CLI against the launched suite: tables, CSV, one-line errors with a non-zero exit.
+CTL=("$BUILD_DIR/cmd/tollgate/tollgatectl" --admin-token-file="$TG_STATE_DIR/secrets/admin_token"
+     --addr="127.0.0.1:$((base + 2))")
+csv=$("${CTL[@]}" router list-upstream-keys --csv) || fail "tollgatectl --csv"
+[ "$(head -n 1 <<<"$csv" | cut -d, -f1-3)" = "id,provider_id,name" ] || fail "CSV header: $csv"
+[ "$(tail -n +2 <<<"$csv" | wc -l)" -ge 1 ] || fail "CSV rows: $csv"
+grep -q "mock-key" <<<"$csv" && fail "an upstream secret in the CLI output"
+if err=$("${CTL[@]}" router no-such-command 2>&1); then fail "unknown command succeeded"; fi
+[ "$(wc -l <<<"$err")" = 1 ] || fail "error is not one line: $err"
+if "$BUILD_DIR/cmd/tollgate/tollgatectl" --addr="127.0.0.1:$((base + 2))" router list-providers >/dev/null 2>&1; then
+  fail "an admin RPC without the token succeeded"
+fi
+echo "ok: tollgatectl tables, CSV, errors, admin token required"
+
 "$ROOT/scripts/run.sh" down >/dev/null
 [ ! -f "$TG_STATE_DIR/tollgate.pid" ] || fail "pid file left behind"
 ! (exec 3<>/dev/tcp/127.0.0.1/$TG_PG_PORT) 2>/dev/null || fail "PostgreSQL still listening after down"

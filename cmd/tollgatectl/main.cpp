@@ -10,11 +10,12 @@
 // request's fields (dashes or underscores). Any string field can also be read from a file
 // (--secret-file=PATH), an environment variable (--secret-env=VAR) or stdin (--secret=-), so
 // secrets need not appear on the command line. Enums accept their short names (openai,
-// azure-openai). Output is a table, or the response as JSON with --json.
+// azure-openai). Output is a table, CSV with --csv (list responses: one row per element), or
+// the response as JSON with --json.
 //
 // Global flags: --addr=HOST:PORT (default: the service's default port on 127.0.0.1, or
 // TOLLGATECTL_<SERVICE>_ADDR), --admin-token-file=PATH (or TOLLGATECTL_ADMIN_TOKEN),
-// --timeout=SECONDS (default 10), --json.
+// --timeout=SECONDS (default 10), --json, --csv.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/util/json_util.h>
@@ -262,7 +263,23 @@ void PrintTable(const std::vector<std::vector<std::pair<std::string, std::string
   for (const auto& row : rows) line([&](size_t i) { return row[i].second; });
 }
 
-void PrintHuman(const pb::Message& resp) {
+std::string CsvCell(const std::string& v) {
+  if (v.find_first_of(",\"\n") == std::string::npos) return v;
+  std::string out = "\"";
+  for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+void PrintCsv(const std::vector<std::vector<std::pair<std::string, std::string>>>& rows) {
+  if (rows.empty()) return;
+  for (size_t i = 0; i < rows[0].size(); ++i)
+    std::cout << CsvCell(rows[0][i].first) << (i + 1 < rows[0].size() ? "," : "\n");
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i)
+      std::cout << CsvCell(row[i].second) << (i + 1 < row.size() ? "," : "\n");
+}
+
+void PrintHuman(const pb::Message& resp, bool csv) {
   const pb::Descriptor* d = resp.GetDescriptor();
   const pb::Reflection* r = resp.GetReflection();
   // A list response: one table row per element.
@@ -273,11 +290,15 @@ void PrintHuman(const pb::Message& resp) {
       rows.emplace_back();
       Flatten(r->GetRepeatedMessage(resp, d->field(0), j), "", rows.back());
     }
-    PrintTable(rows);
+    csv ? PrintCsv(rows) : PrintTable(rows);
     return;
   }
   std::vector<std::pair<std::string, std::string>> row;
   Flatten(resp, "", row);
+  if (csv) {
+    PrintCsv({row});
+    return;
+  }
   if (row.empty()) {
     std::cout << "ok\n";
     return;
@@ -303,13 +324,15 @@ void Help(const std::string& svc, const pb::ServiceDescriptor* sd) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  bool json = false;
+  bool json = false, csv = false;
   std::string addr, token_file, json_body;
   int timeout_s = 10;
   std::vector<std::string> rest;
   for (const auto& a : args) {
     if (a == "--json")
       json = true;
+    else if (a == "--csv")
+      csv = true;
     else if (a.rfind("--addr=", 0) == 0)
       addr = a.substr(7);
     else if (a.rfind("--admin-token-file=", 0) == 0)
@@ -322,7 +345,7 @@ int main(int argc, char** argv) {
       rest.push_back(a);
   }
   if (rest.empty() || rest[0] == "help" || rest[0] == "--help") {
-    std::cout << "usage: tollgatectl [--addr=HOST:PORT] [--admin-token-file=PATH] [--json] "
+    std::cout << "usage: tollgatectl [--addr=HOST:PORT] [--admin-token-file=PATH] [--json|--csv] "
                  "SERVICE COMMAND [--field=value ...]\nservices: auth, quota, router, billing "
                  "(tollgatectl SERVICE help lists its commands)\n";
     return rest.empty() ? 2 : 0;
@@ -442,7 +465,7 @@ int main(int argc, char** argv) {
     (void)pb::util::MessageToJsonString(*resp, &out, opts);
     std::cout << out << "\n";
   } else {
-    PrintHuman(*resp);
+    PrintHuman(*resp, csv);
   }
   return 0;
 }
