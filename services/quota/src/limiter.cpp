@@ -371,7 +371,7 @@ std::vector<SettledRequest> Limiter::PrepareSettle(const std::vector<SettleInput
           subjects.emplace_back(SubjectKind::kUser, in.subjects.user_id);
       }
       SettledRequest sr;
-      sr.request_id = in.request_id;
+      sr.request_id = in.request_id + "/" + in.reservation_id;
       const int64_t tokens = std::max<int64_t>(0, in.actual_tokens);
       for (const auto& [kind, subject] : subjects) {
         sr.deltas.push_back({{kind, subject, PeriodKind::kMonth, month}, tokens});

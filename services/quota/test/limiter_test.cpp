@@ -177,7 +177,7 @@ TEST_F(LimiterTest, ReservationsExpireAndSettleAfterExpiryIsHarmless) {
   EXPECT_FALSE(Admit(10).denial);
 }
 
-TEST_F(LimiterTest, SettleIsIdempotentOnRequestId) {
+TEST_F(LimiterTest, SettleIsIdempotent) {
   LimiterOptions o;
   o.key_defaults.monthly_tokens = 1000;
   o.user_defaults.monthly_tokens = 1000;
@@ -186,11 +186,25 @@ TEST_F(LimiterTest, SettleIsIdempotentOnRequestId) {
   ASSERT_FALSE(a.denial);
   Settle("req-1", a.reservation_id, 70, {"k1", "u1", ""});
   Settle("req-1", a.reservation_id, 70, {"k1", "u1", ""});
-  Settle("req-1", "", 70, {"k1", "u1", ""});
+  Settle("req-1", a.reservation_id, 70, {"k1", "u1", ""});
   EXPECT_EQ(limiter_->Usage(SubjectKind::kKey, "k1").monthly_tokens, 70);
   EXPECT_EQ(limiter_->Usage(SubjectKind::kUser, "u1").monthly_tokens, 70);
   EXPECT_EQ(limiter_->Usage(SubjectKind::kUser, "u1").daily_tokens, 70);
   EXPECT_EQ(limiter_->Usage(SubjectKind::kKey, "k1").reserved_tokens, 0);
+}
+
+TEST_F(LimiterTest, AClientRepeatingItsRequestIdIsChargedForEveryRequest) {
+  LimiterOptions o;
+  o.key_defaults.monthly_tokens = 1000;
+  Make(o);
+  auto a = limiter_->Admit({"client-chosen-id", {"k1", "", ""}, 100});
+  auto b = limiter_->Admit({"client-chosen-id", {"k1", "", ""}, 100});
+  ASSERT_FALSE(a.denial);
+  ASSERT_FALSE(b.denial);
+  Settle("client-chosen-id", a.reservation_id, 40);
+  Settle("client-chosen-id", b.reservation_id, 50);
+  Settle("client-chosen-id", b.reservation_id, 50);  // a retry of the same settlement
+  EXPECT_EQ(limiter_->Usage(SubjectKind::kKey, "k1").monthly_tokens, 90);
 }
 
 TEST_F(LimiterTest, UserQuotaSpansKeysAndIpLimitsSpanUsers) {

@@ -41,6 +41,8 @@ struct UsageDelta {
 
 // One settled request and what it adds to the durable totals.
 struct SettledRequest {
+  // The idempotency key: the request id and the reservation id (unique per admission), so a
+  // client that repeats its own x-request-id is still charged for every request.
   std::string request_id;
   std::vector<UsageDelta> deltas;
 };
