@@ -136,6 +136,10 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.quota_fail_open", T::kBool, "false",
        "when a quota replica is unreachable, admit requests unlimited instead of answering 503 "
        "(logged and counted either way)"},
+      {"edge.quota_default_max_tokens", T::kInt, "1024",
+       "completion tokens assumed in the quota estimate (prompt characters / 4 + max_tokens) of a "
+       "request that sets no max_tokens; settlement replaces it with the actual usage",
+       false, 0, 10000000},
       {"edge.router_target", T::kString, "127.0.0.1:7103", "gRPC address of the router service"},
       {"edge.billing_target", T::kString, "127.0.0.1:7104", "gRPC address of the billing service"},
       {"edge.max_body_bytes", T::kInt, "4194304", "largest request body accepted (413 above)",

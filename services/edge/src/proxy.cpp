@@ -275,9 +275,12 @@ class Proxy final : public RequestHandler {
       }
     }
     Eventual<AdmitResult> admit(executor);
-    clients_.quota.Admit({x.request.request_id, who.principal, request.model,
-                          request.prompt_estimate + request.max_tokens, x.request.client_ip},
-                         admit.Setter());
+    clients_.quota.Admit(
+        {x.request.request_id, who.principal, request.model,
+         request.prompt_estimate +
+             (request.max_tokens > 0 ? request.max_tokens : options_.default_max_tokens),
+         x.request.client_ip},
+        admit.Setter());
     Eventual<HoldResult> hold(executor);
     clients_.billing.Hold({x.request.request_id, who.principal, request.model,
                            request.prompt_estimate, request.max_tokens},

@@ -17,6 +17,8 @@ namespace tollgate::edge {
 
 struct ProxyOptions {
   int32_t max_attempts = 3;  // upper bound on the attempts of one request (router plan permitting)
+  // The completion part of the quota estimate when the request sets no max_tokens.
+  int64_t default_max_tokens = 0;
   UpstreamTimeouts upstream;
   UpstreamPoolOptions pool;
 };
