@@ -80,6 +80,7 @@ write_config() {
     echo "  quota_targets: [127.0.0.1:$(grpc_port quota)]"
     echo "  router_target: 127.0.0.1:$(grpc_port router)"
     echo "  billing_target: 127.0.0.1:$(grpc_port billing)"
+    echo "  spool_dir: $STATE/spool"
     for s in "${SERVICES[@]}"; do
       echo "$s:"
       echo "  grpc_listen: 127.0.0.1:$(grpc_port "$s")"

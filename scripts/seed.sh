@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seeds a launcher-started suite, once: a demo user with an API key (auth; the key is
-# kept in $TG_STATE_DIR/secrets/demo_api_key, mode 600, for the banner), and the
-# router with an upstream: the mock upstream, or OpenAI when OPENAI_API_KEY is set.
+# kept in $TG_STATE_DIR/secrets/demo_api_key, mode 600, for the banner), its prepaid
+# billing account and the models' prices, and the router with an upstream: the mock
+# upstream, or OpenAI when OPENAI_API_KEY is set.
 # Idempotent: a second run changes nothing. Called by scripts/run.sh; needs TG_STATE_DIR.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,28 @@ if [ ! -s "$key_file" ] || ! "${AUTH[@]}" auth list-api-keys --user-id="$uid" \
   chmod 600 "$key_file"
   echo "tollgate: created the demo user's API key (kept in $key_file)"
 fi
+
+# Billing, once: the demo user's prepaid account (TG_DEMO_BALANCE_MICROS, default 10 USD) and
+# prices for the seeded models (micro-units per 1M tokens: input, output, cached input).
+BILLING=("${CTL_BIN[@]}" --addr="127.0.0.1:$(( ${TG_GRPC_BASE:-7101} + 3 ))")
+if ! "${BILLING[@]}" billing get-balance --user-id="$uid" >/dev/null 2>&1; then
+  "${BILLING[@]}" billing create-account --user-id="$uid" >/dev/null
+  "${BILLING[@]}" billing top-up --user-id="$uid" --amount-micros="${TG_DEMO_BALANCE_MICROS:-10000000}" \
+    --note="demo balance (scripts/seed.sh)" >/dev/null
+  echo "tollgate: the demo user has a prepaid account"
+fi
+while read -r model in out cached; do
+  if ! "${BILLING[@]}" billing list-prices --model="$model" | awk 'NR>1' | grep -q .; then
+    "${BILLING[@]}" billing set-price --model="$model" --input-micros-per-mtok="$in" \
+      --output-micros-per-mtok="$out" --cached-input-micros-per-mtok="$cached" >/dev/null
+  fi
+done <<'PRICES'
+gpt-4o-mini 150000 600000 75000
+gpt-4o 2500000 10000000 1250000
+gpt-4.1-mini 400000 1600000 100000
+text-embedding-3-small 20000 0 20000
+mock-model 1000000 2000000 500000
+PRICES
 
 if [ -n "${OPENAI_API_KEY:-}" ]; then
   name=openai base_url=${OPENAI_BASE_URL:-https://api.openai.com/v1}

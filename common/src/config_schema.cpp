@@ -142,6 +142,12 @@ std::vector<ConfigKey> BuildSchema() {
        false, 0, 10000000},
       {"edge.router_target", T::kString, "127.0.0.1:7103", "gRPC address of the router service"},
       {"edge.billing_target", T::kString, "127.0.0.1:7104", "gRPC address of the billing service"},
+      {"edge.spool_dir", T::kString, "/tmp/tollgate-edge-spool",
+       "directory of the edge's on-disk spool of usage records on their way to billing (one per "
+       "edge process; replayed at start)"},
+      {"edge.spool_max_bytes", T::kInt, "268435456",
+       "bound of the usage record spool; when full, new records are dropped (logged, counted)",
+       false, 65536, 1099511627776},
       {"edge.max_body_bytes", T::kInt, "4194304", "largest request body accepted (413 above)",
        false, 1024, 1073741824},
       {"edge.max_header_bytes", T::kInt, "16384", "largest request head accepted (413 above)",

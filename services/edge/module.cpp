@@ -1,12 +1,12 @@
-// Wires the edge: the OpenAI-compatible HTTP surface, its auth, quota and router clients and,
-// until its own issue lands, a permissive stand-in for billing.
+// Wires the edge: the OpenAI-compatible HTTP surface and its auth, quota, router and billing
+// clients.
 #include "tollgate/edge/module.h"
 
 #include "src/grpc_auth_client.h"
+#include "src/grpc_billing_client.h"
 #include "src/grpc_quota_client.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
-#include "src/permissive_clients.h"
 #include "src/proxy.h"
 #include "tollgate/config.h"
 #include "tollgate/log.h"
@@ -43,15 +43,19 @@ class EdgeModule final : public Module {
     auth.usage_flush_interval = config.GetDuration("edge.auth_usage_flush_interval");
     auth_ = std::make_unique<GrpcAuthClient>(auth);
 
-    // TODO(billing issue): GrpcBillingClient on edge.billing_target.
     GrpcQuotaClientOptions quota;
     quota.targets = config.GetList("edge.quota_targets");
     quota.timeout = config.GetDuration("edge.grpc_timeout");
     quota.fail_open = config.GetBool("edge.quota_fail_open");
     quota.registry = &deps_.metrics.registry();
     quota_ = std::make_unique<GrpcQuotaClient>(quota);
-    billing_ = std::make_unique<DiscardingBillingClient>();
-    log::Warn("edge", "billing is not wired yet: nothing is billed");
+    GrpcBillingClientOptions billing;
+    billing.target = config.GetString("edge.billing_target");
+    billing.timeout = config.GetDuration("edge.grpc_timeout");
+    billing.spool_dir = config.GetString("edge.spool_dir");
+    billing.spool_max_bytes = static_cast<uint64_t>(config.GetInt("edge.spool_max_bytes"));
+    billing.registry = &deps_.metrics.registry();
+    billing_ = std::make_unique<GrpcBillingClient>(billing);
 
     ProxyOptions proxy;
     proxy.max_attempts = static_cast<int32_t>(config.GetInt("edge.max_attempts"));
@@ -82,7 +86,9 @@ class EdgeModule final : public Module {
     log::Info("edge", "serving HTTP",
               {{"listen", host + ":" + std::to_string(server_->port())},
                {"router_target", router.target},
-               {"auth_target", auth.target}});
+               {"auth_target", auth.target},
+               {"billing_target", billing.target},
+               {"spool_dir", billing.spool_dir}});
   }
 
   void BeginShutdown() override {
@@ -97,11 +103,13 @@ class EdgeModule final : public Module {
     // The clients' callbacks post to the server's executors: finish them while those run.
     router_->Shutdown();
     quota_->Shutdown();
+    billing_->Shutdown();
     auth_->Shutdown();
     server_->Shutdown(std::chrono::steady_clock::now());
     server_.reset();
     router_.reset();
     quota_.reset();
+    billing_.reset();
     auth_.reset();
   }
 
@@ -110,7 +118,7 @@ class EdgeModule final : public Module {
   std::unique_ptr<GrpcRouterClient> router_;
   std::unique_ptr<GrpcAuthClient> auth_;
   std::unique_ptr<GrpcQuotaClient> quota_;
-  std::unique_ptr<BillingClient> billing_;
+  std::unique_ptr<GrpcBillingClient> billing_;
   std::unique_ptr<HttpServer> server_;
 };
 

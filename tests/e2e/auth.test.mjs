@@ -139,6 +139,7 @@ describe('API keys through the edge', { timeout: 300_000 }, () => {
     assert.equal((await chatWith(paused.key)).choices[0].finish_reason, 'stop');
 
     const { user } = await suite.ctlJson(['auth', 'create-user', '--name=e2e-disabled']);
+    await suite.ctl(['billing', 'create-account', `--user-id=${user.id}`, '--credit-limit-micros=1000000']); // priced models need an account
     const theirs = await newKey([], user.id);
     assert.equal((await chatWith(theirs.key)).choices[0].finish_reason, 'stop');
     await suite.ctl(['auth', 'update-user', `--id=${user.id}`, '--status=disabled']);

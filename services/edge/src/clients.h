@@ -120,6 +120,37 @@ struct UsageRecord {
   int32_t http_status = 0;  // what the client got (or was getting when it left)
   std::chrono::milliseconds latency{0};
   bool client_disconnected = false;
+  // Billing's idempotency key (the hold's too): an id the edge generated itself, never a
+  // client's x-request-id (a client repeating one would be billed once for many requests).
+  std::string billing_id;
+  std::string client_ip;
+};
+
+// A user's own account, for GET /dashboard/billing/subscription (micro-units of the currency).
+struct AccountResult {
+  std::optional<Failure> failure;
+  bool found = false;  // false: the user has no account (nothing is held or limited)
+  int64_t balance_micros = 0;
+  int64_t credit_limit_micros = 0;
+  int64_t held_micros = 0;
+  int64_t available_micros = 0;
+  int64_t total_top_ups_micros = 0;
+  int64_t total_cost_micros = 0;
+};
+
+// Usage per UTC day (oldest first), for GET /v1/usage and /dashboard/billing/usage.
+struct UsageDay {
+  std::string day;  // YYYY-MM-DD
+  int64_t requests = 0;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;
+  int64_t cost_micros = 0;
+};
+
+struct UsageResult {
+  std::optional<Failure> failure;
+  std::vector<UsageDay> days;
 };
 
 class BillingClient {
@@ -130,6 +161,15 @@ class BillingClient {
   virtual void Release(std::string hold_id) = 0;
   // Takes the record for delivery; returns at once (the real one spools it).
   virtual void Record(UsageRecord record) = 0;
+  // The caller's own account and usage (days inclusive, YYYY-MM-DD; `key_only`: only the
+  // principal's key, else every key of its user). Without a billing service: 503.
+  virtual void GetAccount(const Principal& principal, std::function<void(AccountResult)> done) {
+    done(AccountResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
+  }
+  virtual void GetUsage(const Principal& principal, bool key_only, std::string from_day,
+                        std::string to_day, std::function<void(UsageResult)> done) {
+    done(UsageResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
+  }
 };
 
 // One upstream attempt of a route plan. `api_key` is a secret: never logged, never returned.

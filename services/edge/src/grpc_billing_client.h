@@ -1,0 +1,67 @@
+// BillingClient over gRPC (tollgate.billing.v1.BillingService).
+//
+// Hold and ReleaseHold are unary calls with the edge's gRPC deadline. A hold that billing refuses
+// is 429 insufficient_quota; a billing service that cannot be reached fails closed (503
+// service_unavailable): billing cannot tell the edge ahead of time which accounts are unlimited,
+// so the edge never lets a request run that nobody could charge. The UsageRecord does not travel
+// on the request path: Record queues it in memory, a background sender appends what is queued to
+// the on-disk spool (edge.spool_dir; one write and one fsync per batch), then delivers the oldest
+// spooled records to RecordUsage in batches and drops them from the spool only once acknowledged
+// (billing answers after its commit). A failed batch is sent again after a pause; records spooled
+// by an earlier run are delivered after a restart. Redelivery is harmless: billing is idempotent
+// on the request id. A full spool (edge.spool_max_bytes) drops new records, logged and counted.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "src/clients.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace tollgate::edge {
+
+struct GrpcBillingClientOptions {
+  std::string target = "127.0.0.1:7104";
+  std::chrono::milliseconds timeout{2000};  // deadline of Hold, ReleaseHold, Get*
+  std::string spool_dir;                    // required
+  uint64_t spool_max_bytes = 256ull << 20;
+  std::chrono::milliseconds flush_interval{50};      // spool append + delivery at least this often
+  size_t batch_size = 500;                           // records per RecordUsage at most
+  std::chrono::milliseconds retry_pause{1000};       // after a failed delivery
+  std::chrono::milliseconds deliver_timeout{10000};  // deadline of one RecordUsage
+  prometheus::Registry* registry = nullptr;
+};
+
+class GrpcBillingClient final : public BillingClient {
+ public:
+  // Opens (and replays) the spool; throws std::runtime_error when its directory is unusable.
+  explicit GrpcBillingClient(GrpcBillingClientOptions options);
+  ~GrpcBillingClient() override;  // Shutdown()
+
+  // Spools what is still queued in memory, cancels the calls in flight and waits for their
+  // callbacks. Undelivered records stay in the spool for the next start. Idempotent.
+  void Shutdown();
+
+  void Hold(HoldRequest request, std::function<void(HoldResult)> done) override;
+  void Release(std::string hold_id) override;
+  void Record(UsageRecord record) override;
+  void GetAccount(const Principal& principal, std::function<void(AccountResult)> done) override;
+  void GetUsage(const Principal& principal, bool key_only, std::string from_day, std::string to_day,
+                std::function<void(UsageResult)> done) override;
+
+  int64_t delivered() const;  // records acknowledged by billing
+  int64_t dropped() const;    // records lost to a full spool (or a failing disk)
+  size_t spooled() const;     // records in the spool, not acknowledged yet
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::edge
