@@ -4,7 +4,7 @@
 // the user-facing endpoints (/v1/usage, /dashboard/billing/subscription and /usage).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { addMockModel, openaiClient, sleep, startSuite, waitFor } from './harness.mjs';
+import { addMockModel, findSecretsInLogs, openaiClient, sleep, startSuite, waitFor } from './harness.mjs';
 
 const MESSAGES = [{ role: 'user', content: 'what does it cost?' }];
 const today = () => new Date().toISOString().slice(0, 10);
@@ -14,6 +14,7 @@ describe('billing through the edge', { timeout: 300_000 }, () => {
   let client;
   let OpenAI;
   let demoUser;
+  const keys = []; // keys made here, for the log check
 
   before(async () => {
     suite = await startSuite();
@@ -109,6 +110,7 @@ describe('billing through the edge', { timeout: 300_000 }, () => {
     assert.equal(body.total.cost, cost / 1e6);
     // A key of its own sees none of the demo key's usage.
     const { api_key: other } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${demoUser}`, '--name=other']);
+    keys.push(other);
     const mine = await get('/v1/usage', other);
     assert.equal(mine.status, 200);
     assert.equal(mine.body.total.requests, 0);
@@ -157,6 +159,7 @@ describe('billing through the edge', { timeout: 300_000 }, () => {
   it('insufficient balance is refused with 429 insufficient_quota before the upstream is called', { timeout: 30_000 }, async () => {
     const user = (await suite.ctlJson(['auth', 'create-user', '--name=broke'])).user.id;
     const { api_key: key } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${user}`, '--name=broke']);
+    keys.push(key);
     await suite.ctl(['billing', 'create-account', `--user-id=${user}`]);
     await suite.ctl(['billing', 'top-up', `--user-id=${user}`, '--amount-micros=1']);
     const broke = await openaiClient(suite, { apiKey: key });
@@ -174,5 +177,9 @@ describe('billing through the edge', { timeout: 300_000 }, () => {
     await sleep(300);
     assert.deepEqual(await usageByModel(user), {});
     assert.equal(Number((await balance(user)).balance_micros), 1);
+  });
+
+  it('no API key, upstream secret or admin token in any log line', async () => {
+    assert.deepEqual(findSecretsInLogs(suite, keys), []);
   });
 });
