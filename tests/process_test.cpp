@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <pqxx/pqxx>
 #include <string>
@@ -149,6 +150,8 @@ class SuiteProcessTest : public ::testing::Test {
         {"TOLLGATE_EDGE__LISTEN", "127.0.0.1:0"},
         {"TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s"},
         {"TOLLGATE_ADMIN__TOKEN", "test-admin-token"},
+        // The edge's usage spool belongs to this test's databases only.
+        {"TOLLGATE_EDGE__SPOOL_DIR", spool_dir_},
         {"TOLLGATE_ROUTER__MASTER_KEY", std::string(64, 'a')},
     };
     for (const auto& svc : kServices) {
@@ -159,6 +162,11 @@ class SuiteProcessTest : public ::testing::Test {
     }
     return env;
   }
+  std::string spool_dir_ = [] {
+    char tmpl[] = "/tmp/tollgate-spool-test.XXXXXX";
+    return std::string(mkdtemp(tmpl));
+  }();
+  void TearDown() override { std::filesystem::remove_all(spool_dir_); }
   std::map<std::string, TestDatabase> dbs_ = [] {
     std::map<std::string, TestDatabase> m;
     for (const auto& s : kServices) m.try_emplace(s);
