@@ -15,8 +15,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <pqxx/pqxx>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,7 +109,7 @@ class Process {
   std::string output_;
 };
 
-std::string HttpGet(int port, const std::string& path) {
+std::string HttpGet(int port, const std::string& path, const std::string& extra_headers = "") {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -117,7 +119,8 @@ std::string HttpGet(int port, const std::string& path) {
     close(fd);
     return "";
   }
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  std::string req =
+      "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra_headers + "\r\n";
   (void)!write(fd, req.data(), req.size());
   std::string resp;
   char buf[8192];
@@ -289,6 +292,83 @@ TEST(ProcessStartupTest, SigtermWhileWaitingForTheDatabaseExitsZeroPromptly) {
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(std::chrono::seconds(5)), 0) << p.RestOfOutput();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+}  // namespace
+
+namespace {
+
+// A throwaway CA and one certificate (server and client use) for 127.0.0.1.
+std::string MakeCertificates() {
+  char tmpl[] = "/tmp/tollgate-tls.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string script =
+      "cd " + dir +
+      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      " -keyout ca.key -out ca.pem -days 1 -subj /CN=tollgate-test-ca 2>/dev/null"
+      " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      " -keyout svc.key -out svc.csr -subj /CN=localhost 2>/dev/null"
+      " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,"
+      "clientAuth\\n' > ext"
+      " && openssl x509 -req -in svc.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out svc.pem"
+      " -days 1 -extfile ext 2>/dev/null";
+  if (std::system(script.c_str()) != 0) ADD_FAILURE() << "openssl failed";
+  return dir;
+}
+
+class MutualTlsTest : public SuiteProcessTest {};
+
+TEST_F(MutualTlsTest, ServicesRequireAndPresentCertificates) {
+  std::string certs = MakeCertificates();
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = certs + "/svc.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = certs + "/svc.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = certs + "/ca.pem";
+  Process p({Binary(), "--target=all"}, env);
+  std::map<std::string, std::string> grpc_listen;
+  int edge_port = 0;
+  p.WaitForLog([&](const nlohmann::json& j) {
+    if (j.value("msg", "") == "serving gRPC") grpc_listen[j["component"]] = j["listen"];
+    if (j.value("msg", "") == "serving HTTP") {
+      auto l = j["listen"].get<std::string>();
+      edge_port = std::stoi(l.substr(l.rfind(':') + 1));
+    }
+    return j.value("msg", "") == "tollgate started" || j.value("msg", "") == "start-up failed";
+  });
+  ASSERT_EQ(grpc_listen.size(), 4u) << p.RestOfOutput();
+  const std::string router = grpc_listen["router"];
+
+  // A plaintext client is refused.
+  EXPECT_EQ(Health(router), grpc::health::v1::HealthCheckResponse::UNKNOWN);
+  // The probe with the same certificates (from the environment) gets through.
+  std::string with_tls = "TOLLGATE_GRPC__TLS__CERT_FILE=" + certs +
+                         "/svc.pem TOLLGATE_GRPC__TLS__KEY_FILE=" + certs +
+                         "/svc.key TOLLGATE_GRPC__TLS__CA_FILE=" + certs + "/ca.pem ";
+  EXPECT_EQ(std::system((with_tls + Binary() + " health " + router + " >/dev/null").c_str()), 0);
+  // A TLS client without a client certificate is refused by the server.
+  auto ca_only = grpc::SslCredentialsOptions();
+  {
+    std::ifstream in(certs + "/ca.pem");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    ca_only.pem_root_certs = ss.str();
+  }
+  auto stub =
+      grpc::health::v1::Health::NewStub(grpc::CreateChannel(router, grpc::SslCredentials(ca_only)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  grpc::health::v1::HealthCheckResponse resp;
+  EXPECT_FALSE(stub->Check(&ctx, {}, &resp).ok()) << "no client certificate, yet served";
+  // The edge, a client of auth, reaches it over mutual TLS: an unknown key is judged by
+  // auth (401), not reported unreachable (503).
+  std::string reply = HttpGet(edge_port, "/v1/models",
+                              "Authorization: Bearer sk-tg-unknownunknownunknownunknown\r\n");
+  EXPECT_NE(reply.find(" 401 "), std::string::npos) << reply;
+  EXPECT_NE(reply.find("Incorrect API key"), std::string::npos) << reply;
+
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(certs);
 }
 
 }  // namespace

@@ -63,10 +63,11 @@ struct Args {
 };
 
 [[noreturn]] void Usage(const std::string& error) {
-  std::cerr << "tollgate: " << error << "\n"
-            << "usage: tollgate [serve|migrate|check-config|config-keys] [--config=FILE] [--target=all|"
-               "edge,auth,quota,router,billing]\n"
-            << "       tollgate health HOST:PORT [SERVICE]\n";
+  std::cerr
+      << "tollgate: " << error << "\n"
+      << "usage: tollgate [serve|migrate|check-config|config-keys] [--config=FILE] [--target=all|"
+         "edge,auth,quota,router,billing]\n"
+      << "       tollgate health HOST:PORT [SERVICE]\n";
   std::exit(2);
 }
 
@@ -220,7 +221,6 @@ int Serve(const Args& args, const Config& loaded) {
 
 int main(int argc, char** argv) {
   Args args = ParseArgs(argc, argv);
-  if (args.command == "health") return Health(args);
   if (args.command == "config-keys") return ConfigKeys();
   Config config;
   try {
@@ -230,6 +230,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   tollgate::log::SetLevel(tollgate::log::ParseLevel(config.GetString("log.level")));
+  try {
+    tollgate::ConfigureGrpcTls({config.GetString("grpc.tls.cert_file"),
+                                config.GetString("grpc.tls.key_file"),
+                                config.GetString("grpc.tls.ca_file")});
+  } catch (const std::exception& e) {
+    std::cerr << "tollgate: configuration error: " << e.what() << "\n";
+    return 2;
+  }
+  // After TLS: the probe speaks to servers as the services do.
+  if (args.command == "health") return Health(args);
   try {
     if (args.command == "serve") return Serve(args, config);
     if (args.command == "migrate") return Migrate(args, config);

@@ -15,7 +15,8 @@
 //
 // Global flags: --addr=HOST:PORT (default: the service's default port on 127.0.0.1, or
 // TOLLGATECTL_<SERVICE>_ADDR), --admin-token-file=PATH (or TOLLGATECTL_ADMIN_TOKEN),
-// --timeout=SECONDS (default 10), --json, --csv.
+// --timeout=SECONDS (default 10), --json, --csv, and for services running mutual TLS
+// (grpc.tls.*): --tls-cert=PEM --tls-key=PEM --tls-ca=PEM.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/util/json_util.h>
@@ -325,7 +326,7 @@ void Help(const std::string& svc, const pb::ServiceDescriptor* sd) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   bool json = false, csv = false;
-  std::string addr, token_file, json_body;
+  std::string addr, token_file, json_body, tls_cert, tls_key, tls_ca;
   int timeout_s = 10;
   std::vector<std::string> rest;
   for (const auto& a : args) {
@@ -333,6 +334,12 @@ int main(int argc, char** argv) {
       json = true;
     else if (a == "--csv")
       csv = true;
+    else if (a.rfind("--tls-cert=", 0) == 0)
+      tls_cert = a.substr(11);
+    else if (a.rfind("--tls-key=", 0) == 0)
+      tls_key = a.substr(10);
+    else if (a.rfind("--tls-ca=", 0) == 0)
+      tls_ca = a.substr(9);
     else if (a.rfind("--addr=", 0) == 0)
       addr = a.substr(7);
     else if (a.rfind("--admin-token-file=", 0) == 0)
@@ -413,7 +420,17 @@ int main(int argc, char** argv) {
 
   std::string payload;
   req->SerializeToString(&payload);
-  grpc::GenericStub stub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!tls_cert.empty() || !tls_key.empty() || !tls_ca.empty()) {
+    if (tls_cert.empty() || tls_key.empty() || tls_ca.empty())
+      Fail("--tls-cert, --tls-key and --tls-ca go together", 2);
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = ReadFile(tls_ca);
+    options.pem_cert_chain = ReadFile(tls_cert);
+    options.pem_private_key = ReadFile(tls_key);
+    creds = grpc::SslCredentials(options);
+  }
+  grpc::GenericStub stub(grpc::CreateChannel(addr, creds));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
   if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);

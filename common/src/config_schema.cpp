@@ -41,6 +41,11 @@ std::vector<ConfigKey> BuildSchema() {
       {"shutdown.drain_timeout", T::kDuration, "10s",
        "on SIGTERM, how long in-flight work may take to finish", false, 0, 3600000},
       {"admin.token", T::kString, "", "token required by every admin RPC", true},
+      {"grpc.tls.cert_file", T::kString, "",
+       "PEM certificate this process presents on gRPC, as server and as client (mutual TLS)"},
+      {"grpc.tls.key_file", T::kString, "", "PEM private key of grpc.tls.cert_file"},
+      {"grpc.tls.ca_file", T::kString, "",
+       "PEM CA bundle that peers' gRPC certificates must chain to (all three set: mutual TLS)"},
   };
   AddDbService(keys, "auth", 7101);
   AddDbService(keys, "quota", 7102);
@@ -74,8 +79,8 @@ std::vector<ConfigKey> BuildSchema() {
   // billing: holds and usage records (services/billing).
   std::vector<ConfigKey> billing = {
       {"billing.hold_ttl", T::kDuration, "10m",
-       "a hold neither settled by its usage record nor released stops counting after this",
-       false, 1000, 86400000},
+       "a hold neither settled by its usage record nor released stops counting after this", false,
+       1000, 86400000},
       {"billing.ingest_max_records", T::kInt, "2000",
        "usage records written in one transaction at most (RecordUsage calls queued meanwhile "
        "share one commit)",

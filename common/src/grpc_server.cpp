@@ -4,11 +4,73 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <openssl/crypto.h>
 
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "tollgate/log.h"
 
 namespace tollgate {
+
+namespace {
+
+struct TlsMaterial {
+  bool enabled = false;
+  std::string cert, key, ca;
+};
+
+TlsMaterial& Tls() {
+  static TlsMaterial tls;
+  return tls;
+}
+
+std::string ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in)
+    throw std::runtime_error(std::string("cannot read the gRPC TLS ") + what + " '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+void ConfigureGrpcTls(const GrpcTlsFiles& files) {
+  int given = !files.cert_file.empty() + !files.key_file.empty() + !files.ca_file.empty();
+  if (given == 0) return;
+  if (given != 3)
+    throw std::runtime_error(
+        "grpc.tls needs cert_file, key_file and ca_file together (or none of them)");
+  TlsMaterial& tls = Tls();
+  tls.cert = ReadPem(files.cert_file, "certificate");
+  tls.key = ReadPem(files.key_file, "key");
+  tls.ca = ReadPem(files.ca_file, "CA bundle");
+  tls.enabled = true;
+}
+
+std::shared_ptr<grpc::ChannelCredentials> GrpcChannelCredentials() {
+  const TlsMaterial& tls = Tls();
+  if (!tls.enabled) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = tls.ca;
+  options.pem_cert_chain = tls.cert;
+  options.pem_private_key = tls.key;
+  return grpc::SslCredentials(options);
+}
+
+namespace {
+
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials() {
+  const TlsMaterial& tls = Tls();
+  if (!tls.enabled) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = tls.ca;
+  options.pem_key_cert_pairs.push_back({tls.key, tls.cert});
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
 
 GrpcServer::GrpcServer(std::string listen) : listen_(std::move(listen)) {}
 
@@ -29,7 +91,7 @@ void GrpcServer::Start() {
   }();
   (void)kGlobalsSet;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen_, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(listen_, ServerCredentials(), &port_);
   builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
   for (auto* s : services_) builder.RegisterService(s);
   server_ = builder.BuildAndStart();
@@ -80,7 +142,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetMaxReceiveMessageSize(16 * 1024 * 1024);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(target, GrpcChannelCredentials(), args);
 }
 
 void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout) {

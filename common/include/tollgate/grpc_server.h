@@ -41,6 +41,22 @@ class GrpcServer final {
 grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
                              const std::string& admin_token);
 
+// Mutual TLS between services: PEM files. All empty: plaintext (loopback, a
+// trusted pod network or a service mesh). All three set: every server requires
+// and verifies a client certificate signed by `ca_file`, every channel
+// presents `cert_file` and verifies the server against `ca_file`.
+struct GrpcTlsFiles {
+  std::string cert_file;
+  std::string key_file;
+  std::string ca_file;
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+// Process-wide, set once at start-up (from `grpc.tls.*`) before any server or channel.
+// Throws std::runtime_error if only some files are given or one cannot be read.
+void ConfigureGrpcTls(const GrpcTlsFiles& files);
+std::shared_ptr<grpc::ChannelCredentials> GrpcChannelCredentials();
+
 // A client channel with keep-alive; every call made on it must still set a deadline.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 
