@@ -6,6 +6,11 @@
 #include <future>
 #include <thread>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
 #include "pg_fixture.h"
 #include "src/grpc_quota_client.h"
 #include "tollgate/config.h"
@@ -69,6 +74,70 @@ class Replica {
   std::unique_ptr<pb::QuotaAdminService::Stub> admin_;
 };
 
+// The same replica as a separate `tollgate --target=quota` process: exactness must not depend on
+// sharing an address space.
+class ReplicaProcess {
+ public:
+  explicit ReplicaProcess(Config::Environment extra) {
+    Config::Environment env = {{"TOLLGATE_QUOTA__DATABASE__DSN", db_.dsn()},
+                               {"TOLLGATE_QUOTA__GRPC_LISTEN", "127.0.0.1:0"},
+                               {"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"},
+                               {"TOLLGATE_ADMIN__TOKEN", kToken}};
+    for (auto& [k, v] : extra) env[k] = v;
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe");
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+      execl(TOLLGATE_BIN_PATH, "tollgate", "--target=quota", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(fds[1]);
+    err_ = fdopen(fds[0], "r");
+    char* line = nullptr;
+    size_t cap = 0;
+    while (getline(&line, &cap, err_) > 0) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("msg", "") == "serving gRPC") {
+        target_ = j["listen"];
+        break;
+      }
+    }
+    free(line);
+    if (target_.empty()) throw std::runtime_error("the quota process did not start");
+    admin_ = pb::QuotaAdminService::NewStub(MakeChannel(target_));
+  }
+  ~ReplicaProcess() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "quota process exit " << status;
+    fclose(err_);
+  }
+  std::string target() const { return target_; }
+  pb::GetUsageResponse Usage(pb::SubjectKind kind, const std::string& subject) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, std::chrono::seconds(5));
+    ctx.AddMetadata("authorization", std::string("Bearer ") + kToken);
+    pb::GetUsageRequest req;
+    req.set_subject_kind(kind);
+    req.set_subject(subject);
+    pb::GetUsageResponse resp;
+    EXPECT_TRUE(admin_->GetUsage(&ctx, req, &resp).ok());
+    return resp;
+  }
+
+ private:
+  TestDatabase db_;
+  pid_t pid_ = -1;
+  FILE* err_ = nullptr;
+  std::string target_;
+  std::unique_ptr<pb::QuotaAdminService::Stub> admin_;
+};
+
 AdmitResult AdmitNow(GrpcQuotaClient& client, AdmitRequest request) {
   std::promise<AdmitResult> p;
   auto f = p.get_future();
@@ -112,10 +181,12 @@ TEST(QuotaOwnerTest, StableAndSpread) {
   for (int c : counts) EXPECT_GT(c, 800);
 }
 
-TEST(GrpcQuotaClientTest, TwoReplicasAndTwoEdgesAdmitExactlyRpm) {
+// A burst of 10 x RPM from two edges over two replicas admits exactly RPM.
+template <typename ReplicaT>
+void ExpectExactAcrossTwoReplicas() {
   constexpr int kRpm = 20;
   Config::Environment env = {{"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", std::to_string(kRpm)}};
-  Replica a(env), b(env);
+  ReplicaT a(env), b(env);
   // Two edges, each with its own channels to both replicas.
   GrpcQuotaClient edge1(Options({a.target(), b.target()}));
   GrpcQuotaClient edge2(Options({a.target(), b.target()}));
@@ -152,6 +223,14 @@ TEST(GrpcQuotaClientTest, TwoReplicasAndTwoEdgesAdmitExactlyRpm) {
   EXPECT_EQ(limited.load(), 9 * kRpm);
   EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).window_requests(), kRpm);
   EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_IP, ip).window_requests(), kRpm);
+}
+
+TEST(GrpcQuotaClientTest, TwoReplicasAndTwoEdgesAdmitExactlyRpm) {
+  ExpectExactAcrossTwoReplicas<Replica>();
+}
+
+TEST(GrpcQuotaClientTest, TwoQuotaProcessesAndTwoEdgesAdmitExactlyRpm) {
+  ExpectExactAcrossTwoReplicas<ReplicaProcess>();
 }
 
 TEST(GrpcQuotaClientTest, ADenialOnOneReplicaReleasesTheGrantedPartOnTheOther) {
