@@ -438,7 +438,13 @@ class Proxy final : public RequestHandler {
     x.record.latency =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - x.start);
     (x.record.usage_estimated ? metrics_->records_estimated : metrics_->records_exact)->Increment();
-    clients_.quota.Settle(x.record);
+    // A request that failed before any token gives its reservation back; one that produced
+    // tokens, or succeeded, is settled with its actual usage.
+    bool no_tokens = x.record.prompt_tokens == 0 && x.record.completion_tokens == 0;
+    if (status >= 400 && no_tokens && !x.record.reservation_id.empty())
+      clients_.quota.Release(x.record.reservation_id);
+    else
+      clients_.quota.Settle(x.record);
     clients_.billing.Record(std::move(x.record));
   }
 

@@ -47,11 +47,11 @@ struct Reply {
   Json json;
 };
 
-Reply PostChat(int port, int max_tokens = 16) {
+Reply PostChat(int port, int max_tokens = 16, const std::string& model = "gpt-4o-mini") {
   asio::io_context io;
   beast::tcp_stream stream(io);
   stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
-  Json body = {{"model", "gpt-4o-mini"},
+  Json body = {{"model", model},
                {"max_tokens", max_tokens},
                {"messages", {{{"role", "user"}, {"content", "Say hello to the test."}}}}};
   http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
@@ -242,6 +242,24 @@ TEST(EdgeQuotaHttpTest, RateLimitHeadersOnEveryAnswerAnd429WithRetryAfter) {
   EXPECT_EQ(edge.quota().settlements_sent(), 2);
   EXPECT_GT(used, 0);
   EXPECT_EQ(replica.MonthlyTokens("anonymous"), used);
+}
+
+TEST(EdgeQuotaHttpTest, ARequestThatFailedBeforeAnyTokenGivesItsReservationBack) {
+  MockUpstream upstream;
+  Replica replica(
+      {{"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", "2"}, {"TOLLGATE_QUOTA__DEFAULT_KEY_TPM", "100000"}});
+  Edge edge({replica.target()}, upstream.base_url());
+  // The upstream fails (mock model grammar): no token was produced, so the request is released,
+  // not settled, and does not use up the minute's requests.
+  for (int i = 0; i < 3; ++i) {
+    Reply failed = PostChat(edge.port(), 16, "mock-fail-500");
+    ASSERT_GE(failed.status, 500) << failed.json.dump();
+  }
+  for (int i = 0; i < 2; ++i) {
+    Reply ok = PostChat(edge.port());
+    EXPECT_EQ(ok.status, 200) << "request " << i << ": " << ok.json.dump();
+  }
+  EXPECT_EQ(PostChat(edge.port()).status, 429);
 }
 
 TEST(EdgeQuotaHttpTest, ExhaustedMonthlyQuotaIsInsufficientQuota) {
