@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "tollgate/admin_call.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -361,20 +362,6 @@ class AuthServiceImpl final : public pb::AuthService::CallbackService {
   Hub& hub_;
 };
 
-grpc::Status FromAuthError(const AuthError& e) {
-  switch (e.kind()) {
-    case AuthError::Kind::kInvalidArgument:
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
-    case AuthError::Kind::kNotFound:
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, e.what());
-    case AuthError::Kind::kAlreadyExists:
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, e.what());
-    case AuthError::Kind::kFailedPrecondition:
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
-  }
-  return grpc::Status(grpc::StatusCode::INTERNAL, "internal error");
-}
-
 std::optional<UserStatus> FromProto(pb::UserStatus s) {
   switch (s) {
     case pb::USER_STATUS_ACTIVE:
@@ -523,32 +510,11 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
   }
 
  private:
-  // Checks the admin token, then runs `work` on the worker pool (it may block on the database)
-  // and finishes the call from there.
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {
-    auto* reactor = context->DefaultReactor();
-    grpc::Status auth = deps_.authorize(*context);
-    if (!auth.ok()) {
-      reactor->Finish(auth);
-      return reactor;
-    }
-    deps_.workers.Post([reactor, rpc, work = std::move(work)]() mutable {
-      grpc::Status status = grpc::Status::OK;
-      try {
-        work();
-      } catch (const AuthError& e) {
-        status = FromAuthError(e);
-      } catch (const std::exception& e) {
-        // What went wrong stays in the log; the caller learns only that it failed.
-        log::Error("auth", "admin call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
-        status = ToGrpcStatus(ErrorCode::kServiceUnavailable,
-                              "the auth service's database is unavailable; try again");
-      }
-      reactor->Finish(status);
-    });
-    return reactor;
+    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "auth", rpc,
+                        std::move(work));
   }
 
   AdminServiceDeps deps_;

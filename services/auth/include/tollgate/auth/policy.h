@@ -4,6 +4,8 @@
 // No I/O, no gRPC, no database.
 #pragma once
 
+#include "tollgate/admin_error.h"
+
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -115,14 +117,6 @@ std::string_view VerdictName(Verdict verdict);
 Verdict Evaluate(const KeyPrincipal& principal, std::string_view client_ip, int64_t now_unix_s);
 
 // An expected failure of an admin operation; the message is safe to show the caller.
-class AuthError final : public std::runtime_error {
- public:
-  enum class Kind { kInvalidArgument, kNotFound, kAlreadyExists, kFailedPrecondition };
-  AuthError(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
-  Kind kind() const { return kind_; }
-
- private:
-  Kind kind_;
-};
+using AuthError = ::tollgate::AdminError;
 
 }  // namespace tollgate::auth
