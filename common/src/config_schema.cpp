@@ -153,6 +153,10 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.spool_max_bytes", T::kInt, "268435456",
        "bound of the usage record spool; when full, new records are dropped (logged, counted)",
        false, 65536, 1099511627776},
+      {"edge.store_bodies_max_bytes", T::kInt, "65536",
+       "for API keys with store_bodies: each of the request and the response body is kept up to "
+       "this many bytes (secrets redacted) with the usage record in billing",
+       false, 1024, 1048576},
       {"edge.max_body_bytes", T::kInt, "4194304", "largest request body accepted (413 above)",
        false, 1024, 1073741824},
       {"edge.max_header_bytes", T::kInt, "16384", "largest request head accepted (413 above)",

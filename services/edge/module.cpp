@@ -60,6 +60,8 @@ class EdgeModule final : public Module {
     ProxyOptions proxy;
     proxy.max_attempts = static_cast<int32_t>(config.GetInt("edge.max_attempts"));
     proxy.default_max_tokens = config.GetInt("edge.quota_default_max_tokens");
+    proxy.store_bodies_max_bytes =
+        static_cast<size_t>(config.GetInt("edge.store_bodies_max_bytes"));
     proxy.upstream.connect = config.GetDuration("edge.upstream.connect_timeout");
     proxy.upstream.first_byte = config.GetDuration("edge.upstream.first_byte_timeout");
     proxy.upstream.idle = config.GetDuration("edge.upstream.idle_timeout");

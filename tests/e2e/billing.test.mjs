@@ -179,6 +179,62 @@ describe('billing through the edge', { timeout: 300_000 }, () => {
     assert.equal(Number((await balance(user)).balance_micros), 1);
   });
 
+  it('a key that opted in keeps its bodies with secrets redacted; other keys keep none', { timeout: 30_000 }, async () => {
+    const { api_key: key, key: made } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${demoUser}`,
+      '--name=recorded', '--store-bodies=true']);
+    keys.push(key);
+    assert.equal(made.store_bodies, true);
+    const recorded = await openaiClient(suite, { apiKey: key });
+    // The mock answers a "tool" message with "The tool returned: <its content>", so a secret in
+    // it comes back in the response body too.
+    const secretIn = 'sk-proj-AbCdEfGhIjKlMnOpQrStUvWx';
+    const secretOut = 'sk-ant-api03-ZyXwVuTsRqPoNmLkJiHg';
+    const messages = [
+      { role: 'user', content: `my key ${secretIn}, mine too ${key}, and password=hunter2xyz` },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'c1', content: `found ${secretOut}` },
+    ];
+    const plain = await recorded.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    assert.match(plain.choices[0].message.content, /The tool returned/);
+    let streamed = '';
+    for await (const chunk of await recorded.chat.completions.create({ model: 'gpt-4o-mini', messages, stream: true }))
+      streamed += chunk.choices[0]?.delta?.content ?? '';
+    assert.match(streamed, /The tool returned/);
+    await client.chat.completions.create({ model: 'gpt-4o-mini', messages: MESSAGES }); // demo key: not kept
+
+    const records = await waitFor(async () => {
+      const r = await suite.ctlJson(['billing', 'list-usage-records', `--api-key-id=${made.id}`, '--include-bodies=true']);
+      return (r.records ?? []).length >= 2 ? r.records : null;
+    }, { timeoutMs: 10_000, what: "the recorded key's two usage records" });
+    assert.equal(records.length, 2);
+    for (const { record, has_bodies: has } of records) {
+      assert.equal(has, true);
+      const both = record.request_body + record.response_body;
+      for (const secret of [secretIn, secretOut, key, 'hunter2xyz'])
+        assert.ok(!both.includes(secret), `a secret was stored: ${secret.slice(0, 8)}...`);
+      assert.match(record.request_body, /"model":"gpt-4o-mini"/);
+      assert.match(record.request_body, /sk-proj-\*\*\*/);
+      assert.match(record.request_body, /password=\*\*\*/);
+      assert.match(record.response_body, /The tool returned: found sk-ant-\*\*\*/);
+      // A stream is stored put back together, in the non-streamed shape (so a secret split over
+      // chunks is whole when it is redacted).
+      const response = JSON.parse(record.response_body);
+      assert.equal(response.object, 'chat.completion');
+      assert.match(response.choices[0].message.content, /^The tool returned: found sk-ant-\*\*\*/);
+      assert.equal(record.bodies_truncated, false);
+    }
+    assert.deepEqual(records.map((r) => r.record.streamed).sort(), [false, true]);
+
+    const { keys: demoKeys } = await suite.ctlJson(['auth', 'list-api-keys', `--user-id=${demoUser}`]);
+    const demoKeyId = demoKeys.find((k) => k.name === 'demo').id;
+    const mine = await suite.ctlJson(['billing', 'list-usage-records', `--api-key-id=${demoKeyId}`, '--include-bodies=true']);
+    assert.ok(mine.records.length >= 1);
+    for (const { record, has_bodies: has } of mine.records) {
+      assert.equal(has, false);
+      assert.equal(record.request_body, '');
+    }
+  });
+
   it('no API key, upstream secret or admin token in any log line', async () => {
     assert.deepEqual(findSecretsInLogs(suite, keys), []);
   });

@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <pqxx/pqxx>
+#include <set>
 #include <thread>
 
 #include "pg_fixture.h"
@@ -262,6 +266,49 @@ TEST_F(LedgerTest, ParallelHoldsNeverSpendTheSameMoneyTwice) {
   EXPECT_EQ(granted.load(), 10);
 }
 
+TEST_F(LedgerTest, ConcurrentHoldsShareCommitsAndStayExactPerUser) {
+  // Two users, 200 holds at once (as many request paths would): each user gets exactly what its
+  // balance covers, a request asking twice in one batch gets one hold, and holds share commits.
+  billing_->CreateAccount("ops", 7, 0);
+  billing_->TopUp("ops", 7, 450 * 30, "");
+  billing_->CreateAccount("ops", 8, 0);
+  billing_->TopUp("ops", 8, 450 * 70 + 100, "");
+  std::mutex mu;
+  std::condition_variable cv;
+  int pending = 0;
+  std::map<int64_t, int> granted;
+  std::map<int64_t, std::set<int64_t>> ids;
+  const int64_t before = billing_->hold_transactions();
+  for (int i = 0; i < 200; ++i) {
+    HoldInput h = HoldFor(i % 2 == 0 ? 7 : 8);
+    if (i == 3) h.request_id = "twice";
+    if (i == 5) h.request_id = "twice";  // the same request again (same user 8)
+    {
+      std::lock_guard lock(mu);
+      ++pending;
+    }
+    billing_->HoldAsync(h, [&, user = h.user_id](std::exception_ptr error, HoldDecision d) {
+      std::lock_guard lock(mu);
+      EXPECT_FALSE(error);
+      if (d.granted) {
+        ++granted[user];
+        ids[user].insert(d.hold_id);
+      }
+      if (--pending == 0) cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return pending == 0; }));
+  }
+  EXPECT_EQ(granted[7], 30);
+  // User 8: 70 holds fit; "twice" counted once, so 70 distinct holds (71 grants if both got it).
+  EXPECT_EQ(ids[8].size(), 70u);
+  EXPECT_EQ(billing_->GetBalance(7).held_micros, 450 * 30);
+  EXPECT_EQ(billing_->GetBalance(8).held_micros, 450 * 70);
+  EXPECT_LT(billing_->hold_transactions() - before, 200) << "no batching happened";
+}
+
 TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   billing_->CreateAccount("ops", 5, 0);
   billing_->TopUp("ops", 5, 500, "");
@@ -303,6 +350,68 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   a = billing_->GetBalance(5);
   EXPECT_EQ(a.held_micros, 0);
   EXPECT_EQ(a.balance_micros, 50 - 21);
+}
+
+TEST_F(LedgerTest, BodiesAreStoredOnceAndListedOnlyWhenAskedFor) {
+  UsageInput with = Usage("with-bodies", 1);
+  with.request_body = R"({"messages":[{"role":"user","content":"hi"}]})";
+  with.response_body = R"({"choices":[{"message":{"content":"hello"}}]})";
+  UsageInput without = Usage("without-bodies", 1);
+  without.started_at_ms = with.started_at_ms + 1;
+  billing_->Record({with, without});
+  // Redelivered with other bodies: the first delivery stays.
+  UsageInput again = with;
+  again.request_body = "changed";
+  billing_->Record({again});
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_bodies"), 1);
+
+  RecordQuery q;
+  q.user_id = 1;
+  auto rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].record.request_id, "without-bodies");  // newest first
+  EXPECT_FALSE(rows[0].has_bodies);
+  EXPECT_TRUE(rows[1].has_bodies);
+  EXPECT_EQ(rows[1].record.request_body, "");  // not asked for
+  EXPECT_EQ(rows[1].cost_micros, 450);
+  EXPECT_EQ(rows[1].record.tokens.prompt, 1000);
+  EXPECT_EQ(rows[1].record.client_ip, "203.0.113.7");
+
+  q.include_bodies = true;
+  q.request_id = "with-bodies";
+  rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.request_body, with.request_body);
+  EXPECT_EQ(rows[0].record.response_body, with.response_body);
+  EXPECT_FALSE(rows[0].record.bodies_truncated);
+
+  q = RecordQuery{};
+  q.api_key_id = 10;
+  q.before_ms = with.started_at_ms + 1;  // pages past the newer one
+  rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.request_id, "with-bodies");
+  q.limit = 5000;
+  EXPECT_THROW(billing_->ListRecords(q), BillingError);
+}
+
+TEST_F(LedgerTest, TextPostgreSQLWouldRefuseIsCleanedNotRedeliveredForever) {
+  // NUL bytes and invalid UTF-8 (in a body, a model name, an address) must not fail the batch.
+  UsageInput odd = Usage("odd-text", 1);
+  odd.model = std::string("gpt\0-4o\xff", 8);
+  odd.client_ip = std::string("1.2.3.4\0", 8);
+  odd.request_body = std::string("{\"a\":\"\0\xc3\"}", 10);
+  odd.response_body = std::string(2 << 20, 'x');  // over the 1 MiB bound
+  UsageInput plain = Usage("plain", 1);
+  EXPECT_EQ(billing_->Record({odd, plain}), (std::vector<bool>{true, true}));
+  RecordQuery q;
+  q.request_id = "odd-text";
+  q.include_bodies = true;
+  auto rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.model, "gpt\xEF\xBF\xBD-4o\xEF\xBF\xBD");
+  EXPECT_TRUE(rows[0].record.bodies_truncated);
+  EXPECT_EQ(rows[0].record.response_body.size(), 1u << 20);
 }
 
 TEST_F(LedgerTest, ARecordWithoutAnAccountIsStillCharged) {

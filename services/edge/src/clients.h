@@ -36,6 +36,8 @@ struct Principal {
   std::vector<std::string> allowed_models;
   // The key's limits policy for the quota service; empty: the default.
   std::string limits_ref;
+  // The key opted in to storing its requests' bodies (redacted) with their usage records.
+  bool store_bodies = false;
 };
 
 struct AuthResult {
@@ -124,6 +126,11 @@ struct UsageRecord {
   // client's x-request-id (a client repeating one would be billed once for many requests).
   std::string billing_id;
   std::string client_ip;
+  // Only for keys with store_bodies: what the client sent and what it got, secrets redacted
+  // (RedactSecrets), each cut at edge.store_bodies_max_bytes (then *_truncated is set).
+  std::string request_body;
+  std::string response_body;
+  bool bodies_truncated = false;
 };
 
 // A user's own account, for GET /dashboard/billing/subscription (micro-units of the currency).

@@ -48,6 +48,7 @@ KeyPrincipal FromProto(const pb::Principal& p) {
   out.allowed_models.assign(p.allowed_models().begin(), p.allowed_models().end());
   out.allowed_cidrs.assign(p.allowed_cidrs().begin(), p.allowed_cidrs().end());
   out.limits_ref = p.limits_ref();
+  out.store_bodies = p.store_bodies();
   out.version = p.version();
   auth::ParseNetworks(out);  // an entry that does not parse matches nobody
   return out;
@@ -109,6 +110,7 @@ AuthResult Decide(bool known, const KeyPrincipal& p, std::string_view key,
   r.principal.account_id = r.principal.user_id;
   r.principal.allowed_models = p.allowed_models;
   r.principal.limits_ref = p.limits_ref;
+  r.principal.store_bodies = p.store_bodies;
   return r;
 }
 

@@ -350,6 +350,9 @@ void GrpcBillingClient::Record(UsageRecord record) {
   r.set_client_disconnected(record.client_disconnected);
   r.set_attempts(record.attempts);
   r.set_client_ip(record.client_ip);
+  r.set_request_body(std::move(record.request_body));
+  r.set_response_body(std::move(record.response_body));
+  r.set_bodies_truncated(record.bodies_truncated);
   const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::system_clock::now().time_since_epoch())
                              .count();

@@ -358,4 +358,84 @@ std::string PercentDecode(std::string_view text) {
   return out;
 }
 
+void StreamTranscript::Append(std::string& to, std::string_view piece) {
+  if (to.size() + piece.size() > max_chars_) {
+    overflowed_ = true;
+    piece = piece.substr(0, max_chars_ > to.size() ? max_chars_ - to.size() : 0);
+  }
+  to.append(piece);
+}
+
+void StreamTranscript::OnData(std::string_view data) {
+  if (data.empty() || data == "[DONE]") return;
+  nlohmann::json chunk = nlohmann::json::parse(data, nullptr, /*allow_exceptions=*/false);
+  if (!chunk.is_object()) return;
+  auto str = [](const nlohmann::json& j, const char* key) -> std::string {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (id_.empty()) id_ = str(chunk, "id");
+  if (model_.empty()) model_ = str(chunk, "model");
+  if (auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) usage_json_ = u->dump();
+  auto choices = chunk.find("choices");
+  if (choices == chunk.end() || !choices->is_array()) return;
+  for (const auto& c : *choices) {
+    if (!c.is_object()) continue;
+    int64_t index = c.value("index", int64_t{0});
+    Choice& choice = choices_[index];
+    if (std::string f = str(c, "finish_reason"); !f.empty()) choice.finish_reason = f;
+    if (auto text = c.find("text"); text != c.end() && text->is_string()) {
+      choice.text_completion = true;
+      Append(choice.content, text->get<std::string>());
+    }
+    auto delta = c.find("delta");
+    if (delta == c.end() || !delta->is_object()) continue;
+    Append(choice.content, str(*delta, "content"));
+    Append(choice.refusal, str(*delta, "refusal"));
+    auto calls = delta->find("tool_calls");
+    if (calls == delta->end() || !calls->is_array()) continue;
+    for (const auto& call : *calls) {
+      if (!call.is_object()) continue;
+      ToolCall& t = choice.tool_calls[call.value("index", int64_t{0})];
+      if (std::string id = str(call, "id"); !id.empty()) t.id = id;
+      if (auto fn = call.find("function"); fn != call.end() && fn->is_object()) {
+        if (std::string name = str(*fn, "name"); !name.empty()) t.name = name;
+        Append(t.arguments, str(*fn, "arguments"));
+      }
+    }
+  }
+}
+
+std::string StreamTranscript::Json() const {
+  bool text = !choices_.empty() && choices_.begin()->second.text_completion;
+  nlohmann::ordered_json out{{"id", id_},
+                             {"object", text ? "text_completion" : "chat.completion"},
+                             {"model", model_},
+                             {"choices", nlohmann::ordered_json::array()}};
+  for (const auto& [index, c] : choices_) {
+    nlohmann::ordered_json choice{{"index", index}};
+    if (text) {
+      choice["text"] = c.content;
+    } else {
+      nlohmann::ordered_json message{{"role", "assistant"}, {"content", c.content}};
+      if (!c.refusal.empty()) message["refusal"] = c.refusal;
+      if (!c.tool_calls.empty()) {
+        message["tool_calls"] = nlohmann::ordered_json::array();
+        for (const auto& [i, t] : c.tool_calls)
+          message["tool_calls"].push_back(
+              {{"id", t.id},
+               {"type", "function"},
+               {"function", {{"name", t.name}, {"arguments", t.arguments}}}});
+      }
+      choice["message"] = std::move(message);
+    }
+    choice["finish_reason"] = c.finish_reason.empty() ? nlohmann::ordered_json()
+                                                      : nlohmann::ordered_json(c.finish_reason);
+    out["choices"].push_back(std::move(choice));
+  }
+  if (!usage_json_.empty())
+    out["usage"] = nlohmann::ordered_json::parse(usage_json_, nullptr, false);
+  return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 }  // namespace tollgate::edge

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -98,6 +99,36 @@ class StreamRelay final {
   Usage usage_;
   int64_t relayed_chars_ = 0;
   int64_t forwarded_ = 0;
+};
+
+// A streamed answer put back together, for keys that store bodies: the deltas of each choice
+// joined into one message (content, refusal, tool call arguments), so the stored response has the
+// non-streamed shape and a secret split over many chunks is whole again when it is redacted.
+// Bounded: text beyond `max_chars` per field is dropped and overflowed() says so.
+class StreamTranscript final {
+ public:
+  explicit StreamTranscript(size_t max_chars) : max_chars_(max_chars) {}
+  void OnData(std::string_view data);  // one event's data ("[DONE]" and non-JSON are ignored)
+  // {"object":"chat.completion"|"text_completion","id","model","choices":[...],"usage"?}
+  std::string Json() const;
+  bool overflowed() const { return overflowed_; }
+
+ private:
+  struct ToolCall {
+    std::string id, name, arguments;
+  };
+  struct Choice {
+    std::string content, refusal, finish_reason;
+    bool text_completion = false;
+    std::map<int64_t, ToolCall> tool_calls;
+  };
+  void Append(std::string& to, std::string_view piece);
+
+  size_t max_chars_;
+  bool overflowed_ = false;
+  std::string id_, model_;
+  std::map<int64_t, Choice> choices_;
+  std::string usage_json_;
 };
 
 enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible };

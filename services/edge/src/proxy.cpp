@@ -17,6 +17,7 @@
 #include "src/openai.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/log.h"
+#include "tollgate/redact.h"
 
 namespace tollgate::edge {
 namespace {
@@ -52,12 +53,18 @@ struct Metrics {
                                .Register(registry);
     records_exact = &records_family.Add({{"estimated", "false"}});
     records_estimated = &records_family.Add({{"estimated", "true"}});
+    bodies_stored = &prometheus::BuildCounter()
+                         .Name("tollgate_edge_stored_bodies_total")
+                         .Help("Requests whose bodies were kept (keys with store_bodies)")
+                         .Register(registry)
+                         .Add({});
   }
   std::array<prometheus::Counter*, static_cast<int>(OutcomeKind::kAuthError) + 1> attempts{};
   prometheus::Counter* cancelled = nullptr;
   prometheus::Histogram* overhead = nullptr;
   prometheus::Counter* records_exact = nullptr;
   prometheus::Counter* records_estimated = nullptr;
+  prometheus::Counter* bodies_stored = nullptr;
 };
 
 // One request's bookkeeping: the clock for x-tollgate-overhead-ms and the usage record.
@@ -69,7 +76,24 @@ struct Exchange {
   bool overhead_observed = false;
   UsageRecord record;
   HttpHeaders rate_limit_headers;  // x-ratelimit-*, once the quota service answered
+  // The key opted in to storing bodies: what the client got is kept (up to a bound) and goes,
+  // redacted, with the usage record (Finish). `answering_key` is redacted from it too.
+  bool keep_bodies = false;
+  std::string response_capture;
+  bool response_overflow = false;
+  std::string answering_key;
+  std::optional<StreamTranscript> transcript;  // a streamed answer, put back together
 };
+
+// Appends what the client received to the capture, up to `max` bytes (+ a margin, so a secret
+// cut at the bound is still recognised and redacted before the final cut).
+void Capture(Exchange& x, std::string_view bytes, size_t max) {
+  if (!x.keep_bodies) return;
+  const size_t room =
+      max + 256 > x.response_capture.size() ? max + 256 - x.response_capture.size() : 0;
+  if (bytes.size() > room) x.response_overflow = true;
+  x.response_capture.append(bytes.substr(0, room));
+}
 
 // OpenAI's duration form for x-ratelimit-reset-*: "20ms", "1.5s", "6m0s".
 std::string FormatReset(int64_t ms) {
@@ -421,8 +445,9 @@ class Proxy final : public RequestHandler {
     auto headers = CommonHeaders(x);
     headers.emplace_back("content-type", "application/json");
     for (auto& h : extra) headers.push_back(std::move(h));
-    co_await x.writer.Send(Describe(code).http, std::move(headers),
-                           OpenAiErrorBody(code, message, param));
+    std::string body = OpenAiErrorBody(code, message, param);
+    Capture(x, body, options_.store_bodies_max_bytes);
+    co_await x.writer.Send(Describe(code).http, std::move(headers), std::move(body));
   }
 
   void Report(const UpstreamAttempt& attempt, OutcomeKind kind, int status, int64_t retry_after_ms,
@@ -438,6 +463,7 @@ class Proxy final : public RequestHandler {
     x.record.latency =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - x.start);
     (x.record.usage_estimated ? metrics_->records_estimated : metrics_->records_exact)->Increment();
+    if (x.keep_bodies) StoreBodies(x);
     // A request that failed before any token gives its reservation back; one that produced
     // tokens, or succeeded, is settled with its actual usage.
     bool no_tokens = x.record.prompt_tokens == 0 && x.record.completion_tokens == 0;
@@ -446,6 +472,32 @@ class Proxy final : public RequestHandler {
     else
       clients_.quota.Settle(x.record);
     clients_.billing.Record(std::move(x.record));
+  }
+
+  // The request as the client sent it and the response as it got it, secrets redacted (the
+  // client's own key and the upstream key by value, other credentials by shape), then cut at
+  // edge.store_bodies_max_bytes on a character boundary.
+  void StoreBodies(Exchange& x) {
+    const size_t max = options_.store_bodies_max_bytes;
+    std::vector<std::string_view> exact = {ApiKey(x.request), x.answering_key};
+    bool cut_request = x.request.body.size() > max + 256;
+    bool cut_response = x.response_overflow;
+    std::string request =
+        RedactSecrets(std::string_view(x.request.body).substr(0, max + 256), exact);
+    std::string response;
+    if (x.transcript) {
+      response = RedactSecrets(x.transcript->Json(), exact);
+      cut_response = x.transcript->overflowed();
+    } else {
+      response = RedactSecrets(x.response_capture, exact);
+    }
+    bool cut = false;
+    x.record.request_body = SanitizeText(request, max, &cut);
+    cut_request = cut_request || cut;
+    x.record.response_body = SanitizeText(response, max, &cut);
+    cut_response = cut_response || cut;
+    x.record.bodies_truncated = cut_request || cut_response;
+    metrics_->bodies_stored->Increment();
   }
 
   awaitable<AuthResult> Authenticate(Exchange& x) {
@@ -543,6 +595,7 @@ class Proxy final : public RequestHandler {
     record.client_ip = x.request.client_ip;
     record.model = plan.model.empty() ? request.model : plan.model;
     record.streamed = request.stream;
+    x.keep_bodies = who.principal.store_bodies;
     co_await RunAttempts(x, request, plan);
   }
 
@@ -637,6 +690,8 @@ class Proxy final : public RequestHandler {
         } else {
           Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
         }
+        x.answering_key = attempt.api_key;
+        Capture(x, body, options_.store_bodies_max_bytes);
         std::string content_type = call->Header("content-type");
         auto headers = CommonHeaders(x);
         headers.emplace_back("content-type",
@@ -698,6 +753,8 @@ class Proxy final : public RequestHandler {
     headers.emplace_back("cache-control", "no-cache");
     headers.emplace_back("x-accel-buffering", "no");
     bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
+    x.answering_key = attempt.api_key;
+    if (x.keep_bodies) x.transcript.emplace(options_.store_bodies_max_bytes);
 
     StreamRelay relay(request.client_wants_usage);
     SseParser parser;
@@ -712,6 +769,7 @@ class Proxy final : public RequestHandler {
       parser.Feed(data, events);
       for (const auto& event : events) {
         if (relay.OnEvent(event) != StreamRelay::Action::kForward) continue;
+        if (x.transcript) x.transcript->OnData(event.data);
         client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
         if (!client_ok) break;
       }

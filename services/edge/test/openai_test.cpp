@@ -267,5 +267,37 @@ TEST(Percent, RoundTrips) {
   EXPECT_EQ(PercentDecode("bad%2"), "bad%2");
 }
 
+TEST(StreamTranscript, PutsAStreamBackTogether) {
+  StreamTranscript t(1000);
+  t.OnData(
+      R"({"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]})");
+  t.OnData(
+      R"({"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"sk-ant-api03-Zy"}}]})");
+  t.OnData(R"({"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"XwVuTsRqPoNm"}}]})");
+  t.OnData(
+      R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":"{\"a\""}}]}}]})");
+  t.OnData(
+      R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]})");
+  t.OnData(R"({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})");
+  t.OnData(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}})");
+  t.OnData("[DONE]");
+  t.OnData("not json");
+  auto j = nlohmann::json::parse(t.Json());
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["id"], "c1");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "sk-ant-api03-ZyXwVuTsRqPoNm");
+  EXPECT_EQ(j["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["total_tokens"], 5);
+  EXPECT_FALSE(t.overflowed());
+
+  StreamTranscript small(4);
+  small.OnData(R"({"choices":[{"index":0,"text":"abcdef"}]})");
+  auto k = nlohmann::json::parse(small.Json());
+  EXPECT_EQ(k["object"], "text_completion");
+  EXPECT_EQ(k["choices"][0]["text"], "abcd");
+  EXPECT_TRUE(small.overflowed());
+}
+
 }  // namespace
 }  // namespace tollgate::edge
