@@ -224,7 +224,7 @@ std::vector<ReportRow> Billing::UserUsage(int64_t user_id, int64_t api_key_id,
 }
 
 std::vector<AuditEntry> Billing::ListAuditLog(int32_t limit) {
-  return repo_.ListAudit(limit <= 0 ? 100 : std::min(limit, 10000));
+  return repo_.ListAudit(AuditLimit(limit));
 }
 
 }  // namespace tollgate::billing

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "tollgate/admin_call.h"
+#include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -95,20 +96,6 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.started_at_ms = r.started_at_ms();
   u.finished_at_ms = r.finished_at_ms();
   return u;
-}
-
-// Who made an admin change: the optional "x-tollgate-actor" metadata (printable
-// ASCII, bounded) and the caller's address. Never the token.
-std::string Actor(const grpc::CallbackServerContext& context) {
-  std::string name = "admin";
-  const auto& md = context.client_metadata();
-  if (auto it = md.find("x-tollgate-actor"); it != md.end()) {
-    std::string given;
-    for (char c : std::string(it->second.data(), it->second.size()))
-      if (c >= 0x20 && c < 0x7f) given += c;
-    if (!given.empty()) name = given.substr(0, 64);
-  }
-  return name + " (" + context.peer().substr(0, 64) + ")";
 }
 
 class BillingServiceImpl final : public pb::BillingService::CallbackService {
@@ -235,7 +222,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* SetPrice(grpc::CallbackServerContext* context,
                                      const pb::SetPriceRequest* request,
                                      pb::SetPriceResponse* response) override {
-    return Admin(context, "SetPrice", [=, this, actor = Actor(*context)] {
+    return Admin(context, "SetPrice", [=, this, actor = AuditActor(*context)] {
       NewPrice p;
       p.model = request->model();
       p.provider = request->provider();
@@ -260,7 +247,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* SetMultiplier(grpc::CallbackServerContext* context,
                                           const pb::SetMultiplierRequest* request,
                                           pb::SetMultiplierResponse*) override {
-    return Admin(context, "SetMultiplier", [=, this, actor = Actor(*context)] {
+    return Admin(context, "SetMultiplier", [=, this, actor = AuditActor(*context)] {
       deps_.billing.SetMultiplier(actor, request->user_id(), request->multiplier_ppm());
     });
   }
@@ -268,7 +255,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* CreateAccount(grpc::CallbackServerContext* context,
                                           const pb::CreateAccountRequest* request,
                                           pb::CreateAccountResponse* response) override {
-    return Admin(context, "CreateAccount", [=, this, actor = Actor(*context)] {
+    return Admin(context, "CreateAccount", [=, this, actor = AuditActor(*context)] {
       Fill(deps_.billing.CreateAccount(actor, request->user_id(), request->credit_limit_micros()),
            response->mutable_account());
     });
@@ -277,7 +264,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* TopUp(grpc::CallbackServerContext* context,
                                   const pb::TopUpRequest* request,
                                   pb::TopUpResponse* response) override {
-    return Admin(context, "TopUp", [=, this, actor = Actor(*context)] {
+    return Admin(context, "TopUp", [=, this, actor = AuditActor(*context)] {
       Fill(
           deps_.billing.TopUp(actor, request->user_id(), request->amount_micros(), request->note()),
           response->mutable_account());
@@ -287,7 +274,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* SetCreditLimit(grpc::CallbackServerContext* context,
                                            const pb::SetCreditLimitRequest* request,
                                            pb::SetCreditLimitResponse* response) override {
-    return Admin(context, "SetCreditLimit", [=, this, actor = Actor(*context)] {
+    return Admin(context, "SetCreditLimit", [=, this, actor = AuditActor(*context)] {
       Fill(deps_.billing.SetCreditLimit(actor, request->user_id(), request->credit_limit_micros()),
            response->mutable_account());
     });
@@ -336,15 +323,8 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
                                          const pb::ListAuditLogRequest* request,
                                          pb::ListAuditLogResponse* response) override {
     return Admin(context, "ListAuditLog", [=, this] {
-      for (const auto& e : deps_.billing.ListAuditLog(request->limit())) {
-        auto* out = response->add_entries();
-        out->set_id(e.id);
-        out->set_at_ms(e.at_ms);
-        out->set_actor(e.actor);
-        out->set_action(e.action);
-        out->set_target(e.target);
-        out->set_details(e.details);
-      }
+      for (const auto& e : deps_.billing.ListAuditLog(request->limit()))
+        FillAuditEntry(e, response->add_entries());
     });
   }
 

@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::billing {
@@ -36,12 +37,6 @@ PriceRecord PriceFrom(const pqxx::row& row) {
   p.rates.cached_input_micros_per_mtok = row[5].as<int64_t>();
   p.effective_from_ms = row[6].as<int64_t>();
   return p;
-}
-
-void WriteAudit(pqxx::work& tx, const AuditEntry& e) {
-  tx.exec_params("INSERT INTO audit_log (at, actor, action, target, details) VALUES (" + Ts("$1") +
-                     ", $2, $3, $4, $5::JSONB)",
-                 e.at_ms, e.actor, e.action, e.target, e.details.empty() ? "{}" : e.details);
 }
 
 std::vector<PriceRecord> LoadPrices(pqxx::transaction_base& tx, const std::string& model) {
@@ -579,21 +574,7 @@ std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
 std::vector<AuditEntry> PgBillingRepository::ListAudit(int32_t limit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::read_transaction tx(conn);
-    std::vector<AuditEntry> out;
-    for (const auto& row : tx.exec_params("SELECT id, " + Ms("at") +
-                                              ", actor, action, target, details::TEXT "
-                                              "FROM audit_log ORDER BY id DESC LIMIT $1",
-                                          limit)) {
-      AuditEntry e;
-      e.id = row[0].as<int64_t>();
-      e.at_ms = row[1].as<int64_t>();
-      e.actor = row[2].as<std::string>();
-      e.action = row[3].as<std::string>();
-      e.target = row[4].as<std::string>();
-      e.details = row[5].as<std::string>();
-      out.push_back(std::move(e));
-    }
-    return out;
+    return ::tollgate::ListAudit(tx, limit);
   });
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tollgate/admin_error.h"
+#include "tollgate/audit.h"
 #include "tollgate/billing/cost.h"
 
 namespace tollgate::billing {
@@ -17,14 +18,7 @@ namespace tollgate::billing {
 using BillingError = ::tollgate::AdminError;
 
 // One admin action, written in the transaction that makes the change.
-struct AuditEntry {
-  int64_t id = 0;
-  int64_t at_ms = 0;
-  std::string actor;
-  std::string action;
-  std::string target;
-  std::string details;  // JSON object
-};
+using AuditEntry = ::tollgate::AuditEntry;
 
 struct Account {
   int64_t user_id = 0;
