@@ -82,20 +82,20 @@ std::vector<std::string> Networks(const std::vector<std::string>& cidrs) {
 
 }  // namespace
 
-UserRecord AuthAdmin::CreateUser(NewUser user) {
+UserRecord AuthAdmin::CreateUser(NewUser user, const AuditEntry& audit) {
   CheckText("name", user.name, kMaxName, true);
   CheckMetadata(user.metadata);
-  return repo_.CreateUser(user);
+  return repo_.CreateUser(user, audit);
 }
 
-UserRecord AuthAdmin::UpdateUser(int64_t id, UserPatch patch) {
+UserRecord AuthAdmin::UpdateUser(int64_t id, UserPatch patch, const AuditEntry& audit) {
   if (patch.name) CheckText("name", *patch.name, kMaxName, true);
   CheckMetadata(patch.set_metadata);
   for (const auto& k : patch.remove_metadata) {
     CheckText("a metadata key", k, kMaxMetadataKey, true);
     if (patch.set_metadata.count(k)) Invalid("metadata '" + k + "' is both set and removed");
   }
-  UserRecord user = repo_.UpdateUser(id, patch);
+  UserRecord user = repo_.UpdateUser(id, patch, audit);
   // The user's status is part of each of its keys' principal: make them live here now. If this
   // read fails the change is committed anyway and the periodic refresh brings it in.
   if (patch.status) {
@@ -109,7 +109,7 @@ UserRecord AuthAdmin::UpdateUser(int64_t id, UserPatch patch) {
 
 std::vector<UserRecord> AuthAdmin::ListUsers() { return repo_.ListUsers(); }
 
-CreatedKey AuthAdmin::CreateApiKey(NewKeyRequest request) {
+CreatedKey AuthAdmin::CreateApiKey(NewKeyRequest request, const AuditEntry& audit) {
   if (request.user_id <= 0) Invalid("user_id is required");
   CheckText("name", request.name, kMaxName, false);
   CheckLimitsRef(request.limits_ref);
@@ -134,8 +134,10 @@ CreatedKey AuthAdmin::CreateApiKey(NewKeyRequest request) {
   created.api_key = GenerateApiKey();
   key.key_hash = HashApiKey(created.api_key);
   key.display_prefix = DisplayPrefix(created.api_key);
+  AuditEntry entry = audit;
+  entry.details = AuditDetailsWith(entry.details, "display_prefix", key.display_prefix);
   try {
-    created.record = repo_.CreateApiKey(key);
+    created.record = repo_.CreateApiKey(key, entry);
   } catch (...) {
     OPENSSL_cleanse(created.api_key.data(), created.api_key.size());
     throw;
@@ -144,26 +146,30 @@ CreatedKey AuthAdmin::CreateApiKey(NewKeyRequest request) {
   return created;
 }
 
-ApiKeyRecord AuthAdmin::UpdateApiKey(int64_t id, ApiKeyPatch patch) {
+ApiKeyRecord AuthAdmin::UpdateApiKey(int64_t id, ApiKeyPatch patch, const AuditEntry& audit) {
   if (patch.name) CheckText("name", *patch.name, kMaxName, false);
   if (patch.status == KeyStatus::kRevoked) Invalid("revoke a key with RevokeApiKey");
   if (patch.expires_at && *patch.expires_at < 0) Invalid("expires_at must be 0 or unix seconds");
   if (patch.allowed_models) patch.allowed_models = Models(std::move(*patch.allowed_models));
   if (patch.allowed_cidrs) patch.allowed_cidrs = Networks(*patch.allowed_cidrs);
   if (patch.limits_ref) CheckLimitsRef(*patch.limits_ref);
-  ApiKeyRecord key = repo_.UpdateApiKey(id, patch);
+  ApiKeyRecord key = repo_.UpdateApiKey(id, patch, audit);
   cache_.Apply({key});
   return key;
 }
 
-ApiKeyRecord AuthAdmin::RevokeApiKey(int64_t id) {
-  ApiKeyRecord key = repo_.RevokeApiKey(id);
+ApiKeyRecord AuthAdmin::RevokeApiKey(int64_t id, const AuditEntry& audit) {
+  ApiKeyRecord key = repo_.RevokeApiKey(id, audit);
   cache_.Apply({key});
   return key;
 }
 
 std::vector<ApiKeyRecord> AuthAdmin::ListApiKeys(int64_t user_id, bool include_revoked) {
   return repo_.ListApiKeys(user_id, include_revoked);
+}
+
+std::vector<AuditEntry> AuthAdmin::ListAuditLog(int32_t limit) {
+  return repo_.ListAudit(AuditLimit(limit));
 }
 
 }  // namespace tollgate::auth

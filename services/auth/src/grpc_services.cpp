@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tollgate/admin_call.h"
+#include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -417,7 +418,9 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
         if (!status) throw AuthError(AuthError::Kind::kInvalidArgument, "unknown status");
         user.status = *status;
       }
-      Fill(deps_.admin.CreateUser(std::move(user)), response->mutable_user());
+      Fill(deps_.admin.CreateUser(std::move(user),
+                                  MakeAuditEntry(*context, "create_user", "", *request)),
+           response->mutable_user());
     });
   }
 
@@ -433,7 +436,11 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       }
       patch.set_metadata = {request->set_metadata().begin(), request->set_metadata().end()};
       patch.remove_metadata = Strings(request->remove_metadata());
-      Fill(deps_.admin.UpdateUser(request->id(), std::move(patch)), response->mutable_user());
+      Fill(
+          deps_.admin.UpdateUser(request->id(), std::move(patch),
+                                 MakeAuditEntry(*context, "update_user",
+                                                "user:" + std::to_string(request->id()), *request)),
+          response->mutable_user());
     });
   }
 
@@ -457,7 +464,8 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       r.allowed_models = Strings(request->allowed_models());
       r.allowed_cidrs = Strings(request->allowed_cidrs());
       r.limits_ref = request->limits_ref();
-      CreatedKey created = deps_.admin.CreateApiKey(std::move(r));
+      CreatedKey created = deps_.admin.CreateApiKey(
+          std::move(r), MakeAuditEntry(*context, "create_api_key", "", *request));
       response->set_api_key(std::move(created.api_key));
       Fill(created.record, response->mutable_key());
       log::Info("auth", "API key created",
@@ -496,7 +504,11 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       if (request->clear_allowed_cidrs() || request->allowed_cidrs_size() > 0)
         patch.allowed_cidrs = Strings(request->allowed_cidrs());
       if (request->has_limits_ref()) patch.limits_ref = request->limits_ref();
-      Fill(deps_.admin.UpdateApiKey(request->id(), std::move(patch)), response->mutable_key());
+      Fill(deps_.admin.UpdateApiKey(
+               request->id(), std::move(patch),
+               MakeAuditEntry(*context, "update_api_key",
+                              "api_key:" + std::to_string(request->id()), *request)),
+           response->mutable_key());
     });
   }
 
@@ -504,8 +516,20 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
                                          const pb::RevokeApiKeyRequest* request,
                                          pb::RevokeApiKeyResponse* response) override {
     return OnWorker(context, "RevokeApiKey", [=, this] {
-      Fill(deps_.admin.RevokeApiKey(request->id()), response->mutable_key());
+      Fill(deps_.admin.RevokeApiKey(
+               request->id(), MakeAuditEntry(*context, "revoke_api_key",
+                                             "api_key:" + std::to_string(request->id()), *request)),
+           response->mutable_key());
       log::Info("auth", "API key revoked", {{"api_key_id", request->id()}});
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListAuditLog(grpc::CallbackServerContext* context,
+                                         const pb::ListAuditLogRequest* request,
+                                         pb::ListAuditLogResponse* response) override {
+    return OnWorker(context, "ListAuditLog", [=, this] {
+      for (const auto& e : deps_.admin.ListAuditLog(request->limit()))
+        FillAuditEntry(e, response->add_entries());
     });
   }
 

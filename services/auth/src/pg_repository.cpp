@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::auth {
@@ -87,7 +88,7 @@ ApiKeyRecord ReadKey(pqxx::transaction_base& tx, int64_t id) {
 
 }  // namespace
 
-UserRecord PgAuthRepository::CreateUser(const NewUser& user) {
+UserRecord PgAuthRepository::CreateUser(const NewUser& user, const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -96,15 +97,20 @@ UserRecord PgAuthRepository::CreateUser(const NewUser& user) {
                                      kUserColumns,
                                  user.name, std::string(UserStatusName(user.status)),
                                  Metadata(user.metadata));
+      UserRecord created = UserFrom(row);
+      AuditEntry entry = audit;
+      entry.target = "user:" + std::to_string(created.id);
+      WriteAudit(tx, entry);
       tx.commit();
-      return UserFrom(row);
+      return created;
     } catch (const pqxx::unique_violation&) {
       throw AuthError(Kind::kAlreadyExists, "user '" + user.name + "' already exists");
     }
   });
 }
 
-UserRecord PgAuthRepository::UpdateUser(int64_t id, const UserPatch& patch) {
+UserRecord PgAuthRepository::UpdateUser(int64_t id, const UserPatch& patch,
+                                        const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -124,6 +130,7 @@ UserRecord PgAuthRepository::UpdateUser(int64_t id, const UserPatch& patch) {
       if (patch.status)
         tx.exec_params(
             "UPDATE api_keys SET version = version + 1, updated_at = now() WHERE user_id = $1", id);
+      WriteAudit(tx, audit);
       tx.commit();
       return UserFrom(rows[0]);
     } catch (const pqxx::unique_violation&) {
@@ -144,7 +151,7 @@ std::vector<UserRecord> PgAuthRepository::ListUsers() {
   });
 }
 
-ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key) {
+ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key, const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -157,8 +164,12 @@ ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key) {
           key.user_id, key.name, pqxx::binarystring(key.key_hash.data(), key.key_hash.size()),
           key.display_prefix, key.expires_at, JsonArray(key.allowed_models),
           JsonArray(key.allowed_cidrs), key.limits_ref);
+      ApiKeyRecord created = KeyFrom(row);
+      AuditEntry entry = audit;
+      entry.target = "api_key:" + std::to_string(created.id);
+      WriteAudit(tx, entry);
       tx.commit();
-      return KeyFrom(row);
+      return created;
     } catch (const pqxx::foreign_key_violation&) {
       throw AuthError(Kind::kNotFound, "user " + std::to_string(key.user_id) + " not found");
     } catch (const pqxx::unique_violation&) {
@@ -170,7 +181,8 @@ ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key) {
   });
 }
 
-ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch) {
+ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch,
+                                            const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto current = tx.exec_params("SELECT status FROM api_keys WHERE id = $1 FOR UPDATE", id);
@@ -202,12 +214,13 @@ ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch
       throw AuthError(Kind::kInvalidArgument, "allowed_cidrs holds an invalid network");
     }
     auto key = ReadKey(tx, id);
+    WriteAudit(tx, audit);
     tx.commit();
     return key;
   });
 }
 
-ApiKeyRecord PgAuthRepository::RevokeApiKey(int64_t id) {
+ApiKeyRecord PgAuthRepository::RevokeApiKey(int64_t id, const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     tx.exec_params(
@@ -215,6 +228,7 @@ ApiKeyRecord PgAuthRepository::RevokeApiKey(int64_t id) {
         "updated_at = now() WHERE id = $1 AND status <> 'revoked'",
         id);
     auto key = ReadKey(tx, id);
+    WriteAudit(tx, audit);
     tx.commit();
     return key;
   });
@@ -271,6 +285,13 @@ void PgAuthRepository::RecordLastUsed(const std::map<int64_t, int64_t>& last_use
         "WHERE k.id = x.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(x.t))",
         batch.dump());
     tx.commit();
+  });
+}
+
+std::vector<AuditEntry> PgAuthRepository::ListAudit(int32_t limit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return ::tollgate::ListAudit(tx, limit);
   });
 }
 

@@ -198,6 +198,72 @@ TEST_F(AuthGrpcTest, AdminRpcsRequireTheAdminToken) {
   EXPECT_EQ(status.database(), db_.name());
 }
 
+TEST_F(AuthGrpcTest, AdminRpcsAreAuditedWithTheActorAndNeverTheKey) {
+  auto ctx = [&] {
+    auto c = Ctx();
+    c->AddMetadata("x-tollgate-actor", "alice@ops");
+    return c;
+  };
+  pb::CreateUserRequest cu;
+  cu.set_name("audited");
+  pb::CreateUserResponse user;
+  ASSERT_TRUE(admin_->CreateUser(ctx().get(), cu, &user).ok());
+  pb::CreateApiKeyRequest ck;
+  ck.set_user_id(user.user().id());
+  ck.set_name("ci");
+  pb::CreateApiKeyResponse key;
+  ASSERT_TRUE(admin_->CreateApiKey(ctx().get(), ck, &key).ok());
+  const std::string plaintext = key.api_key();
+  const std::string k = std::to_string(key.key().id());
+  ASSERT_FALSE(plaintext.empty());
+  pb::UpdateApiKeyRequest uk;
+  uk.set_id(key.key().id());
+  uk.set_name("ci-2");
+  pb::UpdateApiKeyResponse updated;
+  ASSERT_TRUE(admin_->UpdateApiKey(ctx().get(), uk, &updated).ok());
+  pb::RevokeApiKeyRequest rk;
+  rk.set_id(key.key().id());
+  pb::RevokeApiKeyResponse revoked;
+  ASSERT_TRUE(admin_->RevokeApiKey(ctx().get(), rk, &revoked).ok());
+  pb::UpdateUserRequest uu;
+  uu.set_id(user.user().id());
+  uu.set_status(pb::USER_STATUS_DISABLED);
+  pb::UpdateUserResponse updated_user;
+  ASSERT_TRUE(admin_->UpdateUser(ctx().get(), uu, &updated_user).ok());
+  // Failed: nothing written.
+  uk.set_id(424242);
+  EXPECT_EQ(admin_->UpdateApiKey(ctx().get(), uk, &updated).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  ck.set_user_id(424242);
+  EXPECT_EQ(admin_->CreateApiKey(ctx().get(), ck, &key).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  pb::ListAuditLogRequest lr;
+  pb::ListAuditLogResponse log;
+  EXPECT_EQ(admin_->ListAuditLog(Ctx("wrong").get(), lr, &log).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), lr, &log).ok());
+  ASSERT_EQ(log.entries_size(), 5) << log.DebugString();
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"update_user", "user:" + std::to_string(user.user().id())},
+      {"revoke_api_key", "api_key:" + k},
+      {"update_api_key", "api_key:" + k},
+      {"create_api_key", "api_key:" + k},
+      {"create_user", "user:" + std::to_string(user.user().id())}};
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(log.entries(i).action(), expected[i].first);
+    EXPECT_EQ(log.entries(i).target(), expected[i].second);
+    EXPECT_EQ(log.entries(i).actor().rfind("alice@ops (", 0), 0u) << log.entries(i).actor();
+  }
+  EXPECT_NE(log.entries(3).details().find("\"name\": \"ci\""), std::string::npos)
+      << log.entries(3).details();
+  const std::string all = log.DebugString();
+  EXPECT_EQ(all.find(plaintext), std::string::npos) << "never the key";
+  EXPECT_EQ(all.find(plaintext.substr(12)), std::string::npos) << "nor its tail";
+  lr.set_limit(2);
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), lr, &log).ok());
+  EXPECT_EQ(log.entries_size(), 2);
+}
+
 TEST_F(AuthGrpcTest, KeysOverGrpcShownOnceAndAuthenticatedFromMemory) {
   int64_t user = MakeUser();
   pb::CreateApiKeyRequest request;
@@ -510,7 +576,7 @@ TEST_F(AuthGrpcTest, AReconnectingEdgeLearnsWhatChangedWhileItWasAway) {
   {
     PgPool pool({db_.dsn(), 1, 2000ms, "test"});
     PgAuthRepository repo(pool);
-    repo.RevokeApiKey(created.key().id());
+    repo.RevokeApiKey(created.key().id(), {0, 0, "test", "revoke_api_key", "api_key", "{}"});
   }
   EXPECT_FALSE(Authenticate(*client, key).failure) << "cached, and nobody to tell it otherwise";
 

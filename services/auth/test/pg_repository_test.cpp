@@ -56,12 +56,12 @@ class AuthPgTest : public ::testing::Test {
   }
 
   UserRecord MakeUser(const std::string& name = "acme") {
-    return admin_.CreateUser({name, UserStatus::kActive, {{"team", "research"}}});
+    return admin_.CreateUser({name, UserStatus::kActive, {{"team", "research"}}}, audit_);
   }
 
   CreatedKey MakeKey(int64_t user_id, NewKeyRequest r = {}) {
     r.user_id = user_id;
-    return admin_.CreateApiKey(std::move(r));
+    return admin_.CreateApiKey(std::move(r), audit_);
   }
 
   TestDatabase db_;
@@ -72,6 +72,7 @@ class AuthPgTest : public ::testing::Test {
   LastUsedRecorder recorder_{repo_};
   Authenticator authenticator_{cache_, clock_, recorder_};
   AuthAdmin admin_{repo_, cache_, clock_};
+  AuditEntry audit_{0, 0, "tester (test)", "test_change", "test:1", R"({"why":"test"})"};
 };
 
 TEST_F(AuthPgTest, MigrationsApplyAndAreIdempotent) {
@@ -108,37 +109,38 @@ TEST_F(AuthPgTest, CreateAuthenticateDisableRefused) {
 
   ApiKeyPatch disable;
   disable.status = KeyStatus::kDisabled;
-  admin_.UpdateApiKey(key.record.id, disable);
+  admin_.UpdateApiKey(key.record.id, disable, audit_);
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyDisabled);
   ApiKeyPatch enable;
   enable.status = KeyStatus::kActive;
-  admin_.UpdateApiKey(key.record.id, enable);
+  admin_.UpdateApiKey(key.record.id, enable, audit_);
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
 
   // Disabling the user refuses all of its keys; enabling it brings them back.
   CreatedKey second = MakeKey(user.id);
   UserPatch off;
   off.status = UserStatus::kDisabled;
-  EXPECT_EQ(admin_.UpdateUser(user.id, off).status, UserStatus::kDisabled);
+  EXPECT_EQ(admin_.UpdateUser(user.id, off, audit_).status, UserStatus::kDisabled);
   EXPECT_EQ(Check(key.api_key), Verdict::kUserDisabled);
   EXPECT_EQ(Check(second.api_key), Verdict::kUserDisabled);
   UserPatch on;
   on.status = UserStatus::kActive;
-  admin_.UpdateUser(user.id, on);
+  admin_.UpdateUser(user.id, on, audit_);
   EXPECT_EQ(Check(second.api_key), Verdict::kOk);
 
   // Revoked is final.
-  ApiKeyRecord revoked = admin_.RevokeApiKey(key.record.id);
+  ApiKeyRecord revoked = admin_.RevokeApiKey(key.record.id, audit_);
   EXPECT_EQ(revoked.status, KeyStatus::kRevoked);
   EXPECT_GT(revoked.version, key.record.version);
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyRevoked);
-  EXPECT_EQ(admin_.RevokeApiKey(key.record.id).version, revoked.version) << "idempotent";
+  EXPECT_EQ(admin_.RevokeApiKey(key.record.id, audit_).version, revoked.version) << "idempotent";
   ExpectAuthError(
-      Kind::kFailedPrecondition, [&] { admin_.UpdateApiKey(key.record.id, enable); }, "revoked");
+      Kind::kFailedPrecondition, [&] { admin_.UpdateApiKey(key.record.id, enable, audit_); },
+      "revoked");
   ExpectAuthError(Kind::kInvalidArgument, [&] {
     ApiKeyPatch p;
     p.status = KeyStatus::kRevoked;
-    admin_.UpdateApiKey(second.record.id, p);
+    admin_.UpdateApiKey(second.record.id, p, audit_);
   });
   EXPECT_EQ(admin_.ListApiKeys(user.id, false).size(), 1u) << "revoked keys are left out";
   EXPECT_EQ(admin_.ListApiKeys(user.id, true).size(), 2u);
@@ -159,13 +161,13 @@ TEST_F(AuthPgTest, ExpiryFollowsTheClock) {
   // Extending the expiry, then removing it.
   ApiKeyPatch later;
   later.expires_at = clock_.UnixSeconds() + 3600;
-  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, later).expires_at, *later.expires_at);
+  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, later, audit_).expires_at, *later.expires_at);
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
   clock_.Advance(7200);
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyExpired);
   ApiKeyPatch never;
   never.expires_at = 0;
-  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, never).expires_at, 0);
+  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, never, audit_).expires_at, 0);
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
 
   CreatedKey fixed = MakeKey(user.id, {.expires_at = clock_.UnixSeconds() + 10});
@@ -198,14 +200,14 @@ TEST_F(AuthPgTest, IpAllowlistIpv4AndIpv6) {
 
   ApiKeyPatch loopback;
   loopback.allowed_cidrs = std::vector<std::string>{"127.0.0.0/8", "::1"};
-  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, loopback).allowed_cidrs,
+  EXPECT_EQ(admin_.UpdateApiKey(key.record.id, loopback, audit_).allowed_cidrs,
             (std::vector<std::string>{"127.0.0.0/8", "::1/128"}));
   EXPECT_EQ(Check(key.api_key, "127.0.0.1"), Verdict::kOk);
   EXPECT_EQ(Check(key.api_key, "::1"), Verdict::kOk);
   EXPECT_EQ(Check(key.api_key, "10.20.30.40"), Verdict::kIpNotAllowed);
   ApiKeyPatch any;
   any.allowed_cidrs = std::vector<std::string>{};
-  EXPECT_TRUE(admin_.UpdateApiKey(key.record.id, any).allowed_cidrs.empty());
+  EXPECT_TRUE(admin_.UpdateApiKey(key.record.id, any, audit_).allowed_cidrs.empty());
   EXPECT_EQ(Check(key.api_key, "10.20.30.40"), Verdict::kOk);
 
   ExpectAuthError(
@@ -231,7 +233,7 @@ TEST_F(AuthPgTest, ModelAllowlistIsStoredInOrderAndMatchesWildcards) {
 
   ApiKeyPatch every;
   every.allowed_models = std::vector<std::string>{};
-  admin_.UpdateApiKey(key.record.id, every);
+  admin_.UpdateApiKey(key.record.id, every, audit_);
   EXPECT_TRUE(ModelAllowed(cache_.Find(HashApiKey(key.api_key))->allowed_models, "gpt-3.5-turbo"));
   ExpectAuthError(Kind::kInvalidArgument,
                   [&] { MakeKey(user.id, {.allowed_models = {"has space"}}); });
@@ -244,22 +246,22 @@ TEST_F(AuthPgTest, UsersAndKeysValidation) {
   ExpectAuthError(Kind::kInvalidArgument, [&] { MakeUser(""); });
   ExpectAuthError(Kind::kNotFound, [&] { MakeKey(user.id + 100); });
   ExpectAuthError(Kind::kInvalidArgument, [&] { MakeKey(0); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.RevokeApiKey(12345); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateApiKey(12345, {}); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateUser(12345, {}); });
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
 
   UserPatch patch;
   patch.name = "acme-corp";
   patch.set_metadata = {{"tier", "gold"}};
   patch.remove_metadata = {"team"};
-  UserRecord updated = admin_.UpdateUser(user.id, patch);
+  UserRecord updated = admin_.UpdateUser(user.id, patch, audit_);
   EXPECT_EQ(updated.name, "acme-corp");
   EXPECT_EQ(updated.metadata, (std::map<std::string, std::string>{{"tier", "gold"}}));
   EXPECT_EQ(updated.status, UserStatus::kActive);
   MakeUser("other");
   UserPatch taken;
   taken.name = "other";
-  ExpectAuthError(Kind::kAlreadyExists, [&] { admin_.UpdateUser(user.id, taken); });
+  ExpectAuthError(Kind::kAlreadyExists, [&] { admin_.UpdateUser(user.id, taken, audit_); });
   auto users = admin_.ListUsers();
   ASSERT_EQ(users.size(), 2u);
   EXPECT_EQ(users[0], updated);
@@ -305,7 +307,7 @@ TEST_F(AuthPgTest, RefresherLoadsChangesMadeElsewhereAndCacheTellsSubscribers) {
   refresher.ReloadChanged();
   EXPECT_EQ(seen.size(), 1u) << "unchanged rows in the overlap are no news";
 
-  admin_.RevokeApiKey(key.record.id);  // on "this" replica
+  admin_.RevokeApiKey(key.record.id, audit_);  // on "this" replica
   EXPECT_EQ(other.Find(HashApiKey(key.api_key))->status, KeyStatus::kActive);
   refresher.ReloadChanged();
   ASSERT_EQ(seen.size(), 2u);
@@ -316,7 +318,7 @@ TEST_F(AuthPgTest, RefresherLoadsChangesMadeElsewhereAndCacheTellsSubscribers) {
   CreatedKey second = MakeKey(user.id);
   UserPatch off;
   off.status = UserStatus::kDisabled;
-  admin_.UpdateUser(user.id, off);
+  admin_.UpdateUser(user.id, off, audit_);
   refresher.ReloadChanged();
   EXPECT_EQ(other.Find(HashApiKey(second.api_key))->user_status, UserStatus::kDisabled);
   EXPECT_EQ(other.Find(HashApiKey(key.api_key))->user_status, UserStatus::kDisabled);
@@ -328,10 +330,53 @@ TEST_F(AuthPgTest, RefresherLoadsChangesMadeElsewhereAndCacheTellsSubscribers) {
   stale.user_status = UserStatus::kActive;
   EXPECT_TRUE(other.Apply({stale}).empty());
   other.Unsubscribe(id);
-  admin_.RevokeApiKey(second.record.id);
+  admin_.RevokeApiKey(second.record.id, audit_);
   size_t before = seen.size();
   refresher.ReloadChanged();
   EXPECT_EQ(seen.size(), before) << "unsubscribed";
+}
+
+// The audit log: one row per change in the change's transaction, none for a failed change,
+// never the key, and no way to rewrite it.
+TEST_F(AuthPgTest, ChangesAreAuditedOncePerChangeAndTheLogIsAppendOnly) {
+  auto count = [&] { return static_cast<int64_t>(repo_.ListAudit(10000).size()); };
+  UserRecord user = MakeUser();
+  ASSERT_EQ(count(), 1);
+  auto log = admin_.ListAuditLog(0);
+  EXPECT_EQ(log[0].actor, "tester (test)");
+  EXPECT_EQ(log[0].action, "test_change");
+  EXPECT_EQ(log[0].target, "user:" + std::to_string(user.id)) << "a creation names the new row";
+  EXPECT_GT(log[0].at_ms, 0);
+
+  CreatedKey key = MakeKey(user.id);
+  ASSERT_EQ(count(), 2);
+  log = admin_.ListAuditLog(1);
+  ASSERT_EQ(log.size(), 1u) << "newest first, limited";
+  EXPECT_EQ(log[0].target, "api_key:" + std::to_string(key.record.id));
+  EXPECT_NE(log[0].details.find(key.record.display_prefix), std::string::npos) << log[0].details;
+  EXPECT_EQ(log[0].details.find(key.api_key), std::string::npos) << "never the key";
+  EXPECT_NE(log[0].details.find("\"why\""), std::string::npos) << "the given details are kept";
+
+  // Failed changes leave nothing behind.
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
+  ExpectAuthError(Kind::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
+  ExpectAuthError(Kind::kAlreadyExists, [&] { MakeUser(); });
+  ExpectAuthError(Kind::kNotFound, [&] { MakeKey(999999); });
+  EXPECT_EQ(count(), 2);
+
+  admin_.RevokeApiKey(key.record.id, audit_);
+  ExpectAuthError(Kind::kFailedPrecondition,
+                  [&] { admin_.UpdateApiKey(key.record.id, {}, audit_); });
+  EXPECT_EQ(count(), 3);
+
+  for (const char* sql :
+       {"UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log", "TRUNCATE audit_log"}) {
+    pqxx::connection conn(db_.dsn());
+    pqxx::work tx(conn);
+    EXPECT_THROW(tx.exec(sql), pqxx::sql_error) << sql;
+  }
+  EXPECT_EQ(count(), 3);
 }
 
 }  // namespace

@@ -35,14 +35,19 @@ class AuthAdmin final {
   AuthAdmin(AuthRepository& repo, KeyCache& cache, const Clock& clock)
       : repo_(repo), cache_(cache), clock_(clock) {}
 
-  UserRecord CreateUser(NewUser user);
-  UserRecord UpdateUser(int64_t id, UserPatch patch);
+  // Each change is audited with `audit` (actor, action, target, details) in its transaction.
+  UserRecord CreateUser(NewUser user, const AuditEntry& audit);
+  UserRecord UpdateUser(int64_t id, UserPatch patch, const AuditEntry& audit);
   std::vector<UserRecord> ListUsers();
 
-  CreatedKey CreateApiKey(NewKeyRequest request);
-  ApiKeyRecord UpdateApiKey(int64_t id, ApiKeyPatch patch);
-  ApiKeyRecord RevokeApiKey(int64_t id);
+  // The audit entry gets the key's display prefix; the key itself is never in it.
+  CreatedKey CreateApiKey(NewKeyRequest request, const AuditEntry& audit);
+  ApiKeyRecord UpdateApiKey(int64_t id, ApiKeyPatch patch, const AuditEntry& audit);
+  ApiKeyRecord RevokeApiKey(int64_t id, const AuditEntry& audit);
   std::vector<ApiKeyRecord> ListApiKeys(int64_t user_id, bool include_revoked);
+
+  // Newest first; `limit` 0 is 100.
+  std::vector<AuditEntry> ListAuditLog(int32_t limit);
 
  private:
   AuthRepository& repo_;

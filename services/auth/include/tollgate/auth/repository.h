@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tollgate/audit.h"
 #include "tollgate/auth/policy.h"
 
 namespace tollgate::auth {
@@ -83,16 +84,19 @@ class AuthRepository {
  public:
   virtual ~AuthRepository() = default;
 
-  virtual UserRecord CreateUser(const NewUser& user) = 0;
+  // Every change writes `audit` to the audit log in its own transaction (a creation first sets
+  // the entry's target to the new object: "user:12", "api_key:34"); a failed change writes none.
+  virtual UserRecord CreateUser(const NewUser& user, const AuditEntry& audit) = 0;
   // Also bumps the version of every key of the user: their principals changed.
-  virtual UserRecord UpdateUser(int64_t id, const UserPatch& patch) = 0;
+  virtual UserRecord UpdateUser(int64_t id, const UserPatch& patch, const AuditEntry& audit) = 0;
   virtual std::vector<UserRecord> ListUsers() = 0;
 
-  virtual ApiKeyRecord CreateApiKey(const NewApiKey& key) = 0;
+  virtual ApiKeyRecord CreateApiKey(const NewApiKey& key, const AuditEntry& audit) = 0;
   // kFailedPrecondition for a revoked key.
-  virtual ApiKeyRecord UpdateApiKey(int64_t id, const ApiKeyPatch& patch) = 0;
-  // Idempotent: revoking a revoked key returns it unchanged.
-  virtual ApiKeyRecord RevokeApiKey(int64_t id) = 0;
+  virtual ApiKeyRecord UpdateApiKey(int64_t id, const ApiKeyPatch& patch,
+                                    const AuditEntry& audit) = 0;
+  // Idempotent: revoking a revoked key returns it unchanged (and is audited again).
+  virtual ApiKeyRecord RevokeApiKey(int64_t id, const AuditEntry& audit) = 0;
   // user_id 0: every user's keys.
   virtual std::vector<ApiKeyRecord> ListApiKeys(int64_t user_id, bool include_revoked) = 0;
   virtual std::vector<ApiKeyRecord> KeysOfUser(int64_t user_id) = 0;
@@ -103,6 +107,9 @@ class AuthRepository {
   // Moves last_used_at forward (never back) for each (key id, unix seconds); does not count as
   // a change of the key.
   virtual void RecordLastUsed(const std::map<int64_t, int64_t>& last_used) = 0;
+
+  // The newest `limit` audit entries, newest first.
+  virtual std::vector<AuditEntry> ListAudit(int32_t limit) = 0;
 };
 
 }  // namespace tollgate::auth
