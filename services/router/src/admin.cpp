@@ -65,6 +65,11 @@ void CheckApiVersion(const std::string& version) {
   if (!version.empty()) CheckName("api_version", version, 64);
 }
 
+AuditEntry Described(AuditEntry entry, const std::string& key, const std::string& value) {
+  entry.details = AuditDetailsWith(entry.details, key, value);
+  return entry;
+}
+
 }  // namespace
 
 std::string KeyPrefix(std::string_view secret) {
@@ -98,21 +103,21 @@ KeyListing RouterAdmin::Listing(const UpstreamKeyRecord& key) const {
   return l;
 }
 
-Provider RouterAdmin::CreateProvider(NewProvider p) {
+Provider RouterAdmin::CreateProvider(NewProvider p, const AuditEntry& audit) {
   CheckName("name", p.name, 64);
   p.base_url = NormalizeBaseUrl(p.base_url);
   CheckApiVersion(p.api_version);
   if (p.type == ProviderType::kAzureOpenAi && p.api_version.empty())
     Invalid("api_version is required for an azure-openai provider (e.g. 2024-06-01)");
-  Provider created = repo_.CreateProvider(p);
+  Provider created = repo_.CreateProvider(p, audit);
   Refresh();
   return created;
 }
 
-Provider RouterAdmin::UpdateProvider(int64_t id, ProviderPatch patch) {
+Provider RouterAdmin::UpdateProvider(int64_t id, ProviderPatch patch, const AuditEntry& audit) {
   if (patch.base_url) patch.base_url = NormalizeBaseUrl(*patch.base_url);
   if (patch.api_version) CheckApiVersion(*patch.api_version);
-  Provider updated = repo_.UpdateProvider(id, patch);
+  Provider updated = repo_.UpdateProvider(id, patch, audit);
   Refresh();
   return updated;
 }
@@ -120,7 +125,8 @@ Provider RouterAdmin::UpdateProvider(int64_t id, ProviderPatch patch) {
 std::vector<Provider> RouterAdmin::ListProviders() { return repo_.ListProviders(); }
 
 KeyListing RouterAdmin::CreateUpstreamKey(int64_t provider_id, const std::string& name,
-                                          std::string_view secret, int32_t weight, bool enabled) {
+                                          std::string_view secret, int32_t weight, bool enabled,
+                                          const AuditEntry& audit) {
   CheckName("name", name, 64);
   CheckSecret(secret);
   if (weight == 0) weight = 1;
@@ -132,14 +138,16 @@ KeyListing RouterAdmin::CreateUpstreamKey(int64_t provider_id, const std::string
   key.key_prefix = KeyPrefix(secret);
   key.weight = weight;
   key.enabled = enabled;
-  UpstreamKeyRecord created = repo_.CreateUpstreamKey(key);
+  UpstreamKeyRecord created =
+      repo_.CreateUpstreamKey(key, Described(audit, "key_prefix", key.key_prefix));
   Refresh();
   return Listing(created);
 }
 
 KeyListing RouterAdmin::UpdateUpstreamKey(int64_t id, std::optional<int32_t> weight,
                                           std::optional<bool> enabled,
-                                          std::optional<std::string> secret) {
+                                          std::optional<std::string> secret,
+                                          const AuditEntry& audit) {
   UpstreamKeyPatch patch;
   if (weight) CheckWeight(*weight);
   patch.weight = weight;
@@ -149,13 +157,14 @@ KeyListing RouterAdmin::UpdateUpstreamKey(int64_t id, std::optional<int32_t> wei
     patch.secret = box_.Seal(*secret);
     patch.key_prefix = KeyPrefix(*secret);
   }
-  UpstreamKeyRecord updated = repo_.UpdateUpstreamKey(id, patch);
+  UpstreamKeyRecord updated = repo_.UpdateUpstreamKey(
+      id, patch, patch.key_prefix ? Described(audit, "key_prefix", *patch.key_prefix) : audit);
   Refresh();
   return Listing(updated);
 }
 
-void RouterAdmin::DeleteUpstreamKey(int64_t id) {
-  repo_.DeleteUpstreamKey(id);
+void RouterAdmin::DeleteUpstreamKey(int64_t id, const AuditEntry& audit) {
+  repo_.DeleteUpstreamKey(id, audit);
   Refresh();
 }
 
@@ -165,44 +174,47 @@ std::vector<KeyListing> RouterAdmin::ListUpstreamKeys(int64_t provider_id) {
   return out;
 }
 
-ModelRecord RouterAdmin::CreateModel(const std::string& name, std::string owned_by) {
+ModelRecord RouterAdmin::CreateModel(const std::string& name, std::string owned_by,
+                                     const AuditEntry& audit) {
   CheckName("name", name, 128);
   if (owned_by.empty()) owned_by = "system";
   CheckName("owned_by", owned_by, 64);
-  ModelRecord created = repo_.CreateModel(name, owned_by);
+  ModelRecord created = repo_.CreateModel(name, owned_by, audit);
   Refresh();
   return created;
 }
 
-void RouterAdmin::DeleteModel(const std::string& name) {
-  repo_.DeleteModel(name);
+void RouterAdmin::DeleteModel(const std::string& name, const AuditEntry& audit) {
+  repo_.DeleteModel(name, audit);
   Refresh();
 }
 
-ModelRoute RouterAdmin::SetModelRoute(ModelRoute route) {
+ModelRoute RouterAdmin::SetModelRoute(ModelRoute route, const AuditEntry& audit) {
   CheckName("model", route.model, 128);
   if (route.upstream_model.empty()) route.upstream_model = route.model;
   CheckName("upstream_model", route.upstream_model, 256);
-  ModelRoute set = repo_.SetModelRoute(route);
+  ModelRoute set = repo_.SetModelRoute(route, audit);
   Refresh();
   return set;
 }
 
-void RouterAdmin::DeleteModelRoute(const std::string& model, int64_t provider_id) {
-  repo_.DeleteModelRoute(model, provider_id);
+void RouterAdmin::DeleteModelRoute(const std::string& model, int64_t provider_id,
+                                   const AuditEntry& audit) {
+  repo_.DeleteModelRoute(model, provider_id, audit);
   Refresh();
 }
 
-void RouterAdmin::SetAlias(const std::string& alias, const std::string& model) {
+void RouterAdmin::SetAlias(const std::string& alias, const std::string& model,
+                           const AuditEntry& audit) {
   CheckName("alias", alias, 128);
   CheckName("model", model, 128);
   if (alias == model) Invalid("an alias cannot point at itself");
-  repo_.SetAlias(alias, model);
+  repo_.SetAlias(alias, model, audit);
   Refresh();
 }
 
-void RouterAdmin::DeleteAlias(const std::string& alias) {
-  repo_.DeleteAlias(alias);
+void RouterAdmin::DeleteAlias(const std::string& alias, const AuditEntry& audit) {
+  repo_.DeleteAlias(alias, audit);
   Refresh();
 }
 
@@ -221,6 +233,10 @@ CatalogueListing RouterAdmin::ListCatalogue() {
     if (auto it = index.find(a.model); it != index.end())
       out.models[it->second].aliases.push_back(std::move(a.alias));
   return out;
+}
+
+std::vector<AuditEntry> RouterAdmin::ListAuditLog(int32_t limit) {
+  return repo_.ListAudit(AuditLimit(limit));
 }
 
 }  // namespace tollgate::router

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "tollgate/admin_call.h"
+#include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -226,7 +227,9 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
       p.base_url = request->base_url();
       p.api_version = request->api_version();
       p.enabled = request->has_enabled() ? request->enabled() : true;
-      Fill(deps_.admin.CreateProvider(std::move(p)), response->mutable_provider());
+      Fill(deps_.admin.CreateProvider(std::move(p),
+                                      Audit(*context, "create_provider", "", *request)),
+           response->mutable_provider());
     });
   }
 
@@ -238,7 +241,9 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
       if (request->has_enabled()) patch.enabled = request->enabled();
       if (request->has_base_url()) patch.base_url = request->base_url();
       if (request->has_api_version()) patch.api_version = request->api_version();
-      Fill(deps_.admin.UpdateProvider(request->id(), std::move(patch)),
+      Fill(deps_.admin.UpdateProvider(request->id(), std::move(patch),
+                                      Audit(*context, "update_provider",
+                                            "provider:" + std::to_string(request->id()), *request)),
            response->mutable_provider());
     });
   }
@@ -257,7 +262,8 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
     return OnWorker(context, "CreateUpstreamKey", [=, this] {
       Fill(deps_.admin.CreateUpstreamKey(request->provider_id(), request->name(), request->secret(),
                                          request->weight(),
-                                         request->has_enabled() ? request->enabled() : true),
+                                         request->has_enabled() ? request->enabled() : true,
+                                         Audit(*context, "create_upstream_key", "", *request)),
            response->mutable_key());
     });
   }
@@ -272,7 +278,10 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
       if (request->has_weight()) weight = request->weight();
       if (request->has_enabled()) enabled = request->enabled();
       if (request->has_secret()) secret = request->secret();
-      Fill(deps_.admin.UpdateUpstreamKey(request->id(), weight, enabled, std::move(secret)),
+      Fill(deps_.admin.UpdateUpstreamKey(
+               request->id(), weight, enabled, std::move(secret),
+               Audit(*context, "update_upstream_key",
+                     "upstream_key:" + std::to_string(request->id()), *request)),
            response->mutable_key());
     });
   }
@@ -280,8 +289,11 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
   grpc::ServerUnaryReactor* DeleteUpstreamKey(grpc::CallbackServerContext* context,
                                               const pb::DeleteUpstreamKeyRequest* request,
                                               pb::DeleteUpstreamKeyResponse*) override {
-    return OnWorker(context, "DeleteUpstreamKey",
-                    [=, this] { deps_.admin.DeleteUpstreamKey(request->id()); });
+    return OnWorker(context, "DeleteUpstreamKey", [=, this] {
+      deps_.admin.DeleteUpstreamKey(
+          request->id(), Audit(*context, "delete_upstream_key",
+                               "upstream_key:" + std::to_string(request->id()), *request));
+    });
   }
 
   grpc::ServerUnaryReactor* ListUpstreamKeys(grpc::CallbackServerContext* context,
@@ -297,7 +309,9 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
                                         const pb::CreateModelRequest* request,
                                         pb::CreateModelResponse* response) override {
     return OnWorker(context, "CreateModel", [=, this] {
-      Fill(deps_.admin.CreateModel(request->name(), request->owned_by()),
+      Fill(deps_.admin.CreateModel(
+               request->name(), request->owned_by(),
+               Audit(*context, "create_model", "model:" + request->name(), *request)),
            response->mutable_model());
     });
   }
@@ -305,8 +319,10 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
   grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context,
                                         const pb::DeleteModelRequest* request,
                                         pb::DeleteModelResponse*) override {
-    return OnWorker(context, "DeleteModel",
-                    [=, this] { deps_.admin.DeleteModel(request->name()); });
+    return OnWorker(context, "DeleteModel", [=, this] {
+      deps_.admin.DeleteModel(
+          request->name(), Audit(*context, "delete_model", "model:" + request->name(), *request));
+    });
   }
 
   grpc::ServerUnaryReactor* SetModelRoute(grpc::CallbackServerContext* context,
@@ -314,7 +330,9 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
                                           pb::SetModelRouteResponse* response) override {
     return OnWorker(context, "SetModelRoute", [=, this] {
       Fill(deps_.admin.SetModelRoute(
-               {request->model(), request->provider_id(), request->upstream_model()}),
+               {request->model(), request->provider_id(), request->upstream_model()},
+               Audit(*context, "set_model_route",
+                     RouteTarget(request->model(), request->provider_id()), *request)),
            response->mutable_route());
     });
   }
@@ -323,22 +341,29 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
                                              const pb::DeleteModelRouteRequest* request,
                                              pb::DeleteModelRouteResponse*) override {
     return OnWorker(context, "DeleteModelRoute", [=, this] {
-      deps_.admin.DeleteModelRoute(request->model(), request->provider_id());
+      deps_.admin.DeleteModelRoute(
+          request->model(), request->provider_id(),
+          Audit(*context, "delete_model_route",
+                RouteTarget(request->model(), request->provider_id()), *request));
     });
   }
 
   grpc::ServerUnaryReactor* SetAlias(grpc::CallbackServerContext* context,
                                      const pb::SetAliasRequest* request,
                                      pb::SetAliasResponse*) override {
-    return OnWorker(context, "SetAlias",
-                    [=, this] { deps_.admin.SetAlias(request->alias(), request->model()); });
+    return OnWorker(context, "SetAlias", [=, this] {
+      deps_.admin.SetAlias(request->alias(), request->model(),
+                           Audit(*context, "set_alias", "alias:" + request->alias(), *request));
+    });
   }
 
   grpc::ServerUnaryReactor* DeleteAlias(grpc::CallbackServerContext* context,
                                         const pb::DeleteAliasRequest* request,
                                         pb::DeleteAliasResponse*) override {
-    return OnWorker(context, "DeleteAlias",
-                    [=, this] { deps_.admin.DeleteAlias(request->alias()); });
+    return OnWorker(context, "DeleteAlias", [=, this] {
+      deps_.admin.DeleteAlias(
+          request->alias(), Audit(*context, "delete_alias", "alias:" + request->alias(), *request));
+    });
   }
 
   grpc::ServerUnaryReactor* ListCatalogue(grpc::CallbackServerContext* context,
@@ -354,7 +379,27 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
     });
   }
 
+  grpc::ServerUnaryReactor* ListAuditLog(grpc::CallbackServerContext* context,
+                                         const pb::ListAuditLogRequest* request,
+                                         pb::ListAuditLogResponse* response) override {
+    return OnWorker(context, "ListAuditLog", [=, this] {
+      for (const auto& e : deps_.admin.ListAuditLog(request->limit()))
+        FillAuditEntry(e, response->add_entries());
+    });
+  }
+
  private:
+  // The audit entry of one admin call (the secret of an upstream key is redacted from the
+  // details by name; RouterAdmin adds the key's display prefix).
+  static AuditEntry Audit(const grpc::CallbackServerContext& context, std::string action,
+                          std::string target, const google::protobuf::Message& request) {
+    return MakeAuditEntry(context, std::move(action), std::move(target), request);
+  }
+
+  static std::string RouteTarget(const std::string& model, int64_t provider_id) {
+    return "route:" + model + "@provider:" + std::to_string(provider_id);
+  }
+
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {

@@ -1,5 +1,6 @@
 #include "tollgate/router/pg_repository.h"
 
+#include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::router {
@@ -51,6 +52,11 @@ std::string Sql(const char* head, const char* columns, const char* tail = "") {
   return std::string(head) + columns + tail;
 }
 
+AuditEntry Targeted(AuditEntry entry, std::string target) {
+  entry.target = std::move(target);
+  return entry;
+}
+
 }  // namespace
 
 Catalogue PgRouterRepository::LoadCatalogue() {
@@ -75,7 +81,7 @@ Catalogue PgRouterRepository::LoadCatalogue() {
   });
 }
 
-Provider PgRouterRepository::CreateProvider(const NewProvider& p) {
+Provider PgRouterRepository::CreateProvider(const NewProvider& p, const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -84,15 +90,18 @@ Provider PgRouterRepository::CreateProvider(const NewProvider& p) {
               "VALUES ($1, $2, $3, $4, $5) RETURNING ",
               kProviderColumns),
           p.name, std::string(ProviderTypeName(p.type)), p.base_url, p.api_version, p.enabled);
+      Provider created = ProviderFrom(row);
+      WriteAudit(tx, Targeted(audit, "provider:" + std::to_string(created.id)));
       tx.commit();
-      return ProviderFrom(row);
+      return created;
     } catch (const pqxx::unique_violation&) {
       throw RouterError(Kind::kAlreadyExists, "provider '" + p.name + "' already exists");
     }
   });
 }
 
-Provider PgRouterRepository::UpdateProvider(int64_t id, const ProviderPatch& patch) {
+Provider PgRouterRepository::UpdateProvider(int64_t id, const ProviderPatch& patch,
+                                            const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     // libpqxx 6 has no optional parameters: each field travels as (set?, value).
@@ -107,6 +116,7 @@ Provider PgRouterRepository::UpdateProvider(int64_t id, const ProviderPatch& pat
                                patch.api_version.has_value(), patch.api_version.value_or(""));
     if (rows.empty())
       throw RouterError(Kind::kNotFound, "provider " + std::to_string(id) + " not found");
+    WriteAudit(tx, audit);
     tx.commit();
     return ProviderFrom(rows[0]);
   });
@@ -122,7 +132,8 @@ std::vector<Provider> PgRouterRepository::ListProviders() {
   });
 }
 
-UpstreamKeyRecord PgRouterRepository::CreateUpstreamKey(const NewUpstreamKey& k) {
+UpstreamKeyRecord PgRouterRepository::CreateUpstreamKey(const NewUpstreamKey& k,
+                                                        const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -132,8 +143,10 @@ UpstreamKeyRecord PgRouterRepository::CreateUpstreamKey(const NewUpstreamKey& k)
               kKeyColumns),
           k.provider_id, k.name, Bytes(k.secret.ciphertext), Bytes(k.secret.nonce), k.key_prefix,
           k.weight, k.enabled);
+      UpstreamKeyRecord created = KeyFrom(row);
+      WriteAudit(tx, Targeted(audit, "upstream_key:" + std::to_string(created.id)));
       tx.commit();
-      return KeyFrom(row);
+      return created;
     } catch (const pqxx::foreign_key_violation&) {
       throw RouterError(Kind::kNotFound,
                         "provider " + std::to_string(k.provider_id) + " not found");
@@ -144,7 +157,8 @@ UpstreamKeyRecord PgRouterRepository::CreateUpstreamKey(const NewUpstreamKey& k)
   });
 }
 
-UpstreamKeyRecord PgRouterRepository::UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch) {
+UpstreamKeyRecord PgRouterRepository::UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch,
+                                                        const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     const bool rotate = patch.secret.has_value();
@@ -164,17 +178,19 @@ UpstreamKeyRecord PgRouterRepository::UpdateUpstreamKey(int64_t id, const Upstre
         patch.key_prefix.value_or(""));
     if (rows.empty())
       throw RouterError(Kind::kNotFound, "upstream key " + std::to_string(id) + " not found");
+    WriteAudit(tx, audit);
     tx.commit();
     return KeyFrom(rows[0]);
   });
 }
 
-void PgRouterRepository::DeleteUpstreamKey(int64_t id) {
+void PgRouterRepository::DeleteUpstreamKey(int64_t id, const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM upstream_keys WHERE id = $1 RETURNING id", id);
     if (rows.empty())
       throw RouterError(Kind::kNotFound, "upstream key " + std::to_string(id) + " not found");
+    WriteAudit(tx, audit);
     tx.commit();
   });
 }
@@ -192,7 +208,8 @@ std::vector<UpstreamKeyRecord> PgRouterRepository::ListUpstreamKeys(int64_t prov
   });
 }
 
-ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::string& owned_by) {
+ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::string& owned_by,
+                                            const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -204,6 +221,7 @@ ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::
           name, owned_by);
       if (rows.empty())
         throw RouterError(Kind::kAlreadyExists, "'" + name + "' is already an alias");
+      WriteAudit(tx, audit);
       tx.commit();
       return ModelFrom(rows[0]);
     } catch (const pqxx::unique_violation&) {
@@ -212,16 +230,17 @@ ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::
   });
 }
 
-void PgRouterRepository::DeleteModel(const std::string& name) {
+void PgRouterRepository::DeleteModel(const std::string& name, const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM models WHERE name = $1 RETURNING name", name);
     if (rows.empty()) throw RouterError(Kind::kNotFound, "model '" + name + "' not found");
+    WriteAudit(tx, audit);
     tx.commit();
   });
 }
 
-ModelRoute PgRouterRepository::SetModelRoute(const ModelRoute& route) {
+ModelRoute PgRouterRepository::SetModelRoute(const ModelRoute& route, const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -229,6 +248,7 @@ ModelRoute PgRouterRepository::SetModelRoute(const ModelRoute& route) {
           "INSERT INTO model_routes (model, provider_id, upstream_model) VALUES ($1, $2, $3) "
           "ON CONFLICT (model, provider_id) DO UPDATE SET upstream_model = EXCLUDED.upstream_model",
           route.model, route.provider_id, route.upstream_model);
+      WriteAudit(tx, audit);
       tx.commit();
       return route;
     } catch (const pqxx::foreign_key_violation&) {
@@ -238,7 +258,8 @@ ModelRoute PgRouterRepository::SetModelRoute(const ModelRoute& route) {
   });
 }
 
-void PgRouterRepository::DeleteModelRoute(const std::string& model, int64_t provider_id) {
+void PgRouterRepository::DeleteModelRoute(const std::string& model, int64_t provider_id,
+                                          const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params(
@@ -247,11 +268,13 @@ void PgRouterRepository::DeleteModelRoute(const std::string& model, int64_t prov
     if (rows.empty())
       throw RouterError(Kind::kNotFound, "no route from model '" + model + "' to provider " +
                                              std::to_string(provider_id));
+    WriteAudit(tx, audit);
     tx.commit();
   });
 }
 
-void PgRouterRepository::SetAlias(const std::string& alias, const std::string& model) {
+void PgRouterRepository::SetAlias(const std::string& alias, const std::string& model,
+                                  const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
@@ -262,6 +285,7 @@ void PgRouterRepository::SetAlias(const std::string& alias, const std::string& m
           alias, model);
       if (rows.empty())
         throw RouterError(Kind::kAlreadyExists, "'" + alias + "' is a model, not an alias");
+      WriteAudit(tx, audit);
       tx.commit();
     } catch (const pqxx::foreign_key_violation&) {
       throw RouterError(Kind::kNotFound, "model '" + model + "' not found");
@@ -269,12 +293,20 @@ void PgRouterRepository::SetAlias(const std::string& alias, const std::string& m
   });
 }
 
-void PgRouterRepository::DeleteAlias(const std::string& alias) {
+void PgRouterRepository::DeleteAlias(const std::string& alias, const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM model_aliases WHERE alias = $1 RETURNING alias", alias);
     if (rows.empty()) throw RouterError(Kind::kNotFound, "alias '" + alias + "' not found");
+    WriteAudit(tx, audit);
     tx.commit();
+  });
+}
+
+std::vector<AuditEntry> PgRouterRepository::ListAudit(int32_t limit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return ::tollgate::ListAudit(tx, limit);
   });
 }
 

@@ -373,5 +373,64 @@ TEST(RouterStartupTest, RefusesToStartWithoutAUsableMasterKey) {
   unlink(path);
 }
 
+TEST_F(RouterGrpcTest, AdminRpcsAreAuditedWithoutTheUpstreamSecret) {
+  auto ctx = [&] {
+    auto c = Ctx();
+    c->AddMetadata("x-tollgate-actor", "bob@ops");
+    return c;
+  };
+  pb::CreateProviderRequest cp;
+  cp.set_name("audited");
+  cp.set_type(pb::PROVIDER_TYPE_OPENAI);
+  cp.set_base_url("https://api.openai.com/v1");
+  pb::CreateProviderResponse provider;
+  ASSERT_TRUE(admin_->CreateProvider(ctx().get(), cp, &provider).ok());
+  pb::CreateUpstreamKeyRequest ck;
+  ck.set_provider_id(provider.provider().id());
+  ck.set_name("main");
+  ck.set_secret("sk-secret-xyz");
+  pb::CreateUpstreamKeyResponse key;
+  ASSERT_TRUE(admin_->CreateUpstreamKey(ctx().get(), ck, &key).ok());
+  const int64_t key_id = key.key().id();
+  pb::UpdateUpstreamKeyRequest uk;
+  uk.set_id(key_id);
+  uk.set_secret("sk-rotated-secret-abc");
+  pb::UpdateUpstreamKeyResponse updated;
+  ASSERT_TRUE(admin_->UpdateUpstreamKey(ctx().get(), uk, &updated).ok());
+  pb::CreateModelRequest cm;
+  cm.set_name("gpt-4o");
+  pb::CreateModelResponse model;
+  ASSERT_TRUE(admin_->CreateModel(ctx().get(), cm, &model).ok());
+  // Failed: nothing written.
+  EXPECT_EQ(admin_->CreateModel(ctx().get(), cm, &model).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  ck.set_provider_id(9999);
+  EXPECT_EQ(admin_->CreateUpstreamKey(ctx().get(), ck, &key).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  pb::ListAuditLogRequest lr;
+  pb::ListAuditLogResponse log;
+  EXPECT_EQ(admin_->ListAuditLog(Ctx("").get(), lr, &log).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), lr, &log).ok());
+  ASSERT_EQ(log.entries_size(), 4) << log.DebugString();
+  EXPECT_EQ(log.entries(0).action(), "create_model");
+  EXPECT_EQ(log.entries(0).target(), "model:gpt-4o");
+  EXPECT_EQ(log.entries(1).action(), "update_upstream_key");
+  EXPECT_EQ(log.entries(1).target(), "upstream_key:" + std::to_string(key_id));
+  EXPECT_EQ(log.entries(2).action(), "create_upstream_key");
+  EXPECT_EQ(log.entries(2).target(), "upstream_key:" + std::to_string(key_id));
+  EXPECT_NE(log.entries(2).details().find("\"name\": \"main\""), std::string::npos)
+      << log.entries(2).details();
+  EXPECT_NE(log.entries(2).details().find("[redacted]"), std::string::npos);
+  EXPECT_EQ(log.entries(3).action(), "create_provider");
+  EXPECT_EQ(log.entries(3).target(), "provider:" + std::to_string(provider.provider().id()));
+  for (const auto& e : log.entries()) EXPECT_EQ(e.actor().rfind("bob@ops (", 0), 0u) << e.actor();
+  const std::string all = log.DebugString();
+  EXPECT_EQ(all.find("sk-secret-xyz"), std::string::npos) << all;
+  EXPECT_EQ(all.find("secret-xyz"), std::string::npos) << all;
+  EXPECT_EQ(all.find("sk-rotated-secret-abc"), std::string::npos) << all;
+}
+
 }  // namespace
 }  // namespace tollgate::router

@@ -37,12 +37,13 @@ class RouterPgRepositoryTest : public ::testing::Test {
 
   Provider MakeProvider(const std::string& name = "openai-main") {
     return repo_.CreateProvider(
-        {name, ProviderType::kOpenAi, "https://api.openai.com/v1", "", true});
+        {name, ProviderType::kOpenAi, "https://api.openai.com/v1", "", true}, audit_);
   }
 
   TestDatabase db_;
   PgPool pool_{{db_.dsn(), 2, std::chrono::milliseconds(2000), "router-test"}};
   PgRouterRepository repo_{pool_};
+  AuditEntry audit_{0, 0, "tester (test)", "test_change", "test:1", "{}"};
 };
 
 TEST_F(RouterPgRepositoryTest, MigrationsApplyAndAreIdempotent) {
@@ -58,7 +59,8 @@ TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
   EXPECT_GT(openai.id, 0);
   EXPECT_GT(openai.created, 1600000000);
   Provider azure = repo_.CreateProvider(
-      {"azure-eu", ProviderType::kAzureOpenAi, "https://eu.openai.azure.com", "2024-06-01", false});
+      {"azure-eu", ProviderType::kAzureOpenAi, "https://eu.openai.azure.com", "2024-06-01", false},
+      audit_);
   NewUpstreamKey nk;
   nk.provider_id = openai.id;
   nk.name = "primary";
@@ -68,13 +70,13 @@ TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
                std::string(12, '\x07')};
   nk.key_prefix = "sk-abc";
   nk.weight = 3;
-  UpstreamKeyRecord key = repo_.CreateUpstreamKey(nk);
+  UpstreamKeyRecord key = repo_.CreateUpstreamKey(nk, audit_);
   EXPECT_EQ(key.secret, nk.secret) << "BYTEA survives binary bytes, NULs included";
   EXPECT_EQ(key.weight, 3);
-  repo_.CreateModel("gpt-4o", "openai");
-  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-08-06"});
-  repo_.SetModelRoute({"gpt-4o", azure.id, "my-gpt4o-deployment"});
-  repo_.SetAlias("gpt-4o-latest", "gpt-4o");
+  repo_.CreateModel("gpt-4o", "openai", audit_);
+  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-08-06"}, audit_);
+  repo_.SetModelRoute({"gpt-4o", azure.id, "my-gpt4o-deployment"}, audit_);
+  repo_.SetAlias("gpt-4o-latest", "gpt-4o", audit_);
 
   Catalogue c = repo_.LoadCatalogue();
   ASSERT_EQ(c.providers.size(), 2u);
@@ -92,7 +94,7 @@ TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
   EXPECT_EQ(c.aliases[0].model, "gpt-4o");
 
   // Setting a route again updates it in place.
-  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-11-20"});
+  repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-11-20"}, audit_);
   EXPECT_EQ(repo_.LoadCatalogue().routes[0].upstream_model, "gpt-4o-2024-11-20");
 }
 
@@ -105,39 +107,39 @@ TEST_F(RouterPgRepositoryTest, DuplicatesAndMissingReferencesAreReported) {
   nk.name = "k";
   nk.secret = {"c", std::string(12, 'n')};
   nk.key_prefix = "x";
-  repo_.CreateUpstreamKey(nk);
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateUpstreamKey(nk); });
+  repo_.CreateUpstreamKey(nk, audit_);
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateUpstreamKey(nk, audit_); });
   nk.provider_id = 9999;
   ExpectRouterError(
-      Kind::kNotFound, [&] { repo_.CreateUpstreamKey(nk); }, "provider 9999");
+      Kind::kNotFound, [&] { repo_.CreateUpstreamKey(nk, audit_); }, "provider 9999");
 
-  repo_.CreateModel("m", "system");
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel("m", "system"); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"nope", p.id, "x"}); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetAlias("a", "nope"); });
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.SetAlias("m", "m"); });
-  repo_.SetAlias("a", "m");
+  repo_.CreateModel("m", "system", audit_);
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel("m", "system", audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"nope", p.id, "x"}, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetAlias("a", "nope", audit_); });
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.SetAlias("m", "m", audit_); });
+  repo_.SetAlias("a", "m", audit_);
   ExpectRouterError(
-      Kind::kAlreadyExists, [&] { repo_.CreateModel("a", "system"); }, "alias");
+      Kind::kAlreadyExists, [&] { repo_.CreateModel("a", "system", audit_); }, "alias");
 
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateProvider(9999, {}); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteUpstreamKey(9999); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModel("nope"); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModelRoute("m", p.id); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteAlias("nope"); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateProvider(9999, {}, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteUpstreamKey(9999, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModel("nope", audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModelRoute("m", p.id, audit_); });
+  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteAlias("nope", audit_); });
 }
 
 TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
   Provider p = repo_.CreateProvider(
-      {"az", ProviderType::kAzureOpenAi, "https://a.openai.azure.com", "2024-02-01", true});
-  Provider disabled = repo_.UpdateProvider(p.id, {false, std::nullopt, std::nullopt});
+      {"az", ProviderType::kAzureOpenAi, "https://a.openai.azure.com", "2024-02-01", true}, audit_);
+  Provider disabled = repo_.UpdateProvider(p.id, {false, std::nullopt, std::nullopt}, audit_);
   EXPECT_FALSE(disabled.enabled);
   EXPECT_EQ(disabled.base_url, p.base_url);
   EXPECT_EQ(disabled.api_version, "2024-02-01");
-  Provider moved =
-      repo_.UpdateProvider(p.id, {std::nullopt, "https://b.openai.azure.com", "2024-06-01"});
+  Provider moved = repo_.UpdateProvider(
+      p.id, {std::nullopt, "https://b.openai.azure.com", "2024-06-01"}, audit_);
   EXPECT_FALSE(moved.enabled);
   EXPECT_EQ(moved.base_url, "https://b.openai.azure.com");
   EXPECT_EQ(moved.api_version, "2024-06-01");
@@ -148,10 +150,10 @@ TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
   nk.secret = {"old", std::string(12, 'o')};
   nk.key_prefix = "old";
   nk.weight = 2;
-  UpstreamKeyRecord k = repo_.CreateUpstreamKey(nk);
+  UpstreamKeyRecord k = repo_.CreateUpstreamKey(nk, audit_);
   UpstreamKeyPatch weight_only;
   weight_only.weight = 7;
-  UpstreamKeyRecord w = repo_.UpdateUpstreamKey(k.id, weight_only);
+  UpstreamKeyRecord w = repo_.UpdateUpstreamKey(k.id, weight_only, audit_);
   EXPECT_EQ(w.weight, 7);
   EXPECT_TRUE(w.enabled);
   EXPECT_EQ(w.secret, k.secret);
@@ -159,7 +161,7 @@ TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
   rotate.enabled = false;
   rotate.secret = SealedSecret{"new", std::string(12, 'N')};
   rotate.key_prefix = "new";
-  UpstreamKeyRecord r = repo_.UpdateUpstreamKey(k.id, rotate);
+  UpstreamKeyRecord r = repo_.UpdateUpstreamKey(k.id, rotate, audit_);
   EXPECT_EQ(r.weight, 7);
   EXPECT_FALSE(r.enabled);
   EXPECT_EQ(r.secret, *rotate.secret);
@@ -168,10 +170,10 @@ TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
 
 TEST_F(RouterPgRepositoryTest, DeletingAModelTakesItsRoutesAndAliases) {
   Provider p = MakeProvider();
-  repo_.CreateModel("m", "system");
-  repo_.SetModelRoute({"m", p.id, "m"});
-  repo_.SetAlias("m2", "m");
-  repo_.DeleteModel("m");
+  repo_.CreateModel("m", "system", audit_);
+  repo_.SetModelRoute({"m", p.id, "m"}, audit_);
+  repo_.SetAlias("m2", "m", audit_);
+  repo_.DeleteModel("m", audit_);
   Catalogue c = repo_.LoadCatalogue();
   EXPECT_TRUE(c.models.empty());
   EXPECT_TRUE(c.routes.empty());
@@ -189,7 +191,7 @@ TEST_F(RouterPgRepositoryTest, ListsKeysPerProvider) {
     nk.name = name;
     nk.secret = {"c", std::string(12, 'n')};
     nk.key_prefix = "p";
-    repo_.CreateUpstreamKey(nk);
+    repo_.CreateUpstreamKey(nk, audit_);
   }
   EXPECT_EQ(repo_.ListUpstreamKeys(0).size(), 3u);
   EXPECT_EQ(repo_.ListUpstreamKeys(a.id).size(), 2u);
@@ -216,15 +218,15 @@ class RouterAdminTest : public RouterPgRepositoryTest {
 
 TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
   Provider p = admin_.CreateProvider(
-      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1///", "", true});
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1///", "", true}, audit_);
   EXPECT_EQ(p.base_url, "https://api.openai.com/v1") << "trailing slashes dropped";
   const std::string secret = "sk-proj-LIVEsecretvalue0123456789";
-  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 0, true);
+  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 0, true, audit_);
   EXPECT_EQ(k.weight, 1);
   EXPECT_EQ(k.masked_key, "sk-proj-...");
-  admin_.CreateModel("gpt-4o-mini", "");
-  admin_.SetModelRoute({"gpt-4o-mini", p.id, ""});
-  admin_.SetAlias("mini", "gpt-4o-mini");
+  admin_.CreateModel("gpt-4o-mini", "", audit_);
+  admin_.SetModelRoute({"gpt-4o-mini", p.id, ""}, audit_);
+  admin_.SetAlias("mini", "gpt-4o-mini", audit_);
 
   auto plan = pool_.Route("mini");
   ASSERT_EQ(plan.status, RouteResult::Status::kOk);
@@ -233,13 +235,14 @@ TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
   EXPECT_EQ(plan.attempts[0].api_key, secret) << "decrypted for Route";
   EXPECT_EQ(plan.attempts[0].upstream_model, "gpt-4o-mini") << "defaults to the public name";
 
-  admin_.UpdateUpstreamKey(k.id, std::nullopt, false, std::nullopt);
+  admin_.UpdateUpstreamKey(k.id, std::nullopt, false, std::nullopt, audit_);
   EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kNoHealthyUpstream);
-  admin_.UpdateUpstreamKey(k.id, std::nullopt, true, std::string("sk-rotated-0000000000000000"));
+  admin_.UpdateUpstreamKey(k.id, std::nullopt, true, std::string("sk-rotated-0000000000000000"),
+                           audit_);
   EXPECT_EQ(pool_.Route("mini").attempts.at(0).api_key, "sk-rotated-0000000000000000");
-  admin_.DeleteAlias("mini");
+  admin_.DeleteAlias("mini", audit_);
   EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kModelNotFound);
-  admin_.DeleteUpstreamKey(k.id);
+  admin_.DeleteUpstreamKey(k.id, audit_);
   EXPECT_EQ(pool_.Route("gpt-4o-mini").status, RouteResult::Status::kNoHealthyUpstream);
 
   auto listing = admin_.ListCatalogue();
@@ -251,36 +254,44 @@ TEST_F(RouterAdminTest, RejectsBadInput) {
   auto bad = [&](auto fn, const std::string& what) {
     ExpectRouterError(Kind::kInvalidArgument, fn, what);
   };
-  bad([&] { admin_.CreateProvider({"", ProviderType::kOpenAi, "https://x", "", true}); }, "name");
   bad(
       [&] {
-        admin_.CreateProvider({"p", ProviderType::kOpenAi, "ftp://x", "", true});
+        admin_.CreateProvider({"", ProviderType::kOpenAi, "https://x", "", true}, audit_);
+      },
+      "name");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p", ProviderType::kOpenAi, "ftp://x", "", true}, audit_);
       },
       "base_url");
-  bad([&] { admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://", "", true}); }, "host");
   bad(
       [&] {
-        admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://x y", "", true});
+        admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://", "", true}, audit_);
+      },
+      "host");
+  bad(
+      [&] {
+        admin_.CreateProvider({"p", ProviderType::kOpenAi, "https://x y", "", true}, audit_);
       },
       "base_url");
   bad(
       [&] {
-        admin_.CreateProvider({"p", ProviderType::kAzureOpenAi, "https://x", "", true});
+        admin_.CreateProvider({"p", ProviderType::kAzureOpenAi, "https://x", "", true}, audit_);
       },
       "api_version");
   bad(
       [&] {
-        admin_.CreateProvider({"p q", ProviderType::kOpenAi, "https://x", "", true});
+        admin_.CreateProvider({"p q", ProviderType::kOpenAi, "https://x", "", true}, audit_);
       },
       "may only contain");
-  Provider p =
-      admin_.CreateProvider({"p", ProviderType::kOpenAi, "http://10.0.0.5:8000/v1", "", true});
-  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "", 1, true); }, "secret");
-  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true); }, "secret");
-  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", -1, true); }, "weight");
-  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", 10001, true); }, "weight");
-  bad([&] { admin_.CreateModel("", ""); }, "name");
-  bad([&] { admin_.SetAlias("x", "x"); }, "itself");
+  Provider p = admin_.CreateProvider(
+      {"p", ProviderType::kOpenAi, "http://10.0.0.5:8000/v1", "", true}, audit_);
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "", 1, true, audit_); }, "secret");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true, audit_); }, "secret");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", -1, true, audit_); }, "weight");
+  bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", 10001, true, audit_); }, "weight");
+  bad([&] { admin_.CreateModel("", "", audit_); }, "name");
+  bad([&] { admin_.SetAlias("x", "x", audit_); }, "itself");
   EXPECT_TRUE(repo_.ListUpstreamKeys(0).empty()) << "nothing was written";
 }
 
@@ -293,10 +304,10 @@ TEST_F(RouterAdminTest, KeyPrefixShowsLittle) {
 TEST_F(RouterAdminTest, ThePlaintextSecretIsStoredNowhere) {
   const std::string secret = "sk-live-PLAINTEXT-must-never-hit-disk-4f9a1c";
   Provider p = admin_.CreateProvider(
-      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true});
-  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 2, true);
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true}, audit_);
+  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 2, true, audit_);
   // A second key with the same secret must not produce the same ciphertext.
-  admin_.CreateUpstreamKey(p.id, "twin", secret, 1, true);
+  admin_.CreateUpstreamKey(p.id, "twin", secret, 1, true, audit_);
 
   pqxx::connection conn(db_.dsn());
   pqxx::nontransaction tx(conn);
@@ -332,6 +343,67 @@ TEST_F(RouterAdminTest, ThePlaintextSecretIsStoredNowhere) {
     EXPECT_EQ(listed.masked_key.find(secret.substr(8)), std::string::npos);
   }
   EXPECT_EQ(k.masked_key, "sk-live-...");
+}
+
+// The audit log: one row per change in the change's transaction, none for a failed change,
+// never an upstream secret, and no way to rewrite it.
+TEST_F(RouterAdminTest, ChangesAreAuditedOnceAndNeverHoldTheSecret) {
+  auto count = [&] { return static_cast<int64_t>(admin_.ListAuditLog(10000).size()); };
+  Provider p = admin_.CreateProvider(
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true}, audit_);
+  ASSERT_EQ(count(), 1);
+  EXPECT_EQ(admin_.ListAuditLog(0)[0].target, "provider:" + std::to_string(p.id));
+
+  AuditEntry with_request = audit_;
+  with_request.details = R"({"provider_id":"1","name":"main","secret":"[redacted]"})";
+  KeyListing k = admin_.CreateUpstreamKey(p.id, "main", "sk-secret-xyz", 1, true, with_request);
+  auto log = admin_.ListAuditLog(1);
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].actor, "tester (test)");
+  EXPECT_EQ(log[0].action, "test_change");
+  EXPECT_EQ(log[0].target, "upstream_key:" + std::to_string(k.id));
+  EXPECT_NE(log[0].details.find("\"key_prefix\""), std::string::npos) << log[0].details;
+  admin_.UpdateUpstreamKey(k.id, std::nullopt, std::nullopt, std::string("sk-rotated-abcdefgh"),
+                           audit_);
+  for (const auto& e : admin_.ListAuditLog(0)) {
+    EXPECT_EQ(e.details.find("sk-secret-xyz"), std::string::npos) << e.details;
+    EXPECT_EQ(e.details.find("sk-rotated-abcdefgh"), std::string::npos) << e.details;
+  }
+  ASSERT_EQ(count(), 3);
+
+  // Failed changes leave nothing behind.
+  auto fails = [&](auto fn) { EXPECT_THROW(fn(), RouterError); };
+  fails([&] { admin_.CreateUpstreamKey(9999, "k", "sk-secret-xyz", 1, true, audit_); });
+  fails([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true, audit_); });
+  fails([&] {
+    admin_.CreateProvider({"openai", ProviderType::kOpenAi, "https://x", "", true}, audit_);
+  });
+  fails([&] { admin_.UpdateProvider(9999, {}, audit_); });
+  fails([&] { admin_.DeleteUpstreamKey(9999, audit_); });
+  fails([&] { admin_.DeleteModel("nope", audit_); });
+  fails([&] { admin_.SetModelRoute({"nope", p.id, ""}, audit_); });
+  fails([&] { admin_.DeleteModelRoute("nope", p.id, audit_); });
+  fails([&] { admin_.SetAlias("a", "nope", audit_); });
+  fails([&] { admin_.DeleteAlias("nope", audit_); });
+  EXPECT_EQ(count(), 3);
+
+  admin_.CreateModel("m", "", audit_);
+  admin_.SetModelRoute({"m", p.id, ""}, audit_);
+  admin_.SetAlias("a", "m", audit_);
+  admin_.DeleteAlias("a", audit_);
+  admin_.DeleteModelRoute("m", p.id, audit_);
+  admin_.DeleteModel("m", audit_);
+  admin_.UpdateProvider(p.id, {false, std::nullopt, std::nullopt}, audit_);
+  admin_.DeleteUpstreamKey(k.id, audit_);
+  EXPECT_EQ(count(), 11) << "one row per change";
+
+  for (const char* sql :
+       {"UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log", "TRUNCATE audit_log"}) {
+    pqxx::connection conn(db_.dsn());
+    pqxx::work tx(conn);
+    EXPECT_THROW(tx.exec(sql), pqxx::sql_error) << sql;
+  }
+  EXPECT_EQ(count(), 11);
 }
 
 }  // namespace

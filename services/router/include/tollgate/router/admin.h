@@ -48,28 +48,34 @@ class RouterAdmin final {
   RouterAdmin(RouterRepository& repo, const SecretBox& box, KeyPool& pool,
               CatalogueRefresher& refresher);
 
-  Provider CreateProvider(NewProvider provider);
-  Provider UpdateProvider(int64_t id, ProviderPatch patch);
+  // Each change is audited with `audit` (actor, action, target, details) in its transaction;
+  // an upstream key's entry gets its display prefix, never its secret.
+  Provider CreateProvider(NewProvider provider, const AuditEntry& audit);
+  Provider UpdateProvider(int64_t id, ProviderPatch patch, const AuditEntry& audit);
   std::vector<Provider> ListProviders();
 
   // weight 0 means 1.
   KeyListing CreateUpstreamKey(int64_t provider_id, const std::string& name,
-                               std::string_view secret, int32_t weight, bool enabled);
+                               std::string_view secret, int32_t weight, bool enabled,
+                               const AuditEntry& audit);
   KeyListing UpdateUpstreamKey(int64_t id, std::optional<int32_t> weight,
-                               std::optional<bool> enabled, std::optional<std::string> secret);
-  void DeleteUpstreamKey(int64_t id);
+                               std::optional<bool> enabled, std::optional<std::string> secret,
+                               const AuditEntry& audit);
+  void DeleteUpstreamKey(int64_t id, const AuditEntry& audit);
   // provider_id 0: every key.
   std::vector<KeyListing> ListUpstreamKeys(int64_t provider_id);
 
   // owned_by empty means "system".
-  ModelRecord CreateModel(const std::string& name, std::string owned_by);
-  void DeleteModel(const std::string& name);
+  ModelRecord CreateModel(const std::string& name, std::string owned_by, const AuditEntry& audit);
+  void DeleteModel(const std::string& name, const AuditEntry& audit);
   // upstream_model empty means the public name.
-  ModelRoute SetModelRoute(ModelRoute route);
-  void DeleteModelRoute(const std::string& model, int64_t provider_id);
-  void SetAlias(const std::string& alias, const std::string& model);
-  void DeleteAlias(const std::string& alias);
+  ModelRoute SetModelRoute(ModelRoute route, const AuditEntry& audit);
+  void DeleteModelRoute(const std::string& model, int64_t provider_id, const AuditEntry& audit);
+  void SetAlias(const std::string& alias, const std::string& model, const AuditEntry& audit);
+  void DeleteAlias(const std::string& alias, const AuditEntry& audit);
   CatalogueListing ListCatalogue();
+  // Newest first; `limit` 0 is 100.
+  std::vector<AuditEntry> ListAuditLog(int32_t limit);
 
  private:
   KeyListing Listing(const UpstreamKeyRecord& key) const;

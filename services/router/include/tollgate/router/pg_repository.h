@@ -15,21 +15,26 @@ class PgRouterRepository final : public RouterRepository {
 
   Catalogue LoadCatalogue() override;
 
-  Provider CreateProvider(const NewProvider& provider) override;
-  Provider UpdateProvider(int64_t id, const ProviderPatch& patch) override;
+  Provider CreateProvider(const NewProvider& provider, const AuditEntry& audit) override;
+  Provider UpdateProvider(int64_t id, const ProviderPatch& patch, const AuditEntry& audit) override;
   std::vector<Provider> ListProviders() override;
 
-  UpstreamKeyRecord CreateUpstreamKey(const NewUpstreamKey& key) override;
-  UpstreamKeyRecord UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch) override;
-  void DeleteUpstreamKey(int64_t id) override;
+  UpstreamKeyRecord CreateUpstreamKey(const NewUpstreamKey& key, const AuditEntry& audit) override;
+  UpstreamKeyRecord UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch,
+                                      const AuditEntry& audit) override;
+  void DeleteUpstreamKey(int64_t id, const AuditEntry& audit) override;
   std::vector<UpstreamKeyRecord> ListUpstreamKeys(int64_t provider_id) override;
 
-  ModelRecord CreateModel(const std::string& name, const std::string& owned_by) override;
-  void DeleteModel(const std::string& name) override;
-  ModelRoute SetModelRoute(const ModelRoute& route) override;
-  void DeleteModelRoute(const std::string& model, int64_t provider_id) override;
-  void SetAlias(const std::string& alias, const std::string& model) override;
-  void DeleteAlias(const std::string& alias) override;
+  ModelRecord CreateModel(const std::string& name, const std::string& owned_by,
+                          const AuditEntry& audit) override;
+  void DeleteModel(const std::string& name, const AuditEntry& audit) override;
+  ModelRoute SetModelRoute(const ModelRoute& route, const AuditEntry& audit) override;
+  void DeleteModelRoute(const std::string& model, int64_t provider_id,
+                        const AuditEntry& audit) override;
+  void SetAlias(const std::string& alias, const std::string& model,
+                const AuditEntry& audit) override;
+  void DeleteAlias(const std::string& alias, const AuditEntry& audit) override;
+  std::vector<AuditEntry> ListAudit(int32_t limit) override;
 
  private:
   PgPool& pool_;

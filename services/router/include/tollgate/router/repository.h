@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tollgate/audit.h"
 #include "tollgate/router/catalogue.h"
 
 namespace tollgate::router {
@@ -51,24 +52,36 @@ class RouterRepository {
   // Everything, in one consistent snapshot.
   virtual Catalogue LoadCatalogue() = 0;
 
-  virtual Provider CreateProvider(const NewProvider& provider) = 0;
-  virtual Provider UpdateProvider(int64_t id, const ProviderPatch& patch) = 0;
+  // Every change writes `audit` to the audit log in its own transaction (a creation first sets
+  // the entry's target to the new object: "provider:3", "upstream_key:5"); a failed change
+  // writes none.
+  virtual Provider CreateProvider(const NewProvider& provider, const AuditEntry& audit) = 0;
+  virtual Provider UpdateProvider(int64_t id, const ProviderPatch& patch,
+                                  const AuditEntry& audit) = 0;
   virtual std::vector<Provider> ListProviders() = 0;
 
-  virtual UpstreamKeyRecord CreateUpstreamKey(const NewUpstreamKey& key) = 0;
-  virtual UpstreamKeyRecord UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch) = 0;
-  virtual void DeleteUpstreamKey(int64_t id) = 0;
+  virtual UpstreamKeyRecord CreateUpstreamKey(const NewUpstreamKey& key,
+                                              const AuditEntry& audit) = 0;
+  virtual UpstreamKeyRecord UpdateUpstreamKey(int64_t id, const UpstreamKeyPatch& patch,
+                                              const AuditEntry& audit) = 0;
+  virtual void DeleteUpstreamKey(int64_t id, const AuditEntry& audit) = 0;
   // provider_id 0: every provider's keys.
   virtual std::vector<UpstreamKeyRecord> ListUpstreamKeys(int64_t provider_id) = 0;
 
   // kAlreadyExists also when the name is taken by an alias.
-  virtual ModelRecord CreateModel(const std::string& name, const std::string& owned_by) = 0;
-  virtual void DeleteModel(const std::string& name) = 0;
-  virtual ModelRoute SetModelRoute(const ModelRoute& route) = 0;
-  virtual void DeleteModelRoute(const std::string& model, int64_t provider_id) = 0;
+  virtual ModelRecord CreateModel(const std::string& name, const std::string& owned_by,
+                                  const AuditEntry& audit) = 0;
+  virtual void DeleteModel(const std::string& name, const AuditEntry& audit) = 0;
+  virtual ModelRoute SetModelRoute(const ModelRoute& route, const AuditEntry& audit) = 0;
+  virtual void DeleteModelRoute(const std::string& model, int64_t provider_id,
+                                const AuditEntry& audit) = 0;
   // kAlreadyExists when `alias` is a model name; kNotFound when `model` is not one.
-  virtual void SetAlias(const std::string& alias, const std::string& model) = 0;
-  virtual void DeleteAlias(const std::string& alias) = 0;
+  virtual void SetAlias(const std::string& alias, const std::string& model,
+                        const AuditEntry& audit) = 0;
+  virtual void DeleteAlias(const std::string& alias, const AuditEntry& audit) = 0;
+
+  // The newest `limit` audit entries, newest first.
+  virtual std::vector<AuditEntry> ListAudit(int32_t limit) = 0;
 };
 
 }  // namespace tollgate::router
