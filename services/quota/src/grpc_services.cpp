@@ -7,6 +7,7 @@
 #include <string>
 
 #include "tollgate/admin_call.h"
+#include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -246,7 +247,8 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
       if (p.kind == SubjectKind::kIp && (p.monthly_tokens || p.daily_tokens))
         throw AdminError(AdminError::Kind::kInvalidArgument,
                          "client IPs have rate limits (rpm, tpm) only");
-      deps_.repo.UpsertPolicy(p);
+      deps_.repo.UpsertPolicy(
+          p, MakeAuditEntry(*context, "set_policy", PolicyTarget(p.kind, p.subject), *request));
       deps_.limiter.PutPolicy(p);
       Fill(p.kind, p.subject, deps_.limiter.Policy(p.kind, p.subject), response->mutable_policy());
     });
@@ -267,7 +269,10 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
                                          pb::DeletePolicyResponse*) override {
     return OnWorker(context, "DeletePolicy", [=, this] {
       SubjectKind kind = FromProto(request->subject_kind(), request->subject());
-      if (!deps_.repo.DeletePolicy(kind, request->subject()))
+      if (!deps_.repo.DeletePolicy(
+              kind, request->subject(),
+              MakeAuditEntry(*context, "delete_policy", PolicyTarget(kind, request->subject()),
+                             *request)))
         throw AdminError(AdminError::Kind::kNotFound, "no policy override for this subject");
       deps_.limiter.RemovePolicy(kind, request->subject());
     });
@@ -288,7 +293,21 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
     });
   }
 
+  grpc::ServerUnaryReactor* ListAuditLog(grpc::CallbackServerContext* context,
+                                         const pb::ListAuditLogRequest* request,
+                                         pb::ListAuditLogResponse* response) override {
+    return OnWorker(context, "ListAuditLog", [=, this] {
+      for (const auto& e : deps_.repo.ListAudit(AuditLimit(request->limit())))
+        FillAuditEntry(e, response->add_entries());
+    });
+  }
+
  private:
+  // "policy:key:<subject>", "policy:user:<subject>", "policy:ip:<subject>".
+  static std::string PolicyTarget(SubjectKind kind, const std::string& subject) {
+    return std::string("policy:") + SubjectName(kind) + ":" + subject;
+  }
+
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {

@@ -1,5 +1,6 @@
 #include "tollgate/quota/pg_repository.h"
 
+#include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::quota {
@@ -50,7 +51,7 @@ std::vector<PolicyOverride> PgQuotaRepository::LoadPolicies() {
   });
 }
 
-void PgQuotaRepository::UpsertPolicy(const PolicyOverride& p) {
+void PgQuotaRepository::UpsertPolicy(const PolicyOverride& p, const AuditEntry& audit) {
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     tx.exec_params(
@@ -60,17 +61,21 @@ void PgQuotaRepository::UpsertPolicy(const PolicyOverride& p) {
         "daily_tokens = EXCLUDED.daily_tokens, updated_at = now()",
         SubjectName(p.kind), p.subject, Nullable(p.rpm).get(), Nullable(p.tpm).get(),
         Nullable(p.monthly_tokens).get(), Nullable(p.daily_tokens).get());
+    WriteAudit(tx, audit);
     tx.commit();
   });
 }
 
-bool PgQuotaRepository::DeletePolicy(SubjectKind kind, const std::string& subject) {
+bool PgQuotaRepository::DeletePolicy(SubjectKind kind, const std::string& subject,
+                                     const AuditEntry& audit) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto r = tx.exec_params("DELETE FROM policies WHERE subject_kind = $1 AND subject = $2",
                             SubjectName(kind), subject);
+    if (r.affected_rows() == 0) return false;  // nothing changed: nothing to audit
+    WriteAudit(tx, audit);
     tx.commit();
-    return r.affected_rows() > 0;
+    return true;
   });
 }
 
@@ -117,6 +122,13 @@ void PgQuotaRepository::PruneSettled(int days) {
     tx.exec_params(
         "DELETE FROM settled_requests WHERE settled_at < now() - make_interval(days => $1)", days);
     tx.commit();
+  });
+}
+
+std::vector<AuditEntry> PgQuotaRepository::ListAudit(int32_t limit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return ::tollgate::ListAudit(tx, limit);
   });
 }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <pqxx/pqxx>
 
 #include <atomic>
 #include <chrono>
@@ -332,6 +333,44 @@ TEST(QuotaGrpcTest, AdminPoliciesOverrideDefaultsAndNeedTheToken) {
   auto bctx = Ctx(true);
   EXPECT_EQ(admin->SetPolicy(bctx.get(), set, &set_resp).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+
+  // The audit log: the set and the delete that happened, nothing for the refused calls
+  // (no token, a delete of nothing, a bad policy); append-only in the database.
+  pb::ListAuditLogRequest lr;
+  pb::ListAuditLogResponse log;
+  auto nctx = Ctx(false);
+  EXPECT_EQ(admin->ListAuditLog(nctx.get(), lr, &log).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  auto lctx = Ctx(true);
+  ASSERT_TRUE(admin->ListAuditLog(lctx.get(), lr, &log).ok());
+  ASSERT_EQ(log.entries_size(), 2) << log.DebugString();
+  EXPECT_EQ(log.entries(0).action(), "delete_policy");
+  EXPECT_EQ(log.entries(0).target(), "policy:key:key-p");
+  EXPECT_EQ(log.entries(1).action(), "set_policy");
+  EXPECT_EQ(log.entries(1).target(), "policy:key:key-p");
+  EXPECT_NE(log.entries(1).details().find("\"rpm\""), std::string::npos)
+      << log.entries(1).details();
+  EXPECT_EQ(log.entries(1).actor().rfind("admin (", 0), 0u) << log.entries(1).actor();
+  EXPECT_GT(log.entries(1).at_ms(), 0);
+
+  auto actor_ctx = Ctx(true);
+  actor_ctx->AddMetadata("x-tollgate-actor", "carol@ops");
+  set.set_subject_kind(pb::SUBJECT_KIND_KEY);
+  ASSERT_TRUE(admin->SetPolicy(actor_ctx.get(), set, &set_resp).ok());
+  auto l2ctx = Ctx(true);
+  lr.set_limit(1);
+  ASSERT_TRUE(admin->ListAuditLog(l2ctx.get(), lr, &log).ok());
+  ASSERT_EQ(log.entries_size(), 1);
+  EXPECT_EQ(log.entries(0).actor().rfind("carol@ops (", 0), 0u) << log.entries(0).actor();
+
+  pqxx::connection conn(db.dsn());
+  for (const char* sql :
+       {"UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log", "TRUNCATE audit_log"}) {
+    pqxx::work tx(conn);
+    EXPECT_THROW(tx.exec(sql), pqxx::sql_error) << sql;
+  }
+  pqxx::work tx(conn);
+  EXPECT_EQ(tx.exec("SELECT count(*) FROM audit_log WHERE actor <> 'mallory'")[0][0].as<int>(), 3);
 }
 
 TEST(QuotaGrpcTest, ReleaseOverGrpcRestoresHeadroom) {

@@ -23,8 +23,9 @@ class FakeClock final : public Clock {
 class FakeRepository final : public QuotaRepository {
  public:
   std::vector<PolicyOverride> LoadPolicies() override { return {}; }
-  void UpsertPolicy(const PolicyOverride&) override {}
-  bool DeletePolicy(SubjectKind, const std::string&) override { return true; }
+  void UpsertPolicy(const PolicyOverride&, const AuditEntry&) override {}
+  bool DeletePolicy(SubjectKind, const std::string&, const AuditEntry&) override { return true; }
+  std::vector<AuditEntry> ListAudit(int32_t) override { return {}; }
   int64_t LoadUsage(const UsageKey& key) override {
     auto it = usage.find(key);
     return it == usage.end() ? 0 : it->second;

@@ -14,8 +14,9 @@ class PgQuotaRepository final : public QuotaRepository {
   explicit PgQuotaRepository(PgPool& pool) : pool_(pool) {}
 
   std::vector<PolicyOverride> LoadPolicies() override;
-  void UpsertPolicy(const PolicyOverride& policy) override;
-  bool DeletePolicy(SubjectKind kind, const std::string& subject) override;
+  void UpsertPolicy(const PolicyOverride& policy, const AuditEntry& audit) override;
+  bool DeletePolicy(SubjectKind kind, const std::string& subject, const AuditEntry& audit) override;
+  std::vector<AuditEntry> ListAudit(int32_t limit) override;
   int64_t LoadUsage(const UsageKey& key) override;
   std::vector<size_t> CommitSettlements(const std::vector<SettledRequest>& batch) override;
   void PruneSettled(int days) override;

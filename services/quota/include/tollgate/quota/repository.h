@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "tollgate/audit.h"
+
 namespace tollgate::quota {
 
 enum class SubjectKind { kKey, kUser, kIp };
@@ -51,9 +53,12 @@ class QuotaRepository {
  public:
   virtual ~QuotaRepository() = default;
   virtual std::vector<PolicyOverride> LoadPolicies() = 0;
-  virtual void UpsertPolicy(const PolicyOverride& policy) = 0;
+  // Each policy change writes `audit` to the audit log in its own transaction; a failed change
+  // (or a delete of nothing) writes none.
+  virtual void UpsertPolicy(const PolicyOverride& policy, const AuditEntry& audit) = 0;
   // False: there was none.
-  virtual bool DeletePolicy(SubjectKind kind, const std::string& subject) = 0;
+  virtual bool DeletePolicy(SubjectKind kind, const std::string& subject,
+                            const AuditEntry& audit) = 0;
   // Settled tokens of one period; 0 when none.
   virtual int64_t LoadUsage(const UsageKey& key) = 0;
   // One transaction (group commit): records the request ids not seen before and adds the deltas
@@ -61,6 +66,8 @@ class QuotaRepository {
   virtual std::vector<size_t> CommitSettlements(const std::vector<SettledRequest>& batch) = 0;
   // Forgets settled request ids older than `days` (they can no longer be retried).
   virtual void PruneSettled(int days) = 0;
+  // The newest `limit` audit entries, newest first.
+  virtual std::vector<AuditEntry> ListAudit(int32_t limit) = 0;
 };
 
 }  // namespace tollgate::quota
