@@ -15,8 +15,16 @@
 //
 // Global flags: --addr=HOST:PORT (default: the service's default port on 127.0.0.1, or
 // TOLLGATECTL_<SERVICE>_ADDR), --admin-token-file=PATH (or TOLLGATECTL_ADMIN_TOKEN),
-// --timeout=SECONDS (default 10), --json, --csv, and for services running mutual TLS
-// (grpc.tls.*): --tls-cert=PEM --tls-key=PEM --tls-ca=PEM.
+// --actor=NAME (who is acting, sent as x-tollgate-actor and written to the services' audit
+// logs; default TOLLGATECTL_ACTOR, else $USER@hostname), --timeout=SECONDS (default 10),
+// --json, --csv, and for services running mutual TLS (grpc.tls.*): --tls-cert=PEM
+// --tls-key=PEM --tls-ca=PEM.
+//
+//   tollgatectl audit [--limit=N] [--json|--csv] [--auth-addr=...] [--quota-addr=...]
+//                     [--router-addr=...] [--billing-addr=...]
+// reads every service's audit log (ListAuditLog) and prints the newest N entries of all of
+// them merged, newest first, with the service each came from. A service that cannot be read is
+// named on stderr, the others are still printed, and the exit code is 1.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/util/json_util.h>
@@ -25,7 +33,9 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -33,8 +43,12 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include <unistd.h>
+
+#include "tollgate/audit/v1/audit.pb.h"
 #include "tollgate/auth/v1/auth.grpc.pb.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
 #include "tollgate/quota/v1/quota.grpc.pb.h"
@@ -321,15 +335,234 @@ void Help(const std::string& svc, const pb::ServiceDescriptor* sd) {
   }
 }
 
+// How to reach the services, from the global flags.
+struct Connection {
+  std::string token;
+  std::string actor;
+  std::string tls_cert, tls_key, tls_ca;
+  int timeout_s = 10;
+};
+
+std::string DefaultActor() {
+  std::string actor = EnvOr("TOLLGATECTL_ACTOR", "");
+  if (!actor.empty()) return actor;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+  return EnvOr("USER", "unknown") + "@" + (host[0] ? host : "localhost");
+}
+
+std::string Address(const std::string& svc, const std::string& given) {
+  if (!given.empty()) return given;
+  std::string upper = svc;
+  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+  return EnvOr("TOLLGATECTL_" + upper + "_ADDR",
+               "127.0.0.1:" + std::to_string(Services().at(svc).default_port));
+}
+
+// One unary call of `method` at `addr`; fills `resp` on success.
+grpc::Status Call(const Connection& conn, const std::string& addr,
+                  const pb::MethodDescriptor* method, const pb::Message& req, pb::Message* resp) {
+  std::string payload;
+  req.SerializeToString(&payload);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!conn.tls_cert.empty() || !conn.tls_key.empty() || !conn.tls_ca.empty()) {
+    if (conn.tls_cert.empty() || conn.tls_key.empty() || conn.tls_ca.empty())
+      Fail("--tls-cert, --tls-key and --tls-ca go together", 2);
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = ReadFile(conn.tls_ca);
+    options.pem_cert_chain = ReadFile(conn.tls_cert);
+    options.pem_private_key = ReadFile(conn.tls_key);
+    creds = grpc::SslCredentials(options);
+  }
+  grpc::GenericStub stub(grpc::CreateChannel(addr, creds));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(conn.timeout_s));
+  if (!conn.token.empty()) ctx.AddMetadata("authorization", "Bearer " + conn.token);
+  // Printable ASCII only: gRPC refuses other bytes in a metadata value.
+  std::string actor;
+  for (char c : conn.actor)
+    if (c >= 0x20 && c < 0x7f) actor += c;
+  if (!actor.empty()) ctx.AddMetadata("x-tollgate-actor", actor);
+  grpc::Slice slice(payload);
+  grpc::ByteBuffer request_buf(&slice, 1), response_buf;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/" + method->service()->full_name() + "/" + method->name(),
+                 grpc::StubOptions(), &request_buf, &response_buf, [&](grpc::Status s) {
+                   std::lock_guard lock(mu);
+                   status = std::move(s);
+                   done = true;
+                   cv.notify_one();
+                 });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return done; });
+  }
+  if (!status.ok()) return status;
+  std::vector<grpc::Slice> slices;
+  (void)response_buf.Dump(&slices);
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  if (!resp->ParseFromString(bytes))
+    return grpc::Status(grpc::StatusCode::INTERNAL, "could not parse the response");
+  return status;
+}
+
+std::string Describe(const grpc::Status& status, const std::string& svc, const std::string& addr) {
+  std::string code;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      code = "unavailable (is the " + svc + " service running at " + addr + "?)";
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      code = "unauthenticated";
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      code = "timed out";
+      break;
+    default:
+      code = "error " + std::to_string(status.error_code());
+  }
+  return code + ": " + status.error_message();
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string UtcTime(int64_t at_ms) {
+  std::time_t t = static_cast<std::time_t>(at_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  char ms[8];
+  std::snprintf(ms, sizeof(ms), ".%03dZ", static_cast<int>(at_ms % 1000));
+  return std::string(buf) + ms;
+}
+
+// tollgatectl audit: every service's ListAuditLog, merged newest first.
+int Audit(const Connection& conn, const std::vector<std::string>& rest,
+          const std::map<std::string, std::string>& addrs, bool json, bool csv) {
+  int32_t limit = 100;
+  for (size_t i = 1; i < rest.size(); ++i) {
+    if (rest[i].rfind("--limit=", 0) == 0) {
+      try {
+        limit = std::stoi(rest[i].substr(8));
+      } catch (const std::exception&) {
+        Fail("--limit: '" + rest[i].substr(8) + "' is not a number", 2);
+      }
+      if (limit <= 0) Fail("--limit must be at least 1", 2);
+    } else {
+      Fail("unexpected argument '" + rest[i] + "' for audit (--limit=N, --json, --csv)", 2);
+    }
+  }
+  struct Row {
+    std::string service;
+    tollgate::audit::v1::AuditEntry entry;
+  };
+  std::vector<Row> rows;
+  int failed = 0;
+  for (const char* svc : {"auth", "quota", "router", "billing"}) {
+    const pb::ServiceDescriptor* sd =
+        pb::DescriptorPool::generated_pool()->FindServiceByName(Services().at(svc).full_name);
+    const pb::MethodDescriptor* method = sd ? sd->FindMethodByName("ListAuditLog") : nullptr;
+    if (!method) Fail(std::string("no ListAuditLog in ") + svc);
+    pb::DynamicMessageFactory factory;
+    std::unique_ptr<pb::Message> req(factory.GetPrototype(method->input_type())->New());
+    SetField(*req, method->input_type()->FindFieldByName("limit"), std::to_string(limit));
+    std::unique_ptr<pb::Message> resp(factory.GetPrototype(method->output_type())->New());
+    auto it = addrs.find(svc);
+    const std::string addr = Address(svc, it == addrs.end() ? "" : it->second);
+    grpc::Status status = Call(conn, addr, method, *req, resp.get());
+    if (!status.ok()) {
+      std::cerr << "tollgatectl: audit: " << svc << ": " << Describe(status, svc, addr) << "\n";
+      ++failed;
+      continue;
+    }
+    // The entries are the shared tollgate.audit.v1.AuditEntry: reparse them as that type.
+    const pb::FieldDescriptor* f = resp->GetDescriptor()->FindFieldByName("entries");
+    for (int j = 0; j < resp->GetReflection()->FieldSize(*resp, f); ++j) {
+      Row row{svc, {}};
+      row.entry.ParseFromString(
+          resp->GetReflection()->GetRepeatedMessage(*resp, f, j).SerializeAsString());
+      rows.push_back(std::move(row));
+    }
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    return std::make_tuple(b.entry.at_ms(), b.entry.id()) <
+           std::make_tuple(a.entry.at_ms(), a.entry.id());
+  });
+  if (rows.size() > static_cast<size_t>(limit)) rows.resize(static_cast<size_t>(limit));
+  if (json) {
+    std::cout << "[";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto& e = rows[i].entry;
+      std::cout << (i ? ",\n " : "") << "{\"service\":" << JsonString(rows[i].service)
+                << ",\"id\":" << e.id() << ",\"at_ms\":" << e.at_ms()
+                << ",\"at\":" << JsonString(UtcTime(e.at_ms()))
+                << ",\"actor\":" << JsonString(e.actor())
+                << ",\"action\":" << JsonString(e.action())
+                << ",\"target\":" << JsonString(e.target())
+                << ",\"details\":" << (e.details().empty() ? "{}" : e.details()) << "}";
+    }
+    std::cout << "]\n";
+  } else {
+    std::vector<std::vector<std::pair<std::string, std::string>>> table;
+    for (const auto& row : rows) {
+      const auto& e = row.entry;
+      table.push_back({{"service", row.service},
+                       {"at", UtcTime(e.at_ms())},
+                       {"actor", e.actor()},
+                       {"action", e.action()},
+                       {"target", e.target()},
+                       {"details", e.details()}});
+    }
+    if (csv) {
+      if (table.empty()) std::cout << "service,at,actor,action,target,details\n";
+      PrintCsv(table);
+    } else {
+      PrintTable(table);
+    }
+  }
+  return failed ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   bool json = false, csv = false;
   std::string addr, token_file, json_body, tls_cert, tls_key, tls_ca;
+  std::string actor = DefaultActor();
+  std::map<std::string, std::string> service_addrs;  // --auth-addr= ... (for audit)
   int timeout_s = 10;
   std::vector<std::string> rest;
   for (const auto& a : args) {
+    bool service_addr = false;
+    for (const auto& [name, info] : Services()) {
+      const std::string flag = "--" + name + "-addr=";
+      if (a.rfind(flag, 0) == 0) {
+        service_addrs[name] = a.substr(flag.size());
+        service_addr = true;
+      }
+    }
+    if (service_addr) continue;
     if (a == "--json")
       json = true;
     else if (a == "--csv")
@@ -344,6 +577,8 @@ int main(int argc, char** argv) {
       addr = a.substr(7);
     else if (a.rfind("--admin-token-file=", 0) == 0)
       token_file = a.substr(19);
+    else if (a.rfind("--actor=", 0) == 0)
+      actor = a.substr(8);
     else if (a.rfind("--timeout=", 0) == 0)
       timeout_s = std::atoi(a.c_str() + 10);
     else if (a.rfind("--json-body=", 0) == 0)
@@ -352,11 +587,21 @@ int main(int argc, char** argv) {
       rest.push_back(a);
   }
   if (rest.empty() || rest[0] == "help" || rest[0] == "--help") {
-    std::cout << "usage: tollgatectl [--addr=HOST:PORT] [--admin-token-file=PATH] [--json|--csv] "
-                 "SERVICE COMMAND [--field=value ...]\nservices: auth, quota, router, billing "
+    std::cout << "usage: tollgatectl [--addr=HOST:PORT] [--admin-token-file=PATH] [--actor=NAME] "
+                 "[--json|--csv] SERVICE COMMAND [--field=value ...]\n"
+                 "       tollgatectl audit [--limit=N] [--json|--csv] [--auth-addr=HOST:PORT] ...\n"
+                 "services: auth, quota, router, billing "
                  "(tollgatectl SERVICE help lists its commands)\n";
     return rest.empty() ? 2 : 0;
   }
+  Connection conn;
+  conn.token = token_file.empty() ? EnvOr("TOLLGATECTL_ADMIN_TOKEN", "") : ReadFile(token_file);
+  conn.actor = actor;
+  conn.tls_cert = tls_cert;
+  conn.tls_key = tls_key;
+  conn.tls_ca = tls_ca;
+  conn.timeout_s = timeout_s;
+  if (rest[0] == "audit") return Audit(conn, rest, service_addrs, json, csv);
   auto svc_it = Services().find(rest[0]);
   if (svc_it == Services().end()) Fail("unknown service '" + rest[0] + "'", 2);
   const std::string& svc = svc_it->first;
@@ -410,70 +655,11 @@ int main(int argc, char** argv) {
     SetField(*req, f, value);
   }
 
-  std::string upper = svc;
-  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
-  if (addr.empty())
-    addr = EnvOr("TOLLGATECTL_" + upper + "_ADDR",
-                 "127.0.0.1:" + std::to_string(svc_it->second.default_port));
-  std::string token =
-      token_file.empty() ? EnvOr("TOLLGATECTL_ADMIN_TOKEN", "") : ReadFile(token_file);
-
-  std::string payload;
-  req->SerializeToString(&payload);
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!tls_cert.empty() || !tls_key.empty() || !tls_ca.empty()) {
-    if (tls_cert.empty() || tls_key.empty() || tls_ca.empty())
-      Fail("--tls-cert, --tls-key and --tls-ca go together", 2);
-    grpc::SslCredentialsOptions options;
-    options.pem_root_certs = ReadFile(tls_ca);
-    options.pem_cert_chain = ReadFile(tls_cert);
-    options.pem_private_key = ReadFile(tls_key);
-    creds = grpc::SslCredentials(options);
-  }
-  grpc::GenericStub stub(grpc::CreateChannel(addr, creds));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
-  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
-  grpc::Slice slice(payload);
-  grpc::ByteBuffer request_buf(&slice, 1), response_buf;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status status;
-  stub.UnaryCall(&ctx, "/" + sd->full_name() + "/" + method->name(), grpc::StubOptions(),
-                 &request_buf, &response_buf, [&](grpc::Status s) {
-                   std::lock_guard lock(mu);
-                   status = std::move(s);
-                   done = true;
-                   cv.notify_one();
-                 });
-  {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return done; });
-  }
-  if (!status.ok()) {
-    std::string code;
-    switch (status.error_code()) {
-      case grpc::StatusCode::UNAVAILABLE:
-        code = "unavailable (is the " + svc + " service running at " + addr + "?)";
-        break;
-      case grpc::StatusCode::UNAUTHENTICATED:
-        code = "unauthenticated";
-        break;
-      case grpc::StatusCode::DEADLINE_EXCEEDED:
-        code = "timed out";
-        break;
-      default:
-        code = "error " + std::to_string(status.error_code());
-    }
-    Fail(svc + " " + rest[1] + ": " + code + ": " + status.error_message());
-  }
-  std::vector<grpc::Slice> slices;
-  (void)response_buf.Dump(&slices);
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (addr.empty() && service_addrs.count(svc)) addr = service_addrs[svc];
+  addr = Address(svc, addr);
   std::unique_ptr<pb::Message> resp(factory.GetPrototype(method->output_type())->New());
-  if (!resp->ParseFromString(bytes)) Fail("could not parse the response");
+  grpc::Status status = Call(conn, addr, method, *req, resp.get());
+  if (!status.ok()) Fail(svc + " " + rest[1] + ": " + Describe(status, svc, addr));
   if (json) {
     std::string out;
     pb::util::JsonPrintOptions opts;

@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { findSecretsInLogs, openaiClient, sleep, startSuite, waitFor } from './harness.mjs';
+import { ctlBin, findSecretsInLogs, openaiClient, run, sleep, startSuite, waitFor } from './harness.mjs';
 
 const MESSAGES = [{ role: 'user', content: 'who am I?' }];
 const REVOCATION_BOUND_MS = 1000; // documented in docs/architecture.md ("Auth")
@@ -179,6 +179,41 @@ describe('API keys through the edge', { timeout: 300_000 }, () => {
       const { keys } = await suite.ctlJson(['auth', 'list-api-keys', `--user-id=${userId}`]);
       return Number(keys.find((k) => k.id === id)?.last_used_at ?? 0) > 0;
     }, { timeoutMs: 10_000, what: 'last_used_at of the key just used' });
+  });
+
+  it('tollgatectl audit merges the audit logs of all four services, never holding a key', { timeout: 30_000 }, async () => {
+    const services = ['auth', 'quota', 'router', 'billing'];
+    const addrs = services.map((s, i) => `--${s}-addr=127.0.0.1:${suite.ports.grpcBase + i}`);
+    const ctl = (args) => run(ctlBin, [
+      `--admin-token-file=${path.join(suite.stateDir, 'secrets/admin_token')}`, '--actor=e2e-auditor', ...args,
+    ], { env: suite.env });
+    // The launcher's seed audited auth, router and billing; a change of our own for quota.
+    const set = await ctl([`--addr=127.0.0.1:${suite.ports.grpcBase + 1}`, 'quota', 'set-policy',
+      '--subject-kind=key', '--subject=e2e-audit', '--rpm=1000']);
+    assert.equal(set.code, 0, set.stderr);
+    const { key, id } = await newKey();
+
+    const r = await ctl(['--json', 'audit', '--limit=1000', ...addrs]);
+    assert.equal(r.code, 0, r.stderr);
+    const entries = JSON.parse(r.stdout);
+    assert.deepEqual([...new Set(entries.map((e) => e.service))].sort(), [...services].sort());
+    for (let i = 1; i < entries.length; i++) assert.ok(entries[i - 1].at_ms >= entries[i].at_ms, 'newest first');
+    const policy = entries.find((e) => e.service === 'quota' && e.action === 'set_policy');
+    assert.equal(policy?.target, 'policy:key:e2e-audit');
+    assert.match(policy.actor, /^e2e-auditor \(/);
+    assert.equal(policy.details.rpm, '1000');
+    assert.ok(entries.some((e) => e.service === 'auth' && e.action === 'create_api_key' && e.target === `api_key:${id}`));
+    assert.ok(entries.some((e) => e.service === 'router' && e.action === 'create_upstream_key'));
+    assert.ok(entries.some((e) => e.service === 'billing' && e.action === 'top_up'));
+    for (const secret of [key, suite.demoKey, suite.adminToken]) assert.ok(!r.stdout.includes(secret));
+
+    // One service unreachable: named on stderr, the others still printed, exit 1.
+    const partial = await ctl(['--csv', 'audit', '--limit=5', ...addrs.slice(0, 3), '--billing-addr=127.0.0.1:1']);
+    assert.equal(partial.code, 1);
+    assert.match(partial.stderr, /audit: billing: unavailable/);
+    const lines = partial.stdout.trim().split('\n');
+    assert.equal(lines[0], 'service,at,actor,action,target,details');
+    assert.equal(lines.length, 6);
   });
 
   it('no API key, admin token or upstream secret in any log line', { timeout: 20_000 }, async () => {
