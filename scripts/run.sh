@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # The Tollgate launcher.
-#   scripts/run.sh [up] [--detach]   build, start PostgreSQL (embedded unless DSNs are given),
+#   scripts/run.sh [up] [--detach] [--split]
+#                                    build, start PostgreSQL (embedded unless DSNs are given),
 #                                    the mock upstream (unless OPENAI_API_KEY is set) and every
 #                                    service; print how to call it. Ctrl-C stops everything.
-#   scripts/run.sh down              stop a detached run (PostgreSQL included)
+#   scripts/run.sh down              stop a detached run (PostgreSQL included), either mode
 #   scripts/run.sh status            show what is running
+#   scripts/run.sh restart TARGET    split mode: (re)start one target (auth, quota, router,
+#                                    billing, edge), e.g. after kill -9, and wait for its health
+# Default: one process, `tollgate serve --target=all` (pid tollgate.pid, log logs/tollgate.log).
+# --split: one process per target, as docker-compose.yml runs them (`tollgate serve
+# --target=auth` ... `--target=edge`, all with the same generated config), started in the order
+# auth, quota, router, billing, edge, each health-checked before the next; pid TARGET.pid and log
+# logs/TARGET.log in the state dir. Metrics: the edge on TG_METRICS_LISTEN, auth, quota, router and
+# billing on its port + 1..4 (TOLLGATE_METRICS__LISTEN per process).
 # State (data, logs, generated config and secrets) lives in .tollgate/ (TG_STATE_DIR); a second
 # run reuses it. Ports: TG_EDGE_LISTEN (127.0.0.1:8080), TG_GRPC_BASE (7101..7104),
 # TG_METRICS_LISTEN (127.0.0.1:9464), TG_PG_PORT (55432). Any TOLLGATE_* variable is passed to
@@ -20,12 +29,17 @@ GRPC_BASE=${TG_GRPC_BASE:-7101}
 METRICS_LISTEN=${TG_METRICS_LISTEN:-127.0.0.1:9464}
 PG_PORT=${TG_PG_PORT:-55432}
 SERVICES=(auth quota router billing)
+TARGETS=(auth quota router billing edge)  # split mode: start order (stop: the reverse)
 TOLLGATE=$BUILD/cmd/tollgate/tollgate
 MOCK=$BUILD/tools/mock_upstream/tollgate-mock-upstream
 
 say() { printf 'tollgate: %s\n' "$*"; }
 die() { printf 'tollgate: %s\n' "$*" >&2; exit 1; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() {  # alive PIDFILE: the process runs (a zombie waiting for a slow-reaping init does not)
+  local pid
+  [ -f "$1" ] && pid=$(cat "$1") && kill -0 "$pid" 2>/dev/null || return 1
+  [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 grpc_port() { local i; for i in "${!SERVICES[@]}"; do [ "${SERVICES[$i]}" = "$1" ] && echo $((GRPC_BASE + i)); done; }
 external_db() {
   local s v
@@ -40,20 +54,36 @@ stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait for a clean exit, then SIGKILL
   alive "$file" || { rm -f "$file"; return 0; }
   pid=$(cat "$file")
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then say "$name did not stop in 15 s; killing it"; kill -KILL "$pid" 2>/dev/null || true; fi
+  for i in $(seq 1 150); do alive "$file" || break; sleep 0.1; done
+  if alive "$file"; then say "$name did not stop in 15 s; killing it"; kill -KILL "$pid" 2>/dev/null || true; fi
   rm -f "$file"
 }
 
+split_running() { local t; for t in "${TARGETS[@]}"; do alive "$STATE/$t.pid" && return 0; done; return 1; }
+running() { alive "$STATE/tollgate.pid" || split_running; }
+
 down() {
+  local i
   stop_pid "$STATE/tollgate.pid" tollgate
+  for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do stop_pid "$STATE/${TARGETS[$i]}.pid" "${TARGETS[$i]}"; done
   stop_pid "$STATE/mock.pid" "mock upstream"
   if [ -d "$STATE/pg/data" ] && pg_running "$STATE/pg"; then pg_stop "$STATE/pg"; fi
   say "stopped"
 }
 
 status() {
-  alive "$STATE/tollgate.pid" && say "tollgate running (pid $(cat "$STATE/tollgate.pid"))" || say "tollgate not running"
+  local t
+  if alive "$STATE/tollgate.pid"; then
+    say "tollgate running (pid $(cat "$STATE/tollgate.pid"), every target in one process)"
+  elif [ -n "$(for t in "${TARGETS[@]}"; do [ -f "$STATE/$t.pid" ] && echo "$t"; done)" ]; then
+    for t in "${TARGETS[@]}"; do
+      if alive "$STATE/$t.pid"; then say "$t running (pid $(cat "$STATE/$t.pid"))"
+      elif [ -f "$STATE/$t.pid" ]; then say "$t NOT running (pid $(cat "$STATE/$t.pid") gone; scripts/run.sh restart $t)"
+      else say "$t not running"; fi
+    done
+  else
+    say "tollgate not running"
+  fi
   alive "$STATE/mock.pid" && say "mock upstream running (pid $(cat "$STATE/mock.pid"))" || true
   [ -d "$STATE/pg/data" ] && pg_running "$STATE/pg" && say "PostgreSQL running on 127.0.0.1:$PG_PORT" || true
 }
@@ -105,10 +135,51 @@ wait_ready() {
   die "services not healthy after ${TG_START_TIMEOUT:-90} s (log: $STATE/logs/tollgate.log)"
 }
 
+metrics_listen() {  # metrics_listen TARGET: split mode's per-process metrics address
+  local host=${METRICS_LISTEN%:*} port=${METRICS_LISTEN##*:} i
+  [ "$1" = edge ] && { echo "$METRICS_LISTEN"; return; }
+  for i in "${!SERVICES[@]}"; do [ "${SERVICES[$i]}" = "$1" ] && echo "$host:$((port + 1 + i))"; done
+}
+
+target_healthy() {
+  if [ "$1" = edge ]; then curl -fsS "http://$EDGE_LISTEN/readyz" >/dev/null 2>&1
+  else "$TOLLGATE" health "127.0.0.1:$(grpc_port "$1")" >/dev/null 2>&1; fi
+}
+
+start_target() {  # start_target TARGET: split mode; one process, then wait for its health
+  local t=$1 log="$STATE/logs/$1.log" deadline=$((SECONDS + ${TG_START_TIMEOUT:-90}))
+  TOLLGATE_METRICS__LISTEN=$(metrics_listen "$t") \
+    "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target="$t" >>"$log" 2>&1 &
+  echo $! >"$STATE/$t.pid"
+  while [ $SECONDS -lt $deadline ]; do
+    alive "$STATE/$t.pid" || { tail -n 30 "$log" >&2; die "$t exited during start-up (log: $log)"; }
+    target_healthy "$t" && return 0
+    sleep 0.2
+  done
+  die "$t not healthy after ${TG_START_TIMEOUT:-90} s (log: $log)"
+}
+
+restart() {  # restart TARGET: split mode only
+  local t=${1:-} known=0 x
+  for x in "${TARGETS[@]}"; do [ "$x" = "$t" ] && known=1; done
+  [ $known = 1 ] || die "usage: scripts/run.sh restart auth|quota|router|billing|edge"
+  alive "$STATE/tollgate.pid" && die "restart needs the split mode (scripts/run.sh up --split); this run is one process"
+  [ -f "$STATE/tollgate.yaml" ] || die "no configuration in $STATE: start with scripts/run.sh up --split"
+  stop_pid "$STATE/$t.pid" "$t"
+  start_target "$t"
+  say "$t running (pid $(cat "$STATE/$t.pid"))"
+}
+
 up() {
-  local detach=0
-  [ "${1:-}" = "--detach" ] && detach=1
-  if alive "$STATE/tollgate.pid"; then say "already running (scripts/run.sh down to stop)"; banner; return 0; fi
+  local detach=0 split=0 a
+  for a in "$@"; do
+    case "$a" in
+      --detach) detach=1 ;;
+      --split) split=1 ;;
+      *) die "unknown option $a (usage: scripts/run.sh up [--detach] [--split])" ;;
+    esac
+  done
+  if running; then say "already running (scripts/run.sh down to stop)"; banner; return 0; fi
   "$ROOT/scripts/deps.sh"
   say "building (first time: a few minutes)"
   "$ROOT/scripts/build.sh" tollgate tollgatectl tollgate-mock-upstream >/dev/null
@@ -140,16 +211,34 @@ up() {
     [ -s "$STATE/mock.port" ] || die "mock upstream did not start (log: $STATE/logs/mock.log)"
   fi
 
-  "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target=all >>"$STATE/logs/tollgate.log" 2>&1 &
-  echo $! >"$STATE/tollgate.pid"
-  wait_ready
+  if [ $split = 1 ]; then
+    for a in "${TARGETS[@]}"; do start_target "$a"; done
+  else
+    "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target=all >>"$STATE/logs/tollgate.log" 2>&1 &
+    echo $! >"$STATE/tollgate.pid"
+    wait_ready
+  fi
   [ -x "$ROOT/scripts/seed.sh" ] && TG_STATE_DIR=$STATE "$ROOT/scripts/seed.sh"
   banner
   if [ $detach = 1 ]; then return 0; fi
   trap 'echo; down; exit 0' INT TERM
   say "press Ctrl-C to stop"
-  while alive "$STATE/tollgate.pid"; do sleep 1; done
-  say "tollgate exited; see $STATE/logs/tollgate.log"
+  if [ $split = 1 ]; then
+    # One target may die and be restarted (scripts/run.sh restart TARGET); stop when none is left.
+    local reported=" "
+    while split_running; do
+      for a in "${TARGETS[@]}"; do
+        if ! alive "$STATE/$a.pid"; then
+          [[ $reported == *" $a "* ]] || { say "$a exited; see $STATE/logs/$a.log (scripts/run.sh restart $a)"; reported+="$a "; }
+        else reported=${reported/ $a / }; fi
+      done
+      sleep 1
+    done
+    say "every target exited; see $STATE/logs/"
+  else
+    while alive "$STATE/tollgate.pid"; do sleep 1; done
+    say "tollgate exited; see $STATE/logs/tollgate.log"
+  fi
   down
   exit 1
 }
@@ -179,8 +268,9 @@ MSG
 
 case "${1:-up}" in
   up) shift || true; up "$@" ;;
-  --detach) up --detach ;;
+  --detach|--split) up "$@" ;;
   down|stop) down ;;
   status) status ;;
-  *) die "usage: scripts/run.sh [up [--detach]|down|status]" ;;
+  restart) shift; restart "${1:-}" ;;
+  *) die "usage: scripts/run.sh [up [--detach] [--split]|down|status|restart TARGET]" ;;
 esac

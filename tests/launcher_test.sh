@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's run command, exercised as a user would: start detached on free
 # ports with a fresh state dir, check every service is healthy and /metrics
-# answers, stop, start again (data reused), stop. Usage: launcher_test.sh BUILD_DIR
+# answers, stop, start again (data reused), stop; then the split mode (one process per target):
+# kill -9 of one target, `restart`, `status`, `down`. Usage: launcher_test.sh BUILD_DIR
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export BUILD_DIR=$1
@@ -18,19 +19,21 @@ free_port() {  # a port nothing listens on, from a range tests do not otherwise 
 }
 base=$(free_port); while (exec 3<>/dev/tcp/127.0.0.1/$((base+3))) 2>/dev/null; do base=$(free_port); done
 export TG_GRPC_BASE=$base TG_PG_PORT=$(free_port)
-export TG_EDGE_LISTEN=127.0.0.1:$(free_port) TG_METRICS_LISTEN=127.0.0.1:$(free_port)
+# Metrics: split mode uses the port and the 4 after it.
+mbase=$(free_port); while (exec 3<>/dev/tcp/127.0.0.1/$((mbase+4))) 2>/dev/null; do mbase=$(free_port); done
+export TG_EDGE_LISTEN=127.0.0.1:$(free_port) TG_METRICS_LISTEN=127.0.0.1:$mbase
 TOLLGATE=$BUILD_DIR/cmd/tollgate/tollgate
 
 cleanup() { "$ROOT/scripts/run.sh" down >/dev/null 2>&1 || true; rm -rf "$TG_STATE_DIR"; }
 trap cleanup EXIT
-fail() { echo "FAIL: $*"; tail -n 40 "$TG_STATE_DIR/logs/tollgate.log" 2>/dev/null || true; exit 1; }
+fail() { echo "FAIL: $*"; tail -n 20 "$TG_STATE_DIR"/logs/*.log 2>/dev/null || true; exit 1; }
 
 check_up() {
   for i in 0 1 2 3; do
     "$TOLLGATE" health "127.0.0.1:$((base + i))" | grep -qx SERVING || fail "gRPC service on :$((base + i)) not SERVING"
   done
   curl -fsS "http://$TG_EDGE_LISTEN/readyz" >/dev/null || fail "edge /readyz"
-  curl -fsS "http://$TG_METRICS_LISTEN/metrics" | grep -q tollgate_pg_pool_connections || fail "/metrics"
+  curl -fsS "http://${1:-$TG_METRICS_LISTEN}/metrics" | grep -q tollgate_pg_pool_connections || fail "/metrics"
 }
 
 out=$("$ROOT/scripts/run.sh" up --detach) || fail "launcher failed: $out"
@@ -65,4 +68,39 @@ check_up
   || fail "second start re-applied migrations"
 echo "ok: second start reuses the data"
 "$ROOT/scripts/run.sh" down >/dev/null
+
+# Split mode: one process per target, each with its own pid, log and metrics port.
+out=$("$ROOT/scripts/run.sh" up --detach --split) || fail "split start: $out"
+check_up "127.0.0.1:$((mbase + 4))"  # billing's
+pids=()
+for t in auth quota router billing edge; do
+  [ -s "$TG_STATE_DIR/$t.pid" ] && kill -0 "$(cat "$TG_STATE_DIR/$t.pid")" || fail "split: no $t process"
+  [ -s "$TG_STATE_DIR/logs/$t.log" ] || fail "split: no logs/$t.log"
+  pids+=("$(cat "$TG_STATE_DIR/$t.pid")")
+done
+[ "$(printf '%s\n' "${pids[@]}" | sort -u | wc -l)" = 5 ] || fail "split: targets share a process: ${pids[*]}"
+curl -fsS "http://$TG_METRICS_LISTEN/metrics" | grep -q tollgate_edge_billing_spool || fail "split: the edge's /metrics"
+for i in 1 2 3 4; do
+  curl -fsS "http://127.0.0.1:$((mbase + i))/metrics" | grep -q tollgate_pg_pool_connections || fail "split: /metrics on :$((mbase + i))"
+done
+kill -KILL "$(cat "$TG_STATE_DIR/billing.pid")"
+for _ in $(seq 1 50); do ! "$TOLLGATE" health "127.0.0.1:$((base + 3))" >/dev/null 2>&1 && break; sleep 0.1; done
+st=$("$ROOT/scripts/run.sh" status)
+grep -q "billing NOT running" <<<"$st" && grep -q "edge running" <<<"$st" || fail "split: status after kill -9: $st"
+"$ROOT/scripts/run.sh" restart billing >/dev/null || fail "split: restart billing"
+check_up "127.0.0.1:$((mbase + 4))"
+[ "$(cat "$TG_STATE_DIR/edge.pid")" = "${pids[4]}" ] || fail "split: restarting billing restarted the edge"
+if "$ROOT/scripts/run.sh" up --detach >/dev/null 2>&1; then :; fi  # already running: a no-op
+[ "$(cat "$TG_STATE_DIR/auth.pid")" = "${pids[0]}" ] || fail "split: a second up restarted auth"
+echo "ok: split mode, kill -9 of billing, restart billing"
+"$ROOT/scripts/run.sh" down >/dev/null
+targets=(auth quota router billing edge)
+for i in 0 1 2 3 4; do
+  [ ! -f "$TG_STATE_DIR/${targets[$i]}.pid" ] || fail "split: ${targets[$i]}.pid left behind"
+  if kill -0 "${pids[$i]}" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/${pids[$i]}/stat" 2>/dev/null)" != Z ]; then
+    [ "${targets[$i]}" = billing ] || fail "split: ${targets[$i]} still running after down"
+  fi
+done
+grep -q '"msg":"stopped"' "$TG_STATE_DIR/logs/edge.log" || fail "split: the edge did not stop cleanly"
+echo "ok: split down"
 echo "launcher test passed"
