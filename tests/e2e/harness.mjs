@@ -12,6 +12,12 @@
 //   await suite.stop()       stops the services, keeps the state dir (logs) for inspection
 //   await suite.down()       stops (if needed) and removes the state dir; idempotent
 //
+// Split mode, one process per target (scripts/run.sh up --split):
+//   const suite = await startSuite({ split: true });
+//   suite.pidOf('billing')   the pid of that target's process (null if none)
+//   await suite.kill9('billing')    SIGKILL it and wait until it is gone
+//   await suite.restart('billing')  scripts/run.sh restart billing: start it, wait for its health
+//
 // Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
 // Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir;
 // OPENAI_SPEC (default <repo>/../shared/spec/openai-openapi.json) for response validation.
@@ -90,7 +96,10 @@ function nobodyListens(port) {
 }
 async function isFree(port) { return (await canBind(port)) && (await nobodyListens(port)); }
 
-/** Free ports below the ephemeral range: {grpcBase (4 consecutive), pg, edge, metrics}. */
+/**
+ * Free ports below the ephemeral range: {grpcBase (4 consecutive), pg, edge, metrics (5 consecutive:
+ * split mode gives auth, quota, router and billing the 4 after the edge's)}.
+ */
 export async function freePorts() {
   const taken = new Set();
   const pick = async (count) => {
@@ -102,7 +111,7 @@ export async function freePorts() {
     }
     throw new Error('no free ports found');
   };
-  return { grpcBase: await pick(4), pg: await pick(1), edge: await pick(1), metrics: await pick(1) };
+  return { grpcBase: await pick(4), pg: await pick(1), edge: await pick(1), metrics: await pick(5) };
 }
 
 async function http(url, init = {}) {
@@ -161,15 +170,23 @@ function suiteEnv(ports, stateDir, extra) {
   return env;
 }
 
-function alivePidFile(file) {
-  try { process.kill(Number(fs.readFileSync(file, 'utf8').trim()), 0); return true; } catch { return false; }
+export const TARGETS = ['auth', 'quota', 'router', 'billing', 'edge'];
+
+/** The process runs (a zombie, which a slow-reaping init may leave for a while, does not). */
+function pidAlive(pid) {
+  try { process.kill(pid, 0); } catch { return false; }
+  try { return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z'; } catch { return true; }
 }
+function readPid(file) {
+  try { return Number(fs.readFileSync(file, 'utf8').trim()) || null; } catch { return null; }
+}
+function alivePidFile(file) { const pid = readPid(file); return pid !== null && pidAlive(pid); }
 
 /**
  * Starts a suite. `env` adds variables to the launcher's environment (TOLLGATE_* reach the
  * services as config overrides). Retries once on new ports if the first start fails.
  */
-export async function startSuite({ env: extra = {}, attempts = 2 } = {}) {
+export async function startSuite({ env: extra = {}, attempts = 2, split = false } = {}) {
   installExitHandlers();
   let lastErr;
   const t0 = Date.now();
@@ -178,10 +195,10 @@ export async function startSuite({ env: extra = {}, attempts = 2 } = {}) {
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tollgate-e2e-'));
     fs.chmodSync(stateDir, 0o755); // the PostgreSQL cluster runs as "postgres" when we are root
     const ports = await freePorts();
-    const suite = makeSuite(stateDir, ports, suiteEnv(ports, stateDir, extra));
+    const suite = makeSuite(stateDir, ports, suiteEnv(ports, stateDir, extra), split);
     live.add(suite);
     try {
-      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'up', '--detach'],
+      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'up', '--detach', ...(split ? ['--split'] : [])],
         { env: suite.env, timeoutMs: UP_TIMEOUT_MS });
       if (r.code !== 0) throw new Error(`launcher failed (${r.code}):\n${r.stdout}\n${r.stderr}\n${suite.logTail()}`);
       await suite.verifyOwnSuite();
@@ -194,11 +211,11 @@ export async function startSuite({ env: extra = {}, attempts = 2 } = {}) {
   throw lastErr;
 }
 
-function makeSuite(stateDir, ports, env) {
+function makeSuite(stateDir, ports, env, split = false) {
   const routerAddr = `127.0.0.1:${ports.grpcBase + 2}`;
   const serviceAddr = { auth: 0, quota: 1, router: 2, billing: 3 };
   const suite = {
-    stateDir, ports, env, routerAddr,
+    stateDir, ports, env, routerAddr, split,
     baseURL: `http://127.0.0.1:${ports.edge}/v1`,
     edgeURL: `http://127.0.0.1:${ports.edge}`,
     mockURL: null,
@@ -211,10 +228,42 @@ function makeSuite(stateDir, ports, env) {
     get mockPort() { return Number(fs.readFileSync(path.join(stateDir, 'mock.port'), 'utf8').trim()); },
 
     logTail(n = 40) {
-      try {
-        const lines = fs.readFileSync(path.join(stateDir, 'logs/tollgate.log'), 'utf8').trimEnd().split('\n');
-        return `--- tail of ${stateDir}/logs/tollgate.log ---\n` + lines.slice(-n).join('\n');
-      } catch { return ''; }
+      const tail = (name, lines) => {
+        try {
+          const all = fs.readFileSync(path.join(stateDir, `logs/${name}.log`), 'utf8').trimEnd().split('\n');
+          return `--- tail of ${stateDir}/logs/${name}.log ---\n` + all.slice(-lines).join('\n');
+        } catch { return ''; }
+      };
+      if (!split) return tail('tollgate', n);
+      return TARGETS.map((t) => tail(t, Math.ceil(n / 2))).filter(Boolean).join('\n');
+    },
+
+    /** Split mode: the pid of one target's process, or null when it is not running. */
+    pidOf(target) {
+      if (!TARGETS.includes(target)) throw new Error(`unknown target ${target}`);
+      const pid = readPid(path.join(stateDir, split ? `${target}.pid` : 'tollgate.pid'));
+      return pid !== null && pidAlive(pid) ? pid : null;
+    },
+
+    /** Split mode: SIGKILL one target's process and wait (bounded) until it is gone; returns its pid. */
+    async kill9(target) {
+      if (!split) throw new Error('kill9 needs startSuite({ split: true })');
+      const pid = suite.pidOf(target);
+      if (pid === null) throw new Error(`${target} is not running`);
+      process.kill(pid, 'SIGKILL');
+      await waitFor(() => !pidAlive(pid), { timeoutMs: 10_000, intervalMs: 20, what: `${target} (pid ${pid}) to die` });
+      return pid;
+    },
+
+    /** Split mode: scripts/run.sh restart TARGET (starts it and waits for its health); returns the new pid. */
+    async restart(target) {
+      if (!split) throw new Error('restart needs startSuite({ split: true })');
+      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'restart', target],
+        { env, timeoutMs: UP_TIMEOUT_MS });
+      if (r.code !== 0) throw new Error(`run.sh restart ${target} (${r.code}):\n${r.stdout}\n${r.stderr}\n${suite.logTail()}`);
+      const pid = suite.pidOf(target);
+      if (pid === null) throw new Error(`${target} not running after restart\n${suite.logTail()}`);
+      return pid;
     },
 
     /** The whole text of every log of the suite (logs/*.log and PostgreSQL's): {file: text}. */
@@ -262,7 +311,9 @@ function makeSuite(stateDir, ports, env) {
 
     /** The launcher's health check only probes ports: make sure they are ours. */
     async verifyOwnSuite() {
-      if (!alivePidFile(path.join(stateDir, 'tollgate.pid'))) throw new Error(`tollgate is not running\n${suite.logTail()}`);
+      for (const f of split ? TARGETS.map((t) => `${t}.pid`) : ['tollgate.pid']) {
+        if (!alivePidFile(path.join(stateDir, f))) throw new Error(`${f}: not running\n${suite.logTail()}`);
+      }
       suite.mockURL = `http://127.0.0.1:${suite.mockPort}`;
       await http(`${suite.mockURL}/_mock/health`);
       const providers = await suite.ctl(['router', 'list-providers']);
