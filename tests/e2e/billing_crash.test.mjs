@@ -174,10 +174,11 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
     const [dbRecords, dbDistinct, dbCost, dbFree] = db;
     // Live holds that no record settles: a Hold committed by billing whose answer the kill lost
     // (the edge answered 503 and never ran the request). They stop counting at billing.hold_ttl.
-    const [orphanHolds, orphanHeld, settledLive] = (await suite.psql('tollgate_billing',
+    const [orphanHolds, orphanHeld, settledLive, lastOrphanMs] = (await suite.psql('tollgate_billing',
       `SELECT count(*) FILTER (WHERE u.request_id IS NULL) || ' ' ||
               coalesce(sum(h.amount_micros) FILTER (WHERE u.request_id IS NULL), 0) || ' ' ||
-              count(*) FILTER (WHERE u.request_id IS NOT NULL)
+              count(*) FILTER (WHERE u.request_id IS NOT NULL) || ' ' ||
+              coalesce(floor(extract(epoch FROM max(h.created_at) FILTER (WHERE u.request_id IS NULL)) * 1000), 0)
          FROM holds h LEFT JOIN usage_records u ON u.request_id = h.request_id
         WHERE h.user_id = ${userId} AND h.state = 'live' AND h.expires_at > now()`))
       .split('\n')[2].trim().split(' ').map(Number);
@@ -224,6 +225,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
     assert.equal(settledLive, 0, 'a live hold for a request that has its record');
     assert.equal(Number(account.held_micros), orphanHeld);
     assert.ok(orphanHolds <= CONCURRENCY, `${orphanHolds} unsettled holds`);
+    assert.ok(lastOrphanMs < killTime, `an unsettled hold made after the kill (${lastOrphanMs} ≥ ${killTime})`);
     assert.equal(Number(account.available_micros),
       Number(account.balance_micros) + Number(account.credit_limit_micros ?? 0) - Number(account.held_micros));
   });
