@@ -78,6 +78,9 @@ std::vector<ConfigKey> BuildSchema() {
   keys.insert(keys.end(), router.begin(), router.end());
   // billing: holds and usage records (services/billing).
   std::vector<ConfigKey> billing = {
+      {"billing.balance_refresh", T::kDuration, "1s",
+       "how often a billing replica reloads the balances behind its in-memory holds (top-ups and "
+       "charges made through other replicas reach its decisions within this)"},
       {"billing.hold_ttl", T::kDuration, "10m",
        "a hold neither settled by its usage record nor released stops counting after this", false,
        1000, 86400000},

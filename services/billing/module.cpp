@@ -49,8 +49,7 @@ class BillingModule final : public DbServiceModule {
          workers()});
     server.Register(service_.get(), v1::BillingService::service_full_name());
     server.Register(admin_.get(), v1::BillingAdminService::service_full_name());
-    StartSweeper(std::min<std::chrono::milliseconds>(config().GetDuration("billing.hold_ttl"),
-                                                     std::chrono::minutes(1)));
+    StartSweeper(config().GetDuration("billing.balance_refresh"));
   }
 
   void OnStopped() override {
@@ -60,18 +59,20 @@ class BillingModule final : public DbServiceModule {
   }
 
  private:
-  // Rewrites expired holds now and then, so the live-holds index stays small even for
-  // users who never come back (their holds stopped counting at expiry regardless).
+  // Every `every`: drops expired holds and idle users from the hold book, reloads the balances of
+  // the others (top-ups and charges made through other replicas) and ends the holds whose
+  // records another replica stored.
   void StartSweeper(std::chrono::milliseconds every) {
     sweeper_ = std::thread([this, every] {
       std::unique_lock lock(sweeper_mu_);
       while (!sweeper_cv_.wait_for(lock, every, [this] { return sweeper_stop_; })) {
         lock.unlock();
+        if (int64_t n = billing_->ExpireHolds(); n > 0)
+          log::Info("billing", "expired holds", {{"holds", n}});
         try {
-          if (int64_t n = billing_->ExpireHolds(); n > 0)
-            log::Info("billing", "expired holds", {{"holds", n}});
+          billing_->RefreshBalances();
         } catch (const std::exception& e) {
-          log::Warn("billing", "expiring holds failed", {{"error", log::Redact(e.what())}});
+          log::Warn("billing", "refreshing balances failed", {{"error", log::Redact(e.what())}});
         }
         lock.lock();
       }

@@ -129,6 +129,7 @@ CreatedKey AuthAdmin::CreateApiKey(NewKeyRequest request, const AuditEntry& audi
   key.allowed_models = Models(std::move(request.allowed_models));
   key.allowed_cidrs = Networks(request.allowed_cidrs);
   key.limits_ref = std::move(request.limits_ref);
+  key.store_bodies = request.store_bodies;
 
   CreatedKey created;
   created.api_key = GenerateApiKey();

@@ -70,6 +70,7 @@ void Fill(const KeyPrincipal& p, pb::Principal* out) {
   for (const auto& m : p.allowed_models) out->add_allowed_models(m);
   for (const auto& c : p.allowed_cidrs) out->add_allowed_cidrs(c);
   out->set_limits_ref(p.limits_ref);
+  out->set_store_bodies(p.store_bodies);
   out->set_version(p.version);
   out->set_key_name(p.key_name);
 }
@@ -93,6 +94,7 @@ void Fill(const ApiKeyRecord& k, pb::ApiKey* out) {
   for (const auto& m : k.allowed_models) out->add_allowed_models(m);
   for (const auto& c : k.allowed_cidrs) out->add_allowed_cidrs(c);
   out->set_limits_ref(k.limits_ref);
+  out->set_store_bodies(k.store_bodies);
   out->set_last_used_at(k.last_used_at);
   out->set_created(k.created);
 }
@@ -464,6 +466,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       r.allowed_models = Strings(request->allowed_models());
       r.allowed_cidrs = Strings(request->allowed_cidrs());
       r.limits_ref = request->limits_ref();
+      r.store_bodies = request->store_bodies();
       CreatedKey created = deps_.admin.CreateApiKey(
           std::move(r), MakeAuditEntry(*context, "create_api_key", "", *request));
       response->set_api_key(std::move(created.api_key));
@@ -504,6 +507,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       if (request->clear_allowed_cidrs() || request->allowed_cidrs_size() > 0)
         patch.allowed_cidrs = Strings(request->allowed_cidrs());
       if (request->has_limits_ref()) patch.limits_ref = request->limits_ref();
+      if (request->has_store_bodies()) patch.store_bodies = request->store_bodies();
       Fill(deps_.admin.UpdateApiKey(
                request->id(), std::move(patch),
                MakeAuditEntry(*context, "update_api_key",

@@ -15,6 +15,7 @@ KeyPrincipal PrincipalOf(const ApiKeyRecord& key) {
   p.allowed_models = key.allowed_models;
   p.allowed_cidrs = key.allowed_cidrs;
   p.limits_ref = key.limits_ref;
+  p.store_bodies = key.store_bodies;
   p.version = key.version;
   auto bad = ParseNetworks(p);
   if (!bad.empty())

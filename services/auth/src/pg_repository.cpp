@@ -21,7 +21,7 @@ constexpr const char* kKeyColumns =
     "COALESCE(EXTRACT(EPOCH FROM k.expires_at)::BIGINT, 0), "
     "array_to_json(k.allowed_models)::TEXT, array_to_json(k.allowed_cidrs::TEXT[])::TEXT, "
     "k.limits_ref, COALESCE(EXTRACT(EPOCH FROM k.last_used_at)::BIGINT, 0), "
-    "EXTRACT(EPOCH FROM k.created_at)::BIGINT, k.version, u.status";
+    "EXTRACT(EPOCH FROM k.created_at)::BIGINT, k.version, u.status, k.store_bodies";
 
 std::string KeySelect(const std::string& from) {
   return std::string("SELECT ") + kKeyColumns + " FROM " + from +
@@ -69,6 +69,7 @@ ApiKeyRecord KeyFrom(const pqxx::row& row) {
   k.created = row[11].as<int64_t>();
   k.version = row[12].as<int64_t>();
   k.user_status = ParseUserStatus(row[13].as<std::string>()).value_or(UserStatus::kDisabled);
+  k.store_bodies = row[14].as<bool>();
   return k;
 }
 
@@ -157,13 +158,13 @@ ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key, const AuditEnt
     try {
       auto row = tx.exec_params1(
           "WITH k AS (INSERT INTO api_keys (user_id, name, key_hash, display_prefix, expires_at, "
-          "allowed_models, allowed_cidrs, limits_ref) VALUES ($1, $2, $3, $4, "
+          "allowed_models, allowed_cidrs, limits_ref, store_bodies) VALUES ($1, $2, $3, $4, "
           "CASE WHEN $5::BIGINT = 0 THEN NULL ELSE to_timestamp($5::BIGINT) END, "
-          "tg_text_array($6::JSONB), tg_text_array($7::JSONB)::CIDR[], $8) RETURNING *) " +
+          "tg_text_array($6::JSONB), tg_text_array($7::JSONB)::CIDR[], $8, $9) RETURNING *) " +
               KeySelect("k"),
           key.user_id, key.name, pqxx::binarystring(key.key_hash.data(), key.key_hash.size()),
           key.display_prefix, key.expires_at, JsonArray(key.allowed_models),
-          JsonArray(key.allowed_cidrs), key.limits_ref);
+          JsonArray(key.allowed_cidrs), key.limits_ref, key.store_bodies);
       ApiKeyRecord created = KeyFrom(row);
       AuditEntry entry = audit;
       entry.target = "api_key:" + std::to_string(created.id);
@@ -201,6 +202,7 @@ ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch
           "allowed_cidrs = CASE WHEN $10 THEN tg_text_array($11::JSONB)::CIDR[] "
           "  ELSE allowed_cidrs END, "
           "limits_ref = CASE WHEN $12 THEN $13 ELSE limits_ref END, "
+          "store_bodies = CASE WHEN $14 THEN $15 ELSE store_bodies END, "
           "version = version + 1, updated_at = now() WHERE id = $1",
           id, patch.name.has_value(), patch.name.value_or(""), patch.status.has_value(),
           std::string(KeyStatusName(patch.status.value_or(KeyStatus::kActive))),
@@ -209,7 +211,8 @@ ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch
           JsonArray(patch.allowed_models.value_or(std::vector<std::string>{})),
           patch.allowed_cidrs.has_value(),
           JsonArray(patch.allowed_cidrs.value_or(std::vector<std::string>{})),
-          patch.limits_ref.has_value(), patch.limits_ref.value_or(""));
+          patch.limits_ref.has_value(), patch.limits_ref.value_or(""),
+          patch.store_bodies.has_value(), patch.store_bodies.value_or(false));
     } catch (const pqxx::data_exception&) {
       throw AuthError(Kind::kInvalidArgument, "allowed_cidrs holds an invalid network");
     }

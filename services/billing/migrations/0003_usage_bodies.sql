@@ -12,3 +12,7 @@ CREATE TABLE usage_bodies (
 -- ListUsageRecords pages through one key's records, newest first.
 CREATE INDEX usage_records_key_time ON usage_records (api_key_id, started_at);
 CREATE INDEX usage_records_time ON usage_records (started_at);
+
+-- Live holds moved to memory (HoldBook): a replica learns that a hold it granted was settled by
+-- another replica from the record that names it. The holds table is no longer written.
+CREATE INDEX usage_records_hold ON usage_records (hold_id) WHERE hold_id <> 0;

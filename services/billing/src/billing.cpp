@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "tollgate/redact.h"
+
 namespace tollgate::billing {
 namespace {
 
@@ -17,9 +19,11 @@ void RequireUser(int64_t user_id) { Require(user_id > 0, "user_id must be a posi
 std::string UserTarget(int64_t user_id) { return "user:" + std::to_string(user_id); }
 
 // Keeps the stored text bounded whatever a caller sends.
-std::string Bounded(const std::string& s, size_t max) {
-  return s.size() <= max ? s : s.substr(0, max);
-}
+// Valid UTF-8 without NUL, at most `max` bytes: a record is never refused for its text (the edge
+// would redeliver it forever), and PostgreSQL TEXT refuses invalid UTF-8 and NUL.
+std::string Bounded(const std::string& s, size_t max) { return SanitizeText(s, max); }
+
+constexpr size_t kMaxBody = 1 << 20;  // per body; the edge cuts at edge.store_bodies_max_bytes
 
 }  // namespace
 
@@ -38,12 +42,46 @@ HoldDecision Billing::Hold(const HoldInput& input) {
   d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
                                CachedMultiplier(input.user_id, now));
   d.expires_at_ms = now + options_.hold_ttl.count();
-  HoldOutcome outcome = repo_.PlaceHold(
-      {input.user_id, Bounded(input.request_id, 256), d.amount_micros, now, d.expires_at_ms});
-  d.granted = outcome.granted;
-  d.hold_id = outcome.hold_id;
-  d.available_micros = outcome.available_micros;
-  return d;
+  const std::string request_id = Bounded(input.request_id, 256);
+  // A record of this user committed between reading its account and installing it makes the
+  // load skip (the row may predate it): load again. Settles are rare per user per millisecond.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    if (auto placed =
+            book_.Place(input.user_id, request_id, d.amount_micros, now, d.expires_at_ms)) {
+      if (placed->request_id_taken)
+        throw BillingError(BillingError::Kind::kAlreadyExists,
+                           "request_id is already used by another request");
+      d.granted = placed->granted;
+      d.hold_id = placed->hold_id;
+      d.available_micros = placed->available_micros;
+      return d;
+    }
+    LoadAccounts({input.user_id});
+  }
+  throw std::runtime_error("the account kept changing while it was loaded");
+}
+
+void Billing::LoadAccounts(const std::vector<int64_t>& users) {
+  std::vector<uint64_t> sequences = book_.Sequences(users);
+  book_.Load(repo_.LoadAccounts(users), sequences);
+}
+
+void Billing::Release(int64_t hold_id) { book_.Release(hold_id); }
+
+int64_t Billing::ExpireHolds() {
+  return book_.Expire(clock_.NowMs(), options_.idle_account.count());
+}
+
+void Billing::RefreshBalances() {
+  std::vector<int64_t> users = book_.Users();
+  constexpr size_t kChunk = 1000;
+  for (size_t from = 0; from < users.size(); from += kChunk)
+    LoadAccounts(std::vector<int64_t>(users.begin() + from,
+                                      users.begin() + std::min(users.size(), from + kChunk)));
+  std::vector<int64_t> holds = book_.LiveHoldIds();
+  for (size_t from = 0; from < holds.size(); from += kChunk)
+    book_.Forget(repo_.SettledHolds(std::vector<int64_t>(
+        holds.begin() + from, holds.begin() + std::min(holds.size(), from + kChunk))));
 }
 
 std::vector<PriceRecord> Billing::CachedPrices(const std::string& model, int64_t now) {
@@ -76,20 +114,6 @@ int64_t Billing::CachedMultiplier(int64_t user_id, int64_t now) {
   return ppm;
 }
 
-void Billing::Release(int64_t hold_id) {
-  if (hold_id > 0) repo_.ReleaseHold(hold_id);
-}
-
-int64_t Billing::ExpireHolds() {
-  int64_t total = 0;
-  for (;;) {
-    constexpr int64_t kBatch = 5000;  // short transactions, whatever the backlog
-    const int64_t n = repo_.ExpireHolds(clock_.NowMs(), kBatch);
-    total += n;
-    if (n < kBatch) return total;
-  }
-}
-
 std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
   const int64_t now = clock_.NowMs();
   for (auto& r : records) {
@@ -101,6 +125,11 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
     r.upstream_model = Bounded(r.upstream_model, 256);
     r.provider = Bounded(r.provider, 256);
     r.client_ip = Bounded(r.client_ip, 64);
+    bool cut_request = false;
+    bool cut_response = false;
+    r.request_body = SanitizeText(r.request_body, kMaxBody, &cut_request);
+    r.response_body = SanitizeText(r.response_body, kMaxBody, &cut_response);
+    r.bodies_truncated = r.bodies_truncated || cut_request || cut_response;
     r.tokens.prompt = std::clamp<int64_t>(r.tokens.prompt, 0, kMaxTokens);
     r.tokens.completion = std::clamp<int64_t>(r.tokens.completion, 0, kMaxTokens);
     r.tokens.cached = std::clamp<int64_t>(r.tokens.cached, 0, r.tokens.prompt);
@@ -109,7 +138,15 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
     if (r.finished_at_ms <= 0) r.finished_at_ms = std::max(now, r.started_at_ms);
   }
   if (records.empty()) return {};
-  return repo_.Ingest(records, now);
+  std::vector<int64_t> costs;
+  std::vector<bool> stored = repo_.Ingest(records, now, &costs);
+  // Committed: the records' holds end and their costs leave the balances this replica holds.
+  std::vector<Settlement> settled;
+  settled.reserve(records.size());
+  for (size_t i = 0; i < records.size(); ++i)
+    settled.push_back({records[i].user_id, records[i].hold_id, stored[i] ? costs[i] : 0});
+  book_.Settle(settled);
+  return stored;
 }
 
 AuditEntry Billing::Audit(const std::string& actor, std::string action, std::string target,
@@ -175,6 +212,7 @@ Account Billing::CreateAccount(const std::string& actor, int64_t user_id,
   nlohmann::json details = {{"credit_limit_micros", credit_limit_micros}};
   repo_.CreateAccount(user_id, credit_limit_micros,
                       Audit(actor, "create_account", UserTarget(user_id), details.dump()));
+  book_.Invalidate(user_id);  // its next hold reads the new balance
   return GetBalance(user_id);
 }
 
@@ -186,6 +224,7 @@ Account Billing::TopUp(const std::string& actor, int64_t user_id, int64_t amount
   nlohmann::json details = {{"amount_micros", amount_micros}, {"note", note}};
   repo_.TopUp(user_id, amount_micros, note,
               Audit(actor, "top_up", UserTarget(user_id), details.dump()));
+  book_.Invalidate(user_id);  // its next hold reads the new balance
   return GetBalance(user_id);
 }
 
@@ -196,12 +235,15 @@ Account Billing::SetCreditLimit(const std::string& actor, int64_t user_id,
   nlohmann::json details = {{"credit_limit_micros", credit_limit_micros}};
   repo_.SetCreditLimit(user_id, credit_limit_micros,
                        Audit(actor, "set_credit_limit", UserTarget(user_id), details.dump()));
+  book_.Invalidate(user_id);  // its next hold reads the new balance
   return GetBalance(user_id);
 }
 
 Account Billing::GetBalance(int64_t user_id) {
   RequireUser(user_id);
-  return repo_.GetAccount(user_id, clock_.NowMs());
+  Account a = repo_.GetAccount(user_id);
+  a.held_micros = book_.HeldMicros(user_id, clock_.NowMs());  // this replica's live holds
+  return a;
 }
 
 std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const std::string& to_day,
@@ -225,6 +267,15 @@ std::vector<ReportRow> Billing::UserUsage(int64_t user_id, int64_t api_key_id,
 
 std::vector<AuditEntry> Billing::ListAuditLog(int32_t limit) {
   return repo_.ListAudit(AuditLimit(limit));
+}
+
+std::vector<RecordRow> Billing::ListRecords(RecordQuery query) {
+  Require(query.limit >= 0 && query.limit <= 1000, "limit must be between 0 and 1000");
+  Require(query.user_id >= 0 && query.api_key_id >= 0 && query.before_ms >= 0,
+          "user_id, api_key_id and before_ms must not be negative");
+  if (query.limit == 0) query.limit = 100;
+  query.request_id = Bounded(query.request_id, 256);
+  return repo_.ListRecords(query);
 }
 
 }  // namespace tollgate::billing

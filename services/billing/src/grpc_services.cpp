@@ -95,7 +95,40 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.client_ip = r.client_ip();
   u.started_at_ms = r.started_at_ms();
   u.finished_at_ms = r.finished_at_ms();
+  u.request_body = r.request_body();
+  u.response_body = r.response_body();
+  u.bodies_truncated = r.bodies_truncated();
   return u;
+}
+
+void Fill(const RecordRow& row, pb::StoredUsageRecord* out) {
+  const UsageInput& u = row.record;
+  pb::UsageRecord* r = out->mutable_record();
+  r->set_request_id(u.request_id);
+  r->set_user_id(u.user_id);
+  r->set_api_key_id(u.api_key_id);
+  r->set_model(u.model);
+  r->set_upstream_model(u.upstream_model);
+  r->set_upstream_key_id(u.upstream_key_id);
+  r->set_provider(u.provider);
+  r->set_hold_id(u.hold_id);
+  r->set_prompt_tokens(u.tokens.prompt);
+  r->set_completion_tokens(u.tokens.completion);
+  r->set_cached_tokens(u.tokens.cached);
+  r->set_usage_estimated(u.usage_estimated);
+  r->set_streamed(u.streamed);
+  r->set_status(u.status);
+  r->set_latency_ms(u.latency_ms);
+  r->set_client_disconnected(u.client_disconnected);
+  r->set_attempts(u.attempts);
+  r->set_client_ip(u.client_ip);
+  r->set_started_at_ms(u.started_at_ms);
+  r->set_finished_at_ms(u.finished_at_ms);
+  r->set_request_body(u.request_body);
+  r->set_response_body(u.response_body);
+  r->set_bodies_truncated(u.bodies_truncated);
+  out->set_cost_micros(row.cost_micros);
+  out->set_has_bodies(row.has_bodies);
 }
 
 class BillingServiceImpl final : public pb::BillingService::CallbackService {
@@ -107,6 +140,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
   grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* context,
                                  const pb::HoldRequest* request,
                                  pb::HoldResponse* response) override {
+    // On a worker: decided in memory, but a user's first hold reads its account.
     return OnWorker(context, workers_, "Hold", [=, this] {
       HoldInput in;
       in.request_id = request->request_id();
@@ -316,6 +350,22 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
            deps_.billing.UsageReport(request->from_day(), request->to_day(), std::move(group_by),
                                      request->user_id(), request->api_key_id()))
         Fill(r, response->add_rows());
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListUsageRecords(grpc::CallbackServerContext* context,
+                                             const pb::ListUsageRecordsRequest* request,
+                                             pb::ListUsageRecordsResponse* response) override {
+    return Admin(context, "ListUsageRecords", [=, this] {
+      RecordQuery q;
+      q.user_id = request->user_id();
+      q.api_key_id = request->api_key_id();
+      q.request_id = request->request_id();
+      q.before_ms = request->before_ms();
+      q.limit = request->limit();
+      q.include_bodies = request->include_bodies();
+      for (const auto& row : deps_.billing.ListRecords(std::move(q)))
+        Fill(row, response->add_records());
     });
   }
 

@@ -6,6 +6,8 @@
 #include <set>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
@@ -71,18 +73,6 @@ struct DailySum {
   int64_t cached = 0;
   int64_t cost = 0;
 };
-
-// The hold already placed for this request, if any. Request ids are unique across
-// users: one reused by another user is refused rather than answered with their hold.
-std::optional<int64_t> ExistingHold(pqxx::work& tx, const NewHold& h) {
-  if (h.request_id.empty()) return std::nullopt;
-  auto rows = tx.exec_params("SELECT id, user_id FROM holds WHERE request_id = $1", h.request_id);
-  if (rows.empty()) return std::nullopt;
-  if (rows[0][1].as<int64_t>() != h.user_id)
-    throw BillingError(BillingError::Kind::kAlreadyExists,
-                       "request_id is already used by another request");
-  return rows[0][0].as<int64_t>();
-}
 
 // "($1::T1, $2::T2), ($3::T1, $4::T2)": `rows` tuples of the given casts, for
 // VALUES (or, as one tuple, for IN) with dynamic parameters.
@@ -228,23 +218,19 @@ void PgBillingRepository::SetCreditLimit(int64_t user_id, int64_t credit_limit_m
   });
 }
 
-Account PgBillingRepository::GetAccount(int64_t user_id, int64_t now_ms) {
+Account PgBillingRepository::GetAccount(int64_t user_id) {
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::read_transaction tx(conn);
     auto rows = tx.exec_params(
-        "SELECT a.balance_micros, a.credit_limit_micros, "
-        "(SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM holds h WHERE h.user_id = "
-        "a.user_id AND h.state = 'live' AND h.expires_at > " +
-            Ts("$2") +
-            "), "
-            "(SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM top_ups t "
-            "WHERE t.user_id = a.user_id), "
-            "(SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily d "
-            "WHERE d.user_id = a.user_id), "
-            "COALESCE((SELECT multiplier_ppm FROM multipliers m WHERE m.user_id = a.user_id), "
-            "1000000) "
-            "FROM accounts a WHERE a.user_id = $1",
-        user_id, now_ms);
+        "SELECT a.balance_micros, a.credit_limit_micros, 0::BIGINT, "
+        "(SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM top_ups t "
+        "WHERE t.user_id = a.user_id), "
+        "(SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily d "
+        "WHERE d.user_id = a.user_id), "
+        "COALESCE((SELECT multiplier_ppm FROM multipliers m WHERE m.user_id = a.user_id), "
+        "1000000) "
+        "FROM accounts a WHERE a.user_id = $1",
+        user_id);
     if (rows.empty())
       throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
     Account a;
@@ -259,82 +245,49 @@ Account PgBillingRepository::GetAccount(int64_t user_id, int64_t now_ms) {
   });
 }
 
-HoldOutcome PgBillingRepository::PlaceHold(const NewHold& h) {
+std::vector<AccountState> PgBillingRepository::LoadAccounts(const std::vector<int64_t>& users) {
+  std::vector<AccountState> out(users.size());
+  if (users.empty()) return out;
+  std::string ids = "{";
+  for (int64_t u : users) ids += (ids.size() > 1 ? "," : "") + std::to_string(u);
+  ids += "}";
   return pool_.Run([&](pqxx::connection& conn) {
-    pqxx::work tx(conn);
-    // The account row lock serialises this user's holds with each other and
-    // with settlements, so two holds can never both spend the same money.
-    auto account = tx.exec_params(
-        "SELECT balance_micros, credit_limit_micros FROM accounts WHERE user_id = $1 FOR UPDATE",
-        h.user_id);
-    int64_t balance = 0, limit = 0;
-    if (!account.empty()) {
-      balance = account[0][0].as<int64_t>();
-      limit = account[0][1].as<int64_t>();
+    pqxx::read_transaction tx(conn);
+    std::map<int64_t, std::pair<int64_t, int64_t>> found;
+    for (const auto& row :
+         tx.exec_params("SELECT user_id, balance_micros, credit_limit_micros FROM accounts "
+                        "WHERE user_id = ANY($1::BIGINT[])",
+                        ids))
+      found[row[0].as<int64_t>()] = {row[1].as<int64_t>(), row[2].as<int64_t>()};
+    for (size_t i = 0; i < users.size(); ++i) {
+      out[i].user_id = users[i];
+      if (auto it = found.find(users[i]); it != found.end()) {
+        out[i].exists = true;
+        out[i].balance_micros = it->second.first;
+        out[i].credit_limit_micros = it->second.second;
+      }
     }
-    // Expired holds stop counting at once; rewriting their state keeps the partial index small.
-    tx.exec_params(
-        "UPDATE holds SET state = 'expired' WHERE user_id = $1 AND state = 'live' "
-        "AND expires_at <= " +
-            Ts("$2"),
-        h.user_id, h.now_ms);
-    int64_t held = tx.exec_params1(
-                         "SELECT COALESCE(SUM(amount_micros), 0)::BIGINT FROM holds "
-                         "WHERE user_id = $1 AND state = 'live'",
-                         h.user_id)[0]
-                       .as<int64_t>();
-    HoldOutcome out;
-    out.available_micros = balance + limit - held;
-    // The same request asking again (its first call timed out) gets its hold back.
-    if (auto id = ExistingHold(tx, h)) {
-      out.granted = true;
-      out.hold_id = *id;
-      tx.commit();
-      return out;
-    }
-    if (h.amount_micros > out.available_micros) {
-      tx.commit();  // keeps the expiry rewrite
-      return out;
-    }
-    out.granted = true;
-    // Without an account row to lock, two calls for one request can race to here (only for a
-    // free hold): the second waits for the first's insert and then returns its hold.
-    auto inserted = tx.exec_params(
-        "INSERT INTO holds (user_id, request_id, amount_micros, "
-        "created_at, expires_at) VALUES ($1, $2, $3, " +
-            Ts("$4") + ", " + Ts("$5") +
-            ") ON CONFLICT (request_id) WHERE request_id <> '' "
-            "DO NOTHING RETURNING id",
-        h.user_id, h.request_id, h.amount_micros, h.now_ms, h.expires_at_ms);
-    out.hold_id = !inserted.empty() ? inserted[0][0].as<int64_t>() : ExistingHold(tx, h).value();
-    tx.commit();
     return out;
   });
 }
 
-void PgBillingRepository::ReleaseHold(int64_t hold_id) {
-  pool_.Run([&](pqxx::connection& conn) {
-    pqxx::work tx(conn);
-    tx.exec_params("UPDATE holds SET state = 'released' WHERE id = $1 AND state = 'live'", hold_id);
-    tx.commit();
-  });
-}
-
-int64_t PgBillingRepository::ExpireHolds(int64_t now_ms, int64_t limit) {
+std::vector<int64_t> PgBillingRepository::SettledHolds(const std::vector<int64_t>& hold_ids) {
+  if (hold_ids.empty()) return {};
+  std::string ids = "{";
+  for (int64_t h : hold_ids) ids += (ids.size() > 1 ? "," : "") + std::to_string(h);
+  ids += "}";
   return pool_.Run([&](pqxx::connection& conn) {
-    pqxx::work tx(conn);
-    auto rows = tx.exec_params(
-        "UPDATE holds SET state = 'expired' WHERE id IN (SELECT id FROM holds WHERE state = "
-        "'live' AND expires_at <= " +
-            Ts("$1") + " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        now_ms, limit);
-    tx.commit();
-    return static_cast<int64_t>(rows.size());
+    pqxx::read_transaction tx(conn);
+    std::vector<int64_t> out;
+    for (const auto& row :
+         tx.exec_params("SELECT hold_id FROM usage_records WHERE hold_id = ANY($1::BIGINT[])", ids))
+      out.push_back(row[0].as<int64_t>());
+    return out;
   });
 }
 
 std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& records,
-                                              int64_t now_ms) {
+                                              int64_t now_ms, std::vector<int64_t>* costs_out) {
   if (records.empty()) return {};
   // Rows are touched in a fixed order (request ids, then users and aggregate
   // keys sorted) so concurrent ingesting transactions (other replicas) wait for
@@ -382,8 +335,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         multipliers[row[0].as<int64_t>()] = row[1].as<int64_t>();
     }
     std::vector<int64_t> costs(records.size(), 0);
-    std::map<int64_t, int64_t> charges;    // user -> cost
-    std::vector<std::string> hold_params;  // (hold id, user id) pairs
+    std::map<int64_t, int64_t> charges;  // user -> cost
+    std::vector<size_t> with_bodies;     // stored records whose key keeps bodies
     std::map<DailyKey, DailySum> daily;
     static const std::vector<const char*> kCasts = {
         "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
@@ -456,11 +409,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         const UsageInput& r = records[i];
         if (!inserted.count(r.request_id)) continue;  // delivered before: nothing changes
         stored[i] = true;
+        if (!r.request_body.empty() || !r.response_body.empty()) with_bodies.push_back(i);
         charges[r.user_id] += costs[i];
-        if (r.hold_id > 0) {
-          hold_params.push_back(std::to_string(r.hold_id));
-          hold_params.push_back(std::to_string(r.user_id));
-        }
         DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
         d.requests += 1;
         d.prompt += r.tokens.prompt;
@@ -484,12 +434,24 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                          " ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
                          "accounts.balance_micros + EXCLUDED.balance_micros",
                      pqxx::prepare::make_dynamic_params(account_params));
-    if (!hold_params.empty())
-      tx.exec_params("UPDATE holds h SET state = 'settled' FROM (VALUES " +
-                         Values(hold_params.size() / 2, {"BIGINT", "BIGINT"}) +
-                         ") AS v (id, user_id) WHERE h.id = v.id AND h.user_id = v.user_id "
-                         "AND h.state IN ('live', 'expired')",
-                     pqxx::prepare::make_dynamic_params(hold_params));
+    // Bodies can be large: a few rows per statement.
+    constexpr size_t kBodyChunk = 16;
+    for (size_t from = 0; from < with_bodies.size(); from += kBodyChunk) {
+      const size_t to = std::min(with_bodies.size(), from + kBodyChunk);
+      std::vector<std::string> params;
+      for (size_t k = from; k < to; ++k) {
+        const UsageInput& r = records[with_bodies[k]];
+        for (std::string v : {r.request_id, r.request_body, r.response_body,
+                              std::string(r.bodies_truncated ? "true" : "false")})
+          params.push_back(std::move(v));
+      }
+      tx.exec_params(
+          "INSERT INTO usage_bodies (request_id, request_body, response_body, "
+          "bodies_truncated) VALUES " +
+              Values(to - from, {"TEXT", "TEXT", "TEXT", "BOOLEAN"}) +
+              " ON CONFLICT (request_id) DO NOTHING",
+          pqxx::prepare::make_dynamic_params(params));
+    }
     if (!daily.empty()) {
       std::vector<std::string> params;
       for (const auto& [k, d] : daily)
@@ -517,6 +479,11 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
     }
     (void)now_ms;
     tx.commit();
+    if (costs_out) {
+      costs_out->assign(records.size(), 0);
+      for (size_t i = 0; i < records.size(); ++i)
+        if (stored[i]) (*costs_out)[i] = costs[i];
+    }
     return stored;
   });
 }
@@ -566,6 +533,59 @@ std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
       r.tokens.cached = row[c++].as<int64_t>();
       r.cost_micros = row[c++].as<int64_t>();
       out.push_back(std::move(r));
+    }
+    return out;
+  });
+}
+
+std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    std::vector<RecordRow> out;
+    const std::string bodies = q.include_bodies ? "b.request_body, b.response_body, "
+                                                  "COALESCE(b.bodies_truncated, false)"
+                                                : "'', '', false";
+    for (const auto& row : tx.exec_params(
+             "SELECT r.request_id, r.user_id, r.api_key_id, r.model, r.upstream_model, "
+             "r.upstream_key_id, r.provider, r.hold_id, r.prompt_tokens, r.completion_tokens, "
+             "r.cached_tokens, r.cost_micros, r.usage_estimated, r.streamed, r.status, "
+             "r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, " +
+                 Ms("r.started_at") + ", " + Ms("r.finished_at") + ", b.request_id IS NOT NULL, " +
+                 bodies +
+                 " FROM usage_records r LEFT JOIN usage_bodies b ON b.request_id = r.request_id "
+                 "WHERE ($1::BIGINT = 0 OR r.user_id = $1) AND ($2::BIGINT = 0 OR r.api_key_id = "
+                 "$2) "
+                 "AND ($3::TEXT = '' OR r.request_id = $3) AND ($4::BIGINT = 0 OR r.started_at < " +
+                 Ts("$4") + ") ORDER BY r.started_at DESC, r.id DESC LIMIT $5",
+             q.user_id, q.api_key_id, q.request_id, q.before_ms, q.limit)) {
+      RecordRow out_row;
+      UsageInput& u = out_row.record;
+      u.request_id = row[0].as<std::string>();
+      u.user_id = row[1].as<int64_t>();
+      u.api_key_id = row[2].as<int64_t>();
+      u.model = row[3].as<std::string>();
+      u.upstream_model = row[4].as<std::string>();
+      u.upstream_key_id = row[5].as<int64_t>();
+      u.provider = row[6].as<std::string>();
+      u.hold_id = row[7].as<int64_t>();
+      u.tokens = {row[8].as<int64_t>(), row[9].as<int64_t>(), row[10].as<int64_t>()};
+      out_row.cost_micros = row[11].as<int64_t>();
+      u.usage_estimated = row[12].as<bool>();
+      u.streamed = row[13].as<bool>();
+      u.status = row[14].as<int32_t>();
+      u.latency_ms = row[15].as<int64_t>();
+      u.client_disconnected = row[16].as<bool>();
+      u.attempts = row[17].as<int32_t>();
+      u.client_ip = row[18].as<std::string>();
+      u.started_at_ms = row[19].as<int64_t>();
+      u.finished_at_ms = row[20].as<int64_t>();
+      out_row.has_bodies = row[21].as<bool>();
+      if (out_row.has_bodies) {
+        u.request_body = row[22].as<std::string>();
+        u.response_body = row[23].as<std::string>();
+        u.bodies_truncated = row[24].as<bool>();
+      }
+      out.push_back(std::move(out_row));
     }
     return out;
   });

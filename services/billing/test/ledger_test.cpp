@@ -266,47 +266,86 @@ TEST_F(LedgerTest, ParallelHoldsNeverSpendTheSameMoneyTwice) {
   EXPECT_EQ(granted.load(), 10);
 }
 
-TEST_F(LedgerTest, ConcurrentHoldsShareCommitsAndStayExactPerUser) {
-  // Two users, 200 holds at once (as many request paths would): each user gets exactly what its
-  // balance covers, a request asking twice in one batch gets one hold, and holds share commits.
+TEST_F(LedgerTest, ConcurrentHoldsStayExactPerUserWithoutADatabaseWrite) {
+  // Two users, 16 threads, 200 holds: each user gets exactly what its balance covers, a request
+  // asking twice gets one hold, and no hold touched the database (they live in memory).
   billing_->CreateAccount("ops", 7, 0);
   billing_->TopUp("ops", 7, 450 * 30, "");
   billing_->CreateAccount("ops", 8, 0);
   billing_->TopUp("ops", 8, 450 * 70 + 100, "");
   std::mutex mu;
-  std::condition_variable cv;
-  int pending = 0;
   std::map<int64_t, int> granted;
   std::map<int64_t, std::set<int64_t>> ids;
-  const int64_t before = billing_->hold_transactions();
-  for (int i = 0; i < 200; ++i) {
-    HoldInput h = HoldFor(i % 2 == 0 ? 7 : 8);
-    if (i == 3) h.request_id = "twice";
-    if (i == 5) h.request_id = "twice";  // the same request again (same user 8)
-    {
-      std::lock_guard lock(mu);
-      ++pending;
-    }
-    billing_->HoldAsync(h, [&, user = h.user_id](std::exception_ptr error, HoldDecision d) {
-      std::lock_guard lock(mu);
-      EXPECT_FALSE(error);
-      if (d.granted) {
-        ++granted[user];
-        ids[user].insert(d.hold_id);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 16; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 13; ++i) {
+        HoldInput h = HoldFor((t + i) % 2 == 0 ? 7 : 8);
+        if (t < 2 && i == 0) h.request_id = "twice", h.user_id = 8;  // the same request, twice
+        HoldDecision d = billing_->Hold(h);
+        std::lock_guard lock(mu);
+        if (d.granted) {
+          ++granted[h.user_id];
+          ids[h.user_id].insert(d.hold_id);
+        }
       }
-      if (--pending == 0) cv.notify_all();
     });
-  }
-  {
-    std::unique_lock lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return pending == 0; }));
-  }
+  for (auto& t : threads) t.join();
   EXPECT_EQ(granted[7], 30);
-  // User 8: 70 holds fit; "twice" counted once, so 70 distinct holds (71 grants if both got it).
-  EXPECT_EQ(ids[8].size(), 70u);
+  EXPECT_EQ(ids[7].size(), 30u);
+  EXPECT_EQ(ids[8].size(), 70u);  // "twice" holds once
   EXPECT_EQ(billing_->GetBalance(7).held_micros, 450 * 30);
   EXPECT_EQ(billing_->GetBalance(8).held_micros, 450 * 70);
-  EXPECT_LT(billing_->hold_transactions() - before, 200) << "no batching happened";
+  EXPECT_EQ(Count("SELECT count(*) FROM holds"), 0);
+}
+
+TEST_F(LedgerTest, ASettledRecordEndsItsHoldAndMovesTheBalanceTheHoldsSee) {
+  billing_->CreateAccount("ops", 9, 0);
+  billing_->TopUp("ops", 9, 1000, "");
+  HoldDecision a = billing_->Hold(HoldFor(9));
+  HoldDecision b = billing_->Hold(HoldFor(9));
+  ASSERT_TRUE(a.granted && b.granted);
+  EXPECT_FALSE(billing_->Hold(HoldFor(9)).granted);    // 1000 - 900 left: 100
+  UsageInput done = Usage("settles-a", 9, 1000, 100);  // 210
+  done.hold_id = a.hold_id;
+  billing_->Record({done});
+  // Hold a ended (450 back) and its cost (210) left the balance: 1000 - 210 - 450 = 340.
+  EXPECT_EQ(billing_->GetBalance(9).held_micros, 450);
+  EXPECT_FALSE(billing_->Hold(HoldFor(9)).granted);
+  HoldInput small = HoldFor(9, 1000, 300);  // 330
+  EXPECT_TRUE(billing_->Hold(small).granted);
+  // A redelivery of the record changes nothing.
+  billing_->Record({done});
+  EXPECT_EQ(billing_->GetBalance(9).balance_micros, 790);
+  EXPECT_EQ(billing_->GetBalance(9).held_micros, 450 + 330);
+  // A top-up through this replica counts at once.
+  billing_->TopUp("ops", 9, 450, "");
+  EXPECT_TRUE(billing_->Hold(HoldFor(9)).granted);
+  // A released hold gives its money back.
+  billing_->Release(b.hold_id);
+  EXPECT_EQ(billing_->GetBalance(9).held_micros, 330 + 450);
+}
+
+TEST_F(LedgerTest, ChargesAndTopUpsMadeByAnotherReplicaArriveWithTheRefresh) {
+  billing_->CreateAccount("ops", 10, 0);
+  billing_->TopUp("ops", 10, 1000, "");
+  HoldDecision mine = billing_->Hold(HoldFor(10));
+  ASSERT_TRUE(mine.granted);
+  // Another replica (its own Billing over the same database) stores this hold's record, and a
+  // top-up is made through it.
+  Billing other(*repo_, clock_, BillingOptions{std::chrono::minutes(10)});
+  UsageInput r = Usage("elsewhere", 10);  // 450
+  r.hold_id = mine.hold_id;
+  other.Record({r});
+  other.TopUp("ops", 10, 2000, "");
+  EXPECT_EQ(billing_->GetBalance(10).held_micros, 450) << "not known here yet";
+  billing_->RefreshBalances();
+  Account a = billing_->GetBalance(10);
+  EXPECT_EQ(a.held_micros, 0);
+  EXPECT_EQ(a.balance_micros, 1000 - 450 + 2000);
+  // 2550 available: five holds of 450 fit, the sixth does not.
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(billing_->Hold(HoldFor(10)).granted);
+  EXPECT_FALSE(billing_->Hold(HoldFor(10)).granted);
 }
 
 TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
@@ -322,7 +361,6 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   EXPECT_EQ(billing_->GetBalance(5).held_micros, 0);
   HoldDecision again = billing_->Hold(HoldFor(5));
   EXPECT_TRUE(again.granted) << "the first hold expired";
-  EXPECT_EQ(Count("SELECT count(*) FROM holds WHERE state = 'expired'"), 1);
   // The sweeper rewrites what expired for users who never came back.
   billing_->CreateAccount("ops", 15, 0);
   billing_->TopUp("ops", 15, 1000, "");
@@ -340,9 +378,6 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   billing_->Record({late});
   Account a = billing_->GetBalance(5);
   EXPECT_EQ(a.balance_micros, 50);
-  EXPECT_EQ(Count("SELECT count(*) FROM holds WHERE state = 'settled' AND id = " +
-                  std::to_string(hold.hold_id)),
-            1);
   // Settling the live hold replaces it with the actual (smaller) cost.
   UsageInput actual = Usage("actual", 5, 100, 10);  // 15000 + 6000 -> 21
   actual.hold_id = again.hold_id;

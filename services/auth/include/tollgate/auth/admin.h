@@ -23,6 +23,7 @@ struct NewKeyRequest {
   std::vector<std::string> allowed_models;
   std::vector<std::string> allowed_cidrs;
   std::string limits_ref;
+  bool store_bodies = false;
 };
 
 struct CreatedKey {

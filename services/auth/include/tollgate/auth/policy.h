@@ -92,6 +92,7 @@ struct KeyPrincipal {
   std::vector<std::string> allowed_cidrs;  // canonical text
   std::vector<Cidr> networks;              // allowed_cidrs, parsed
   std::string limits_ref;
+  bool store_bodies = false;
   int64_t version = 0;
   bool operator==(const KeyPrincipal&) const = default;
 };

@@ -47,6 +47,7 @@ struct ApiKeyRecord {
   std::vector<std::string> allowed_models;
   std::vector<std::string> allowed_cidrs;  // canonical (PostgreSQL cidr text)
   std::string limits_ref;
+  bool store_bodies = false;                     // opt-in: bodies kept with usage records
   int64_t last_used_at = 0;                      // unix seconds; 0: never
   int64_t created = 0;                           // unix seconds
   int64_t version = 0;                           // bumped by every change of the key or its user
@@ -63,6 +64,7 @@ struct NewApiKey {
   std::vector<std::string> allowed_models;
   std::vector<std::string> allowed_cidrs;
   std::string limits_ref;
+  bool store_bodies = false;
 };
 
 struct ApiKeyPatch {
@@ -72,6 +74,7 @@ struct ApiKeyPatch {
   std::optional<std::vector<std::string>> allowed_models;
   std::optional<std::vector<std::string>> allowed_cidrs;
   std::optional<std::string> limits_ref;
+  std::optional<bool> store_bodies;
 };
 
 // Keys with their owner's status, as of one database snapshot.

@@ -4,13 +4,17 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "tollgate/billing/clock.h"
+#include "tollgate/billing/hold_book.h"
 #include "tollgate/billing/repository.h"
 
 namespace tollgate::billing {
@@ -22,6 +26,8 @@ struct BillingOptions {
   // replica apply at once). Settlement always reads them in its own transaction,
   // so staleness can only make a hold's estimate off, never a cost.
   std::chrono::milliseconds price_cache_ttl{std::chrono::seconds(5)};
+  // A user without holds is dropped from the hold book after this long idle.
+  std::chrono::milliseconds idle_account{std::chrono::minutes(10)};
 };
 
 struct HoldInput {
@@ -55,10 +61,17 @@ class Billing final {
  public:
   Billing(BillingRepository& repo, const Clock& clock, BillingOptions options = {});
 
+  // Decided in memory (HoldBook); reads the database only for a user's first hold (or the first
+  // after an admin change of its account).
   HoldDecision Hold(const HoldInput& input);
   void Release(int64_t hold_id);
-  // Rewrites the state of holds that expired (housekeeping); returns how many.
+  // Drops expired holds and idle users (housekeeping: an expired hold stops counting at once
+  // whether or not this ran); returns how many holds expired.
   int64_t ExpireHolds();
+  // Reloads the balances of the users in the hold book and ends holds whose records another
+  // replica stored (the refresher calls it every billing.balance_refresh).
+  void RefreshBalances();
+  int64_t live_holds() { return book_.live_holds(); }
   // Normalises the records (missing times become now, counts are clamped) and
   // stores them in one transaction. Returns per record whether it was new.
   std::vector<bool> Record(std::vector<UsageInput> records);
@@ -80,12 +93,14 @@ class Billing final {
   std::vector<ReportRow> UserUsage(int64_t user_id, int64_t api_key_id, const std::string& from_day,
                                    const std::string& to_day);
   std::vector<AuditEntry> ListAuditLog(int32_t limit);
+  std::vector<RecordRow> ListRecords(RecordQuery query);
 
  private:
   AuditEntry Audit(const std::string& actor, std::string action, std::string target,
                    std::string details) const;
   std::vector<PriceRecord> CachedPrices(const std::string& model, int64_t now);
   int64_t CachedMultiplier(int64_t user_id, int64_t now);
+  void LoadAccounts(const std::vector<int64_t>& users);
 
   template <typename T>
   struct Cached {
@@ -99,6 +114,7 @@ class Billing final {
   std::mutex cache_mu_;
   std::map<std::string, Cached<std::vector<PriceRecord>>> prices_;
   std::map<int64_t, Cached<int64_t>> multipliers_;
+  HoldBook book_;
 };
 
 }  // namespace tollgate::billing

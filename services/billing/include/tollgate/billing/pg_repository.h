@@ -25,16 +25,16 @@ class PgBillingRepository final : public BillingRepository {
              const AuditEntry& audit) override;
   void SetCreditLimit(int64_t user_id, int64_t credit_limit_micros,
                       const AuditEntry& audit) override;
-  Account GetAccount(int64_t user_id, int64_t now_ms) override;
+  Account GetAccount(int64_t user_id) override;
+  std::vector<AccountState> LoadAccounts(const std::vector<int64_t>& users) override;
+  std::vector<int64_t> SettledHolds(const std::vector<int64_t>& hold_ids) override;
 
-  HoldOutcome PlaceHold(const NewHold& hold) override;
-  void ReleaseHold(int64_t hold_id) override;
-  int64_t ExpireHolds(int64_t now_ms, int64_t limit) override;
-
-  std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms) override;
+  std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms,
+                           std::vector<int64_t>* costs = nullptr) override;
 
   std::vector<ReportRow> Report(const ReportQuery& query) override;
   std::vector<AuditEntry> ListAudit(int32_t limit) override;
+  std::vector<RecordRow> ListRecords(const RecordQuery& query) override;
 
  private:
   PgPool& pool_;

@@ -10,6 +10,7 @@
 #include "tollgate/admin_error.h"
 #include "tollgate/audit.h"
 #include "tollgate/billing/cost.h"
+#include "tollgate/billing/hold_book.h"
 
 namespace tollgate::billing {
 
@@ -29,20 +30,6 @@ struct Account {
   int64_t total_cost_micros = 0;
   int64_t multiplier_ppm = kMultiplierOne;
   int64_t available_micros() const { return balance_micros + credit_limit_micros - held_micros; }
-};
-
-struct NewHold {
-  int64_t user_id = 0;
-  std::string request_id;
-  int64_t amount_micros = 0;
-  int64_t now_ms = 0;
-  int64_t expires_at_ms = 0;
-};
-
-struct HoldOutcome {
-  bool granted = false;
-  int64_t hold_id = 0;
-  int64_t available_micros = 0;  // before this hold
 };
 
 // A usage record as billing stores it (cost is computed by the repository,
@@ -66,6 +53,25 @@ struct UsageInput {
   std::string client_ip;
   int64_t started_at_ms = 0;
   int64_t finished_at_ms = 0;
+  // Opt-in per key (redacted by the edge); both empty: nothing stored.
+  std::string request_body;
+  std::string response_body;
+  bool bodies_truncated = false;
+};
+
+struct RecordQuery {
+  int64_t user_id = 0;     // 0: any
+  int64_t api_key_id = 0;  // 0: any
+  std::string request_id;  // empty: any
+  int64_t before_ms = 0;   // started before; 0: any
+  int32_t limit = 100;
+  bool include_bodies = false;
+};
+
+struct RecordRow {
+  UsageInput record;  // bodies filled only when asked for and stored
+  int64_t cost_micros = 0;
+  bool has_bodies = false;
 };
 
 struct StoredUsage {
@@ -116,25 +122,24 @@ class BillingRepository {
                      const AuditEntry& audit) = 0;
   virtual void SetCreditLimit(int64_t user_id, int64_t credit_limit_micros,
                               const AuditEntry& audit) = 0;
-  // Holds count when they expire after `now_ms`. kNotFound without an account.
-  virtual Account GetAccount(int64_t user_id, int64_t now_ms) = 0;
-
-  // Atomically: grant iff balance + credit limit - live holds >= amount (a user
-  // without an account has 0 of both), and record the hold.
-  virtual HoldOutcome PlaceHold(const NewHold& hold) = 0;
-  // Live -> released; anything else is left as is.
-  virtual void ReleaseHold(int64_t hold_id) = 0;
-  // Live holds that expired by `now_ms` -> expired (at most `limit`); returns how many.
-  // Housekeeping only: an expired hold stops counting whether or not this ran.
-  virtual int64_t ExpireHolds(int64_t now_ms, int64_t limit) = 0;
+  // kNotFound without an account. held_micros is left 0: live holds are in memory (HoldBook).
+  virtual Account GetAccount(int64_t user_id) = 0;
+  // The accounts of `users`, in that order (exists false for a user without one).
+  virtual std::vector<AccountState> LoadAccounts(const std::vector<int64_t>& users) = 0;
+  // Which of `hold_ids` a stored usage record names (settled, possibly by another replica).
+  virtual std::vector<int64_t> SettledHolds(const std::vector<int64_t>& hold_ids) = 0;
 
   // Stores the records not stored yet (by request_id) and charges them, with
-  // the daily aggregates and hold settlement, in one transaction. Returns,
-  // per input record and in input order, whether this call stored it.
-  virtual std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms) = 0;
+  // the daily aggregates, in one transaction. Returns, per input record and in
+  // input order, whether this call stored it; `costs` (when given) gets each
+  // record's cost (0 for one stored before).
+  virtual std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms,
+                                   std::vector<int64_t>* costs = nullptr) = 0;
 
   virtual std::vector<ReportRow> Report(const ReportQuery& query) = 0;
   virtual std::vector<AuditEntry> ListAudit(int32_t limit) = 0;
+  // Single usage records, newest first.
+  virtual std::vector<RecordRow> ListRecords(const RecordQuery& query) = 0;
 };
 
 }  // namespace tollgate::billing

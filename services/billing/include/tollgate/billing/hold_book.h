@@ -1,0 +1,122 @@
+// Live holds, in memory: the request path's side of billing. A hold is a reservation, not money:
+// money moves only when a usage record is committed (the ledger in PostgreSQL). So the decision
+// "can this user pay for this request" is made here, in microseconds, against each account's
+// balance as last read from the database plus what this replica committed since, minus the live
+// holds this replica granted. No database write per request.
+//
+// Exactness: holds granted by one replica never spend the same money twice (one lock per user
+// shard). Balances come from the database (loaded at a user's first hold, reloaded after an admin
+// change and every refresh interval) and move with each record this replica commits, in the same
+// step as the record's hold is settled, guarded by a sequence so a reload can never apply a
+// commit twice. A crash loses only reservations: the records, and so every balance, stay exact.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tollgate::billing {
+
+// An account as the database has it, for the book.
+struct AccountState {
+  int64_t user_id = 0;
+  bool exists = false;  // no account: balance and credit 0 (only free requests pass)
+  int64_t balance_micros = 0;
+  int64_t credit_limit_micros = 0;
+};
+
+struct BookHold {
+  bool granted = false;
+  bool request_id_taken = false;  // another user's hold has this request id
+  int64_t hold_id = 0;
+  int64_t available_micros = 0;  // before this hold
+};
+
+// A committed record's effect on the book: its hold ends, and its cost leaves the balance.
+struct Settlement {
+  int64_t user_id = 0;
+  int64_t hold_id = 0;      // 0: none
+  int64_t cost_micros = 0;  // 0 for a record stored before (a redelivery)
+};
+
+class HoldBook final {
+ public:
+  HoldBook();
+
+  // The user's account must be loaded (NeedsLoad false), else nullopt: load it, then Place again.
+  std::optional<BookHold> Place(int64_t user_id, const std::string& request_id,
+                                int64_t amount_micros, int64_t now_ms, int64_t expires_at_ms);
+  // True when Place would need the user's account first (never loaded, or invalidated).
+  bool NeedsLoad(int64_t user_id);
+  // Each user's settlement sequence, to read before querying the database for its account.
+  std::vector<uint64_t> Sequences(const std::vector<int64_t>& users);
+  // Installs accounts read from the database after `sequences` (same order as `accounts`); an
+  // account is skipped when this replica settled records of that user since (the database row
+  // may or may not include them: the next load installs it).
+  void Load(const std::vector<AccountState>& accounts, const std::vector<uint64_t>& sequences);
+  // The account changed under an admin action: reload it before its next hold.
+  void Invalidate(int64_t user_id);
+
+  void Release(int64_t hold_id);
+  // After records committed on this replica: their holds end, their costs leave the balances.
+  void Settle(const std::vector<Settlement>& settled);
+  // Holds settled elsewhere (another replica ingested their records) end too.
+  void Forget(const std::vector<int64_t>& hold_ids);
+  // Drops expired holds and idle users without holds; returns how many holds expired.
+  int64_t Expire(int64_t now_ms, int64_t idle_after_ms);
+
+  int64_t HeldMicros(int64_t user_id, int64_t now_ms);
+  std::vector<int64_t> Users();
+  std::vector<int64_t> LiveHoldIds();
+  int64_t live_holds();
+
+ private:
+  struct Hold {
+    int64_t user_id;
+    int64_t amount_micros;
+    int64_t expires_at_ms;
+    std::string request_id;
+  };
+  struct User {
+    bool loaded = false;
+    int64_t balance_micros = 0;
+    int64_t credit_limit_micros = 0;
+    int64_t held_micros = 0;  // sum of the live holds below
+    std::map<int64_t, Hold> holds;
+    int64_t last_used_ms = 0;
+    uint64_t settled = 0;  // settlements applied (the sequence Load checks)
+  };
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<int64_t, User> users;
+    std::unordered_map<int64_t, int64_t> hold_user;  // hold -> user
+  };
+  // Request ids are unique across users, so they have shards of their own (taken after a
+  // user shard, never before).
+  struct RequestShard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::pair<int64_t, int64_t>> holds;  // -> (hold, user)
+  };
+  RequestShard& ShardOfRequest(const std::string& request_id) {
+    return requests_[std::hash<std::string>{}(request_id) % kShards];
+  }
+  static constexpr size_t kShards = 16;
+  Shard& ShardOf(int64_t user_id) { return shards_[static_cast<uint64_t>(user_id) % kShards]; }
+  // A hold id carries its user's shard in its low bits, so Release needs only the id.
+  Shard& ShardOfHold(int64_t hold_id) { return shards_[static_cast<uint64_t>(hold_id) % kShards]; }
+  void Drop(Shard& shard, User& user, std::map<int64_t, Hold>::iterator it);
+  void ExpireUser(Shard& shard, User& user, int64_t now_ms, int64_t* expired);
+  int64_t NewHoldId(int64_t user_id);
+
+  Shard shards_[kShards];
+  RequestShard requests_[kShards];
+  std::mutex rng_mu_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace tollgate::billing
