@@ -40,8 +40,21 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
 
   /** The edge's own metrics (the edge's process serves TG_METRICS_LISTEN in split mode). */
   async function edgeMetric(name, labels) {
-    const res = await fetch(`http://127.0.0.1:${suite.ports.metrics}/metrics`, { signal: AbortSignal.timeout(5000) });
-    const text = await res.text();
+    let text;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${suite.ports.metrics}/metrics`, { signal: AbortSignal.timeout(5000) });
+        text = await res.text();
+        break;
+      } catch (err) {
+        // A pooled keep-alive connection the metrics server closed meanwhile: ask again.
+        if (attempt >= 3) {
+          throw new Error(`edge /metrics: ${err.message} (${err.cause?.code ?? err.cause?.message ?? ''}); ` +
+            `edge pid ${suite.pidOf('edge')}\n${suite.logTail(60)}`);
+        }
+        await sleep(100);
+      }
+    }
     const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
     return line ? Number(line.split(' ').pop()) : 0;
   }
