@@ -33,7 +33,7 @@ check_up() {
     "$TOLLGATE" health "127.0.0.1:$((base + i))" | grep -qx SERVING || fail "gRPC service on :$((base + i)) not SERVING"
   done
   curl -fsS "http://$TG_EDGE_LISTEN/readyz" >/dev/null || fail "edge /readyz"
-  curl -fsS "http://${1:-$TG_METRICS_LISTEN}/metrics" | grep -q tollgate_pg_pool_connections || fail "/metrics"
+  curl -fsS "http://${1:-$TG_METRICS_LISTEN}/metrics" | grep tollgate_pg_pool_connections >/dev/null || fail "/metrics"
 }
 
 out=$("$ROOT/scripts/run.sh" up --detach) || fail "launcher failed: $out"
@@ -79,9 +79,9 @@ for t in auth quota router billing edge; do
   pids+=("$(cat "$TG_STATE_DIR/$t.pid")")
 done
 [ "$(printf '%s\n' "${pids[@]}" | sort -u | wc -l)" = 5 ] || fail "split: targets share a process: ${pids[*]}"
-curl -fsS "http://$TG_METRICS_LISTEN/metrics" | grep -q tollgate_edge_billing_spool || fail "split: the edge's /metrics"
+curl -fsS "http://$TG_METRICS_LISTEN/metrics" | grep tollgate_edge_billing_spool >/dev/null || fail "split: the edge's /metrics"
 for i in 1 2 3 4; do
-  curl -fsS "http://127.0.0.1:$((mbase + i))/metrics" | grep -q tollgate_pg_pool_connections || fail "split: /metrics on :$((mbase + i))"
+  curl -fsS "http://127.0.0.1:$((mbase + i))/metrics" | grep tollgate_pg_pool_connections >/dev/null || fail "split: /metrics on :$((mbase + i))"
 done
 kill -KILL "$(cat "$TG_STATE_DIR/billing.pid")"
 for _ in $(seq 1 50); do ! "$TOLLGATE" health "127.0.0.1:$((base + 3))" >/dev/null 2>&1 && break; sleep 0.1; done

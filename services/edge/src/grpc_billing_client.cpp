@@ -295,8 +295,11 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
           result.failure = Failure{ErrorCode::kInsufficientQuota, status.error_message()};
           if (impl->holds_refused) impl->holds_refused->Increment();
         } else {
-          log::Warn("edge", "billing Hold failed; refusing the request (fail closed)",
-                    {{"grpc_code", static_cast<int>(status.error_code())}});
+          static log::Throttle throttle;
+          if (int64_t skipped = 0; throttle.Allow(&skipped))
+            log::Warn(
+                "edge", "billing Hold failed; refusing the request (fail closed)",
+                {{"grpc_code", static_cast<int>(status.error_code())}, {"suppressed", skipped}});
           result.failure = Failure{ErrorCode::kServiceUnavailable, kUnavailable};
           if (impl->holds_unavailable) impl->holds_unavailable->Increment();
         }

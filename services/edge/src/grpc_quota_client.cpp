@@ -340,13 +340,17 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
     } else if (failed) {
       impl->unavailable.fetch_add(1, std::memory_order_relaxed);
       if (impl->unavailable_counter) impl->unavailable_counter->Increment();
-      for (const auto& p : fanout->parts)
-        if (!p->status.ok())
-          log::Warn("edge",
-                    impl->options.fail_open ? "quota replica unreachable; admitting (fail open)"
-                                            : "quota replica unreachable; refusing (fail closed)",
-                    {{"replica", impl->replicas[p->replica]->target},
-                     {"grpc_code", static_cast<int>(p->status.error_code())}});
+      static log::Throttle throttle;
+      int64_t skipped = 0;
+      if (throttle.Allow(&skipped))
+        for (const auto& p : fanout->parts)
+          if (!p->status.ok())
+            log::Warn("edge",
+                      impl->options.fail_open ? "quota replica unreachable; admitting (fail open)"
+                                              : "quota replica unreachable; refusing (fail closed)",
+                      {{"replica", impl->replicas[p->replica]->target},
+                       {"grpc_code", static_cast<int>(p->status.error_code())},
+                       {"suppressed", skipped}});
       if (!impl->options.fail_open) {
         release_granted = true;
         result.failure =

@@ -258,14 +258,20 @@ void GrpcRouterClient::Route(std::string model, int32_t max_attempts,
               stale_used = true;
             }
           }
-          // An unknown model is the client's business; anything else is worth a warning.
-          log::Write(status.error_code() == grpc::StatusCode::NOT_FOUND ? log::Level::kDebug
-                                                                        : log::Level::kWarn,
-                     "edge",
-                     stale_used ? "router unreachable; using its last plan" : "route failed",
-                     {{"model", model},
-                      {"grpc_code", static_cast<int>(status.error_code())},
-                      {"error", status.error_message()}});
+          // An unknown model is the client's business; anything else is worth a warning (one a
+          // second at most: under load a router outage would otherwise log every request).
+          static log::Throttle throttle;
+          int64_t skipped = 0;
+          if (status.error_code() == grpc::StatusCode::NOT_FOUND ? log::Enabled(log::Level::kDebug)
+                                                                 : throttle.Allow(&skipped))
+            log::Write(status.error_code() == grpc::StatusCode::NOT_FOUND ? log::Level::kDebug
+                                                                          : log::Level::kWarn,
+                       "edge",
+                       stale_used ? "router unreachable; using its last plan" : "route failed",
+                       {{"model", model},
+                        {"grpc_code", static_cast<int>(status.error_code())},
+                        {"error", status.error_message()},
+                        {"suppressed", skipped}});
           if (!stale_used) result.failure = RouteFailure(status, model);
         }
         owned->done(std::move(result));
