@@ -148,6 +148,13 @@ std::vector<ConfigKey> BuildSchema() {
        "completion tokens assumed in the quota estimate (prompt characters / 4 + max_tokens) of a "
        "request that sets no max_tokens; settlement replaces it with the actual usage",
        false, 0, 10000000},
+      {"edge.local_routing", T::kBool, "true",
+       "plan each request in the edge from the router's catalogue (polled every "
+       "edge.routing_refresh; weighted round-robin, breakers and 429 cooldowns per edge process) "
+       "instead of a Route call to the router per request"},
+      {"edge.routing_refresh", T::kDuration, "1s",
+       "how often the edge polls the router's catalogue (GetRoutingTable) when edge.local_routing "
+       "is on; catalogue changes reach the edges within this"},
       {"edge.router_target", T::kString, "127.0.0.1:7103", "gRPC address of the router service"},
       {"edge.billing_target", T::kString, "127.0.0.1:7104", "gRPC address of the billing service"},
       {"edge.spool_dir", T::kString, "/tmp/tollgate-edge-spool",

@@ -7,6 +7,7 @@
 #include "src/grpc_quota_client.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
+#include "src/local_router.h"
 #include "src/proxy.h"
 #include "tollgate/config.h"
 #include "tollgate/log.h"
@@ -30,6 +31,15 @@ class EdgeModule final : public Module {
     router.batch_size = static_cast<size_t>(config.GetInt("edge.outcome_batch_size"));
     router.stale_plan_ttl = config.GetDuration("edge.router_stale_plan_ttl");
     router_ = std::make_unique<GrpcRouterClient>(router);
+    if (config.GetBool("edge.local_routing")) {
+      LocalRouterOptions local;
+      local.target = router.target;
+      local.refresh = config.GetDuration("edge.routing_refresh");
+      local.timeout = router.timeout;
+      local.max_staleness = router.stale_plan_ttl;
+      local_router_ = std::make_unique<LocalRouterClient>(local, *router_);
+    }
+    RouterClient& routing = local_router_ ? static_cast<RouterClient&>(*local_router_) : *router_;
 
     GrpcAuthClientOptions auth;
     auth.target = config.GetString("edge.auth_target");
@@ -81,7 +91,7 @@ class EdgeModule final : public Module {
     options.write_timeout = config.GetDuration("edge.client_write_timeout");
     server_ = std::make_unique<HttpServer>(
         options, deps_.metrics.registry(),
-        MakeProxyHandlers(proxy, EdgeClients{*auth_, *quota_, *router_, *billing_},
+        MakeProxyHandlers(proxy, EdgeClients{*auth_, *quota_, routing, *billing_},
                           deps_.metrics.registry()));
     server_->Start();
     auto host = options.listen.substr(0, options.listen.rfind(':'));
@@ -103,12 +113,14 @@ class EdgeModule final : public Module {
     server_->Drain(std::chrono::steady_clock::now() +
                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
     // The clients' callbacks post to the server's executors: finish them while those run.
+    if (local_router_) local_router_->Stop();
     router_->Shutdown();
     quota_->Shutdown();
     billing_->Shutdown();
     auth_->Shutdown();
     server_->Shutdown(std::chrono::steady_clock::now());
     server_.reset();
+    local_router_.reset();
     router_.reset();
     quota_.reset();
     billing_.reset();
@@ -118,6 +130,7 @@ class EdgeModule final : public Module {
  private:
   ModuleDeps deps_;
   std::unique_ptr<GrpcRouterClient> router_;
+  std::unique_ptr<LocalRouterClient> local_router_;  // plans in the edge; router_ as fallback
   std::unique_ptr<GrpcAuthClient> auth_;
   std::unique_ptr<GrpcQuotaClient> quota_;
   std::unique_ptr<GrpcBillingClient> billing_;

@@ -68,7 +68,9 @@ class RouterModule final : public DbServiceModule {
     router_metrics_->SyncBreakers(key_pool_->Health());
     admin_ = std::make_unique<RouterAdmin>(*repo_, *box_, *key_pool_, *refresher_);
 
-    router_service_ = MakeRouterService(*key_pool_, *router_metrics_);
+    router_service_ = MakeRouterService(
+        *key_pool_, *router_metrics_, *refresher_,
+        [box = box_.get()](const UpstreamKeyRecord& k) { return box->Open(k.secret); });
     admin_service_ = MakeRouterAdminService(
         {[this](const grpc::ServerContextBase& context) {
            return CheckAdminToken(context, admin_token());

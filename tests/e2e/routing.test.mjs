@@ -114,6 +114,8 @@ describe('router key pool', { timeout: 300_000 }, () => {
     await suite.ctl(['router', 'update-upstream-key', `--id=${keys['mock-a'].id}`, '--weight=3']);
     try {
       assert.equal((await keysByName(suite))['mock-a'].weight, 3);
+      // The edge plans from the router's table, polled every edge.routing_refresh (1 s).
+      await sleep(1500);
       await suite.resetMock();
       const statuses = await pool(400, 4, async () => {
         try { await chat(); return 200; } catch (e) { return e.status ?? String(e); }

@@ -1,5 +1,8 @@
 #include "tollgate/quota/pg_repository.h"
 
+#include <map>
+#include <set>
+
 #include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
 
@@ -92,24 +95,63 @@ int64_t PgQuotaRepository::LoadUsage(const UsageKey& key) {
 }
 
 std::vector<size_t> PgQuotaRepository::CommitSettlements(const std::vector<SettledRequest>& batch) {
+  if (batch.empty()) return {};
+  // "($1), ($2), ...": libpqxx 6 has no array parameters; rows travel as VALUES.
+  auto values = [](size_t rows, size_t columns, size_t first = 1) {
+    std::string out;
+    size_t n = first;
+    for (size_t r = 0; r < rows; ++r) {
+      out += r ? ", (" : "(";
+      for (size_t c = 0; c < columns; ++c) out += (c ? ", $" : "$") + std::to_string(n++);
+      out += ")";
+    }
+    return out;
+  };
   return pool_.Run([&](pqxx::connection& conn) {
-    // One transaction, one commit (one WAL flush) for the whole batch: the group commit.
+    // One transaction and two statements for the whole batch (the group commit): the requests
+    // not settled before, then every total they add to, summed per row and in key order, so
+    // concurrent replicas wait for each other instead of deadlocking.
     pqxx::work tx(conn);
+    std::vector<std::string> ids;
+    ids.reserve(batch.size());
+    for (const auto& r : batch) ids.push_back(r.request_id);
+    std::set<std::string> inserted;
+    constexpr size_t kChunk = 5000;
+    for (size_t from = 0; from < ids.size(); from += kChunk) {
+      const size_t to = std::min(ids.size(), from + kChunk);
+      std::vector<std::string> chunk(ids.begin() + from, ids.begin() + to);
+      for (const auto& row : tx.exec_params("INSERT INTO settled_requests (request_id) VALUES " +
+                                                values(chunk.size(), 1) +
+                                                " ON CONFLICT DO NOTHING RETURNING request_id",
+                                            pqxx::prepare::make_dynamic_params(chunk)))
+        inserted.insert(row[0].as<std::string>());
+    }
     std::vector<size_t> fresh;
+    std::map<UsageKey, int64_t> totals;
     for (size_t i = 0; i < batch.size(); ++i) {
-      auto r = tx.exec_params(
-          "INSERT INTO settled_requests (request_id) VALUES ($1) ON CONFLICT DO NOTHING "
-          "RETURNING 1",
-          batch[i].request_id);
-      if (r.empty()) continue;
+      // A request id twice in one batch: the first delivery counts.
+      if (inserted.erase(batch[i].request_id) == 0) continue;
       fresh.push_back(i);
-      for (const auto& d : batch[i].deltas)
-        tx.exec_params(
-            "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject_kind, subject, period_kind, period) "
-            "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens",
-            SubjectName(d.key.kind), d.key.subject, PeriodName(d.key.period_kind), d.key.period,
-            d.tokens);
+      for (const auto& d : batch[i].deltas) totals[d.key] += d.tokens;
+    }
+    std::vector<std::string> params;
+    for (const auto& [key, tokens] : totals)
+      for (std::string v :
+           {std::string(SubjectName(key.kind)), key.subject,
+            std::string(PeriodName(key.period_kind)), key.period, std::to_string(tokens)})
+        params.push_back(std::move(v));
+    constexpr size_t kRows = 2000;  // 5 parameters a row; PostgreSQL allows 65535
+    for (size_t from = 0; from < totals.size(); from += kRows) {
+      const size_t rows = std::min(totals.size() - from, kRows);
+      std::vector<std::string> chunk(params.begin() + from * 5, params.begin() + (from + rows) * 5);
+      tx.exec_params(
+          "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
+          "SELECT k, s, pk, p, t::BIGINT FROM (VALUES " +
+              values(rows, 5) +
+              ") AS v (k, s, pk, p, t) "
+              "ON CONFLICT (subject_kind, subject, period_kind, period) "
+              "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens",
+          pqxx::prepare::make_dynamic_params(chunk));
     }
     tx.commit();
     return fresh;

@@ -126,7 +126,75 @@ std::string Quoted(const std::string& model) {
 
 class RouterServiceImpl final : public pb::RouterService::CallbackService {
  public:
-  RouterServiceImpl(KeyPool& pool, RouterMetrics& metrics) : pool_(pool), metrics_(metrics) {}
+  RouterServiceImpl(KeyPool& pool, RouterMetrics& metrics, const CatalogueRefresher& refresher,
+                    SecretOpener open)
+      : pool_(pool), metrics_(metrics), refresher_(refresher), open_(std::move(open)) {}
+
+  grpc::ServerUnaryReactor* GetRoutingTable(grpc::CallbackServerContext* context,
+                                            const pb::GetRoutingTableRequest* request,
+                                            pb::GetRoutingTableResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    CatalogueRefresher::Snapshot snapshot = refresher_.Current();
+    if (!snapshot.catalogue) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "catalogue not loaded yet"));
+      return reactor;
+    }
+    response->set_version(snapshot.version);
+    if (request->known_version() == snapshot.version) {
+      response->set_unchanged(true);
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    const Catalogue& c = *snapshot.catalogue;
+    for (const auto& p : c.providers) {
+      auto* out = response->add_providers();
+      out->set_id(p.id);
+      out->set_name(p.name);
+      out->set_type(ToProto(p.type));
+      out->set_base_url(p.base_url);
+      out->set_api_version(p.api_version);
+      out->set_enabled(p.enabled);
+      out->set_created(p.created);
+    }
+    for (const auto& k : c.keys) {
+      auto* out = response->add_keys();
+      out->set_id(k.id);
+      out->set_provider_id(k.provider_id);
+      out->set_nonce(k.secret.nonce);
+      out->set_weight(k.weight);
+      out->set_enabled(k.enabled);
+      if (auto secret = open_(k)) {
+        out->set_secret(std::move(*secret));
+        out->set_usable(true);
+      }
+    }
+    for (const auto& m : c.models) {
+      auto* out = response->add_models();
+      out->set_name(m.name);
+      out->set_owned_by(m.owned_by);
+      out->set_created(m.created);
+    }
+    for (const auto& r : c.routes) {
+      auto* out = response->add_routes();
+      out->set_model(r.model);
+      out->set_provider_id(r.provider_id);
+      out->set_upstream_model(r.upstream_model);
+    }
+    for (const auto& a : c.aliases) {
+      auto* out = response->add_aliases();
+      out->set_alias(a.alias);
+      out->set_model(a.model);
+    }
+    const KeyPoolOptions& o = pool_.options();
+    auto* policy = response->mutable_policy();
+    policy->set_failure_threshold(o.failure_threshold);
+    policy->set_breaker_cooldown_ms(o.breaker_cooldown.count());
+    policy->set_trial_timeout_ms(o.trial_timeout.count());
+    policy->set_rate_limit_cooldown_ms(o.rate_limit_cooldown.count());
+    policy->set_max_attempts(o.max_attempts);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
 
   grpc::ServerUnaryReactor* Route(grpc::CallbackServerContext* context,
                                   const pb::RouteRequest* request,
@@ -196,6 +264,8 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
  private:
   KeyPool& pool_;
   RouterMetrics& metrics_;
+  const CatalogueRefresher& refresher_;
+  SecretOpener open_;
 };
 
 class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackService {
@@ -412,8 +482,10 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& metrics) {
-  return std::make_unique<RouterServiceImpl>(pool, metrics);
+std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& metrics,
+                                                 const CatalogueRefresher& refresher,
+                                                 SecretOpener open) {
+  return std::make_unique<RouterServiceImpl>(pool, metrics, refresher, std::move(open));
 }
 
 std::unique_ptr<grpc::Service> MakeRouterAdminService(AdminServiceDeps deps) {

@@ -9,12 +9,16 @@
 #include "router_metrics.h"
 #include "tollgate/router/admin.h"
 #include "tollgate/router/key_pool.h"
+#include "tollgate/router/refresher.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 #include "tollgate/worker_pool.h"
 
 namespace tollgate::router {
 
-std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& metrics);
+// `refresher` and `open` serve GetRoutingTable (the catalogue with secrets opened).
+std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& metrics,
+                                                 const CatalogueRefresher& refresher,
+                                                 SecretOpener open);
 
 struct AdminServiceDeps {
   // Admin token check (CheckAdminToken).

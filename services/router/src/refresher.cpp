@@ -1,5 +1,6 @@
 #include "tollgate/router/refresher.h"
 
+#include <random>
 #include <string>
 
 #include "tollgate/log.h"
@@ -29,7 +30,23 @@ void CatalogueRefresher::Reload() {
              {{"providers", catalogue.providers.size()},
               {"keys", catalogue.keys.size()},
               {"models", catalogue.models.size()}});
+  {
+    std::lock_guard lock(snapshot_mu_);
+    if (snapshot_.version == 0) {
+      std::random_device rd;
+      snapshot_.version =
+          static_cast<int64_t>((uint64_t{rd()} << 20 | rd()) & ((1ull << 52) - 1)) + 1;
+    } else {
+      ++snapshot_.version;
+    }
+    snapshot_.catalogue = std::make_shared<const Catalogue>(catalogue);
+  }
   last_ = std::move(catalogue);
+}
+
+CatalogueRefresher::Snapshot CatalogueRefresher::Current() const {
+  std::lock_guard lock(snapshot_mu_);
+  return snapshot_;
 }
 
 void CatalogueRefresher::Start(std::chrono::milliseconds interval,

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "pg_fixture.h"
+#include "src/local_router.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/grpc_server.h"
@@ -217,6 +218,98 @@ TEST_F(RouterGrpcTest, RouteServesTheWeightedPlanWithTheDecryptedKey) {
   EXPECT_EQ(models.models(0).owned_by(), "openai");
   EXPECT_GT(models.models(0).created(), 1600000000);
   EXPECT_EQ(models.models(1).id(), "mini");
+}
+
+TEST_F(RouterGrpcTest, GetRoutingTableHandsTheCatalogueWithOpenedSecretsAndVersions) {
+  Seed();
+  pb::GetRoutingTableRequest request;
+  pb::GetRoutingTableResponse table;
+  ASSERT_TRUE(router_->GetRoutingTable(Ctx("").get(), request, &table).ok());
+  EXPECT_FALSE(table.unchanged());
+  ASSERT_EQ(table.keys_size(), 2);
+  for (const auto& k : table.keys()) {
+    EXPECT_TRUE(k.usable());
+    EXPECT_EQ(k.secret(), k.id() == heavy_id_ ? kHeavySecret : kLightSecret);
+    EXPECT_EQ(k.weight(), k.id() == heavy_id_ ? 3 : 1);
+  }
+  EXPECT_EQ(table.models_size(), 1);
+  EXPECT_EQ(table.aliases_size(), 1);
+  EXPECT_EQ(table.policy().failure_threshold(), 3);
+  // Asking with the current version: nothing but "unchanged".
+  request.set_known_version(table.version());
+  pb::GetRoutingTableResponse again;
+  ASSERT_TRUE(router_->GetRoutingTable(Ctx("").get(), request, &again).ok());
+  EXPECT_TRUE(again.unchanged());
+  EXPECT_EQ(again.keys_size(), 0);
+  // A change makes a new version.
+  pb::UpdateUpstreamKeyRequest uk;
+  uk.set_id(light_id_);
+  uk.set_weight(5);
+  pb::UpdateUpstreamKeyResponse updated;
+  ASSERT_TRUE(admin_->UpdateUpstreamKey(Ctx().get(), uk, &updated).ok());
+  pb::GetRoutingTableResponse changed;
+  ASSERT_TRUE(router_->GetRoutingTable(Ctx("").get(), request, &changed).ok());
+  EXPECT_FALSE(changed.unchanged());
+  EXPECT_NE(changed.version(), table.version());
+}
+
+// The edge's side: plans made in the edge from the polled table, the router asked only for a
+// model the table does not know, breakers fed by the edge's own outcomes.
+TEST_F(RouterGrpcTest, AnEdgePlansLocallyFromTheRoutingTable) {
+  Seed();
+  struct Remote final : edge::RouterClient {
+    int routes = 0;
+    int reports = 0;
+    void Route(std::string, int32_t, std::function<void(edge::RouteResult)> done) override {
+      ++routes;
+      edge::RouteResult r;
+      r.failure = edge::Failure{ErrorCode::kModelNotFound, "remote"};
+      done(r);
+    }
+    void Report(edge::AttemptOutcome) override { ++reports; }
+    void ListModels(std::function<void(edge::ModelsResult)> done) override { done({}); }
+  } remote;
+  edge::LocalRouterOptions options;
+  options.target = "127.0.0.1:" + std::to_string(process_->port());
+  options.refresh = std::chrono::hours(1);  // polled by hand below
+  edge::LocalRouterClient local(options, remote);
+  ASSERT_TRUE(local.RefreshOnce());
+  ASSERT_TRUE(local.has_table());
+
+  std::map<int64_t, int> first;
+  for (int i = 0; i < 8; ++i) {
+    edge::RouteResult plan;
+    local.Route(i % 2 ? "mini" : "gpt-4o-mini", 3, [&](edge::RouteResult r) { plan = r; });
+    ASSERT_FALSE(plan.failure);
+    EXPECT_EQ(plan.model, "gpt-4o-mini");
+    ASSERT_EQ(plan.attempts.size(), 2u);
+    ++first[plan.attempts[0].upstream_key_id];
+    for (const auto& a : plan.attempts) {
+      EXPECT_EQ(a.api_key, a.upstream_key_id == heavy_id_ ? kHeavySecret : kLightSecret);
+      EXPECT_EQ(a.upstream_model, "gpt-4o-mini-2024-07-18");
+    }
+  }
+  EXPECT_EQ(first[heavy_id_], 6);
+  EXPECT_EQ(first[light_id_], 2);
+  EXPECT_EQ(remote.routes, 0) << "no call to the router per request";
+
+  edge::RouteResult unknown;
+  local.Route("gpt-5-nope", 3, [&](edge::RouteResult r) { unknown = r; });
+  EXPECT_EQ(remote.routes, 1) << "an unknown model is asked of the router";
+
+  // Three failures of the heavy key open its breaker in this edge: it leaves the plans.
+  for (int i = 0; i < 3; ++i) local.Report({heavy_id_, edge::OutcomeKind::kServerError, 500, 0, 1});
+  EXPECT_EQ(remote.reports, 3) << "outcomes still reach the router";
+  edge::RouteResult plan;
+  local.Route("mini", 3, [&](edge::RouteResult r) { plan = r; });
+  ASSERT_FALSE(plan.failure);
+  ASSERT_EQ(plan.attempts.size(), 1u);
+  EXPECT_EQ(plan.attempts[0].upstream_key_id, light_id_);
+  // A new table keeps that health.
+  ASSERT_TRUE(local.RefreshOnce());
+  local.Route("mini", 3, [&](edge::RouteResult r) { plan = r; });
+  ASSERT_EQ(plan.attempts.size(), 1u);
+  local.Stop();
 }
 
 TEST_F(RouterGrpcTest, UnknownModelIsNotFoundInOpenAiWords) {

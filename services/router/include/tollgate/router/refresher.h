@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -32,6 +33,14 @@ class CatalogueRefresher final {
   void Start(std::chrono::milliseconds interval, std::function<void()> after_each = {});
   void Stop();
 
+  // The catalogue the pool was last built from, and its version (random per process, then +1 on
+  // every change), for edges that route locally (GetRoutingTable). Null before the first Reload.
+  struct Snapshot {
+    int64_t version = 0;
+    std::shared_ptr<const Catalogue> catalogue;
+  };
+  Snapshot Current() const;
+
  private:
   void Loop(std::chrono::milliseconds interval, std::function<void()> after_each);
 
@@ -40,6 +49,8 @@ class CatalogueRefresher final {
   SecretOpener open_;
   std::mutex reload_mu_;  // one reload at a time, so an older read never lands last
   std::optional<Catalogue> last_;
+  mutable std::mutex snapshot_mu_;
+  Snapshot snapshot_;
 
   std::mutex mu_;
   std::condition_variable cv_;
