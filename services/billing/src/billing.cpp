@@ -43,9 +43,8 @@ HoldDecision Billing::Hold(const HoldInput& input) {
                                CachedMultiplier(input.user_id, now));
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
-  // A record of this user committed between reading its account and installing it makes the
-  // load skip (the row may predate it): load again. Settles are rare per user per millisecond.
-  for (int attempt = 0; attempt < 5; ++attempt) {
+  // Not loaded (first hold, or after an admin change on this replica): load, then place.
+  for (int attempt = 0; attempt < 3; ++attempt) {
     if (auto placed =
             book_.Place(input.user_id, request_id, d.amount_micros, now, d.expires_at_ms)) {
       if (placed->request_id_taken)
@@ -58,12 +57,11 @@ HoldDecision Billing::Hold(const HoldInput& input) {
     }
     LoadAccounts({input.user_id});
   }
-  throw std::runtime_error("the account kept changing while it was loaded");
+  throw std::runtime_error("the account could not be loaded");
 }
 
 void Billing::LoadAccounts(const std::vector<int64_t>& users) {
-  std::vector<uint64_t> sequences = book_.Sequences(users);
-  book_.Load(repo_.LoadAccounts(users), sequences);
+  book_.Load(repo_.LoadAccounts(users));
 }
 
 void Billing::Release(int64_t hold_id) { book_.Release(hold_id); }
@@ -139,12 +137,14 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
   }
   if (records.empty()) return {};
   std::vector<int64_t> costs;
-  std::vector<bool> stored = repo_.Ingest(records, now, &costs);
+  std::map<int64_t, int64_t> versions;
+  std::vector<bool> stored = repo_.Ingest(records, now, &costs, &versions);
   // Committed: the records' holds end and their costs leave the balances this replica holds.
   std::vector<Settlement> settled;
   settled.reserve(records.size());
   for (size_t i = 0; i < records.size(); ++i)
-    settled.push_back({records[i].user_id, records[i].hold_id, stored[i] ? costs[i] : 0});
+    settled.push_back({records[i].user_id, records[i].hold_id, stored[i] ? costs[i] : 0,
+                       stored[i] && costs[i] != 0 ? versions[records[i].user_id] : 0});
   book_.Settle(settled);
   return stored;
 }

@@ -88,28 +88,20 @@ std::optional<BookHold> HoldBook::Place(int64_t user_id, const std::string& requ
   return out;
 }
 
-std::vector<uint64_t> HoldBook::Sequences(const std::vector<int64_t>& users) {
-  std::vector<uint64_t> out;
-  out.reserve(users.size());
-  for (int64_t id : users) {
-    Shard& shard = ShardOf(id);
-    std::lock_guard lock(shard.mu);
-    out.push_back(shard.users[id].settled);
-  }
-  return out;
-}
-
-void HoldBook::Load(const std::vector<AccountState>& accounts,
-                    const std::vector<uint64_t>& sequences) {
-  for (size_t i = 0; i < accounts.size() && i < sequences.size(); ++i) {
-    const AccountState& a = accounts[i];
+void HoldBook::Load(const std::vector<AccountState>& accounts) {
+  for (const AccountState& a : accounts) {
     Shard& shard = ShardOf(a.user_id);
     std::lock_guard lock(shard.mu);
     User& user = shard.users[a.user_id];
-    if (user.settled != sequences[i]) continue;  // settled meanwhile: the row may predate it
+    // Charges this replica applied after the version read are not in the row yet.
+    int64_t later = 0;
+    for (auto it = user.charges.upper_bound(a.version); it != user.charges.end(); ++it)
+      later += it->second;
+    user.charges.erase(user.charges.begin(), user.charges.upper_bound(a.version));
     user.loaded = true;
-    user.balance_micros = a.exists ? a.balance_micros : 0;
+    user.balance_micros = (a.exists ? a.balance_micros : 0) - later;
     user.credit_limit_micros = a.exists ? a.credit_limit_micros : 0;
+    user.version = std::max(user.version, a.version);
   }
 }
 
@@ -136,9 +128,11 @@ void HoldBook::Settle(const std::vector<Settlement>& settled) {
     User& user = shard.users[s.user_id];
     if (s.hold_id > 0)
       if (auto it = user.holds.find(s.hold_id); it != user.holds.end()) Drop(shard, user, it);
-    if (s.cost_micros != 0) {
+    // A charge the last load already read (its version is not newer) is in the balance.
+    if (s.cost_micros != 0 && s.version > user.version) {
       user.balance_micros -= s.cost_micros;
-      ++user.settled;
+      user.charges[s.version] += s.cost_micros;  // one version per account per batch
+      if (user.charges.size() > 100000) user.charges.erase(user.charges.begin());
     }
   }
 }

@@ -189,8 +189,8 @@ void PgBillingRepository::TopUp(int64_t user_id, int64_t amount_micros, const st
     // One UPDATE adds to whatever the balance is at that moment: concurrent
     // top-ups and settlements serialise on the row and none is lost.
     auto rows = tx.exec_params(
-        "UPDATE accounts SET balance_micros = balance_micros + $2 WHERE user_id = $1 "
-        "RETURNING user_id",
+        "UPDATE accounts SET balance_micros = balance_micros + $2, version = version + 1 "
+        "WHERE user_id = $1 RETURNING user_id",
         user_id, amount_micros);
     if (rows.empty())
       throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
@@ -209,7 +209,8 @@ void PgBillingRepository::SetCreditLimit(int64_t user_id, int64_t credit_limit_m
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params(
-        "UPDATE accounts SET credit_limit_micros = $2 WHERE user_id = $1 RETURNING user_id",
+        "UPDATE accounts SET credit_limit_micros = $2, version = version + 1 WHERE user_id = $1 "
+        "RETURNING user_id",
         user_id, credit_limit_micros);
     if (rows.empty())
       throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
@@ -253,19 +254,16 @@ std::vector<AccountState> PgBillingRepository::LoadAccounts(const std::vector<in
   ids += "}";
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::read_transaction tx(conn);
-    std::map<int64_t, std::pair<int64_t, int64_t>> found;
-    for (const auto& row :
-         tx.exec_params("SELECT user_id, balance_micros, credit_limit_micros FROM accounts "
-                        "WHERE user_id = ANY($1::BIGINT[])",
-                        ids))
-      found[row[0].as<int64_t>()] = {row[1].as<int64_t>(), row[2].as<int64_t>()};
+    std::map<int64_t, AccountState> found;
+    for (const auto& row : tx.exec_params(
+             "SELECT user_id, balance_micros, credit_limit_micros, version FROM accounts "
+             "WHERE user_id = ANY($1::BIGINT[])",
+             ids))
+      found[row[0].as<int64_t>()] = {row[0].as<int64_t>(), true, row[1].as<int64_t>(),
+                                     row[2].as<int64_t>(), row[3].as<int64_t>()};
     for (size_t i = 0; i < users.size(); ++i) {
       out[i].user_id = users[i];
-      if (auto it = found.find(users[i]); it != found.end()) {
-        out[i].exists = true;
-        out[i].balance_micros = it->second.first;
-        out[i].credit_limit_micros = it->second.second;
-      }
+      if (auto it = found.find(users[i]); it != found.end()) out[i] = it->second;
     }
     return out;
   });
@@ -287,7 +285,8 @@ std::vector<int64_t> PgBillingRepository::SettledHolds(const std::vector<int64_t
 }
 
 std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& records,
-                                              int64_t now_ms, std::vector<int64_t>* costs_out) {
+                                              int64_t now_ms, std::vector<int64_t>* costs_out,
+                                              std::map<int64_t, int64_t>* versions_out) {
   if (records.empty()) return {};
   // Rows are touched in a fixed order (request ids, then users and aggregate
   // keys sorted) so concurrent ingesting transactions (other replicas) wait for
@@ -428,12 +427,19 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
       account_params.push_back(std::to_string(user_id));
       account_params.push_back(std::to_string(-cost));
     }
+    // Each charged account's new version tells the hold books which charges a balance includes.
+    std::map<int64_t, int64_t> versions;
     if (!account_params.empty())
-      tx.exec_params("INSERT INTO accounts (user_id, balance_micros) VALUES " +
-                         Values(account_params.size() / 2, {"BIGINT", "BIGINT"}) +
-                         " ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
-                         "accounts.balance_micros + EXCLUDED.balance_micros",
-                     pqxx::prepare::make_dynamic_params(account_params));
+      for (const auto& row :
+           tx.exec_params("INSERT INTO accounts (user_id, balance_micros, version) SELECT u, b, 1 "
+                          "FROM (VALUES " +
+                              Values(account_params.size() / 2, {"BIGINT", "BIGINT"}) +
+                              ") AS v (u, b) ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
+                              "accounts.balance_micros + EXCLUDED.balance_micros, version = "
+                              "accounts.version + 1 "
+                              "RETURNING user_id, version",
+                          pqxx::prepare::make_dynamic_params(account_params)))
+        versions[row[0].as<int64_t>()] = row[1].as<int64_t>();
     // Bodies can be large: a few rows per statement.
     constexpr size_t kBodyChunk = 16;
     for (size_t from = 0; from < with_bodies.size(); from += kBodyChunk) {
@@ -484,6 +490,7 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
       for (size_t i = 0; i < records.size(); ++i)
         if (stored[i]) (*costs_out)[i] = costs[i];
     }
+    if (versions_out) *versions_out = versions;
     return stored;
   });
 }

@@ -7,8 +7,11 @@
 // Exactness: holds granted by one replica never spend the same money twice (one lock per user
 // shard). Balances come from the database (loaded at a user's first hold, reloaded after an admin
 // change and every refresh interval) and move with each record this replica commits, in the same
-// step as the record's hold is settled, guarded by a sequence so a reload can never apply a
-// commit twice. A crash loses only reservations: the records, and so every balance, stay exact.
+// step as the record's hold is settled. Every change of an account bumps accounts.version in the
+// statement that makes it, and the book keeps the costs it applied by version, so a balance read
+// at version V is completed with exactly the charges after V: a reload never counts a commit
+// twice nor misses one, however the read and the commits interleave. A crash loses only
+// reservations: the records, and so every balance, stay exact.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,7 @@ struct AccountState {
   bool exists = false;  // no account: balance and credit 0 (only free requests pass)
   int64_t balance_micros = 0;
   int64_t credit_limit_micros = 0;
+  int64_t version = 0;  // accounts.version of this read
 };
 
 struct BookHold {
@@ -42,6 +46,7 @@ struct Settlement {
   int64_t user_id = 0;
   int64_t hold_id = 0;      // 0: none
   int64_t cost_micros = 0;  // 0 for a record stored before (a redelivery)
+  int64_t version = 0;      // the account's version after the charge (0: no charge)
 };
 
 class HoldBook final {
@@ -53,12 +58,9 @@ class HoldBook final {
                                 int64_t amount_micros, int64_t now_ms, int64_t expires_at_ms);
   // True when Place would need the user's account first (never loaded, or invalidated).
   bool NeedsLoad(int64_t user_id);
-  // Each user's settlement sequence, to read before querying the database for its account.
-  std::vector<uint64_t> Sequences(const std::vector<int64_t>& users);
-  // Installs accounts read from the database after `sequences` (same order as `accounts`); an
-  // account is skipped when this replica settled records of that user since (the database row
-  // may or may not include them: the next load installs it).
-  void Load(const std::vector<AccountState>& accounts, const std::vector<uint64_t>& sequences);
+  // Installs accounts read from the database: the balance read, minus the charges this replica
+  // committed after that version.
+  void Load(const std::vector<AccountState>& accounts);
   // The account changed under an admin action: reload it before its next hold.
   void Invalidate(int64_t user_id);
 
@@ -89,7 +91,8 @@ class HoldBook final {
     int64_t held_micros = 0;  // sum of the live holds below
     std::map<int64_t, Hold> holds;
     int64_t last_used_ms = 0;
-    uint64_t settled = 0;  // settlements applied (the sequence Load checks)
+    int64_t version = 0;                 // the newest account version the balance includes
+    std::map<int64_t, int64_t> charges;  // version -> cost, for charges after the last load
   };
   struct Shard {
     std::mutex mu;

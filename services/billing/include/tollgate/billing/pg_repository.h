@@ -30,7 +30,8 @@ class PgBillingRepository final : public BillingRepository {
   std::vector<int64_t> SettledHolds(const std::vector<int64_t>& hold_ids) override;
 
   std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms,
-                           std::vector<int64_t>* costs = nullptr) override;
+                           std::vector<int64_t>* costs = nullptr,
+                           std::map<int64_t, int64_t>* versions = nullptr) override;
 
   std::vector<ReportRow> Report(const ReportQuery& query) override;
   std::vector<AuditEntry> ListAudit(int32_t limit) override;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -132,9 +133,11 @@ class BillingRepository {
   // Stores the records not stored yet (by request_id) and charges them, with
   // the daily aggregates, in one transaction. Returns, per input record and in
   // input order, whether this call stored it; `costs` (when given) gets each
-  // record's cost (0 for one stored before).
+  // record's cost (0 for one stored before), `versions` each charged account's
+  // new version (accounts.version).
   virtual std::vector<bool> Ingest(const std::vector<UsageInput>& records, int64_t now_ms,
-                                   std::vector<int64_t>* costs = nullptr) = 0;
+                                   std::vector<int64_t>* costs = nullptr,
+                                   std::map<int64_t, int64_t>* versions = nullptr) = 0;
 
   virtual std::vector<ReportRow> Report(const ReportQuery& query) = 0;
   virtual std::vector<AuditEntry> ListAudit(int32_t limit) = 0;
