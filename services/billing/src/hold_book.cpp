@@ -166,6 +166,16 @@ int64_t HoldBook::HeldMicros(int64_t user_id, int64_t now_ms) {
   return it->second.held_micros;
 }
 
+std::optional<int64_t> HoldBook::Available(int64_t user_id, int64_t now_ms) {
+  Shard& shard = ShardOf(user_id);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.users.find(user_id);
+  if (it == shard.users.end() || !it->second.loaded) return std::nullopt;
+  ExpireUser(shard, it->second, now_ms, nullptr);
+  const User& u = it->second;
+  return u.balance_micros + u.credit_limit_micros - u.held_micros;
+}
+
 std::vector<int64_t> HoldBook::Users() {
   std::vector<int64_t> out;
   for (Shard& shard : shards_) {

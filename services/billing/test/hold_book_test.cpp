@@ -17,7 +17,8 @@ TEST(HoldBook, ALoadCountsEachChargeOnceHoweverReadsAndCommitsInterleave) {
   // A refresh reads the row at version 1 (100); meanwhile a record of 30 commits (version 2)
   // and settles here before the refresh installs what it read.
   book.Settle({{1, 0, 30, 2}});
-  book.Load({{1, true, 100, 0, 1}});                        // the charge is not in that row
+  book.Load({{1, true, 100, 0, 1}});  // the charge is not in that row
+  EXPECT_EQ(book.Available(1, 0), 100 - 30 - 10);
   EXPECT_FALSE(book.Place(1, "r2", 61, 0, 1000)->granted);  // 100 - 30 - 10 = 60
   EXPECT_TRUE(book.Place(1, "r3", 60, 0, 1000)->granted);
   // A read that includes it (version 2) does not count it again.
@@ -26,13 +27,15 @@ TEST(HoldBook, ALoadCountsEachChargeOnceHoweverReadsAndCommitsInterleave) {
   EXPECT_FALSE(book.Place(1, "r4", 1, 0, 1000)->granted);
   // A charge committed and read by a load before it settles here is in the balance already.
   book.Load({{1, true, 50, 0, 3}});  // version 3: another 20 charged
-  book.Settle({{1, 0, 20, 3}});      // its settle, late
+  book.Settle({{1, 0, 20, 3}});      // its settle, late: already in the 50
+  EXPECT_EQ(book.Available(1, 0), 50 - 70);
   EXPECT_FALSE(book.Place(1, "r5", 1, 0, 1000)->granted) << "50 - 70 held";
   book.Settle({{1, 0, 0, 0}});
   // Two records of one batch share the account's version: both count.
   book.Load({{1, true, 500, 0, 3}});
   book.Settle({{1, 0, 10, 4}, {1, 0, 15, 4}});
   book.Load({{1, true, 500, 0, 3}});  // a read from before that batch
+  EXPECT_EQ(book.Available(1, 0), 500 - 25 - 70);
   EXPECT_TRUE(book.Place(1, "r6", 500 - 25 - 70, 0, 1000)->granted);
   EXPECT_FALSE(book.Place(1, "r7", 1, 0, 1000)->granted);
 }

@@ -326,6 +326,47 @@ TEST_F(LedgerTest, ASettledRecordEndsItsHoldAndMovesTheBalanceTheHoldsSee) {
   EXPECT_EQ(billing_->GetBalance(9).held_micros, 330 + 450);
 }
 
+TEST_F(LedgerTest, RefreshesRacingCommitsNeverDriftTheBalanceTheHoldsSee) {
+  // Records of one user commit on this replica while refreshes reload its balance over and over
+  // (and another replica tops it up, early on): the book's view must end equal to the database's
+  // with no quiet refresh afterwards to paper over a charge counted twice or missed.
+  billing_->CreateAccount("ops", 11, 0);
+  billing_->TopUp("ops", 11, 10'000'000, "");
+  ASSERT_TRUE(billing_->Hold(HoldFor(11)).granted);  // loads the account
+  Billing other(*repo_, clock_, BillingOptions{std::chrono::minutes(10)});
+  std::atomic<bool> done{false};
+  std::atomic<int> refreshes{0};
+  std::thread refresher([&] {
+    while (!done) {
+      billing_->RefreshBalances();
+      ++refreshes;
+    }
+  });
+  std::thread topups([&] {
+    for (int i = 0; i < 20; ++i) other.TopUp("ops", 11, 1000, "");
+  });
+  int records = 0;
+  for (int i = 0; i < 80; ++i) {
+    if (i == 40) {
+      // Every top-up is in before the second half, and refreshes have read it.
+      topups.join();
+      const int seen = refreshes;
+      while (refreshes < seen + 2) std::this_thread::yield();
+    }
+    std::vector<UsageInput> batch;
+    for (int k = 0; k < 1 + i % 3; ++k, ++records)
+      batch.push_back(Usage("race-" + std::to_string(i) + "-" + std::to_string(k), 11));
+    billing_->Record(batch);
+  }
+  done = true;
+  refresher.join();
+  Account a = billing_->GetBalance(11);
+  EXPECT_EQ(a.balance_micros, 10'000'000 + 20 * 1000 - records * 450);
+  ASSERT_TRUE(billing_->AvailableForHolds(11).has_value());
+  EXPECT_EQ(*billing_->AvailableForHolds(11), a.balance_micros - a.held_micros);
+  EXPECT_GT(refreshes.load(), 10) << "the refreshes did race the commits";
+}
+
 TEST_F(LedgerTest, ChargesAndTopUpsMadeByAnotherReplicaArriveWithTheRefresh) {
   billing_->CreateAccount("ops", 10, 0);
   billing_->TopUp("ops", 10, 1000, "");

@@ -72,6 +72,10 @@ class Billing final {
   // replica stored (the refresher calls it every billing.balance_refresh).
   void RefreshBalances();
   int64_t live_holds() { return book_.live_holds(); }
+  // What this replica's next hold for the user is decided against; nullopt: not loaded here.
+  std::optional<int64_t> AvailableForHolds(int64_t user_id) {
+    return book_.Available(user_id, clock_.NowMs());
+  }
   // Normalises the records (missing times become now, counts are clamped) and
   // stores them in one transaction. Returns per record whether it was new.
   std::vector<bool> Record(std::vector<UsageInput> records);

@@ -73,6 +73,9 @@ class HoldBook final {
   int64_t Expire(int64_t now_ms, int64_t idle_after_ms);
 
   int64_t HeldMicros(int64_t user_id, int64_t now_ms);
+  // What the next hold of the user is decided against (balance + credit - held); nullopt when
+  // its account is not loaded.
+  std::optional<int64_t> Available(int64_t user_id, int64_t now_ms);
   std::vector<int64_t> Users();
   std::vector<int64_t> LiveHoldIds();
   int64_t live_holds();
