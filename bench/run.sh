@@ -22,10 +22,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX); chmod 755 "$WORK"
 free_port() { local p; for _ in $(seq 1 50); do p=$((20000 + RANDOM % 20000)); (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; return 1; }
-export TG_STATE_DIR=$WORK/state TG_PG_PORT=$(free_port) TG_EDGE_LISTEN=127.0.0.1:$(free_port) \
-  TG_METRICS_LISTEN=127.0.0.1:$(free_port)
-base=$(free_port); while (exec 3<>/dev/tcp/127.0.0.1/$((base+3))) 2>/dev/null; do base=$(free_port); done
-export TG_GRPC_BASE=$base
+pick_ports() {
+  export TG_STATE_DIR=$WORK/state TG_PG_PORT=$(free_port) TG_EDGE_LISTEN=127.0.0.1:$(free_port) \
+    TG_METRICS_LISTEN=127.0.0.1:$(free_port)
+  local base; base=$(free_port); while (exec 3<>/dev/tcp/127.0.0.1/$((base+3))) 2>/dev/null; do base=$(free_port); done
+  export TG_GRPC_BASE=$base
+}
 export TOLLGATE_LOG__LEVEL=warn
 NGINX_PORT=$(free_port)
 cleanup() {
@@ -35,7 +37,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$ROOT/scripts/run.sh" up --detach >/dev/null
+# Ports are probed, not reserved: one can be taken before the suite binds it. Then try new ones.
+for attempt in 1 2 3; do
+  pick_ports
+  if "$ROOT/scripts/run.sh" up --detach >/dev/null; then break; fi
+  "$ROOT/scripts/run.sh" down >/dev/null 2>&1 || true
+  rm -rf "$TG_STATE_DIR"
+  [ "$attempt" -lt 3 ] || { echo "bench: the suite did not start (3 attempts)" >&2; exit 1; }
+  echo "bench: start-up failed (a port taken meanwhile?); trying other ports" >&2
+done
 # The launcher's demo key: every request goes through real authentication.
 export BENCH_API_KEY=$(cat "$TG_STATE_DIR/secrets/demo_api_key")
 MOCK_PORT=$(cat "$TG_STATE_DIR/mock.port")

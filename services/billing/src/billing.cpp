@@ -31,16 +31,29 @@ Billing::Billing(BillingRepository& repo, const Clock& clock, BillingOptions opt
     : repo_(repo), clock_(clock), options_(options) {}
 
 HoldDecision Billing::Hold(const HoldInput& input) {
+  if (auto d = Decide(input, /*may_block=*/true)) return *d;
+  throw std::runtime_error("the account could not be loaded");
+}
+
+std::optional<HoldDecision> Billing::TryHold(const HoldInput& input) {
+  return Decide(input, /*may_block=*/false);
+}
+
+std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_block) {
   RequireUser(input.user_id);
   Require(!input.model.empty(), "model is required");
   const int64_t now = clock_.NowMs();
+  auto prices =
+      may_block ? std::optional(CachedPrices(input.model, now)) : PeekPrices(input.model, now);
+  auto multiplier = may_block ? std::optional(CachedMultiplier(input.user_id, now))
+                              : PeekMultiplier(input.user_id, now);
+  if (!prices || !multiplier) return std::nullopt;
   // An unpriced model costs nothing, so its hold is 0 (granted unless the account is overdrawn).
   Rates rates;
-  if (auto price = SelectPrice(CachedPrices(input.model, now), input.provider, now))
-    rates = price->rates;
+  if (auto price = SelectPrice(*prices, input.provider, now)) rates = price->rates;
   HoldDecision d;
-  d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
-                               CachedMultiplier(input.user_id, now));
+  d.amount_micros =
+      HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens, *multiplier);
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
   // Not loaded (first hold, or after an admin change on this replica): load, then place.
@@ -55,9 +68,10 @@ HoldDecision Billing::Hold(const HoldInput& input) {
       d.available_micros = placed->available_micros;
       return d;
     }
+    if (!may_block) return std::nullopt;
     LoadAccounts({input.user_id});
   }
-  throw std::runtime_error("the account could not be loaded");
+  return std::nullopt;
 }
 
 void Billing::LoadAccounts(const std::vector<int64_t>& users) {
@@ -80,6 +94,22 @@ void Billing::RefreshBalances() {
   for (size_t from = 0; from < holds.size(); from += kChunk)
     book_.Forget(repo_.SettledHolds(std::vector<int64_t>(
         holds.begin() + from, holds.begin() + std::min(holds.size(), from + kChunk))));
+}
+
+std::optional<std::vector<PriceRecord>> Billing::PeekPrices(const std::string& model, int64_t now) {
+  std::lock_guard lock(cache_mu_);
+  auto it = prices_.find(model);
+  if (it == prices_.end() || now - it->second.loaded_at_ms >= options_.price_cache_ttl.count())
+    return std::nullopt;
+  return it->second.value;
+}
+
+std::optional<int64_t> Billing::PeekMultiplier(int64_t user_id, int64_t now) {
+  std::lock_guard lock(cache_mu_);
+  auto it = multipliers_.find(user_id);
+  if (it == multipliers_.end() || now - it->second.loaded_at_ms >= options_.price_cache_ttl.count())
+    return std::nullopt;
+  return it->second.value;
 }
 
 std::vector<PriceRecord> Billing::CachedPrices(const std::string& model, int64_t now) {

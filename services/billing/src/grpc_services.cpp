@@ -140,23 +140,15 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
   grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* context,
                                  const pb::HoldRequest* request,
                                  pb::HoldResponse* response) override {
-    // On a worker: decided in memory, but a user's first hold reads its account.
-    return OnWorker(context, workers_, "Hold", [=, this] {
-      HoldInput in;
-      in.request_id = request->request_id();
-      in.user_id = request->user_id();
-      in.api_key_id = request->api_key_id();
-      in.model = request->model();
-      in.provider = request->provider();
-      in.estimated_prompt_tokens = request->estimated_prompt_tokens();
-      in.max_completion_tokens = request->max_completion_tokens();
-      HoldDecision d;
-      try {
-        d = billing_.Hold(in);
-      } catch (...) {
-        metrics_.CountHoldError();
-        throw;
-      }
+    HoldInput in;
+    in.request_id = request->request_id();
+    in.user_id = request->user_id();
+    in.api_key_id = request->api_key_id();
+    in.model = request->model();
+    in.provider = request->provider();
+    in.estimated_prompt_tokens = request->estimated_prompt_tokens();
+    in.max_completion_tokens = request->max_completion_tokens();
+    auto answer = [this, response](const HoldDecision& d) {
       metrics_.CountHold(d.granted);
       if (!d.granted)
         return ToGrpcStatus(ErrorCode::kInsufficientQuota,
@@ -166,6 +158,30 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
       response->set_amount_micros(d.amount_micros);
       response->set_expires_at_ms(d.expires_at_ms);
       return grpc::Status::OK;
+    };
+    // Decided in memory, here on gRPC's thread; only what needs the database (a user's first
+    // hold, a price not cached) goes to a worker.
+    try {
+      if (auto d = billing_.TryHold(in)) {
+        auto* reactor = context->DefaultReactor();
+        reactor->Finish(answer(*d));
+        return reactor;
+      }
+    } catch (const BillingError& e) {
+      metrics_.CountHoldError();
+      auto* reactor = context->DefaultReactor();
+      reactor->Finish(ToGrpcStatus(e));
+      return reactor;
+    }
+    return OnWorker(context, workers_, "Hold", [this, in, answer] {
+      HoldDecision d;
+      try {
+        d = billing_.Hold(in);
+      } catch (...) {
+        metrics_.CountHoldError();
+        throw;
+      }
+      return answer(d);
     });
   }
 

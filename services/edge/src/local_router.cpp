@@ -81,7 +81,7 @@ struct LocalRouterClient::Impl {
   bool stopping = false;
   bool wake = false;  // an unknown model was asked for: poll now
   std::thread poller;
-  bool failing = false;
+  std::atomic<bool> failing{false};  // said once, not every poll
 
   std::shared_ptr<router::KeyPool> Current() {
     std::lock_guard lock(mu);

@@ -64,6 +64,9 @@ class Billing final {
   // Decided in memory (HoldBook); reads the database only for a user's first hold (or the first
   // after an admin change of its account).
   HoldDecision Hold(const HoldInput& input);
+  // Hold without blocking: nullopt when deciding needs the database (the prices, the multiplier
+  // or the account are not cached); then call Hold from a thread that may wait.
+  std::optional<HoldDecision> TryHold(const HoldInput& input);
   void Release(int64_t hold_id);
   // Drops expired holds and idle users (housekeeping: an expired hold stops counting at once
   // whether or not this ran); returns how many holds expired.
@@ -104,6 +107,9 @@ class Billing final {
                    std::string details) const;
   std::vector<PriceRecord> CachedPrices(const std::string& model, int64_t now);
   int64_t CachedMultiplier(int64_t user_id, int64_t now);
+  std::optional<std::vector<PriceRecord>> PeekPrices(const std::string& model, int64_t now);
+  std::optional<int64_t> PeekMultiplier(int64_t user_id, int64_t now);
+  std::optional<HoldDecision> Decide(const HoldInput& input, bool may_block);
   void LoadAccounts(const std::vector<int64_t>& users);
 
   template <typename T>
