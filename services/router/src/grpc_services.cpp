@@ -146,16 +146,7 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
       return reactor;
     }
     const Catalogue& c = *snapshot.catalogue;
-    for (const auto& p : c.providers) {
-      auto* out = response->add_providers();
-      out->set_id(p.id);
-      out->set_name(p.name);
-      out->set_type(ToProto(p.type));
-      out->set_base_url(p.base_url);
-      out->set_api_version(p.api_version);
-      out->set_enabled(p.enabled);
-      out->set_created(p.created);
-    }
+    for (const auto& p : c.providers) Fill(p, response->add_providers());
     for (const auto& k : c.keys) {
       auto* out = response->add_keys();
       out->set_id(k.id);
@@ -174,12 +165,7 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
       out->set_owned_by(m.owned_by);
       out->set_created(m.created);
     }
-    for (const auto& r : c.routes) {
-      auto* out = response->add_routes();
-      out->set_model(r.model);
-      out->set_provider_id(r.provider_id);
-      out->set_upstream_model(r.upstream_model);
-    }
+    for (const auto& r : c.routes) Fill(r, response->add_routes());
     for (const auto& a : c.aliases) {
       auto* out = response->add_aliases();
       out->set_alias(a.alias);
