@@ -56,4 +56,14 @@ grpc::ServerUnaryReactor* RunAdminCall(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// GetStatus of every admin service: answered inline (nothing blocks), after the token check.
+template <typename Fill>
+grpc::ServerUnaryReactor* RunStatusCall(grpc::CallbackServerContext* context,
+                                        const grpc::Status& authorized, Fill fill) {
+  auto* reactor = context->DefaultReactor();
+  if (authorized.ok()) fill();
+  reactor->Finish(authorized);
+  return reactor;
+}
+
 }  // namespace tollgate

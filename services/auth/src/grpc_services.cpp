@@ -401,11 +401,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const pb::GetStatusRequest*,
                                       pb::GetStatusResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    grpc::Status auth = deps_.authorize(*context);
-    if (auth.ok()) deps_.status(response);
-    reactor->Finish(auth);
-    return reactor;
+    return RunStatusCall(context, deps_.authorize(*context), [&] { deps_.status(response); });
   }
 
   grpc::ServerUnaryReactor* CreateUser(grpc::CallbackServerContext* context,
