@@ -76,7 +76,10 @@ else
   "${CTL[@]}" router create-upstream-key --provider-id="$id" --name=mock-b --secret=mock-key-b --weight=1 >/dev/null
 fi
 for m in "${models[@]}"; do
-  "${CTL[@]}" router create-model --name="$m" --owned-by="$name" >/dev/null
+  # OpenAI's published output limits; a larger max_tokens is a 400 at the edge.
+  limit=0
+  case $m in gpt-4o-mini | gpt-4o) limit=16384 ;; gpt-4.1-mini) limit=32768 ;; esac
+  "${CTL[@]}" router create-model --name="$m" --owned-by="$name" --max-output-tokens="$limit" >/dev/null
   "${CTL[@]}" router set-model-route --model="$m" --provider-id="$id" >/dev/null
 done
 echo "tollgate: router seeded with the $name upstream (${models[*]})"

@@ -144,10 +144,11 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.quota_fail_open", T::kBool, "false",
        "when a quota replica is unreachable, admit requests unlimited instead of answering 503 "
        "(logged and counted either way)"},
-      {"edge.quota_default_max_tokens", T::kInt, "1024",
-       "completion tokens assumed in the quota estimate (prompt characters / 4 + max_tokens) of a "
-       "request that sets no max_tokens; settlement replaces it with the actual usage",
-       false, 0, 10000000},
+      {"edge.quota_default_max_tokens", T::kInt, "4096",
+       "completion budget of a request that sets no max_tokens when its model has no "
+       "default_max_tokens (tollgatectl router set-model-limits): quota admits and billing holds "
+       "for it, and the edge sends it upstream as the request's limit",
+       false, 1, 10000000},
       {"edge.local_routing", T::kBool, "true",
        "plan each request in the edge from the router's catalogue (polled every "
        "edge.routing_refresh; weighted round-robin, breakers and 429 cooldowns per edge process) "

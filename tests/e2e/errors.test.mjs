@@ -109,6 +109,29 @@ describe('errors through the openai SDK', { timeout: 300_000 }, () => {
     assert.equal((await suite.stats()).total, before, 'the upstream was called for a rejected body');
   });
 
+  it('400: deeply nested JSON is refused before anything walks it, and the edge lives on', { timeout: 30_000 }, async (t) => {
+    // The outside review's reproductions: 50,000 levels in a message's content without a valid
+    // key (a recursive count overflowed the stack), 300,000 levels in metadata with the demo key
+    // (the serialiser did, rewriting the body).
+    const deep = (n) => '['.repeat(n) + ']'.repeat(n);
+    const bodies = [
+      [`{"model":"x","messages":[{"content":${deep(50_000)}}]}`, 'Bearer sk-e2e'],
+      [`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"metadata":${deep(300_000)}}`,
+        `Bearer ${suite.demoKey}`],
+    ];
+    const before = (await suite.stats()).total;
+    for (const [body, authorization] of bodies) {
+      const { res, json } = await raw(body, { authorization });
+      assert.equal(res.status, 400);
+      conforms(t, json);
+      assert.equal(json.error.type, 'invalid_request_error');
+      assert.match(json.error.message, /64 levels/);
+    }
+    assert.equal((await suite.stats()).total, before, 'the upstream was called');
+    const ok = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: MESSAGES });
+    assert.ok(ok.choices[0].message.content);
+  });
+
   it("upstream's own 4xx body is passed through (context_length_exceeded → BadRequestError)", { timeout: 20_000 }, async (t) => {
     await assert.rejects(client.chat.completions.create({ model: 'mock-400-code-context_length_exceeded', messages: MESSAGES }), (err) => {
       checkApiError(t, err, OpenAI.BadRequestError, 400);

@@ -574,6 +574,9 @@ std::optional<Completion> Completion::Plan(CompletionKind kind, const Json& body
       auto calls = message.find("tool_calls");
       if (calls != message.end()) chars += calls->dump().size();
     }
+    // Tool definitions are part of the prompt the model reads, as the real API counts them.
+    if (auto tools = body.find("tools"); tools != body.end() && tools->is_array())
+      chars += tools->dump().size();
     c.prompt_tokens_ = std::max(1, TokensForChars(chars));
     const Json& last = messages->back();
     std::string last_text = last.contains("content") ? ContentText(last["content"]) : "";

@@ -56,8 +56,8 @@ class AuthClient {
 struct AdmitRequest {
   std::string request_id;
   Principal principal;
-  std::string model;
-  int64_t estimated_tokens = 0;  // prompt estimate plus max_tokens
+  std::string model;             // canonical (aliases resolved)
+  int64_t estimated_tokens = 0;  // WorstCaseTokens: prompt estimate + budget x choices
   std::string client_ip;         // rate limited per IP too
 };
 
@@ -89,12 +89,13 @@ class QuotaClient {
   virtual void Settle(const UsageRecord& record) {}
 };
 
+// Priced on the canonical model (an alias has no price of its own) for the worst case.
 struct HoldRequest {
   std::string request_id;
   Principal principal;
   std::string model;
   int64_t estimated_prompt_tokens = 0;
-  int64_t max_completion_tokens = 0;
+  int64_t max_completion_tokens = 0;  // WorstCaseCompletionTokens: budget x choices
 };
 
 struct HoldResult {
@@ -192,7 +193,8 @@ struct UpstreamAttempt {
 
 struct RouteResult {
   std::optional<Failure> failure;
-  std::string model;  // canonical public name
+  std::string model;   // canonical public name
+  ModelLimits limits;  // the canonical model's completion limits (catalogue)
   std::vector<UpstreamAttempt> attempts;
 };
 

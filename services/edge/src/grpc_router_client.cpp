@@ -229,6 +229,8 @@ void GrpcRouterClient::Route(std::string model, int32_t max_attempts,
         const std::string& model = owned->request.model();
         if (status.ok()) {
           result.model = owned->response.model().empty() ? model : owned->response.model();
+          result.limits = {owned->response.max_output_tokens(),
+                           owned->response.default_max_tokens()};
           for (const auto& a : owned->response.attempts()) {
             UpstreamAttempt attempt;
             attempt.upstream_key_id = a.upstream_key_id();

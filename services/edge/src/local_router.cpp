@@ -130,7 +130,8 @@ struct LocalRouterClient::Impl {
       catalogue.keys.push_back(std::move(r));
     }
     for (const auto& m : response.models())
-      catalogue.models.push_back({m.name(), m.owned_by(), m.created()});
+      catalogue.models.push_back(
+          {m.name(), m.owned_by(), m.created(), m.max_output_tokens(), m.default_max_tokens()});
     for (const auto& r : response.routes())
       catalogue.routes.push_back({r.model(), r.provider_id(), r.upstream_model()});
     for (const auto& a : response.aliases()) catalogue.aliases.push_back({a.alias(), a.model()});
@@ -237,6 +238,7 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
       break;
     case router::RouteResult::Status::kOk:
       result.model = planned.model;
+      result.limits = {planned.max_output_tokens, planned.default_max_tokens};
       for (auto& a : planned.attempts) {
         UpstreamAttempt attempt;
         attempt.upstream_key_id = a.key_id;

@@ -1,6 +1,9 @@
 #include "src/openai.h"
 
+#include <algorithm>
 #include <cctype>
+
+#include "tollgate/saturating.h"
 
 namespace tollgate::edge {
 namespace {
@@ -25,41 +28,73 @@ int64_t StringLength(const J& object, const char* name) {
   return Utf8Length(it->template get_ref<const std::string&>());
 }
 
-// Characters of a message's or a prompt's text, however it is shaped (string, content parts,
-// array of strings or of token ids).
-int64_t TextChars(const OrderedJson& value) {
-  if (value.is_string()) return Utf8Length(value.get_ref<const std::string&>());
-  int64_t n = 0;
-  if (value.is_array()) {
-    for (const auto& item : value) {
-      if (item.is_number_integer()) {
-        n += 4;  // a token id: one token
-      } else if (item.is_object()) {
-        n += StringLength(item, "text");
-      } else {
-        n += TextChars(item);
+// Inline image data in a chat body's content parts (data: URLs), which the prompt estimate
+// counts per image rather than per byte, and the number of image parts.
+struct ImageParts {
+  int64_t data_bytes = 0;
+  int64_t count = 0;
+};
+
+ImageParts ChatImages(const OrderedJson& body) {
+  ImageParts out;
+  auto messages = body.find("messages");
+  if (messages == body.end() || !messages->is_array()) return out;
+  for (const auto& message : *messages) {
+    if (!message.is_object()) continue;
+    auto content = message.find("content");
+    if (content == message.end() || !content->is_array()) continue;
+    for (const auto& part : *content) {
+      if (!part.is_object()) continue;
+      auto image = part.find("image_url");
+      if (image == part.end()) continue;
+      ++out.count;
+      const OrderedJson* url = &*image;
+      if (image->is_object()) {
+        auto it = image->find("url");
+        if (it == image->end()) continue;
+        url = &*it;
       }
+      if (url->is_string() && url->get_ref<const std::string&>().starts_with("data:"))
+        out.data_bytes += static_cast<int64_t>(url->get_ref<const std::string&>().size());
     }
   }
-  return n;
+  return out;
 }
 
-int64_t PromptChars(Endpoint endpoint, const OrderedJson& body) {
-  switch (endpoint) {
-    case Endpoint::kChatCompletions: {
-      int64_t n = 0;
-      for (const auto& message : body["messages"]) {
-        if (!message.is_object()) continue;
-        if (auto it = message.find("content"); it != message.end()) n += TextChars(*it);
-      }
-      return n;
-    }
-    case Endpoint::kCompletions:
-      return TextChars(body["prompt"]);
-    case Endpoint::kEmbeddings:
-      return TextChars(body["input"]);
+int64_t PromptEstimate(Endpoint endpoint, const OrderedJson& body, size_t body_bytes) {
+  ImageParts images;
+  if (endpoint == Endpoint::kChatCompletions) images = ChatImages(body);
+  const int64_t bytes = std::max<int64_t>(0, static_cast<int64_t>(body_bytes) - images.data_bytes);
+  return SatAdd((bytes + kPromptBytesPerToken - 1) / kPromptBytesPerToken,
+                SatMul(images.count, kImageTokens));
+}
+
+// A positive integer field (absent or null: 0), or why not. Values beyond int64 saturate (they
+// are refused as too large later).
+std::optional<RequestError> PositiveInt(const OrderedJson& body, const char* name, int64_t max,
+                                        int64_t& out) {
+  out = 0;
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_integer())
+    return RequestError{std::string("Invalid type for '") + name + "': expected an integer.", name};
+  if (it->is_number_unsigned()) {
+    const uint64_t v = it->get<uint64_t>();
+    out = v > static_cast<uint64_t>(kInt64Max) ? kInt64Max : static_cast<int64_t>(v);
+  } else {
+    out = it->get<int64_t>();
   }
-  return 0;
+  if (out < 1)
+    return RequestError{std::string("Invalid '") + name +
+                            "': integer below minimum value. Expected a value >= 1, but got " +
+                            std::to_string(out) + " instead.",
+                        name};
+  if (max > 0 && out > max)
+    return RequestError{std::string("Invalid '") + name +
+                            "': integer above maximum value. Expected a value <= " +
+                            std::to_string(max) + ", but got " + std::to_string(out) + " instead.",
+                        name};
+  return std::nullopt;
 }
 
 // Generated characters in one choice of a response (`message`) or of a chunk (`delta`).
@@ -138,6 +173,10 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
 std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body) {
   ParsedRequest out;
   out.endpoint = endpoint;
+  if (!JsonDepthWithin(body, kMaxJsonDepth))
+    return RequestError{"The request body nests arrays or objects more than " +
+                            std::to_string(kMaxJsonDepth) + " levels deep.",
+                        ""};
   out.body = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
   if (out.body.is_discarded() || !out.body.is_object()) {
     return RequestError{
@@ -181,15 +220,91 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
     // Usage is always asked for, so every stream can be billed from the provider's own count.
     (*options)["include_usage"] = true;
   }
-  out.prompt_estimate = EstimateTokens(PromptChars(endpoint, json));
-  out.max_tokens = IntField(json, "max_completion_tokens");
-  if (out.max_tokens == 0) out.max_tokens = IntField(json, "max_tokens");
+  out.prompt_estimate = PromptEstimate(endpoint, json, body.size());
+  if (endpoint != Endpoint::kEmbeddings) {
+    for (const char* name : {"max_tokens", "max_completion_tokens"}) {
+      if (endpoint == Endpoint::kCompletions && std::string_view(name) != "max_tokens") continue;
+      int64_t value = 0;
+      if (auto error = PositiveInt(json, name, 0, value)) return *error;
+      if (value > out.max_tokens) {
+        out.max_tokens = value;
+        out.max_tokens_param = name;
+      }
+    }
+    int64_t n = 0;
+    int64_t best_of = 0;
+    if (auto error = PositiveInt(json, "n", 128, n)) return *error;
+    if (endpoint == Endpoint::kCompletions)
+      if (auto error = PositiveInt(json, "best_of", 20, best_of)) return *error;
+    out.choices = std::max<int64_t>({1, n, best_of});
+  }
   return out;
 }
 
-std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model) {
+std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const ModelLimits& limits,
+                                                  int64_t fallback_default) {
+  if (request.endpoint == Endpoint::kEmbeddings) {
+    request.max_tokens = 0;
+    return std::nullopt;
+  }
+  const int64_t ceiling =
+      limits.max_output_tokens > 0 ? limits.max_output_tokens : kMaxCompletionTokens;
+  if (request.max_tokens > 0) {
+    if (request.max_tokens <= ceiling) return std::nullopt;
+    return RequestError{"max_tokens is too large: " + std::to_string(request.max_tokens) +
+                            ". This model supports at most " + std::to_string(ceiling) +
+                            " completion tokens, whereas you provided " +
+                            std::to_string(request.max_tokens) + ".",
+                        request.max_tokens_param};
+  }
+  int64_t budget = limits.default_max_tokens > 0 ? limits.default_max_tokens : fallback_default;
+  request.max_tokens = std::clamp<int64_t>(budget, 1, ceiling);
+  request.send_max_tokens = true;
+  return std::nullopt;
+}
+
+int64_t WorstCaseCompletionTokens(const ParsedRequest& request) {
+  return SatMul(std::max<int64_t>(0, request.max_tokens), std::max<int64_t>(1, request.choices));
+}
+
+int64_t WorstCaseTokens(const ParsedRequest& request) {
+  return SatAdd(std::max<int64_t>(0, request.prompt_estimate), WorstCaseCompletionTokens(request));
+}
+
+std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model,
+                               ProviderKind provider) {
   request.body["model"] = upstream_model.empty() ? request.model : std::string(upstream_model);
+  if (request.send_max_tokens) {
+    // OpenAI's chat API (and Azure's) knows max_completion_tokens (the only one reasoning models
+    // accept); legacy completions and OpenAI-compatible servers know max_tokens.
+    const bool newer = request.endpoint == Endpoint::kChatCompletions &&
+                       provider != ProviderKind::kOpenAiCompatible;
+    request.body.erase(newer ? "max_tokens" : "max_completion_tokens");
+    request.body[newer ? "max_completion_tokens" : "max_tokens"] = request.max_tokens;
+  }
   return request.body.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
+}
+
+bool JsonDepthWithin(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character, whatever it is
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
 }
 
 int64_t EstimateTokens(int64_t characters) { return characters <= 0 ? 0 : (characters + 3) / 4; }
@@ -376,7 +491,9 @@ void StreamTranscript::OnData(std::string_view data) {
   };
   if (id_.empty()) id_ = str(chunk, "id");
   if (model_.empty()) model_ = str(chunk, "model");
-  if (auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) usage_json_ = u->dump();
+  if (auto u = chunk.find("usage");
+      u != chunk.end() && u->is_object() && JsonDepthWithin(data, kMaxJsonDepth))
+    usage_json_ = u->dump();  // dump recurses: only over a bounded depth
   auto choices = chunk.find("choices");
   if (choices == chunk.end() || !choices->is_array()) return;
   for (const auto& c : *choices) {

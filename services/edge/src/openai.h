@@ -22,6 +22,34 @@ std::string_view EndpointSuffix(Endpoint endpoint);
 
 // A client request, parsed once. `body` is already in its upstream form except for `model`,
 // which each attempt replaces (see RenderUpstreamBody).
+struct RequestError {
+  std::string message;
+  std::string param;  // empty: null
+};
+
+// The deepest nesting of arrays and objects a request body may have (400 beyond). Checked on the
+// raw bytes before anything parses or walks the document, so no code ever recurses over more
+// levels than this (nlohmann's serialiser, for one, is recursive).
+inline constexpr int kMaxJsonDepth = 64;
+
+// Whether the JSON text nests arrays/objects at most `max_depth` deep (strings are skipped, so
+// brackets inside them do not count). Linear, no recursion; says nothing about validity.
+bool JsonDepthWithin(std::string_view text, int max_depth);
+
+// Token estimates for admission (quota) and holds (billing): an upper bound of what the upstream
+// will count, never a guess that can be low.
+// - The prompt: every byte of the body counts (messages, tools, tool call arguments, any other
+//   field), at kPromptBytesPerToken bytes per token: a tokenizer's token covers at least a few
+//   bytes of JSON text in any script (English averages four characters; CJK one token per
+//   three-byte character at most), so this bounds what the provider counts. Inline image data
+//   (data: URLs of image parts) is not counted by bytes; each image part counts kImageTokens.
+// - The completion: the effective max_tokens (the client's, else the model's default, which the
+//   edge then sends upstream itself) times the choices generated (`n`, or `best_of`).
+inline constexpr int64_t kPromptBytesPerToken = 3;
+inline constexpr int64_t kImageTokens = 2000;
+// No model generates more; a larger max_tokens is refused (with no model limit configured).
+inline constexpr int64_t kMaxCompletionTokens = 1'000'000;
+
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   nlohmann::ordered_json body;  // ordered: the upstream sees the client's field order
@@ -29,19 +57,42 @@ struct ParsedRequest {
   bool stream = false;
   // The client's own stream_options.include_usage; upstream always gets true.
   bool client_wants_usage = false;
-  int64_t prompt_estimate = 0;  // tokens, EstimateTokens(characters of the prompt)
-  int64_t max_tokens = 0;       // max_tokens / max_completion_tokens, 0 when absent
+  int64_t prompt_estimate = 0;  // tokens: the whole-body upper bound (see kPromptBytesPerToken)
+  // The client's max_tokens / max_completion_tokens (the larger when both), 0 when absent; after
+  // ApplyCompletionBudget the budget every estimate uses.
+  int64_t max_tokens = 0;
+  std::string max_tokens_param = "max_tokens";  // the field the client used, for errors
+  // Set by ApplyCompletionBudget when the client sent no limit: RenderUpstreamBody then sends
+  // the budget upstream (max_completion_tokens to OpenAI and Azure chat, max_tokens otherwise),
+  // so the answer can never outgrow what was admitted and held.
+  bool send_max_tokens = false;
+  int64_t choices = 1;  // max(n, best_of): completions generated per request
 };
 
-struct RequestError {
-  std::string message;
-  std::string param;  // empty: null
+// A model's completion limits from the catalogue; 0: not configured.
+struct ModelLimits {
+  int64_t max_output_tokens = 0;   // a larger max_tokens is a 400
+  int64_t default_max_tokens = 0;  // the budget of a request that sets none
 };
+
+// Decides the completion budget once the model is known: the client's limit (refused above the
+// model's max_output_tokens, or kMaxCompletionTokens), else the model's default, else
+// `fallback_default` (then also capped by max_output_tokens). Embeddings have none.
+std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const ModelLimits& limits,
+                                                  int64_t fallback_default);
+
+// prompt estimate + budget x choices, saturating: the tokens a request may cost at most.
+int64_t WorstCaseTokens(const ParsedRequest& request);
+int64_t WorstCaseCompletionTokens(const ParsedRequest& request);
 
 std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body);
 
-// The body for one attempt: every client field untouched except `model`.
-std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model);
+enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible };
+
+// The body for one attempt: every client field untouched except `model` (and the completion
+// budget when the edge decided it, in the field the provider knows).
+std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model,
+                               ProviderKind provider = ProviderKind::kOpenAi);
 
 // The fallback token count when an upstream reports no usage: ceil(characters / 4), counting
 // Unicode code points. OpenAI's own rule of thumb for English; an estimate, flagged as such in
@@ -130,8 +181,6 @@ class StreamTranscript final {
   std::map<int64_t, Choice> choices_;
   std::string usage_json_;
 };
-
-enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible };
 
 struct UpstreamUrl {
   bool tls = true;

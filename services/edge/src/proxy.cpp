@@ -450,6 +450,14 @@ class Proxy final : public RequestHandler {
     co_await x.writer.Send(Describe(code).http, std::move(headers), std::move(body));
   }
 
+  awaitable<void> SendDenied(Exchange& x, const Failure& denied) {
+    HttpHeaders extra;
+    if (denied.retry_after_ms > 0)
+      extra.emplace_back("retry-after", std::to_string((denied.retry_after_ms + 999) / 1000));
+    co_await SendError(x, denied.code, denied.message,
+                       denied.code == ErrorCode::kModelNotFound ? "model" : "", std::move(extra));
+  }
+
   void Report(const UpstreamAttempt& attempt, OutcomeKind kind, int status, int64_t retry_after_ms,
               Clock::duration latency) {
     metrics_->attempts[static_cast<int>(kind)]->Increment();
@@ -515,8 +523,9 @@ class Proxy final : public RequestHandler {
     auto& request = std::get<ParsedRequest>(parsed);
     auto executor = co_await asio::this_coro::executor;
 
-    // Routing does not depend on who calls, so it starts at once, alongside authentication;
-    // quota and billing need the principal and start together right after.
+    // Routing does not depend on who calls, so it starts at once, alongside authentication.
+    // Quota and billing need the principal and the plan's canonical model (an alias has no price
+    // or limits of its own): they start together once both are known.
     Eventual<RouteResult> route(executor);
     clients_.router.Route(request.model, options_.max_attempts, route.Setter());
     AuthResult who = co_await Authenticate(x);
@@ -524,65 +533,52 @@ class Proxy final : public RequestHandler {
       co_await SendError(x, who.failure->code, who.failure->message);
       co_return;
     }
+    RouteResult plan = co_await route.Wait();
     // The key's model allowlist takes the name the client sent or the canonical name it routes
-    // to, so an alias of an allowed model is allowed; only then is the route awaited early.
-    std::optional<RouteResult> routed;
-    if (!auth::ModelAllowed(who.principal.allowed_models, request.model)) {
-      routed = co_await route.Wait();
-      if (routed->failure || !auth::ModelAllowed(who.principal.allowed_models, routed->model)) {
-        co_await SendError(
-            x, ErrorCode::kPermissionDenied,
-            "This API key is not allowed to use the model '" + request.model.substr(0, 256) + "'.",
-            "model");
-        co_return;
-      }
+    // to, so an alias of an allowed model is allowed.
+    if (!auth::ModelAllowed(who.principal.allowed_models, request.model) &&
+        (plan.failure || !auth::ModelAllowed(who.principal.allowed_models, plan.model))) {
+      co_await SendError(
+          x, ErrorCode::kPermissionDenied,
+          "This API key is not allowed to use the model '" + request.model.substr(0, 256) + "'.",
+          "model");
+      co_return;
+    }
+    if (!plan.failure && plan.attempts.empty())
+      plan.failure = Failure{ErrorCode::kNoHealthyUpstream,
+                             "No healthy upstream is available for model '" +
+                                 request.model.substr(0, 256) + "'. Retry later."};
+    if (plan.failure) {
+      co_await SendDenied(x, *plan.failure);
+      co_return;
+    }
+    // One worst case for quota and billing: the prompt's upper bound plus every completion token
+    // the request may generate (the edge sends the budget upstream when the client set none).
+    if (auto error = ApplyCompletionBudget(request, plan.limits, options_.default_max_tokens)) {
+      co_await SendError(x, ErrorCode::kInvalidRequest, error->message, error->param);
+      co_return;
     }
     Eventual<AdmitResult> admit(executor);
-    clients_.quota.Admit(
-        {x.request.request_id, who.principal, request.model,
-         request.prompt_estimate +
-             (request.max_tokens > 0 ? request.max_tokens : options_.default_max_tokens),
-         x.request.client_ip},
-        admit.Setter());
+    clients_.quota.Admit({x.request.request_id, who.principal, plan.model, WorstCaseTokens(request),
+                          x.request.client_ip},
+                         admit.Setter());
     // Billing's idempotency key is an id the edge made itself, never the client's x-request-id.
     std::string billing_id = x.request.Header("x-request-id") == x.request.request_id
                                  ? AcceptOrMakeRequestId("")
                                  : x.request.request_id;
     Eventual<HoldResult> hold(executor);
-    clients_.billing.Hold(
-        {billing_id, who.principal, request.model, request.prompt_estimate, request.max_tokens},
-        hold.Setter());
-    RouteResult plan;
-    if (routed) {
-      plan = std::move(*routed);
-    } else {
-      plan = co_await route.Wait();
-    }
+    clients_.billing.Hold({billing_id, who.principal, plan.model, request.prompt_estimate,
+                           WorstCaseCompletionTokens(request)},
+                          hold.Setter());
     AdmitResult admitted = co_await admit.Wait();
     x.rate_limit_headers = RateLimitHeaders(admitted);
     HoldResult held = co_await hold.Wait();
-
-    const Failure* denied = plan.failure       ? &*plan.failure
-                            : admitted.failure ? &*admitted.failure
-                            : held.failure     ? &*held.failure
-                                               : nullptr;
-    if (denied == nullptr && plan.attempts.empty()) {
-      plan.failure =
-          Failure{ErrorCode::kNoHealthyUpstream, "No healthy upstream is available for model '" +
-                                                     request.model + "'. Retry later."};
-      denied = &*plan.failure;
-    }
-    if (denied != nullptr) {
-      // Any denial gives back what the other checks granted.
+    if (admitted.failure || held.failure) {
+      // Any denial gives back what the other check granted.
       if (!admitted.failure && !admitted.reservation_id.empty())
         clients_.quota.Release(admitted.reservation_id);
       if (!held.failure && !held.hold_id.empty()) clients_.billing.Release(held.hold_id);
-      HttpHeaders extra;
-      if (denied->retry_after_ms > 0)
-        extra.emplace_back("retry-after", std::to_string((denied->retry_after_ms + 999) / 1000));
-      co_await SendError(x, denied->code, denied->message,
-                         denied->code == ErrorCode::kModelNotFound ? "model" : "",
-                         std::move(extra));
+      co_await SendDenied(x, admitted.failure ? *admitted.failure : *held.failure);
       co_return;
     }
 
@@ -611,6 +607,7 @@ class Proxy final : public RequestHandler {
     OutcomeKind last_kind = OutcomeKind::kConnectError;
     int last_status = 0;
     int64_t last_retry_after_ms = 0;
+    const UpstreamAttempt* sent_to = nullptr;  // the attempt the client left during, if sent
     for (size_t i = 0; i < n && !slot->client_gone; ++i) {
       const UpstreamAttempt& attempt = plan.attempts[i];
       x.record.attempts = static_cast<int32_t>(i + 1);
@@ -634,7 +631,7 @@ class Proxy final : public RequestHandler {
       } else {
         upstream.headers.emplace_back("authorization", "Bearer " + attempt.api_key);
       }
-      upstream.body = RenderUpstreamBody(request, attempt.upstream_model);
+      upstream.body = RenderUpstreamBody(request, attempt.upstream_model, attempt.provider);
 
       std::shared_ptr<UpstreamCall> call = pool_.NewCall(std::move(upstream), options_.upstream);
       slot->current = call;
@@ -643,6 +640,7 @@ class Proxy final : public RequestHandler {
       if (st == UpstreamStatus::kCancelled || slot->client_gone) {
         x.upstream_wait += Clock::now() - t0;
         metrics_->cancelled->Increment();
+        if (call->request_sent()) sent_to = &attempt;
         break;
       }
       if (st != UpstreamStatus::kOk) {
@@ -665,8 +663,10 @@ class Proxy final : public RequestHandler {
       std::string body;
       st = co_await call->ReadAll(body);
       x.upstream_wait += Clock::now() - t0;
-      if (st == UpstreamStatus::kCancelled || slot->client_gone) {
+      // A complete answer is delivered (or, if the client left, charged) as it is.
+      if (st == UpstreamStatus::kCancelled || (st != UpstreamStatus::kOk && slot->client_gone)) {
         metrics_->cancelled->Increment();
+        sent_to = &attempt;
         break;
       }
       OutcomeKind kind = KindForStatus(status);
@@ -709,8 +709,17 @@ class Proxy final : public RequestHandler {
     }
 
     if (slot->client_gone) {
-      // Left before any answer: the upstream call was cancelled, nothing was delivered.
+      // Left before any answer: the upstream call was cancelled and nothing was delivered. Once
+      // the provider had the request it was working (and billing) for it: the prompt is charged
+      // at the whole-body estimate, which bounds what the provider counts.
       x.record.client_disconnected = true;
+      if (sent_to != nullptr) {
+        x.record.upstream_key_id = sent_to->upstream_key_id;
+        x.record.upstream_model = sent_to->upstream_model;
+        x.record.prompt_tokens = request.prompt_estimate;
+        x.record.completion_tokens = 0;
+        x.record.usage_estimated = true;
+      }
       Finish(x, kClientClosedRequest);
       co_return;
     }

@@ -17,8 +17,9 @@ namespace tollgate::edge {
 
 struct ProxyOptions {
   int32_t max_attempts = 3;  // upper bound on the attempts of one request (router plan permitting)
-  // The completion part of the quota estimate when the request sets no max_tokens.
-  int64_t default_max_tokens = 0;
+  // The completion budget of a request that sets no max_tokens when its model has no default
+  // (edge.quota_default_max_tokens); see ApplyCompletionBudget.
+  int64_t default_max_tokens = 4096;
   // Bound of each stored body (request, response) for keys with store_bodies.
   size_t store_bodies_max_bytes = 65536;
   UpstreamTimeouts upstream;

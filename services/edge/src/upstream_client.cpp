@@ -166,6 +166,7 @@ struct UpstreamCall::Impl {
   Clock::time_point deadline;
   bool cancelled = false;
   bool finished = false;
+  bool sent = false;  // the whole request reached the socket: the provider may be working on it
   std::string error;
   std::array<char, kReadChunk> buffer;
 
@@ -270,6 +271,7 @@ struct UpstreamCall::Impl {
     co_await WithStream(*conn, [&](auto& stream) {
       return http::async_write(stream, req, asio::redirect_error(use_awaitable, ec));
     });
+    if (!ec) sent = true;
     if (cancelled) co_return UpstreamStatus::kCancelled;
     if (ec && reused && IsPeerGone(ec)) co_return std::nullopt;
     if (ec) co_return Fail(UpstreamStatus::kConnectError, "send to " + key, ec);
@@ -334,6 +336,8 @@ awaitable<UpstreamStatus> UpstreamCall::Start() {
   }
   co_return d.Fail(UpstreamStatus::kConnectError, "connection closed before an answer", {});
 }
+
+bool UpstreamCall::request_sent() const { return impl_->sent; }
 
 int UpstreamCall::status() const { return impl_->parser ? impl_->parser->get().result_int() : 0; }
 

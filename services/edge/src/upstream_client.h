@@ -67,6 +67,9 @@ class UpstreamCall final {
   // Connects (or takes an idle connection), sends the request and reads the response head.
   boost::asio::awaitable<UpstreamStatus> Start();
   int status() const;
+  // The whole request was written to the upstream (it may be generating, and billing, for it),
+  // whatever happened after.
+  bool request_sent() const;
   // A response header by name (case-insensitive), or "".
   std::string Header(std::string_view name) const;
   // Appends the next piece of the body as soon as it arrives. kOk with finished() at the end.

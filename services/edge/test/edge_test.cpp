@@ -424,13 +424,15 @@ TEST_F(EdgeTest, NonStreamingChatIsRelayedAndRecorded) {
   EXPECT_EQ(json["object"], "chat.completion");
   EXPECT_FALSE(json["choices"][0]["message"]["content"].get<std::string>().empty());
 
-  // Upstream got the upstream model, every other field untouched, our credential only.
+  // Upstream got the upstream model, every other field untouched, our credential only; the
+  // client set no max_tokens, so the edge sent the budget it admitted and held for.
   auto sent = mock_->Last();
   EXPECT_EQ(sent["target"], "/v1/chat/completions");
   EXPECT_EQ(sent["headers"]["authorization"], "Bearer sk-chat");
   EXPECT_EQ(sent["body"]["model"], "gpt-4o-mini");
   Json expected = body;
   expected["model"] = "gpt-4o-mini";
+  expected["max_completion_tokens"] = ProxyOptions{}.default_max_tokens;
   EXPECT_EQ(sent["body"], expected);
 
   auto record = billing_.WaitFor("test-chat-1");
@@ -622,6 +624,20 @@ TEST_F(EdgeTest, RequestErrorsUseTheOpenAiFormat) {
   auto wrong_path = Call(port_, http::verb::get, "/v1/nothing");
   EXPECT_EQ(wrong_path.status, 404);
   EXPECT_TRUE(wrong_path.headers.count("x-request-id"));
+}
+
+TEST_F(EdgeTest, DeeplyNestedBodiesAreA400AndTheEdgeServesOn) {
+  // Under this test's 64 KiB body limit: 30,000 levels in a message's content and in metadata.
+  const std::string deep = std::string(30000, '[') + std::string(30000, ']');
+  for (const std::string& body :
+       {R"({"model":"chat","messages":[{"role":"user","content":)" + deep + "}]}",
+        R"({"model":"chat","messages":[{"role":"user","content":"hi"}],"metadata":)" + deep +
+            "}"}) {
+    auto reply = Call(port_, http::verb::post, "/v1/chat/completions", body);
+    EXPECT_EQ(reply.status, 400);
+    EXPECT_EQ(reply.json()["error"]["type"], "invalid_request_error");
+  }
+  EXPECT_EQ(Post(port_, "/v1/chat/completions", Chat("chat")).status, 200);
 }
 
 TEST_F(EdgeTest, ClientDisconnectCancelsTheUpstreamAndStillRecordsUsage) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <variant>
 
 #include "src/http.h"
@@ -89,19 +90,170 @@ TEST(RenderUpstreamBody, ReplacesOnlyTheModelAndKeepsEverythingElse) {
   EXPECT_EQ(Json::parse(RenderUpstreamBody(request, "other"))["model"], "other");
 }
 
-TEST(ParseRequest, EstimatesThePromptAndReadsMaxTokens) {
-  auto chat = MustParse(Endpoint::kChatCompletions,
-                        R"({"model":"m","max_tokens":50,"messages":[
+TEST(ParseRequest, EstimatesThePromptFromTheWholeBodyAndReadsMaxTokens) {
+  const std::string body = R"({"model":"m","max_tokens":50,"messages":[
                             {"role":"system","content":"12345678"},
-                            {"role":"user","content":[{"type":"text","text":"1234"}]}]})");
-  EXPECT_EQ(chat.prompt_estimate, 3);  // 12 characters
+                            {"role":"user","content":[{"type":"text","text":"1234"}]}]})";
+  auto chat = MustParse(Endpoint::kChatCompletions, body);
+  EXPECT_EQ(chat.prompt_estimate, static_cast<int64_t>((body.size() + 2) / 3));
   EXPECT_EQ(chat.max_tokens, 50);
+  EXPECT_EQ(chat.choices, 1);
   auto newer = MustParse(Endpoint::kChatCompletions,
                          R"({"model":"m","max_completion_tokens":7,"messages":[]})");
   EXPECT_EQ(newer.max_tokens, 7);
+  EXPECT_EQ(newer.max_tokens_param, "max_completion_tokens");
+  // Both: the larger bounds what the upstream may generate.
+  auto both = MustParse(Endpoint::kChatCompletions,
+                        R"({"model":"m","max_tokens":9,"max_completion_tokens":7,"messages":[]})");
+  EXPECT_EQ(both.max_tokens, 9);
   auto embed = MustParse(Endpoint::kEmbeddings, R"({"model":"m","input":["abcd","efgh"]})");
-  EXPECT_EQ(embed.prompt_estimate, 2);
+  EXPECT_GE(embed.prompt_estimate, 2);
   EXPECT_FALSE(embed.stream);
+}
+
+TEST(ParseRequest, EveryFieldCountsTowardsThePrompt) {
+  // 40 KB of tool call arguments with a one-word message: the estimate covers the arguments.
+  Json body = {{"model", "m"},
+               {"max_tokens", 5},
+               {"messages",
+                {{{"role", "user"}, {"content", "hi"}},
+                 {{"role", "assistant"},
+                  {"content", nullptr},
+                  {"tool_calls",
+                   {{{"id", "call_1"},
+                     {"type", "function"},
+                     {"function", {{"name", "f"}, {"arguments", std::string(40000, 'x')}}}}}}},
+                 {{"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "ok"}}}}};
+  auto parsed = MustParse(Endpoint::kChatCompletions, body.dump());
+  EXPECT_GE(parsed.prompt_estimate, 40000 / 4);  // what a provider counts for them, at least
+  EXPECT_GE(parsed.prompt_estimate, static_cast<int64_t>(body.dump().size() / 3));
+}
+
+TEST(ParseRequest, InlineImagesCountPerImageNotPerByte) {
+  Json body = {
+      {"model", "m"},
+      {"messages",
+       {{{"role", "user"},
+         {"content",
+          {{{"type", "text"}, {"text", "what is this?"}},
+           {{"type", "image_url"},
+            {"image_url", {{"url", "data:image/png;base64," + std::string(300000, 'A')}}}},
+           {{"type", "image_url"}, {"image_url", {{"url", "https://example.com/cat.png"}}}}}}}}}};
+  auto parsed = MustParse(Endpoint::kChatCompletions, body.dump());
+  EXPECT_GE(parsed.prompt_estimate, 2 * kImageTokens);
+  EXPECT_LT(parsed.prompt_estimate, 2 * kImageTokens + 200);
+}
+
+TEST(ParseRequest, ValidatesMaxTokensAndChoices) {
+  auto param = [](std::string_view body) {
+    return MustFail(Endpoint::kChatCompletions, body).param;
+  };
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"max_tokens":-5})"), "max_tokens");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"max_tokens":0})"), "max_tokens");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"max_tokens":1.5})"), "max_tokens");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"max_tokens":"10"})"), "max_tokens");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"max_completion_tokens":-1})"),
+            "max_completion_tokens");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"n":0})"), "n");
+  EXPECT_EQ(param(R"({"model":"m","messages":[],"n":129})"), "n");
+  EXPECT_EQ(MustFail(Endpoint::kCompletions, R"({"model":"m","prompt":"x","best_of":21})").param,
+            "best_of");
+  EXPECT_EQ(MustParse(Endpoint::kChatCompletions, R"({"model":"m","messages":[],"n":4})").choices,
+            4);
+  EXPECT_EQ(
+      MustParse(Endpoint::kCompletions, R"({"model":"m","prompt":"x","n":2,"best_of":5})").choices,
+      5);
+  // Null is absent.
+  EXPECT_EQ(
+      MustParse(Endpoint::kChatCompletions, R"({"model":"m","messages":[],"max_tokens":null})")
+          .max_tokens,
+      0);
+}
+
+TEST(CompletionBudget, ClientLimitModelLimitAndDefaults) {
+  auto parse = [](std::string_view body) { return MustParse(Endpoint::kChatCompletions, body); };
+  // The client's limit, within the model's.
+  auto r = parse(R"({"model":"m","messages":[],"max_tokens":100,"n":4})");
+  EXPECT_FALSE(ApplyCompletionBudget(r, {1000, 0}, 4096));
+  EXPECT_EQ(r.max_tokens, 100);
+  EXPECT_FALSE(r.send_max_tokens);
+  EXPECT_EQ(WorstCaseCompletionTokens(r), 400);
+  EXPECT_EQ(WorstCaseTokens(r), r.prompt_estimate + 400);
+  // Above the model's limit: refused, naming the field the client used.
+  r = parse(R"({"model":"m","messages":[],"max_completion_tokens":1001})");
+  auto error = ApplyCompletionBudget(r, {1000, 0}, 4096);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->param, "max_completion_tokens");
+  // Without a model limit the edge's ceiling applies; int64's largest value saturates, never
+  // wraps.
+  r = parse(R"({"model":"m","messages":[],"max_tokens":9223372036854775807})");
+  EXPECT_TRUE(ApplyCompletionBudget(r, {}, 4096));
+  r = parse(R"({"model":"m","messages":[],"max_tokens":18446744073709551615})");
+  EXPECT_TRUE(ApplyCompletionBudget(r, {}, 4096));
+  // Absent: the model's default, else the fallback (capped by the model's limit); sent upstream.
+  r = parse(R"({"model":"m","messages":[]})");
+  EXPECT_FALSE(ApplyCompletionBudget(r, {0, 512}, 4096));
+  EXPECT_EQ(r.max_tokens, 512);
+  EXPECT_TRUE(r.send_max_tokens);
+  r = parse(R"({"model":"m","messages":[]})");
+  EXPECT_FALSE(ApplyCompletionBudget(r, {2000, 0}, 4096));
+  EXPECT_EQ(r.max_tokens, 2000);
+  // Embeddings generate nothing.
+  auto e = MustParse(Endpoint::kEmbeddings, R"({"model":"m","input":"x"})");
+  EXPECT_FALSE(ApplyCompletionBudget(e, {}, 4096));
+  EXPECT_EQ(WorstCaseCompletionTokens(e), 0);
+}
+
+TEST(CompletionBudget, SaturatesInsteadOfWrapping) {
+  ParsedRequest r;
+  r.prompt_estimate = std::numeric_limits<int64_t>::max() - 3;
+  r.max_tokens = std::numeric_limits<int64_t>::max() / 2;
+  r.choices = 128;
+  EXPECT_EQ(WorstCaseCompletionTokens(r), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(WorstCaseTokens(r), std::numeric_limits<int64_t>::max());
+}
+
+TEST(RenderUpstreamBody, SendsTheBudgetTheEdgeDecidedInTheProvidersField) {
+  auto r = MustParse(Endpoint::kChatCompletions, R"({"model":"m","messages":[]})");
+  ASSERT_FALSE(ApplyCompletionBudget(r, {0, 300}, 4096));
+  auto openai = Json::parse(RenderUpstreamBody(r, "u", ProviderKind::kOpenAi));
+  EXPECT_EQ(openai["max_completion_tokens"], 300);
+  EXPECT_FALSE(openai.contains("max_tokens"));
+  // A later attempt on an OpenAI-compatible server gets max_tokens instead, not both.
+  auto compatible = Json::parse(RenderUpstreamBody(r, "u", ProviderKind::kOpenAiCompatible));
+  EXPECT_EQ(compatible["max_tokens"], 300);
+  EXPECT_FALSE(compatible.contains("max_completion_tokens"));
+  // The client's own limit is never touched.
+  auto own = MustParse(Endpoint::kChatCompletions, R"({"model":"m","messages":[],"max_tokens":7})");
+  ASSERT_FALSE(ApplyCompletionBudget(own, {0, 300}, 4096));
+  auto sent = Json::parse(RenderUpstreamBody(own, "u", ProviderKind::kOpenAi));
+  EXPECT_EQ(sent["max_tokens"], 7);
+  EXPECT_FALSE(sent.contains("max_completion_tokens"));
+  auto legacy = MustParse(Endpoint::kCompletions, R"({"model":"m","prompt":"x"})");
+  ASSERT_FALSE(ApplyCompletionBudget(legacy, {}, 64));
+  EXPECT_EQ(Json::parse(RenderUpstreamBody(legacy, "u", ProviderKind::kOpenAi))["max_tokens"], 64);
+}
+
+TEST(JsonDepth, DeepBodiesAreRefusedBeforeAnythingWalksThem) {
+  auto nested = [](int depth, char open, char close) {
+    return std::string(depth, open) + std::string(depth, close);
+  };
+  EXPECT_TRUE(JsonDepthWithin(nested(64, '[', ']'), 64));
+  EXPECT_FALSE(JsonDepthWithin(nested(65, '[', ']'), 64));
+  EXPECT_TRUE(JsonDepthWithin(R"({"a":"[[[[[[[[[[\"[[[[[["})", 2));  // brackets in strings
+  EXPECT_FALSE(JsonDepthWithin(R"({"a":"\\","b":[[]]})", 2));        // an escaped backslash ends
+  // The review's reproduction: 50,000 levels in a message's content, no key needed to send it.
+  std::string attack = R"({"model":"x","messages":[{"content":)" + nested(50000, '[', ']') + "}]}";
+  EXPECT_EQ(MustFail(Endpoint::kChatCompletions, attack).param, "");
+  EXPECT_NE(MustFail(Endpoint::kChatCompletions, attack).message.find("64 levels"),
+            std::string::npos);
+  // And 300,000 levels in metadata, which only the serialiser walked.
+  std::string metadata =
+      R"({"model":"x","messages":[],"metadata":)" + nested(300000, '[', ']') + "}";
+  EXPECT_EQ(MustFail(Endpoint::kChatCompletions, metadata).param, "");
+  // The limit itself parses.
+  std::string deep_ok = R"({"model":"x","messages":[],"metadata":)" + nested(62, '[', ']') + "}";
+  MustParse(Endpoint::kChatCompletions, deep_ok);
 }
 
 TEST(Estimate, CountsCodePointsAndRoundsUp) {

@@ -20,6 +20,20 @@ constexpr size_t kMaxSecret = 4096;
 
 // Identifiers: names of providers, keys, models, aliases, deployments. Model
 // names look like "gpt-4o", "meta-llama/Llama-3-8B" or "ft:gpt-4o:org::id".
+constexpr int64_t kMaxModelTokens = 10'000'000;
+
+void CheckLimits(int64_t max_output_tokens, int64_t default_max_tokens) {
+  for (auto [what, value] : {std::pair{"max_output_tokens", max_output_tokens},
+                             std::pair{"default_max_tokens", default_max_tokens}})
+    if (value < 0 || value > kMaxModelTokens)
+      throw RouterError(RouterError::Kind::kInvalidArgument,
+                        std::string(what) + " must be between 0 (not configured) and " +
+                            std::to_string(kMaxModelTokens));
+  if (max_output_tokens > 0 && default_max_tokens > max_output_tokens)
+    throw RouterError(RouterError::Kind::kInvalidArgument,
+                      "default_max_tokens must not exceed max_output_tokens");
+}
+
 void CheckName(std::string_view what, const std::string& value, size_t max) {
   if (value.empty()) Invalid(std::string(what) + " is required");
   if (value.size() > max)
@@ -174,14 +188,23 @@ std::vector<KeyListing> RouterAdmin::ListUpstreamKeys(int64_t provider_id) {
   return out;
 }
 
-ModelRecord RouterAdmin::CreateModel(const std::string& name, std::string owned_by,
-                                     const AuditEntry& audit) {
-  CheckName("name", name, 128);
-  if (owned_by.empty()) owned_by = "system";
-  CheckName("owned_by", owned_by, 64);
-  ModelRecord created = repo_.CreateModel(name, owned_by, audit);
+ModelRecord RouterAdmin::CreateModel(ModelRecord model, const AuditEntry& audit) {
+  CheckName("name", model.name, 128);
+  if (model.owned_by.empty()) model.owned_by = "system";
+  CheckName("owned_by", model.owned_by, 64);
+  CheckLimits(model.max_output_tokens, model.default_max_tokens);
+  ModelRecord created = repo_.CreateModel(model, audit);
   Refresh();
   return created;
+}
+
+ModelRecord RouterAdmin::SetModelLimits(const std::string& name, int64_t max_output_tokens,
+                                        int64_t default_max_tokens, const AuditEntry& audit) {
+  CheckName("name", name, 128);
+  CheckLimits(max_output_tokens, default_max_tokens);
+  ModelRecord set = repo_.SetModelLimits(name, max_output_tokens, default_max_tokens, audit);
+  Refresh();
+  return set;
 }
 
 void RouterAdmin::DeleteModel(const std::string& name, const AuditEntry& audit) {

@@ -110,6 +110,8 @@ void Fill(const ModelRecord& m, pb::Model* out) {
   out->set_id(m.name);
   out->set_created(m.created);
   out->set_owned_by(m.owned_by);
+  out->set_max_output_tokens(m.max_output_tokens);
+  out->set_default_max_tokens(m.default_max_tokens);
 }
 
 void Fill(const ModelRoute& r, pb::ModelRoute* out) {
@@ -164,6 +166,8 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
       out->set_name(m.name);
       out->set_owned_by(m.owned_by);
       out->set_created(m.created);
+      out->set_max_output_tokens(m.max_output_tokens);
+      out->set_default_max_tokens(m.default_max_tokens);
     }
     for (const auto& r : c.routes) Fill(r, response->add_routes());
     for (const auto& a : c.aliases) {
@@ -203,6 +207,8 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
         break;
     }
     response->set_model(result.model);
+    response->set_max_output_tokens(result.max_output_tokens);
+    response->set_default_max_tokens(result.default_max_tokens);
     for (auto& a : result.attempts) {
       auto* out = response->add_attempts();
       out->set_upstream_key_id(a.key_id);
@@ -361,9 +367,24 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
                                         const pb::CreateModelRequest* request,
                                         pb::CreateModelResponse* response) override {
     return OnWorker(context, "CreateModel", [=, this] {
-      Fill(deps_.admin.CreateModel(
-               request->name(), request->owned_by(),
-               Audit(*context, "create_model", "model:" + request->name(), *request)),
+      ModelRecord model;
+      model.name = request->name();
+      model.owned_by = request->owned_by();
+      model.max_output_tokens = request->max_output_tokens();
+      model.default_max_tokens = request->default_max_tokens();
+      Fill(deps_.admin.CreateModel(std::move(model), Audit(*context, "create_model",
+                                                           "model:" + request->name(), *request)),
+           response->mutable_model());
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetModelLimits(grpc::CallbackServerContext* context,
+                                           const pb::SetModelLimitsRequest* request,
+                                           pb::SetModelLimitsResponse* response) override {
+    return OnWorker(context, "SetModelLimits", [=, this] {
+      Fill(deps_.admin.SetModelLimits(
+               request->name(), request->max_output_tokens(), request->default_max_tokens(),
+               Audit(*context, "set_model_limits", "model:" + request->name(), *request)),
            response->mutable_model());
     });
   }

@@ -142,6 +142,8 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
     return result;
   }
   result.model = entry->first;
+  result.max_output_tokens = entry->second.record.max_output_tokens;
+  result.default_max_tokens = entry->second.record.default_max_tokens;
   auto& candidates = entry->second.candidates;
 
   std::vector<Gate> gates(candidates.size());

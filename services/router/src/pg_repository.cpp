@@ -13,7 +13,9 @@ constexpr const char* kProviderColumns =
 constexpr const char* kKeyColumns =
     "id, provider_id, name, secret_ciphertext, secret_nonce, key_prefix, weight, enabled, "
     "EXTRACT(EPOCH FROM created_at)::BIGINT";
-constexpr const char* kModelColumns = "name, owned_by, EXTRACT(EPOCH FROM created_at)::BIGINT";
+constexpr const char* kModelColumns =
+    "name, owned_by, EXTRACT(EPOCH FROM created_at)::BIGINT, max_output_tokens, "
+    "default_max_tokens";
 
 Provider ProviderFrom(const pqxx::row& row) {
   Provider p;
@@ -43,7 +45,8 @@ UpstreamKeyRecord KeyFrom(const pqxx::row& row) {
 }
 
 ModelRecord ModelFrom(const pqxx::row& row) {
-  return {row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()};
+  return {row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>(),
+          row[3].as<int64_t>(), row[4].as<int64_t>()};
 }
 
 pqxx::binarystring Bytes(const std::string& s) { return pqxx::binarystring(s.data(), s.size()); }
@@ -208,17 +211,18 @@ std::vector<UpstreamKeyRecord> PgRouterRepository::ListUpstreamKeys(int64_t prov
   });
 }
 
-ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::string& owned_by,
-                                            const AuditEntry& audit) {
+ModelRecord PgRouterRepository::CreateModel(const ModelRecord& model, const AuditEntry& audit) {
+  const std::string& name = model.name;
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
       // A public name is either a model or an alias, never both.
       auto rows = tx.exec_params(
-          Sql("INSERT INTO models (name, owned_by) SELECT $1::TEXT, $2::TEXT WHERE NOT EXISTS "
+          Sql("INSERT INTO models (name, owned_by, max_output_tokens, default_max_tokens) "
+              "SELECT $1::TEXT, $2::TEXT, $3, $4 WHERE NOT EXISTS "
               "(SELECT 1 FROM model_aliases WHERE alias = $1) RETURNING ",
               kModelColumns),
-          name, owned_by);
+          name, model.owned_by, model.max_output_tokens, model.default_max_tokens);
       if (rows.empty())
         throw RouterError(Kind::kAlreadyExists, "'" + name + "' is already an alias");
       WriteAudit(tx, audit);
@@ -227,6 +231,22 @@ ModelRecord PgRouterRepository::CreateModel(const std::string& name, const std::
     } catch (const pqxx::unique_violation&) {
       throw RouterError(Kind::kAlreadyExists, "model '" + name + "' already exists");
     }
+  });
+}
+
+ModelRecord PgRouterRepository::SetModelLimits(const std::string& name, int64_t max_output_tokens,
+                                               int64_t default_max_tokens,
+                                               const AuditEntry& audit) {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    auto rows = tx.exec_params(Sql("UPDATE models SET max_output_tokens = $2, "
+                                   "default_max_tokens = $3 WHERE name = $1 RETURNING ",
+                                   kModelColumns),
+                               name, max_output_tokens, default_max_tokens);
+    if (rows.empty()) throw RouterError(Kind::kNotFound, "model '" + name + "' not found");
+    WriteAudit(tx, audit);
+    tx.commit();
+    return ModelFrom(rows[0]);
   });
 }
 

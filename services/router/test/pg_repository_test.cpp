@@ -73,7 +73,7 @@ TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
   UpstreamKeyRecord key = repo_.CreateUpstreamKey(nk, audit_);
   EXPECT_EQ(key.secret, nk.secret) << "BYTEA survives binary bytes, NULs included";
   EXPECT_EQ(key.weight, 3);
-  repo_.CreateModel("gpt-4o", "openai", audit_);
+  repo_.CreateModel({"gpt-4o", "openai"}, audit_);
   repo_.SetModelRoute({"gpt-4o", openai.id, "gpt-4o-2024-08-06"}, audit_);
   repo_.SetModelRoute({"gpt-4o", azure.id, "my-gpt4o-deployment"}, audit_);
   repo_.SetAlias("gpt-4o-latest", "gpt-4o", audit_);
@@ -113,15 +113,19 @@ TEST_F(RouterPgRepositoryTest, DuplicatesAndMissingReferencesAreReported) {
   ExpectRouterError(
       Kind::kNotFound, [&] { repo_.CreateUpstreamKey(nk, audit_); }, "provider 9999");
 
-  repo_.CreateModel("m", "system", audit_);
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel("m", "system", audit_); });
+  repo_.CreateModel({"m", "system"}, audit_);
+  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel({"m", "system"}, audit_); });
   ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"nope", p.id, "x"}, audit_); });
   ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}, audit_); });
   ExpectRouterError(Kind::kNotFound, [&] { repo_.SetAlias("a", "nope", audit_); });
   ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.SetAlias("m", "m", audit_); });
   repo_.SetAlias("a", "m", audit_);
   ExpectRouterError(
-      Kind::kAlreadyExists, [&] { repo_.CreateModel("a", "system", audit_); }, "alias");
+      Kind::kAlreadyExists,
+      [&] {
+        repo_.CreateModel({"a", "system"}, audit_);
+      },
+      "alias");
 
   ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateProvider(9999, {}, audit_); });
   ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}, audit_); });
@@ -170,7 +174,7 @@ TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
 
 TEST_F(RouterPgRepositoryTest, DeletingAModelTakesItsRoutesAndAliases) {
   Provider p = MakeProvider();
-  repo_.CreateModel("m", "system", audit_);
+  repo_.CreateModel({"m", "system"}, audit_);
   repo_.SetModelRoute({"m", p.id, "m"}, audit_);
   repo_.SetAlias("m2", "m", audit_);
   repo_.DeleteModel("m", audit_);
@@ -224,7 +228,7 @@ TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
   KeyListing k = admin_.CreateUpstreamKey(p.id, "main", secret, 0, true, audit_);
   EXPECT_EQ(k.weight, 1);
   EXPECT_EQ(k.masked_key, "sk-proj-...");
-  admin_.CreateModel("gpt-4o-mini", "", audit_);
+  admin_.CreateModel({"gpt-4o-mini", ""}, audit_);
   admin_.SetModelRoute({"gpt-4o-mini", p.id, ""}, audit_);
   admin_.SetAlias("mini", "gpt-4o-mini", audit_);
 
@@ -290,9 +294,47 @@ TEST_F(RouterAdminTest, RejectsBadInput) {
   bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true, audit_); }, "secret");
   bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", -1, true, audit_); }, "weight");
   bad([&] { admin_.CreateUpstreamKey(p.id, "k", "sk-ok", 10001, true, audit_); }, "weight");
-  bad([&] { admin_.CreateModel("", "", audit_); }, "name");
+  bad([&] { admin_.CreateModel({"", ""}, audit_); }, "name");
   bad([&] { admin_.SetAlias("x", "x", audit_); }, "itself");
   EXPECT_TRUE(repo_.ListUpstreamKeys(0).empty()) << "nothing was written";
+}
+
+TEST_F(RouterAdminTest, ModelLimitsAreStoredAuditedAndReachThePlan) {
+  Provider p = admin_.CreateProvider(
+      {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true}, audit_);
+  admin_.CreateUpstreamKey(p.id, "main", "sk-limits-0123456789", 1, true, audit_);
+  ModelRecord created = admin_.CreateModel({"gpt-4o", "", 0, 16384, 0}, audit_);
+  EXPECT_EQ(created.max_output_tokens, 16384);
+  EXPECT_EQ(created.default_max_tokens, 0);
+  admin_.SetModelRoute({"gpt-4o", p.id, ""}, audit_);
+  admin_.SetAlias("four", "gpt-4o", audit_);
+  const auto before = admin_.ListAuditLog(10000).size();
+  ModelRecord set = admin_.SetModelLimits("gpt-4o", 8192, 1024, audit_);
+  EXPECT_EQ(set.max_output_tokens, 8192);
+  EXPECT_EQ(set.default_max_tokens, 1024);
+  EXPECT_EQ(admin_.ListAuditLog(10000).size(), before + 1);
+  // The canonical model's limits come with a plan asked for by alias.
+  auto plan = pool_.Route("four");
+  ASSERT_EQ(plan.status, RouteResult::Status::kOk);
+  EXPECT_EQ(plan.max_output_tokens, 8192);
+  EXPECT_EQ(plan.default_max_tokens, 1024);
+  EXPECT_EQ(repo_.LoadCatalogue().models[0].default_max_tokens, 1024);
+
+  auto bad = [&](auto fn, const std::string& what) {
+    try {
+      fn();
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const RouterError& e) {
+      EXPECT_EQ(e.kind(), RouterError::Kind::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  bad([&] { admin_.SetModelLimits("gpt-4o", -1, 0, audit_); }, "max_output_tokens");
+  bad([&] { admin_.SetModelLimits("gpt-4o", 0, 10'000'001, audit_); }, "default_max_tokens");
+  bad([&] { admin_.SetModelLimits("gpt-4o", 100, 200, audit_); }, "must not exceed");
+  bad([&] { admin_.CreateModel({"other", "", 0, 0, -3}, audit_); }, "default_max_tokens");
+  EXPECT_THROW(admin_.SetModelLimits("nope", 1, 1, audit_), RouterError);
+  EXPECT_EQ(admin_.ListAuditLog(10000).size(), before + 1) << "failed changes write nothing";
 }
 
 TEST_F(RouterAdminTest, KeyPrefixShowsLittle) {
@@ -387,7 +429,7 @@ TEST_F(RouterAdminTest, ChangesAreAuditedOnceAndNeverHoldTheSecret) {
   fails([&] { admin_.DeleteAlias("nope", audit_); });
   EXPECT_EQ(count(), 3);
 
-  admin_.CreateModel("m", "", audit_);
+  admin_.CreateModel({"m", ""}, audit_);
   admin_.SetModelRoute({"m", p.id, ""}, audit_);
   admin_.SetAlias("a", "m", audit_);
   admin_.DeleteAlias("a", audit_);

@@ -65,8 +65,12 @@ class RouterAdmin final {
   // provider_id 0: every key.
   std::vector<KeyListing> ListUpstreamKeys(int64_t provider_id);
 
-  // owned_by empty means "system".
-  ModelRecord CreateModel(const std::string& name, std::string owned_by, const AuditEntry& audit);
+  // owned_by empty means "system"; limits as in SetModelLimits.
+  ModelRecord CreateModel(ModelRecord model, const AuditEntry& audit);
+  // Completion limits: each 0 (not configured) to 10,000,000; a default above the maximum is
+  // refused.
+  ModelRecord SetModelLimits(const std::string& name, int64_t max_output_tokens,
+                             int64_t default_max_tokens, const AuditEntry& audit);
   void DeleteModel(const std::string& name, const AuditEntry& audit);
   // upstream_model empty means the public name.
   ModelRoute SetModelRoute(ModelRoute route, const AuditEntry& audit);

@@ -54,6 +54,10 @@ struct ModelRecord {
   std::string name;
   std::string owned_by;
   int64_t created = 0;  // unix seconds
+  // Completion limits (0: not configured): the most a request may ask for, and the budget of
+  // one that asks for none. See proto Model.
+  int64_t max_output_tokens = 0;
+  int64_t default_max_tokens = 0;
   bool operator==(const ModelRecord&) const = default;
 };
 

@@ -54,7 +54,9 @@ struct RouteAttempt {
 struct RouteResult {
   enum class Status { kOk, kModelNotFound, kNoHealthyUpstream };
   Status status = Status::kOk;
-  std::string model;  // canonical name (aliases resolved); empty when not found
+  std::string model;              // canonical name (aliases resolved); empty when not found
+  int64_t max_output_tokens = 0;  // the canonical model's completion limits (ModelRecord)
+  int64_t default_max_tokens = 0;
   std::vector<RouteAttempt> attempts;
 };
 

@@ -25,8 +25,9 @@ class PgRouterRepository final : public RouterRepository {
   void DeleteUpstreamKey(int64_t id, const AuditEntry& audit) override;
   std::vector<UpstreamKeyRecord> ListUpstreamKeys(int64_t provider_id) override;
 
-  ModelRecord CreateModel(const std::string& name, const std::string& owned_by,
-                          const AuditEntry& audit) override;
+  ModelRecord SetModelLimits(const std::string& name, int64_t max_output_tokens,
+                             int64_t default_max_tokens, const AuditEntry& audit) override;
+  ModelRecord CreateModel(const ModelRecord& model, const AuditEntry& audit) override;
   void DeleteModel(const std::string& name, const AuditEntry& audit) override;
   ModelRoute SetModelRoute(const ModelRoute& route, const AuditEntry& audit) override;
   void DeleteModelRoute(const std::string& model, int64_t provider_id,

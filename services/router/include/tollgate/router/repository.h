@@ -69,8 +69,11 @@ class RouterRepository {
   virtual std::vector<UpstreamKeyRecord> ListUpstreamKeys(int64_t provider_id) = 0;
 
   // kAlreadyExists also when the name is taken by an alias.
-  virtual ModelRecord CreateModel(const std::string& name, const std::string& owned_by,
-                                  const AuditEntry& audit) = 0;
+  // kAlreadyExists also when the name is taken by an alias. Uses name, owned_by and the limits.
+  virtual ModelRecord CreateModel(const ModelRecord& model, const AuditEntry& audit) = 0;
+  // kNotFound for an unknown model.
+  virtual ModelRecord SetModelLimits(const std::string& name, int64_t max_output_tokens,
+                                     int64_t default_max_tokens, const AuditEntry& audit) = 0;
   virtual void DeleteModel(const std::string& name, const AuditEntry& audit) = 0;
   virtual ModelRoute SetModelRoute(const ModelRoute& route, const AuditEntry& audit) = 0;
   virtual void DeleteModelRoute(const std::string& model, int64_t provider_id,
