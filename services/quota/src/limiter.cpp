@@ -5,6 +5,8 @@
 #include <ctime>
 #include <random>
 
+#include "tollgate/saturating.h"
+
 namespace tollgate::quota {
 namespace {
 
@@ -271,13 +273,13 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
     }
     if (limits.tpm > 0) {
       Tighten(d.tokens, {limits.tpm, std::max<int64_t>(0, limits.tpm - w.tokens), full_reset});
-      if (!d.denial && w.tokens + cost > limits.tpm) {
+      if (!d.denial && SatAdd(w.tokens, cost) > limits.tpm) {
         milliseconds retry = options_.window;  // a request larger than the limit never fits
         if (cost <= limits.tpm) {
           int64_t left = w.tokens;
           for (const auto& e : w.entries) {
             left -= e.tokens;
-            if (left + cost <= limits.tpm) {
+            if (SatAdd(left, cost) <= limits.tpm) {
               retry = Until(e.at + options_.window, now);
               break;
             }
@@ -300,7 +302,7 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
       const int64_t quota = monthly ? limits.monthly_tokens : limits.daily_tokens;
       if (quota <= 0) continue;
       const Cell& c = cells_[key];
-      if (c.settled + c.reserved + cost <= quota) continue;
+      if (SatAdd(SatAdd(c.settled, c.reserved), cost) <= quota) continue;
       deny(monthly ? LimitKind::kMonthly : LimitKind::kDaily, key.kind,
            Until(NextPeriodStart(key.period_kind, now), now),
            std::string("You exceeded the ") + (monthly ? "monthly" : "daily") +
@@ -322,11 +324,11 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
   for (const auto& ref : window_subjects) {
     Window& w = windows_[ref];
     w.entries.push_back({now, seq, cost});
-    w.tokens += cost;
+    w.tokens = SatAdd(w.tokens, cost);
     r.windows.push_back(ref);
   }
   for (const auto& key : cell_keys) {
-    cells_[key].reserved += cost;
+    cells_[key].reserved = SatAdd(cells_[key].reserved, cost);
     r.cells.push_back(key);
   }
   // Report the figures after this request.
@@ -398,7 +400,7 @@ void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
     if (!fresh[i]) continue;  // settled before: already counted
     for (const auto& d : prepared[i].deltas) {
       auto cell = cells_.find(d.key);
-      if (cell != cells_.end()) cell->second.settled += d.tokens;
+      if (cell != cells_.end()) cell->second.settled = SatAdd(cell->second.settled, d.tokens);
     }
   }
 }

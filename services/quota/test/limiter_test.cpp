@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <map>
 #include <set>
 
@@ -131,6 +133,25 @@ TEST_F(LimiterTest, TokensPerMinuteCountReservedThenActualTokens) {
   auto huge = Admit(1000);
   ASSERT_TRUE(huge.denial);
   EXPECT_EQ(huge.denial->retry_after, seconds(60));
+}
+
+TEST_F(LimiterTest, AHugeEstimateSaturatesInsteadOfWrappingPastTheLimits) {
+  LimiterOptions o;
+  o.key_defaults.tpm = 100;
+  o.key_defaults.monthly_tokens = 1000;
+  Make(o);
+  ASSERT_FALSE(Admit(50).denial);
+  // 50 + int64's largest value wrapped negative and fit every limit.
+  auto huge = Admit(std::numeric_limits<int64_t>::max());
+  ASSERT_TRUE(huge.denial);
+  EXPECT_EQ(huge.denial->limit, LimitKind::kTpm);
+  LimiterOptions unlimited_rate;
+  unlimited_rate.key_defaults.monthly_tokens = 1000;
+  Make(unlimited_rate);
+  ASSERT_FALSE(Admit(50).denial);
+  huge = Admit(std::numeric_limits<int64_t>::max());
+  ASSERT_TRUE(huge.denial);
+  EXPECT_EQ(huge.denial->limit, LimitKind::kMonthly);
 }
 
 TEST_F(LimiterTest, ReleaseRestoresHeadroom) {
