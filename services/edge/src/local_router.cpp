@@ -255,7 +255,8 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
 
 void LocalRouterClient::Report(AttemptOutcome outcome) {
   if (auto pool = impl_->Current())
-    pool->Report({outcome.upstream_key_id, ToPool(outcome.kind), outcome.retry_after_ms});
+    pool->Report({outcome.upstream_key_id, ToPool(outcome.kind), outcome.retry_after_ms,
+                  outcome.upstream_model});
   impl_->remote.Report(outcome);
 }
 
