@@ -206,6 +206,7 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
                                          "` does not exist or you do not have access to it."));
         return reactor;
       case RouteResult::Status::kNoHealthyUpstream:
+      case RouteResult::Status::kNoRoute:
         reactor->Finish(ToGrpcStatus(ErrorCode::kNoHealthyUpstream,
                                      "No healthy upstream is available for the model `" +
                                          result.model + "`. Please retry shortly."));

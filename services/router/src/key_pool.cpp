@@ -206,8 +206,12 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
   result.model = entry->first;
   auto& candidates = entry->second.candidates;
 
+  bool any_usable = false;
   std::vector<Gate> gates(candidates.size());
-  for (size_t i = 0; i < candidates.size(); ++i) gates[i] = GateOf(candidates[i], now);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    gates[i] = GateOf(candidates[i], now);
+    any_usable = any_usable || candidates[i].key->usable;
+  }
 
   // nginx's smooth weighted round-robin: every eligible candidate gains its
   // weight, the largest wins and pays back the total. Over any window of
@@ -222,7 +226,8 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
     if (best == nullptr || c.current > best->current) best = &c;
   }
   if (best == nullptr) {
-    result.status = RouteResult::Status::kNoHealthyUpstream;
+    result.status =
+        any_usable ? RouteResult::Status::kNoHealthyUpstream : RouteResult::Status::kNoRoute;
     return result;
   }
   best->current -= total;

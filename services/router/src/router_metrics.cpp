@@ -41,6 +41,8 @@ const char* RouteLabel(RouteResult::Status status) {
       return "model_not_found";
     case RouteResult::Status::kNoHealthyUpstream:
       return "no_healthy_upstream";
+    case RouteResult::Status::kNoRoute:
+      return "no_route";
   }
   return "ok";
 }

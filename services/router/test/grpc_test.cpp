@@ -6,10 +6,12 @@
 #include <prometheus/text_serializer.h>
 
 #include <chrono>
+#include <future>
 #include <map>
 #include <thread>
 
 #include "pg_fixture.h"
+#include "src/grpc_router_client.h"
 #include "src/local_router.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
@@ -315,6 +317,56 @@ TEST_F(RouterGrpcTest, AnEdgePlansLocallyFromTheRoutingTable) {
   local.Route("mini", 3, [&](edge::RouteResult r) { plan = r; });
   ASSERT_EQ(plan.attempts.size(), 1u);
   local.Stop();
+}
+
+// Issue #15's flaky e2e test: an operator creates a model and then routes it; an edge that polls
+// between the two holds a table where the model exists and nothing serves it. Until its next poll
+// it answered 503 no_healthy_upstream; the router, which reloads on every admin change, knows
+// the route at once, so the edge asks it (and polls early), as for a model it does not know.
+TEST_F(RouterGrpcTest, AnEdgeAsksTheRouterForAModelItsTableHasNoRouteFor) {
+  Seed();
+  const std::string target = "127.0.0.1:" + std::to_string(process_->port());
+  edge::GrpcRouterClient remote({.target = target});
+  edge::LocalRouterOptions options;
+  options.target = target;
+  options.refresh = std::chrono::hours(1);  // polled by hand below
+  edge::LocalRouterClient local(options, remote);
+  // The poller's own first poll, done before the race is staged (it must not land later).
+  for (int i = 0; i < 500 && !local.has_table(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(local.has_table());
+  auto route = [&](const std::string& model) {
+    std::promise<edge::RouteResult> planned;
+    local.Route(model, 3, [&](edge::RouteResult r) { planned.set_value(std::move(r)); });
+    return planned.get_future().get();
+  };
+
+  pb::CreateModelRequest cm;
+  cm.set_name("late-model");
+  pb::CreateModelResponse model;
+  ASSERT_TRUE(admin_->CreateModel(Ctx().get(), cm, &model).ok());
+  ASSERT_TRUE(local.RefreshOnce());  // the edge's poll lands between the two admin calls
+  pb::SetModelRouteRequest sr;
+  sr.set_model("late-model");
+  sr.set_provider_id(provider_id_);
+  pb::SetModelRouteResponse set;
+  ASSERT_TRUE(admin_->SetModelRoute(Ctx().get(), sr, &set).ok());
+
+  edge::RouteResult plan = route("late-model");
+  ASSERT_FALSE(plan.failure) << plan.failure->message;
+  EXPECT_EQ(plan.model, "late-model");
+  EXPECT_EQ(plan.attempts.size(), 2u);
+
+  // With every key of a routed model out, the edge answers itself: that is no table race.
+  ASSERT_TRUE(local.RefreshOnce());
+  for (int64_t key : {heavy_id_, light_id_})
+    for (int i = 0; i < 3; ++i)
+      local.Report({key, edge::OutcomeKind::kServerError, 500, 0, 1, "late-model"});
+  plan = route("late-model");
+  ASSERT_TRUE(plan.failure);
+  EXPECT_EQ(plan.failure->code, ErrorCode::kNoHealthyUpstream);
+  local.Stop();
+  remote.Shutdown();
 }
 
 // Issue #15: the edge's own breakers are per (key, model) too: a model failing on every key

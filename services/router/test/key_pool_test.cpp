@@ -373,11 +373,16 @@ TEST_F(RouterKeyPoolTest, AliasesResolveToTheCanonicalModel) {
   EXPECT_EQ(models[1].created, 1700000000);
 }
 
-TEST_F(RouterKeyPoolTest, ModelWithoutRoutesHasNoHealthyUpstream) {
+// "No route" is not "no healthy key": an edge asks the router about the first (its table may
+// predate the route), and answers the second itself.
+TEST_F(RouterKeyPoolTest, ModelWithoutRoutesHasNoRoute) {
   Catalogue c = OneModel({1});
   c.models.push_back({"lonely", "system", 1});
   Load(c);
-  EXPECT_EQ(pool_.Route("lonely").status, RouteResult::Status::kNoHealthyUpstream);
+  auto plan = pool_.Route("lonely");
+  EXPECT_EQ(plan.status, RouteResult::Status::kNoRoute);
+  EXPECT_EQ(plan.model, "lonely");
+  EXPECT_TRUE(plan.attempts.empty());
 }
 
 TEST_F(RouterKeyPoolTest, DisabledKeysProvidersAndUnreadableSecretsAreSkipped) {
@@ -395,7 +400,7 @@ TEST_F(RouterKeyPoolTest, DisabledKeysProvidersAndUnreadableSecretsAreSkipped) {
 
   c.providers[0].enabled = false;
   Load(c);
-  EXPECT_EQ(pool_.Route("m").status, RouteResult::Status::kNoHealthyUpstream);
+  EXPECT_EQ(pool_.Route("m").status, RouteResult::Status::kNoRoute) << "no usable key at all";
 }
 
 TEST_F(RouterKeyPoolTest, SeveralProvidersServeOneModelWithTheirOwnUpstreamNames) {

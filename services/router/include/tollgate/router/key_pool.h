@@ -69,7 +69,9 @@ struct RouteAttempt {
 };
 
 struct RouteResult {
-  enum class Status { kOk, kModelNotFound, kNoHealthyUpstream };
+  // kNoRoute: the model exists but no usable key serves it (no route, or only
+  // disabled keys or providers); kNoHealthyUpstream: it has keys, all out.
+  enum class Status { kOk, kModelNotFound, kNoHealthyUpstream, kNoRoute };
   Status status = Status::kOk;
   std::string model;  // canonical name (aliases resolved); empty when not found
   std::vector<RouteAttempt> attempts;
