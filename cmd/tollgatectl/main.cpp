@@ -223,20 +223,24 @@ std::string Scalar(const pb::Message& msg, const pb::FieldDescriptor* f) {
   return "";
 }
 
-// One row of cells: scalars, one level of nested messages ("health.state"), lists joined.
+// One row of cells: scalars, one level of nested messages ("health.state"), lists joined. A list
+// of messages is one cell, "k=v k=v; k=v ...", where `skip_defaults` leaves out the fields at
+// their default (0, empty, false) so that it stays readable, e.g. a key's per-model health:
+// "upstream_model=gpt-4o state=open consecutive_failures=3 breaker_open_until_ms=...".
 void Flatten(const pb::Message& msg, const std::string& prefix,
-             std::vector<std::pair<std::string, std::string>>& row) {
+             std::vector<std::pair<std::string, std::string>>& row, bool skip_defaults = false) {
   const pb::Descriptor* d = msg.GetDescriptor();
   const pb::Reflection* r = msg.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
     const auto* f = d->field(i);
+    if (skip_defaults && !f->is_repeated() && !r->HasField(msg, f)) continue;
     std::string name = prefix + f->name();
     if (f->is_repeated()) {
       std::string joined;
       for (int j = 0; j < r->FieldSize(msg, f); ++j) {
         if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
           std::vector<std::pair<std::string, std::string>> sub;
-          Flatten(r->GetRepeatedMessage(msg, f, j), "", sub);
+          Flatten(r->GetRepeatedMessage(msg, f, j), "", sub, /*skip_defaults=*/true);
           std::string cell;
           for (const auto& [k, v] : sub) cell += (cell.empty() ? "" : " ") + k + "=" + v;
           joined += (joined.empty() ? "" : "; ") + cell;

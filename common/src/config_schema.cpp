@@ -61,7 +61,8 @@ std::vector<ConfigKey> BuildSchema() {
        "upstream attempts a Route plan holds when the caller does not ask for a number", false, 1,
        16},
       {"router.breaker.failure_threshold", T::kInt, "3",
-       "consecutive failures (connect error, timeout, 5xx, 401/403) that open a key's breaker",
+       "consecutive failures that open a breaker: timeouts and 5xx a (key, upstream model) "
+       "pair's, connect errors and 401/403 the key's own (every model)",
        false, 1, 1000},
       {"router.breaker.cooldown", T::kDuration, "30s",
        "how long an open breaker keeps a key out before one trial request", false, 1, 86400000},
@@ -69,7 +70,8 @@ std::vector<ConfigKey> BuildSchema() {
        "how long a half-open key waits for its trial's outcome before granting another trial",
        false, 1, 3600000},
       {"router.rate_limit_cooldown", T::kDuration, "10s",
-       "how long a 429 without retry-after keeps a key out of rotation", false, 1, 3600000},
+       "how long a 429 without retry-after keeps a key out of rotation for that upstream model",
+       false, 1, 3600000},
       {"router.cache_refresh", T::kDuration, "1s",
        "how often the catalogue is reloaded from the database (admin changes made on another "
        "replica show up within this)",

@@ -4,8 +4,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  addMockModel, findSecretsInLogs, keysByName, loadSpec, openaiClient, specPath, startSuite,
-  waitFor, waitKeysHealthy,
+  addMockModel, findSecretsInLogs, keysByName, loadSpec, modelHealth, openaiClient, specPath,
+  startSuite, waitFor, waitKeysHealthy,
 } from './harness.mjs';
 
 const MESSAGES = [{ role: 'user', content: 'hello' }];
@@ -153,11 +153,12 @@ describe('errors through the openai SDK', { timeout: 300_000 }, () => {
     for (const k of ['mock-key-a', 'mock-key-b']) {
       assert.ok((s.by_key[k] ?? 0) > (before.by_key[k] ?? 0), `failover did not try ${k}: ${JSON.stringify(s.by_key)}`);
     }
-    // The router cools both keys down for the retry-after (1 s), then they are used again.
+    // The router cools both keys down for that model for the retry-after (1 s), then they are
+    // used again.
     await waitFor(async () => {
       const keys = Object.values(await keysByName(suite));
-      return keys.every((k) => Number(k.health.rate_limited_until_ms) > 0);
-    }, { timeoutMs: 3000, what: 'both keys to be marked rate limited' });
+      return keys.every((k) => Number(modelHealth(k, 'mock-429-retry-1').rate_limited_until_ms) > 0);
+    }, { timeoutMs: 3000, what: 'both keys to be marked rate limited for the model' });
     await waitKeysHealthy(suite);
   });
 
@@ -190,9 +191,9 @@ describe('errors through the openai SDK', { timeout: 300_000 }, () => {
       try {
         await waitFor(async () => {
           keys = await keysByName(suite);
-          return keys['mock-a'].health.state === 'BREAKER_STATE_OPEN' &&
-            keys['mock-b'].health.state === 'BREAKER_STATE_OPEN';
-        }, { timeoutMs: 2000, intervalMs: 50, what: "the router's view of both breakers open" });
+          return modelHealth(keys['mock-a'], 'gpt-4o-mini').state === 'BREAKER_STATE_OPEN' &&
+            modelHealth(keys['mock-b'], 'gpt-4o-mini').state === 'BREAKER_STATE_OPEN';
+        }, { timeoutMs: 2000, intervalMs: 50, what: "the router's view of both keys' breakers for the model open" });
       } finally {
         t.diagnostic(`statuses ${seen.join(',')}; by_key ${JSON.stringify((await suite.stats()).by_key)}; keys ${JSON.stringify(Object.values(keys ?? {}).map((k) => [k.name, k.health]))}; now ${Date.now()}`);
       }

@@ -451,16 +451,27 @@ export async function keysByName(suite) {
 }
 
 /**
- * Waits until every upstream key is closed and not rate limited. The edge reports attempt
- * outcomes to the router in batches (edge.outcome_flush_interval, 100 ms), so first give the
- * outcomes of earlier requests time to land.
+ * A key's health for one upstream model (health.models[], per (key, model): timeouts, 5xx and
+ * 429s land there; connect errors and 401/403 on the key itself); a closed, idle default when
+ * the router lists none.
+ */
+export function modelHealth(key, upstreamModel) {
+  return key.health.models?.find((m) => m.upstream_model === upstreamModel)
+    ?? { upstream_model: upstreamModel, state: 'BREAKER_STATE_CLOSED', consecutive_failures: 0, breaker_open_until_ms: '0', rate_limited_until_ms: '0' };
+}
+
+/**
+ * Waits until every upstream key, and every model of it, is closed and not rate limited. The edge
+ * reports attempt outcomes to the router in batches (edge.outcome_flush_interval, 100 ms), so
+ * first give the outcomes of earlier requests time to land.
  */
 export async function waitKeysHealthy(suite, timeoutMs = 10_000) {
   await sleep(400);
+  const healthy = (h) => h.state === 'BREAKER_STATE_CLOSED' && Number(h.rate_limited_until_ms) <= Date.now();
   return waitFor(async () => {
     const keys = Object.values(await keysByName(suite));
-    return keys.every((k) => k.health.state === 'BREAKER_STATE_CLOSED' && Number(k.health.rate_limited_until_ms) <= Date.now());
-  }, { timeoutMs, intervalMs: 200, what: 'every upstream key closed and not rate limited' });
+    return keys.every((k) => healthy(k.health) && (k.health.models ?? []).every(healthy));
+  }, { timeoutMs, intervalMs: 200, what: 'every upstream key and model closed and not rate limited' });
 }
 
 /** Runs fn(i) for i in [0, n) with at most `concurrency` in flight; returns the results in order. */

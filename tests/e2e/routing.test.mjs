@@ -1,10 +1,12 @@
 // The router's key pool seen from outside: failover on 500 with the breaker opening and closing
-// again after the cooldown, 429 + retry-after moving traffic to the other key, smooth weighted
-// selection (3:1 over 400 requests), and upstream secrets encrypted at rest (psql, pg_dump).
+// again after the cooldown, 429 + retry-after moving traffic to the other key, health per (key,
+// model) (a model failing on every key leaves the others alone), smooth weighted selection (3:1
+// over 400 requests), and upstream secrets encrypted at rest (psql, pg_dump).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  findSecretsInLogs, keysByName, openaiClient, pool, sleep, startSuite, waitFor, waitKeysHealthy,
+  addMockModel, findSecretsInLogs, keysByName, modelHealth, openaiClient, pool, sleep, startSuite,
+  waitFor, waitKeysHealthy,
 } from './harness.mjs';
 
 const MESSAGES = [{ role: 'user', content: 'route me' }];
@@ -23,7 +25,8 @@ describe('router key pool', { timeout: 300_000 }, () => {
 
   after(async () => { await suite?.down(); }, { timeout: 120_000 });
 
-  const chat = () => client.chat.completions.create({ model: 'gpt-4o-mini', messages: MESSAGES });
+  const MODEL = 'gpt-4o-mini'; // routed to the mock provider under the same name
+  const chat = () => client.chat.completions.create({ model: MODEL, messages: MESSAGES });
   const byKey = async () => (await suite.stats()).by_key;
   const count = (m, k) => m[k] ?? 0;
 
@@ -41,18 +44,21 @@ describe('router key pool', { timeout: 300_000 }, () => {
       assert.equal(count(s, 'mock-key-b'), 20, 'every request answered by the healthy key');
       assert.ok(count(s, 'mock-key-a') >= BREAKER_THRESHOLD, `the bad key was tried ${count(s, 'mock-key-a')} times`);
 
+      // 5xx open the breaker of (mock-a, the model), not mock-a's own.
       const a = (await waitFor(async () => {
         const k = (await keysByName(suite))['mock-a'];
-        return k.health.state === 'BREAKER_STATE_OPEN' ? k : null;
-      }, { timeoutMs: 1500, intervalMs: 50, what: "mock-a's breaker to open" }));
+        return modelHealth(k, MODEL).state === 'BREAKER_STATE_OPEN' ? k : null;
+      }, { timeoutMs: 1500, intervalMs: 50, what: "mock-a's breaker for the model to open" }));
       t.diagnostic(`mock-a health: ${JSON.stringify(a.health)}`);
-      assert.ok(a.health.consecutive_failures >= BREAKER_THRESHOLD);
-      assert.ok(Number(a.health.breaker_open_until_ms) > Date.now());
+      const aModel = modelHealth(a, MODEL);
+      assert.ok(aModel.consecutive_failures >= BREAKER_THRESHOLD);
+      assert.ok(Number(aModel.breaker_open_until_ms) > Date.now());
+      assert.equal(a.health.state, 'BREAKER_STATE_CLOSED', 'the key itself stays closed');
       const b = (await keysByName(suite))['mock-b'];
-      assert.equal(b.health.state, 'BREAKER_STATE_CLOSED');
+      assert.equal(modelHealth(b, MODEL).state, 'BREAKER_STATE_CLOSED');
 
       // While open, the bad key is not tried at all.
-      const openUntil = Number(a.health.breaker_open_until_ms);
+      const openUntil = Number(aModel.breaker_open_until_ms);
       const tried = count(await byKey(), 'mock-key-a');
       for (let i = 0; i < 5; i++) await chat();
       if (Date.now() < openUntil - 100) assert.equal(count(await byKey(), 'mock-key-a'), tried, 'an open key was tried');
@@ -61,16 +67,16 @@ describe('router key pool', { timeout: 300_000 }, () => {
     }
 
     // Recovered: after the cooldown, one trial request (half-open) closes the breaker again.
-    const openUntil = Number((await keysByName(suite))['mock-a'].health.breaker_open_until_ms);
+    const openUntil = Number(modelHealth((await keysByName(suite))['mock-a'], MODEL).breaker_open_until_ms);
     await sleep(Math.max(0, openUntil - Date.now()) + 100);
     const tried = count(await byKey(), 'mock-key-a');
     for (let i = 0; i < 6; i++) await chat();
     assert.ok(count(await byKey(), 'mock-key-a') > tried, 'the recovered key was not tried after the cooldown');
     const closed = await waitFor(async () => {
-      const k = (await keysByName(suite))['mock-a'];
-      return k.health.state === 'BREAKER_STATE_CLOSED' ? k : null;
+      const m = modelHealth((await keysByName(suite))['mock-a'], MODEL);
+      return m.state === 'BREAKER_STATE_CLOSED' ? m : null;
     }, { timeoutMs: 3000, what: "mock-a's breaker to close after a successful trial" });
-    assert.equal(closed.health.consecutive_failures, 0);
+    assert.equal(closed.consecutive_failures, 0);
   });
 
   it('429 with retry-after on one key → traffic moves to the other', { timeout: 30_000 }, async (t) => {
@@ -83,12 +89,13 @@ describe('router key pool', { timeout: 300_000 }, () => {
       await chat();
       const first = await byKey();
       assert.ok(count(first, 'mock-key-a') >= 1, `mock-key-a never tried: ${JSON.stringify(first)}`);
-      // Once the outcome has reached the router (batched every 100 ms), the key is cooling down.
+      // Once the outcome has reached the router (batched every 100 ms), the key is cooling down
+      // for this model.
       const a = await waitFor(async () => {
-        const k = (await keysByName(suite))['mock-a'];
-        return Number(k.health.rate_limited_until_ms) > Date.now() ? k : null;
+        const m = modelHealth((await keysByName(suite))['mock-a'], MODEL);
+        return Number(m.rate_limited_until_ms) > Date.now() ? m : null;
       }, { timeoutMs: 2000, what: 'mock-key-a to be marked rate limited' });
-      const until = Number(a.health.rate_limited_until_ms);
+      const until = Number(a.rate_limited_until_ms);
       t.diagnostic(`mock-a rate limited for another ${until - Date.now()} ms (retry-after 4 s)`);
       assert.ok(until - Date.now() <= 4000 + 500, 'cooled down for longer than retry-after');
       const triedA = count(await byKey(), 'mock-key-a');
@@ -106,6 +113,63 @@ describe('router key pool', { timeout: 300_000 }, () => {
     const before = count(await byKey(), 'mock-key-a');
     for (let i = 0; i < 4; i++) await chat();
     assert.ok(count(await byKey(), 'mock-key-a') > before, 'mock-key-a not used again after its retry-after');
+  });
+
+  it('one model failing on both keys never refuses another model on the same keys (health per key and model)', { timeout: 60_000 }, async (t) => {
+    // Two failing models served by the same two keys as MODEL: one answering 429 with
+    // retry-after 2 s (both keys cool down for it), one answering 500 (three open its breaker
+    // for COOLDOWN_MS). When health was kept per key, either took both keys away from every
+    // model: MODEL, asked meanwhile, got 503 no_healthy_upstream.
+    const RATE_LIMITED = 'mock-429-retry-2';
+    const FAILING = 'mock-fail-500';
+    await waitKeysHealthy(suite);
+    await addMockModel(suite, RATE_LIMITED);
+    await addMockModel(suite, FAILING);
+    const modelFailures = (keys, name) => Number(modelHealth(keys[name], MODEL).failures ?? 0);
+    const before = await keysByName(suite);
+    const failing = {}; // "model status" → count
+    const healthy = []; // MODEL's statuses
+    try {
+      const deadline = Date.now() + 5000;
+      const hammer = async (model) => {
+        while (Date.now() < deadline) {
+          let status = 200;
+          try { await client.chat.completions.create({ model, messages: MESSAGES }); } catch (e) { status = e.status ?? String(e); }
+          failing[`${model} ${status}`] = (failing[`${model} ${status}`] ?? 0) + 1;
+          await sleep(10);
+        }
+      };
+      const serve = async () => {
+        while (Date.now() < deadline) {
+          try { await chat(); healthy.push(200); } catch (e) { healthy.push(`${e.status ?? ''} ${e.error?.code ?? e.message}`); }
+        }
+      };
+      await Promise.all([hammer(RATE_LIMITED), hammer(RATE_LIMITED), hammer(FAILING), hammer(FAILING), serve(), serve()]);
+      t.diagnostic(`failing models: ${JSON.stringify(failing)}; ${MODEL}: ${healthy.length} requests`);
+      assert.deepEqual(healthy.filter((s) => s !== 200), [], `${MODEL} was refused while other models failed on its keys`);
+      assert.ok(healthy.length >= 20, `only ${healthy.length} requests of ${MODEL}`);
+      // The failing models really had both keys out for themselves meanwhile.
+      assert.ok(failing[`${RATE_LIMITED} 429`] > 0, `${RATE_LIMITED} never answered 429`);
+      assert.ok(failing[`${RATE_LIMITED} 503`] > 0, `both keys never cooled down for ${RATE_LIMITED}`);
+      assert.ok(failing[`${FAILING} 503`] > 0, `the breakers for ${FAILING} never opened on both keys`);
+      // The router's view agrees: the keys themselves never opened, the failing models did.
+      const keys = await keysByName(suite);
+      for (const name of ['mock-a', 'mock-b']) {
+        t.diagnostic(`${name}: ${JSON.stringify(keys[name].health)}`);
+        assert.equal(keys[name].health.state, 'BREAKER_STATE_CLOSED', `${name} itself opened`);
+        assert.ok(Number(keys[name].health.rate_limited_until_ms) === 0, `${name} itself cooled down`);
+        assert.ok(Number(modelHealth(keys[name], FAILING).failures ?? 0) > 0, `${name}: no failure counted for ${FAILING}`);
+        assert.equal(modelFailures(keys, name), modelFailures(before, name), `${name}: failures counted for ${MODEL}`);
+      }
+    } finally {
+      // Deleting the models drops their health (per-model entries follow the catalogue).
+      for (const m of [RATE_LIMITED, FAILING]) await suite.ctl(['router', 'delete-model', `--name=${m}`]);
+    }
+    const keys = await keysByName(suite);
+    for (const name of ['mock-a', 'mock-b']) {
+      const models = keys[name].health.models.map((m) => m.upstream_model);
+      assert.ok(!models.includes(FAILING) && !models.includes(RATE_LIMITED), `${name} still lists ${models}`);
+    }
   });
 
   it('weighted selection: weights 3:1 → a 3:1 split over 400 requests', { timeout: 60_000 }, async (t) => {

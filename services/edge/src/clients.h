@@ -216,6 +216,9 @@ struct AttemptOutcome {
   int32_t http_status = 0;
   int64_t retry_after_ms = 0;
   int64_t latency_ms = 0;
+  // The attempt's upstream model: timeouts, 5xx and 429s count against this model of the key
+  // only (connect errors and 401/403 against the whole key).
+  std::string upstream_model;
 };
 
 struct ModelInfo {

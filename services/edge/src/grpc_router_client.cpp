@@ -138,6 +138,7 @@ struct GrpcRouterClient::Impl {
           out->set_http_status(o.http_status);
           out->set_retry_after_ms(o.retry_after_ms);
           out->set_latency_ms(o.latency_ms);
+          out->set_upstream_model(o.upstream_model);
           queue.pop_front();
         }
         ++batches_in_flight;

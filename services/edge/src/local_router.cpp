@@ -221,8 +221,11 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
     return;
   }
   router::RouteResult planned = pool->Route(model, std::max(0, max_attempts));
-  if (planned.status == router::RouteResult::Status::kModelNotFound) {
-    // Perhaps added since the last poll: the router knows at once. Poll early, too.
+  if (planned.status == router::RouteResult::Status::kModelNotFound ||
+      planned.status == router::RouteResult::Status::kNoRoute) {
+    // Perhaps added since the last poll (a new model, or its route or key: an operator creates
+    // the model and then routes it, and a poll between the two sees a model nothing serves):
+    // the router knows at once. Poll early, too.
     impl_->WakePoller();
     impl_->remote.Route(std::move(model), max_attempts, std::move(done));
     return;
@@ -230,6 +233,7 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
   RouteResult result;
   switch (planned.status) {
     case router::RouteResult::Status::kModelNotFound:
+    case router::RouteResult::Status::kNoRoute:
       break;
     case router::RouteResult::Status::kNoHealthyUpstream:
       result.failure =
@@ -257,7 +261,8 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
 
 void LocalRouterClient::Report(AttemptOutcome outcome) {
   if (auto pool = impl_->Current())
-    pool->Report({outcome.upstream_key_id, ToPool(outcome.kind), outcome.retry_after_ms});
+    pool->Report({outcome.upstream_key_id, ToPool(outcome.kind), outcome.retry_after_ms,
+                  outcome.upstream_model});
   impl_->remote.Report(outcome);
 }
 

@@ -461,9 +461,9 @@ class Proxy final : public RequestHandler {
   void Report(const UpstreamAttempt& attempt, OutcomeKind kind, int status, int64_t retry_after_ms,
               Clock::duration latency) {
     metrics_->attempts[static_cast<int>(kind)]->Increment();
-    clients_.router.Report(
-        {attempt.upstream_key_id, kind, status, retry_after_ms,
-         std::chrono::duration_cast<std::chrono::milliseconds>(latency).count()});
+    clients_.router.Report({attempt.upstream_key_id, kind, status, retry_after_ms,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(latency).count(),
+                            attempt.upstream_model});
   }
 
   void Finish(Exchange& x, int status) {

@@ -104,6 +104,17 @@ void Fill(const KeyListing& k, pb::UpstreamKey* out) {
   h->set_requests(k.health.requests);
   h->set_failures(k.health.failures);
   h->set_trial_in_flight(k.health.trial_in_flight);
+  for (const auto& m : k.health.models) {
+    auto* out_model = h->add_models();
+    out_model->set_upstream_model(m.upstream_model);
+    out_model->set_state(ToProto(m.state));
+    out_model->set_consecutive_failures(m.consecutive_failures);
+    out_model->set_breaker_open_until_ms(UnixMillisIn(m.breaker_remaining));
+    out_model->set_rate_limited_until_ms(UnixMillisIn(m.rate_limit_remaining));
+    out_model->set_requests(m.requests);
+    out_model->set_failures(m.failures);
+    out_model->set_trial_in_flight(m.trial_in_flight);
+  }
 }
 
 void Fill(const ModelRecord& m, pb::Model* out) {
@@ -199,6 +210,7 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
                                          "` does not exist or you do not have access to it."));
         return reactor;
       case RouteResult::Status::kNoHealthyUpstream:
+      case RouteResult::Status::kNoRoute:
         reactor->Finish(ToGrpcStatus(ErrorCode::kNoHealthyUpstream,
                                      "No healthy upstream is available for the model `" +
                                          result.model + "`. Please retry shortly."));
@@ -228,7 +240,8 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
                                            pb::ReportOutcomesResponse*) override {
     auto* reactor = context->DefaultReactor();
     for (const auto& o : request->outcomes()) {
-      Outcome outcome{o.upstream_key_id(), FromProto(o.kind()), o.retry_after_ms()};
+      Outcome outcome{o.upstream_key_id(), FromProto(o.kind()), o.retry_after_ms(),
+                      o.upstream_model()};
       // Unknown ids (a key deleted meanwhile) and unknown kinds are dropped, not errors:
       // the edge must not retry a batch because of one stale entry.
       if (!pool_.Report(outcome)) continue;

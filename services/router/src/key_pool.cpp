@@ -11,9 +11,56 @@ constexpr std::chrono::milliseconds kMaxRateLimitCooldown = std::chrono::hours(1
 // Plans longer than this are never useful and only cost decryption copies.
 constexpr int kMaxAttemptsCap = 16;
 
-bool CountsAsFailure(OutcomeKind kind) {
-  return kind == OutcomeKind::kConnectError || kind == OutcomeKind::kTimeout ||
-         kind == OutcomeKind::kServerError || kind == OutcomeKind::kAuthError;
+// What an outcome says about one scope of a key's health.
+enum class Verdict {
+  kNothing,   // not this scope's business: only a trial it decided nothing about is freed
+  kSuccess,   // closes the breaker, resets the count
+  kAnswered,  // the upstream answered (4xx, 429): a half-open breaker closes
+  kFailure,   // counts towards opening; reopens a half-open breaker
+};
+
+// The key itself: can it be reached, is its credential accepted?
+Verdict ForKey(OutcomeKind kind) {
+  switch (kind) {
+    case OutcomeKind::kSuccess:
+      return Verdict::kSuccess;
+    case OutcomeKind::kClientError:
+    case OutcomeKind::kRateLimited:
+      return Verdict::kAnswered;
+    case OutcomeKind::kConnectError:
+    case OutcomeKind::kAuthError:
+      return Verdict::kFailure;
+    case OutcomeKind::kTimeout:
+    case OutcomeKind::kServerError:
+    case OutcomeKind::kUnspecified:
+      break;
+  }
+  return Verdict::kNothing;
+}
+
+// One model behind the key: does it answer, in time, without a server error?
+Verdict ForModel(OutcomeKind kind) {
+  switch (kind) {
+    case OutcomeKind::kSuccess:
+      return Verdict::kSuccess;
+    case OutcomeKind::kClientError:
+    case OutcomeKind::kRateLimited:
+      return Verdict::kAnswered;
+    case OutcomeKind::kTimeout:
+    case OutcomeKind::kServerError:
+      return Verdict::kFailure;
+    case OutcomeKind::kConnectError:
+    case OutcomeKind::kAuthError:
+    case OutcomeKind::kUnspecified:
+      break;
+  }
+  return Verdict::kNothing;
+}
+
+// An outcome that names no model: everything lands on the key, as before per-model health.
+Verdict ForKeyOnly(OutcomeKind kind) {
+  Verdict v = ForModel(kind);
+  return v == Verdict::kNothing ? ForKey(kind) : v;
 }
 
 std::chrono::milliseconds Remaining(Clock::TimePoint until, Clock::TimePoint now) {
@@ -55,19 +102,13 @@ std::vector<int64_t> KeyPool::Replace(const Catalogue& catalogue, const SecretOp
   std::lock_guard lock(mu_);
   // Keep each key's health (and each model's round-robin position) across
   // reloads: a reload every second must not reset breakers or the rotation.
-  for (auto& [id, state] : fresh) {
+  // `previous`: the old state of a key whose secret is unchanged; null when it starts over.
+  auto previous = [&](int64_t id, const KeyState& state) -> const KeyState* {
     auto old = keys_.find(id);
-    if (old == keys_.end() || old->second.nonce != state.nonce) continue;
-    const KeyState& o = old->second;
-    state.consecutive_failures = o.consecutive_failures;
-    state.open = o.open;
-    state.open_until = o.open_until;
-    state.trial_in_flight = o.trial_in_flight;
-    state.trial_deadline = o.trial_deadline;
-    state.rate_limited_until = o.rate_limited_until;
-    state.requests = o.requests;
-    state.failures = o.failures;
-  }
+    return old == keys_.end() || old->second.nonce != state.nonce ? nullptr : &old->second;
+  };
+  for (auto& [id, state] : fresh)
+    if (const KeyState* o = previous(id, state)) state.key_wide = o->key_wide;
   std::map<std::string, ModelEntry, std::less<>> models;
   for (const auto& m : catalogue.models) models[m.name].record = m;
   for (const auto& r : catalogue.routes) {
@@ -75,8 +116,19 @@ std::vector<int64_t> KeyPool::Replace(const Catalogue& catalogue, const SecretOp
     auto provider = providers.find(r.provider_id);
     if (model == models.end() || provider == providers.end()) continue;
     for (int64_t key_id : keys_by_provider[r.provider_id]) {
+      KeyState& key = fresh.at(key_id);
+      // Only routed (key, upstream model) pairs get an entry: a pair whose route is gone
+      // is dropped here, so the health kept is bounded by the catalogue.
+      auto [health, added] = key.models.try_emplace(r.upstream_model);
+      if (added) {
+        if (const KeyState* o = previous(key_id, key)) {
+          auto old = o->models.find(r.upstream_model);
+          if (old != o->models.end()) health->second = old->second;
+        }
+      }
       Candidate c;
-      c.key = &fresh.at(key_id);
+      c.key = &key;
+      c.model = &health->second;
       c.key_id = key_id;
       c.provider_type = provider->second->type;
       c.base_url = provider->second->base_url;
@@ -106,12 +158,22 @@ std::vector<int64_t> KeyPool::Replace(const Catalogue& catalogue, const SecretOp
   return unreadable;
 }
 
-KeyPool::Gate KeyPool::GateOf(const KeyState& key, Clock::TimePoint now) const {
-  if (!key.usable || now < key.rate_limited_until) return Gate::kBlocked;
-  if (!key.open) return Gate::kHealthy;
-  if (now < key.open_until) return Gate::kBlocked;
-  if (key.trial_in_flight && now < key.trial_deadline) return Gate::kBlocked;
+KeyPool::Gate KeyPool::GateOf(const Breaker& b, Clock::TimePoint now) {
+  if (now < b.rate_limited_until) return Gate::kBlocked;
+  if (!b.open) return Gate::kHealthy;
+  if (now < b.open_until) return Gate::kBlocked;
+  if (b.trial_in_flight && now < b.trial_deadline) return Gate::kBlocked;
   return Gate::kTrial;
+}
+
+// Both scopes must let the key through; a trial of either makes the attempt a trial.
+KeyPool::Gate KeyPool::GateOf(const Candidate& c, Clock::TimePoint now) {
+  if (!c.key->usable) return Gate::kBlocked;
+  const Gate key = GateOf(c.key->key_wide, now);
+  const Gate model = GateOf(*c.model, now);
+  if (key == Gate::kBlocked || model == Gate::kBlocked) return Gate::kBlocked;
+  if (key == Gate::kTrial || model == Gate::kTrial) return Gate::kTrial;
+  return Gate::kHealthy;
 }
 
 RouteAttempt KeyPool::AttemptFor(const Candidate& c) {
@@ -146,8 +208,12 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
   result.default_max_tokens = entry->second.record.default_max_tokens;
   auto& candidates = entry->second.candidates;
 
+  bool any_usable = false;
   std::vector<Gate> gates(candidates.size());
-  for (size_t i = 0; i < candidates.size(); ++i) gates[i] = GateOf(*candidates[i].key, now);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    gates[i] = GateOf(candidates[i], now);
+    any_usable = any_usable || candidates[i].key->usable;
+  }
 
   // nginx's smooth weighted round-robin: every eligible candidate gains its
   // weight, the largest wins and pays back the total. Over any window of
@@ -162,14 +228,19 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
     if (best == nullptr || c.current > best->current) best = &c;
   }
   if (best == nullptr) {
-    result.status = RouteResult::Status::kNoHealthyUpstream;
+    result.status =
+        any_usable ? RouteResult::Status::kNoHealthyUpstream : RouteResult::Status::kNoRoute;
     return result;
   }
   best->current -= total;
   result.attempts.push_back(AttemptFor(*best));
   if (gates[best - candidates.data()] == Gate::kTrial) {
-    best->key->trial_in_flight = true;
-    best->key->trial_deadline = now + options_.trial_timeout;
+    // The one trial of each half-open scope (the key's, the model's, or both).
+    for (Breaker* b : {&best->key->key_wide, best->model}) {
+      if (GateOf(*b, now) != Gate::kTrial) continue;
+      b->trial_in_flight = true;
+      b->trial_deadline = now + options_.trial_timeout;
+    }
     result.attempts.back().trial = true;
   }
 
@@ -195,6 +266,45 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
   return result;
 }
 
+namespace {
+
+// Applies one verdict to one scope's breaker (a KeyPool::Breaker). Returns
+// whether it counted as a failure.
+template <typename Breaker>
+bool Apply(Breaker& b, Verdict verdict, Clock::TimePoint now, const KeyPoolOptions& options) {
+  const bool half_open = b.open && now >= b.open_until;
+  auto close = [&] {
+    b.open = false;
+    b.trial_in_flight = false;
+    b.consecutive_failures = 0;
+  };
+  switch (verdict) {
+    case Verdict::kSuccess:
+      close();
+      return false;
+    case Verdict::kAnswered:
+      if (half_open) close();
+      return false;
+    case Verdict::kFailure:
+      ++b.consecutive_failures;
+      // An open breaker is not extended by late reports of requests routed
+      // before it opened; a failure once half-open is the trial failing.
+      if (half_open || (!b.open && b.consecutive_failures >= options.failure_threshold)) {
+        b.open = true;
+        b.open_until = now + options.breaker_cooldown;
+        b.trial_in_flight = false;
+      }
+      return true;
+    case Verdict::kNothing:
+      // The trial (if this was it) decided nothing: the next plan gets another.
+      if (half_open) b.trial_in_flight = false;
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
 bool KeyPool::Report(const Outcome& outcome) {
   if (outcome.kind == OutcomeKind::kUnspecified) return false;
   const auto now = clock_.Now();
@@ -202,50 +312,72 @@ bool KeyPool::Report(const Outcome& outcome) {
   auto it = keys_.find(outcome.key_id);
   if (it == keys_.end()) return false;
   KeyState& k = it->second;
-  ++k.requests;
-  const bool half_open = k.open && now >= k.open_until;
-  auto close = [&] {
-    k.open = false;
-    k.trial_in_flight = false;
-    k.consecutive_failures = 0;
-  };
-  if (outcome.kind == OutcomeKind::kSuccess) {
-    close();
-  } else if (CountsAsFailure(outcome.kind)) {
-    ++k.failures;
-    ++k.consecutive_failures;
-    // An open breaker is not extended by late reports of requests routed
-    // before it opened; a failure once half-open is the trial failing.
-    if (half_open || (!k.open && k.consecutive_failures >= options_.failure_threshold)) {
-      k.open = true;
-      k.open_until = now + options_.breaker_cooldown;
-      k.trial_in_flight = false;
-    }
-  } else if (outcome.kind == OutcomeKind::kRateLimited) {
+  auto cool_down = [&](Breaker& b) {
     auto cooldown =
         outcome.retry_after_ms > 0
             ? std::min(std::chrono::milliseconds(outcome.retry_after_ms), kMaxRateLimitCooldown)
             : options_.rate_limit_cooldown;
-    k.rate_limited_until = std::max(k.rate_limited_until, now + cooldown);
-    // The key authenticated and the upstream answered: a trial has passed.
-    if (half_open) close();
-  } else if (outcome.kind == OutcomeKind::kClientError) {
-    if (half_open) close();
+    b.rate_limited_until = std::max(b.rate_limited_until, now + cooldown);
+  };
+  const bool rate_limited = outcome.kind == OutcomeKind::kRateLimited;
+
+  ++k.key_wide.requests;
+  if (outcome.upstream_model.empty()) {
+    // A reporter that does not say which model: the key answers for everything.
+    if (Apply(k.key_wide, ForKeyOnly(outcome.kind), now, options_)) ++k.key_wide.failures;
+    if (rate_limited) cool_down(k.key_wide);
+    return true;
   }
+  bool failed = false;
+  // A model the key no longer serves (its route removed since the plan) keeps no state.
+  if (auto model = k.models.find(outcome.upstream_model); model != k.models.end()) {
+    Breaker& m = model->second;
+    ++m.requests;
+    if (Apply(m, ForModel(outcome.kind), now, options_)) {
+      ++m.failures;
+      failed = true;
+    }
+    if (rate_limited) cool_down(m);
+  }
+  failed = Apply(k.key_wide, ForKey(outcome.kind), now, options_) || failed;
+  // The key's own count is every failing outcome, whichever scope it hit.
+  if (failed) ++k.key_wide.failures;
   return true;
 }
 
 KeyHealth KeyPool::HealthOf(int64_t id, const KeyState& k, Clock::TimePoint now) const {
+  auto state = [&](const Breaker& b) {
+    return !b.open ? BreakerState::kClosed
+                   : (now < b.open_until ? BreakerState::kOpen : BreakerState::kHalfOpen);
+  };
+  auto breaker_remaining = [&](const Breaker& b) {
+    return b.open ? Remaining(b.open_until, now) : std::chrono::milliseconds(0);
+  };
+  auto trial_in_flight = [&](const Breaker& b) {
+    return b.open && b.trial_in_flight && now < b.trial_deadline;
+  };
   KeyHealth h;
   h.key_id = id;
-  h.state = !k.open ? BreakerState::kClosed
-                    : (now < k.open_until ? BreakerState::kOpen : BreakerState::kHalfOpen);
-  h.consecutive_failures = k.consecutive_failures;
-  h.breaker_remaining = k.open ? Remaining(k.open_until, now) : std::chrono::milliseconds(0);
-  h.rate_limit_remaining = Remaining(k.rate_limited_until, now);
-  h.trial_in_flight = k.open && k.trial_in_flight && now < k.trial_deadline;
-  h.requests = k.requests;
-  h.failures = k.failures;
+  h.state = state(k.key_wide);
+  h.consecutive_failures = k.key_wide.consecutive_failures;
+  h.breaker_remaining = breaker_remaining(k.key_wide);
+  h.rate_limit_remaining = Remaining(k.key_wide.rate_limited_until, now);
+  h.trial_in_flight = trial_in_flight(k.key_wide);
+  h.requests = k.key_wide.requests;
+  h.failures = k.key_wide.failures;
+  h.models.reserve(k.models.size());
+  for (const auto& [name, b] : k.models) {
+    ModelHealth m;
+    m.upstream_model = name;
+    m.state = state(b);
+    m.consecutive_failures = b.consecutive_failures;
+    m.breaker_remaining = breaker_remaining(b);
+    m.rate_limit_remaining = Remaining(b.rate_limited_until, now);
+    m.trial_in_flight = trial_in_flight(b);
+    m.requests = b.requests;
+    m.failures = b.failures;
+    h.models.push_back(std::move(m));
+  }
   return h;
 }
 

@@ -41,6 +41,8 @@ const char* RouteLabel(RouteResult::Status status) {
       return "model_not_found";
     case RouteResult::Status::kNoHealthyUpstream:
       return "no_healthy_upstream";
+    case RouteResult::Status::kNoRoute:
+      return "no_route";
   }
   return "ok";
 }
@@ -70,7 +72,9 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry)
                     .Register(registry)),
       breaker_(prometheus::BuildGauge()
                    .Name("tollgate_router_breaker_state")
-                   .Help("Circuit breaker of each upstream key: 0 closed, 1 open, 2 half-open")
+                   .Help("Circuit breaker of each upstream key (key-wide: connect and auth "
+                         "errors) and, with upstream_model, of each model of it (timeouts, "
+                         "5xx): 0 closed, 1 open, 2 half-open")
                    .Register(registry)) {}
 
 void RouterMetrics::CountRoute(RouteResult::Status status) {
@@ -83,16 +87,25 @@ void RouterMetrics::CountAttempt(int64_t key_id, OutcomeKind kind) {
 
 void RouterMetrics::SetBreaker(const KeyHealth& health) {
   std::lock_guard lock(mu_);
-  auto& gauge = breaker_gauges_[health.key_id];
-  if (gauge == nullptr) gauge = &breaker_.Add({{"key_id", std::to_string(health.key_id)}});
-  gauge->Set(BreakerValue(health.state));
+  const std::string key_id = std::to_string(health.key_id);
+  auto gauge = [&](const std::string& model) -> prometheus::Gauge& {
+    auto& g = breaker_gauges_[{health.key_id, model}];
+    if (g == nullptr)
+      g = model.empty() ? &breaker_.Add({{"key_id", key_id}})
+                        : &breaker_.Add({{"key_id", key_id}, {"upstream_model", model}});
+    return *g;
+  };
+  gauge("").Set(BreakerValue(health.state));
+  // Models are the operator's catalogue (bounded); their gauges go with their routes.
+  for (const auto& m : health.models) gauge(m.upstream_model).Set(BreakerValue(m.state));
 }
 
 void RouterMetrics::SyncBreakers(const std::vector<KeyHealth>& all) {
-  std::set<int64_t> live;
+  std::set<std::pair<int64_t, std::string>> live;
   for (const auto& h : all) {
     SetBreaker(h);
-    live.insert(h.key_id);
+    live.emplace(h.key_id, "");
+    for (const auto& m : h.models) live.emplace(h.key_id, m.upstream_model);
   }
   std::lock_guard lock(mu_);
   for (auto it = breaker_gauges_.begin(); it != breaker_gauges_.end();) {

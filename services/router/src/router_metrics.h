@@ -1,10 +1,13 @@
 // The router's Prometheus series. Keys are labelled by id only: never a
-// secret, never its prefix.
+// secret, never its prefix. Breakers also by upstream model (the catalogue's
+// routes, so bounded).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "tollgate/router/key_pool.h"
@@ -25,9 +28,9 @@ class RouterMetrics final {
 
   void CountRoute(RouteResult::Status status);
   void CountAttempt(int64_t key_id, OutcomeKind kind);
-  // Sets the breaker gauge of one key.
+  // Sets the breaker gauges of one key: key-wide and per upstream model.
   void SetBreaker(const KeyHealth& health);
-  // Sets every key's gauge and drops the gauges of keys that are gone.
+  // Sets every key's gauges and drops those of keys and models that are gone.
   void SyncBreakers(const std::vector<KeyHealth>& all);
 
  private:
@@ -35,7 +38,8 @@ class RouterMetrics final {
   prometheus::Family<prometheus::Counter>& attempts_;
   prometheus::Family<prometheus::Gauge>& breaker_;
   std::mutex mu_;
-  std::map<int64_t, prometheus::Gauge*> breaker_gauges_;
+  // By (key id, upstream model); "" is the key-wide breaker.
+  std::map<std::pair<int64_t, std::string>, prometheus::Gauge*> breaker_gauges_;
 };
 
 }  // namespace tollgate::router

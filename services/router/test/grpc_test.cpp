@@ -6,10 +6,12 @@
 #include <prometheus/text_serializer.h>
 
 #include <chrono>
+#include <future>
 #include <map>
 #include <thread>
 
 #include "pg_fixture.h"
+#include "src/grpc_router_client.h"
 #include "src/local_router.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
@@ -28,6 +30,8 @@ constexpr char kToken[] = "test-admin-token-0123456789";
 constexpr char kMasterKey[] = "8f1c2a7e9b3d4f60a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
 const std::string kHeavySecret = "sk-heavy-SECRET-0123456789abcdefghij";
 const std::string kLightSecret = "sk-light-SECRET-9876543210zyxwvutsrq";
+// What "gpt-4o-mini" is routed to.
+const std::string kUpstreamModel = "gpt-4o-mini-2024-07-18";
 
 class RouterProcess {
  public:
@@ -122,13 +126,15 @@ class RouterGrpcTest : public ::testing::Test {
     return router_->Route(Ctx("").get(), request, response);
   }
 
-  void Report(int64_t key, pb::OutcomeKind kind, int times, int64_t retry_after_ms = 0) {
+  void Report(int64_t key, pb::OutcomeKind kind, int times, int64_t retry_after_ms = 0,
+              const std::string& upstream_model = kUpstreamModel) {
     pb::ReportOutcomesRequest request;
     for (int i = 0; i < times; ++i) {
       auto* o = request.add_outcomes();
       o->set_upstream_key_id(key);
       o->set_kind(kind);
       o->set_retry_after_ms(retry_after_ms);
+      o->set_upstream_model(upstream_model);
     }
     pb::ReportOutcomesResponse response;
     ASSERT_TRUE(router_->ReportOutcomes(Ctx("").get(), request, &response).ok());
@@ -298,7 +304,8 @@ TEST_F(RouterGrpcTest, AnEdgePlansLocallyFromTheRoutingTable) {
   EXPECT_EQ(remote.routes, 1) << "an unknown model is asked of the router";
 
   // Three failures of the heavy key open its breaker in this edge: it leaves the plans.
-  for (int i = 0; i < 3; ++i) local.Report({heavy_id_, edge::OutcomeKind::kServerError, 500, 0, 1});
+  for (int i = 0; i < 3; ++i)
+    local.Report({heavy_id_, edge::OutcomeKind::kServerError, 500, 0, 1, kUpstreamModel});
   EXPECT_EQ(remote.reports, 3) << "outcomes still reach the router";
   edge::RouteResult plan;
   local.Route("mini", 3, [&](edge::RouteResult r) { plan = r; });
@@ -309,6 +316,102 @@ TEST_F(RouterGrpcTest, AnEdgePlansLocallyFromTheRoutingTable) {
   ASSERT_TRUE(local.RefreshOnce());
   local.Route("mini", 3, [&](edge::RouteResult r) { plan = r; });
   ASSERT_EQ(plan.attempts.size(), 1u);
+  local.Stop();
+}
+
+// Issue #15's flaky e2e test: an operator creates a model and then routes it; an edge that polls
+// between the two holds a table where the model exists and nothing serves it. Until its next poll
+// it answered 503 no_healthy_upstream; the router, which reloads on every admin change, knows
+// the route at once, so the edge asks it (and polls early), as for a model it does not know.
+TEST_F(RouterGrpcTest, AnEdgeAsksTheRouterForAModelItsTableHasNoRouteFor) {
+  Seed();
+  const std::string target = "127.0.0.1:" + std::to_string(process_->port());
+  edge::GrpcRouterClient remote({.target = target});
+  edge::LocalRouterOptions options;
+  options.target = target;
+  options.refresh = std::chrono::hours(1);  // polled by hand below
+  edge::LocalRouterClient local(options, remote);
+  // The poller's own first poll, done before the race is staged (it must not land later).
+  for (int i = 0; i < 500 && !local.has_table(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(local.has_table());
+  auto route = [&](const std::string& model) {
+    std::promise<edge::RouteResult> planned;
+    local.Route(model, 3, [&](edge::RouteResult r) { planned.set_value(std::move(r)); });
+    return planned.get_future().get();
+  };
+
+  pb::CreateModelRequest cm;
+  cm.set_name("late-model");
+  pb::CreateModelResponse model;
+  ASSERT_TRUE(admin_->CreateModel(Ctx().get(), cm, &model).ok());
+  ASSERT_TRUE(local.RefreshOnce());  // the edge's poll lands between the two admin calls
+  pb::SetModelRouteRequest sr;
+  sr.set_model("late-model");
+  sr.set_provider_id(provider_id_);
+  pb::SetModelRouteResponse set;
+  ASSERT_TRUE(admin_->SetModelRoute(Ctx().get(), sr, &set).ok());
+
+  edge::RouteResult plan = route("late-model");
+  ASSERT_FALSE(plan.failure) << plan.failure->message;
+  EXPECT_EQ(plan.model, "late-model");
+  EXPECT_EQ(plan.attempts.size(), 2u);
+
+  // With every key of a routed model out, the edge answers itself: that is no table race.
+  ASSERT_TRUE(local.RefreshOnce());
+  for (int64_t key : {heavy_id_, light_id_})
+    for (int i = 0; i < 3; ++i)
+      local.Report({key, edge::OutcomeKind::kServerError, 500, 0, 1, "late-model"});
+  plan = route("late-model");
+  ASSERT_TRUE(plan.failure);
+  EXPECT_EQ(plan.failure->code, ErrorCode::kNoHealthyUpstream);
+  local.Stop();
+  remote.Shutdown();
+}
+
+// Issue #15: the edge's own breakers are per (key, model) too: a model failing on every key
+// leaves the other models those keys serve alone.
+TEST_F(RouterGrpcTest, AnEdgeKeepsHealthPerKeyAndModel) {
+  Seed();
+  pb::CreateModelRequest cm;
+  cm.set_name("other");
+  pb::CreateModelResponse model;
+  ASSERT_TRUE(admin_->CreateModel(Ctx().get(), cm, &model).ok());
+  pb::SetModelRouteRequest sr;
+  sr.set_model("other");
+  sr.set_provider_id(provider_id_);
+  pb::SetModelRouteResponse set;
+  ASSERT_TRUE(admin_->SetModelRoute(Ctx().get(), sr, &set).ok());
+  struct Remote final : edge::RouterClient {
+    void Route(std::string, int32_t, std::function<void(edge::RouteResult)> done) override {
+      done({edge::Failure{ErrorCode::kInternal, "not asked in this test"}});
+    }
+    void Report(edge::AttemptOutcome) override {}
+    void ListModels(std::function<void(edge::ModelsResult)> done) override { done({}); }
+  } remote;
+  edge::LocalRouterOptions options;
+  options.target = "127.0.0.1:" + std::to_string(process_->port());
+  options.refresh = std::chrono::hours(1);
+  edge::LocalRouterClient local(options, remote);
+  ASSERT_TRUE(local.RefreshOnce());
+
+  for (int64_t key : {heavy_id_, light_id_})
+    local.Report({key, edge::OutcomeKind::kRateLimited, 429, 60000, 1, kUpstreamModel});
+  edge::RouteResult plan;
+  local.Route("gpt-4o-mini", 3, [&](edge::RouteResult r) { plan = r; });
+  ASSERT_TRUE(plan.failure);
+  EXPECT_EQ(plan.failure->code, ErrorCode::kNoHealthyUpstream);
+  local.Route("other", 3, [&](edge::RouteResult r) { plan = r; });
+  ASSERT_FALSE(plan.failure) << "another model of the same keys";
+  EXPECT_EQ(plan.attempts.size(), 2u);
+
+  // 401s are the key's: it leaves every model's plans.
+  for (int i = 0; i < 3; ++i)
+    local.Report({heavy_id_, edge::OutcomeKind::kAuthError, 401, 0, 1, "other"});
+  local.Route("other", 3, [&](edge::RouteResult r) { plan = r; });
+  ASSERT_FALSE(plan.failure);
+  ASSERT_EQ(plan.attempts.size(), 1u);
+  EXPECT_EQ(plan.attempts[0].upstream_key_id, light_id_);
   local.Stop();
 }
 
@@ -328,15 +431,22 @@ TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
   Report(987654, pb::OUTCOME_KIND_SERVER_ERROR, 1);  // an unknown key is ignored
   auto keys = Keys();
   const auto& heavy = keys.at(heavy_id_).health();
-  EXPECT_EQ(heavy.state(), pb::BREAKER_STATE_OPEN);
-  EXPECT_EQ(heavy.consecutive_failures(), 3);
+  EXPECT_EQ(heavy.state(), pb::BREAKER_STATE_CLOSED) << "5xx are the model's, not the key's";
   EXPECT_EQ(heavy.failures(), 3);
   EXPECT_EQ(heavy.requests(), 3);
+  ASSERT_EQ(heavy.models_size(), 1);
+  const auto& heavy_model = heavy.models(0);
+  EXPECT_EQ(heavy_model.upstream_model(), kUpstreamModel);
+  EXPECT_EQ(heavy_model.state(), pb::BREAKER_STATE_OPEN);
+  EXPECT_EQ(heavy_model.consecutive_failures(), 3);
+  EXPECT_EQ(heavy_model.failures(), 3);
+  EXPECT_EQ(heavy_model.requests(), 3);
   auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
-  EXPECT_GT(heavy.breaker_open_until_ms(), now_ms + 3500 * 1000) << "cooldown 1h";
-  EXPECT_EQ(keys.at(light_id_).health().state(), pb::BREAKER_STATE_CLOSED);
+  EXPECT_GT(heavy_model.breaker_open_until_ms(), now_ms + 3500 * 1000) << "cooldown 1h";
+  EXPECT_EQ(heavy.breaker_open_until_ms(), 0);
+  EXPECT_EQ(keys.at(light_id_).health().models(0).state(), pb::BREAKER_STATE_CLOSED);
 
   for (int i = 0; i < 5; ++i) {
     pb::RouteResponse plan;
@@ -346,7 +456,8 @@ TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
   }
 
   Report(light_id_, pb::OUTCOME_KIND_RATE_LIMITED, 1, 60000);
-  EXPECT_GT(Keys().at(light_id_).health().rate_limited_until_ms(), now_ms + 50000);
+  EXPECT_GT(Keys().at(light_id_).health().models(0).rate_limited_until_ms(), now_ms + 50000);
+  EXPECT_EQ(Keys().at(light_id_).health().rate_limited_until_ms(), 0);
   pb::RouteResponse plan;
   auto status = Route("mini", &plan);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -359,7 +470,11 @@ TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
       text.find("tollgate_router_attempts_total{" + heavy_label + ",outcome=\"server_error\"} 3"),
       std::string::npos)
       << text;
-  EXPECT_NE(text.find("tollgate_router_breaker_state{" + heavy_label + "} 1"), std::string::npos)
+  EXPECT_NE(text.find("tollgate_router_breaker_state{" + heavy_label + "} 0"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("tollgate_router_breaker_state{" + heavy_label + ",upstream_model=\"" +
+                      kUpstreamModel + "\"} 1"),
+            std::string::npos)
       << text;
   EXPECT_NE(text.find("tollgate_router_routes_total{result=\"no_healthy_upstream\"} 1"),
             std::string::npos);

@@ -240,14 +240,14 @@ TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
   EXPECT_EQ(plan.attempts[0].upstream_model, "gpt-4o-mini") << "defaults to the public name";
 
   admin_.UpdateUpstreamKey(k.id, std::nullopt, false, std::nullopt, audit_);
-  EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kNoHealthyUpstream);
+  EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kNoRoute) << "no usable key";
   admin_.UpdateUpstreamKey(k.id, std::nullopt, true, std::string("sk-rotated-0000000000000000"),
                            audit_);
   EXPECT_EQ(pool_.Route("mini").attempts.at(0).api_key, "sk-rotated-0000000000000000");
   admin_.DeleteAlias("mini", audit_);
   EXPECT_EQ(pool_.Route("mini").status, RouteResult::Status::kModelNotFound);
   admin_.DeleteUpstreamKey(k.id, audit_);
-  EXPECT_EQ(pool_.Route("gpt-4o-mini").status, RouteResult::Status::kNoHealthyUpstream);
+  EXPECT_EQ(pool_.Route("gpt-4o-mini").status, RouteResult::Status::kNoRoute);
 
   auto listing = admin_.ListCatalogue();
   ASSERT_EQ(listing.models.size(), 1u);
