@@ -454,7 +454,7 @@ struct HttpServer::Impl {
       req.path = req.target.substr(0, req.target.find('?'));
       req.body = std::move(msg.body());
       req.request_id = AcceptOrMakeRequestId(req.Header("x-request-id"));
-      req.client_ip = peer_ip;
+      req.client_ip = ClientIp(peer_ip, req.headers, options.trusted_proxies);
       req.received = Clock::now();
       const bool keep_alive = msg.keep_alive();
 

@@ -1175,6 +1175,110 @@ TEST_F(EdgeTest, EndlessRequestsKeepMemoryBounded) {
   EXPECT_EQ(Post(port, "/v1/chat/completions", Chat("chat")).status, 200);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The client's address behind a proxy, as auth's IP allowlist and quota's per-IP limit see it.
+
+// Judges every key with auth's own policy code: a key allowed from 203.0.113.0/24 only.
+class AllowlistAuthClient final : public AuthClient {
+ public:
+  AllowlistAuthClient() {
+    principal_.key_id = 7;
+    principal_.user_id = 7;
+    principal_.allowed_cidrs = {"203.0.113.0/24"};
+    auth::ParseNetworks(principal_);
+  }
+  void Authenticate(std::string, std::string client_ip,
+                    std::function<void(AuthResult)> done) override {
+    {
+      std::lock_guard lock(mu_);
+      seen_.push_back(client_ip);
+    }
+    AuthResult result;
+    if (auth::Evaluate(principal_, client_ip, 0) != auth::Verdict::kOk)
+      result.failure = Failure{ErrorCode::kPermissionDenied, "not from " + client_ip};
+    result.principal.api_key_id = "7";
+    result.principal.user_id = "7";
+    result.principal.account_id = "7";
+    done(std::move(result));
+  }
+  std::string last() {
+    std::lock_guard lock(mu_);
+    return seen_.empty() ? "" : seen_.back();
+  }
+
+ private:
+  auth::KeyPrincipal principal_;
+  std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+class RecordingQuotaClient final : public QuotaClient {
+ public:
+  void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) override {
+    {
+      std::lock_guard lock(mu_);
+      last_ = request.client_ip;
+    }
+    done(AdmitResult{});
+  }
+  void Release(std::string) override {}
+  std::string last() {
+    std::lock_guard lock(mu_);
+    return last_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string last_;
+};
+
+TEST_F(EdgeTest, ForwardedClientAddressCountsOnlyFromATrustedPeer) {
+  AllowlistAuthClient auth;
+  RecordingQuotaClient quota;
+  const std::map<std::string, std::string> forwarded = {
+      {"x-forwarded-for", "198.51.100.1, 203.0.113.7"}};
+
+  // Behind a trusted proxy (this test connects from 127.0.0.1).
+  HttpServerOptions behind;
+  behind.threads = 1;
+  behind.trusted_proxies = TrustedProxies::Parse({"127.0.0.0/8", "::1"});
+  auto proxied = StartServer(behind, &auth, &quota);
+  auto ok = Post(proxied->port(), "/v1/chat/completions", Chat("chat"), forwarded);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(auth.last(), "203.0.113.7");
+  EXPECT_EQ(quota.last(), "203.0.113.7");
+  auto rfc7239 = Post(proxied->port(), "/v1/chat/completions", Chat("chat"),
+                      {{"forwarded", "for=\"203.0.113.8:4711\";proto=https"}});
+  EXPECT_EQ(rfc7239.status, 200) << rfc7239.body;
+  EXPECT_EQ(auth.last(), "203.0.113.8");
+  // The proxy itself is not on the key's allowlist.
+  auto direct = Post(proxied->port(), "/v1/chat/completions", Chat("chat"));
+  EXPECT_EQ(direct.status, 403) << direct.body;
+  EXPECT_EQ(auth.last(), "127.0.0.1");
+
+  // The same headers from a peer that is not a trusted proxy are ignored: spoofing gains
+  // nothing.
+  HttpServerOptions elsewhere;
+  elsewhere.threads = 1;
+  elsewhere.trusted_proxies = TrustedProxies::Parse({"10.0.0.0/8"});
+  auto exposed = StartServer(elsewhere, &auth, &quota);
+  auto spoofed = Post(exposed->port(), "/v1/chat/completions", Chat("chat"), forwarded);
+  EXPECT_EQ(spoofed.status, 403) << spoofed.body;
+  EXPECT_EQ(spoofed.json()["error"]["code"], "permission_denied");
+  EXPECT_EQ(auth.last(), "127.0.0.1");
+  EXPECT_EQ(Post(exposed->port(), "/v1/chat/completions", Chat("chat"),
+                 {{"forwarded", "for=203.0.113.7"}})
+                .status,
+            403);
+
+  // And by default nobody is trusted.
+  HttpServerOptions plain;
+  plain.threads = 1;
+  auto server = StartServer(plain, &auth, &quota);
+  EXPECT_EQ(Post(server->port(), "/v1/chat/completions", Chat("chat"), forwarded).status, 403);
+  EXPECT_EQ(auth.last(), "127.0.0.1");
+}
+
 TEST(EdgeRouterDown, RouterUnreachableGives503) {
   prometheus::Registry registry;
   AllowAllAuthClient auth;
