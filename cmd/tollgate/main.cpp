@@ -229,6 +229,7 @@ int main(int argc, char** argv) {
   Config config;
   try {
     config = Config::Load(args.config_path, Config::ProcessEnvironment());
+    tollgate::edge::CheckEdgeConfig(config);
   } catch (const tollgate::ConfigError& e) {
     std::cerr << "tollgate: configuration error: " << e.what() << "\n";
     return 2;

@@ -174,6 +174,11 @@ std::vector<ConfigKey> BuildSchema() {
        false, 1024, 1073741824},
       {"edge.max_header_bytes", T::kInt, "16384", "largest request head accepted (413 above)",
        false, 1024, 1048576},
+      {"edge.trusted_proxies", T::kStringList, "",
+       "networks (CIDRs, IPv4 or IPv6) of the proxies in front of the edge: from a peer inside "
+       "them, the client's address is read from Forwarded (else X-Forwarded-For), right to left "
+       "past trusted hops, for per-IP limits and key IP allowlists; empty: the connection's peer "
+       "is the client"},
       {"edge.client_idle_timeout", T::kDuration, "60s",
        "a keep-alive client connection without a new request is closed after this", false, 100,
        3600000},

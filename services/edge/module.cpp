@@ -2,6 +2,7 @@
 // clients.
 #include "tollgate/edge/module.h"
 
+#include "src/client_ip.h"
 #include "src/grpc_auth_client.h"
 #include "src/grpc_billing_client.h"
 #include "src/grpc_quota_client.h"
@@ -86,6 +87,7 @@ class EdgeModule final : public Module {
     options.threads = static_cast<int>(config.GetInt("edge.threads"));
     options.max_body_bytes = static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
     options.max_header_bytes = static_cast<uint32_t>(config.GetInt("edge.max_header_bytes"));
+    options.trusted_proxies = TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
     options.idle_timeout = config.GetDuration("edge.client_idle_timeout");
     options.read_timeout = config.GetDuration("edge.client_read_timeout");
     options.write_timeout = config.GetDuration("edge.client_write_timeout");
@@ -138,6 +140,10 @@ class EdgeModule final : public Module {
 };
 
 }  // namespace
+
+void CheckEdgeConfig(const Config& config) {
+  TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
+}
 
 std::unique_ptr<Module> MakeEdgeModule(const ModuleDeps& deps) {
   return std::make_unique<EdgeModule>(deps);

@@ -173,13 +173,17 @@ std::optional<Cidr> ParseCidr(std::string_view text, std::string* error) {
   return cidr;
 }
 
-std::string FormatCidr(const Cidr& cidr) {
+std::string FormatIp(const IpAddress& ip) {
   char buf[INET6_ADDRSTRLEN] = {};
-  if (cidr.network.v4)
-    inet_ntop(AF_INET, cidr.network.bytes.data() + 12, buf, sizeof buf);
+  if (ip.v4)
+    inet_ntop(AF_INET, ip.bytes.data() + 12, buf, sizeof buf);
   else
-    inet_ntop(AF_INET6, cidr.network.bytes.data(), buf, sizeof buf);
-  return std::string(buf) + "/" + std::to_string(cidr.prefix);
+    inet_ntop(AF_INET6, ip.bytes.data(), buf, sizeof buf);
+  return buf;
+}
+
+std::string FormatCidr(const Cidr& cidr) {
+  return FormatIp(cidr.network) + "/" + std::to_string(cidr.prefix);
 }
 
 bool Contains(const Cidr& cidr, const IpAddress& ip) {

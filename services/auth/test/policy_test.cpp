@@ -98,6 +98,13 @@ TEST(CidrTest, ParsesIpv4AndIpv6NetworksAndSingleAddresses) {
   EXPECT_TRUE(Contains(*ParseCidr("fe80::/10"), *ParseIp("fe80::1%eth0")));
 }
 
+TEST(CidrTest, FormatIpGivesOneSpellingPerAddress) {
+  EXPECT_EQ(FormatIp(*ParseIp("203.0.113.9")), "203.0.113.9");
+  EXPECT_EQ(FormatIp(*ParseIp("::ffff:203.0.113.9")), "203.0.113.9");
+  EXPECT_EQ(FormatIp(*ParseIp("2001:DB8:0:0::1")), "2001:db8::1");
+  EXPECT_EQ(FormatIp(*ParseIp("2001:db8::1")), FormatIp(*ParseIp("2001:0db8::0001")));
+}
+
 TEST(CidrTest, RefusesMalformedNetworksSayingWhy) {
   std::string error;
   EXPECT_FALSE(ParseCidr("10.0.0.1/8", &error));

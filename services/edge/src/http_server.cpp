@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -33,6 +34,19 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDrainTime = std::chrono::seconds(2);
 constexpr size_t kDrainLimit = 64 * 1024 * 1024;
 
+// Bytes asked of the socket per read. A connection's buffer holds at most the unparsed part of a
+// request (a head up to max_header_bytes, or a chunked body's metadata up to kMaxChunkMetaBytes)
+// plus one read.
+constexpr size_t kReadSize = 64 * 1024;
+// Chunked framing the parser must hold whole before it can act on it: a chunk-size line with its
+// extensions, or the last chunk's line with the trailer section. Beast 1.74 bounds neither, so a
+// line that never ends would grow the buffer until the read timeout.
+constexpr size_t kMaxChunkMetaBytes = 4 * 1024;
+// Our signal for "chunk metadata too long" out of ReadRequest.
+constexpr auto kChunkMetaTooLong = http::error::buffer_overflow;
+
+using RequestParser = http::request_parser<http::string_body>;
+
 tcp::endpoint ParseEndpoint(const std::string& listen) {
   auto colon = listen.rfind(':');
   auto host = listen.substr(0, colon);
@@ -46,6 +60,48 @@ std::string Lower(std::string_view text) {
   std::string out(text);
   for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
+}
+
+// A client's text quoted in an error message: short and printable.
+std::string Quote(std::string_view text) {
+  std::string out(text.substr(0, 64));
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return "'" + out + (text.size() > 64 ? "...'" : "'");
+}
+
+// RFC 9112 framing checks Beast leaves to us, on a parsed head; "" when the head is acceptable.
+// Only `chunked` is accepted as a transfer coding, alone: anything else, or a Transfer-Encoding
+// next to a Content-Length, could be framed differently by a proxy in front of us (request
+// smuggling), so it is refused rather than guessed at.
+std::string FramingError(const RequestParser::value_type& msg) {
+  int hosts = 0, encodings = 0, lengths = 0;
+  std::string_view encoding;
+  for (const auto& field : msg) {
+    switch (field.name()) {
+      case http::field::host:
+        ++hosts;
+        break;
+      case http::field::transfer_encoding:
+        ++encodings;
+        encoding = field.value();
+        break;
+      case http::field::content_length:
+        ++lengths;
+        break;
+      default:
+        break;
+    }
+  }
+  if (hosts > 1) return "The request has more than one Host header.";
+  if (hosts == 0 && msg.version() >= 11) return "An HTTP/1.1 request needs a Host header.";
+  if (encodings == 0) return "";
+  if (msg.version() < 11) return "Transfer-Encoding is not allowed in an HTTP/1.0 request.";
+  if (encodings > 1) return "The request has more than one Transfer-Encoding header.";
+  if (!beast::iequals(encoding, "chunked"))
+    return "Unsupported Transfer-Encoding " + Quote(encoding) + ": only chunked is accepted.";
+  if (lengths > 0) return "A request may not have both Transfer-Encoding and Content-Length.";
+  return "";
 }
 
 // Writes one response on a client connection, whole or as a chunked stream, and watches for the
@@ -247,11 +303,96 @@ struct HttpServer::Impl {
     }
   }
 
+  // Why a request could not be read, as the client is told; nullopt: close without a word
+  // (the client left, or timed out).
+  struct ReadFailure {
+    ErrorCode code;
+    std::string message;
+    std::string route;
+  };
+
+  std::optional<ReadFailure> DescribeReadError(const beast::error_code& ec) const {
+    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset)
+      return std::nullopt;
+    if (ec == http::error::body_limit)
+      return ReadFailure{
+          ErrorCode::kRequestTooLarge,
+          "Request body is too large (limit " + std::to_string(options.max_body_bytes) + " bytes).",
+          "too_large"};
+    if (ec == http::error::header_limit)
+      return ReadFailure{ErrorCode::kRequestTooLarge,
+                         "Request headers are too large (limit " +
+                             std::to_string(options.max_header_bytes) + " bytes).",
+                         "too_large"};
+    if (ec == kChunkMetaTooLong || ec == http::error::bad_chunk_extension)
+      return ReadFailure{ErrorCode::kInvalidRequest,
+                         "A chunk-size line (with its extensions) or the trailer section is "
+                         "malformed or longer than " +
+                             std::to_string(kMaxChunkMetaBytes) + " bytes.",
+                         "malformed"};
+    if (ec == http::error::bad_transfer_encoding || ec == http::error::bad_content_length)
+      return ReadFailure{ErrorCode::kInvalidRequest,
+                         "Invalid Content-Length or Transfer-Encoding (a request may have one "
+                         "Content-Length, or Transfer-Encoding: chunked, not both).",
+                         "malformed"};
+    return ReadFailure{ErrorCode::kInvalidRequest, "Malformed HTTP request.", "malformed"};
+  }
+
+  // Feeds `parser` from `buffer` and the socket until the head (`head_only`) or the rest of the
+  // request is parsed. Beast's own read loop is not used because it grows the buffer for as long
+  // as a chunk-size line or a trailer section has not ended. Here:
+  // - the head's bytes stay within max_header_bytes (else header_limit; the parser checks too);
+  // - the body's bytes on the wire (payload plus chunked framing) stay within max_body_bytes + 1/8
+  //   + kMaxChunkMetaBytes (else body_limit; the payload alone is held to max_body_bytes by the
+  //   parser), so a request cannot be stretched with chunk extensions or tiny chunks;
+  // - an unfinished chunk-size line or trailer section stays within kMaxChunkMetaBytes.
+  // The buffer therefore never holds more than those bounds plus one read.
+  awaitable<beast::error_code> ReadRequest(beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                           RequestParser& parser, bool head_only) {
+    const uint64_t limit =
+        head_only ? options.max_header_bytes
+                  : options.max_body_bytes + options.max_body_bytes / 8 + kMaxChunkMetaBytes;
+    uint64_t wire = 0;
+    beast::error_code ec;
+    for (;;) {
+      if (head_only ? parser.is_header_done() : parser.is_done()) co_return beast::error_code{};
+      if (buffer.size() > 0) {
+        const size_t used = parser.put(buffer.data(), ec);
+        if (ec == http::error::need_more) ec = {};
+        if (ec) co_return ec;
+        buffer.consume(used);
+        wire += used;
+        if (wire > limit) co_return head_only ? http::error::header_limit : http::error::body_limit;
+        if (head_only && !parser.is_header_done() && wire + buffer.size() >= limit)
+          co_return http::error::header_limit;
+        if (used > 0) continue;
+        // Nothing parsed: the buffer ends in an unfinished line.
+        if (!head_only && buffer.size() > kMaxChunkMetaBytes) co_return kChunkMetaTooLong;
+      }
+      const size_t n = co_await stream.async_read_some(buffer.prepare(kReadSize),
+                                                       asio::redirect_error(use_awaitable, ec));
+      if (ec == asio::error::eof) {
+        if (!parser.got_some()) co_return http::error::end_of_stream;
+        parser.put_eof(ec);
+        if (ec) co_return ec;
+        continue;  // complete after all
+      }
+      if (ec) co_return ec;
+      buffer.commit(n);
+    }
+  }
+
   awaitable<void> Session(tcp::socket socket, RequestHandler* handler) {
     beast::error_code ec;
-    std::string client_ip = socket.remote_endpoint(ec).address().to_string();
+    const std::string peer_ip = socket.remote_endpoint(ec).address().to_string();
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    // Extensions are of no use to us; one longer than the metadata bound is refused.
+    auto on_chunk_header = [](std::uint64_t, beast::string_view extensions,
+                              beast::error_code& chunk_ec) {
+      if (extensions.size() > kMaxChunkMetaBytes) chunk_ec = http::error::bad_chunk_extension;
+    };
     for (;;) {
       // Idle: wait for the first byte of the next request.
       if (buffer.size() == 0) {
@@ -261,53 +402,59 @@ struct HttpServer::Impl {
         if (ec) break;  // closed, idle timeout, reset
         buffer.commit(n);
       }
-      http::request_parser<http::string_body> parser;
+      RequestParser parser;
       parser.header_limit(options.max_header_bytes);
       parser.body_limit(options.max_body_bytes);
+      parser.on_chunk_header(on_chunk_header);
       stream.expires_after(options.read_timeout);
-      co_await http::async_read_header(stream, buffer, parser,
-                                       asio::redirect_error(use_awaitable, ec));
+      ec = co_await ReadRequest(stream, buffer, parser, true);
+      std::string framing;
+      if (!ec) framing = FramingError(parser.get());
+      if (!framing.empty()) {
+        co_await Reject(stream, ErrorCode::kInvalidRequest, framing, "malformed");
+        co_return;
+      }
+      HttpRequest req;
+      size_t head_fields = 0;
+      if (!ec) {
+        // The head as handlers see it, taken before the body: trailer fields, which Beast adds
+        // to the same list, never reach them.
+        req.headers.reserve(16);
+        for (const auto& field : parser.get()) {
+          req.headers.emplace_back(Lower(field.name_string()), field.value());
+          ++head_fields;
+        }
+      }
       if (!ec && !parser.is_done()) {
         if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
           http::response<http::empty_body> cont{http::status::continue_, 11};
           co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
         }
-        if (!ec)
-          co_await http::async_read(stream, buffer, parser,
-                                    asio::redirect_error(use_awaitable, ec));
+        if (!ec) {
+          parser.eager(true);
+          ec = co_await ReadRequest(stream, buffer, parser, false);
+        }
+        // Trailers that arrived in one piece escaped ReadRequest's bound; hold them to it too.
+        size_t trailer_bytes = 0, index = 0;
+        for (const auto& field : parser.get())
+          if (index++ >= head_fields)
+            trailer_bytes += field.name_string().size() + field.value().size() + 4;
+        if (!ec && trailer_bytes > kMaxChunkMetaBytes) ec = kChunkMetaTooLong;
       }
-      if (ec == http::error::body_limit) {
-        co_await Reject(stream, ErrorCode::kRequestTooLarge,
-                        "Request body is too large (limit " +
-                            std::to_string(options.max_body_bytes) + " bytes).",
-                        "too_large");
-        co_return;
-      }
-      if (ec == http::error::header_limit) {
-        co_await Reject(stream, ErrorCode::kRequestTooLarge, "Request headers are too large.",
-                        "too_large");
-        co_return;
-      }
-      if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
-          ec == asio::error::eof || ec == asio::error::connection_reset)
-        break;
       if (ec) {
-        co_await Reject(stream, ErrorCode::kInvalidRequest, "Malformed HTTP request.", "malformed");
-        co_return;
+        if (auto failure = DescribeReadError(ec))
+          co_await Reject(stream, failure->code, failure->message, failure->route);
+        break;
       }
 
       ++in_flight;
       auto& msg = parser.get();
-      HttpRequest req;
       req.method = std::string(msg.method_string());
       req.target = std::string(msg.target());
       req.path = req.target.substr(0, req.target.find('?'));
-      req.headers.reserve(16);
-      for (const auto& field : msg)
-        req.headers.emplace_back(Lower(field.name_string()), field.value());
       req.body = std::move(msg.body());
       req.request_id = AcceptOrMakeRequestId(req.Header("x-request-id"));
-      req.client_ip = client_ip;
+      req.client_ip = ClientIp(peer_ip, req.headers, options.trusted_proxies);
       req.received = Clock::now();
       const bool keep_alive = msg.keep_alive();
 

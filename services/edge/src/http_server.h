@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "src/client_ip.h"
 #include "src/http.h"
 
 namespace prometheus {
@@ -21,6 +22,9 @@ struct HttpServerOptions {
   int threads = 0;                            // 0: one per core
   uint64_t max_body_bytes = 4 * 1024 * 1024;  // larger bodies get 413
   uint32_t max_header_bytes = 16 * 1024;      // larger headers get 413 (then the connection closes)
+  // Peers allowed to name the client in Forwarded / X-Forwarded-For (see client_ip.h); empty:
+  // the socket's peer is always the client.
+  TrustedProxies trusted_proxies;
   // A keep-alive connection with no request in sight is closed after this.
   std::chrono::milliseconds idle_timeout{60000};
   // Once a request's first byte arrived, its headers and body must arrive within this.

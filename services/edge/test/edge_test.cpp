@@ -1,9 +1,13 @@
 // The edge's request path in one process: the real HttpServer and proxy, the real
 // GrpcRouterClient talking to a small fake RouterService on 127.0.0.1:0, and the real mock
 // upstream binary (tools/mock_upstream) as the provider.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <prometheus/registry.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <boost/asio.hpp>
@@ -11,10 +15,13 @@
 #include <boost/beast/http.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "src/grpc_router_client.h"
@@ -382,6 +389,21 @@ class EdgeTest : public ::testing::Test {
     server_->Shutdown(Clock::now());
     server_.reset();
     router_client_.reset();
+  }
+
+  // Another server on the fixture's router and billing, with its own options and (optionally)
+  // its own auth and quota clients.
+  std::unique_ptr<HttpServer> StartServer(HttpServerOptions options, AuthClient* auth = nullptr,
+                                          QuotaClient* quota = nullptr) {
+    options.listen = "127.0.0.1:0";
+    auto server = std::make_unique<HttpServer>(
+        options, registry_,
+        MakeProxyHandlers(
+            {},
+            EdgeClients{auth ? *auth : auth_, quota ? *quota : quota_, *router_client_, billing_},
+            registry_));
+    server->Start();
+    return server;
   }
 
   static Json Chat(const std::string& model, bool stream = false) {
@@ -857,6 +879,420 @@ TEST_F(EdgeTest, LastPlanServesWhileTheRouterIsDown) {
   server.Drain(Clock::now() + 1s);
   client.Shutdown();
   server.Shutdown(Clock::now());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw connections, for requests no HTTP library would send. Plain POSIX sockets with deadlines,
+// so a server that misbehaves fails the test instead of hanging it.
+
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+      throw std::runtime_error("connect");
+    timeval one_second{1, 0};  // a send that cannot progress gives up (the server stopped reading)
+    setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &one_second, sizeof one_second);
+  }
+  ~RawConnection() { close(fd_); }
+
+  // False once the server no longer takes bytes (closed, reset, or stalled for a second).
+  bool Send(std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  // Reads until the server closes or `timeout` passes; `closed` tells which, `first` when the
+  // first byte came.
+  std::string ReadAll(std::chrono::milliseconds timeout, bool* closed = nullptr,
+                      Clock::time_point* first = nullptr) {
+    auto end = Clock::now() + timeout;
+    std::string out;
+    char buf[16 * 1024];
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+      ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n > 0 && out.empty() && first) *first = Clock::now();
+      if (n <= 0) {
+        if (closed) *closed = true;
+        return out;
+      }
+      if (out.size() < 1024 * 1024) out.append(buf, static_cast<size_t>(n));
+    }
+    if (closed) *closed = false;
+    return out;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// The first response in `text`: its status and JSON body (content-length framed).
+struct RawReply {
+  int status = 0;
+  Json json;
+  bool closed = false;  // the server closed the connection afterwards
+};
+
+RawReply ParseRaw(const std::string& text, bool closed) {
+  RawReply reply;
+  reply.closed = closed;
+  if (text.rfind("HTTP/1.", 0) != 0 || text.size() < 12) return reply;
+  reply.status = std::stoi(text.substr(9, 3));
+  auto head_end = text.find("\r\n\r\n");
+  if (head_end == std::string::npos) return reply;
+  std::string head = text.substr(0, head_end);
+  for (char& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  size_t length = 0;
+  if (auto at = head.find("content-length:"); at != std::string::npos)
+    length = std::stoul(head.substr(at + 15));
+  reply.json = Json::parse(text.substr(head_end + 4, length), nullptr, false);
+  return reply;
+}
+
+// Sends `bytes` on a fresh connection and reads the answer and the close (3 s at most).
+RawReply SendRaw(int port, const std::string& bytes) {
+  RawConnection conn(port);
+  conn.Send(bytes);
+  bool closed = false;
+  std::string text = conn.ReadAll(3s, &closed);
+  return ParseRaw(text, closed);
+}
+
+void ExpectInvalidRequest(const RawReply& reply, const std::string& what) {
+  EXPECT_EQ(reply.status, 400) << what;
+  EXPECT_EQ(reply.json["error"]["type"], "invalid_request_error") << what;
+  EXPECT_TRUE(reply.json["error"]["param"].is_null()) << what;
+  EXPECT_TRUE(reply.json["error"].contains("code")) << what;
+  EXPECT_FALSE(reply.json["error"]["message"].get<std::string>().empty()) << what;
+  EXPECT_TRUE(reply.closed) << what << ": the connection stays open after a framing error";
+}
+
+TEST_F(EdgeTest, AmbiguousFramingIsRefusedAndTheConnectionClosed) {
+  const std::string post = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n";
+  const std::string body = Chat("chat").dump();
+  const std::string length = "content-length: " + std::to_string(body.size()) + "\r\n";
+  std::stringstream hex;
+  hex << std::hex << body.size();
+  const std::string chunked_body = hex.str() + "\r\n" + body + "\r\n0\r\n\r\n";
+  struct Case {
+    std::string what;
+    std::string bytes;
+  };
+  std::vector<Case> cases = {
+      {"xchunked", post + "transfer-encoding: xchunked\r\n\r\n" + chunked_body},
+      {"gzip", post + "transfer-encoding: gzip\r\n\r\n" + body},
+      {"chunked not last", post + "transfer-encoding: chunked, gzip\r\n\r\n" + chunked_body},
+      {"chunked twice", post + "transfer-encoding: chunked, chunked\r\n\r\n" + chunked_body},
+      {"two lines",
+       post + "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n" + chunked_body},
+      {"gzip with content-length", post + "transfer-encoding: gzip\r\n" + length + "\r\n" + body},
+      {"chunked then content-length",
+       post + "transfer-encoding: chunked\r\n" + length + "\r\n" + chunked_body},
+      {"content-length then chunked",
+       post + length + "transfer-encoding: chunked\r\n\r\n" + chunked_body},
+      {"HTTP/1.0 with transfer-encoding",
+       "POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" +
+           chunked_body},
+      {"no host", "POST /v1/chat/completions HTTP/1.1\r\n" + length + "\r\n" + body},
+      {"two hosts", post + "host: y\r\n" + length + "\r\n" + body},
+      {"two different lengths", post + length + "content-length: 3\r\n\r\n" + body},
+  };
+  for (const auto& c : cases) ExpectInvalidRequest(SendRaw(port_, c.bytes), c.what);
+
+  // What is allowed still works: chunked alone (any case, with an extension and a trailer),
+  // HTTP/1.0 without a Host, and the same request on the same connection afterwards.
+  std::string with_extension =
+      hex.str() + ";name=value\r\n" + body + "\r\n0\r\nx-trailer: t\r\n\r\n";
+  auto chunked = SendRaw(
+      port_, post + "transfer-encoding: Chunked\r\nconnection: close\r\n\r\n" + with_extension);
+  EXPECT_EQ(chunked.status, 200) << chunked.json;
+  auto http10 = SendRaw(port_, "GET /healthz HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(http10.status, 200);
+}
+
+TEST_F(EdgeTest, TrailerFieldsNeverReachTheHandler) {
+  // Trailers are read and dropped: a trailer cannot add an x-request-id (or anything) to the
+  // request the handler sees.
+  RawConnection conn(port_);
+  conn.Send(
+      "GET /v1/models HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+      "\r\n0\r\nx-request-id: from-the-trailer\r\n\r\n");
+  std::string text = conn.ReadAll(3s);
+  EXPECT_EQ(text.rfind("HTTP/1.1 200", 0), 0u) << text;
+  EXPECT_EQ(text.find("from-the-trailer"), std::string::npos) << text;
+}
+
+// A request that must be refused before the read timeout (10 s here), however much the client
+// keeps sending (up to 4 MiB).
+void ExpectPromptRefusal(int port, const std::string& head, const std::string& filler, int status,
+                         const std::string& what, size_t piece = 64 * 1024,
+                         std::chrono::milliseconds pause = 0ms) {
+  RawConnection conn(port);
+  auto t0 = Clock::now();
+  std::thread writer([&] {
+    if (!conn.Send(head)) return;
+    std::string chunk;
+    while (chunk.size() < piece) chunk += filler;
+    for (size_t sent = 0; sent < 4 * 1024 * 1024; sent += chunk.size()) {
+      if (!conn.Send(chunk)) return;
+      if (pause.count() > 0) std::this_thread::sleep_for(pause);
+    }
+  });
+  bool closed = false;
+  Clock::time_point answered = Clock::now() + 1h;
+  std::string text = conn.ReadAll(8s, &closed, &answered);
+  writer.join();
+  double ms = std::chrono::duration<double, std::milli>(answered - t0).count();
+  auto reply = ParseRaw(text, closed);
+  EXPECT_EQ(reply.status, status) << what << ": " << text.substr(0, 200);
+  EXPECT_TRUE(closed) << what;
+  EXPECT_LT(ms, 3000) << what;  // the read timeout is 10 s
+  std::cout << "[ measured ] " << what << ": " << reply.status << " after " << ms << " ms\n";
+}
+
+TEST_F(EdgeTest, OversizedFramingIsRefusedPromptly) {
+  HttpServerOptions options;
+  options.threads = 1;
+  options.max_body_bytes = 64 * 1024;
+  options.max_header_bytes = 8 * 1024;
+  options.read_timeout = 10s;
+  auto server = StartServer(options);
+  const int port = server->port();
+  const std::string chunked =
+      "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+  // A chunk-size line that never ends.
+  ExpectPromptRefusal(port, chunked + "10;", "x", 400, "endless chunk extension");
+  // A whole extension that is too long, in one piece.
+  ExpectInvalidRequest(
+      SendRaw(port, chunked + "1;" + std::string(5000, 'e') + "\r\nx\r\n0\r\n\r\n"),
+      "long chunk extension");
+  // A trailer section that never ends, and one that is too long in one piece.
+  ExpectPromptRefusal(port, chunked + "1\r\nx\r\n0\r\nx-trailer: ", "t", 400, "endless trailer");
+  ExpectInvalidRequest(
+      SendRaw(port, chunked + "1\r\nx\r\n0\r\nx-t: " + std::string(5000, 't') + "\r\n\r\n"),
+      "long trailer");
+  // Many short trailer fields dripped in small pieces.
+  ExpectPromptRefusal(port, chunked + "1\r\nx\r\n0\r\n", "x-t: t\r\n", 400, "dripped trailers", 512,
+                      2ms);
+  // Tiny chunks each carrying a long extension: the payload stays small, the bytes on the wire
+  // do not. The wire bound ends it (413).
+  ExpectPromptRefusal(port, chunked, "1;" + std::string(4000, 'e') + "\r\nx\r\n", 413,
+                      "chunks padded with extensions");
+  // A head that never ends: one endless field, and many short fields dripped in pieces.
+  ExpectPromptRefusal(port, "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: ", "p", 413,
+                      "endless header");
+  ExpectPromptRefusal(port, "GET /v1/models HTTP/1.1\r\nhost: x\r\n", "x-a: b\r\n", 413,
+                      "dripped header fields", 512, 2ms);
+  // A body over the limit, declared or chunked.
+  ExpectPromptRefusal(port,
+                      "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: "
+                      "100000000\r\n\r\n",
+                      "b", 413, "declared large body");
+  ExpectPromptRefusal(port, chunked, "1000\r\n" + std::string(4096, 'b') + "\r\n", 413,
+                      "chunked large body");
+  // And the server still serves.
+  EXPECT_EQ(Post(port, "/v1/chat/completions", Chat("chat")).status, 200);
+}
+
+// VmRSS of this process, in KiB.
+int64_t RssKib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  return -1;
+}
+
+// The attack of issue #15 against the edge in this process: 4 connections each push 64 MiB of a
+// request that never ends (a chunk extension, a trailer, a header), while the read timeout is
+// long. Every one is answered at once, the edge's memory stays flat, and it still serves.
+TEST_F(EdgeTest, EndlessRequestsKeepMemoryBounded) {
+  HttpServerOptions options;  // the production limits: 4 MiB body, 16 KiB head
+  options.threads = 2;
+  options.read_timeout = 20s;
+  auto server = StartServer(options);
+  const int port = server->port();
+  ASSERT_EQ(Post(port, "/v1/chat/completions", Chat("chat")).status, 200);
+
+  const std::string chunked =
+      "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+  struct Attack {
+    std::string what, head;
+    char filler;
+  };
+  const std::vector<Attack> attacks = {
+      {"chunk extension", chunked + "10;", 'x'},
+      {"trailer", chunked + "1\r\nx\r\n0\r\nx-trailer: ", 't'},
+      {"header", "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: ", 'p'},
+      {"chunk extension", chunked + "10;", 'y'},
+  };
+  constexpr size_t kPerConnection = 64 * 1024 * 1024;
+
+  const int64_t before = RssKib();
+  std::atomic<bool> sampling{true};
+  std::atomic<int64_t> peak{before};
+  std::thread sampler([&] {
+    while (sampling) {
+      int64_t now = RssKib();
+      if (now > peak) peak = now;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::vector<std::thread> clients;
+  std::vector<int> statuses(attacks.size());
+  std::vector<double> answer_ms(attacks.size());
+  std::vector<size_t> pushed(attacks.size());
+  auto t0 = Clock::now();
+  for (size_t i = 0; i < attacks.size(); ++i) {
+    clients.emplace_back([&, i] {
+      RawConnection conn(port);
+      std::thread reader([&] {
+        Clock::time_point answered = Clock::now() + 1h;
+        std::string text = conn.ReadAll(15s, nullptr, &answered);
+        answer_ms[i] = std::chrono::duration<double, std::milli>(answered - t0).count();
+        statuses[i] = ParseRaw(text, true).status;
+      });
+      const std::string chunk(64 * 1024, attacks[i].filler);
+      size_t sent = 0;
+      if (conn.Send(attacks[i].head))
+        while (sent < kPerConnection && conn.Send(chunk)) sent += chunk.size();
+      pushed[i] = sent;
+      reader.join();
+    });
+  }
+  for (auto& c : clients) c.join();
+  sampling = false;
+  sampler.join();
+  const double growth_mib = static_cast<double>(peak - before) / 1024.0;
+  size_t total = 0;
+  for (size_t i = 0; i < attacks.size(); ++i) {
+    total += pushed[i];
+    std::cout << "[ measured ] endless " << attacks[i].what << ": " << statuses[i] << " after "
+              << answer_ms[i] << " ms, " << pushed[i] / (1024 * 1024) << " MiB taken\n";
+    EXPECT_TRUE(statuses[i] == 400 || statuses[i] == 413) << attacks[i].what;
+  }
+  std::cout << "[ measured ] " << total / (1024 * 1024) << " MiB pushed over " << attacks.size()
+            << " connections in " << MsSince(t0) << " ms; VmRSS " << before / 1024
+            << " MiB before, peak " << peak / 1024 << " MiB (+" << growth_mib << " MiB)\n";
+  EXPECT_LT(growth_mib, 64.0);
+  // Refused at once, not at the 20 s read timeout.
+  for (double ms : answer_ms) EXPECT_LT(ms, 3000);
+  EXPECT_EQ(Post(port, "/v1/chat/completions", Chat("chat")).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client's address behind a proxy, as auth's IP allowlist and quota's per-IP limit see it.
+
+// Judges every key with auth's own policy code: a key allowed from 203.0.113.0/24 only.
+class AllowlistAuthClient final : public AuthClient {
+ public:
+  AllowlistAuthClient() {
+    principal_.key_id = 7;
+    principal_.user_id = 7;
+    principal_.allowed_cidrs = {"203.0.113.0/24"};
+    auth::ParseNetworks(principal_);
+  }
+  void Authenticate(std::string, std::string client_ip,
+                    std::function<void(AuthResult)> done) override {
+    {
+      std::lock_guard lock(mu_);
+      seen_.push_back(client_ip);
+    }
+    AuthResult result;
+    if (auth::Evaluate(principal_, client_ip, 0) != auth::Verdict::kOk)
+      result.failure = Failure{ErrorCode::kPermissionDenied, "not from " + client_ip};
+    result.principal.api_key_id = "7";
+    result.principal.user_id = "7";
+    result.principal.account_id = "7";
+    done(std::move(result));
+  }
+  std::string last() {
+    std::lock_guard lock(mu_);
+    return seen_.empty() ? "" : seen_.back();
+  }
+
+ private:
+  auth::KeyPrincipal principal_;
+  std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+class RecordingQuotaClient final : public QuotaClient {
+ public:
+  void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) override {
+    {
+      std::lock_guard lock(mu_);
+      last_ = request.client_ip;
+    }
+    done(AdmitResult{});
+  }
+  void Release(std::string) override {}
+  std::string last() {
+    std::lock_guard lock(mu_);
+    return last_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string last_;
+};
+
+TEST_F(EdgeTest, ForwardedClientAddressCountsOnlyFromATrustedPeer) {
+  AllowlistAuthClient auth;
+  RecordingQuotaClient quota;
+  const std::map<std::string, std::string> forwarded = {
+      {"x-forwarded-for", "198.51.100.1, 203.0.113.7"}};
+
+  // Behind a trusted proxy (this test connects from 127.0.0.1).
+  HttpServerOptions behind;
+  behind.threads = 1;
+  behind.trusted_proxies = TrustedProxies::Parse({"127.0.0.0/8", "::1"});
+  auto proxied = StartServer(behind, &auth, &quota);
+  auto ok = Post(proxied->port(), "/v1/chat/completions", Chat("chat"), forwarded);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(auth.last(), "203.0.113.7");
+  EXPECT_EQ(quota.last(), "203.0.113.7");
+  auto rfc7239 = Post(proxied->port(), "/v1/chat/completions", Chat("chat"),
+                      {{"forwarded", "for=\"203.0.113.8:4711\";proto=https"}});
+  EXPECT_EQ(rfc7239.status, 200) << rfc7239.body;
+  EXPECT_EQ(auth.last(), "203.0.113.8");
+  // The proxy itself is not on the key's allowlist.
+  auto direct = Post(proxied->port(), "/v1/chat/completions", Chat("chat"));
+  EXPECT_EQ(direct.status, 403) << direct.body;
+  EXPECT_EQ(auth.last(), "127.0.0.1");
+
+  // The same headers from a peer that is not a trusted proxy are ignored: spoofing gains
+  // nothing.
+  HttpServerOptions elsewhere;
+  elsewhere.threads = 1;
+  elsewhere.trusted_proxies = TrustedProxies::Parse({"10.0.0.0/8"});
+  auto exposed = StartServer(elsewhere, &auth, &quota);
+  auto spoofed = Post(exposed->port(), "/v1/chat/completions", Chat("chat"), forwarded);
+  EXPECT_EQ(spoofed.status, 403) << spoofed.body;
+  EXPECT_EQ(spoofed.json()["error"]["code"], "permission_denied");
+  EXPECT_EQ(auth.last(), "127.0.0.1");
+  EXPECT_EQ(Post(exposed->port(), "/v1/chat/completions", Chat("chat"),
+                 {{"forwarded", "for=203.0.113.7"}})
+                .status,
+            403);
+
+  // And by default nobody is trusted.
+  HttpServerOptions plain;
+  plain.threads = 1;
+  auto server = StartServer(plain, &auth, &quota);
+  EXPECT_EQ(Post(server->port(), "/v1/chat/completions", Chat("chat"), forwarded).status, 403);
+  EXPECT_EQ(auth.last(), "127.0.0.1");
 }
 
 TEST(EdgeRouterDown, RouterUnreachableGives503) {

@@ -63,6 +63,9 @@ struct Cidr {
 };
 
 std::optional<IpAddress> ParseIp(std::string_view text);
+// Canonical text of one address: "10.1.2.3" (an IPv4-mapped address in its IPv4 form),
+// "2001:db8::1" (lower case, zeros compressed), so one address always has one spelling.
+std::string FormatIp(const IpAddress& ip);
 // "10.0.0.0/8", "2001:db8::/32", or one address ("10.1.2.3" = /32, "::1" = /128). Host bits set
 // ("10.0.0.1/8") are an error, as PostgreSQL's cidr type has it; `error` says why.
 std::optional<Cidr> ParseCidr(std::string_view text, std::string* error = nullptr);
