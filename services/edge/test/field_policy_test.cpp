@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "src/openai.h"
+
 namespace tollgate::edge {
 namespace {
 
@@ -134,6 +136,34 @@ TEST(FieldPolicyTest, FieldNames) {
   EXPECT_FALSE(IsFieldName("a,b"));
   EXPECT_FALSE(IsFieldName("\"store\""));
   EXPECT_FALSE(IsFieldName(std::string(65, 'a')));
+}
+
+// The tier billed is the one the upstream says served the request, in the body or in any chunk.
+TEST(AnswerServiceTierTest, ReadFromTheBodyAndFromStreamedChunks) {
+  Usage body = UsageFromBody(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4},)"
+                             R"("service_tier":"priority"})",
+                             nullptr);
+  EXPECT_EQ(body.service_tier, "priority");
+  EXPECT_EQ(UsageFromBody(R"({"choices":[],"usage":{"prompt_tokens":3}})", nullptr).service_tier,
+            "")
+      << "absent: the caller keeps the tier asked for";
+  EXPECT_EQ(UsageFromBody(R"({"service_tier":null})", nullptr).service_tier, "");
+
+  StreamRelay relay(/*client_wants_usage=*/false);
+  SseParser parser;
+  std::vector<SseEvent> events;
+  parser.Feed(
+      "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"service_tier\":\"flex\"}\n\n"
+      "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1},"
+      "\"service_tier\":\"default\"}\n\n"
+      "data: [DONE]\n\n",
+      events);
+  ASSERT_EQ(events.size(), 3u);
+  relay.OnEvent(events[0]);
+  EXPECT_EQ(relay.usage().service_tier, "flex");
+  EXPECT_EQ(relay.OnEvent(events[1]), StreamRelay::Action::kDrop);
+  EXPECT_EQ(relay.usage().service_tier, "default") << "the last word wins";
+  EXPECT_TRUE(relay.usage().present);
 }
 
 }  // namespace
