@@ -78,10 +78,12 @@ std::string Validate(const ConfigKey& spec, const std::string& value, const Orig
     case ConfigType::kString:
       return value;
     case ConfigType::kStringList:
-      if (spec.names)
-        for (const auto& item : SplitList(value))
-          if (!IsName(item))
-            fail("'" + item.substr(0, 64) + "' is not a name (1 to 64 of A-Z a-z 0-9 _ - .)");
+      for (const auto& item : SplitList(value)) {
+        if (spec.names && !IsName(item))
+          fail("'" + item.substr(0, 64) + "' is not a name (1 to 64 of A-Z a-z 0-9 _ - .)");
+        if (std::find(spec.forbidden.begin(), spec.forbidden.end(), item) != spec.forbidden.end())
+          fail("'" + item + "' is not allowed here: " + spec.forbidden_why);
+      }
       return value;
     case ConfigType::kInt: {
       auto v = ParseInt(value);

@@ -104,6 +104,9 @@ TEST(ConfigTest, FieldPolicyListsAreNamesAndAFieldIsEitherStrippedOrRefused) {
   err = LoadError("edge:\n  reject_fields: [\"a b\"]\n");
   EXPECT_NE(err.find("edge.reject_fields"), std::string::npos) << err;
   EXPECT_NE(err.find("not a name"), std::string::npos) << err;
+  err = LoadError("edge:\n  strip_fields: [store, stream_options]\n");
+  EXPECT_NE(err.find("edge.strip_fields"), std::string::npos) << err;
+  EXPECT_NE(err.find("'stream_options' is not allowed here"), std::string::npos) << err;
   err = LoadError("edge:\n  allowed_service_tiers: [\"auto,priority\"]\n");
   EXPECT_NE(err.find("edge.allowed_service_tiers"), std::string::npos) << err;
   try {

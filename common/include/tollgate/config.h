@@ -34,6 +34,9 @@ struct ConfigKey {
   bool names = false;
   // kStringList: another list key that may share no item with this one.
   std::string disjoint_from;
+  // kStringList: items this list may not hold (and why, for the message).
+  std::vector<std::string> forbidden;
+  std::string forbidden_why;
 };
 
 // The schema every binary validates against.
