@@ -26,6 +26,13 @@ std::string Bounded(const std::string& s, size_t max) { return SanitizeText(s, m
 
 constexpr size_t kMaxBody = 1 << 20;  // per body; the edge cuts at edge.store_bodies_max_bytes
 
+// A hold's tier multiplier: the upstream serves the tier asked for or falls back to its default
+// one (OpenAI answers a priority request it cannot serve as default), so the larger of the two
+// keeps the hold at or above the record's cost for the same tokens.
+int64_t HoldTierMultiplier(const std::map<std::string, int64_t>& tiers, const std::string& tier) {
+  return std::max(TierMultiplier(tiers, tier), TierMultiplier(tiers, ""));
+}
+
 }  // namespace
 
 Billing::Billing(BillingRepository& repo, const Clock& clock, BillingOptions options)
@@ -48,18 +55,15 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
       may_block ? std::optional(CachedPrices(input.model, now)) : PeekPrices(input.model, now);
   auto multiplier = may_block ? std::optional(CachedMultiplier(input.user_id, now))
                               : PeekMultiplier(input.user_id, now);
-  auto tiers = may_block ? std::optional(CachedTierMultipliers(now)) : PeekTierMultipliers(now);
-  if (!prices || !multiplier || !tiers) return std::nullopt;
-  // The upstream serves the tier asked for or falls back to its default one (OpenAI answers a
-  // priority request it cannot serve as default): the larger multiplier covers both.
-  const int64_t tier_multiplier =
-      std::max(TierMultiplier(*tiers, input.service_tier), TierMultiplier(*tiers, ""));
+  auto tier_multiplier = may_block ? std::optional(CachedTierMultiplier(input.service_tier, now))
+                                   : PeekTierMultiplier(input.service_tier, now);
+  if (!prices || !multiplier || !tier_multiplier) return std::nullopt;
   // An unpriced model costs nothing, so its hold is 0 (granted unless the account is overdrawn).
   Rates rates;
   if (auto price = SelectPrice(*prices, input.provider, now)) rates = price->rates;
   HoldDecision d;
   d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
-                               *multiplier, tier_multiplier);
+                               *multiplier, *tier_multiplier);
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
   // Not loaded (first hold, or after an admin change on this replica): load, then place.
@@ -118,20 +122,20 @@ std::optional<int64_t> Billing::PeekMultiplier(int64_t user_id, int64_t now) {
   return it->second.value;
 }
 
-std::optional<std::map<std::string, int64_t>> Billing::PeekTierMultipliers(int64_t now) {
+std::optional<int64_t> Billing::PeekTierMultiplier(const std::string& tier, int64_t now) {
   std::lock_guard lock(cache_mu_);
   if (tier_multipliers_.loaded_at_ms == 0 ||
       now - tier_multipliers_.loaded_at_ms >= options_.price_cache_ttl.count())
     return std::nullopt;
-  return tier_multipliers_.value;
+  return HoldTierMultiplier(tier_multipliers_.value, tier);
 }
 
-std::map<std::string, int64_t> Billing::CachedTierMultipliers(int64_t now) {
-  if (auto cached = PeekTierMultipliers(now)) return *cached;
+int64_t Billing::CachedTierMultiplier(const std::string& tier, int64_t now) {
+  if (auto cached = PeekTierMultiplier(tier, now)) return *cached;
   auto tiers = repo_.ServiceTierMultipliers();
   std::lock_guard lock(cache_mu_);
   tier_multipliers_ = {tiers, std::max<int64_t>(now, 1)};
-  return tiers;
+  return HoldTierMultiplier(tiers, tier);
 }
 
 std::vector<PriceRecord> Billing::CachedPrices(const std::string& model, int64_t now) {

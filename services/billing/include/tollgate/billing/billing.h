@@ -116,8 +116,9 @@ class Billing final {
   int64_t CachedMultiplier(int64_t user_id, int64_t now);
   std::optional<std::vector<PriceRecord>> PeekPrices(const std::string& model, int64_t now);
   std::optional<int64_t> PeekMultiplier(int64_t user_id, int64_t now);
-  std::map<std::string, int64_t> CachedTierMultipliers(int64_t now);
-  std::optional<std::map<std::string, int64_t>> PeekTierMultipliers(int64_t now);
+  // The multiplier a hold for `tier` is priced with (see HoldInput::service_tier).
+  int64_t CachedTierMultiplier(const std::string& tier, int64_t now);
+  std::optional<int64_t> PeekTierMultiplier(const std::string& tier, int64_t now);
   std::optional<HoldDecision> Decide(const HoldInput& input, bool may_block);
   void LoadAccounts(const std::vector<int64_t>& users);
 
