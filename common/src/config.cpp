@@ -33,6 +33,23 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
+// A list value (items separated by kListSep), trimmed, empty items dropped.
+std::vector<std::string> SplitList(const std::string& value) {
+  std::vector<std::string> out;
+  std::stringstream ss(value);
+  for (std::string item; std::getline(ss, item, kListSep);) {
+    item = Trim(item);
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+bool IsName(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-' || c == '.';
+  });
+}
+
 std::optional<int64_t> ParseInt(std::string_view text) {
   int64_t v = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -59,7 +76,14 @@ std::string Validate(const ConfigKey& spec, const std::string& value, const Orig
   };
   switch (spec.type) {
     case ConfigType::kString:
+      return value;
     case ConfigType::kStringList:
+      for (const auto& item : SplitList(value)) {
+        if (spec.names && !IsName(item))
+          fail("'" + item.substr(0, 64) + "' is not a name (1 to 64 of A-Z a-z 0-9 _ - .)");
+        if (std::find(spec.forbidden.begin(), spec.forbidden.end(), item) != spec.forbidden.end())
+          fail("'" + item + "' is not allowed here: " + spec.forbidden_why);
+      }
       return value;
     case ConfigType::kInt: {
       auto v = ParseInt(value);
@@ -273,6 +297,14 @@ Config Config::Load(const std::string& path, const Environment& env,
     config.values_[base] = Validate(*by_key[base], ReadSecretFile(config.values_[key], base),
                                     {"file " + config.values_[key]});
   }
+  for (const auto& spec : schema) {
+    if (spec.disjoint_from.empty() || !config.values_.count(spec.disjoint_from)) continue;
+    const auto other = SplitList(config.values_[spec.disjoint_from]);
+    for (const auto& item : SplitList(config.values_[spec.key]))
+      if (std::find(other.begin(), other.end(), item) != other.end())
+        throw ConfigError("invalid value for " + spec.key + ": '" + item + "' is also in " +
+                          spec.disjoint_from + "; an item may be in only one of them");
+  }
   return config;
 }
 
@@ -301,13 +333,7 @@ std::chrono::milliseconds Config::GetDuration(std::string_view key) const {
 }
 
 std::vector<std::string> Config::GetList(std::string_view key) const {
-  std::vector<std::string> out;
-  std::stringstream ss(Raw(key, ConfigType::kStringList));
-  for (std::string item; std::getline(ss, item, kListSep);) {
-    item = Trim(item);
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
+  return SplitList(Raw(key, ConfigType::kStringList));
 }
 
 void Config::Set(std::string_view key, std::string value) {

@@ -170,6 +170,42 @@ std::vector<ConfigKey> BuildSchema() {
        "for API keys with store_bodies: each of the request and the response body is kept up to "
        "this many bytes (secrets redacted) with the usage record in billing",
        false, 1024, 1048576},
+      // What a client may ask of the operator's upstream account
+      // (services/edge/src/field_policy.h).
+      {"edge.strip_fields",
+       T::kStringList,
+       "store",
+       "top-level request body fields removed before the body goes upstream (`store`: nothing is "
+       "kept in the operator's upstream account unless the operator allows it); not `model`, "
+       "`stream` or `stream_options`",
+       false,
+       INT64_MIN,
+       INT64_MAX,
+       {},
+       true,
+       "edge.reject_fields",
+       {"model", "stream", "stream_options"},
+       "the edge reads it itself (it can be refused instead)"},
+      {"edge.reject_fields",
+       T::kStringList,
+       "",
+       "top-level request body fields a request may not carry (400 invalid_request_error, param = "
+       "the field); a field is either stripped or refused",
+       false,
+       INT64_MIN,
+       INT64_MAX,
+       {},
+       true},
+      {"edge.allowed_service_tiers",
+       T::kStringList,
+       "auto,default",
+       "`service_tier` values a request may ask for (others: 400, param service_tier); other tiers "
+       "than auto/default are priced by billing's service tier multipliers",
+       false,
+       INT64_MIN,
+       INT64_MAX,
+       {},
+       true},
       {"edge.max_body_bytes", T::kInt, "4194304", "largest request body accepted (413 above)",
        false, 1024, 1073741824},
       {"edge.max_header_bytes", T::kInt, "16384", "largest request head accepted (413 above)",

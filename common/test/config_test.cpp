@@ -80,6 +80,45 @@ TEST(ConfigTest, RejectsMalformedValuesNamingTheKey) {
   EXPECT_NE(err.find("not valid YAML"), std::string::npos) << err;
 }
 
+TEST(ConfigTest, FieldPolicyListsAreNamesAndAFieldIsEitherStrippedOrRefused) {
+  Config defaults = Config::Load("", {});
+  EXPECT_EQ(defaults.GetList("edge.strip_fields"), std::vector<std::string>{"store"});
+  EXPECT_TRUE(defaults.GetList("edge.reject_fields").empty());
+  EXPECT_EQ(defaults.GetList("edge.allowed_service_tiers"),
+            (std::vector<std::string>{"auto", "default"}));
+  TempFile yaml(
+      "edge:\n  reject_fields: [user, prediction]\n  strip_fields: []\n"
+      "  allowed_service_tiers: [auto, default, priority]\n");
+  Config c = Config::Load(yaml.path(), {});
+  EXPECT_EQ(c.GetList("edge.reject_fields"), (std::vector<std::string>{"user", "prediction"}));
+  EXPECT_TRUE(c.GetList("edge.strip_fields").empty());
+  EXPECT_EQ(c.GetList("edge.allowed_service_tiers").back(), "priority");
+  Config env = Config::Load("", {{"TOLLGATE_EDGE__REJECT_FIELDS", "user,prediction"},
+                                 {"TOLLGATE_EDGE__STRIP_FIELDS", ""}});
+  EXPECT_EQ(env.GetList("edge.reject_fields"), (std::vector<std::string>{"user", "prediction"}));
+  EXPECT_TRUE(env.GetList("edge.strip_fields").empty());
+
+  std::string err = LoadError("edge:\n  reject_fields: [store, user]\n");
+  EXPECT_NE(err.find("edge.strip_fields"), std::string::npos) << err;
+  EXPECT_NE(err.find("'store' is also in edge.reject_fields"), std::string::npos) << err;
+  err = LoadError("edge:\n  reject_fields: [\"a b\"]\n");
+  EXPECT_NE(err.find("edge.reject_fields"), std::string::npos) << err;
+  EXPECT_NE(err.find("not a name"), std::string::npos) << err;
+  err = LoadError("edge:\n  strip_fields: [store, stream_options]\n");
+  EXPECT_NE(err.find("edge.strip_fields"), std::string::npos) << err;
+  EXPECT_NE(err.find("'stream_options' is not allowed here"), std::string::npos) << err;
+  err = LoadError("edge:\n  allowed_service_tiers: [\"auto,priority\"]\n");
+  EXPECT_NE(err.find("edge.allowed_service_tiers"), std::string::npos) << err;
+  try {
+    Config::Load("", {{"TOLLGATE_EDGE__STRIP_FIELDS", "store,user"},
+                      {"TOLLGATE_EDGE__REJECT_FIELDS", "user"}});
+    FAIL() << "a field both stripped and refused accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'user' is also in edge.reject_fields"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(ConfigTest, EnvironmentOverridesAndUnknownVariablesAreRejected) {
   Config c = Config::Load("", {{"TOLLGATE_EDGE__LISTEN", "127.0.0.1:1"},
                                {"TOLLGATE_EDGE__QUOTA_TARGETS", "q0:1,q1:2"},

@@ -25,6 +25,12 @@ class EdgeModule final : public Module {
 
   void Start() override {
     const Config& config = deps_.config;
+    // Checked before anything starts: a bad policy stops the edge with the key named.
+    FieldPolicyOptions fields;
+    fields.strip_fields = config.GetList("edge.strip_fields");
+    fields.reject_fields = config.GetList("edge.reject_fields");
+    fields.allowed_service_tiers = config.GetList("edge.allowed_service_tiers");
+    if (auto bad = FieldPolicy::Check(fields)) throw ConfigError(*bad);
     GrpcRouterClientOptions router;
     router.target = config.GetString("edge.router_target");
     router.timeout = config.GetDuration("edge.grpc_timeout");
@@ -73,6 +79,7 @@ class EdgeModule final : public Module {
     proxy.default_max_tokens = config.GetInt("edge.quota_default_max_tokens");
     proxy.store_bodies_max_bytes =
         static_cast<size_t>(config.GetInt("edge.store_bodies_max_bytes"));
+    proxy.fields = std::move(fields);
     proxy.upstream.connect = config.GetDuration("edge.upstream.connect_timeout");
     proxy.upstream.first_byte = config.GetDuration("edge.upstream.first_byte_timeout");
     proxy.upstream.idle = config.GetDuration("edge.upstream.idle_timeout");

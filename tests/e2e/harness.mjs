@@ -17,6 +17,7 @@
 //   suite.pidOf('billing')   the pid of that target's process (null if none)
 //   await suite.kill9('billing')    SIGKILL it and wait until it is gone
 //   await suite.restart('billing')  scripts/run.sh restart billing: start it, wait for its health
+//   await suite.restart('edge', { env: { TOLLGATE_EDGE__X: 'y' } })  with more config from now on
 //
 // Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
 // Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir;
@@ -255,9 +256,13 @@ function makeSuite(stateDir, ports, env, split = false) {
       return pid;
     },
 
-    /** Split mode: scripts/run.sh restart TARGET (starts it and waits for its health); returns the new pid. */
-    async restart(target) {
+    /**
+     * Split mode: scripts/run.sh restart TARGET (starts it and waits for its health); returns the new pid.
+     * `env` adds variables (TOLLGATE_* config overrides) to the suite's environment for this and later starts.
+     */
+    async restart(target, { env: extra = {} } = {}) {
       if (!split) throw new Error('restart needs startSuite({ split: true })');
+      Object.assign(env, extra);
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'restart', target],
         { env, timeoutMs: UP_TIMEOUT_MS });
       if (r.code !== 0) throw new Error(`run.sh restart ${target} (${r.code}):\n${r.stdout}\n${r.stderr}\n${suite.logTail()}`);

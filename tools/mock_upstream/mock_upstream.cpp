@@ -79,6 +79,28 @@ ApiError BadRequest(std::string message, std::optional<std::string> param) {
   return error;
 }
 
+// The tier a chat answer reports for the request's service_tier, as OpenAI does: absent, null or
+// "auto" are served by the project's tier ("default" here), "fast" is reported as "priority",
+// the other tiers as asked; anything else is a 400.
+bool AnsweredServiceTier(const Json& body, std::string* tier, ApiError* error) {
+  *tier = "default";
+  auto it = body.find("service_tier");
+  if (it == body.end() || it->is_null()) return true;
+  static constexpr std::string_view kTiers[] = {"auto",  "default",  "flex",
+                                                "scale", "priority", "fast"};
+  if (!it->is_string() || std::find(std::begin(kTiers), std::end(kTiers),
+                                    it->get_ref<const std::string&>()) == std::end(kTiers)) {
+    *error = BadRequest(
+        "Invalid value for 'service_tier': expected one of auto, default, flex, scale, priority "
+        "or fast.",
+        "service_tier");
+    return false;
+  }
+  const std::string& asked = it->get_ref<const std::string&>();
+  *tier = asked == "auto" ? "default" : asked == "fast" ? "priority" : asked;
+  return true;
+}
+
 // Reads an optional integer field in [lo, hi]; false (with *error) when present but invalid.
 bool OptionalInt(const Json& body, const char* name, int64_t lo, int64_t hi,
                  std::optional<int64_t>* value, ApiError* error) {
@@ -536,6 +558,8 @@ std::optional<Completion> Completion::Plan(CompletionKind kind, const Json& body
       !OptionalBool(body, "stream", &c.stream_, error)) {
     return std::nullopt;
   }
+  if (kind == CompletionKind::kChat && !AnsweredServiceTier(body, &c.service_tier_, error))
+    return std::nullopt;
   auto stream_options = body.find("stream_options");
   if (stream_options != body.end() && stream_options->is_object() &&
       !OptionalBool(*stream_options, "include_usage", &c.include_usage_, error)) {
@@ -655,7 +679,10 @@ std::optional<Completion> Completion::Plan(CompletionKind kind, const Json& body
     AppendInt(c.event_prefix_, c.created_);
     c.event_prefix_ += ",\"model\":";
     AppendJsonString(c.event_prefix_, c.model_);
-    if (kind == CompletionKind::kChat) c.event_prefix_ += ",\"service_tier\":\"default\"";
+    if (kind == CompletionKind::kChat) {
+      c.event_prefix_ += ",\"service_tier\":";
+      AppendJsonString(c.event_prefix_, c.service_tier_);
+    }
     c.event_prefix_ += ",\"system_fingerprint\":\"fp_mock\",\"choices\":[";
     c.phase_ = kind == CompletionKind::kChat ? Phase::kRole : Phase::kContent;
   }
@@ -718,7 +745,10 @@ void Completion::AppendJson(std::string& out) const {
   }
   out += "],";
   AppendUsage(out);
-  if (chat) out += ",\"service_tier\":\"default\"";
+  if (chat) {
+    out += ",\"service_tier\":";
+    AppendJsonString(out, service_tier_);
+  }
   out += ",\"system_fingerprint\":\"fp_mock\"}";
 }
 

@@ -120,7 +120,8 @@ class Completion final {
   int32_t prompt_tokens_ = 0;
   bool stream_ = false;
   bool include_usage_ = false;
-  std::string event_prefix_;  // every chunk's JSON up to "choices":[
+  std::string service_tier_ = "default";  // as chat answers report it (AnsweredServiceTier)
+  std::string event_prefix_;              // every chunk's JSON up to "choices":[
   Phase phase_ = Phase::kRole;
   size_t step_ = 0;
   size_t steps_ = 0;

@@ -30,6 +30,13 @@ struct ConfigKey {
   int64_t min = INT64_MIN;
   int64_t max = INT64_MAX;
   std::vector<std::string> choices;  // for kEnum
+  // kStringList: every item must be a name (1 to 64 of A-Z a-z 0-9 _ - .), e.g. a JSON field.
+  bool names = false;
+  // kStringList: another list key that may share no item with this one.
+  std::string disjoint_from;
+  // kStringList: items this list may not hold (and why, for the message).
+  std::vector<std::string> forbidden;
+  std::string forbidden_why;
 };
 
 // The schema every binary validates against.

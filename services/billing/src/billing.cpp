@@ -1,6 +1,7 @@
 #include "tollgate/billing/billing.h"
 
 #include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 
 #include "tollgate/redact.h"
@@ -25,6 +26,13 @@ std::string Bounded(const std::string& s, size_t max) { return SanitizeText(s, m
 
 constexpr size_t kMaxBody = 1 << 20;  // per body; the edge cuts at edge.store_bodies_max_bytes
 
+// A hold's tier multiplier: the upstream serves the tier asked for or falls back to its default
+// one (OpenAI answers a priority request it cannot serve as default), so the larger of the two
+// keeps the hold at or above the record's cost for the same tokens.
+int64_t HoldTierMultiplier(const std::map<std::string, int64_t>& tiers, const std::string& tier) {
+  return std::max(TierMultiplier(tiers, tier), TierMultiplier(tiers, ""));
+}
+
 }  // namespace
 
 Billing::Billing(BillingRepository& repo, const Clock& clock, BillingOptions options)
@@ -47,13 +55,15 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
       may_block ? std::optional(CachedPrices(input.model, now)) : PeekPrices(input.model, now);
   auto multiplier = may_block ? std::optional(CachedMultiplier(input.user_id, now))
                               : PeekMultiplier(input.user_id, now);
-  if (!prices || !multiplier) return std::nullopt;
+  auto tier_multiplier = may_block ? std::optional(CachedTierMultiplier(input.service_tier, now))
+                                   : PeekTierMultiplier(input.service_tier, now);
+  if (!prices || !multiplier || !tier_multiplier) return std::nullopt;
   // An unpriced model costs nothing, so its hold is 0 (granted unless the account is overdrawn).
   Rates rates;
   if (auto price = SelectPrice(*prices, input.provider, now)) rates = price->rates;
   HoldDecision d;
-  d.amount_micros =
-      HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens, *multiplier);
+  d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
+                               *multiplier, *tier_multiplier);
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
   // Not loaded (first hold, or after an admin change on this replica): load, then place.
@@ -112,6 +122,22 @@ std::optional<int64_t> Billing::PeekMultiplier(int64_t user_id, int64_t now) {
   return it->second.value;
 }
 
+std::optional<int64_t> Billing::PeekTierMultiplier(const std::string& tier, int64_t now) {
+  std::lock_guard lock(cache_mu_);
+  if (tier_multipliers_.loaded_at_ms == 0 ||
+      now - tier_multipliers_.loaded_at_ms >= options_.price_cache_ttl.count())
+    return std::nullopt;
+  return HoldTierMultiplier(tier_multipliers_.value, tier);
+}
+
+int64_t Billing::CachedTierMultiplier(const std::string& tier, int64_t now) {
+  if (auto cached = PeekTierMultiplier(tier, now)) return *cached;
+  auto tiers = repo_.ServiceTierMultipliers();
+  std::lock_guard lock(cache_mu_);
+  tier_multipliers_ = {tiers, std::max<int64_t>(now, 1)};
+  return HoldTierMultiplier(tiers, tier);
+}
+
 std::vector<PriceRecord> Billing::CachedPrices(const std::string& model, int64_t now) {
   {
     std::lock_guard lock(cache_mu_);
@@ -152,6 +178,7 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
     r.model = Bounded(r.model, 256);
     r.upstream_model = Bounded(r.upstream_model, 256);
     r.provider = Bounded(r.provider, 256);
+    r.service_tier = Bounded(r.service_tier, 64);
     r.client_ip = Bounded(r.client_ip, 64);
     bool cut_request = false;
     bool cut_response = false;
@@ -233,6 +260,33 @@ void Billing::SetMultiplier(const std::string& actor, int64_t user_id, int64_t m
                       Audit(actor, "set_multiplier", UserTarget(user_id), details.dump()));
   std::lock_guard lock(cache_mu_);
   multipliers_.erase(user_id);
+}
+
+ServiceTierMultiplier Billing::SetServiceTierMultiplier(const std::string& actor,
+                                                        const std::string& tier,
+                                                        int64_t multiplier_ppm) {
+  Require(!tier.empty() && tier.size() <= 64 &&
+              std::all_of(tier.begin(), tier.end(),
+                          [](unsigned char c) {
+                            return std::isalnum(c) || c == '_' || c == '-' || c == '.';
+                          }),
+          "tier is a service_tier name as the upstream reports it (1 to 64 of A-Z a-z 0-9 _ - .)");
+  Require(multiplier_ppm > 0 && multiplier_ppm <= kMaxServiceTierMultiplierPpm,
+          "multiplier_ppm must be from 1 to " + std::to_string(kMaxServiceTierMultiplierPpm) +
+              " (1000000 is x1)");
+  ServiceTierMultiplier m{tier, multiplier_ppm};
+  nlohmann::json details = {{"tier", tier}, {"multiplier_ppm", multiplier_ppm}};
+  repo_.SetServiceTierMultiplier(
+      m, Audit(actor, "set_service_tier_multiplier", "service_tier:" + tier, details.dump()));
+  std::lock_guard lock(cache_mu_);
+  tier_multipliers_.loaded_at_ms = 0;  // this replica's next hold reads the new multiplier
+  return m;
+}
+
+std::vector<ServiceTierMultiplier> Billing::ListServiceTierMultipliers() {
+  std::vector<ServiceTierMultiplier> out;
+  for (const auto& [tier, ppm] : repo_.ServiceTierMultipliers()) out.push_back({tier, ppm});
+  return out;
 }
 
 Account Billing::CreateAccount(const std::string& actor, int64_t user_id,

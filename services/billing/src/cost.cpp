@@ -41,9 +41,15 @@ int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
+// The largest product below fits: 2 * max tokens * max price, times both multipliers.
+static_assert(static_cast<U128>(2) * kMaxTokens * kMaxPriceMicros <=
+                  ~static_cast<U128>(0) / kMaxMultiplierPpm / kMaxServiceTierMultiplierPpm,
+              "cost bounds overflow 128 bits");
+
 }  // namespace
 
-int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm) {
+int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm,
+                   int64_t tier_multiplier_ppm) {
   const U128 prompt = Clamp(tokens.prompt, kMaxTokens);
   const U128 cached = std::min<U128>(Clamp(tokens.cached, kMaxTokens), prompt);
   const U128 completion = Clamp(tokens.completion, kMaxTokens);
@@ -51,14 +57,30 @@ int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multip
   const U128 out = Clamp(rates.output_micros_per_mtok, kMaxPriceMicros);
   const U128 cached_in = Clamp(rates.cached_input_micros_per_mtok, kMaxPriceMicros);
   const U128 mult = Clamp(multiplier_ppm, kMaxMultiplierPpm);
-  // At most 3 * 1e9 * 1e12 * 1e9 = 3e30 < 2^128: exact.
-  const U128 scaled = ((prompt - cached) * in + cached * cached_in + completion * out) * mult;
-  return CeilDiv(scaled, static_cast<U128>(kTokensPerPrice) * kMultiplierOne);
+  const U128 tier = Clamp(tier_multiplier_ppm, kMaxServiceTierMultiplierPpm);
+  // (P - C) * in + C * cached_in <= P * 1e12, so the sum is at most 2e21; times both
+  // multipliers at most 2e38 < 2^128 (static_assert above): exact.
+  const U128 scaled =
+      ((prompt - cached) * in + cached * cached_in + completion * out) * mult * tier;
+  return CeilDiv(scaled, static_cast<U128>(kTokensPerPrice) * kMultiplierOne * kMultiplierOne);
 }
 
 int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
-                   int64_t max_completion_tokens, int64_t multiplier_ppm) {
-  return CostMicros(rates, {estimated_prompt_tokens, max_completion_tokens, 0}, multiplier_ppm);
+                   int64_t max_completion_tokens, int64_t multiplier_ppm,
+                   int64_t tier_multiplier_ppm) {
+  return CostMicros(rates, {estimated_prompt_tokens, max_completion_tokens, 0}, multiplier_ppm,
+                    tier_multiplier_ppm);
+}
+
+std::string PricingTier(const std::string& tier) {
+  if (tier.empty()) return "default";
+  if (tier == "fast") return "priority";
+  return tier;
+}
+
+int64_t TierMultiplier(const std::map<std::string, int64_t>& multipliers, const std::string& tier) {
+  auto it = multipliers.find(PricingTier(tier));
+  return it == multipliers.end() ? kMultiplierOne : it->second;
 }
 
 std::optional<PriceRecord> SelectPrice(const std::vector<PriceRecord>& prices,

@@ -63,6 +63,11 @@ void Fill(const Account& a, pb::Account* out) {
   out->set_multiplier_ppm(a.multiplier_ppm);
 }
 
+void Fill(const ServiceTierMultiplier& m, pb::ServiceTierMultiplier* out) {
+  out->set_tier(m.tier);
+  out->set_multiplier_ppm(m.multiplier_ppm);
+}
+
 void Fill(const ReportRow& r, pb::UsageReportRow* out) {
   if (r.day) out->set_day(DayString(*r.day));
   if (r.user_id) out->set_user_id(*r.user_id);
@@ -88,6 +93,7 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.tokens = {r.prompt_tokens(), r.completion_tokens(), r.cached_tokens()};
   u.usage_estimated = r.usage_estimated();
   u.streamed = r.streamed();
+  u.service_tier = r.service_tier();
   u.status = r.status();
   u.latency_ms = r.latency_ms();
   u.client_disconnected = r.client_disconnected();
@@ -117,6 +123,7 @@ void Fill(const RecordRow& row, pb::StoredUsageRecord* out) {
   r->set_cached_tokens(u.tokens.cached);
   r->set_usage_estimated(u.usage_estimated);
   r->set_streamed(u.streamed);
+  r->set_service_tier(u.service_tier);
   r->set_status(u.status);
   r->set_latency_ms(u.latency_ms);
   r->set_client_disconnected(u.client_disconnected);
@@ -148,6 +155,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     in.provider = request->provider();
     in.estimated_prompt_tokens = request->estimated_prompt_tokens();
     in.max_completion_tokens = request->max_completion_tokens();
+    in.service_tier = request->service_tier();
     auto answer = [this, response](const HoldDecision& d) {
       metrics_.CountHold(d.granted);
       if (!d.granted)
@@ -295,6 +303,25 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
                                           pb::SetMultiplierResponse*) override {
     return Admin(context, "SetMultiplier", [=, this, actor = AuditActor(*context)] {
       deps_.billing.SetMultiplier(actor, request->user_id(), request->multiplier_ppm());
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetServiceTierMultiplier(
+      grpc::CallbackServerContext* context, const pb::SetServiceTierMultiplierRequest* request,
+      pb::SetServiceTierMultiplierResponse* response) override {
+    return Admin(context, "SetServiceTierMultiplier", [=, this, actor = AuditActor(*context)] {
+      Fill(
+          deps_.billing.SetServiceTierMultiplier(actor, request->tier(), request->multiplier_ppm()),
+          response->mutable_multiplier());
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListServiceTierMultipliers(
+      grpc::CallbackServerContext* context, const pb::ListServiceTierMultipliersRequest*,
+      pb::ListServiceTierMultipliersResponse* response) override {
+    return Admin(context, "ListServiceTierMultipliers", [=, this] {
+      for (const auto& m : deps_.billing.ListServiceTierMultipliers())
+        Fill(m, response->add_multipliers());
     });
   }
 

@@ -55,6 +55,13 @@ int64_t LoadMultiplier(pqxx::transaction_base& tx, int64_t user_id) {
   return rows.empty() ? kMultiplierOne : rows[0][0].as<int64_t>();
 }
 
+std::map<std::string, int64_t> LoadTierMultipliers(pqxx::transaction_base& tx) {
+  std::map<std::string, int64_t> out;
+  for (const auto& row : tx.exec("SELECT tier, multiplier_ppm FROM service_tier_multipliers"))
+    out[row[0].as<std::string>()] = row[1].as<int64_t>();
+  return out;
+}
+
 struct DailyKey {
   int64_t day;
   int64_t user_id;
@@ -161,6 +168,26 @@ void PgBillingRepository::SetMultiplier(int64_t user_id, int64_t multiplier_ppm,
         "INSERT INTO multipliers (user_id, multiplier_ppm) VALUES ($1, $2) "
         "ON CONFLICT (user_id) DO UPDATE SET multiplier_ppm = EXCLUDED.multiplier_ppm",
         user_id, multiplier_ppm);
+    WriteAudit(tx, audit);
+    tx.commit();
+  });
+}
+
+std::map<std::string, int64_t> PgBillingRepository::ServiceTierMultipliers() {
+  return pool_.Run([&](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    return LoadTierMultipliers(tx);
+  });
+}
+
+void PgBillingRepository::SetServiceTierMultiplier(const ServiceTierMultiplier& m,
+                                                   const AuditEntry& audit) {
+  pool_.Run([&](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    tx.exec_params(
+        "INSERT INTO service_tier_multipliers (tier, multiplier_ppm) VALUES ($1, $2) "
+        "ON CONFLICT (tier) DO UPDATE SET multiplier_ppm = EXCLUDED.multiplier_ppm",
+        m.tier, m.multiplier_ppm);
     WriteAudit(tx, audit);
     tx.commit();
   });
@@ -333,15 +360,17 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                           pqxx::prepare::make_dynamic_params(params)))
         multipliers[row[0].as<int64_t>()] = row[1].as<int64_t>();
     }
+    const std::map<std::string, int64_t> tiers = LoadTierMultipliers(tx);
     std::vector<int64_t> costs(records.size(), 0);
     std::map<int64_t, int64_t> charges;  // user -> cost
     std::vector<size_t> with_bodies;     // stored records whose key keeps bodies
     std::map<DailyKey, DailySum> daily;
     static const std::vector<const char*> kCasts = {
-        "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
-        "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
-        "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT"};
-    constexpr size_t kChunk = 1000;  // 23 parameters a row; PostgreSQL allows 65535
+        "TEXT",    "BIGINT",  "BIGINT",  "TEXT",   "TEXT",    "BIGINT",  "TEXT",
+        "BIGINT",  "BIGINT",  "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT",
+        "BOOLEAN", "BOOLEAN", "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",
+        "BIGINT",  "BIGINT",  "TEXT",    "BIGINT"};
+    constexpr size_t kChunk = 1000;  // 25 parameters a row; PostgreSQL allows 65535
     for (size_t from = 0; from < unique.size(); from += kChunk) {
       const size_t to = std::min(unique.size(), from + kChunk);
       std::vector<std::string> params;
@@ -355,7 +384,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         auto p = prices.find(r.model);
         auto price =
             p == prices.end() ? std::nullopt : SelectPrice(p->second, r.provider, r.started_at_ms);
-        costs[i] = price ? CostMicros(price->rates, r.tokens, multiplier) : 0;
+        const int64_t tier_multiplier = TierMultiplier(tiers, r.service_tier);
+        costs[i] = price ? CostMicros(price->rates, r.tokens, multiplier, tier_multiplier) : 0;
         for (std::string v : {r.request_id,
                               std::to_string(r.user_id),
                               std::to_string(r.api_key_id),
@@ -378,7 +408,9 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                               std::to_string(r.attempts),
                               r.client_ip,
                               std::to_string(r.started_at_ms),
-                              std::to_string(r.finished_at_ms)})
+                              std::to_string(r.finished_at_ms),
+                              r.service_tier,
+                              std::to_string(tier_multiplier)})
           params.push_back(std::move(v));
       }
       // One statement per chunk; a request delivered before conflicts and is skipped.
@@ -388,18 +420,18 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                "upstream_model, upstream_key_id, provider, hold_id, prompt_tokens, "
                "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
                "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
-               "client_ip, started_at, finished_at) "
+               "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm) "
                "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
                "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
                "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
                "latency_ms, client_disconnected, attempts, client_ip, " +
-                   Ts("started_ms") + ", " + Ts("finished_ms") + " FROM (VALUES " +
-                   Values(to - from, kCasts) +
+                   Ts("started_ms") + ", " + Ts("finished_ms") +
+                   ", service_tier, tier_multiplier_ppm FROM (VALUES " + Values(to - from, kCasts) +
                    ") AS v (request_id, user_id, api_key_id, model, upstream_model, "
                    "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
                    "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
                    "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
-                   "started_ms, finished_ms) "
+                   "started_ms, finished_ms, service_tier, tier_multiplier_ppm) "
                    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                pqxx::prepare::make_dynamic_params(params)))
         inserted.insert(row[0].as<std::string>());
@@ -558,7 +590,7 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
              "r.cached_tokens, r.cost_micros, r.usage_estimated, r.streamed, r.status, "
              "r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, " +
                  Ms("r.started_at") + ", " + Ms("r.finished_at") + ", b.request_id IS NOT NULL, " +
-                 bodies +
+                 bodies + ", r.service_tier" +
                  " FROM usage_records r LEFT JOIN usage_bodies b ON b.request_id = r.request_id "
                  "WHERE ($1::BIGINT = 0 OR r.user_id = $1) AND ($2::BIGINT = 0 OR r.api_key_id = "
                  "$2) "
@@ -592,6 +624,7 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
         u.response_body = row[23].as<std::string>();
         u.bodies_truncated = row[24].as<bool>();
       }
+      u.service_tier = row[25].as<std::string>();
       out.push_back(std::move(out_row));
     }
     return out;

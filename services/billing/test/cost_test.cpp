@@ -54,10 +54,57 @@ TEST(CostTest, TheLargestInputsDoNotOverflow) {
   EXPECT_EQ(CostMicros(max, {INT64_MAX, INT64_MAX, 0}, INT64_MAX), 2'000'000'000'000'000'000);
 }
 
+TEST(CostTest, ServiceTierMultiplierMultipliesBeforeTheOneRounding) {
+  // priority x2: 450 -> 900; with the user's x1.5 too: 420 (cached) * 1.5 * 2 = 1260.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 0}, kMultiplierOne, 2'000'000), 900);
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 400}, 1'500'000, 2'000'000), 1260);
+  // flex x0.5 for a user at x1.2: 450 * 1.2 * 0.5 = 270.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 0}, 1'200'000, 500'000), 270);
+  // The tier's x1 is the old formula: nothing changes for the default tier.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 400}, 1'500'000, kMultiplierOne),
+            CostMicros(kMini, {1000, 500, 400}, 1'500'000));
+  // 10 tokens at 150000 per 1M = 1.5; x2 = 3 exactly. Rounding per multiplier (ceil(1.5) = 2,
+  // then x2 = 4) would overcharge.
+  EXPECT_EQ(CostMicros(kMini, {10, 0, 0}, kMultiplierOne, 2'000'000), 3);
+  // 1 token at 150000 per 1M x1.5 x0.5 = 0.1125 -> 1.
+  EXPECT_EQ(CostMicros(kMini, {1, 0, 0}, 1'500'000, 500'000), 1);
+  // 7 tokens at 1,000,001 per 1M = 7.000007; x1.3 x1.7 = 15.47001547 -> 16.
+  EXPECT_EQ(CostMicros({1'000'001, 0, 0}, {7, 0, 0}, 1'300'000, 1'700'000), 16);
+}
+
+TEST(CostTest, TheLargestInputsWithATierMultiplierSaturateNeverWrap) {
+  Rates max{kMaxPriceMicros, kMaxPriceMicros, kMaxPriceMicros};
+  // 2e21 * x1000 * x100 / 1e6 = 2e20 micro-units: beyond int64, so the most int64 holds.
+  EXPECT_EQ(
+      CostMicros(max, {kMaxTokens, kMaxTokens, 0}, kMaxMultiplierPpm, kMaxServiceTierMultiplierPpm),
+      INT64_MAX);
+  EXPECT_EQ(CostMicros(max, {INT64_MAX, INT64_MAX, 0}, INT64_MAX, INT64_MAX), INT64_MAX);
+  // Just inside: 1e9 prompt tokens at 1e12 per 1M, x1 user, x4 tier = 1e15 * 4 = 4e15.
+  EXPECT_EQ(CostMicros({kMaxPriceMicros, 0, 0}, {kMaxTokens, 0, 0}, kMultiplierOne, 4'000'000),
+            4'000'000'000'000'000);
+  // A tier above its bound counts as the bound (x100): 450 * 100 = 45000.
+  EXPECT_EQ(CostMicros(kMini, {1000, 500, 0}, kMultiplierOne, kMaxServiceTierMultiplierPpm + 1),
+            45'000);
+}
+
+TEST(CostTest, PricingTiers) {
+  EXPECT_EQ(PricingTier(""), "default");
+  EXPECT_EQ(PricingTier("fast"), "priority") << "OpenAI answers fast requests as priority";
+  EXPECT_EQ(PricingTier("priority"), "priority");
+  EXPECT_EQ(PricingTier("flex"), "flex");
+  std::map<std::string, int64_t> m = {{"priority", 2'000'000}, {"flex", 500'000}};
+  EXPECT_EQ(TierMultiplier(m, "priority"), 2'000'000);
+  EXPECT_EQ(TierMultiplier(m, "fast"), 2'000'000);
+  EXPECT_EQ(TierMultiplier(m, "flex"), 500'000);
+  EXPECT_EQ(TierMultiplier(m, ""), kMultiplierOne) << "no row for default: x1";
+  EXPECT_EQ(TierMultiplier(m, "scale"), kMultiplierOne) << "unknown tier: x1";
+}
+
 TEST(CostTest, HoldIsTheWorstCase) {
   // Estimate 1000 prompt tokens, up to 500 completion tokens: 450, as if nothing were cached.
   EXPECT_EQ(HoldMicros(kMini, 1000, 500, kMultiplierOne), 450);
   EXPECT_EQ(HoldMicros(kMini, 1000, 500, 2'000'000), 900);
+  EXPECT_EQ(HoldMicros(kMini, 1000, 500, 1'500'000, 2'000'000), 1350);
 }
 
 TEST(SelectPriceTest, NewestInEffectProviderSpecificFirst) {

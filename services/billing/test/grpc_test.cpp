@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 
 #include "pg_fixture.h"
 #include "tollgate/billing/cost.h"
@@ -100,6 +101,19 @@ TEST_F(BillingGrpcTest, AdminRpcsWithoutTheTokenAreUnauthenticated) {
          q.set_multiplier_ppm(1);
          pb::SetMultiplierResponse r;
          return admin_->SetMultiplier(c, q, &r);
+       }},
+      {"SetServiceTierMultiplier",
+       [&](grpc::ClientContext* c) {
+         pb::SetServiceTierMultiplierRequest q;
+         q.set_tier("priority");
+         q.set_multiplier_ppm(2'000'000);
+         pb::SetServiceTierMultiplierResponse r;
+         return admin_->SetServiceTierMultiplier(c, q, &r);
+       }},
+      {"ListServiceTierMultipliers",
+       [&](grpc::ClientContext* c) {
+         pb::ListServiceTierMultipliersResponse r;
+         return admin_->ListServiceTierMultipliers(c, {}, &r);
        }},
       {"CreateAccount",
        [&](grpc::ClientContext* c) {
@@ -281,6 +295,81 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   EXPECT_EQ(log.entries(0).actor().find(kToken), std::string::npos);
   EXPECT_EQ(log.entries(1).action(), "create_account");
   EXPECT_EQ(log.entries(2).action(), "set_price");
+}
+
+TEST_F(BillingGrpcTest, ServiceTierMultipliersPriceHoldsAndRecordsOverGrpc) {
+  pb::SetPriceRequest price;
+  price.set_model("gpt-4o-mini");
+  price.set_input_micros_per_mtok(150'000);
+  price.set_output_micros_per_mtok(600'000);
+  price.set_effective_from_ms(1);
+  pb::SetPriceResponse set_price;
+  ASSERT_TRUE(admin_->SetPrice(Ctx().get(), price, &set_price).ok());
+  pb::CreateAccountRequest create;
+  create.set_user_id(7);
+  pb::CreateAccountResponse created;
+  ASSERT_TRUE(admin_->CreateAccount(Ctx().get(), create, &created).ok());
+  pb::TopUpRequest topup;
+  topup.set_user_id(7);
+  topup.set_amount_micros(1'000'000);
+  pb::TopUpResponse topped;
+  ASSERT_TRUE(admin_->TopUp(Ctx().get(), topup, &topped).ok());
+
+  pb::SetServiceTierMultiplierRequest tier;
+  tier.set_tier("priority");
+  tier.set_multiplier_ppm(2'000'000);
+  pb::SetServiceTierMultiplierResponse tier_set;
+  auto ctx = Ctx();
+  ctx->AddMetadata("x-tollgate-actor", "carol");
+  ASSERT_TRUE(admin_->SetServiceTierMultiplier(ctx.get(), tier, &tier_set).ok());
+  EXPECT_EQ(tier_set.multiplier().tier(), "priority");
+  EXPECT_EQ(tier_set.multiplier().multiplier_ppm(), 2'000'000);
+  tier.set_multiplier_ppm(0);
+  EXPECT_EQ(admin_->SetServiceTierMultiplier(Ctx().get(), tier, &tier_set).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  pb::ListServiceTierMultipliersResponse listed;
+  ASSERT_TRUE(admin_->ListServiceTierMultipliers(Ctx().get(), {}, &listed).ok());
+  ASSERT_EQ(listed.multipliers_size(), 1);
+  EXPECT_EQ(listed.multipliers(0).tier(), "priority");
+  EXPECT_EQ(listed.multipliers(0).multiplier_ppm(), 2'000'000);
+
+  pb::HoldRequest hold;
+  hold.set_request_id("p1");
+  hold.set_user_id(7);
+  hold.set_model("gpt-4o-mini");
+  hold.set_estimated_prompt_tokens(1000);
+  hold.set_max_completion_tokens(500);
+  hold.set_service_tier("priority");
+  pb::HoldResponse held;
+  ASSERT_TRUE(billing_->Hold(Ctx("").get(), hold, &held).ok());
+  EXPECT_EQ(held.amount_micros(), 900) << "450 at x2";
+
+  pb::RecordUsageRequest batch;
+  *batch.add_records() = Record("p1", 7);
+  batch.mutable_records(0)->set_hold_id(held.hold_id());
+  batch.mutable_records(0)->set_service_tier("priority");
+  *batch.add_records() = Record("d1", 7);  // no tier: the default, x1
+  pb::RecordUsageResponse recorded;
+  ASSERT_TRUE(billing_->RecordUsage(Ctx("").get(), batch, &recorded).ok());
+  EXPECT_EQ(recorded.recorded(), 2);
+
+  pb::ListUsageRecordsRequest list;
+  list.set_user_id(7);
+  pb::ListUsageRecordsResponse records;
+  ASSERT_TRUE(admin_->ListUsageRecords(Ctx().get(), list, &records).ok());
+  ASSERT_EQ(records.records_size(), 2);
+  std::map<std::string, std::pair<std::string, int64_t>> by_id;
+  for (const auto& r : records.records())
+    by_id[r.record().request_id()] = {r.record().service_tier(), r.cost_micros()};
+  EXPECT_EQ(by_id["p1"], (std::pair<std::string, int64_t>{"priority", 900}));
+  EXPECT_EQ(by_id["d1"], (std::pair<std::string, int64_t>{"", 450}));
+
+  pb::ListAuditLogResponse log;
+  ASSERT_TRUE(admin_->ListAuditLog(Ctx().get(), {}, &log).ok());
+  ASSERT_GE(log.entries_size(), 1);
+  EXPECT_EQ(log.entries(0).action(), "set_service_tier_multiplier");
+  EXPECT_EQ(log.entries(0).target(), "service_tier:priority");
+  EXPECT_EQ(log.entries(0).actor().rfind("carol (", 0), 0u) << log.entries(0).actor();
 }
 
 }  // namespace

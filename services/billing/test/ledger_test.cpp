@@ -142,6 +142,124 @@ TEST_F(LedgerTest, CostsFollowPriceHistoryMultipliersAndCachedTokens) {
   EXPECT_EQ(billing_->GetBalance(1).balance_micros, 1'000'000 - 630 - 1350 - 450);
 }
 
+TEST_F(LedgerTest, ServiceTierMultipliersAreSetListedAuditedAndPriceRecords) {
+  billing_->CreateAccount("ops", 1, 0);
+  billing_->TopUp("ops", 1, 1'000'000, "");
+  EXPECT_TRUE(billing_->ListServiceTierMultipliers().empty());
+  ServiceTierMultiplier set = billing_->SetServiceTierMultiplier("alice", "priority", 2'500'000);
+  EXPECT_EQ(set.tier, "priority");
+  EXPECT_EQ(set.multiplier_ppm, 2'500'000);
+  billing_->SetServiceTierMultiplier("alice", "flex", 500'000);
+  billing_->SetServiceTierMultiplier("bob", "priority", 2'000'000);  // replaces x2.5
+  auto listed = billing_->ListServiceTierMultipliers();
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].tier, "flex");
+  EXPECT_EQ(listed[0].multiplier_ppm, 500'000);
+  EXPECT_EQ(listed[1].tier, "priority");
+  EXPECT_EQ(listed[1].multiplier_ppm, 2'000'000);
+
+  // Refused changes leave neither a row nor an audit entry.
+  EXPECT_THROW(billing_->SetServiceTierMultiplier("bob", "", 2'000'000), BillingError);
+  EXPECT_THROW(billing_->SetServiceTierMultiplier("bob", "pri ority", 2'000'000), BillingError);
+  EXPECT_THROW(billing_->SetServiceTierMultiplier("bob", "scale", 0), BillingError);
+  EXPECT_THROW(billing_->SetServiceTierMultiplier("bob", "scale", kMaxServiceTierMultiplierPpm + 1),
+               BillingError);
+  EXPECT_EQ(Count("SELECT count(*) FROM service_tier_multipliers"), 2);
+  auto log = billing_->ListAuditLog(0);
+  ASSERT_GE(log.size(), 3u);
+  EXPECT_EQ(log[0].action, "set_service_tier_multiplier");
+  EXPECT_EQ(log[0].actor, "bob");
+  EXPECT_EQ(log[0].target, "service_tier:priority");
+  EXPECT_NE(log[0].details.find("\"multiplier_ppm\": 2000000"), std::string::npos)
+      << log[0].details;
+  EXPECT_EQ(log[1].target, "service_tier:flex");
+  EXPECT_EQ(log[2].actor, "alice");
+  EXPECT_EQ(Count("SELECT count(*) FROM audit_log WHERE action = 'set_service_tier_multiplier'"),
+            3);
+
+  // cost = price x user x tier, rounded once: 1000 + 500 tokens are 450 at x1.
+  billing_->SetMultiplier("ops", 1, 1'500'000);
+  auto tiered = [&](const std::string& id, const std::string& tier) {
+    UsageInput u = Usage(id, 1);
+    u.service_tier = tier;
+    return u;
+  };
+  billing_->Record({tiered("priority", "priority"), tiered("flex", "flex"), tiered("default", ""),
+                    tiered("named-default", "default"), tiered("unknown", "scale"),
+                    tiered("fast", "fast")});
+  auto cost = [&](const std::string& id) {
+    return Count("SELECT cost_micros FROM usage_records WHERE request_id = '" + id + "'");
+  };
+  EXPECT_EQ(cost("priority"), 1350);  // 450 x1.5 x2
+  EXPECT_EQ(cost("flex"), 338);       // 450 x1.5 x0.5 = 337.5, up
+  EXPECT_EQ(cost("default"), 675);
+  EXPECT_EQ(cost("named-default"), 675);
+  EXPECT_EQ(cost("unknown"), 675) << "a tier without a multiplier is x1";
+  EXPECT_EQ(cost("fast"), 1350) << "OpenAI's fast is priority";
+  EXPECT_EQ(Count("SELECT service_tier_multiplier_ppm FROM usage_records WHERE request_id = "
+                  "'priority'"),
+            2'000'000);
+  EXPECT_EQ(billing_->GetBalance(1).balance_micros,
+            1'000'000 - 1350 - 338 - 675 - 675 - 675 - 1350);
+  // The tier is kept with the record, for reports and support.
+  RecordQuery q;
+  q.request_id = "priority";
+  auto rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.service_tier, "priority");
+  EXPECT_EQ(rows[0].cost_micros, 1350);
+  q.request_id = "default";
+  EXPECT_EQ(billing_->ListRecords(q).at(0).record.service_tier, "");
+}
+
+TEST_F(LedgerTest, AHoldIsPricedWithTheTierAskedForAndNeverBelowTheRecordsCost) {
+  billing_->CreateAccount("ops", 2, 0);
+  billing_->TopUp("ops", 2, 1'000'000, "");
+  auto hold = [&](const std::string& tier) {
+    HoldInput h = HoldFor(2);
+    h.service_tier = tier;
+    return billing_->Hold(h).amount_micros;
+  };
+  EXPECT_EQ(hold(""), 450);
+  EXPECT_EQ(hold("priority"), 450) << "no multiplier yet: x1";
+  billing_->SetServiceTierMultiplier("ops", "priority", 2'000'000);
+  billing_->SetServiceTierMultiplier("ops", "flex", 500'000);
+  // A change made through this replica applies to its holds at once.
+  EXPECT_EQ(hold("priority"), 900);
+  EXPECT_EQ(hold("fast"), 900);
+  EXPECT_EQ(hold("auto"), 450);
+  EXPECT_EQ(hold(""), 450);
+  // flex x0.5, but the upstream may serve it at the default tier: the hold covers x1.
+  EXPECT_EQ(hold("flex"), 450);
+
+  // The same tokens recorded at the tier asked for cost exactly what was held.
+  HoldInput h = HoldFor(2);
+  h.service_tier = "priority";
+  HoldDecision d = billing_->Hold(h);
+  UsageInput u = Usage("held-priority", 2);
+  u.hold_id = d.hold_id;
+  u.service_tier = "priority";
+  billing_->Record({u});
+  EXPECT_EQ(Count("SELECT cost_micros FROM usage_records WHERE request_id = 'held-priority'"),
+            d.amount_micros);
+
+  // Another replica's change reaches this one's holds after the cache's TTL; a record is priced
+  // from the database at once.
+  pool_->Run([](pqxx::connection& conn) {
+    pqxx::work tx(conn);
+    tx.exec("UPDATE service_tier_multipliers SET multiplier_ppm = 3000000 WHERE tier = 'priority'");
+    tx.commit();
+  });
+  EXPECT_EQ(hold("priority"), 900);
+  UsageInput fresh = Usage("fresh-priority", 2);
+  fresh.service_tier = "priority";
+  billing_->Record({fresh});
+  EXPECT_EQ(Count("SELECT cost_micros FROM usage_records WHERE request_id = 'fresh-priority'"),
+            1350);
+  clock_.Advance(5000);
+  EXPECT_EQ(hold("priority"), 1350);
+}
+
 TEST_F(LedgerTest, ManyParallelSettlesForOneUserKeepTheBalanceExact) {
   billing_->CreateAccount("ops", 7, 0);
   billing_->TopUp("ops", 7, 5'000'000, "");

@@ -96,6 +96,9 @@ struct HoldRequest {
   std::string model;
   int64_t estimated_prompt_tokens = 0;
   int64_t max_completion_tokens = 0;  // WorstCaseCompletionTokens: budget x choices
+  // The service_tier the client asked for (allowed by the field policy); empty: none. The hold
+  // is priced with its multiplier, as the record will be.
+  std::string service_tier;
 };
 
 struct HoldResult {
@@ -120,6 +123,9 @@ struct UsageRecord {
   // e.g. the client left mid-stream before the usage chunk.
   bool usage_estimated = false;
   bool streamed = false;
+  // The tier that served the request: the upstream answer's own service_tier when it has one,
+  // else the tier asked for; empty: the default tier. Billing prices it.
+  std::string service_tier;
   int32_t http_status = 0;  // what the client got (or was getting when it left)
   std::chrono::milliseconds latency{0};
   bool client_disconnected = false;

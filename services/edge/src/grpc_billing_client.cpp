@@ -275,6 +275,7 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
   call->request.set_model(request.model);
   call->request.set_estimated_prompt_tokens(std::max<int64_t>(0, request.estimated_prompt_tokens));
   call->request.set_max_completion_tokens(std::max<int64_t>(0, request.max_completion_tokens));
+  call->request.set_service_tier(request.service_tier);
   call->done = std::move(done);
   SetDeadline(call->context, impl_->options.timeout);
   Impl* impl = impl_.get();
@@ -348,6 +349,7 @@ void GrpcBillingClient::Record(UsageRecord record) {
   r.set_completion_tokens(std::max<int64_t>(0, record.completion_tokens));
   r.set_usage_estimated(record.usage_estimated);
   r.set_streamed(record.streamed);
+  r.set_service_tier(record.service_tier);
   r.set_status(record.http_status);
   r.set_latency_ms(record.latency.count());
   r.set_client_disconnected(record.client_disconnected);

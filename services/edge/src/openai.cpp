@@ -132,6 +132,13 @@ void ReadUsage(const Json& usage, Usage& out) {
   out.completion_tokens = IntField(usage, "completion_tokens");
 }
 
+// The answer's service_tier, bounded (it travels in the usage record); unchanged when absent.
+void ReadServiceTier(const Json& answer, Usage& out) {
+  auto it = answer.find("service_tier");
+  if (it != answer.end() && it->is_string() && !it->get_ref<const std::string&>().empty())
+    out.service_tier = it->get_ref<const std::string&>().substr(0, 64);
+}
+
 // Applies the SSE field of one line to `event`.
 void ApplyLine(std::string_view line, SseEvent& event) {
   if (line.empty() || line.front() == ':') return;  // comment
@@ -320,6 +327,7 @@ Usage UsageFromBody(std::string_view body, int64_t* completion_chars) {
   auto json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) return usage;
   if (auto it = json.find("usage"); it != json.end() && it->is_object()) ReadUsage(*it, usage);
+  ReadServiceTier(json, usage);
   if (completion_chars != nullptr) *completion_chars = ChoicesChars(json);
   return usage;
 }
@@ -365,6 +373,7 @@ StreamRelay::Action StreamRelay::OnEvent(const SseEvent& event) {
     ++forwarded_;
     return Action::kForward;
   }
+  ReadServiceTier(json, usage_);
   bool usage_only = false;
   if (auto usage = json.find("usage"); usage != json.end() && usage->is_object()) {
     ReadUsage(*usage, usage_);

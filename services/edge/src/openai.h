@@ -104,6 +104,9 @@ struct Usage {
   bool present = false;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  // The answer's own `service_tier` (OpenAI reports the tier that served the request, in the
+  // body and in every chunk); empty: not reported.
+  std::string service_tier;
 };
 
 // Usage of a non-streamed response body; `completion_chars` gets the generated characters

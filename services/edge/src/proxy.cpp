@@ -378,6 +378,7 @@ class Proxy final : public RequestHandler {
   Proxy(asio::io_context& io, const ProxyOptions& options, EdgeClients clients,
         std::shared_ptr<Metrics> metrics)
       : options_(options),
+        field_policy_(options.fields),
         clients_(clients),
         metrics_(std::move(metrics)),
         pool_(io, options.pool) {}
@@ -521,6 +522,13 @@ class Proxy final : public RequestHandler {
       co_return;
     }
     auto& request = std::get<ParsedRequest>(parsed);
+    // What the operator lets a client ask of its upstream account (field_policy.h).
+    FieldDecision fields = field_policy_.Apply(request.body);
+    if (fields.refusal) {
+      co_await SendError(x, ErrorCode::kInvalidRequest, fields.refusal->message,
+                         fields.refusal->param);
+      co_return;
+    }
     auto executor = co_await asio::this_coro::executor;
 
     // Routing does not depend on who calls, so it starts at once, alongside authentication.
@@ -568,7 +576,7 @@ class Proxy final : public RequestHandler {
                                  : x.request.request_id;
     Eventual<HoldResult> hold(executor);
     clients_.billing.Hold({billing_id, who.principal, plan.model, request.prompt_estimate,
-                           WorstCaseCompletionTokens(request)},
+                           WorstCaseCompletionTokens(request), fields.service_tier},
                           hold.Setter());
     AdmitResult admitted = co_await admit.Wait();
     x.rate_limit_headers = RateLimitHeaders(admitted);
@@ -591,6 +599,7 @@ class Proxy final : public RequestHandler {
     record.client_ip = x.request.client_ip;
     record.model = plan.model.empty() ? request.model : plan.model;
     record.streamed = request.stream;
+    record.service_tier = fields.service_tier;  // until the answer says which tier served it
     x.keep_bodies = who.principal.store_bodies;
     co_await RunAttempts(x, request, plan);
   }
@@ -945,6 +954,7 @@ class Proxy final : public RequestHandler {
       record.completion_tokens = EstimateTokens(completion_chars);
       record.usage_estimated = true;
     }
+    if (!usage.service_tier.empty()) record.service_tier = usage.service_tier;
   }
 
   void LogAttempt(const Exchange& x, const UpstreamAttempt& attempt, OutcomeKind kind, int status,
@@ -958,6 +968,7 @@ class Proxy final : public RequestHandler {
   }
 
   const ProxyOptions options_;
+  const FieldPolicy field_policy_;
   EdgeClients clients_;
   std::shared_ptr<Metrics> metrics_;
   UpstreamPool pool_;

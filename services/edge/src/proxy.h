@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "src/clients.h"
+#include "src/field_policy.h"
 #include "src/http.h"
 #include "src/upstream_client.h"
 
@@ -22,6 +23,8 @@ struct ProxyOptions {
   int64_t default_max_tokens = 4096;
   // Bound of each stored body (request, response) for keys with store_bodies.
   size_t store_bodies_max_bytes = 65536;
+  // Which request body fields are stripped, refused or priced (edge.strip_fields...).
+  FieldPolicyOptions fields;
   UpstreamTimeouts upstream;
   UpstreamPoolOptions pool;
 };

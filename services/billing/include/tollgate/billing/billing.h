@@ -38,6 +38,10 @@ struct HoldInput {
   std::string provider;
   int64_t estimated_prompt_tokens = 0;
   int64_t max_completion_tokens = 0;
+  // The tier the client asked for; empty: none. Priced with the larger of its multiplier and the
+  // default tier's: the upstream serves either the tier asked for or its default one, so the hold
+  // is not smaller than the record's cost for the same tokens.
+  std::string service_tier;
 };
 
 struct HoldDecision {
@@ -87,6 +91,9 @@ class Billing final {
   PriceRecord SetPrice(const std::string& actor, const NewPrice& price);
   std::vector<PriceRecord> ListPrices(const std::string& model);
   void SetMultiplier(const std::string& actor, int64_t user_id, int64_t multiplier_ppm);
+  ServiceTierMultiplier SetServiceTierMultiplier(const std::string& actor, const std::string& tier,
+                                                 int64_t multiplier_ppm);
+  std::vector<ServiceTierMultiplier> ListServiceTierMultipliers();
   Account CreateAccount(const std::string& actor, int64_t user_id, int64_t credit_limit_micros);
   Account TopUp(const std::string& actor, int64_t user_id, int64_t amount_micros,
                 const std::string& note);
@@ -109,6 +116,9 @@ class Billing final {
   int64_t CachedMultiplier(int64_t user_id, int64_t now);
   std::optional<std::vector<PriceRecord>> PeekPrices(const std::string& model, int64_t now);
   std::optional<int64_t> PeekMultiplier(int64_t user_id, int64_t now);
+  // The multiplier a hold for `tier` is priced with (see HoldInput::service_tier).
+  int64_t CachedTierMultiplier(const std::string& tier, int64_t now);
+  std::optional<int64_t> PeekTierMultiplier(const std::string& tier, int64_t now);
   std::optional<HoldDecision> Decide(const HoldInput& input, bool may_block);
   void LoadAccounts(const std::vector<int64_t>& users);
 
@@ -124,6 +134,8 @@ class Billing final {
   std::mutex cache_mu_;
   std::map<std::string, Cached<std::vector<PriceRecord>>> prices_;
   std::map<int64_t, Cached<int64_t>> multipliers_;
+  // The whole (small) service_tier_multipliers table; loaded_at_ms 0: not loaded.
+  Cached<std::map<std::string, int64_t>> tier_multipliers_;
   HoldBook book_;
 };
 

@@ -1,20 +1,25 @@
 // Cost arithmetic: integers only, one rounding.
 //
-// Prices are micro-units per 1,000,000 tokens; the multiplier is in parts per
-// million (1,000,000 = x1). For a record with prompt tokens P (of which C were
-// served from the provider's cache) and completion tokens O:
+// Prices are micro-units per 1,000,000 tokens; the multipliers (the user's and
+// the service tier's) are in parts per million (1,000,000 = x1). For a record
+// with prompt tokens P (of which C were served from the provider's cache) and
+// completion tokens O:
 //
-//   cost_micros = ceil( ((P - C) * input + C * cached_input + O * output) * multiplier_ppm
-//                       / (1,000,000 * 1,000,000) )
+//   cost_micros = ceil( ((P - C) * input + C * cached_input + O * output)
+//                       * multiplier_ppm * tier_multiplier_ppm
+//                       / (1,000,000 * 1,000,000 * 1,000,000) )
 //
 // computed exactly in 128-bit integers and rounded once, up, to a whole
 // micro-unit: a request that used anything priced costs at least 1 micro-unit,
 // and no sum of per-record roundings can drift below the exact total by more
 // than one micro-unit per record. C is clamped to [0, P]; negative counts count
-// as 0; counts above kMaxTokens count as kMaxTokens (so nothing can overflow).
+// as 0; counts, prices and multipliers above their bounds count as the bound, so
+// the product (at most 2e21 * 1e9 * 1e8 = 2e38 < 2^128) cannot overflow; a cost
+// beyond int64 saturates.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,8 +30,9 @@ inline constexpr int64_t kMicrosPerUnit = 1'000'000;
 inline constexpr int64_t kTokensPerPrice = 1'000'000;  // prices are per 1M tokens
 inline constexpr int64_t kMultiplierOne = 1'000'000;   // ppm
 inline constexpr int64_t kMaxTokens = 1'000'000'000;
-inline constexpr int64_t kMaxPriceMicros = 1'000'000'000'000;  // per 1M tokens
-inline constexpr int64_t kMaxMultiplierPpm = 1'000'000'000;    // x1000
+inline constexpr int64_t kMaxPriceMicros = 1'000'000'000'000;         // per 1M tokens
+inline constexpr int64_t kMaxMultiplierPpm = 1'000'000'000;           // x1000
+inline constexpr int64_t kMaxServiceTierMultiplierPpm = 100'000'000;  // x100
 
 struct Rates {
   int64_t input_micros_per_mtok = 0;
@@ -40,12 +46,22 @@ struct TokenCounts {
   int64_t cached = 0;  // part of prompt
 };
 
-int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm);
+int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm,
+                   int64_t tier_multiplier_ppm = kMultiplierOne);
 
 // The worst case a hold reserves: the whole prompt estimate uncached and every
 // allowed completion token.
 int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
-                   int64_t max_completion_tokens, int64_t multiplier_ppm);
+                   int64_t max_completion_tokens, int64_t multiplier_ppm,
+                   int64_t tier_multiplier_ppm = kMultiplierOne);
+
+// The service tier whose multiplier prices a request: "" (none reported or
+// asked for) is "default"; "fast" is OpenAI's other name for "priority" (its
+// answers report "priority"). Any other tier is itself.
+std::string PricingTier(const std::string& tier);
+
+// A tier's multiplier among `multipliers` (tier -> ppm); a tier without one is x1.
+int64_t TierMultiplier(const std::map<std::string, int64_t>& multipliers, const std::string& tier);
 
 struct PriceRecord {
   int64_t id = 0;

@@ -18,6 +18,9 @@ class PgBillingRepository final : public BillingRepository {
   PriceRecord AddPrice(const PriceRecord& price, const AuditEntry& audit) override;
   int64_t MultiplierOf(int64_t user_id) override;
   void SetMultiplier(int64_t user_id, int64_t multiplier_ppm, const AuditEntry& audit) override;
+  std::map<std::string, int64_t> ServiceTierMultipliers() override;
+  void SetServiceTierMultiplier(const ServiceTierMultiplier& multiplier,
+                                const AuditEntry& audit) override;
 
   void CreateAccount(int64_t user_id, int64_t credit_limit_micros,
                      const AuditEntry& audit) override;

@@ -33,6 +33,12 @@ struct Account {
   int64_t available_micros() const { return balance_micros + credit_limit_micros - held_micros; }
 };
 
+// What a service tier costs relative to the default: cost = price x user x tier multiplier.
+struct ServiceTierMultiplier {
+  std::string tier;
+  int64_t multiplier_ppm = kMultiplierOne;
+};
+
 // A usage record as billing stores it (cost is computed by the repository,
 // in the ingesting transaction, from the price in effect at started_at_ms).
 struct UsageInput {
@@ -47,6 +53,8 @@ struct UsageInput {
   TokenCounts tokens;
   bool usage_estimated = false;
   bool streamed = false;
+  // The tier that served the request; empty: the default tier.
+  std::string service_tier;
   int32_t status = 0;
   int64_t latency_ms = 0;
   bool client_disconnected = false;
@@ -115,6 +123,10 @@ class BillingRepository {
   virtual PriceRecord AddPrice(const PriceRecord& price, const AuditEntry& audit) = 0;
   virtual int64_t MultiplierOf(int64_t user_id) = 0;
   virtual void SetMultiplier(int64_t user_id, int64_t multiplier_ppm, const AuditEntry& audit) = 0;
+  // Every service tier's multiplier, by tier.
+  virtual std::map<std::string, int64_t> ServiceTierMultipliers() = 0;
+  virtual void SetServiceTierMultiplier(const ServiceTierMultiplier& multiplier,
+                                        const AuditEntry& audit) = 0;
 
   virtual void CreateAccount(int64_t user_id, int64_t credit_limit_micros,
                              const AuditEntry& audit) = 0;
