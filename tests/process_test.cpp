@@ -676,3 +676,94 @@ TEST_F(InternalTrustTest, AnExposedListenerNeedsCredentialsOrAnExplicitAllowInse
 }
 
 }  // namespace
+
+namespace {
+
+// A throwaway CA `ca` in `dir` and leaf certificates signed by it, each with the given SANs.
+void Issue(const std::string& dir, const std::string& ca, const std::string& name,
+           const std::string& san) {
+  std::string script =
+      "cd " + dir + " && ( [ -f " + ca + ".pem ] || openssl req -x509 -newkey ec -pkeyopt " +
+      "ec_paramgen_curve:prime256v1 -nodes -keyout " + ca + ".key -out " + ca +
+      ".pem -days 1 -subj /CN=" + ca + " 2>/dev/null )" +
+      " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " + name +
+      ".key -out " + name + ".csr -subj /CN=" + name + " 2>/dev/null" +
+      " && printf 'subjectAltName=" + san + "\\nextendedKeyUsage=serverAuth,clientAuth\\n' > " +
+      name + ".ext" + " && openssl x509 -req -in " + name + ".csr -CA " + ca + ".pem -CAkey " + ca +
+      ".key -CAcreateserial -out " + name + ".pem -days 1 -extfile " + name + ".ext 2>/dev/null";
+  if (std::system(script.c_str()) != 0) ADD_FAILURE() << "openssl failed for " << name;
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Mutual TLS with identities: the client certificate's URI SAN (tollgate://edge,
+// tollgate://admin) is the caller's identity, checked against the same table as tokens.
+TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
+  char tmpl[] = "/tmp/tollgate-tls-id.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");  // the servers' (no identity)
+  Issue(dir, "ca", "edge", "URI:tollgate://edge");
+  Issue(dir, "ca", "admin", "URI:tollgate://admin");
+  Issue(dir, "ca", "nobody", "URI:tollgate://router,DNS:nobody");
+  Issue(dir, "other-ca", "stranger", "URI:tollgate://edge");  // right name, wrong CA
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/svc.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/svc.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = dir + "/ca.pem";
+  Process p({Binary(), "--target=router"}, env);
+  std::map<std::string, std::string> listen;
+  ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+  const std::string target = listen["router"];
+
+  auto stub_as = [&](const std::string& who) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadText(dir + "/ca.pem");
+    o.pem_cert_chain = ReadText(dir + "/" + who + ".pem");
+    o.pem_private_key = ReadText(dir + "/" + who + ".key");
+    return std::make_unique<grpc::GenericStub>(
+        grpc::CreateChannel(target, grpc::SslCredentials(o)));
+  };
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  const std::string status = "/tollgate.router.v1.RouterAdminService/GetStatus";
+  const std::string health = "/grpc.health.v1.Health/Check";
+  {
+    auto edge = stub_as("edge");
+    EXPECT_TRUE(CallWith(*edge, table, "").ok());
+    EXPECT_EQ(CallWith(*edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    // A wrong token next to a good certificate is still refused.
+    EXPECT_EQ(CallWith(*edge, table, "not-a-token-of-anybody").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    auto admin = stub_as("admin");
+    EXPECT_TRUE(CallWith(*admin, status, "").ok()) << "the admin by certificate, no token";
+    EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    auto nobody = stub_as("nobody");  // chained to the CA, but names no known identity
+    EXPECT_EQ(CallWith(*nobody, table, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(CallWith(*nobody, status, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_TRUE(CallWith(*nobody, health, "").ok()) << "health is open";
+    EXPECT_TRUE(CallWith(*nobody, status, kAdminToken).ok()) << "the admin token over TLS";
+  }
+  {
+    grpc::SslCredentialsOptions o;  // another CA's certificate: the handshake fails
+    o.pem_root_certs = ReadText(dir + "/ca.pem");
+    o.pem_cert_chain = ReadText(dir + "/stranger.pem");
+    o.pem_private_key = ReadText(dir + "/stranger.key");
+    grpc::GenericStub stranger(grpc::CreateChannel(target, grpc::SslCredentials(o)));
+    auto s = CallWith(stranger, table, "");
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  }
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
