@@ -146,7 +146,11 @@ for d in docs:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         for e in c.get("env", []) or []:
             if e["name"].startswith("TOLLGATE_"):
-                env[e["name"]] = str(e["value"]) if "value" in e else "placeholder"
+                # One placeholder per Secret key: distinct secrets stay distinct (the binary
+                # refuses an edge service token equal to the admin token).
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
+                env[e["name"]] = (str(e["value"]) if "value" in e
+                                  else "placeholder-" + ref.get("key", e["name"]))
         cmd = [tollgate, "check-config"]
         if any(a.startswith("--config=") for a in args):
             cmd.append("--config=" + path)

@@ -15,7 +15,8 @@
 # logs/TARGET.log in the state dir. Metrics: the edge on TG_METRICS_LISTEN, auth, quota, router and
 # billing on its port + 1..4 (TOLLGATE_METRICS__LISTEN per process).
 # State (data, logs, generated config and secrets) lives in .tollgate/ (TG_STATE_DIR); a second
-# run reuses it. Ports: TG_EDGE_LISTEN (127.0.0.1:8080), TG_GRPC_BASE (7101..7104),
+# run reuses it. secrets/ (mode 600 files): admin_token (tollgatectl), edge_token (the edge's
+# internal service token, given to every process), master_key (the router's), demo_api_key. Ports: TG_EDGE_LISTEN (127.0.0.1:8080), TG_GRPC_BASE (7101..7104),
 # TG_METRICS_LISTEN (127.0.0.1:9464), TG_PG_PORT (55432). Any TOLLGATE_* variable is passed to
 # the services as a config override (see docs/configuration.md).
 set -euo pipefail
@@ -94,6 +95,11 @@ secret() {  # secret NAME BYTES: a random hex secret, created once
   echo "$f"
 }
 
+# The edge's internal service token (grpc.service_tokens.edge), for every process in both modes:
+# without it, the services refuse the data path to whoever reaches their ports. Passed through
+# the environment so state dirs configured before it existed get it too.
+service_token_env() { echo "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE=$(secret edge_token 32)"; }
+
 write_config() {
   local dsn_host=$1
   {
@@ -148,7 +154,7 @@ target_healthy() {
 
 start_target() {  # start_target TARGET: split mode; one process, then wait for its health
   local t=$1 log="$STATE/logs/$1.log" deadline=$((SECONDS + ${TG_START_TIMEOUT:-90}))
-  TOLLGATE_METRICS__LISTEN=$(metrics_listen "$t") \
+  env "TOLLGATE_METRICS__LISTEN=$(metrics_listen "$t")" "$(service_token_env)" \
     "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target="$t" >>"$log" 2>&1 &
   echo $! >"$STATE/$t.pid"
   while [ $SECONDS -lt $deadline ]; do
@@ -214,7 +220,8 @@ up() {
   if [ $split = 1 ]; then
     for a in "${TARGETS[@]}"; do start_target "$a"; done
   else
-    "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target=all >>"$STATE/logs/tollgate.log" 2>&1 &
+    env "$(service_token_env)" \
+      "$TOLLGATE" serve --config="$STATE/tollgate.yaml" --target=all >>"$STATE/logs/tollgate.log" 2>&1 &
     echo $! >"$STATE/tollgate.pid"
     wait_ready
   fi

@@ -12,19 +12,29 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <pqxx/pqxx>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/unknown_field_set.h>
+#include <grpcpp/generic/generic_stub.h>
+
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "pg_fixture.h"
+#include "tollgate/internal_auth.h"
+#include "tollgate/router/v1/router.grpc.pb.h"
 
 namespace {
 
@@ -369,6 +379,391 @@ TEST_F(MutualTlsTest, ServicesRequireAndPresentCertificates) {
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
   std::filesystem::remove_all(certs);
+}
+
+}  // namespace
+
+namespace {
+
+// ---- Internal trust (docs/architecture.md, "Trust") ----
+
+constexpr char kAdminToken[] = "test-admin-token";
+constexpr char kEdgeToken[] = "test-edge-service-token-0123456789";
+
+std::string StartAllAndCollect(Process& p, std::map<std::string, std::string>& grpc_listen) {
+  int metrics_port = 0;
+  p.WaitForLog([&](const nlohmann::json& j) {
+    if (j.value("msg", "") == "serving gRPC") grpc_listen[j["component"]] = j["listen"];
+    if (j.value("msg", "") == "tollgate started") metrics_port = j["metrics_port"];
+    return metrics_port != 0 || j.value("msg", "") == "start-up failed";
+  });
+  return metrics_port ? std::to_string(metrics_port) : "";
+}
+
+std::string Bytes(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  (void)buffer.Dump(&slices);
+  std::string out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+struct RpcMethod {
+  std::string path;  // "/package.Service/Method"
+  bool streaming = false;
+};
+
+// Every method of every service `target` serves, found through server reflection (asked as the
+// admin, the only identity allowed to reflect): list_services, then the file of each service.
+// Hand-encoded (the reflection proto's C++ code is not installed): field numbers from
+// grpc/reflection/v1alpha/reflection.proto.
+std::vector<RpcMethod> MethodsByReflection(const std::string& target) {
+  namespace gpb = google::protobuf;
+  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kAdminToken);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto next = [&] {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq.Next(&tag, &ok) && ok;
+  };
+  call->StartCall(nullptr);
+  if (!next()) ADD_FAILURE() << "reflection call did not start on " << target;
+  auto ask = [&](int field, const std::string& value) {
+    gpb::UnknownFieldSet request;
+    request.AddLengthDelimited(field, value);
+    std::string wire;
+    request.SerializeToString(&wire);
+    grpc::Slice slice(wire);
+    grpc::ByteBuffer out(&slice, 1), in;
+    call->Write(out, nullptr);
+    EXPECT_TRUE(next()) << "reflection write";
+    call->Read(&in, nullptr);
+    EXPECT_TRUE(next()) << "reflection read (refused?) on " << target;
+    return Bytes(in);
+  };
+  // The length-delimited values of `field` in the message `bytes`.
+  auto nested = [](const std::string& bytes, int field) {
+    gpb::UnknownFieldSet set;
+    EXPECT_TRUE(set.ParseFromString(bytes));
+    std::vector<std::string> values;
+    for (int i = 0; i < set.field_count(); ++i)
+      if (set.field(i).number() == field &&
+          set.field(i).type() == gpb::UnknownField::TYPE_LENGTH_DELIMITED)
+        values.push_back(set.field(i).length_delimited());
+    return values;
+  };
+  std::vector<std::string> services;
+  for (const auto& list : nested(ask(7, ""), 6))  // list_services → list_services_response
+    for (const auto& service : nested(list, 1))   // ServiceResponse
+      for (const auto& name : nested(service, 1)) services.push_back(name);
+  std::vector<RpcMethod> methods;
+  for (const auto& service : services) {
+    bool found = false;
+    // file_containing_symbol → file_descriptor_response.file_descriptor_proto
+    for (const auto& files : nested(ask(4, service), 4)) {
+      for (const auto& bytes : nested(files, 1)) {
+        gpb::FileDescriptorProto file;
+        EXPECT_TRUE(file.ParseFromString(bytes));
+        for (const auto& s : file.service()) {
+          if (file.package() + "." + s.name() != service) continue;
+          found = true;
+          for (const auto& m : s.method())
+            methods.push_back(
+                {"/" + service + "/" + m.name(), m.client_streaming() || m.server_streaming()});
+        }
+      }
+    }
+    EXPECT_TRUE(found) << "reflection gave no descriptor for " << service;
+  }
+  call->WritesDone(nullptr);
+  next();
+  grpc::Status status;
+  call->Finish(&status, nullptr);
+  next();
+  return methods;
+}
+
+// One call of `method` with an empty request and the given authorization ("" : none).
+grpc::Status CallWith(grpc::GenericStub& stub, const std::string& method,
+                      const std::string& authorization) {
+  grpc::ClientContext ctx;
+  if (!authorization.empty()) ctx.AddMetadata("authorization", "Bearer " + authorization);
+  // A streaming method that is served runs until the deadline: that is served too.
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1500));
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty("");
+  request = grpc::ByteBuffer(&empty, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<grpc::Status> result;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    std::lock_guard lock(mu);
+    result = s;
+    cv.notify_all();
+  });
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return result.has_value(); });
+  return *result;
+}
+
+bool Refused(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+         s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
+}
+
+class InternalTrustTest : public SuiteProcessTest {
+ protected:
+  std::map<std::string, std::string> TrustEnv() {
+    auto env = Env();
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE"] = kEdgeToken;
+    return env;
+  }
+};
+
+// Every method of every service, found through reflection on the real binary: no credential →
+// UNAUTHENTICATED, an identity the table does not list → PERMISSION_DENIED, the listed one →
+// served (an answer or a normal error, never a refusal). A method without a table entry fails.
+TEST_F(InternalTrustTest, EveryMethodOfEveryServiceFollowsTheTable) {
+  Process p({Binary(), "--target=all"}, TrustEnv());
+  std::map<std::string, std::string> grpc_listen;
+  ASSERT_FALSE(StartAllAndCollect(p, grpc_listen).empty()) << p.RestOfOutput();
+  ASSERT_EQ(grpc_listen.size(), kServices.size()) << p.output();
+
+  const std::map<tollgate::Identity, std::string> tokens = {
+      {tollgate::Identity::kEdge, kEdgeToken}, {tollgate::Identity::kAdmin, kAdminToken}};
+  size_t checked = 0;
+  std::set<std::string> seen_services;
+  for (const auto& [svc, listen] : grpc_listen) {
+    auto methods = MethodsByReflection(listen);
+    ASSERT_FALSE(methods.empty()) << svc;
+    grpc::GenericStub stub(grpc::CreateChannel(listen, grpc::InsecureChannelCredentials()));
+    for (const RpcMethod& m : methods) {
+      seen_services.insert(m.path.substr(1, m.path.rfind('/') - 1));
+      const tollgate::MethodRule* rule = tollgate::FindMethodRule(m.path);
+      if (rule == nullptr) {
+        ADD_FAILURE() << m.path << " (on " << svc
+                      << ") has no entry in the authorisation table (common/src/internal_auth.cpp)";
+        EXPECT_EQ(CallWith(stub, m.path, kAdminToken).error_code(),
+                  grpc::StatusCode::PERMISSION_DENIED);
+        continue;
+      }
+      ++checked;
+      auto none = CallWith(stub, m.path, "");
+      if (rule->anyone) {
+        EXPECT_FALSE(Refused(none)) << m.path << " is open, yet: " << none.error_message();
+      } else {
+        EXPECT_EQ(none.error_code(), grpc::StatusCode::UNAUTHENTICATED) << m.path;
+        EXPECT_EQ(CallWith(stub, m.path, "not-a-token-of-anybody").error_code(),
+                  grpc::StatusCode::UNAUTHENTICATED)
+            << m.path;
+      }
+      for (const auto& [identity, token] : tokens) {
+        auto s = CallWith(stub, m.path, token);
+        if (rule->anyone || rule->allowed.Has(identity)) {
+          EXPECT_FALSE(Refused(s)) << m.path << " as " << tollgate::IdentityName(identity) << ": "
+                                   << s.error_code() << " " << s.error_message();
+          EXPECT_NE(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << m.path;
+        } else {
+          EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+              << m.path << " as " << tollgate::IdentityName(identity);
+        }
+      }
+    }
+  }
+  // Every service of proto/ was reached (and health and reflection).
+  for (const std::string svc :
+       {"tollgate.auth.v1.AuthService", "tollgate.auth.v1.AuthAdminService",
+        "tollgate.quota.v1.QuotaService", "tollgate.quota.v1.QuotaAdminService",
+        "tollgate.router.v1.RouterService", "tollgate.router.v1.RouterAdminService",
+        "tollgate.billing.v1.BillingService", "tollgate.billing.v1.BillingAdminService",
+        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
+    EXPECT_TRUE(seen_services.count(svc)) << svc << " not found through reflection";
+  EXPECT_GT(checked, 60u);
+
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0);
+  std::string out = p.RestOfOutput();
+  EXPECT_EQ(out.find(kEdgeToken), std::string::npos) << "the service token reached the logs";
+  EXPECT_EQ(out.find(kAdminToken), std::string::npos) << "the admin token reached the logs";
+}
+
+// What the issue's reviewer did: a stock client with the public proto and no credential asks the
+// router for its routing table (the upstream secrets). Nothing comes back.
+TEST_F(InternalTrustTest, AStockClientWithoutCredentialsGetsNoUpstreamSecrets) {
+  for (bool configured : {true, false}) {  // a configured token, and the launcher-less default
+    Process p({Binary(), "--target=all"}, configured ? TrustEnv() : Env());
+    std::map<std::string, std::string> grpc_listen;
+    ASSERT_FALSE(StartAllAndCollect(p, grpc_listen).empty()) << p.RestOfOutput();
+    auto router = tollgate::router::v1::RouterService::NewStub(
+        grpc::CreateChannel(grpc_listen["router"], grpc::InsecureChannelCredentials()));
+    for (const std::string auth : {"", kAdminToken, "guess"}) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      if (!auth.empty()) ctx.AddMetadata("authorization", "Bearer " + auth);
+      tollgate::router::v1::GetRoutingTableResponse table;
+      auto status = router->GetRoutingTable(&ctx, {}, &table);
+      EXPECT_TRUE(Refused(status)) << "'" << auth << "': " << status.error_code();
+      EXPECT_EQ(table.ByteSizeLong(), 0u);
+    }
+    if (configured) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      ctx.AddMetadata("authorization", std::string("Bearer ") + kEdgeToken);
+      tollgate::router::v1::GetRoutingTableResponse table;
+      EXPECT_TRUE(router->GetRoutingTable(&ctx, {}, &table).ok()) << "the edge is served";
+    }
+    p.Signal(SIGTERM);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  }
+}
+
+// A listener beyond loopback needs mutual TLS or a service token, or an explicit, loud
+// grpc.allow_insecure.
+TEST_F(InternalTrustTest, AnExposedListenerNeedsCredentialsOrAnExplicitAllowInsecure) {
+  auto env = Env();
+  env["TOLLGATE_ROUTER__GRPC_LISTEN"] = "0.0.0.0:0";
+  {
+    Process p({Binary(), "--target=router"}, env);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 1);
+    std::string out = p.RestOfOutput();
+    EXPECT_NE(out.find("grpc.allow_insecure"), std::string::npos) << out;
+    EXPECT_EQ(out.find("serving gRPC"), std::string::npos) << out;
+  }
+  {
+    auto with_token = env;
+    with_token["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE"] = kEdgeToken;
+    Process p({Binary(), "--target=router"}, with_token);
+    std::string metrics_port;
+    std::map<std::string, std::string> listen;
+    metrics_port = StartAllAndCollect(p, listen);
+    ASSERT_FALSE(metrics_port.empty()) << p.RestOfOutput();
+    std::string metrics = HttpGet(std::stoi(metrics_port), "/metrics");
+    EXPECT_NE(metrics.find("tollgate_grpc_insecure{service=\"router\"} 0"), std::string::npos)
+        << metrics;
+    p.Signal(SIGTERM);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0);
+  }
+  {
+    auto insecure = env;
+    insecure["TOLLGATE_GRPC__ALLOW_INSECURE"] = "true";
+    Process p({Binary(), "--target=router"}, insecure);
+    std::map<std::string, std::string> listen;
+    std::string metrics_port = StartAllAndCollect(p, listen);
+    ASSERT_FALSE(metrics_port.empty()) << p.RestOfOutput();
+    EXPECT_NE(p.output().find("INSECURE"), std::string::npos) << p.output();
+    std::string metrics = HttpGet(std::stoi(metrics_port), "/metrics");
+    EXPECT_NE(metrics.find("tollgate_grpc_insecure{service=\"router\"} 1"), std::string::npos)
+        << metrics;
+    // The network is trusted: no credential is the edge (never the admin, who needs its token).
+    std::string target = "127.0.0.1:" + listen["router"].substr(listen["router"].rfind(':') + 1);
+    grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    EXPECT_TRUE(CallWith(stub, "/tollgate.router.v1.RouterService/GetRoutingTable", "").ok());
+    EXPECT_EQ(CallWith(stub, "/tollgate.router.v1.RouterAdminService/GetStatus", "").error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(CallWith(stub, "/tollgate.router.v1.RouterService/GetRoutingTable", "wrong-token")
+                  .error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_TRUE(
+        CallWith(stub, "/tollgate.router.v1.RouterAdminService/GetStatus", kAdminToken).ok());
+    p.Signal(SIGTERM);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// A throwaway CA `ca` in `dir` and leaf certificates signed by it, each with the given SANs.
+void Issue(const std::string& dir, const std::string& ca, const std::string& name,
+           const std::string& san) {
+  std::string script =
+      "cd " + dir + " && ( [ -f " + ca + ".pem ] || openssl req -x509 -newkey ec -pkeyopt " +
+      "ec_paramgen_curve:prime256v1 -nodes -keyout " + ca + ".key -out " + ca +
+      ".pem -days 1 -subj /CN=" + ca + " 2>/dev/null )" +
+      " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " + name +
+      ".key -out " + name + ".csr -subj /CN=" + name + " 2>/dev/null" +
+      " && printf 'subjectAltName=" + san + "\\nextendedKeyUsage=serverAuth,clientAuth\\n' > " +
+      name + ".ext" + " && openssl x509 -req -in " + name + ".csr -CA " + ca + ".pem -CAkey " + ca +
+      ".key -CAcreateserial -out " + name + ".pem -days 1 -extfile " + name + ".ext 2>/dev/null";
+  if (std::system(script.c_str()) != 0) ADD_FAILURE() << "openssl failed for " << name;
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Mutual TLS with identities: the client certificate's URI SAN (tollgate://edge,
+// tollgate://admin) is the caller's identity, checked against the same table as tokens.
+TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
+  char tmpl[] = "/tmp/tollgate-tls-id.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");  // the servers' (no identity)
+  Issue(dir, "ca", "edge", "URI:tollgate://edge");
+  Issue(dir, "ca", "admin", "URI:tollgate://admin");
+  Issue(dir, "ca", "nobody", "URI:tollgate://router,DNS:nobody");
+  Issue(dir, "other-ca", "stranger", "URI:tollgate://edge");  // right name, wrong CA
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/svc.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/svc.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = dir + "/ca.pem";
+  Process p({Binary(), "--target=router"}, env);
+  std::map<std::string, std::string> listen;
+  ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+  const std::string target = listen["router"];
+
+  auto stub_as = [&](const std::string& who) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadText(dir + "/ca.pem");
+    o.pem_cert_chain = ReadText(dir + "/" + who + ".pem");
+    o.pem_private_key = ReadText(dir + "/" + who + ".key");
+    return std::make_unique<grpc::GenericStub>(
+        grpc::CreateChannel(target, grpc::SslCredentials(o)));
+  };
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  const std::string status = "/tollgate.router.v1.RouterAdminService/GetStatus";
+  const std::string health = "/grpc.health.v1.Health/Check";
+  {
+    auto edge = stub_as("edge");
+    EXPECT_TRUE(CallWith(*edge, table, "").ok());
+    EXPECT_EQ(CallWith(*edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    // A wrong token next to a good certificate is still refused.
+    EXPECT_EQ(CallWith(*edge, table, "not-a-token-of-anybody").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    auto admin = stub_as("admin");
+    EXPECT_TRUE(CallWith(*admin, status, "").ok()) << "the admin by certificate, no token";
+    EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    auto nobody = stub_as("nobody");  // chained to the CA, but names no known identity
+    EXPECT_EQ(CallWith(*nobody, table, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(CallWith(*nobody, status, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_TRUE(CallWith(*nobody, health, "").ok()) << "health is open";
+    EXPECT_TRUE(CallWith(*nobody, status, kAdminToken).ok()) << "the admin token over TLS";
+  }
+  {
+    grpc::SslCredentialsOptions o;  // another CA's certificate: the handshake fails
+    o.pem_root_certs = ReadText(dir + "/ca.pem");
+    o.pem_cert_chain = ReadText(dir + "/stranger.pem");
+    o.pem_private_key = ReadText(dir + "/stranger.key");
+    grpc::GenericStub stranger(grpc::CreateChannel(target, grpc::SslCredentials(o)));
+    auto s = CallWith(stranger, table, "");
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  }
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -107,7 +107,9 @@ Args ParseArgs(int argc, char** argv) {
 
 int Health(const Args& args) {
   if (args.positional.empty()) Usage("health needs HOST:PORT");
-  auto stub = grpc::health::v1::Health::NewStub(tollgate::MakeChannel(args.positional[0]));
+  // Health is open to anyone: the probe sends no token to whatever address it was given.
+  auto stub = grpc::health::v1::Health::NewStub(
+      tollgate::MakeChannel(args.positional[0], /*send_service_token=*/false));
   grpc::ClientContext ctx;
   tollgate::SetDeadline(ctx, std::chrono::seconds(3));
   grpc::health::v1::HealthCheckRequest req;
@@ -239,6 +241,12 @@ int main(int argc, char** argv) {
     tollgate::ConfigureGrpcTls({config.GetString("grpc.tls.cert_file"),
                                 config.GetString("grpc.tls.key_file"),
                                 config.GetString("grpc.tls.ca_file")});
+    const std::string& edge_token = config.GetString("grpc.service_tokens.edge");
+    if (!edge_token.empty() && edge_token == config.GetString("admin.token"))
+      throw std::runtime_error(
+          "grpc.service_tokens.edge and admin.token are the same: give each identity its own "
+          "token");
+    tollgate::ConfigureServiceToken(edge_token);
   } catch (const std::exception& e) {
     std::cerr << "tollgate: configuration error: " << e.what() << "\n";
     return 2;

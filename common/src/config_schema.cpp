@@ -40,7 +40,20 @@ std::vector<ConfigKey> BuildSchema() {
        "address of this process's Prometheus /metrics endpoint"},
       {"shutdown.drain_timeout", T::kDuration, "10s",
        "on SIGTERM, how long in-flight work may take to finish", false, 0, 3600000},
-      {"admin.token", T::kString, "", "token required by every admin RPC", true},
+      {"admin.token", T::kString, "",
+       "token of the admin identity (tollgatectl): every admin RPC needs it or a client "
+       "certificate naming tollgate://admin",
+       true},
+      {"grpc.service_tokens.edge", T::kString, "",
+       "the edge's internal service token (at least 16 characters, distinct from admin.token), "
+       "sent as `authorization: Bearer` on every call the edge makes and required by every "
+       "data-path RPC unless a client certificate names tollgate://edge; unset: a random token "
+       "for this process alone (enough for --target=all)",
+       true},
+      {"grpc.allow_insecure", T::kBool, "false",
+       "let a service listen for gRPC on a non-loopback address with neither mutual TLS nor "
+       "grpc.service_tokens.edge (a mesh that does mTLS itself), and treat a call without any "
+       "credential as the edge; logged loudly and shown as tollgate_grpc_insecure 1"},
       {"grpc.tls.cert_file", T::kString, "",
        "PEM certificate this process presents on gRPC, as server and as client (mutual TLS)"},
       {"grpc.tls.key_file", T::kString, "", "PEM private key of grpc.tls.cert_file"},

@@ -1,5 +1,8 @@
 #include "tollgate/db_service.h"
 
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
 #include <thread>
 
 #include "tollgate/config.h"
@@ -29,6 +32,35 @@ std::string DatabaseName(const std::string& dsn) {
   return "";
 }
 
+// Refuses a gRPC listener anyone on the network can reach with no credential needed: a non-loopback
+// address with neither mutual TLS nor a configured service token, unless grpc.allow_insecure
+// says the network itself is trusted (then loudly, and in /metrics).
+void CheckExposure(const std::string& service, const std::string& listen, const Config& c,
+                   Metrics& metrics) {
+  const bool exposed = !IsLoopbackListen(listen) && !GrpcTlsEnabled() && !ServiceTokenConfigured();
+  const bool insecure = exposed && c.GetBool("grpc.allow_insecure");
+  prometheus::BuildGauge()
+      .Name("tollgate_grpc_insecure")
+      .Help(
+          "1 when this service's gRPC listener is reachable beyond loopback with neither mutual "
+          "TLS nor a service token (grpc.allow_insecure)")
+      .Register(metrics.registry())
+      .Add({{"service", service}})
+      .Set(insecure ? 1 : 0);
+  if (exposed && !insecure)
+    throw std::runtime_error(
+        service + ".grpc_listen " + listen +
+        " is not a loopback address, and neither mutual TLS (grpc.tls.*) nor a service token "
+        "(grpc.service_tokens.edge) is configured: anyone who can reach the port could call "
+        "every RPC. Configure one of them, or set grpc.allow_insecure: true if the network "
+        "authenticates callers itself (a service mesh with mTLS)");
+  if (insecure)
+    log::Warn(service,
+              "INSECURE: gRPC listens beyond loopback with no mutual TLS and no service token "
+              "(grpc.allow_insecure): any caller that reaches the port is treated as the edge",
+              {{"listen", listen}});
+}
+
 }  // namespace
 
 const char* BuildVersion() { return TOLLGATE_VERSION; }
@@ -42,6 +74,8 @@ DbServiceModule::~DbServiceModule() = default;
 void DbServiceModule::Start() {
   const Config& c = deps_.config;
   const std::string prefix = name_ + ".database.";
+  // Before the database is touched, so an exposed listener fails fast.
+  CheckExposure(name_, c.GetString(name_ + ".grpc_listen"), c, deps_.metrics);
   PgPoolOptions options;
   options.dsn = c.GetString(prefix + "dsn");
   options.size = static_cast<int>(c.GetInt(prefix + "pool_size"));
@@ -74,7 +108,9 @@ void DbServiceModule::Start() {
   }
 
   workers_ = std::make_unique<WorkerPool>(static_cast<int>(c.GetInt(name_ + ".workers")));
-  server_ = std::make_unique<GrpcServer>(c.GetString(name_ + ".grpc_listen"));
+  server_ =
+      std::make_unique<GrpcServer>(c.GetString(name_ + ".grpc_listen"),
+                                   GrpcServerAuth{admin_token_, c.GetBool("grpc.allow_insecure")});
   RegisterServices(*server_);
   server_->Start();
   server_->SetServing(true);

@@ -1,13 +1,18 @@
 #include "tollgate/grpc_server.h"
 
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/client_interceptor.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 
+#include "tollgate/internal_auth.h"
 #include "tollgate/log.h"
 
 namespace tollgate {
@@ -58,21 +63,209 @@ std::shared_ptr<grpc::ChannelCredentials> GrpcChannelCredentials() {
   return grpc::SslCredentials(options);
 }
 
+bool GrpcTlsEnabled() { return Tls().enabled; }
+
 namespace {
 
-std::shared_ptr<grpc::ServerCredentials> ServerCredentials() {
-  const TlsMaterial& tls = Tls();
-  if (!tls.enabled) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions options(
-      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = tls.ca;
-  options.pem_key_cert_pairs.push_back({tls.key, tls.cert});
-  return grpc::SslServerCredentials(options);
+struct ServiceToken {
+  std::string edge;
+  bool configured = false;
+};
+
+// A random token for this process alone until one is configured (see ConfigureServiceToken).
+ServiceToken& Token() {
+  static ServiceToken token = [] {
+    unsigned char bytes[32];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("RAND_bytes failed");
+    static constexpr char kHex[] = "0123456789abcdef";
+    ServiceToken t;
+    for (unsigned char b : bytes) {
+      t.edge.push_back(kHex[b >> 4]);
+      t.edge.push_back(kHex[b & 15]);
+    }
+    OPENSSL_cleanse(bytes, sizeof bytes);
+    return t;
+  }();
+  return token;
 }
+
+bool SecretEquals(std::string_view a, std::string_view b) {
+  return !b.empty() && a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string_view View(const grpc_slice& slice) {
+  return {reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(slice)), GRPC_SLICE_LENGTH(slice)};
+}
+
+// The check every call passes before it reaches a handler: gRPC core runs it on the call's
+// initial metadata (":path" included), and a status other than OK ends the call with it.
+class CallAuthenticator final {
+ public:
+  CallAuthenticator(GrpcServerAuth auth, std::string edge_token)
+      : auth_(std::move(auth)), edge_token_(std::move(edge_token)) {}
+
+  static void Process(void* state, grpc_auth_context* context, const grpc_metadata* md,
+                      size_t num_md, grpc_process_auth_metadata_done_cb done, void* user_data) {
+    static_cast<CallAuthenticator*>(state)->Run(context, md, num_md, done, user_data);
+  }
+  static void Destroy(void* state) { delete static_cast<CallAuthenticator*>(state); }
+
+ private:
+  void Run(grpc_auth_context* context, const grpc_metadata* md, size_t num_md,
+           grpc_process_auth_metadata_done_cb done, void* user_data) const {
+    std::string_view method;
+    IdentitySet callers;
+    bool presented = false, invalid = false;
+    const grpc_metadata* consumed[4];
+    size_t num_consumed = 0;
+    for (size_t i = 0; i < num_md; ++i) {
+      std::string_view key = View(md[i].key);
+      if (key == ":path") {
+        method = View(md[i].value);
+      } else if (key == "authorization") {
+        presented = true;
+        std::string_view value = View(md[i].value);
+        static constexpr std::string_view kBearer = "Bearer ";
+        if (value.substr(0, kBearer.size()) == kBearer) value.remove_prefix(kBearer.size());
+        if (SecretEquals(value, edge_token_))
+          callers.Add(Identity::kEdge);
+        else if (SecretEquals(value, auth_.admin_token))
+          callers.Add(Identity::kAdmin);
+        else
+          invalid = true;
+        // Handlers never see a token.
+        if (num_consumed < std::size(consumed)) consumed[num_consumed++] = &md[i];
+      }
+    }
+    // A certificate the server verified (mutual TLS) names its identity in a URI SAN.
+    for (const char* property : {GRPC_PEER_URI_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+      if (context == nullptr) break;
+      auto it = grpc_auth_context_find_properties_by_name(context, property);
+      while (const grpc_auth_property* p = grpc_auth_property_iterator_next(&it)) {
+        presented = true;
+        if (auto id = IdentityFromUri({p->value, p->value_length})) callers.Add(*id);
+      }
+    }
+    grpc_metadata consumed_md[std::size(consumed)];
+    for (size_t i = 0; i < num_consumed; ++i) consumed_md[i] = *consumed[i];
+
+    grpc_status_code code = GRPC_STATUS_OK;
+    const char* message = nullptr;
+    if (invalid) {
+      code = GRPC_STATUS_UNAUTHENTICATED;
+      message = "invalid service or admin token";
+    } else {
+      // allow_insecure: the network is trusted (a mesh doing mTLS): no credential is the edge.
+      if (!presented && auth_.allow_insecure) callers.Add(Identity::kEdge);
+      switch (Authorize(method, callers)) {
+        case Verdict::kAllow:
+          break;
+        case Verdict::kUnauthenticated:
+          code = GRPC_STATUS_UNAUTHENTICATED;
+          message =
+              "this method needs a caller identity: a service or admin token, or a "
+              "client certificate naming one";
+          break;
+        case Verdict::kPermissionDenied:
+          code = GRPC_STATUS_PERMISSION_DENIED;
+          message = "the caller's identity may not call this method";
+          break;
+      }
+    }
+    done(user_data, consumed_md, code == GRPC_STATUS_OK ? num_consumed : 0, nullptr, 0, code,
+         message);
+  }
+
+  const GrpcServerAuth auth_;
+  const std::string edge_token_;
+};
+
+// Plaintext or mutual TLS (grpc.tls.*), with the CallAuthenticator on every call either way.
+// Built on gRPC core's credentials: the C++ InsecureServerCredentials of gRPC 1.51 cannot carry
+// an auth metadata processor.
+class InternalServerCredentials final : public grpc::ServerCredentials {
+ public:
+  explicit InternalServerCredentials(GrpcServerAuth auth) : auth_(std::move(auth)) {}
+  void SetAuthMetadataProcessor(const std::shared_ptr<grpc::AuthMetadataProcessor>&) override {
+    throw std::logic_error("InternalServerCredentials has its own metadata processor");
+  }
+
+ private:
+  int AddPortToServer(const std::string& addr, grpc_server* server) override {
+    const TlsMaterial& tls = Tls();
+    grpc_server_credentials* creds = nullptr;
+    if (tls.enabled) {
+      grpc_ssl_pem_key_cert_pair pair{tls.key.c_str(), tls.cert.c_str()};
+      creds = grpc_ssl_server_credentials_create_ex(
+          tls.ca.c_str(), &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
+          nullptr);
+    } else {
+      creds = grpc_insecure_server_credentials_create();
+    }
+    grpc_server_credentials_set_auth_metadata_processor(
+        creds, {CallAuthenticator::Process, CallAuthenticator::Destroy,
+                new CallAuthenticator(auth_, Token().edge)});
+    int port = grpc_server_add_http2_port(server, addr.c_str(), creds);
+    grpc_server_credentials_release(creds);
+    return port;
+  }
+
+  const GrpcServerAuth auth_;
+};
+
+// Adds "authorization: Bearer <service token>" to calls that carry no authorization of their own.
+class ServiceTokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit ServiceTokenInterceptor(const std::string& header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      auto* md = methods->GetSendInitialMetadata();
+      if (md->find("authorization") == md->end()) md->insert({"authorization", header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string& header_;
+};
+
+class ServiceTokenInterceptorFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit ServiceTokenInterceptorFactory(std::string header) : header_(std::move(header)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new ServiceTokenInterceptor(header_);
+  }
+
+ private:
+  const std::string header_;
+};
 
 }  // namespace
 
-GrpcServer::GrpcServer(std::string listen) : listen_(std::move(listen)) {}
+void ConfigureServiceToken(const std::string& edge_token) {
+  if (edge_token.empty()) return;
+  if (edge_token.size() < kMinServiceTokenLength)
+    throw std::runtime_error("grpc.service_tokens.edge is shorter than " +
+                             std::to_string(kMinServiceTokenLength) +
+                             " characters; generate one with `openssl rand -hex 32`");
+  Token().edge = edge_token;
+  Token().configured = true;
+}
+
+bool ServiceTokenConfigured() { return Token().configured; }
+
+bool IsLoopbackListen(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+GrpcServer::GrpcServer(std::string listen, GrpcServerAuth auth)
+    : listen_(std::move(listen)), auth_(std::move(auth)) {}
 
 GrpcServer::~GrpcServer() {
   if (server_) Shutdown(std::chrono::system_clock::now());
@@ -91,7 +284,7 @@ void GrpcServer::Start() {
   }();
   (void)kGlobalsSet;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen_, ServerCredentials(), &port_);
+  builder.AddListeningPort(listen_, std::make_shared<InternalServerCredentials>(auth_), &port_);
   builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
   for (auto* s : services_) builder.RegisterService(s);
   server_ = builder.BuildAndStart();
@@ -119,24 +312,7 @@ void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   server_.reset();
 }
 
-grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
-                             const std::string& admin_token) {
-  if (admin_token.empty())
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "admin RPCs are disabled: no admin token is configured");
-  const auto& md = context.client_metadata();
-  auto it = md.find("authorization");
-  static constexpr std::string_view kBearer = "Bearer ";
-  if (it == md.end()) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing admin token");
-  std::string_view value(it->second.data(), it->second.size());
-  if (value.substr(0, kBearer.size()) == kBearer) value.remove_prefix(kBearer.size());
-  bool ok = value.size() == admin_token.size() &&
-            CRYPTO_memcmp(value.data(), admin_token.data(), value.size()) == 0;
-  if (!ok) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid admin token");
-  return grpc::Status::OK;
-}
-
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, bool send_service_token) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
@@ -147,7 +323,12 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(target, GrpcChannelCredentials(), args);
+  if (!send_service_token) return grpc::CreateCustomChannel(target, GrpcChannelCredentials(), args);
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(
+      std::make_unique<ServiceTokenInterceptorFactory>("Bearer " + Token().edge));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, GrpcChannelCredentials(),
+                                                                 args, std::move(interceptors));
 }
 
 void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout) {

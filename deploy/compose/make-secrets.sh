@@ -4,6 +4,7 @@
 # Existing files are kept, so re-running never changes a password the database already has.
 #
 #   admin_token         every admin RPC             -> TOLLGATE_ADMIN__TOKEN_FILE
+#   edge_service_token  the edge's internal identity -> TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE
 #   router_master_key   AES-256-GCM key, 64 hex     -> TOLLGATE_ROUTER__MASTER_KEY_FILE
 #   postgres_password   the postgres superuser      -> POSTGRES_PASSWORD_FILE
 #   <svc>_dsn           libpq DSN with the password -> TOLLGATE_<SVC>__DATABASE__DSN_FILE
@@ -27,6 +28,7 @@ put() {  # put NAME VALUE: write once; readable by the containers' users (uid 10
 }
 
 put admin_token "$(random_hex 24)"
+put edge_service_token "$(random_hex 32)"
 put router_master_key "$(random_hex 32)"
 put postgres_password "$(random_hex 16)"
 for svc in auth quota router billing; do

@@ -37,10 +37,7 @@ class AuthModule final : public DbServiceModule {
     auth_ = MakeAuthService({*cache_, *authenticator_, *recorder_, clock_,
                              config().GetDuration("auth.watch_heartbeat"), &metrics().registry()});
     admin_service_ = MakeAuthAdminService(
-        {[this](const grpc::ServerContextBase& context) {
-           return CheckAdminToken(context, admin_token());
-         },
-         [this](v1::GetStatusResponse* response) { FillStatus(*this, response); }, *admin_,
+        {[this](v1::GetStatusResponse* response) { FillStatus(*this, response); }, *admin_,
          workers()});
     server.Register(auth_.service.get(), v1::AuthService::service_full_name());
     server.Register(admin_service_.get(), v1::AuthAdminService::service_full_name());

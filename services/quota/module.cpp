@@ -100,10 +100,7 @@ class QuotaModule final : public DbServiceModule {
     committer_ = std::make_unique<GroupCommitter>(*repo_);
     quota_service_ = MakeQuotaService({*limiter_, *committer_, workers(), metrics().registry()});
     admin_service_ = MakeQuotaAdminService(
-        {[this](const grpc::ServerContextBase& context) {
-           return CheckAdminToken(context, admin_token());
-         },
-         [this](pb::GetStatusResponse* response) { FillStatus(*this, response); }, *limiter_,
+        {[this](pb::GetStatusResponse* response) { FillStatus(*this, response); }, *limiter_,
          *repo_, workers()});
     server.Register(quota_service_.get(), pb::QuotaService::service_full_name());
     server.Register(admin_service_.get(), pb::QuotaAdminService::service_full_name());

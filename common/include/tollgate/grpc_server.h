@@ -1,6 +1,8 @@
 // gRPC server bootstrap shared by every service: one listening address, the
-// standard health service and server reflection, and a graceful shutdown
-// that stops accepting, then drains in-flight calls up to a deadline.
+// standard health service and server reflection, internal authentication and
+// authorisation of every call (internal_auth.h) before any handler runs, and a
+// graceful shutdown that stops accepting, then drains in-flight calls up to a
+// deadline.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -12,9 +14,17 @@
 
 namespace tollgate {
 
+// Who this server accepts, besides certificates (grpc.tls.*) and the process's service token
+// (ConfigureServiceToken).
+struct GrpcServerAuth {
+  std::string admin_token;  // admin.token; empty: the admin identity only by certificate
+  bool allow_insecure =
+      false;  // grpc.allow_insecure: a call without credentials counts as the edge
+};
+
 class GrpcServer final {
  public:
-  explicit GrpcServer(std::string listen);
+  explicit GrpcServer(std::string listen, GrpcServerAuth auth = {});
   ~GrpcServer();
 
   // Services must outlive the server. Call before Start(). A service given its
@@ -30,16 +40,22 @@ class GrpcServer final {
 
  private:
   std::string listen_;
+  GrpcServerAuth auth_;
   std::vector<grpc::Service*> services_;
   std::vector<std::string> names_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };
 
-// Constant-time check of the "authorization: Bearer <admin token>" metadata.
-// An empty configured token refuses every admin call.
-grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
-                             const std::string& admin_token);
+// The edge's service token (grpc.service_tokens.edge): sent by every channel of MakeChannel as
+// "authorization: Bearer <token>" and accepted by every server of this process as the edge.
+// Process-wide, set once at start-up before any server or channel. Not configured: a random token
+// made for this process alone, so `--target=all` is authenticated with no configuration while
+// other processes can never present it. Throws std::runtime_error if shorter than 16 characters.
+void ConfigureServiceToken(const std::string& edge_token);
+bool ServiceTokenConfigured();
+// At least 16 characters: refuses tokens too short to be secret.
+constexpr size_t kMinServiceTokenLength = 16;
 
 // Mutual TLS between services: PEM files. All empty: plaintext (loopback, a
 // trusted pod network or a service mesh). All three set: every server requires
@@ -57,8 +73,16 @@ struct GrpcTlsFiles {
 void ConfigureGrpcTls(const GrpcTlsFiles& files);
 std::shared_ptr<grpc::ChannelCredentials> GrpcChannelCredentials();
 
-// A client channel with keep-alive; every call made on it must still set a deadline.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+bool GrpcTlsEnabled();
+
+// A client channel with keep-alive; every call made on it must still set a deadline. With
+// `send_service_token`, every call carries this process's service token (the edge identity);
+// a probe (`tollgate health`) sends none: health is open to anyone.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
+                                           bool send_service_token = true);
+
+// True for 127.0.0.0/8, ::1 and localhost listening addresses ("host:port").
+bool IsLoopbackListen(const std::string& listen);
 
 // Sets a deadline `timeout` from now on `context`.
 void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout);

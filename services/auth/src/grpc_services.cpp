@@ -401,7 +401,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const pb::GetStatusRequest*,
                                       pb::GetStatusResponse* response) override {
-    return RunStatusCall(context, deps_.authorize(*context), [&] { deps_.status(response); });
+    return RunStatusCall(context, [&] { deps_.status(response); });
   }
 
   grpc::ServerUnaryReactor* CreateUser(grpc::CallbackServerContext* context,
@@ -537,8 +537,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {
-    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "auth", rpc,
-                        std::move(work));
+    return RunAdminCall(context, deps_.workers, "auth", rpc, std::move(work));
   }
 
   AdminServiceDeps deps_;

@@ -45,8 +45,6 @@ struct AuthService {
 AuthService MakeAuthService(AuthServiceDeps deps);
 
 struct AdminServiceDeps {
-  // Admin token check (CheckAdminToken).
-  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
   // Fills GetStatus.
   std::function<void(v1::GetStatusResponse*)> status;
   AuthAdmin& admin;

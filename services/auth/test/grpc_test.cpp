@@ -81,9 +81,9 @@ class AuthGrpcTest : public ::testing::Test {
   void SetUp() override {
     process_ = std::make_unique<AuthProcess>(db_.dsn());
     port_ = process_->port();
-    auto channel = MakeChannel(Target());
-    auth_ = pb::AuthService::NewStub(channel);
-    admin_ = pb::AuthAdminService::NewStub(channel);
+    auth_ = pb::AuthService::NewStub(MakeChannel(Target()));  // as the edge
+    // Only the credentials each call adds (Ctx): the admin token, a wrong one or none.
+    admin_ = pb::AuthAdminService::NewStub(MakeChannel(Target(), /*send_service_token=*/false));
   }
 
   std::string Target() const { return "127.0.0.1:" + std::to_string(port_); }

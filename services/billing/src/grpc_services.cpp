@@ -270,7 +270,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const pb::GetStatusRequest*,
                                       pb::GetStatusResponse* response) override {
-    return RunStatusCall(context, deps_.authorize(*context), [&] { deps_.status(response); });
+    return RunStatusCall(context, [&] { deps_.status(response); });
   }
 
   grpc::ServerUnaryReactor* SetPrice(grpc::CallbackServerContext* context,
@@ -418,12 +418,11 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
   }
 
  private:
-  // Checks the admin token before anything else, then runs `work` on the workers.
+  // Runs `work` on the workers (the server admitted only the admin identity, internal_auth.h).
   template <typename Work>
   grpc::ServerUnaryReactor* Admin(grpc::CallbackServerContext* context, const char* rpc,
                                   Work work) {
-    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "billing", rpc,
-                        std::move(work));
+    return RunAdminCall(context, deps_.workers, "billing", rpc, std::move(work));
   }
 
   AdminServiceDeps deps_;

@@ -18,8 +18,6 @@ std::unique_ptr<grpc::Service> MakeBillingService(Billing& billing, Ingestor& in
                                                   WorkerPool& workers, BillingMetrics& metrics);
 
 struct AdminServiceDeps {
-  // Admin token check (CheckAdminToken).
-  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
   // Fills GetStatus.
   std::function<void(v1::GetStatusResponse*)> status;
   Billing& billing;

@@ -36,9 +36,10 @@ class BillingGrpcTest : public ::testing::Test {
                                 {"TOLLGATE_ADMIN__TOKEN", kToken}});
     module_ = MakeBillingModule({config_, metrics_});
     module_->Start();
-    auto channel = MakeChannel("127.0.0.1:" + std::to_string(module_->grpc_port()));
-    billing_ = pb::BillingService::NewStub(channel);
-    admin_ = pb::BillingAdminService::NewStub(channel);
+    const std::string target = "127.0.0.1:" + std::to_string(module_->grpc_port());
+    billing_ = pb::BillingService::NewStub(MakeChannel(target));  // as the edge
+    // Only the credentials each call adds (Ctx): the admin token, a wrong one or none.
+    admin_ = pb::BillingAdminService::NewStub(MakeChannel(target, /*send_service_token=*/false));
   }
 
   void TearDown() override {

@@ -34,6 +34,7 @@ namespace pb = ::tollgate::billing::v1;
 using testing::TestDatabase;
 
 constexpr char kToken[] = "kill-test-admin-token-0123456789";
+constexpr char kEdgeToken[] = "kill-test-edge-token-0123456789";
 
 // `tollgate --target=billing` with its stderr in a file.
 class BillingChild {
@@ -48,6 +49,7 @@ class BillingChild {
       setenv("TOLLGATE_BILLING__DATABASE__DSN", dsn.c_str(), 1);
       setenv("TOLLGATE_BILLING__INGEST_MAX_RECORDS", "200", 1);
       setenv("TOLLGATE_ADMIN__TOKEN", kToken, 1);
+      setenv("TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken, 1);
       setenv("TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s", 1);
       execl(TOLLGATE_BIN_PATH, TOLLGATE_BIN_PATH, "--target=billing", static_cast<char*>(nullptr));
       _exit(127);
@@ -100,7 +102,8 @@ size_t LineCount(const std::string& path) {
 std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout, bool admin) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-  if (admin) ctx->AddMetadata("authorization", std::string("Bearer ") + kToken);
+  // The data path is the edge's: this test calls it with the edge's service token.
+  ctx->AddMetadata("authorization", std::string("Bearer ") + (admin ? kToken : kEdgeToken));
   return ctx;
 }
 

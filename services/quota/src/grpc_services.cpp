@@ -214,7 +214,7 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const pb::GetStatusRequest*,
                                       pb::GetStatusResponse* response) override {
-    return RunStatusCall(context, deps_.authorize(*context), [&] { deps_.status(response); });
+    return RunStatusCall(context, [&] { deps_.status(response); });
   }
 
   grpc::ServerUnaryReactor* SetPolicy(grpc::CallbackServerContext* context,
@@ -307,8 +307,7 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {
-    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "quota", rpc,
-                        std::move(work));
+    return RunAdminCall(context, deps_.workers, "quota", rpc, std::move(work));
   }
 
   QuotaAdminDeps deps_;

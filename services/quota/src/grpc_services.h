@@ -28,7 +28,6 @@ struct QuotaServiceDeps {
 std::unique_ptr<grpc::Service> MakeQuotaService(QuotaServiceDeps deps);
 
 struct QuotaAdminDeps {
-  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
   std::function<void(v1::GetStatusResponse*)> status;
   Limiter& limiter;
   QuotaRepository& repo;

@@ -32,6 +32,10 @@ using edge::QuotaOwner;
 using testing::TestDatabase;
 
 constexpr char kToken[] = "test-admin-token-0123456789";
+// The edge's service token, shared with the `tollgate --target=quota` children (grpc_test.cpp,
+// in the same binary, configures the same one).
+constexpr char kEdgeToken[] = "test-edge-token-0123456789";
+const bool kEdgeTokenSet = (ConfigureServiceToken(kEdgeToken), true);
 
 class Replica {
  public:
@@ -82,7 +86,8 @@ class ReplicaProcess {
     Config::Environment env = {{"TOLLGATE_QUOTA__DATABASE__DSN", db_.dsn()},
                                {"TOLLGATE_QUOTA__GRPC_LISTEN", "127.0.0.1:0"},
                                {"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"},
-                               {"TOLLGATE_ADMIN__TOKEN", kToken}};
+                               {"TOLLGATE_ADMIN__TOKEN", kToken},
+                               {"TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken}};
     for (auto& [k, v] : extra) env[k] = v;
     int fds[2];
     if (pipe(fds) != 0) throw std::runtime_error("pipe");

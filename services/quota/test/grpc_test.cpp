@@ -27,6 +27,9 @@ namespace pb = ::tollgate::quota::v1;
 using testing::TestDatabase;
 
 constexpr char kToken[] = "test-admin-token-0123456789";
+// The edge's service token: this test process calls the data path as the edge.
+constexpr char kEdgeToken[] = "test-edge-token-0123456789";
+const bool kEdgeTokenSet = (ConfigureServiceToken(kEdgeToken), true);
 
 class QuotaProcess {
  public:
@@ -68,11 +71,19 @@ std::shared_ptr<grpc::Channel> Channel(int port, int id) {
                                    grpc::InsecureChannelCredentials(), args);
 }
 
-std::unique_ptr<grpc::ClientContext> Ctx(bool admin = false) {
+enum class As { kNobody, kEdge, kAdmin };
+
+std::unique_ptr<grpc::ClientContext> Ctx(As as) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   SetDeadline(*ctx, std::chrono::seconds(10));
-  if (admin) ctx->AddMetadata("authorization", std::string("Bearer ") + kToken);
+  if (as != As::kNobody)
+    ctx->AddMetadata("authorization",
+                     std::string("Bearer ") + (as == As::kAdmin ? kToken : kEdgeToken));
   return ctx;
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(bool admin = false) {
+  return Ctx(admin ? As::kAdmin : As::kEdge);
 }
 
 pb::AdmitRequest AdmitFor(const std::string& request_id, const std::string& key, int64_t tokens,
@@ -285,9 +296,14 @@ TEST(QuotaGrpcTest, AdminPoliciesOverrideDefaultsAndNeedTheToken) {
   set.set_rpm(1);
   pb::SetPolicyResponse set_resp;
   {
-    auto ctx = Ctx(false);
+    auto ctx = Ctx(As::kNobody);
     EXPECT_EQ(admin->SetPolicy(ctx.get(), set, &set_resp).error_code(),
               grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    auto ctx = Ctx(As::kEdge);
+    EXPECT_EQ(admin->SetPolicy(ctx.get(), set, &set_resp).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
   }
   {
     auto ctx = Ctx(true);
@@ -338,7 +354,7 @@ TEST(QuotaGrpcTest, AdminPoliciesOverrideDefaultsAndNeedTheToken) {
   // (no token, a delete of nothing, a bad policy); append-only in the database.
   pb::ListAuditLogRequest lr;
   pb::ListAuditLogResponse log;
-  auto nctx = Ctx(false);
+  auto nctx = Ctx(As::kNobody);
   EXPECT_EQ(admin->ListAuditLog(nctx.get(), lr, &log).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   auto lctx = Ctx(true);

@@ -280,7 +280,7 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const pb::GetStatusRequest*,
                                       pb::GetStatusResponse* response) override {
-    return RunStatusCall(context, deps_.authorize(*context), [&] { deps_.status(response); });
+    return RunStatusCall(context, [&] { deps_.status(response); });
   }
 
   grpc::ServerUnaryReactor* CreateProvider(grpc::CallbackServerContext* context,
@@ -489,8 +489,7 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
   template <typename Work>
   grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, const char* rpc,
                                      Work work) {
-    return RunAdminCall(context, deps_.authorize(*context), deps_.workers, "router", rpc,
-                        std::move(work));
+    return RunAdminCall(context, deps_.workers, "router", rpc, std::move(work));
   }
 
   AdminServiceDeps deps_;

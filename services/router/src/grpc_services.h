@@ -21,8 +21,6 @@ std::unique_ptr<grpc::Service> MakeRouterService(KeyPool& pool, RouterMetrics& m
                                                  SecretOpener open);
 
 struct AdminServiceDeps {
-  // Admin token check (CheckAdminToken).
-  std::function<grpc::Status(const grpc::ServerContextBase&)> authorize;
   // Fills GetStatus.
   std::function<void(v1::GetStatusResponse*)> status;
   RouterAdmin& admin;

@@ -67,9 +67,10 @@ class RouterGrpcTest : public ::testing::Test {
   void SetUp() override {
     process_ = std::make_unique<RouterProcess>(db_.dsn());
     process_->Start();
-    auto channel = MakeChannel("127.0.0.1:" + std::to_string(process_->port()));
-    router_ = pb::RouterService::NewStub(channel);
-    admin_ = pb::RouterAdminService::NewStub(channel);
+    const std::string target = "127.0.0.1:" + std::to_string(process_->port());
+    router_ = pb::RouterService::NewStub(MakeChannel(target));  // as the edge
+    // Only the credentials each call adds (Ctx): the admin token, a wrong one or none.
+    admin_ = pb::RouterAdminService::NewStub(MakeChannel(target, /*send_service_token=*/false));
   }
 
   std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = kToken) {

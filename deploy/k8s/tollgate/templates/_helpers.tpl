@@ -194,6 +194,7 @@ spec:
       args: ["serve", "--target={{ $svc }}", "--config=/etc/tollgate/tollgate.yaml"]
       env:
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ADMIN__TOKEN" "key" $root.Values.secrets.keys.adminToken) | nindent 8 }}
+        {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE" "key" $root.Values.secrets.keys.edgeServiceToken) | nindent 8 }}
         {{- include "tollgate.dbEnv" (dict "root" $root "svc" $svc) | nindent 8 }}
         {{- if eq $svc "router" }}
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ROUTER__MASTER_KEY" "key" $root.Values.secrets.keys.routerMasterKey) | nindent 8 }}
