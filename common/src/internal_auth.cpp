@@ -83,6 +83,8 @@ constexpr auto kTable = std::to_array<MethodRule>({
     Admin("/tollgate.billing.v1.BillingAdminService/SetPrice"),
     Admin("/tollgate.billing.v1.BillingAdminService/ListPrices"),
     Admin("/tollgate.billing.v1.BillingAdminService/SetMultiplier"),
+    Admin("/tollgate.billing.v1.BillingAdminService/SetServiceTierMultiplier"),
+    Admin("/tollgate.billing.v1.BillingAdminService/ListServiceTierMultipliers"),
     Admin("/tollgate.billing.v1.BillingAdminService/CreateAccount"),
     Admin("/tollgate.billing.v1.BillingAdminService/TopUp"),
     Admin("/tollgate.billing.v1.BillingAdminService/SetCreditLimit"),
