@@ -163,7 +163,10 @@ struct GrpcAuthClient::Impl {
     }
     void OnDone(const grpc::Status& status) override {
       impl_.OnWatchDone(this, status);
+      // The watch counts as a call in flight until it is gone (see CallEnded).
+      Impl& impl = impl_;
       delete this;
+      impl.CallEnded(nullptr);
     }
 
    private:
@@ -289,7 +292,7 @@ struct GrpcAuthClient::Impl {
         &raw->context, &raw->request, &raw->response, [this, raw](grpc::Status status) {
           std::unique_ptr<Call> owned(raw);
           FinishFlight(owned->request.key_hash(), &owned->response, status, owned->epoch);
-          CallEnded(&owned->context);
+          CallEnded(&owned->context, owned);
         });
   }
 
@@ -409,6 +412,7 @@ struct GrpcAuthClient::Impl {
         if (e.known) watch->request.add_key_hashes(hash);
     }
     watch_call = watch;
+    ++calls_in_flight;  // until the Watch is deleted (OnDone)
     last_message = Clock::now();
     return watch;
   }
@@ -437,14 +441,15 @@ struct GrpcAuthClient::Impl {
       return;
     }
     if (!CallStarted(&context)) return;
-    stub->async()->ReportKeyUsage(&context, &request, &response, [this, call](grpc::Status status) {
-      // Last-used times are informational: a lost batch is only
-      // late information, not worth a retry queue.
-      if (!status.ok())
-        log::Debug("edge", "auth ReportKeyUsage failed",
-                   {{"grpc_code", static_cast<int>(status.error_code())}});
-      CallEnded(&std::get<0>(*call));
-    });
+    stub->async()->ReportKeyUsage(
+        &context, &request, &response, [this, call](grpc::Status status) mutable {
+          // Last-used times are informational: a lost batch is only
+          // late information, not worth a retry queue.
+          if (!status.ok())
+            log::Debug("edge", "auth ReportKeyUsage failed",
+                       {{"grpc_code", static_cast<int>(status.error_code())}});
+          CallEnded(&std::get<0>(*call), call);
+        });
   }
 
   // ---- lifecycle --------------------------------------------------------------------------
@@ -462,6 +467,19 @@ struct GrpcAuthClient::Impl {
     --calls_in_flight;
     live_calls.erase(context);
     cv.notify_all();
+  }
+  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
+  // Shutdown (and the channel's destruction after it) never races a callback thread that still
+  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
+  // queue) when a channel's last reference goes on one of its own callback threads.
+  template <typename Owned>
+  void CallEnded(grpc::ClientContext* context, Owned& owned) {
+    {
+      std::lock_guard lock(mu);
+      live_calls.erase(context);
+    }
+    owned.reset();
+    CallEnded(nullptr);
   }
 
   void Loop() {

@@ -106,6 +106,19 @@ struct GrpcBillingClient::Impl {
     live_calls.erase(context);
     cv.notify_all();
   }
+  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
+  // Shutdown (and the channel's destruction after it) never races a callback thread that still
+  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
+  // queue) when a channel's last reference goes on one of its own callback threads.
+  template <typename Owned>
+  void CallEnded(grpc::ClientContext* context, Owned& owned) {
+    {
+      std::lock_guard lock(mu);
+      live_calls.erase(context);
+    }
+    owned.reset();
+    CallEnded(nullptr);
+  }
 
   void UpdateGauges() {
     if (spool_records_gauge) spool_records_gauge->Set(static_cast<double>(spool.records()));
@@ -214,8 +227,9 @@ struct GrpcBillingClient::Impl {
             else
               wake_sender = true;  // more may be waiting: no need to wait for the tick
             batch_in_flight = false;
-            --calls_in_flight;
             live_calls.erase(&owned->context);
+            owned.reset();  // before the count drops (see CallEnded)
+            --calls_in_flight;
             cv.notify_all();
           });
     }
@@ -305,7 +319,7 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
           if (impl->holds_unavailable) impl->holds_unavailable->Increment();
         }
         owned->done(std::move(result));
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 
@@ -330,7 +344,7 @@ void GrpcBillingClient::Release(std::string hold_id) {
         if (!status.ok())
           log::Debug("edge", "billing ReleaseHold failed",
                      {{"grpc_code", static_cast<int>(status.error_code())}});
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 
@@ -422,7 +436,7 @@ void GrpcBillingClient::GetAccount(const Principal& principal,
                                    "The billing service is unavailable. Please retry shortly."};
         }
         owned->done(std::move(result));
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 
@@ -470,7 +484,7 @@ void GrpcBillingClient::GetUsage(const Principal& principal, bool key_only, std:
                                    "The billing service is unavailable. Please retry shortly."};
         }
         owned->done(std::move(result));
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 

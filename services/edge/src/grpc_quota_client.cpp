@@ -137,6 +137,19 @@ struct GrpcQuotaClient::Impl {
     live_calls.erase(context);
     cv.notify_all();
   }
+  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
+  // Shutdown (and the channel's destruction after it) never races a callback thread that still
+  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
+  // queue) when a channel's last reference goes on one of its own callback threads.
+  template <typename Owned>
+  void CallEnded(grpc::ClientContext* context, Owned& owned) {
+    {
+      std::lock_guard lock(mu);
+      live_calls.erase(context);
+    }
+    owned.reset();
+    CallEnded(nullptr);
+  }
 
   void CountDropped(size_t n) {
     dropped.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
@@ -161,7 +174,7 @@ struct GrpcQuotaClient::Impl {
           if (!status.ok())
             log::Debug("edge", "quota Release failed",
                        {{"grpc_code", static_cast<int>(status.error_code())}});
-          CallEnded(&owned->context);
+          CallEnded(&owned->context, owned);
         });
   }
 
@@ -218,6 +231,7 @@ struct GrpcQuotaClient::Impl {
                   CountDropped(1);
                 }
               }
+              owned.reset();  // before the count drops (see CallEnded)
               rep.batch_in_flight = false;
               --calls_in_flight;
               cv.notify_all();
@@ -368,7 +382,12 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
       }
     }
     fanout->done(std::move(result));
-    for (const auto& p : fanout->parts) impl->CallEnded(&p->context);
+    // The parts' gRPC objects go before their calls count as ended (see CallEnded).
+    std::vector<std::unique_ptr<Part>> parts = std::move(fanout->parts);
+    for (auto& p : parts) {
+      grpc::ClientContext* context = &p->context;
+      impl->CallEnded(context, p);
+    }
   };
   for (auto& p : fanout->parts) {
     Part* raw = p.get();

@@ -118,6 +118,19 @@ struct GrpcRouterClient::Impl {
     live_calls.erase(context);
     cv.notify_all();
   }
+  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
+  // Shutdown (and the channel's destruction after it) never races a callback thread that still
+  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
+  // queue) when a channel's last reference goes on one of its own callback threads.
+  template <typename Owned>
+  void CallEnded(grpc::ClientContext* context, Owned& owned) {
+    {
+      std::lock_guard lock(mu);
+      live_calls.erase(context);
+    }
+    owned.reset();
+    CallEnded(nullptr);
+  }
 
   void FlushLoop() {
     std::unique_lock lock(mu);
@@ -158,6 +171,7 @@ struct GrpcRouterClient::Impl {
                            {"grpc_code", static_cast<int>(status.error_code())},
                            {"error", status.error_message()}});
               }
+              owned.reset();  // before the count drops (see CallEnded)
               std::lock_guard guard(mu);
               --batches_in_flight;
               --calls_in_flight;
@@ -278,7 +292,7 @@ void GrpcRouterClient::Route(std::string model, int32_t max_attempts,
           if (!stale_used) result.failure = RouteFailure(status, model);
         }
         owned->done(std::move(result));
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 
@@ -327,7 +341,7 @@ void GrpcRouterClient::ListModels(std::function<void(ModelsResult)> done) {
                                    "The routing service is unavailable. Retry later."};
         }
         owned->done(std::move(result));
-        impl->CallEnded(&owned->context);
+        impl->CallEnded(&owned->context, owned);
       });
 }
 
