@@ -709,6 +709,10 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
   Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");  // the servers' (no identity)
   Issue(dir, "ca", "edge", "URI:tollgate://edge");
   Issue(dir, "ca", "admin", "URI:tollgate://admin");
+  // The DNS form, as Helm's genSignedCert writes them (it cannot write URI SANs).
+  Issue(dir, "ca", "edge-dns", "DNS:edge.tollgate.internal");
+  Issue(dir, "ca", "admin-dns", "DNS:admin.tollgate.internal");
+  Issue(dir, "ca", "nobody-dns", "DNS:router.tollgate.internal,DNS:tollgate-router.ns.svc");
   Issue(dir, "ca", "nobody", "URI:tollgate://router,DNS:nobody");
   Issue(dir, "other-ca", "stranger", "URI:tollgate://edge");  // right name, wrong CA
   auto env = Env();
@@ -743,6 +747,17 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
     auto admin = stub_as("admin");
     EXPECT_TRUE(CallWith(*admin, status, "").ok()) << "the admin by certificate, no token";
     EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    auto edge = stub_as("edge-dns");
+    EXPECT_TRUE(CallWith(*edge, table, "").ok());
+    EXPECT_EQ(CallWith(*edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    auto admin = stub_as("admin-dns");
+    EXPECT_TRUE(CallWith(*admin, status, "").ok());
+    EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    auto nobody = stub_as("nobody-dns");
+    EXPECT_EQ(CallWith(*nobody, table, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(CallWith(*nobody, status, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   }
   {
     auto nobody = stub_as("nobody");  // chained to the CA, but names no known identity

@@ -137,13 +137,15 @@ class CallAuthenticator final {
         if (num_consumed < std::size(consumed)) consumed[num_consumed++] = &md[i];
       }
     }
-    // A certificate the server verified (mutual TLS) names its identity in a URI SAN.
-    for (const char* property : {GRPC_PEER_URI_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+    // A certificate the server verified (mutual TLS) names its identity in a URI SAN
+    // (tollgate://edge) or a DNS SAN (edge.tollgate.internal).
+    for (const char* property :
+         {GRPC_PEER_URI_PROPERTY_NAME, GRPC_PEER_DNS_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
       if (context == nullptr) break;
       auto it = grpc_auth_context_find_properties_by_name(context, property);
       while (const grpc_auth_property* p = grpc_auth_property_iterator_next(&it)) {
         presented = true;
-        if (auto id = IdentityFromUri({p->value, p->value_length})) callers.Add(*id);
+        if (auto id = IdentityFromSan({p->value, p->value_length})) callers.Add(*id);
       }
     }
     grpc_metadata consumed_md[std::size(consumed)];
