@@ -400,7 +400,10 @@ for name, svc in doc["services"].items():
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for k, v in (svc.get("environment") or {}).items():
         v = interpolate(v)
-        env[k] = v.replace("/run/secrets/", secrets + "/") if k.endswith("_FILE") else v
+        if v.startswith("/run/secrets/"):  # the file the compose secret of that name declares
+            declared = doc["secrets"].get(v[len("/run/secrets/"):], {}).get("file", v)
+            v = os.path.join(secrets, os.path.basename(interpolate(declared)))
+        env[k] = v
     for s in svc.get("secrets", []):
         if s not in doc["secrets"]:
             print(f"{name}: secret {s} is not declared"); failed = 1
@@ -423,6 +426,47 @@ else
   else
     skip "tollgate check-config with each compose service's environment" "no binary at $TOLLGATE"
   fi
+fi
+# make-secrets.sh's certificates: chained to its CA, the identities as URI SANs, the services'
+# compose DNS names, client and server auth; every Tollgate container mounts its own.
+compose_tls() {
+  local c san expect
+  for c in auth quota router billing edge admin; do
+    openssl verify -CAfile "$SECRETS/tls_ca.crt" "$SECRETS/tls_$c.crt" || return 1
+    [ "$(openssl x509 -in "$SECRETS/tls_$c.crt" -noout -pubkey)" = "$(openssl pkey -in "$SECRETS/tls_$c.key" -pubout)" ] ||
+      { echo "tls_$c.key does not match"; return 1; }
+    openssl x509 -in "$SECRETS/tls_$c.crt" -noout -ext extendedKeyUsage | grep -q 'TLS Web Client Authentication' ||
+      { echo "tls_$c.crt: no clientAuth"; return 1; }
+    san=$(openssl x509 -in "$SECRETS/tls_$c.crt" -noout -ext subjectAltName | tail -n +2 | tr -d ' ')
+    case $c in
+      edge | admin) expect="URI:tollgate://$c" ;;
+      *) expect="DNS:$c,DNS:localhost,IPAddress:127.0.0.1" ;;
+    esac
+    echo "tls_$c.crt: $san"
+    [ "$san" = "$expect" ] || { echo "expected $expect"; return 1; }
+  done
+  python3 - <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open("docker-compose.yml"))
+bad = 0
+for name in ("auth", "quota", "router", "billing", "edge"):
+    env = doc["services"][name]["environment"]
+    want = {"TOLLGATE_GRPC__TLS__CERT_FILE": f"/run/secrets/tls_{name}_cert",
+            "TOLLGATE_GRPC__TLS__KEY_FILE": f"/run/secrets/tls_{name}_key",
+            "TOLLGATE_GRPC__TLS__CA_FILE": "/run/secrets/tls_ca"}
+    got = {k: v for k, v in env.items() if k.startswith("TOLLGATE_GRPC__TLS__")}
+    mounted = set(doc["services"][name].get("secrets", []))
+    tls_mounted = {s for s in mounted if s.startswith("tls_")}
+    ok = got == want and tls_mounted == {"tls_ca", f"tls_{name}_cert", f"tls_{name}_key"}
+    print(f"{name}: {'OK' if ok else f'TLS env {got}, TLS secrets {sorted(tls_mounted)}'}")
+    bad |= not ok
+sys.exit(bad)
+PY
+}
+if command -v openssl >/dev/null 2>&1 && have_pyyaml; then
+  check "compose mTLS: make-secrets.sh certificates and each container's own" compose_tls
+else
+  skip "compose mTLS: make-secrets.sh certificates and each container's own" "openssl or python3 yaml missing"
 fi
 check "deploy/compose/initdb script syntax" bash -n deploy/compose/initdb/10-tollgate-databases.sh
 
