@@ -14,7 +14,10 @@
 #                       (TOLLGATE_GRPC__TLS__CERT_FILE / KEY_FILE). The edge's and the admin's
 #                       name their identity (URI SAN tollgate://edge, tollgate://admin); the
 #                       services' carry their compose DNS name, localhost and 127.0.0.1.
-# Certificates are kept like the rest; delete tls_* (all) or tls_<c>.* (one) to issue new ones.
+# Certificates are kept like the rest. TG_RENEW_TLS=1 re-issues every leaf certificate from the
+# same CA, each file replaced in one rename (key first): the running containers pick them up
+# within grpc.tls.refresh_interval, no restart. Delete tls_* (all) for a new CA (see
+# docs/architecture.md "Trust", "Rotating", for doing that without failed handshakes).
 set -euo pipefail
 dir=${1:-$(cd "$(dirname "$0")" && pwd)/secrets}
 mkdir -p "$dir"
@@ -57,18 +60,21 @@ if [[ ! -s "$dir/tls_ca.crt" || ! -s "$dir/tls_ca.key" ]]; then
 fi
 issue() {  # issue NAME SAN: a leaf certificate for client and server auth, signed by the CA
   local name=$1 san=$2 ext
-  if [[ -s "$dir/tls_$name.crt" && -s "$dir/tls_$name.key" ]]; then
+  if [[ -s "$dir/tls_$name.crt" && -s "$dir/tls_$name.key" && -z "${TG_RENEW_TLS:-}" ]]; then
     echo "kept    $dir/tls_$name.crt"
     return
   fi
   ext=$(mktemp)
   printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' "$san" >"$ext"
   (umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$dir/tls_$name.key" -subj "/CN=tollgate-$name" 2>/dev/null |
+    -keyout "$dir/.tls_$name.key.new" -subj "/CN=tollgate-$name" 2>/dev/null |
     openssl x509 -req -CA "$dir/tls_ca.crt" -CAkey "$dir/tls_ca.key" -CAcreateserial \
-      -CAserial "$dir/tls_ca.srl" -days "$tls_days" -extfile "$ext" -out "$dir/tls_$name.crt" 2>/dev/null)
+      -CAserial "$dir/tls_ca.srl" -days "$tls_days" -extfile "$ext" -out "$dir/.tls_$name.crt.new" 2>/dev/null)
   rm -f "$ext"
-  chmod 644 "$dir/tls_$name.key" "$dir/tls_$name.crt"  # uid 10001 reads them; the directory is 0700
+  # uid 10001 reads them; the directory is 0700
+  chmod 644 "$dir/.tls_$name.key.new" "$dir/.tls_$name.crt.new"
+  mv -f "$dir/.tls_$name.key.new" "$dir/tls_$name.key"
+  mv -f "$dir/.tls_$name.crt.new" "$dir/tls_$name.crt"
   echo "created $dir/tls_$name.crt"
 }
 for svc in auth quota router billing; do
