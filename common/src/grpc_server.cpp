@@ -55,8 +55,7 @@ void ConfigureGrpcTls(const GrpcTlsFiles& files) {
     throw std::runtime_error(
         "grpc.tls needs cert_file, key_file and ca_file together (or none of them)");
   // Read once here so that a missing or unreadable file stops the start with its name; from then
-  // on gRPC's file watchers re-read them every refresh_interval (a failed re-read keeps the last
-  // good material).
+  // on gRPC's file watchers re-read them every refresh_interval.
   ReadPem(files.cert_file, "certificate");
   ReadPem(files.key_file, "key");
   ReadPem(files.ca_file, "CA bundle");
