@@ -34,6 +34,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "pg_fixture.h"
+#include "tollgate/grpc_server.h"
 #include "tollgate/internal_auth.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 
@@ -851,6 +852,54 @@ TEST_F(InternalTrustTest, RotatedCertificatesAreUsedWithoutARestartAndNoCallIsLo
   load.join();
   EXPECT_EQ(failed.load(), 0) << "calls lost during the rotation";
   EXPECT_GT(served.load(), 10);
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(dir);
+}
+
+// The client side of rotation: the channels of a process (the edge's, MakeChannel) re-read
+// grpc.tls.* too. This test process is the client; its certificate moves from the edge's (old
+// CA) to the admin's (new CA), and new connections present the new one.
+TEST_F(InternalTrustTest, ChannelsPresentTheRotatedCertificateOnNewConnections) {
+  char tmpl[] = "/tmp/tollgate-tls-crot.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");
+  Issue(dir, "ca", "edge", "URI:tollgate://edge");
+  Issue(dir, "ca2", "admin2", "URI:tollgate://admin");
+  auto put = [&](const std::string& name, const std::string& content) {
+    std::ofstream(dir + "/" + name + ".tmp") << content;
+    std::filesystem::rename(dir + "/" + name + ".tmp", dir + "/" + name);
+  };
+  put("both-ca.pem", ReadText(dir + "/ca.pem") + ReadText(dir + "/ca2.pem"));
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/svc.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/svc.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = dir + "/both-ca.pem";
+  Process p({Binary(), "--target=router"}, env);
+  std::map<std::string, std::string> listen;
+  ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+  const std::string target = listen["router"];
+
+  put("client.key", ReadText(dir + "/edge.key"));
+  put("client.pem", ReadText(dir + "/edge.pem"));
+  tollgate::ConfigureGrpcTls(
+      {dir + "/client.pem", dir + "/client.key", dir + "/ca.pem", std::chrono::seconds(1)});
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  const std::string status = "/tollgate.router.v1.RouterAdminService/GetStatus";
+  {
+    grpc::GenericStub edge(tollgate::MakeChannel(target, /*send_service_token=*/false));
+    ASSERT_TRUE(CallWith(edge, table, "").ok());
+    EXPECT_EQ(CallWith(edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  put("client.key", ReadText(dir + "/admin2.key"));
+  put("client.pem", ReadText(dir + "/admin2.pem"));
+  bool rotated = false;
+  for (int i = 0; i < 50 && !rotated; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    grpc::GenericStub fresh(tollgate::MakeChannel(target, /*send_service_token=*/false));
+    rotated = CallWith(fresh, status, "").ok();
+  }
+  EXPECT_TRUE(rotated) << "new connections did not present the rotated certificate";
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
   std::filesystem::remove_all(dir);
