@@ -104,6 +104,11 @@ for (const file of process.argv.slice(2)) {
     if (doc.errors.length) { bad++; console.error(`${file}: ${doc.errors[0].message}`); continue; }
     const o = doc.toJS();
     if (!o) continue;
+    // A CRD kubernetes-models has no schema for; check_tls_wiring checks the Certificates.
+    if (o.apiVersion === 'cert-manager.io/v1') {
+      console.log(`${file}: ${o.kind}/${o.metadata?.name}: cert-manager CRD, not validated here`);
+      continue;
+    }
     total++;
     const [group, version] = o.apiVersion.includes('/') ? o.apiVersion.split('/') : ['', o.apiVersion];
     let Model;
@@ -136,6 +141,23 @@ if len(maps) != 1:
     sys.exit(f"expected one ConfigMap with tollgate.yaml, found {len(maps)}")
 path = os.path.join(out, "tollgate.yaml")
 open(path, "w").write(maps[0]["data"]["tollgate.yaml"])
+secrets = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "Secret"}
+def tls_files(obj, container):
+    """The files the container finds in /etc/tollgate-tls: from the rendered Secret when the
+    chart made it, else placeholders (a Secret made out of band or by cert-manager)."""
+    import base64
+    mount = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/etc/tollgate-tls"]
+    vol = [v for v in obj["spec"]["template"]["spec"].get("volumes", [])
+           if mount and v["name"] == mount[0]["name"]]
+    tdir = os.path.join(out, "tls", obj["metadata"]["name"])
+    os.makedirs(tdir, exist_ok=True)
+    for f in ("ca.crt", "tls.crt", "tls.key"):
+        open(os.path.join(tdir, f), "w").write("placeholder\n")
+    if vol and vol[0]["secret"]["secretName"] in secrets:
+        data = secrets[vol[0]["secret"]["secretName"]]
+        for item in vol[0]["secret"].get("items", []):
+            open(os.path.join(tdir, item["path"]), "wb").write(base64.b64decode(data[item["key"]]))
+    return tdir
 failed = 0
 for d in docs:
     pod = d.get("spec", {}).get("template", {}).get("spec", {})
@@ -144,7 +166,11 @@ for d in docs:
         if c.get("image", "").startswith("postgres"):
             continue
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        tls_dir = tls_files(d, c)
         for e in c.get("env", []) or []:
+            if str(e.get("value", "")).startswith("/etc/tollgate-tls/"):
+                env[e["name"]] = os.path.join(tls_dir, os.path.basename(e["value"]))
+                continue
             if e["name"].startswith("TOLLGATE_"):
                 # One placeholder per Secret key: distinct secrets stay distinct (the binary
                 # refuses an edge service token equal to the admin token).
@@ -162,6 +188,127 @@ sys.exit(failed)
 EOF
 }
 
+# The chart-generated TLS Secret: every certificate chains to the CA (openssl verify), matches its
+# key, allows client auth; the edge's and the admin's name their identity (edge.tollgate.internal,
+# admin.tollgate.internal), the services' carry their in-cluster DNS names (quota's replicas by
+# wildcard), localhost and 127.0.0.1 (the in-pod probe).
+check_generated_tls() {
+  local rendered=$1 dir=$OUT/generated-tls
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  python3 - "$rendered" "$dir" <<'PY' || return 1
+import base64, os, sys, yaml
+rendered, out = sys.argv[1:3]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+tls = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-tls")]
+if len(tls) != 1:
+    sys.exit(f"expected one generated TLS Secret, found {len(tls)}")
+for k, v in tls[0]["data"].items():
+    open(os.path.join(out, k), "wb").write(base64.b64decode(v))
+PY
+  local c san expect svc
+  for c in edge admin auth quota router billing; do
+    openssl verify -CAfile "$dir/ca.crt" "$dir/$c.crt" || return 1
+    openssl x509 -in "$dir/$c.crt" -noout -checkend 86400 >/dev/null ||
+      { echo "$c.crt expires within a day"; return 1; }
+    [ "$(openssl x509 -in "$dir/$c.crt" -noout -pubkey)" = "$(openssl pkey -in "$dir/$c.key" -pubout)" ] ||
+      { echo "$c.key does not match $c.crt"; return 1; }
+    openssl x509 -in "$dir/$c.crt" -noout -ext extendedKeyUsage | grep -q 'TLS Web Client Authentication' ||
+      { echo "$c.crt: no clientAuth"; return 1; }
+    san=$(openssl x509 -in "$dir/$c.crt" -noout -ext subjectAltName | tail -n +2 | tr -d ' ')
+    svc=tollgate-$c
+    case $c in
+      edge | admin) expect="DNS:$c.tollgate.internal" ;;
+      quota) expect="DNS:$svc,DNS:$svc.$NAMESPACE,DNS:$svc.$NAMESPACE.svc,DNS:$svc.$NAMESPACE.svc.cluster.local,DNS:*.$svc.$NAMESPACE,DNS:*.$svc.$NAMESPACE.svc,DNS:*.$svc.$NAMESPACE.svc.cluster.local,DNS:localhost,IPAddress:127.0.0.1" ;;
+      *) expect="DNS:$svc,DNS:$svc.$NAMESPACE,DNS:$svc.$NAMESPACE.svc,DNS:$svc.$NAMESPACE.svc.cluster.local,DNS:localhost,IPAddress:127.0.0.1" ;;
+    esac
+    echo "$c.crt: $san"
+    [ "$san" = "$expect" ] || { echo "$c.crt: expected SANs $expect"; return 1; }
+  done
+}
+
+# Every Tollgate container of a render with TLS has TOLLGATE_GRPC__TLS__* pointing into
+# /etc/tollgate-tls, mounted from its own component's certificate only; the gRPC services probe
+# with `tollgate health` (kubelet's gRPC probes cannot present a certificate). tls-off: none of
+# it, native gRPC probes. cert-manager: one Certificate per component, identities as URI SANs.
+check_tls_wiring() {
+  python3 - "$1" "$2" <<'PY'
+import sys, yaml
+rendered, mode = sys.argv[1:3]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+tls_on = mode != "tls-off"
+errors = []
+pods = 0
+want = {"TOLLGATE_GRPC__TLS__CERT_FILE": "/etc/tollgate-tls/tls.crt",
+        "TOLLGATE_GRPC__TLS__KEY_FILE": "/etc/tollgate-tls/tls.key",
+        "TOLLGATE_GRPC__TLS__CA_FILE": "/etc/tollgate-tls/ca.crt"}
+for d in docs:
+    pod = d.get("spec", {}).get("template", {}).get("spec", {})
+    for c in pod.get("containers", []):
+        targets = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--target=")]
+        if not targets or c["args"][0] != "serve":  # the migrate Job speaks no gRPC
+            continue
+        pods += 1
+        comp = targets[0]
+        name = f'{d["kind"]}/{d["metadata"]["name"]}'
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        tls_env = {k: v for k, v in env.items() if k.startswith("TOLLGATE_GRPC__TLS__")}
+        mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/etc/tollgate-tls"]
+        probes = [c[p] for p in ("startupProbe", "readinessProbe", "livenessProbe") if c.get(p)]
+        if not tls_on:
+            if tls_env or mounts:
+                errors.append(f"{name}: TLS wiring with tls.enabled false")
+            if comp != "edge" and not all("grpc" in p for p in probes):
+                errors.append(f"{name}: expected native gRPC probes")
+            continue
+        if tls_env != want:
+            errors.append(f"{name}: TLS env {tls_env}")
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        if len(mounts) != 1 or mounts[0]["name"] not in vols:
+            errors.append(f"{name}: /etc/tollgate-tls not mounted")
+            continue
+        secret = vols[mounts[0]["name"]]["secret"]
+        items = {i["key"]: i["path"] for i in secret.get("items", [])}
+        if mode == "tls-cert-manager":
+            if items or secret["secretName"] != f"tollgate-tls-{comp}":
+                errors.append(f"{name}: expected the whole Secret tollgate-tls-{comp}, got {secret}")
+        elif items != {"ca.crt": "ca.crt", f"{comp}.crt": "tls.crt", f"{comp}.key": "tls.key"}:
+            errors.append(f"{name}: mounts {items}, not its own certificate")
+        expected_secret = {"tls-existing-secret": "my-tollgate-tls", "default": "tollgate-tls"}.get(mode)
+        if expected_secret and secret["secretName"] != expected_secret:
+            errors.append(f"{name}: Secret {secret['secretName']}, expected {expected_secret}")
+        if comp != "edge":
+            port = [p["containerPort"] for p in c["ports"] if p["name"] == "grpc"][0]
+            for p in probes:
+                if p.get("exec", {}).get("command") != ["tollgate", "health", f"127.0.0.1:{port}"]:
+                    errors.append(f"{name}: probe {p}")
+certs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+if mode == "tls-cert-manager":
+    for comp in ("edge", "admin", "auth", "quota", "router", "billing"):
+        cert = certs.get(f"tollgate-tls-{comp}")
+        if not cert:
+            errors.append(f"no Certificate tollgate-tls-{comp}")
+            continue
+        spec = cert["spec"]
+        if cert["apiVersion"] != "cert-manager.io/v1" or spec["secretName"] != f"tollgate-tls-{comp}":
+            errors.append(f"Certificate {comp}: {cert['apiVersion']} {spec['secretName']}")
+        if not spec.get("issuerRef", {}).get("name") or "client auth" not in spec.get("usages", []):
+            errors.append(f"Certificate {comp}: issuerRef or client auth missing")
+        if comp in ("edge", "admin") and spec.get("uris") != [f"tollgate://{comp}"]:
+            errors.append(f"Certificate {comp}: uris {spec.get('uris')}")
+        if comp not in ("edge", "admin") and f"tollgate-{comp}.lint-ns.svc" not in spec.get("dnsNames", []):
+            errors.append(f"Certificate {comp}: dnsNames {spec.get('dnsNames')}")
+elif certs:
+    errors.append(f"Certificates rendered without tls.certManager: {sorted(certs)}")
+generated = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "tollgate-tls"]
+if (mode == "default") != bool(generated):
+    errors.append(f"generated TLS Secret rendered: {bool(generated)} in mode {mode}")
+print(f"{pods} Tollgate containers checked ({mode})")
+print("\n".join(errors) or "OK")
+sys.exit(1 if errors or pods < 5 else 0)
+PY
+}
+
 if [ "$HAVE_HELM" = 1 ]; then
   check "helm lint $CHART" "$HELM" lint --strict "$CHART"
   for values in "$CHART"/ci/*-values.yaml; do
@@ -173,13 +320,25 @@ if [ "$HAVE_HELM" = 1 ]; then
     bash -c "'$HELM' template tollgate '$CHART' --namespace $NAMESPACE -f '$QUOTA3_VALUES' >'$OUT/quota-3.yaml'"
   check "helm template -f $CHART/ci/bundled-postgresql-values.yaml" \
     bash -c "'$HELM' template tollgate '$CHART' --namespace $NAMESPACE -f '$CHART/ci/bundled-postgresql-values.yaml' >'$OUT/bundled-postgresql.yaml'"
+  # Mutual TLS: the default render generates the certificates; these are the other sources.
+  for mode in tls-off tls-existing-secret tls-cert-manager; do
+    check "helm template -f $CHART/ci/$mode-values.yaml" \
+      bash -c "'$HELM' template tollgate '$CHART' --namespace $NAMESPACE -f '$CHART/ci/$mode-values.yaml' >'$OUT/$mode.yaml'"
+  done
+  check "chart-generated TLS: certificates chain to the CA, identities and DNS names as SANs" \
+    check_generated_tls "$OUT/default.yaml"
+  for r in default tls-off tls-existing-secret tls-cert-manager; do
+    check "TLS wiring in the $r render (mounts, env, probes, Certificates)" \
+      check_tls_wiring "$OUT/$r.yaml" "$r"
+  done
   if [ -s "$OUT/quota-3.yaml" ]; then
     check "edge.quota_targets lists tollgate-quota-0,1,2 in order (3 replicas)" \
       assert_quota_targets "$OUT/quota-3.yaml"
   else
     fail "edge.quota_targets lists tollgate-quota-0,1,2 in order (3 replicas)"
   fi
-  renders=("$OUT/default.yaml" "$OUT/quota-3.yaml" "$OUT/bundled-postgresql.yaml")
+  renders=("$OUT/default.yaml" "$OUT/quota-3.yaml" "$OUT/bundled-postgresql.yaml" "$OUT/tls-off.yaml"
+    "$OUT/tls-existing-secret.yaml" "$OUT/tls-cert-manager.yaml")
   if [ -d node_modules/kubernetes-models ] && [ -d node_modules/yaml ]; then
     check "rendered manifests match the Kubernetes schema (kubernetes-models)" validate_k8s "${renders[@]}"
   else
@@ -241,7 +400,10 @@ for name, svc in doc["services"].items():
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for k, v in (svc.get("environment") or {}).items():
         v = interpolate(v)
-        env[k] = v.replace("/run/secrets/", secrets + "/") if k.endswith("_FILE") else v
+        if v.startswith("/run/secrets/"):  # the file the compose secret of that name declares
+            declared = doc["secrets"].get(v[len("/run/secrets/"):], {}).get("file", v)
+            v = os.path.join(secrets, os.path.basename(interpolate(declared)))
+        env[k] = v
     for s in svc.get("secrets", []):
         if s not in doc["secrets"]:
             print(f"{name}: secret {s} is not declared"); failed = 1
@@ -264,6 +426,47 @@ else
   else
     skip "tollgate check-config with each compose service's environment" "no binary at $TOLLGATE"
   fi
+fi
+# make-secrets.sh's certificates: chained to its CA, the identities as URI SANs, the services'
+# compose DNS names, client and server auth; every Tollgate container mounts its own.
+compose_tls() {
+  local c san expect
+  for c in auth quota router billing edge admin; do
+    openssl verify -CAfile "$SECRETS/tls_ca.crt" "$SECRETS/tls_$c.crt" || return 1
+    [ "$(openssl x509 -in "$SECRETS/tls_$c.crt" -noout -pubkey)" = "$(openssl pkey -in "$SECRETS/tls_$c.key" -pubout)" ] ||
+      { echo "tls_$c.key does not match"; return 1; }
+    openssl x509 -in "$SECRETS/tls_$c.crt" -noout -ext extendedKeyUsage | grep -q 'TLS Web Client Authentication' ||
+      { echo "tls_$c.crt: no clientAuth"; return 1; }
+    san=$(openssl x509 -in "$SECRETS/tls_$c.crt" -noout -ext subjectAltName | tail -n +2 | tr -d ' ')
+    case $c in
+      edge | admin) expect="URI:tollgate://$c" ;;
+      *) expect="DNS:$c,DNS:localhost,IPAddress:127.0.0.1" ;;
+    esac
+    echo "tls_$c.crt: $san"
+    [ "$san" = "$expect" ] || { echo "expected $expect"; return 1; }
+  done
+  python3 - <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open("docker-compose.yml"))
+bad = 0
+for name in ("auth", "quota", "router", "billing", "edge"):
+    env = doc["services"][name]["environment"]
+    want = {"TOLLGATE_GRPC__TLS__CERT_FILE": f"/run/secrets/tls_{name}_cert",
+            "TOLLGATE_GRPC__TLS__KEY_FILE": f"/run/secrets/tls_{name}_key",
+            "TOLLGATE_GRPC__TLS__CA_FILE": "/run/secrets/tls_ca"}
+    got = {k: v for k, v in env.items() if k.startswith("TOLLGATE_GRPC__TLS__")}
+    mounted = set(doc["services"][name].get("secrets", []))
+    tls_mounted = {s for s in mounted if s.startswith("tls_")}
+    ok = got == want and tls_mounted == {"tls_ca", f"tls_{name}_cert", f"tls_{name}_key"}
+    print(f"{name}: {'OK' if ok else f'TLS env {got}, TLS secrets {sorted(tls_mounted)}'}")
+    bad |= not ok
+sys.exit(bad)
+PY
+}
+if command -v openssl >/dev/null 2>&1 && have_pyyaml; then
+  check "compose mTLS: make-secrets.sh certificates and each container's own" compose_tls
+else
+  skip "compose mTLS: make-secrets.sh certificates and each container's own" "openssl or python3 yaml missing"
 fi
 check "deploy/compose/initdb script syntax" bash -n deploy/compose/initdb/10-tollgate-databases.sh
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -33,6 +34,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "pg_fixture.h"
+#include "tollgate/grpc_server.h"
 #include "tollgate/internal_auth.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 
@@ -709,6 +711,10 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
   Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");  // the servers' (no identity)
   Issue(dir, "ca", "edge", "URI:tollgate://edge");
   Issue(dir, "ca", "admin", "URI:tollgate://admin");
+  // The DNS form, as Helm's genSignedCert writes them (it cannot write URI SANs).
+  Issue(dir, "ca", "edge-dns", "DNS:edge.tollgate.internal");
+  Issue(dir, "ca", "admin-dns", "DNS:admin.tollgate.internal");
+  Issue(dir, "ca", "nobody-dns", "DNS:router.tollgate.internal,DNS:tollgate-router.ns.svc");
   Issue(dir, "ca", "nobody", "URI:tollgate://router,DNS:nobody");
   Issue(dir, "other-ca", "stranger", "URI:tollgate://edge");  // right name, wrong CA
   auto env = Env();
@@ -745,6 +751,17 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
     EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
   }
   {
+    auto edge = stub_as("edge-dns");
+    EXPECT_TRUE(CallWith(*edge, table, "").ok());
+    EXPECT_EQ(CallWith(*edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    auto admin = stub_as("admin-dns");
+    EXPECT_TRUE(CallWith(*admin, status, "").ok());
+    EXPECT_EQ(CallWith(*admin, table, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    auto nobody = stub_as("nobody-dns");
+    EXPECT_EQ(CallWith(*nobody, table, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(CallWith(*nobody, status, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
     auto nobody = stub_as("nobody");  // chained to the CA, but names no known identity
     EXPECT_EQ(CallWith(*nobody, table, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
     EXPECT_EQ(CallWith(*nobody, status, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
@@ -761,6 +778,128 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
     EXPECT_FALSE(s.ok());
     EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   }
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(dir);
+}
+
+// Certificate rotation without a restart: the server re-reads grpc.tls.* every
+// grpc.tls.refresh_interval. Under load, its certificate moves to one from a new CA and its CA
+// bundle to both CAs: no call on the established connection fails, and new connections see the
+// new certificate and trust the new CA.
+TEST_F(InternalTrustTest, RotatedCertificatesAreUsedWithoutARestartAndNoCallIsLost) {
+  char tmpl[] = "/tmp/tollgate-tls-rot.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");
+  Issue(dir, "ca", "edge", "URI:tollgate://edge");
+  Issue(dir, "ca2", "svc2", "IP:127.0.0.1,DNS:localhost");
+  Issue(dir, "ca2", "edge2", "URI:tollgate://edge");
+  // Replaces a file the server reads in one step, as the kubelet does with a Secret volume.
+  auto put = [&](const std::string& name, const std::string& content) {
+    std::ofstream(dir + "/" + name + ".tmp") << content;
+    std::filesystem::rename(dir + "/" + name + ".tmp", dir + "/" + name);
+  };
+  put("live.key", ReadText(dir + "/svc.key"));
+  put("live.pem", ReadText(dir + "/svc.pem"));
+  put("live-ca.pem", ReadText(dir + "/ca.pem"));
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/live.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/live.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = dir + "/live-ca.pem";
+  env["TOLLGATE_GRPC__TLS__REFRESH_INTERVAL"] = "1s";
+  Process p({Binary(), "--target=router"}, env);
+  std::map<std::string, std::string> listen;
+  ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+  const std::string target = listen["router"];
+  auto stub_as = [&](const std::string& ca, const std::string& who) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadText(dir + "/" + ca + ".pem");
+    o.pem_cert_chain = ReadText(dir + "/" + who + ".pem");
+    o.pem_private_key = ReadText(dir + "/" + who + ".key");
+    return std::make_unique<grpc::GenericStub>(
+        grpc::CreateChannel(target, grpc::SslCredentials(o)));
+  };
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  auto before = stub_as("ca", "edge");
+  ASSERT_TRUE(CallWith(*before, table, "").ok());
+  EXPECT_FALSE(CallWith(*stub_as("ca2", "edge2"), table, "").ok()) << "not yet rotated";
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> served{0}, failed{0};
+  std::thread load([&] {
+    while (!stop) {
+      auto s = CallWith(*before, table, "");
+      (s.ok() ? served : failed)++;
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  put("live-ca.pem", ReadText(dir + "/ca.pem") + ReadText(dir + "/ca2.pem"));
+  put("live.key", ReadText(dir + "/svc2.key"));
+  put("live.pem", ReadText(dir + "/svc2.pem"));
+  // Within a few refresh intervals, a client that trusts only the new CA and presents a
+  // certificate from it is served.
+  bool rotated = false;
+  for (int i = 0; i < 50 && !rotated; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    rotated = CallWith(*stub_as("ca2", "edge2"), table, "").ok();
+  }
+  EXPECT_TRUE(rotated) << "the server did not pick up the new certificate and CA bundle";
+  // The server now presents the new certificate: a new connection trusting only the old CA fails.
+  EXPECT_EQ(CallWith(*stub_as("ca", "edge"), table, "").error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  stop = true;
+  load.join();
+  EXPECT_EQ(failed.load(), 0) << "calls lost during the rotation";
+  EXPECT_GT(served.load(), 10);
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  std::filesystem::remove_all(dir);
+}
+
+// The client side of rotation: the channels of a process (the edge's, MakeChannel) re-read
+// grpc.tls.* too. This test process is the client; its certificate moves from the edge's (old
+// CA) to the admin's (new CA), and new connections present the new one.
+TEST_F(InternalTrustTest, ChannelsPresentTheRotatedCertificateOnNewConnections) {
+  char tmpl[] = "/tmp/tollgate-tls-crot.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  Issue(dir, "ca", "svc", "IP:127.0.0.1,DNS:localhost");
+  Issue(dir, "ca", "edge", "URI:tollgate://edge");
+  Issue(dir, "ca2", "admin2", "URI:tollgate://admin");
+  auto put = [&](const std::string& name, const std::string& content) {
+    std::ofstream(dir + "/" + name + ".tmp") << content;
+    std::filesystem::rename(dir + "/" + name + ".tmp", dir + "/" + name);
+  };
+  put("both-ca.pem", ReadText(dir + "/ca.pem") + ReadText(dir + "/ca2.pem"));
+  auto env = Env();
+  env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/svc.pem";
+  env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/svc.key";
+  env["TOLLGATE_GRPC__TLS__CA_FILE"] = dir + "/both-ca.pem";
+  Process p({Binary(), "--target=router"}, env);
+  std::map<std::string, std::string> listen;
+  ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+  const std::string target = listen["router"];
+
+  put("client.key", ReadText(dir + "/edge.key"));
+  put("client.pem", ReadText(dir + "/edge.pem"));
+  tollgate::ConfigureGrpcTls(
+      {dir + "/client.pem", dir + "/client.key", dir + "/ca.pem", std::chrono::seconds(1)});
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  const std::string status = "/tollgate.router.v1.RouterAdminService/GetStatus";
+  {
+    grpc::GenericStub edge(tollgate::MakeChannel(target, /*send_service_token=*/false));
+    ASSERT_TRUE(CallWith(edge, table, "").ok());
+    EXPECT_EQ(CallWith(edge, status, "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  put("client.key", ReadText(dir + "/admin2.key"));
+  put("client.pem", ReadText(dir + "/admin2.pem"));
+  bool rotated = false;
+  for (int i = 0; i < 50 && !rotated; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    grpc::GenericStub fresh(tollgate::MakeChannel(target, /*send_service_token=*/false));
+    rotated = CallWith(fresh, status, "").ok();
+  }
+  EXPECT_TRUE(rotated) << "new connections did not present the rotated certificate";
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
   std::filesystem::remove_all(dir);

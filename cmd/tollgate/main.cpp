@@ -240,7 +240,9 @@ int main(int argc, char** argv) {
   try {
     tollgate::ConfigureGrpcTls({config.GetString("grpc.tls.cert_file"),
                                 config.GetString("grpc.tls.key_file"),
-                                config.GetString("grpc.tls.ca_file")});
+                                config.GetString("grpc.tls.ca_file"),
+                                std::chrono::duration_cast<std::chrono::seconds>(
+                                    config.GetDuration("grpc.tls.refresh_interval"))});
     const std::string& edge_token = config.GetString("grpc.service_tokens.edge");
     if (!edge_token.empty() && edge_token == config.GetString("admin.token"))
       throw std::runtime_error(

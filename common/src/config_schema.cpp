@@ -59,6 +59,9 @@ std::vector<ConfigKey> BuildSchema() {
       {"grpc.tls.key_file", T::kString, "", "PEM private key of grpc.tls.cert_file"},
       {"grpc.tls.ca_file", T::kString, "",
        "PEM CA bundle that peers' gRPC certificates must chain to (all three set: mutual TLS)"},
+      {"grpc.tls.refresh_interval", T::kDuration, "60s",
+       "how often the three grpc.tls files are re-read: new connections use a renewed "
+       "certificate, key or CA bundle without a restart; established ones are kept"},
   };
   AddDbService(keys, "auth", 7101);
   AddDbService(keys, "quota", 7102);

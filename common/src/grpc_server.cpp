@@ -4,11 +4,14 @@
 #include <grpc/slice.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/client_interceptor.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -21,7 +24,12 @@ namespace {
 
 struct TlsMaterial {
   bool enabled = false;
-  std::string cert, key, ca;
+  GrpcTlsFiles files;
+  // The channels' view of the files, shared by every channel of the process (one watcher
+  // thread), made by the first channel: after Serve has blocked SIGTERM, which a thread started
+  // earlier would receive and die of.
+  std::once_flag channel_provider_once;
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> channel_provider;
 };
 
 TlsMaterial& Tls() {
@@ -46,21 +54,33 @@ void ConfigureGrpcTls(const GrpcTlsFiles& files) {
   if (given != 3)
     throw std::runtime_error(
         "grpc.tls needs cert_file, key_file and ca_file together (or none of them)");
+  // Read once here so that a missing or unreadable file stops the start with its name; from then
+  // on gRPC's file watchers re-read them every refresh_interval.
+  ReadPem(files.cert_file, "certificate");
+  ReadPem(files.key_file, "key");
+  ReadPem(files.ca_file, "CA bundle");
+  if (files.refresh_interval < std::chrono::seconds(1))
+    throw std::runtime_error("grpc.tls.refresh_interval must be at least 1s");
   TlsMaterial& tls = Tls();
-  tls.cert = ReadPem(files.cert_file, "certificate");
-  tls.key = ReadPem(files.key_file, "key");
-  tls.ca = ReadPem(files.ca_file, "CA bundle");
+  tls.files = files;
   tls.enabled = true;
 }
 
 std::shared_ptr<grpc::ChannelCredentials> GrpcChannelCredentials() {
-  const TlsMaterial& tls = Tls();
+  TlsMaterial& tls = Tls();
   if (!tls.enabled) return grpc::InsecureChannelCredentials();
-  grpc::SslCredentialsOptions options;
-  options.pem_root_certs = tls.ca;
-  options.pem_cert_chain = tls.cert;
-  options.pem_private_key = tls.key;
-  return grpc::SslCredentials(options);
+  std::call_once(tls.channel_provider_once, [&tls] {
+    tls.channel_provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        tls.files.key_file, tls.files.cert_file, tls.files.ca_file,
+        static_cast<unsigned>(tls.files.refresh_interval.count()));
+  });
+  // Verifies the server's certificate against the CA bundle and the target's host name (gRPC's
+  // default verifier for TLS channel credentials), presents this process's certificate.
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(tls.channel_provider);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  return grpc::experimental::TlsCredentials(options);
 }
 
 bool GrpcTlsEnabled() { return Tls().enabled; }
@@ -137,13 +157,15 @@ class CallAuthenticator final {
         if (num_consumed < std::size(consumed)) consumed[num_consumed++] = &md[i];
       }
     }
-    // A certificate the server verified (mutual TLS) names its identity in a URI SAN.
-    for (const char* property : {GRPC_PEER_URI_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+    // A certificate the server verified (mutual TLS) names its identity in a URI SAN
+    // (tollgate://edge) or a DNS SAN (edge.tollgate.internal).
+    for (const char* property :
+         {GRPC_PEER_URI_PROPERTY_NAME, GRPC_PEER_DNS_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
       if (context == nullptr) break;
       auto it = grpc_auth_context_find_properties_by_name(context, property);
       while (const grpc_auth_property* p = grpc_auth_property_iterator_next(&it)) {
         presented = true;
-        if (auto id = IdentityFromUri({p->value, p->value_length})) callers.Add(*id);
+        if (auto id = IdentityFromSan({p->value, p->value_length})) callers.Add(*id);
       }
     }
     grpc_metadata consumed_md[std::size(consumed)];
@@ -195,10 +217,21 @@ class InternalServerCredentials final : public grpc::ServerCredentials {
     const TlsMaterial& tls = Tls();
     grpc_server_credentials* creds = nullptr;
     if (tls.enabled) {
-      grpc_ssl_pem_key_cert_pair pair{tls.key.c_str(), tls.cert.c_str()};
-      creds = grpc_ssl_server_credentials_create_ex(
-          tls.ca.c_str(), &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
-          nullptr);
+      // gRPC core's TLS credentials with a file watcher (not the SSL credentials, which take the
+      // PEM bytes once): certificate rotation without a restart, and still core credentials, so
+      // the CallAuthenticator below is installed the same way.
+      grpc_tls_certificate_provider* provider = grpc_tls_certificate_provider_file_watcher_create(
+          tls.files.key_file.c_str(), tls.files.cert_file.c_str(), tls.files.ca_file.c_str(),
+          static_cast<unsigned>(tls.files.refresh_interval.count()));
+      grpc_tls_credentials_options* options = grpc_tls_credentials_options_create();
+      grpc_tls_credentials_options_set_certificate_provider(options, provider);  // takes a ref
+      grpc_tls_certificate_provider_release(provider);
+      grpc_tls_credentials_options_watch_root_certs(options);
+      grpc_tls_credentials_options_watch_identity_key_cert_pairs(options);
+      grpc_tls_credentials_options_set_cert_request_type(
+          options, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+      creds = grpc_tls_server_credentials_create(options);  // takes the options
+      if (creds == nullptr) throw std::runtime_error("cannot create the gRPC TLS credentials");
     } else {
       creds = grpc_insecure_server_credentials_create();
     }

@@ -112,6 +112,12 @@ std::optional<Identity> IdentityFromUri(std::string_view uri) {
   return std::nullopt;
 }
 
+std::optional<Identity> IdentityFromSan(std::string_view san) {
+  if (san == "edge.tollgate.internal") return Identity::kEdge;
+  if (san == "admin.tollgate.internal") return Identity::kAdmin;
+  return IdentityFromUri(san);
+}
+
 std::span<const MethodRule> InternalAuthTable() { return kTable; }
 
 const MethodRule* FindMethodRule(std::string_view method) {

@@ -60,6 +60,19 @@ TEST(InternalAuthTest, IdentitiesComeFromTollgateUris) {
   EXPECT_EQ(IdentityFromUri("tollgate://edge/"), std::nullopt);
   EXPECT_EQ(IdentityFromUri("spiffe://tollgate/edge"), std::nullopt);
   EXPECT_EQ(IdentityFromUri("edge"), std::nullopt);
+  EXPECT_EQ(IdentityFromUri("edge.tollgate.internal"), std::nullopt);
+}
+
+TEST(InternalAuthTest, IdentitiesComeFromUriOrTollgateInternalDnsSans) {
+  EXPECT_EQ(IdentityFromSan("tollgate://edge"), Identity::kEdge);
+  EXPECT_EQ(IdentityFromSan("tollgate://admin"), Identity::kAdmin);
+  EXPECT_EQ(IdentityFromSan("edge.tollgate.internal"), Identity::kEdge);
+  EXPECT_EQ(IdentityFromSan("admin.tollgate.internal"), Identity::kAdmin);
+  EXPECT_EQ(IdentityFromSan("router.tollgate.internal"), std::nullopt);
+  EXPECT_EQ(IdentityFromSan("edge.tollgate.internal."), std::nullopt);
+  EXPECT_EQ(IdentityFromSan("x.edge.tollgate.internal"), std::nullopt);
+  EXPECT_EQ(IdentityFromSan("*.tollgate.internal"), std::nullopt);
+  EXPECT_EQ(IdentityFromSan("tollgate-edge.ns.svc"), std::nullopt);
 }
 
 }  // namespace

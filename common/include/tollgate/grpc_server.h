@@ -60,11 +60,14 @@ constexpr size_t kMinServiceTokenLength = 16;
 // Mutual TLS between services: PEM files. All empty: plaintext (loopback, a
 // trusted pod network or a service mesh). All three set: every server requires
 // and verifies a client certificate signed by `ca_file`, every channel
-// presents `cert_file` and verifies the server against `ca_file`.
+// presents `cert_file` and verifies the server against `ca_file`. The files are re-read every
+// `refresh_interval`: new handshakes use the new certificate, key and CA bundle, established
+// connections and their calls are not touched (rotation without a restart).
 struct GrpcTlsFiles {
   std::string cert_file;
   std::string key_file;
   std::string ca_file;
+  std::chrono::seconds refresh_interval{60};
   bool enabled() const { return !cert_file.empty(); }
 };
 

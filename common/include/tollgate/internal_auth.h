@@ -37,6 +37,10 @@ class IdentitySet final {
 std::string_view IdentityName(Identity id);
 // "tollgate://edge" → kEdge; anything else → nullopt.
 std::optional<Identity> IdentityFromUri(std::string_view uri);
+// A certificate's subject alternative name: the URI form above, or the DNS form
+// "edge.tollgate.internal" (Helm's genSignedCert can only write DNS SANs; `.internal` is
+// reserved for private use, so no public CA issues it). Anything else → nullopt.
+std::optional<Identity> IdentityFromSan(std::string_view san);
 
 struct MethodRule {
   std::string_view method;  // "/tollgate.router.v1.RouterService/GetRoutingTable"

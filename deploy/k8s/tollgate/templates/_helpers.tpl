@@ -196,6 +196,7 @@ spec:
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ADMIN__TOKEN" "key" $root.Values.secrets.keys.adminToken) | nindent 8 }}
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE" "key" $root.Values.secrets.keys.edgeServiceToken) | nindent 8 }}
         {{- include "tollgate.dbEnv" (dict "root" $root "svc" $svc) | nindent 8 }}
+        {{- include "tollgate.tlsEnv" $root | nindent 8 }}
         {{- if eq $svc "router" }}
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ROUTER__MASTER_KEY" "key" $root.Values.secrets.keys.routerMasterKey) | nindent 8 }}
         {{- end }}
@@ -213,17 +214,11 @@ spec:
           containerPort: {{ $root.Values.metrics.port }}
           protocol: TCP
       startupProbe:
-        grpc:
-          port: {{ $values.port }}
-        {{- toYaml $root.Values.grpcProbes.startup | nindent 8 }}
+        {{- include "tollgate.grpcProbe" (dict "root" $root "port" $values.port "probe" $root.Values.grpcProbes.startup) | nindent 8 }}
       readinessProbe:
-        grpc:
-          port: {{ $values.port }}
-        {{- toYaml $root.Values.grpcProbes.readiness | nindent 8 }}
+        {{- include "tollgate.grpcProbe" (dict "root" $root "port" $values.port "probe" $root.Values.grpcProbes.readiness) | nindent 8 }}
       livenessProbe:
-        grpc:
-          port: {{ $values.port }}
-        {{- toYaml $root.Values.grpcProbes.liveness | nindent 8 }}
+        {{- include "tollgate.grpcProbe" (dict "root" $root "port" $values.port "probe" $root.Values.grpcProbes.liveness) | nindent 8 }}
       resources:
         {{- toYaml $values.resources | nindent 8 }}
       securityContext:
@@ -234,6 +229,7 @@ spec:
           readOnly: true
         - name: tmp
           mountPath: /tmp
+        {{- include "tollgate.tlsVolumeMount" $root | nindent 8 }}
   volumes:
     - name: config
       configMap:
@@ -241,6 +237,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- include "tollgate.tlsVolume" . | nindent 4 }}
   {{- with $root.Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -253,4 +250,104 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/* Mutual TLS ------------------------------------------------------------------------------ */}}
+
+{{/* Which certificates: "existing", "certManager" or "generated" (tls.enabled only). */}}
+{{- define "tollgate.tlsMode" -}}
+{{- if .Values.tls.existingSecret -}}existing
+{{- else if .Values.tls.certManager.enabled -}}certManager
+{{- else -}}generated
+{{- end -}}
+{{- end -}}
+
+{{/* The components that get a certificate: the four services, the edge and the admin client. */}}
+{{- define "tollgate.tlsComponents" -}}
+{{- toYaml (list "edge" "auth" "quota" "router" "billing" "admin") -}}
+{{- end -}}
+
+{{/* The Secret holding a component's certificate. include with (dict "root" $ "component" "auth") */}}
+{{- define "tollgate.tlsSecretName" -}}
+{{- $mode := include "tollgate.tlsMode" .root -}}
+{{- if eq $mode "existing" -}}{{ .root.Values.tls.existingSecret }}
+{{- else if eq $mode "certManager" -}}{{ printf "%s-tls-%s" (include "tollgate.fullname" .root) .component }}
+{{- else -}}{{ printf "%s-tls" (include "tollgate.fullname" .root) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The DNS names a component's certificate carries, as a YAML list: a service's in-cluster names
+     (the quota replicas' by wildcard) and localhost (the in-pod probe), so clients verify it; the
+     edge's and the admin's their identity (edge.tollgate.internal: Helm's genSignedCert cannot
+     write URI SANs). include with (dict "root" $ "component" "auth") */}}
+{{- define "tollgate.tlsDnsNames" -}}
+{{- $root := .root -}}
+{{- $names := list -}}
+{{- if has .component (list "edge" "admin") -}}
+{{- $names = list (printf "%s.tollgate.internal" .component) -}}
+{{- else -}}
+{{- $svc := printf "%s-%s" (include "tollgate.fullname" $root) .component -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $bases := list $svc -}}
+{{- if eq .component "quota" -}}{{- $bases = append $bases (printf "*.%s" $svc) -}}{{- end -}}
+{{- range $b := $bases -}}
+{{- $names = append $names (printf "%s.%s" $b $ns) -}}
+{{- $names = append $names (printf "%s.%s.svc" $b $ns) -}}
+{{- $names = append $names (printf "%s.%s.svc.%s" $b $ns (default "cluster.local" $root.Values.clusterDomain)) -}}
+{{- end -}}
+{{- $names = concat (list $svc) $names (list "localhost") -}}
+{{- end -}}
+{{- toYaml $names -}}
+{{- end -}}
+
+{{/* TOLLGATE_GRPC__TLS__* of a Tollgate container (nothing with tls.enabled false). */}}
+{{- define "tollgate.tlsEnv" -}}
+{{- if .Values.tls.enabled -}}
+- name: TOLLGATE_GRPC__TLS__CERT_FILE
+  value: /etc/tollgate-tls/tls.crt
+- name: TOLLGATE_GRPC__TLS__KEY_FILE
+  value: /etc/tollgate-tls/tls.key
+- name: TOLLGATE_GRPC__TLS__CA_FILE
+  value: /etc/tollgate-tls/ca.crt
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls
+  mountPath: /etc/tollgate-tls
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{/* The pod's own certificate and key and the CA, nothing else of the Secret (a Secret volume is
+     updated in place when the Secret changes; no subPath, so that stays true).
+     include with (dict "root" $ "component" "auth") */}}
+{{- define "tollgate.tlsVolume" -}}
+{{- if .root.Values.tls.enabled -}}
+- name: tls
+  secret:
+    secretName: {{ include "tollgate.tlsSecretName" . }}
+    defaultMode: 0440
+    {{- if ne (include "tollgate.tlsMode" .root) "certManager" }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+      - {key: {{ .component }}.crt, path: tls.crt}
+      - {key: {{ .component }}.key, path: tls.key}
+    {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* A gRPC service's probe: native gRPC without TLS, else `tollgate health` in the container,
+     which presents the pod's certificate (TOLLGATE_GRPC__TLS__* are in its environment).
+     include with (dict "root" $ "port" 7101 "probe" .Values.grpcProbes.startup) */}}
+{{- define "tollgate.grpcProbe" -}}
+{{- if .root.Values.tls.enabled -}}
+exec:
+  command: ["tollgate", "health", "127.0.0.1:{{ .port }}"]
+{{- else -}}
+grpc:
+  port: {{ .port }}
+{{- end }}
+{{ toYaml .probe }}
 {{- end -}}
