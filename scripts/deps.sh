@@ -11,7 +11,8 @@ PACKAGES=(cmake ninja-build g++ pkg-config ccache make
   nlohmann-json3-dev libsimdjson-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql curl openssl ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(unzip python3)
+  # docker-compose: deploy_lint validates docker-compose.yml with it (no engine needed).
+  PACKAGES+=(unzip python3 docker-compose)
   command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 
