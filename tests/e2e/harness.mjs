@@ -327,6 +327,19 @@ function makeSuite(stateDir, ports, env, split = false) {
       }
       const ready = await fetch(`${suite.edgeURL}/readyz`, { signal: AbortSignal.timeout(HTTP_TIMEOUT_MS) });
       if (!ready.ok) throw new Error(`edge /readyz: ${ready.status}`);
+      // The launcher seeds the catalogue after the services start; an edge routing locally takes
+      // it from the router within edge.routing_refresh (1 s). Tests start once the edge serves
+      // every seeded model (bounded), not when the seed has merely been written.
+      const { models: seeded } = await suite.ctlJson(['router', 'list-catalogue']);
+      const names = (seeded ?? []).map((m) => m.model?.id).filter(Boolean);
+      await waitFor(async () => {
+        const res = await fetch(`${suite.baseURL}/models`, {
+          headers: { authorization: `Bearer ${suite.demoKey}` }, signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
+        });
+        if (!res.ok) return false;
+        const listed = new Set(((await res.json()).data ?? []).map((m) => m.id));
+        return names.every((n) => listed.has(n));
+      }, { timeoutMs: 10_000, intervalMs: 100, what: `the edge to serve the seeded models (${names.join(', ')})` });
     },
 
     /** Stops every process of the suite (PostgreSQL included), keeps the state dir. */
