@@ -624,6 +624,56 @@ TEST_F(InternalTrustTest, AStockClientWithoutCredentialsGetsNoUpstreamSecrets) {
   }
 }
 
+// Tokens rotate in three rollouts (add the new one as *_rotation, swap, clear) and no process
+// refuses a peer at any step: a server in the middle two steps accepts what clients one step
+// behind or ahead send; a token of nobody is still refused.
+TEST_F(InternalTrustTest, TokensRotateWithoutARefusal) {
+  const std::string old_edge = kEdgeToken, new_edge = "edge-token-after-the-rotation";
+  const std::string old_admin = kAdminToken, new_admin = "admin-token-after-the-rotation";
+  const std::string table = "/tollgate.router.v1.RouterService/GetRoutingTable";
+  const std::string status = "/tollgate.router.v1.RouterAdminService/GetStatus";
+  for (bool swapped : {false, true}) {  // step 1: old + new accepted; step 2: new + old
+    auto env = Env();
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE"] = swapped ? new_edge : old_edge;
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_ROTATION"] = swapped ? old_edge : new_edge;
+    env["TOLLGATE_ADMIN__TOKEN"] = swapped ? new_admin : old_admin;
+    env["TOLLGATE_ADMIN__TOKEN_ROTATION"] = swapped ? old_admin : new_admin;
+    Process p({Binary(), "--target=router"}, env);
+    std::map<std::string, std::string> listen;
+    ASSERT_FALSE(StartAllAndCollect(p, listen).empty()) << p.RestOfOutput();
+    grpc::GenericStub stub(
+        grpc::CreateChannel(listen["router"], grpc::InsecureChannelCredentials()));
+    for (const std::string& edge : {old_edge, new_edge}) {
+      EXPECT_TRUE(CallWith(stub, table, edge).ok()) << "swapped=" << swapped;
+      EXPECT_EQ(CallWith(stub, status, edge).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    }
+    for (const std::string& admin : {old_admin, new_admin}) {
+      EXPECT_TRUE(CallWith(stub, status, admin).ok()) << "swapped=" << swapped;
+      EXPECT_EQ(CallWith(stub, table, admin).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    }
+    EXPECT_EQ(CallWith(stub, table, "edge-token-of-nobody-at-all").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    p.Signal(SIGTERM);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();
+  }
+  {  // A rotation token is held to the same rules as the token itself.
+    auto env = Env();
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE"] = old_edge;
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_ROTATION"] = "short";
+    Process p({Binary(), "--target=router"}, env);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 2);
+    EXPECT_NE(p.RestOfOutput().find("edge_rotation is shorter"), std::string::npos);
+  }
+  {
+    auto env = Env();
+    env["TOLLGATE_GRPC__SERVICE_TOKENS__EDGE"] = old_edge;
+    env["TOLLGATE_ADMIN__TOKEN_ROTATION"] = old_edge;
+    Process p({Binary(), "--target=router"}, env);
+    EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 2);
+    EXPECT_NE(p.RestOfOutput().find("give each identity its own token"), std::string::npos);
+  }
+}
+
 // A listener beyond loopback needs mutual TLS or a service token, or an explicit, loud
 // grpc.allow_insecure.
 TEST_F(InternalTrustTest, AnExposedListenerNeedsCredentialsOrAnExplicitAllowInsecure) {
@@ -681,9 +731,10 @@ TEST_F(InternalTrustTest, AnExposedListenerNeedsCredentialsOrAnExplicitAllowInse
 
 namespace {
 
-// A throwaway CA `ca` in `dir` and leaf certificates signed by it, each with the given SANs.
+// A throwaway CA `ca` in `dir` and leaf certificates signed by it, each with the given SANs,
+// valid for `days` from now (-1: it expired a day ago).
 void Issue(const std::string& dir, const std::string& ca, const std::string& name,
-           const std::string& san) {
+           const std::string& san, int days = 1) {
   std::string script =
       "cd " + dir + " && ( [ -f " + ca + ".pem ] || openssl req -x509 -newkey ec -pkeyopt " +
       "ec_paramgen_curve:prime256v1 -nodes -keyout " + ca + ".key -out " + ca +
@@ -692,7 +743,8 @@ void Issue(const std::string& dir, const std::string& ca, const std::string& nam
       ".key -out " + name + ".csr -subj /CN=" + name + " 2>/dev/null" +
       " && printf 'subjectAltName=" + san + "\\nextendedKeyUsage=serverAuth,clientAuth\\n' > " +
       name + ".ext" + " && openssl x509 -req -in " + name + ".csr -CA " + ca + ".pem -CAkey " + ca +
-      ".key -CAcreateserial -out " + name + ".pem -days 1 -extfile " + name + ".ext 2>/dev/null";
+      ".key -CAcreateserial -out " + name + ".pem -days " + std::to_string(days) + " -extfile " +
+      name + ".ext 2>/dev/null";
   if (std::system(script.c_str()) != 0) ADD_FAILURE() << "openssl failed for " << name;
 }
 
@@ -717,6 +769,7 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
   Issue(dir, "ca", "nobody-dns", "DNS:router.tollgate.internal,DNS:tollgate-router.ns.svc");
   Issue(dir, "ca", "nobody", "URI:tollgate://router,DNS:nobody");
   Issue(dir, "other-ca", "stranger", "URI:tollgate://edge");  // right name, wrong CA
+  Issue(dir, "ca", "expired", "URI:tollgate://edge", -1);     // right name and CA, expired
   auto env = Env();
   env["TOLLGATE_GRPC__TLS__CERT_FILE"] = dir + "/svc.pem";
   env["TOLLGATE_GRPC__TLS__KEY_FILE"] = dir + "/svc.key";
@@ -768,15 +821,17 @@ TEST_F(InternalTrustTest, CertificateIdentitiesFollowTheTable) {
     EXPECT_TRUE(CallWith(*nobody, health, "").ok()) << "health is open";
     EXPECT_TRUE(CallWith(*nobody, status, kAdminToken).ok()) << "the admin token over TLS";
   }
-  {
-    grpc::SslCredentialsOptions o;  // another CA's certificate: the handshake fails
+  for (const char* who : {"stranger", "expired"}) {  // another CA's or an expired certificate:
+    grpc::SslCredentialsOptions o;                   // the handshake fails
     o.pem_root_certs = ReadText(dir + "/ca.pem");
-    o.pem_cert_chain = ReadText(dir + "/stranger.pem");
-    o.pem_private_key = ReadText(dir + "/stranger.key");
-    grpc::GenericStub stranger(grpc::CreateChannel(target, grpc::SslCredentials(o)));
-    auto s = CallWith(stranger, table, "");
-    EXPECT_FALSE(s.ok());
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    o.pem_cert_chain = ReadText(dir + "/" + std::string(who) + ".pem");
+    o.pem_private_key = ReadText(dir + "/" + std::string(who) + ".key");
+    grpc::GenericStub refused(grpc::CreateChannel(target, grpc::SslCredentials(o)));
+    auto s = CallWith(refused, table, "");
+    EXPECT_FALSE(s.ok()) << who;
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << who << ": " << s.error_message();
+    // The edge's token does not make up for the refused certificate.
+    EXPECT_FALSE(CallWith(refused, table, kEdgeToken).ok()) << who;
   }
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(std::chrono::seconds(15)), 0) << p.RestOfOutput();

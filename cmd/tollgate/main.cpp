@@ -244,11 +244,14 @@ int main(int argc, char** argv) {
                                 std::chrono::duration_cast<std::chrono::seconds>(
                                     config.GetDuration("grpc.tls.refresh_interval"))});
     const std::string& edge_token = config.GetString("grpc.service_tokens.edge");
-    if (!edge_token.empty() && edge_token == config.GetString("admin.token"))
-      throw std::runtime_error(
-          "grpc.service_tokens.edge and admin.token are the same: give each identity its own "
-          "token");
-    tollgate::ConfigureServiceToken(edge_token);
+    const std::string& edge_rotation = config.GetString("grpc.service_tokens.edge_rotation");
+    for (const std::string* edge : {&edge_token, &edge_rotation})
+      for (const char* admin : {"admin.token", "admin.token_rotation"})
+        if (!edge->empty() && *edge == config.GetString(admin))
+          throw std::runtime_error(
+              "an edge token (grpc.service_tokens.edge*) equals an admin token (" +
+              std::string(admin) + "): give each identity its own token");
+    tollgate::ConfigureServiceToken(edge_token, edge_rotation);
   } catch (const std::exception& e) {
     std::cerr << "tollgate: configuration error: " << e.what() << "\n";
     return 2;

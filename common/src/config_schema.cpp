@@ -44,11 +44,20 @@ std::vector<ConfigKey> BuildSchema() {
        "token of the admin identity (tollgatectl): every admin RPC needs it or a client "
        "certificate naming tollgate://admin",
        true},
+      {"admin.token_rotation", T::kString, "",
+       "during a rotation of admin.token, a second admin token the services also accept (never "
+       "sent): set the new token here everywhere, then swap the two, then clear this",
+       true},
       {"grpc.service_tokens.edge", T::kString, "",
        "the edge's internal service token (at least 16 characters, distinct from admin.token), "
        "sent as `authorization: Bearer` on every call the edge makes and required by every "
        "data-path RPC unless a client certificate names tollgate://edge; unset: a random token "
        "for this process alone (enough for --target=all)",
+       true},
+      {"grpc.service_tokens.edge_rotation", T::kString, "",
+       "during a rotation of grpc.service_tokens.edge, a second edge token the services also "
+       "accept (never sent): set the new token here everywhere, then swap the two, then clear "
+       "this; no process refuses the edge at any step",
        true},
       {"grpc.allow_insecure", T::kBool, "false",
        "let a service listen for gRPC on a non-loopback address with neither mutual TLS nor "

@@ -110,7 +110,8 @@ void DbServiceModule::Start() {
   workers_ = std::make_unique<WorkerPool>(static_cast<int>(c.GetInt(name_ + ".workers")));
   server_ =
       std::make_unique<GrpcServer>(c.GetString(name_ + ".grpc_listen"),
-                                   GrpcServerAuth{admin_token_, c.GetBool("grpc.allow_insecure")});
+                                   GrpcServerAuth{admin_token_, c.GetString("admin.token_rotation"),
+                                                  c.GetBool("grpc.allow_insecure")});
   RegisterServices(*server_);
   server_->Start();
   server_->SetServing(true);

@@ -89,6 +89,7 @@ namespace {
 
 struct ServiceToken {
   std::string edge;
+  std::string edge_rotation;  // accepted, never sent
   bool configured = false;
 };
 
@@ -121,8 +122,8 @@ std::string_view View(const grpc_slice& slice) {
 // initial metadata (":path" included), and a status other than OK ends the call with it.
 class CallAuthenticator final {
  public:
-  CallAuthenticator(GrpcServerAuth auth, std::string edge_token)
-      : auth_(std::move(auth)), edge_token_(std::move(edge_token)) {}
+  CallAuthenticator(GrpcServerAuth auth, ServiceToken edge)
+      : auth_(std::move(auth)), edge_(std::move(edge)) {}
 
   static void Process(void* state, grpc_auth_context* context, const grpc_metadata* md,
                       size_t num_md, grpc_process_auth_metadata_done_cb done, void* user_data) {
@@ -147,9 +148,10 @@ class CallAuthenticator final {
         std::string_view value = View(md[i].value);
         static constexpr std::string_view kBearer = "Bearer ";
         if (value.substr(0, kBearer.size()) == kBearer) value.remove_prefix(kBearer.size());
-        if (SecretEquals(value, edge_token_))
+        if (SecretEquals(value, edge_.edge) || SecretEquals(value, edge_.edge_rotation))
           callers.Add(Identity::kEdge);
-        else if (SecretEquals(value, auth_.admin_token))
+        else if (SecretEquals(value, auth_.admin_token) ||
+                 SecretEquals(value, auth_.admin_token_rotation))
           callers.Add(Identity::kAdmin);
         else
           invalid = true;
@@ -199,7 +201,7 @@ class CallAuthenticator final {
   }
 
   const GrpcServerAuth auth_;
-  const std::string edge_token_;
+  const ServiceToken edge_;
 };
 
 // Plaintext or mutual TLS (grpc.tls.*), with the CallAuthenticator on every call either way.
@@ -237,7 +239,7 @@ class InternalServerCredentials final : public grpc::ServerCredentials {
     }
     grpc_server_credentials_set_auth_metadata_processor(
         creds, {CallAuthenticator::Process, CallAuthenticator::Destroy,
-                new CallAuthenticator(auth_, Token().edge)});
+                new CallAuthenticator(auth_, Token())});
     int port = grpc_server_add_http2_port(server, addr.c_str(), creds);
     grpc_server_credentials_release(creds);
     return port;
@@ -278,12 +280,18 @@ class ServiceTokenInterceptorFactory final
 
 }  // namespace
 
-void ConfigureServiceToken(const std::string& edge_token) {
+void ConfigureServiceToken(const std::string& edge_token, const std::string& rotation) {
+  for (auto [key, value] : {std::pair{"grpc.service_tokens.edge", &edge_token},
+                            std::pair{"grpc.service_tokens.edge_rotation", &rotation}})
+    if (!value->empty() && value->size() < kMinServiceTokenLength)
+      throw std::runtime_error(std::string(key) + " is shorter than " +
+                               std::to_string(kMinServiceTokenLength) +
+                               " characters; generate one with `openssl rand -hex 32`");
+  if (!rotation.empty() && edge_token.empty())
+    throw std::runtime_error(
+        "grpc.service_tokens.edge_rotation is set without grpc.service_tokens.edge");
+  Token().edge_rotation = rotation;
   if (edge_token.empty()) return;
-  if (edge_token.size() < kMinServiceTokenLength)
-    throw std::runtime_error("grpc.service_tokens.edge is shorter than " +
-                             std::to_string(kMinServiceTokenLength) +
-                             " characters; generate one with `openssl rand -hex 32`");
   Token().edge = edge_token;
   Token().configured = true;
 }

@@ -17,7 +17,8 @@ namespace tollgate {
 // Who this server accepts, besides certificates (grpc.tls.*) and the process's service token
 // (ConfigureServiceToken).
 struct GrpcServerAuth {
-  std::string admin_token;  // admin.token; empty: the admin identity only by certificate
+  std::string admin_token;           // admin.token; empty: the admin identity only by certificate
+  std::string admin_token_rotation;  // admin.token_rotation: also accepted, during a rotation
   bool allow_insecure =
       false;  // grpc.allow_insecure: a call without credentials counts as the edge
 };
@@ -51,8 +52,11 @@ class GrpcServer final {
 // "authorization: Bearer <token>" and accepted by every server of this process as the edge.
 // Process-wide, set once at start-up before any server or channel. Not configured: a random token
 // made for this process alone, so `--target=all` is authenticated with no configuration while
-// other processes can never present it. Throws std::runtime_error if shorter than 16 characters.
-void ConfigureServiceToken(const std::string& edge_token);
+// other processes can never present it. `rotation` (grpc.service_tokens.edge_rotation) is a second
+// token the servers accept but no channel sends, so tokens rotate in three rollouts without a
+// refusal: add the new one as `rotation`, swap the two, clear `rotation`. Throws
+// std::runtime_error if either is set and shorter than 16 characters.
+void ConfigureServiceToken(const std::string& edge_token, const std::string& rotation = {});
 bool ServiceTokenConfigured();
 // At least 16 characters: refuses tokens too short to be secret.
 constexpr size_t kMinServiceTokenLength = 16;

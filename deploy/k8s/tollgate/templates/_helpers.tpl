@@ -135,13 +135,17 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
-{{/* secretKeyRef env entry: include with (dict "root" $ "name" "TOLLGATE_X" "key" "admin-token") */}}
+{{/* secretKeyRef env entry: include with (dict "root" $ "name" "TOLLGATE_X" "key" "admin-token"),
+     plus "optional" true for a key the Secret may lack */}}
 {{- define "tollgate.secretEnv" -}}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
       name: {{ include "tollgate.secretName" .root }}
       key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end -}}
 
 {{/* The database credentials of one service: the DSN from the Secret, or with the bundled
@@ -195,6 +199,8 @@ spec:
       env:
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ADMIN__TOKEN" "key" $root.Values.secrets.keys.adminToken) | nindent 8 }}
         {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE" "key" $root.Values.secrets.keys.edgeServiceToken) | nindent 8 }}
+        {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_ADMIN__TOKEN_ROTATION" "key" $root.Values.secrets.keys.adminTokenRotation "optional" true) | nindent 8 }}
+        {{- include "tollgate.secretEnv" (dict "root" $root "name" "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_ROTATION" "key" $root.Values.secrets.keys.edgeServiceTokenRotation "optional" true) | nindent 8 }}
         {{- include "tollgate.dbEnv" (dict "root" $root "svc" $svc) | nindent 8 }}
         {{- include "tollgate.tlsEnv" $root | nindent 8 }}
         {{- if eq $svc "router" }}
