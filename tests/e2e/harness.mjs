@@ -20,7 +20,8 @@
 //   await suite.restart('edge', { env: { TOLLGATE_EDGE__X: 'y' } })  with more config from now on
 //
 // Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
-// Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir;
+// Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir; TG_E2E_SPLIT=1
+// makes split mode the default;
 // OPENAI_SPEC (default <repo>/../shared/spec/openai-openapi.json) for response validation.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -183,11 +184,15 @@ function readPid(file) {
 }
 function alivePidFile(file) { const pid = readPid(file); return pid !== null && pidAlive(pid); }
 
+// TG_E2E_SPLIT=1 runs every suite split unless the test asks for a mode (ctest runs each file
+// both ways: e2e_<name> and e2e_split_<name>).
+const defaultSplit = process.env.TG_E2E_SPLIT === '1';
+
 /**
  * Starts a suite. `env` adds variables to the launcher's environment (TOLLGATE_* reach the
  * services as config overrides). Retries once on new ports if the first start fails.
  */
-export async function startSuite({ env: extra = {}, attempts = 2, split = false } = {}) {
+export async function startSuite({ env: extra = {}, attempts = 2, split = defaultSplit } = {}) {
   installExitHandlers();
   let lastErr;
   const t0 = Date.now();
