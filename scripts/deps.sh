@@ -11,8 +11,9 @@ PACKAGES=(cmake ninja-build g++ pkg-config ccache make
   nlohmann-json3-dev libsimdjson-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql curl openssl ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  # docker-compose: deploy_lint validates docker-compose.yml with it (no engine needed).
-  PACKAGES+=(unzip python3 docker-compose)
+  # deploy_lint: docker-compose validates docker-compose.yml (no engine needed); python3-yaml
+  # reads the rendered manifests; binutils' objdump checks the Dockerfile's runtime libraries.
+  PACKAGES+=(unzip python3 python3-yaml binutils docker-compose)
   command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 

@@ -410,11 +410,17 @@ function fixNullable(node) {
 
 let validators = null;
 /**
- * Returns {validate(name, value) → list of error strings} or null when the spec file is absent.
+ * Returns {validate(name, value) → list of error strings}, or null when the spec file is absent on a
+ * developer's machine. In CI (CI set) an absent spec is an error: validation must not skip silently.
  */
 export async function loadSpec() {
   if (validators) return validators;
-  if (!fs.existsSync(specPath)) return null;
+  if (!fs.existsSync(specPath)) {
+    if (process.env.CI && process.env.CI !== 'false') {
+      throw new Error(`${specPath} not found: CI validates every response against the OpenAI spec (set OPENAI_SPEC or place shared/ beside the clone)`);
+    }
+    return null;
+  }
   const { default: Ajv } = await import('ajv');
   const { default: addFormats } = await import('ajv-formats');
   const spec = JSON.parse(fs.readFileSync(specPath, 'utf8'));
