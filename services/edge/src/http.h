@@ -1,6 +1,6 @@
 // What the HTTP server (http_server.cpp, the one Beast file on the client side) and the request
-// handlers (proxy.cpp) share: a parsed request, a response writer, the handler interface.
-// Asio coroutines only; no Beast here.
+// handlers (dispatched by proxy.cpp, see routes.h) share: a parsed request, a response writer,
+// the handler interface. Asio coroutines only; no Beast here.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

@@ -1,6 +1,6 @@
-// The edge's OpenAI surface: /v1/chat/completions, /v1/completions, /v1/embeddings,
-// /v1/models[/{id}]. Admission (auth, then quota, billing and route concurrently), the upstream
-// attempts with failover, the relay (streamed or not) and the UsageRecord.
+// The edge's HTTP surface as a RequestHandler per I/O thread: the route table (routes.cpp) sends
+// each request to its handler (endpoints.h: inference, models, usage); exchange.h, attempts.h and
+// relay.h hold the steps every request shares.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +37,7 @@ struct EdgeClients {
   BillingClient& billing;
 };
 
-// One proxy handler per io_context; metrics are registered once on `registry`.
+// One handler per io_context; metrics are registered once on `registry`.
 HandlerFactory MakeProxyHandlers(ProxyOptions options, EdgeClients clients,
                                  prometheus::Registry& registry);
 

@@ -1,0 +1,28 @@
+// The handlers the route table (routes.cpp, EdgeRoutes) names, one file per endpoint family.
+// Adding an endpoint: its handler here and in a file of its family (or a new one), one line in
+// the table. A handler answers through its Exchange (exchange.h) and returns once the response
+// went out.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+namespace tollgate::edge {
+
+class Exchange;
+
+// completions.cpp: inference (admission, the attempts, the relay, the usage record).
+boost::asio::awaitable<void> ChatCompletions(Exchange& x);  // POST /v1/chat/completions
+boost::asio::awaitable<void> Completions(Exchange& x);      // POST /v1/completions
+boost::asio::awaitable<void> Embeddings(Exchange& x);       // POST /v1/embeddings
+
+// models.cpp: the models the calling key may use.
+boost::asio::awaitable<void> ListModels(Exchange& x);     // GET /v1/models
+boost::asio::awaitable<void> RetrieveModel(Exchange& x);  // GET /v1/models/{model...}
+
+// usage.cpp: the caller's own usage and billing account.
+boost::asio::awaitable<void> OwnUsage(Exchange& x);  // GET /v1/usage
+boost::asio::awaitable<void> BillingSubscription(
+    Exchange& x);                                        // GET [/v1]/dashboard/billing/subscription
+boost::asio::awaitable<void> BillingUsage(Exchange& x);  // GET [/v1]/dashboard/billing/usage
+
+}  // namespace tollgate::edge

@@ -1,0 +1,124 @@
+#include "src/relay.h"
+
+#include <vector>
+
+#include "src/attempts.h"
+#include "src/edge_metrics.h"
+#include "src/exchange.h"
+
+namespace tollgate::edge {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Usage from the upstream when it sent some; otherwise the estimate (documented in openai.h).
+void SetUsage(UsageRecord& record, const ParsedRequest& request, const Usage& usage,
+              int64_t completion_chars) {
+  if (usage.present) {
+    record.prompt_tokens = usage.prompt_tokens;
+    record.completion_tokens = usage.completion_tokens;
+    record.usage_estimated = false;
+  } else {
+    record.prompt_tokens = request.prompt_estimate;
+    record.completion_tokens = EstimateTokens(completion_chars);
+    record.usage_estimated = true;
+  }
+  if (!usage.service_tier.empty()) record.service_tier = usage.service_tier;
+}
+
+// An upstream error body can quote the credential it was sent ("Incorrect API key provided:
+// sk-..."); it never reaches the client with it.
+void Scrub(std::string& body, const std::string& secret) {
+  if (secret.size() < 4) return;
+  for (size_t at = body.find(secret); at != std::string::npos; at = body.find(secret, at))
+    body.replace(at, secret.size(), "***");
+}
+
+}  // namespace
+
+boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& request,
+                                        const UpstreamAttempt& attempt, UpstreamCall& call,
+                                        int status, OutcomeKind kind, std::string body,
+                                        Clock::time_point t0) {
+  ReportAttempt(x, attempt, kind, status, 0, Clock::now() - t0);
+  x.record.upstream_key_id = attempt.upstream_key_id;
+  if (kind == OutcomeKind::kSuccess) {
+    int64_t completion_chars = 0;
+    Usage usage = UsageFromBody(body, &completion_chars);
+    SetUsage(x.record, request, usage, completion_chars);
+  } else {
+    Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
+  }
+  x.answering_key = attempt.api_key;
+  x.Capture(body);
+  std::string content_type = call.Header("content-type");
+  auto headers = x.CommonHeaders();
+  headers.emplace_back("content-type", content_type.empty() ? "application/json" : content_type);
+  bool delivered = co_await x.writer.Send(status, std::move(headers), std::move(body));
+  x.record.client_disconnected = !delivered;
+  x.Finish(status);
+}
+
+boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
+                                         const UpstreamAttempt& attempt, UpstreamCall& call,
+                                         Clock::time_point t0, CancelSlot& slot) {
+  auto headers = x.CommonHeaders();
+  headers.emplace_back("content-type", "text/event-stream; charset=utf-8");
+  headers.emplace_back("cache-control", "no-cache");
+  headers.emplace_back("x-accel-buffering", "no");
+  bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
+  x.answering_key = attempt.api_key;
+  if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+
+  StreamRelay relay(request.client_wants_usage);
+  SseParser parser;
+  std::vector<SseEvent> events;
+  std::string data;
+  UpstreamStatus st = UpstreamStatus::kOk;
+  while (client_ok && !slot.client_gone) {
+    data.clear();
+    st = co_await call.Read(data);
+    if (st != UpstreamStatus::kOk) break;
+    events.clear();
+    parser.Feed(data, events);
+    for (const auto& event : events) {
+      if (relay.OnEvent(event) != StreamRelay::Action::kForward) continue;
+      if (x.transcript) x.transcript->OnData(event.data);
+      client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
+      if (!client_ok) break;
+    }
+    if (call.finished()) break;
+  }
+
+  const bool client_left = !client_ok || slot.client_gone || st == UpstreamStatus::kCancelled;
+  OutcomeKind kind = OutcomeKind::kSuccess;
+  if (client_left) {
+    call.Cancel();  // close the upstream socket: the provider stops generating
+    x.record.client_disconnected = true;
+    x.edge.metrics->CountCancelled();
+  } else if (st != UpstreamStatus::kOk) {
+    // Too late to fail over: the client has bytes. End the stream with an error event, the
+    // way OpenAI reports mid-stream failures.
+    kind = KindForFailure(st);
+    LogAttempt(x, attempt, kind, 200, call.error_detail());
+    ErrorCode code =
+        st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
+    std::string event = "data: " +
+                        x.ErrorBody(code, st == UpstreamStatus::kTimeout
+                                              ? "The upstream provider stopped sending."
+                                              : "The upstream provider broke off the answer.") +
+                        "\n\n";
+    if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
+  } else {
+    if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
+      co_await x.writer.EndStream();
+    } else {
+      x.record.client_disconnected = true;
+    }
+  }
+  ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
+  SetUsage(x.record, request, relay.usage(), relay.relayed_chars());
+  x.Finish(200);
+}
+
+}  // namespace tollgate::edge
