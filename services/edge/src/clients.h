@@ -1,6 +1,7 @@
 // The seams between the edge's request path and the services it calls. The request path only
-// sees these interfaces; the gRPC implementations (GrpcRouterClient, GrpcAuthClient...)
-// and the interim permissive ones (AllowAllAuthClient...) are chosen in module.cpp.
+// sees these interfaces; module.cpp wires the gRPC implementations (GrpcAuthClient,
+// GrpcQuotaClient, GrpcRouterClient or LocalRouterClient, GrpcBillingClient, all built on
+// grpc_call.h); tests use fakes (services/edge/test/permissive_clients.h).
 //
 // Every call is asynchronous: it returns at once and runs `done` exactly once, on any thread
 // (a gRPC callback thread, or inline). Callers bridge it back to their own executor
@@ -29,8 +30,7 @@ struct Failure {
 // Who is calling: what the auth service knows about an API key.
 struct Principal {
   std::string api_key_id;
-  std::string user_id;
-  std::string account_id;
+  std::string user_id;  // billing's accounts are per user
   // Model names or patterns ("gpt-4o*") the key may use; empty: every model. The edge checks
   // them (auth::ModelAllowed), since only it knows the model.
   std::vector<std::string> allowed_models;
@@ -86,7 +86,7 @@ class QuotaClient {
   virtual void Release(std::string reservation_id) = 0;
   // Replaces the reservation with the record's actual tokens; queued and sent off the request
   // path, retried until acknowledged (the quota service is idempotent on request_id).
-  virtual void Settle(const UsageRecord& record) {}
+  virtual void Settle(const UsageRecord& record) = 0;
 };
 
 // Priced on the canonical model (an alias has no price of its own) for the worst case.
@@ -176,14 +176,10 @@ class BillingClient {
   // Takes the record for delivery; returns at once (the real one spools it).
   virtual void Record(UsageRecord record) = 0;
   // The caller's own account and usage (days inclusive, YYYY-MM-DD; `key_only`: only the
-  // principal's key, else every key of its user). Without a billing service: 503.
-  virtual void GetAccount(const Principal& principal, std::function<void(AccountResult)> done) {
-    done(AccountResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
-  }
+  // principal's key, else every key of its user).
+  virtual void GetAccount(const Principal& principal, std::function<void(AccountResult)> done) = 0;
   virtual void GetUsage(const Principal& principal, bool key_only, std::string from_day,
-                        std::string to_day, std::function<void(UsageResult)> done) {
-    done(UsageResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
-  }
+                        std::string to_day, std::function<void(UsageResult)> done) = 0;
 };
 
 // One upstream attempt of a route plan. `api_key` is a secret: never logged, never returned.
@@ -194,7 +190,6 @@ struct UpstreamAttempt {
   std::string upstream_model;
   std::string api_key;
   std::string api_version;
-  bool trial = false;
 };
 
 struct RouteResult {

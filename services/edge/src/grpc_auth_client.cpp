@@ -8,8 +8,8 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "src/grpc_call.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/auth/v1/auth.grpc.pb.h"
 #include "tollgate/grpc_server.h"
@@ -107,20 +107,10 @@ AuthResult Decide(bool known, const KeyPrincipal& p, std::string_view key,
   AuthResult r;
   r.principal.api_key_id = std::to_string(p.key_id);
   r.principal.user_id = std::to_string(p.user_id);
-  r.principal.account_id = r.principal.user_id;
   r.principal.allowed_models = p.allowed_models;
   r.principal.limits_ref = p.limits_ref;
   r.principal.store_bodies = p.store_bodies;
   return r;
-}
-
-bool Unreachable(const grpc::Status& status) {
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         status.error_code() == grpc::StatusCode::CANCELLED ||
-         status.error_code() == grpc::StatusCode::UNKNOWN ||
-         status.error_code() == grpc::StatusCode::INTERNAL ||
-         status.error_code() == grpc::StatusCode::UNIMPLEMENTED;
 }
 
 }  // namespace
@@ -163,10 +153,8 @@ struct GrpcAuthClient::Impl {
     }
     void OnDone(const grpc::Status& status) override {
       impl_.OnWatchDone(this, status);
-      // The watch counts as a call in flight until it is gone (see CallEnded).
-      Impl& impl = impl_;
-      delete this;
-      impl.CallEnded(nullptr);
+      // The watch counts as a call in flight until it is gone (see CallTracker::End).
+      impl_.calls.End(&context, [this] { delete this; });
     }
 
    private:
@@ -177,13 +165,11 @@ struct GrpcAuthClient::Impl {
 
   explicit Impl(GrpcAuthClientOptions opts)
       : options(std::move(opts)),
-        channel(MakeChannel(options.target)),
+        channel(OpenChannel(options.target)),
         stub(pb::AuthService::NewStub(channel)),
         per_shard(std::max<size_t>(1, options.max_entries / kShards)),
         backoff(options.backoff_min),
-        background([this] { Loop(); }) {
-    channel->GetState(/*try_to_connect=*/true);
-  }
+        background([this] { Loop(); }) {}
 
   ~Impl() { Shutdown(); }
 
@@ -268,31 +254,22 @@ struct GrpcAuthClient::Impl {
   }
 
   void StartAuthenticate(std::string hash) {
-    struct Call {
-      grpc::ClientContext context;
-      pb::AuthenticateRequest request;
-      pb::AuthenticateResponse response;
-      uint64_t epoch = 0;
-    };
-    auto call = std::make_unique<Call>();
-    call->request.set_key_hash(hash);
+    pb::AuthenticateRequest request;
+    request.set_key_hash(hash);
     // The waiters' addresses may differ; the verdict is made here per waiter, so auth need not
-    // check one. The first one goes along for auth's own records.
-    SetDeadline(call->context, options.timeout);
+    // check one.
     // An answer confirms the entry for the stream that is up now (a push that crosses it is
     // reconciled by version).
-    call->epoch = synced.load() ? current_epoch.load() : 0;
-    if (!CallStarted(&call->context)) {
-      FinishFlight(hash, nullptr, grpc::Status(grpc::StatusCode::UNAVAILABLE, "shut down"), 0);
-      return;
-    }
-    remote.fetch_add(1, std::memory_order_relaxed);
-    auto* raw = call.release();
-    stub->async()->Authenticate(
-        &raw->context, &raw->request, &raw->response, [this, raw](grpc::Status status) {
-          std::unique_ptr<Call> owned(raw);
-          FinishFlight(owned->request.key_hash(), &owned->response, status, owned->epoch);
-          CallEnded(&owned->context, owned);
+    const uint64_t epoch = synced.load() ? current_epoch.load() : 0;
+    CallUnary<pb::AuthenticateResponse>(
+        calls, options.timeout, std::move(request),
+        [this](auto... a) {
+          remote.fetch_add(1, std::memory_order_relaxed);
+          stub->async()->Authenticate(a...);
+        },
+        [this, hash = std::move(hash), epoch](const grpc::Status& status,
+                                              pb::AuthenticateResponse& response) {
+          FinishFlight(hash, &response, status, epoch);
         });
   }
 
@@ -373,7 +350,6 @@ struct GrpcAuthClient::Impl {
       if (!shard.entries.count(u.key_hash()) && !shard.flights.count(u.key_hash())) continue;
       StoreLocked(shard, u.key_hash(), true, &u.principal(), epoch, now);
     }
-    updates.fetch_add(message.updates_size(), std::memory_order_relaxed);
     if (message.synced() && epoch == current_epoch.load()) {
       synced.store(true, std::memory_order_release);
       std::lock_guard lock(mu);
@@ -411,8 +387,11 @@ struct GrpcAuthClient::Impl {
       for (const auto& [hash, e] : shard.entries)
         if (e.known) watch->request.add_key_hashes(hash);
     }
-    watch_call = watch;
-    ++calls_in_flight;  // until the Watch is deleted (OnDone)
+    if (!calls.Begin(&watch->context)) {  // shutting down
+      delete watch;
+      return nullptr;
+    }
+    watch_call = watch;  // a call in flight until the Watch is deleted (OnDone)
     last_message = Clock::now();
     return watch;
   }
@@ -420,9 +399,7 @@ struct GrpcAuthClient::Impl {
   // ---- usage reports ----------------------------------------------------------------------
 
   void FlushUsage(bool blocking) {
-    auto call = std::make_shared<
-        std::tuple<grpc::ClientContext, pb::ReportKeyUsageRequest, pb::ReportKeyUsageResponse>>();
-    auto& [context, request, response] = *call;
+    pb::ReportKeyUsageRequest request;
     for (auto& shard : shards) {
       std::lock_guard lock(shard.mu);
       for (auto& [hash, e] : shard.entries) {
@@ -434,53 +411,27 @@ struct GrpcAuthClient::Impl {
       }
     }
     if (request.usages_size() == 0) return;
-    SetDeadline(context, options.timeout);
     if (blocking) {
+      grpc::ClientContext context;
+      SetDeadline(context, options.timeout);
+      pb::ReportKeyUsageResponse response;
       auto status = stub->ReportKeyUsage(&context, request, &response);
       if (!status.ok()) log::Debug("edge", "auth ReportKeyUsage failed at shutdown");
       return;
     }
-    if (!CallStarted(&context)) return;
-    stub->async()->ReportKeyUsage(
-        &context, &request, &response, [this, call](grpc::Status status) mutable {
+    CallUnary<pb::ReportKeyUsageResponse>(
+        calls, options.timeout, std::move(request),
+        [this](auto... a) { stub->async()->ReportKeyUsage(a...); },
+        [](const grpc::Status& status, pb::ReportKeyUsageResponse&) {
           // Last-used times are informational: a lost batch is only
           // late information, not worth a retry queue.
           if (!status.ok())
             log::Debug("edge", "auth ReportKeyUsage failed",
                        {{"grpc_code", static_cast<int>(status.error_code())}});
-          CallEnded(&std::get<0>(*call), call);
         });
   }
 
   // ---- lifecycle --------------------------------------------------------------------------
-
-  bool CallStarted(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    if (stopping) return false;
-    ++calls_in_flight;
-    live_calls.insert(context);
-    return true;
-  }
-
-  void CallEnded(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    --calls_in_flight;
-    live_calls.erase(context);
-    cv.notify_all();
-  }
-  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
-  // Shutdown (and the channel's destruction after it) never races a callback thread that still
-  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
-  // queue) when a channel's last reference goes on one of its own callback threads.
-  template <typename Owned>
-  void CallEnded(grpc::ClientContext* context, Owned& owned) {
-    {
-      std::lock_guard lock(mu);
-      live_calls.erase(context);
-    }
-    owned.reset();
-    CallEnded(nullptr);
-  }
 
   void Loop() {
     auto next_flush = Clock::now() + options.usage_flush_interval;
@@ -489,6 +440,7 @@ struct GrpcAuthClient::Impl {
       auto now = Clock::now();
       if (watch_call == nullptr && now >= next_attempt) {
         Watch* watch = PrepareWatchLocked();
+        if (watch == nullptr) break;
         lock.unlock();
         watch->Begin();
         lock.lock();
@@ -518,26 +470,23 @@ struct GrpcAuthClient::Impl {
       if (stopping) return;
       stopping = true;
     }
+    calls.Stop();  // new calls are answered as unreachable (cached principals, else 503)
     cv.notify_all();
     background.join();
-    std::unique_lock lock(mu);
-    if (watch_call != nullptr) watch_call->context.TryCancel();
-    for (auto* context : live_calls) context->TryCancel();
-    cv.wait(lock, [&] { return watch_call == nullptr && calls_in_flight == 0; });
-    lock.unlock();
+    calls.Drain();  // the watch stream too
     FlushUsage(true);
   }
 
   GrpcAuthClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::AuthService::Stub> stub;
+  CallTracker calls;
   std::array<Shard, kShards> shards;
   const size_t per_shard;
 
   std::atomic<bool> synced{false};
   std::atomic<uint64_t> current_epoch{0};
   std::atomic<int64_t> remote{0};
-  std::atomic<int64_t> updates{0};
   std::atomic<int64_t> stale_served{0};
   std::atomic<Clock::rep> last_warning{0};
 
@@ -549,8 +498,6 @@ struct GrpcAuthClient::Impl {
   Clock::time_point next_attempt{};
   Clock::time_point last_message{};
   std::chrono::milliseconds backoff;
-  int calls_in_flight = 0;
-  std::unordered_set<grpc::ClientContext*> live_calls;
   std::thread background;  // last: starts once everything above exists
 };
 
@@ -569,16 +516,5 @@ void GrpcAuthClient::Authenticate(std::string api_key, std::string client_ip,
 bool GrpcAuthClient::watch_synced() const { return impl_->synced.load(); }
 
 int64_t GrpcAuthClient::remote_calls() const { return impl_->remote.load(); }
-
-int64_t GrpcAuthClient::watch_updates() const { return impl_->updates.load(); }
-
-size_t GrpcAuthClient::cached() const {
-  size_t n = 0;
-  for (auto& shard : impl_->shards) {
-    std::lock_guard lock(shard.mu);
-    n += shard.entries.size();
-  }
-  return n;
-}
 
 }  // namespace tollgate::edge

@@ -50,9 +50,7 @@ class GrpcAuthClient final : public AuthClient {
 
   // True while the WatchKeys stream is up and has answered the keys held when it started.
   bool watch_synced() const;
-  int64_t remote_calls() const;   // Authenticate RPCs made (cache misses and confirmations)
-  int64_t watch_updates() const;  // key updates received over WatchKeys
-  size_t cached() const;
+  int64_t remote_calls() const;  // Authenticate RPCs made (cache misses and confirmations)
 
  private:
   struct Impl;

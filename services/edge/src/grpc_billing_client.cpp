@@ -11,11 +11,10 @@
 #include <deque>
 #include <mutex>
 #include <thread>
-#include <unordered_set>
 
+#include "src/grpc_call.h"
 #include "src/spool.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
-#include "tollgate/grpc_server.h"
 #include "tollgate/log.h"
 
 namespace tollgate::edge {
@@ -38,9 +37,8 @@ constexpr const char* kUnavailable =
 struct GrpcBillingClient::Impl {
   explicit Impl(GrpcBillingClientOptions opts)
       : options(std::move(opts)), spool(SpoolOptions{options.spool_dir, options.spool_max_bytes}) {
-    channel = MakeChannel(options.target);
+    channel = OpenChannel(options.target);
     stub = pb::BillingService::NewStub(channel);
-    channel->GetState(/*try_to_connect=*/true);
     if (options.registry) {
       auto& records_family = prometheus::BuildCounter()
                                  .Name("tollgate_edge_billing_records_total")
@@ -84,40 +82,11 @@ struct GrpcBillingClient::Impl {
         return failing || (incoming.empty() && !batch_in_flight && spool.records() == 0);
       });
       stopping = true;
+      calls.Stop();  // new calls are answered as unreachable from here on
     }
     cv.notify_all();
     if (sender.joinable()) sender.join();
-    std::unique_lock lock(mu);
-    for (auto* context : live_calls) context->TryCancel();
-    cv.wait(lock, [&] { return calls_in_flight == 0; });
-  }
-
-  bool CallStarted(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    if (stopping) return false;
-    ++calls_in_flight;
-    live_calls.insert(context);
-    return true;
-  }
-
-  void CallEnded(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    --calls_in_flight;
-    live_calls.erase(context);
-    cv.notify_all();
-  }
-  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
-  // Shutdown (and the channel's destruction after it) never races a callback thread that still
-  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
-  // queue) when a channel's last reference goes on one of its own callback threads.
-  template <typename Owned>
-  void CallEnded(grpc::ClientContext* context, Owned& owned) {
-    {
-      std::lock_guard lock(mu);
-      live_calls.erase(context);
-    }
-    owned.reset();
-    CallEnded(nullptr);
+    calls.Drain();
   }
 
   void UpdateGauges() {
@@ -127,7 +96,6 @@ struct GrpcBillingClient::Impl {
 
   void CountDropped(size_t n) {
     if (n == 0) return;
-    dropped.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
     if (dropped_counter) dropped_counter->Increment(static_cast<double>(n));
   }
 
@@ -182,29 +150,21 @@ struct GrpcBillingClient::Impl {
       lock.unlock();
       auto payloads = spool.Front(options.batch_size, 4u << 20);
       if (payloads.empty()) continue;
-      struct BatchCall {
-        grpc::ClientContext context;
-        pb::RecordUsageRequest request;
-        pb::RecordUsageResponse response;
-      };
-      auto call = std::make_unique<BatchCall>();
+      pb::RecordUsageRequest request;
       for (const auto& p : payloads) {
-        if (!call->request.add_records()->ParseFromString(p)) {
+        if (!request.add_records()->ParseFromString(p)) {
           // Cannot happen with a checksummed spool we wrote ourselves; never block on it.
-          call->request.mutable_records()->RemoveLast();
+          request.mutable_records()->RemoveLast();
         }
       }
       const size_t n = payloads.size();
-      SetDeadline(call->context, options.deliver_timeout);
       lock.lock();
       batch_in_flight = true;
-      ++calls_in_flight;
-      live_calls.insert(&call->context);
       lock.unlock();
-      auto* raw = call.release();
-      stub->async()->RecordUsage(
-          &raw->context, &raw->request, &raw->response, [this, raw, n](grpc::Status status) {
-            std::unique_ptr<BatchCall> owned(raw);
+      CallUnary<pb::RecordUsageResponse>(
+          calls, options.deliver_timeout, std::move(request),
+          [this](auto... a) { stub->async()->RecordUsage(a...); },
+          [this, n](const grpc::Status& status, pb::RecordUsageResponse&) {
             if (status.ok()) {
               spool.Ack(n);
               delivered.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
@@ -227,9 +187,6 @@ struct GrpcBillingClient::Impl {
             else
               wake_sender = true;  // more may be waiting: no need to wait for the tick
             batch_in_flight = false;
-            live_calls.erase(&owned->context);
-            owned.reset();  // before the count drops (see CallEnded)
-            --calls_in_flight;
             cv.notify_all();
           });
     }
@@ -239,19 +196,17 @@ struct GrpcBillingClient::Impl {
   Spool spool;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::BillingService::Stub> stub;
-  std::mutex mu;
+  CallTracker calls;
+  std::mutex mu;  // everything below but the atomics
   std::condition_variable cv;
   std::deque<std::string> incoming;  // serialized pb::UsageRecord, not spooled yet
   bool batch_in_flight = false;
   bool wake_sender = false;
   std::chrono::steady_clock::time_point next_try;
-  int calls_in_flight = 0;
-  std::unordered_set<grpc::ClientContext*> live_calls;
   bool stopping = false;
   bool full_logged = false;  // sender thread only
   std::atomic<bool> failing{false};
   std::atomic<int64_t> delivered{0};
-  std::atomic<int64_t> dropped{0};
   prometheus::Counter* spooled_counter = nullptr;
   prometheus::Counter* delivered_counter = nullptr;
   prometheus::Counter* dropped_counter = nullptr;
@@ -276,75 +231,62 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
     done(HoldResult{});  // not one of auth's users: nobody to charge, nothing to hold
     return;
   }
-  struct Call {
-    grpc::ClientContext context;
-    pb::HoldRequest request;
-    pb::HoldResponse response;
-    std::function<void(HoldResult)> done;
-  };
-  auto call = std::make_unique<Call>();
-  call->request.set_request_id(request.request_id);
-  call->request.set_user_id(user_id);
-  call->request.set_api_key_id(ParseId(request.principal.api_key_id));
-  call->request.set_model(request.model);
-  call->request.set_estimated_prompt_tokens(std::max<int64_t>(0, request.estimated_prompt_tokens));
-  call->request.set_max_completion_tokens(std::max<int64_t>(0, request.max_completion_tokens));
-  call->request.set_service_tier(request.service_tier);
-  call->done = std::move(done);
-  SetDeadline(call->context, impl_->options.timeout);
+  pb::HoldRequest hold;
+  hold.set_request_id(request.request_id);
+  hold.set_user_id(user_id);
+  hold.set_api_key_id(ParseId(request.principal.api_key_id));
+  hold.set_model(request.model);
+  hold.set_estimated_prompt_tokens(std::max<int64_t>(0, request.estimated_prompt_tokens));
+  hold.set_max_completion_tokens(std::max<int64_t>(0, request.max_completion_tokens));
+  hold.set_service_tier(request.service_tier);
   Impl* impl = impl_.get();
-  if (!impl->CallStarted(&call->context)) {
-    call->done(HoldResult{Failure{ErrorCode::kServiceUnavailable, "The edge is shutting down."}});
-    return;
-  }
-  auto* raw = call.release();
-  impl->stub->async()->Hold(
-      &raw->context, &raw->request, &raw->response, [impl, raw](grpc::Status status) {
-        std::unique_ptr<Call> owned(raw);
+  CallUnary<pb::HoldResponse>(
+      impl->calls, impl->options.timeout, std::move(hold),
+      [impl](auto... a) { impl->stub->async()->Hold(a...); },
+      [impl, done = std::move(done)](const grpc::Status& status, pb::HoldResponse& response) {
         HoldResult result;
         if (status.ok()) {
-          if (owned->response.hold_id() != 0)
-            result.hold_id = std::to_string(owned->response.hold_id());
+          if (response.hold_id() != 0) result.hold_id = std::to_string(response.hold_id());
           if (impl->holds_granted) impl->holds_granted->Increment();
-        } else if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
-          result.failure = Failure{ErrorCode::kInsufficientQuota, status.error_message()};
-          if (impl->holds_refused) impl->holds_refused->Increment();
-        } else {
-          static log::Throttle throttle;
-          if (int64_t skipped = 0; throttle.Allow(&skipped))
-            log::Warn(
-                "edge", "billing Hold failed; refusing the request (fail closed)",
-                {{"grpc_code", static_cast<int>(status.error_code())}, {"suppressed", skipped}});
-          result.failure = Failure{ErrorCode::kServiceUnavailable, kUnavailable};
-          if (impl->holds_unavailable) impl->holds_unavailable->Increment();
+          done(std::move(result));
+          return;
         }
-        owned->done(std::move(result));
-        impl->CallEnded(&owned->context, owned);
+        if (!Unreachable(status)) {
+          Failure answered = AnsweredError(status);
+          if (answered.code == ErrorCode::kInsufficientQuota ||
+              answered.code == ErrorCode::kRateLimited) {
+            result.failure = Failure{ErrorCode::kInsufficientQuota, std::move(answered.message)};
+            if (impl->holds_refused) impl->holds_refused->Increment();
+            done(std::move(result));
+            return;
+          }
+        }
+        // Unreachable, or an error nobody could charge through: fail closed.
+        static log::Throttle throttle;
+        if (int64_t skipped = 0; throttle.Allow(&skipped))
+          log::Warn(
+              "edge", "billing Hold failed; refusing the request (fail closed)",
+              {{"grpc_code", static_cast<int>(status.error_code())}, {"suppressed", skipped}});
+        result.failure = Failure{ErrorCode::kServiceUnavailable, kUnavailable};
+        if (impl->holds_unavailable) impl->holds_unavailable->Increment();
+        done(std::move(result));
       });
 }
 
 void GrpcBillingClient::Release(std::string hold_id) {
   const int64_t id = ParseId(hold_id);
   if (id == 0) return;
-  struct Call {
-    grpc::ClientContext context;
-    pb::ReleaseHoldRequest request;
-    pb::ReleaseHoldResponse response;
-  };
-  auto call = std::make_unique<Call>();
-  call->request.set_hold_id(id);
-  SetDeadline(call->context, impl_->options.timeout);
+  pb::ReleaseHoldRequest request;
+  request.set_hold_id(id);
   Impl* impl = impl_.get();
   // Not sent once shut down (or if it fails): the hold then expires on its own.
-  if (!impl->CallStarted(&call->context)) return;
-  auto* raw = call.release();
-  impl->stub->async()->ReleaseHold(
-      &raw->context, &raw->request, &raw->response, [impl, raw](grpc::Status status) {
-        std::unique_ptr<Call> owned(raw);
+  CallUnary<pb::ReleaseHoldResponse>(
+      impl->calls, impl->options.timeout, std::move(request),
+      [impl](auto... a) { impl->stub->async()->ReleaseHold(a...); },
+      [](const grpc::Status& status, pb::ReleaseHoldResponse&) {
         if (!status.ok())
           log::Debug("edge", "billing ReleaseHold failed",
                      {{"grpc_code", static_cast<int>(status.error_code())}});
-        impl->CallEnded(&owned->context, owned);
       });
 }
 
@@ -399,29 +341,16 @@ void GrpcBillingClient::GetAccount(const Principal& principal,
     done(AccountResult{});  // no account
     return;
   }
-  struct Call {
-    grpc::ClientContext context;
-    pb::GetAccountRequest request;
-    pb::GetAccountResponse response;
-    std::function<void(AccountResult)> done;
-  };
-  auto call = std::make_unique<Call>();
-  call->request.set_user_id(user_id);
-  call->done = std::move(done);
-  SetDeadline(call->context, impl_->options.timeout);
+  pb::GetAccountRequest request;
+  request.set_user_id(user_id);
   Impl* impl = impl_.get();
-  if (!impl->CallStarted(&call->context)) {
-    call->done(
-        AccountResult{Failure{ErrorCode::kServiceUnavailable, "The edge is shutting down."}});
-    return;
-  }
-  auto* raw = call.release();
-  impl->stub->async()->GetAccount(
-      &raw->context, &raw->request, &raw->response, [impl, raw](grpc::Status status) {
-        std::unique_ptr<Call> owned(raw);
+  CallUnary<pb::GetAccountResponse>(
+      impl->calls, impl->options.timeout, std::move(request),
+      [impl](auto... a) { impl->stub->async()->GetAccount(a...); },
+      [done = std::move(done)](const grpc::Status& status, pb::GetAccountResponse& response) {
         AccountResult result;
         if (status.ok()) {
-          const auto& a = owned->response.account();
+          const auto& a = response.account();
           result.found = true;
           result.balance_micros = a.balance_micros();
           result.credit_limit_micros = a.credit_limit_micros();
@@ -429,14 +358,13 @@ void GrpcBillingClient::GetAccount(const Principal& principal,
           result.available_micros = a.available_micros();
           result.total_top_ups_micros = a.total_top_ups_micros();
           result.total_cost_micros = a.total_cost_micros();
-        } else if (status.error_code() != grpc::StatusCode::NOT_FOUND) {
+        } else if (Unreachable(status) || AnsweredError(status).code != ErrorCode::kNotFound) {
           log::Warn("edge", "billing GetAccount failed",
                     {{"grpc_code", static_cast<int>(status.error_code())}});
           result.failure = Failure{ErrorCode::kServiceUnavailable,
                                    "The billing service is unavailable. Please retry shortly."};
-        }
-        owned->done(std::move(result));
-        impl->CallEnded(&owned->context, owned);
+        }  // else not found: the user has no account
+        done(std::move(result));
       });
 }
 
@@ -447,52 +375,43 @@ void GrpcBillingClient::GetUsage(const Principal& principal, bool key_only, std:
     done(UsageResult{});  // nobody billed: no usage
     return;
   }
-  struct Call {
-    grpc::ClientContext context;
-    pb::GetUsageRequest request;
-    pb::GetUsageResponse response;
-    std::function<void(UsageResult)> done;
-  };
-  auto call = std::make_unique<Call>();
-  call->request.set_user_id(user_id);
-  if (key_only) call->request.set_api_key_id(ParseId(principal.api_key_id));
-  call->request.set_from_day(std::move(from_day));
-  call->request.set_to_day(std::move(to_day));
-  call->done = std::move(done);
-  SetDeadline(call->context, impl_->options.timeout);
+  pb::GetUsageRequest request;
+  request.set_user_id(user_id);
+  if (key_only) request.set_api_key_id(ParseId(principal.api_key_id));
+  request.set_from_day(std::move(from_day));
+  request.set_to_day(std::move(to_day));
   Impl* impl = impl_.get();
-  if (!impl->CallStarted(&call->context)) {
-    call->done(UsageResult{Failure{ErrorCode::kServiceUnavailable, "The edge is shutting down."}});
-    return;
-  }
-  auto* raw = call.release();
-  impl->stub->async()->GetUsage(
-      &raw->context, &raw->request, &raw->response, [impl, raw](grpc::Status status) {
-        std::unique_ptr<Call> owned(raw);
+  CallUnary<pb::GetUsageResponse>(
+      impl->calls, impl->options.timeout, std::move(request),
+      [impl](auto... a) { impl->stub->async()->GetUsage(a...); },
+      [done = std::move(done)](const grpc::Status& status, pb::GetUsageResponse& response) {
         UsageResult result;
         if (status.ok()) {
-          for (const auto& row : owned->response.rows())
+          for (const auto& row : response.rows())
             result.days.push_back({row.day(), row.requests(), row.prompt_tokens(),
                                    row.completion_tokens(), row.cached_tokens(),
                                    row.cost_micros()});
-        } else if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-          result.failure = Failure{ErrorCode::kInvalidRequest, status.error_message()};
-        } else {
-          log::Warn("edge", "billing GetUsage failed",
-                    {{"grpc_code", static_cast<int>(status.error_code())}});
-          result.failure = Failure{ErrorCode::kServiceUnavailable,
-                                   "The billing service is unavailable. Please retry shortly."};
+          done(std::move(result));
+          return;
         }
-        owned->done(std::move(result));
-        impl->CallEnded(&owned->context, owned);
+        if (!Unreachable(status)) {
+          Failure answered = AnsweredError(status);
+          if (answered.code == ErrorCode::kInvalidRequest) {
+            result.failure = std::move(answered);  // a bad date range, named by billing
+            done(std::move(result));
+            return;
+          }
+        }
+        log::Warn("edge", "billing GetUsage failed",
+                  {{"grpc_code", static_cast<int>(status.error_code())}});
+        result.failure = Failure{ErrorCode::kServiceUnavailable,
+                                 "The billing service is unavailable. Please retry shortly."};
+        done(std::move(result));
       });
 }
 
 int64_t GrpcBillingClient::delivered() const {
   return impl_->delivered.load(std::memory_order_relaxed);
-}
-int64_t GrpcBillingClient::dropped() const {
-  return impl_->dropped.load(std::memory_order_relaxed);
 }
 size_t GrpcBillingClient::spooled() const { return impl_->spool.records(); }
 

@@ -45,7 +45,8 @@ class GrpcBillingClient final : public BillingClient {
   ~GrpcBillingClient() override;  // Shutdown()
 
   // Spools what is still queued in memory, cancels the calls in flight and waits for their
-  // callbacks. Undelivered records stay in the spool for the next start. Idempotent.
+  // callbacks. Undelivered records stay in the spool for the next start. Calls made afterwards
+  // are answered at once as if billing were unreachable. Idempotent.
   void Shutdown();
 
   void Hold(HoldRequest request, std::function<void(HoldResult)> done) override;
@@ -56,7 +57,6 @@ class GrpcBillingClient final : public BillingClient {
                 std::function<void(UsageResult)> done) override;
 
   int64_t delivered() const;  // records acknowledged by billing
-  int64_t dropped() const;    // records lost to a full spool (or a failing disk)
   size_t spooled() const;     // records in the spool, not acknowledged yet
 
  private:

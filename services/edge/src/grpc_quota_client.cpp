@@ -9,9 +9,8 @@
 #include <deque>
 #include <mutex>
 #include <thread>
-#include <unordered_set>
 
-#include "tollgate/grpc_server.h"
+#include "src/grpc_call.h"
 #include "tollgate/log.h"
 #include "tollgate/quota/v1/quota.grpc.pb.h"
 
@@ -85,9 +84,8 @@ struct GrpcQuotaClient::Impl {
     for (const auto& t : options.targets) {
       auto r = std::make_unique<Replica>();
       r->target = t;
-      r->channel = MakeChannel(t);
+      r->channel = OpenChannel(t);
       r->stub = pb::QuotaService::NewStub(r->channel);
-      r->channel->GetState(/*try_to_connect=*/true);
       replicas.push_back(std::move(r));
     }
     if (options.registry) {
@@ -111,44 +109,14 @@ struct GrpcQuotaClient::Impl {
   ~Impl() { Shutdown(); }
 
   void Shutdown() {
+    if (!calls.Stop()) return;  // Admit and Release are refused from here on
     {
       std::lock_guard lock(mu);
-      if (stopping) return;
       stopping = true;
     }
     cv.notify_all();
     if (flusher.joinable()) flusher.join();
-    std::unique_lock lock(mu);
-    for (auto* context : live_calls) context->TryCancel();
-    cv.wait(lock, [&] { return calls_in_flight == 0; });
-  }
-
-  bool CallStarted(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    if (stopping) return false;
-    ++calls_in_flight;
-    live_calls.insert(context);
-    return true;
-  }
-
-  void CallEnded(grpc::ClientContext* context) {
-    std::lock_guard lock(mu);
-    --calls_in_flight;
-    live_calls.erase(context);
-    cv.notify_all();
-  }
-  // Ends a call whose objects `owned` holds: they are destroyed before the count drops, so
-  // Shutdown (and the channel's destruction after it) never races a callback thread that still
-  // holds the call. gRPC 1.51 aborts ("assertion failed: prior > 0" in its callback completion
-  // queue) when a channel's last reference goes on one of its own callback threads.
-  template <typename Owned>
-  void CallEnded(grpc::ClientContext* context, Owned& owned) {
-    {
-      std::lock_guard lock(mu);
-      live_calls.erase(context);
-    }
-    owned.reset();
-    CallEnded(nullptr);
+    calls.Drain();
   }
 
   void CountDropped(size_t n) {
@@ -157,24 +125,16 @@ struct GrpcQuotaClient::Impl {
   }
 
   void ReleasePart(size_t replica, const std::string& reservation_id) {
-    struct Call {
-      grpc::ClientContext context;
-      pb::ReleaseRequest request;
-      pb::ReleaseResponse response;
-    };
-    auto call = std::make_unique<Call>();
-    call->request.set_reservation_id(reservation_id);
-    SetDeadline(call->context, options.timeout);
-    // Not sent once shut down: the reservation then expires on its own.
-    if (!CallStarted(&call->context)) return;
-    auto* raw = call.release();
-    replicas[replica]->stub->async()->Release(
-        &raw->context, &raw->request, &raw->response, [this, raw](grpc::Status status) {
-          std::unique_ptr<Call> owned(raw);
+    pb::ReleaseRequest request;
+    request.set_reservation_id(reservation_id);
+    // Not sent once shut down (or if it fails): the reservation then expires on its own.
+    CallUnary<pb::ReleaseResponse>(
+        calls, options.timeout, std::move(request),
+        [stub = replicas[replica]->stub.get()](auto... a) { stub->async()->Release(a...); },
+        [](const grpc::Status& status, pb::ReleaseResponse&) {
           if (!status.ok())
             log::Debug("edge", "quota Release failed",
                        {{"grpc_code", static_cast<int>(status.error_code())}});
-          CallEnded(&owned->context, owned);
         });
   }
 
@@ -188,24 +148,19 @@ struct GrpcQuotaClient::Impl {
         Replica& r = *replicas[i];
         if (r.queue.empty() || r.batch_in_flight) continue;
         if (!stopping && std::chrono::steady_clock::now() < r.next_try) continue;
-        struct BatchCall {
-          grpc::ClientContext context;
-          pb::SettleRequest request;
-          pb::SettleResponse response;
-        };
-        auto call = std::make_unique<BatchCall>();
+        pb::SettleRequest request;
         size_t n = std::min(r.queue.size(), options.batch_size);
         for (size_t k = 0; k < n; ++k) {
-          *call->request.add_settlements() = std::move(r.queue.front());
+          *request.add_settlements() = std::move(r.queue.front());
           r.queue.pop_front();
         }
         r.batch_in_flight = true;
-        ++calls_in_flight;
-        SetDeadline(call->context, options.timeout);
-        auto* raw = call.release();
-        r.stub->async()->Settle(
-            &raw->context, &raw->request, &raw->response, [this, raw, i, n](grpc::Status status) {
-              std::unique_ptr<BatchCall> owned(raw);
+        // Started under `mu`: a delivery is never refused, so its callback never runs inline.
+        CallUnary<pb::SettleResponse>(
+            calls, options.timeout, std::move(request),
+            [stub = r.stub.get()](auto... a) { stub->async()->Settle(a...); },
+            [this, i, n](const grpc::Status& status, pb::SettleResponse&,
+                         pb::SettleRequest& sent_request) {
               std::lock_guard guard(mu);
               Replica& rep = *replicas[i];
               if (status.ok()) {
@@ -223,7 +178,7 @@ struct GrpcQuotaClient::Impl {
                            {"settlements", n},
                            {"grpc_code", static_cast<int>(status.error_code())}});
                 rep.next_try = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-                auto& items = *owned->request.mutable_settlements();
+                auto& items = *sent_request.mutable_settlements();
                 for (int k = items.size() - 1; k >= 0; --k)
                   rep.queue.push_front(std::move(items[k]));
                 while (rep.queue.size() > options.max_queued) {
@@ -231,11 +186,10 @@ struct GrpcQuotaClient::Impl {
                   CountDropped(1);
                 }
               }
-              owned.reset();  // before the count drops (see CallEnded)
               rep.batch_in_flight = false;
-              --calls_in_flight;
               cv.notify_all();
-            });
+            },
+            CallTracker::Kind::kDelivery);
       }
       if (stopping) {
         bool idle = true;
@@ -247,10 +201,9 @@ struct GrpcQuotaClient::Impl {
 
   GrpcQuotaClientOptions options;
   std::vector<std::unique_ptr<Replica>> replicas;
-  std::mutex mu;
+  CallTracker calls;
+  std::mutex mu;  // the settlement queues and the flusher's state
   std::condition_variable cv;
-  int calls_in_flight = 0;
-  std::unordered_set<grpc::ClientContext*> live_calls;
   bool stopping = false;
   std::atomic<int64_t> sent{0};
   std::atomic<int64_t> dropped{0};
@@ -271,13 +224,12 @@ void GrpcQuotaClient::Shutdown() { impl_->Shutdown(); }
 void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult)> done) {
   struct Part {
     size_t replica = 0;
-    grpc::ClientContext context;
     pb::AdmitRequest request;
     pb::AdmitResponse response;
     grpc::Status status;
   };
   struct Fanout {
-    std::vector<std::unique_ptr<Part>> parts;
+    std::vector<Part> parts;
     std::atomic<size_t> pending{0};
     std::function<void(AdmitResult)> done;
   };
@@ -287,14 +239,13 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
   fanout->done = std::move(done);
   auto part_for = [&](size_t replica) -> pb::AdmitRequest& {
     for (auto& p : fanout->parts)
-      if (p->replica == replica) return p->request;
-    auto p = std::make_unique<Part>();
-    p->replica = replica;
-    p->request.set_request_id(request.request_id);
-    p->request.set_model(request.model);
-    p->request.set_estimated_tokens(request.estimated_tokens);
-    fanout->parts.push_back(std::move(p));
-    return fanout->parts.back()->request;
+      if (p.replica == replica) return p.request;
+    Part& p = fanout->parts.emplace_back();
+    p.replica = replica;
+    p.request.set_request_id(request.request_id);
+    p.request.set_model(request.model);
+    p.request.set_estimated_tokens(request.estimated_tokens);
+    return p.request;
   };
   if (!request.principal.api_key_id.empty())
     part_for(QuotaOwner("key", request.principal.api_key_id, n))
@@ -308,46 +259,34 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
     fanout->done(AdmitResult{});  // nobody to limit
     return;
   }
-  for (auto& p : fanout->parts) {
-    SetDeadline(p->context, impl->options.timeout);
-    if (!impl->CallStarted(&p->context)) {
-      // Shutting down: none of the calls was sent yet; undo the bookkeeping of the earlier parts.
-      for (auto& q : fanout->parts) {
-        if (q.get() == p.get()) break;
-        impl->CallEnded(&q->context);
-      }
-      fanout->done(
-          AdmitResult{Failure{ErrorCode::kServiceUnavailable, "The edge is shutting down."}});
-      return;
-    }
-  }
-  fanout->pending = fanout->parts.size();
-  auto complete = [impl, fanout] {
+  // Runs once, after the last part's answer: every part has its status and response.
+  auto complete = [impl](Fanout& fanout) {
     AdmitResult result;
     const Part* denied = nullptr;
     bool failed = false;
     std::vector<const Part*> granted;
-    for (const auto& p : fanout->parts) {
-      if (!p->status.ok()) {
+    for (const auto& p : fanout.parts) {
+      if (!p.status.ok()) {
+        // Unreachable, or an error quota answered: either way no decision, so the outage policy.
         failed = true;
         continue;
       }
-      Tighten(result.requests, FromProto(p->response.requests()));
-      Tighten(result.tokens, FromProto(p->response.tokens()));
-      if (p->response.allowed()) {
-        granted.push_back(p.get());
-      } else if (!denied || (p->response.error_code() == "insufficient_quota" &&
+      Tighten(result.requests, FromProto(p.response.requests()));
+      Tighten(result.tokens, FromProto(p.response.tokens()));
+      if (p.response.allowed()) {
+        granted.push_back(&p);
+      } else if (!denied || (p.response.error_code() == "insufficient_quota" &&
                              denied->response.error_code() != "insufficient_quota")) {
-        denied = p.get();  // an exhausted quota outranks a full window: retrying will not help
+        denied = &p;  // an exhausted quota outranks a full window: retrying will not help
       }
     }
     bool release_granted = false;
     if (denied) {
       release_granted = true;
       int64_t retry = 0;
-      for (const auto& p : fanout->parts)
-        if (p->status.ok() && !p->response.allowed())
-          retry = std::max(retry, p->response.retry_after_ms());
+      for (const auto& p : fanout.parts)
+        if (p.status.ok() && !p.response.allowed())
+          retry = std::max(retry, p.response.retry_after_ms());
       const bool quota = denied->response.error_code() == "insufficient_quota";
       result.failure = Failure{quota ? ErrorCode::kInsufficientQuota : ErrorCode::kRateLimited,
                                denied->response.message(), retry};
@@ -357,13 +296,13 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
       static log::Throttle throttle;
       int64_t skipped = 0;
       if (throttle.Allow(&skipped))
-        for (const auto& p : fanout->parts)
-          if (!p->status.ok())
+        for (const auto& p : fanout.parts)
+          if (!p.status.ok())
             log::Warn("edge",
                       impl->options.fail_open ? "quota replica unreachable; admitting (fail open)"
                                               : "quota replica unreachable; refusing (fail closed)",
-                      {{"replica", impl->replicas[p->replica]->target},
-                       {"grpc_code", static_cast<int>(p->status.error_code())},
+                      {{"replica", impl->replicas[p.replica]->target},
+                       {"grpc_code", static_cast<int>(p.status.error_code())},
                        {"suppressed", skipped}});
       if (!impl->options.fail_open) {
         release_granted = true;
@@ -381,20 +320,21 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
         result.reservation_id += std::to_string(p->replica) + ":" + p->response.reservation_id();
       }
     }
-    fanout->done(std::move(result));
-    // The parts' gRPC objects go before their calls count as ended (see CallEnded).
-    std::vector<std::unique_ptr<Part>> parts = std::move(fanout->parts);
-    for (auto& p : parts) {
-      grpc::ClientContext* context = &p->context;
-      impl->CallEnded(context, p);
-    }
+    fanout.done(std::move(result));
   };
-  for (auto& p : fanout->parts) {
-    Part* raw = p.get();
-    impl->replicas[raw->replica]->stub->async()->Admit(
-        &raw->context, &raw->request, &raw->response, [raw, fanout, complete](grpc::Status status) {
-          raw->status = std::move(status);
-          if (fanout->pending.fetch_sub(1) == 1) complete();
+  // Answers may arrive (or, once shut down, be given inline) while parts are still being sent:
+  // nothing below touches `parts` but through its own index.
+  fanout->pending = fanout->parts.size();
+  for (size_t i = 0; i < fanout->parts.size(); ++i) {
+    CallUnary<pb::AdmitResponse>(
+        impl->calls, impl->options.timeout, std::move(fanout->parts[i].request),
+        [stub = impl->replicas[fanout->parts[i].replica]->stub.get()](auto... a) {
+          stub->async()->Admit(a...);
+        },
+        [fanout, i, complete](const grpc::Status& status, pb::AdmitResponse& response) {
+          fanout->parts[i].status = status;
+          fanout->parts[i].response = std::move(response);
+          if (fanout->pending.fetch_sub(1) == 1) complete(*fanout);
         });
   }
 }

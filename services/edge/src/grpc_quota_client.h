@@ -45,7 +45,8 @@ class GrpcQuotaClient final : public QuotaClient {
   ~GrpcQuotaClient() override;  // Shutdown()
 
   // Sends what is still queued (each batch bounded by its deadline), cancels the calls in
-  // flight and waits for their callbacks. Calls made afterwards fail at once. Idempotent.
+  // flight and waits for their callbacks. Calls made afterwards are answered at once as if
+  // quota were unreachable (fail open or closed). Idempotent.
   void Shutdown();
 
   void Admit(AdmitRequest request, std::function<void(AdmitResult)> done) override;

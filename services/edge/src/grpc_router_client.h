@@ -29,17 +29,15 @@ class GrpcRouterClient final : public RouterClient {
   ~GrpcRouterClient() override;  // Shutdown()
 
   // Sends what is still queued, cancels the calls in flight and waits for their callbacks.
-  // Calls made afterwards fail at once (inline). Idempotent. Call it while the executors the
-  // callbacks post to are still alive.
+  // Calls made afterwards are answered at once (inline) as if the router were unreachable (the
+  // last plan, else 503). Idempotent. Call it while the executors the callbacks post to are
+  // still alive.
   void Shutdown();
 
   void Route(std::string model, int32_t max_attempts,
              std::function<void(RouteResult)> done) override;
   void Report(AttemptOutcome outcome) override;
   void ListModels(std::function<void(ModelsResult)> done) override;
-
-  int64_t outcomes_sent() const;
-  int64_t outcomes_dropped() const;
 
  private:
   struct Impl;

@@ -251,7 +251,6 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
         attempt.upstream_model = std::move(a.upstream_model);
         attempt.api_key = std::move(a.api_key);
         attempt.api_version = std::move(a.api_version);
-        attempt.trial = a.trial;
         result.attempts.push_back(std::move(attempt));
       }
       break;

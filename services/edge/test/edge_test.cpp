@@ -26,8 +26,8 @@
 
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
-#include "src/permissive_clients.h"
 #include "src/proxy.h"
+#include "test/permissive_clients.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 
@@ -293,6 +293,13 @@ class RecordingBillingClient final : public BillingClient {
  public:
   void Hold(HoldRequest, std::function<void(HoldResult)> done) override { done({}); }
   void Release(std::string) override {}
+  void GetAccount(const Principal&, std::function<void(AccountResult)> done) override {
+    done(AccountResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
+  }
+  void GetUsage(const Principal&, bool, std::string, std::string,
+                std::function<void(UsageResult)> done) override {
+    done(UsageResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
+  }
   void Record(UsageRecord record) override {
     std::lock_guard lock(mu_);
     records_.push_back(std::move(record));
@@ -1214,7 +1221,6 @@ class AllowlistAuthClient final : public AuthClient {
       result.failure = Failure{ErrorCode::kPermissionDenied, "not from " + client_ip};
     result.principal.api_key_id = "7";
     result.principal.user_id = "7";
-    result.principal.account_id = "7";
     done(std::move(result));
   }
   std::string last() {
@@ -1238,6 +1244,7 @@ class RecordingQuotaClient final : public QuotaClient {
     done(AdmitResult{});
   }
   void Release(std::string) override {}
+  void Settle(const UsageRecord&) override {}
   std::string last() {
     std::lock_guard lock(mu_);
     return last_;

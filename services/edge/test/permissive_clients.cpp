@@ -1,4 +1,4 @@
-#include "src/permissive_clients.h"
+#include "test/permissive_clients.h"
 
 #include "tollgate/log.h"
 
@@ -9,7 +9,6 @@ void AllowAllAuthClient::Authenticate(std::string api_key, std::string client_ip
   AuthResult result;
   result.principal.api_key_id = "anonymous";
   result.principal.user_id = "anonymous";
-  result.principal.account_id = "anonymous";
   done(std::move(result));
 }
 
@@ -22,7 +21,6 @@ void DiscardingBillingClient::Hold(HoldRequest request, std::function<void(HoldR
 }
 
 void DiscardingBillingClient::Record(UsageRecord record) {
-  records_.fetch_add(1, std::memory_order_relaxed);
   if (!log::Enabled(log::Level::kDebug)) return;
   log::Write(log::Level::kDebug, "edge", "usage record (not billed: no billing client)",
              {{"model", record.model},
@@ -35,6 +33,17 @@ void DiscardingBillingClient::Record(UsageRecord record) {
               {"latency_ms", record.latency.count()},
               {"client_disconnected", record.client_disconnected}},
              record.request_id);
+}
+
+void DiscardingBillingClient::GetAccount(const Principal& principal,
+                                         std::function<void(AccountResult)> done) {
+  done(AccountResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
+}
+
+void DiscardingBillingClient::GetUsage(const Principal& principal, bool key_only,
+                                       std::string from_day, std::string to_day,
+                                       std::function<void(UsageResult)> done) {
+  done(UsageResult{Failure{ErrorCode::kServiceUnavailable, "Billing is not enabled."}});
 }
 
 }  // namespace tollgate::edge
