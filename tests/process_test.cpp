@@ -7,7 +7,6 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -32,6 +31,7 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include "child_process.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "pg_fixture.h"
 #include "tollgate/grpc_server.h"
@@ -44,81 +44,11 @@ using tollgate::testing::TestDatabase;
 
 std::string Binary() { return TOLLGATE_BIN_PATH; }
 
-// A child process with its stderr captured line by line.
-class Process {
+// The binary under test, its stderr (the JSON log) captured line by line.
+class Process : public tollgate::testing::ChildProcess {
  public:
-  Process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
-    int fds[2];
-    if (pipe(fds) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDERR_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-      std::vector<char*> argv;
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    err_ = fdopen(fds[0], "r");
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (err_) fclose(err_);
-  }
-
-  // Reads stderr until a JSON line satisfies `pred` (returns it) or EOF.
-  nlohmann::json WaitForLog(const std::function<bool(const nlohmann::json&)>& pred) {
-    char* line = nullptr;
-    size_t cap = 0;
-    nlohmann::json found;
-    while (getline(&line, &cap, err_) > 0) {
-      output_ += line;
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_discarded() && pred(j)) {
-        found = j;
-        break;
-      }
-    }
-    free(line);
-    return found;
-  }
-
-  std::string RestOfOutput() {
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, err_)) > 0) output_.append(buf, n);
-    return output_;
-  }
-
-  // Waits up to `timeout` for the exit status (-1 on timeout).
-  int Wait(std::chrono::milliseconds timeout) {
-    auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
-  void Signal(int sig) { kill(pid_, sig); }
-  const std::string& output() const { return output_; }
-
- private:
-  pid_t pid_ = -1;
-  FILE* err_ = nullptr;
-  bool exited_ = false;
-  std::string output_;
+  Process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env)
+      : ChildProcess(args, {env, Capture::kStderr}) {}
 };
 
 std::string HttpGet(int port, const std::string& path, const std::string& extra_headers = "") {

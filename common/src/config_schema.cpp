@@ -23,6 +23,9 @@ void AddDbService(std::vector<ConfigKey>& keys, const std::string& svc, int port
                   3600000});
   keys.push_back(
       {svc + ".workers", T::kInt, "8", "threads for blocking database work", false, 1, 256});
+  keys.push_back({svc + ".worker_queue", T::kInt, "10000",
+                  "calls waiting for a worker at most; beyond it a call is answered UNAVAILABLE",
+                  false, 1, 1000000});
 }
 
 std::vector<ConfigKey> BuildSchema() {

@@ -107,7 +107,9 @@ void DbServiceModule::Start() {
     }
   }
 
-  workers_ = std::make_unique<WorkerPool>(static_cast<int>(c.GetInt(name_ + ".workers")));
+  workers_ = std::make_unique<WorkerPool>(static_cast<int>(c.GetInt(name_ + ".workers")),
+                                          static_cast<size_t>(c.GetInt(name_ + ".worker_queue")),
+                                          &deps_.metrics.registry(), name_);
   server_ =
       std::make_unique<GrpcServer>(c.GetString(name_ + ".grpc_listen"),
                                    GrpcServerAuth{admin_token_, c.GetString("admin.token_rotation"),

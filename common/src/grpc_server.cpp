@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "tollgate/encoding.h"
 #include "tollgate/internal_auth.h"
 #include "tollgate/log.h"
 
@@ -98,12 +99,8 @@ ServiceToken& Token() {
   static ServiceToken token = [] {
     unsigned char bytes[32];
     if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("RAND_bytes failed");
-    static constexpr char kHex[] = "0123456789abcdef";
     ServiceToken t;
-    for (unsigned char b : bytes) {
-      t.edge.push_back(kHex[b >> 4]);
-      t.edge.push_back(kHex[b & 15]);
-    }
+    t.edge = HexEncode(std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes));
     OPENSSL_cleanse(bytes, sizeof bytes);
     return t;
   }();

@@ -1,45 +1,53 @@
 #include "tollgate/worker_pool.h"
 
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
 namespace tollgate {
 
-WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+WorkerPool::WorkerPool(int threads, size_t max_queued, prometheus::Registry* registry,
+                       const std::string& service)
+    : max_queued_(max_queued),
+      pool_(std::make_unique<boost::asio::thread_pool>(static_cast<size_t>(threads))) {
+  if (registry == nullptr) return;
+  refused_ = &prometheus::BuildCounter()
+                  .Name("tollgate_worker_pool_refused_total")
+                  .Help(
+                      "Calls refused (answered UNAVAILABLE): the worker queue was full, or the "
+                      "service stopping")
+                  .Register(*registry)
+                  .Add({{"service", service}});
 }
 
 WorkerPool::~WorkerPool() { Stop(); }
 
-void WorkerPool::Post(std::function<void()> task) {
+bool WorkerPool::TryPost(std::function<void()> task) {
   {
+    // Under the lock, so a post either lands before Stop() (and runs) or is refused.
     std::lock_guard lock(mu_);
-    queue_.push_back(std::move(task));
+    if (!stopped_ && queued_.load(std::memory_order_relaxed) < max_queued_) {
+      queued_.fetch_add(1, std::memory_order_relaxed);
+      boost::asio::post(*pool_, [this, task = std::move(task)] {
+        queued_.fetch_sub(1, std::memory_order_relaxed);
+        task();
+      });
+      return true;
+    }
   }
-  cv_.notify_one();
+  if (refused_) refused_->Increment();
+  return false;
 }
 
 void WorkerPool::Stop() {
   {
     std::lock_guard lock(mu_);
-    if (stopping_ && threads_.empty()) return;
-    stopping_ = true;
+    stopped_ = true;
   }
-  cv_.notify_all();
-  for (auto& t : threads_)
-    if (t.joinable()) t.join();
-  threads_.clear();
-}
-
-void WorkerPool::Loop() {
-  for (;;) {
-    std::function<void()> task;
-    {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping and drained
-      task = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    task();
-  }
+  // Without stop(), join() waits until everything posted has run.
+  pool_->join();
 }
 
 }  // namespace tollgate

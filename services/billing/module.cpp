@@ -4,6 +4,7 @@
 
 #include "billing_metrics.h"
 #include "grpc_services.h"
+#include "tollgate/background_thread.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/pg_repository.h"
@@ -14,9 +15,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 
 namespace tollgate::billing {
 namespace {
@@ -60,42 +58,27 @@ class BillingModule final : public DbServiceModule {
   // the others (top-ups and charges made through other replicas) and ends the holds whose
   // records another replica stored.
   void StartSweeper(std::chrono::milliseconds every) {
-    sweeper_ = std::thread([this, every] {
-      std::unique_lock lock(sweeper_mu_);
-      while (!sweeper_cv_.wait_for(lock, every, [this] { return sweeper_stop_; })) {
-        lock.unlock();
-        if (int64_t n = billing_->ExpireHolds(); n > 0)
-          log::Info("billing", "expired holds", {{"holds", n}});
-        try {
-          billing_->RefreshBalances();
-        } catch (const std::exception& e) {
-          log::Warn("billing", "refreshing balances failed", {{"error", log::Redact(e.what())}});
-        }
-        lock.lock();
+    sweeper_.Every(every, [this] {
+      if (int64_t n = billing_->ExpireHolds(); n > 0)
+        log::Info("billing", "expired holds", {{"holds", n}});
+      try {
+        billing_->RefreshBalances();
+      } catch (const std::exception& e) {
+        log::Warn("billing", "refreshing balances failed", {{"error", log::Redact(e.what())}});
       }
     });
   }
 
-  void StopSweeper() {
-    {
-      std::lock_guard lock(sweeper_mu_);
-      sweeper_stop_ = true;
-      sweeper_cv_.notify_all();
-    }
-    if (sweeper_.joinable()) sweeper_.join();
-  }
+  void StopSweeper() { sweeper_.Stop(); }
 
   SystemClock clock_;
-  std::mutex sweeper_mu_;
-  std::condition_variable sweeper_cv_;
-  bool sweeper_stop_ = false;
-  std::thread sweeper_;
   std::unique_ptr<PgBillingRepository> repo_;
   std::unique_ptr<Billing> billing_;
   std::unique_ptr<BillingMetrics> billing_metrics_;
   std::unique_ptr<Ingestor> ingestor_;
   std::unique_ptr<grpc::Service> service_;
   std::unique_ptr<grpc::Service> admin_;
+  BackgroundThread sweeper_;  // last: stopped (on destruction) before the members it uses
 };
 
 }  // namespace

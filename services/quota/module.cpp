@@ -2,11 +2,12 @@
 // and a background loop (reservation expiry, policy refresh, pruning of settled request ids).
 #include "tollgate/quota/module.h"
 
-#include <condition_variable>
-#include <mutex>
-#include <thread>
+#include <algorithm>
+#include <chrono>
+#include <stop_token>
 
 #include "grpc_services.h"
+#include "tollgate/background_thread.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/log.h"
@@ -41,26 +42,17 @@ LimiterOptions Options(const Config& config) {
 class Background final {
  public:
   Background(Limiter& limiter, QuotaRepository& repo, std::chrono::milliseconds refresh)
-      : limiter_(limiter), repo_(repo), refresh_(refresh), thread_([this] { Loop(); }) {}
-  ~Background() {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
+      : limiter_(limiter), repo_(repo), refresh_(refresh) {
+    thread_.Start([this](std::stop_token stop) { Loop(stop); });
   }
 
  private:
-  void Loop() {
+  void Loop(const std::stop_token& stop) {
     using Steady = std::chrono::steady_clock;
     auto next_refresh = Steady::now() + refresh_;
     auto next_prune = Steady::now();
-    std::unique_lock lock(mu_);
-    while (!stopping_) {
-      cv_.wait_for(lock, std::min<std::chrono::milliseconds>(refresh_, std::chrono::seconds(1)));
-      if (stopping_) break;
-      lock.unlock();
+    while (thread_.SleepFor(
+        stop, std::min<std::chrono::milliseconds>(refresh_, std::chrono::seconds(1)))) {
       limiter_.Expire();
       try {
         if (Steady::now() >= next_refresh) {
@@ -74,17 +66,13 @@ class Background final {
       } catch (const std::exception& e) {
         log::Warn("quota", "background refresh failed", {{"error", log::Redact(e.what())}});
       }
-      lock.lock();
     }
   }
 
   Limiter& limiter_;
   QuotaRepository& repo_;
   const std::chrono::milliseconds refresh_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::thread thread_;
+  BackgroundThread thread_;  // last: stopped (on destruction) before the members its loop uses
 };
 
 class QuotaModule final : public DbServiceModule {

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <openssl/evp.h>
+
 #include <nlohmann/json.hpp>
 
 namespace tollgate::mock {
@@ -861,25 +863,14 @@ bool Completion::NextEvent(std::string& out, bool* content) {
 
 namespace {
 
+// OpenSSL's encoder (the project's one base64, see common/include/tollgate/encoding.h; the mock
+// links nothing from common/).
 void AppendBase64(std::string& out, const unsigned char* data, size_t size) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  size_t i = 0;
-  for (; i + 2 < size; i += 3) {
-    uint32_t v = (uint32_t{data[i]} << 16) | (uint32_t{data[i + 1]} << 8) | data[i + 2];
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  if (i < size) {
-    uint32_t v = uint32_t{data[i]} << 16;
-    if (i + 1 < size) v |= uint32_t{data[i + 1]} << 8;
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < size ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
+  const size_t at = out.size();
+  out.resize(at + 4 * ((size + 2) / 3) + 1);  // + the terminator EVP_EncodeBlock writes
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + at), data,
+                                static_cast<int>(size));
+  out.resize(at + static_cast<size_t>(n));
 }
 
 }  // namespace

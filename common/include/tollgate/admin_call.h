@@ -3,6 +3,7 @@
 // run the work on the worker pool (it may block on the database),
 // finish the reactor from there. AdminError reaches the caller as is; anything
 // else is logged and answered UNAVAILABLE without details (no SQL leaks out).
+// When the pool's queue is full the call is answered UNAVAILABLE at once.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -13,7 +14,7 @@
 #include "tollgate/admin_error.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
-#include "tollgate/worker_pool.h"
+#include "tollgate/worker_call.h"
 
 namespace tollgate {
 
@@ -35,7 +36,7 @@ template <typename Work>
 grpc::ServerUnaryReactor* RunAdminCall(grpc::CallbackServerContext* context, WorkerPool& workers,
                                        std::string component, const char* rpc, Work work) {
   auto* reactor = context->DefaultReactor();
-  workers.Post([reactor, component = std::move(component), rpc, work = std::move(work)]() mutable {
+  auto run = [reactor, component, rpc, work = std::move(work)]() mutable {
     grpc::Status status = grpc::Status::OK;
     try {
       work();
@@ -47,7 +48,8 @@ grpc::ServerUnaryReactor* RunAdminCall(grpc::CallbackServerContext* context, Wor
                             "the " + component + " service's database is unavailable; try again");
     }
     reactor->Finish(status);
-  });
+  };
+  PostOrRefuse(workers, reactor, component, std::move(run));
   return reactor;
 }
 

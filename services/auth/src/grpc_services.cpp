@@ -4,14 +4,13 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
-#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
+#include "tollgate/background_thread.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
 
@@ -214,24 +213,12 @@ class Hub final : public WatchHub {
         Broadcast(message);
       }
     });
-    heartbeat_thread_ = std::thread([this, heartbeat] {
-      std::unique_lock lock(beat_mu_);
-      while (!beat_cv_.wait_for(lock, heartbeat, [this] { return stopping_; })) {
-        lock.unlock();
-        Broadcast(pb::WatchKeysResponse{});
-        lock.lock();
-      }
-    });
+    heartbeat_.Every(heartbeat, [this] { Broadcast(pb::WatchKeysResponse{}); });
   }
 
   ~Hub() override {
     cache_.Unsubscribe(listener_);
-    {
-      std::lock_guard lock(beat_mu_);
-      stopping_ = true;
-    }
-    beat_cv_.notify_all();
-    heartbeat_thread_.join();
+    heartbeat_.Stop();
   }
 
   // False once closed: the stream is refused.
@@ -275,10 +262,7 @@ class Hub final : public WatchHub {
   mutable std::mutex mu_;  // held while pushing, so a reactor cannot be deleted meanwhile
   std::set<WatchReactor*> reactors_;
   bool closed_ = false;
-  std::mutex beat_mu_;
-  std::condition_variable beat_cv_;
-  bool stopping_ = false;
-  std::thread heartbeat_thread_;
+  BackgroundThread heartbeat_;  // last: stopped before the members its loop uses
 };
 
 WatchReactor::WatchReactor(Hub& hub, const KeyCache& cache, const pb::WatchKeysRequest& request)

@@ -102,37 +102,22 @@ LastUsedRecorder::~LastUsedRecorder() { Stop(); }
 
 void LastUsedRecorder::Start(std::chrono::milliseconds interval) {
   Stop();
-  {
-    std::lock_guard lock(loop_mu_);
-    stopping_ = false;
-  }
-  thread_ = std::thread([this, interval] {
-    bool failing = false;
-    std::unique_lock lock(loop_mu_);
-    while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
-      lock.unlock();
-      try {
-        Flush();
-        failing = false;
-      } catch (const std::exception& e) {
-        if (!failing)
-          log::Warn("auth", "writing last-used times failed; keeping them for the next try",
-                    {{"error", log::Redact(e.what())}});
-        failing = true;
-      }
-      lock.lock();
+  thread_.Every(interval, [this, failing = false]() mutable {
+    try {
+      Flush();
+      failing = false;
+    } catch (const std::exception& e) {
+      if (!failing)
+        log::Warn("auth", "writing last-used times failed; keeping them for the next try",
+                  {{"error", log::Redact(e.what())}});
+      failing = true;
     }
   });
 }
 
 void LastUsedRecorder::Stop() {
-  {
-    std::lock_guard lock(loop_mu_);
-    if (!thread_.joinable()) return;
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
+  if (!thread_.running()) return;
+  thread_.Stop();
   try {
     Flush();
   } catch (const std::exception& e) {

@@ -29,32 +29,18 @@ void KeyRefresher::Load(std::optional<int64_t> since_us) {
 void KeyRefresher::Start(std::chrono::milliseconds interval,
                          std::chrono::milliseconds full_interval,
                          std::function<void()> after_each) {
-  Stop();
-  {
-    std::lock_guard lock(mu_);
-    stopping_ = false;
-  }
-  thread_ = std::thread([this, interval, full_interval, after_each = std::move(after_each)] {
-    Loop(interval, full_interval, after_each);
-  });
+  thread_.Start([this, interval, full_interval, after_each = std::move(after_each)](
+                    std::stop_token stop) { Loop(stop, interval, full_interval, after_each); });
 }
 
-void KeyRefresher::Stop() {
-  {
-    std::lock_guard lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void KeyRefresher::Stop() { thread_.Stop(); }
 
-void KeyRefresher::Loop(std::chrono::milliseconds interval, std::chrono::milliseconds full_interval,
-                        std::function<void()> after_each) {
+void KeyRefresher::Loop(std::stop_token stop, std::chrono::milliseconds interval,
+                        std::chrono::milliseconds full_interval,
+                        const std::function<void()>& after_each) {
   bool failing = false;
   auto last_full = std::chrono::steady_clock::now();
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
-    lock.unlock();
+  while (thread_.SleepFor(stop, interval)) {
     try {
       auto now = std::chrono::steady_clock::now();
       if (now - last_full >= full_interval) {
@@ -73,7 +59,6 @@ void KeyRefresher::Loop(std::chrono::milliseconds interval, std::chrono::millise
       failing = true;
     }
     if (after_each) after_each();
-    lock.lock();
   }
 }
 

@@ -8,6 +8,7 @@
 #include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
+#include "tollgate/worker_call.h"
 
 namespace tollgate::billing {
 namespace {
@@ -27,7 +28,7 @@ template <typename Work>
 grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, WorkerPool& workers,
                                    const char* rpc, Work work) {
   auto* reactor = context->DefaultReactor();
-  workers.Post([reactor, rpc, work = std::move(work)]() mutable {
+  PostOrRefuse(workers, reactor, "billing", [reactor, rpc, work = std::move(work)]() mutable {
     grpc::Status status = grpc::Status::OK;
     try {
       status = work();

@@ -6,7 +6,6 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -23,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.h"
 #include "pg_fixture.h"
 #include "tollgate/billing/cost.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
@@ -32,6 +32,7 @@ namespace {
 
 namespace pb = ::tollgate::billing::v1;
 using testing::TestDatabase;
+using ::tollgate::testing::ChildProcess;
 
 constexpr char kToken[] = "kill-test-admin-token-0123456789";
 constexpr char kEdgeToken[] = "kill-test-edge-token-0123456789";
@@ -39,28 +40,17 @@ constexpr char kEdgeToken[] = "kill-test-edge-token-0123456789";
 // `tollgate --target=billing` with its stderr in a file.
 class BillingChild {
  public:
-  BillingChild(const std::string& dsn, const std::string& log_path) : log_path_(log_path) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      FILE* f = fopen(log_path.c_str(), "a");
-      if (f) dup2(fileno(f), STDERR_FILENO);
-      setenv("TOLLGATE_METRICS__LISTEN", "127.0.0.1:0", 1);
-      setenv("TOLLGATE_BILLING__GRPC_LISTEN", "127.0.0.1:0", 1);
-      setenv("TOLLGATE_BILLING__DATABASE__DSN", dsn.c_str(), 1);
-      setenv("TOLLGATE_BILLING__INGEST_MAX_RECORDS", "200", 1);
-      setenv("TOLLGATE_ADMIN__TOKEN", kToken, 1);
-      setenv("TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken, 1);
-      setenv("TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s", 1);
-      execl(TOLLGATE_BIN_PATH, TOLLGATE_BIN_PATH, "--target=billing", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-  }
-  ~BillingChild() {
-    if (pid_ > 0 && !reaped_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
+  BillingChild(const std::string& dsn, const std::string& log_path)
+      : log_path_(log_path),
+        process_({TOLLGATE_BIN_PATH, "--target=billing"},
+                 {.env = {{"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"},
+                          {"TOLLGATE_BILLING__GRPC_LISTEN", "127.0.0.1:0"},
+                          {"TOLLGATE_BILLING__DATABASE__DSN", dsn},
+                          {"TOLLGATE_BILLING__INGEST_MAX_RECORDS", "200"},
+                          {"TOLLGATE_ADMIN__TOKEN", kToken},
+                          {"TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken},
+                          {"TOLLGATE_SHUTDOWN__DRAIN_TIMEOUT", "5s"}},
+                  .stderr_file = log_path}) {}
 
   // The gRPC address of this run, read from its "serving gRPC" log line.
   std::string WaitServing(size_t skip_lines) {
@@ -78,18 +68,11 @@ class BillingChild {
     return "";
   }
 
-  int Stop(int sig) {
-    kill(pid_, sig);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    reaped_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
+  int Stop(int sig) { return process_.Stop(sig); }
 
  private:
   std::string log_path_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
+  ChildProcess process_;  // killed (SIGKILL) on destruction unless stopped
 };
 
 size_t LineCount(const std::string& path) {

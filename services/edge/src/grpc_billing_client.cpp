@@ -166,9 +166,11 @@ struct GrpcBillingClient::Impl {
           [this](auto... a) { stub->async()->RecordUsage(a...); },
           [this, n](const grpc::Status& status, pb::RecordUsageResponse&) {
             if (status.ok()) {
-              spool.Ack(n);
+              // Counted before the spool drops them, so a reader that sees an empty spool
+              // also sees every delivered record counted.
               delivered.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
               if (delivered_counter) delivered_counter->Increment(static_cast<double>(n));
+              spool.Ack(n);
               if (failing.exchange(false))
                 log::Info("edge", "billing RecordUsage delivers again",
                           {{"spooled", spool.records()}});

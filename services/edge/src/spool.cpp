@@ -7,10 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+
+#include <boost/crc.hpp>
 
 #include "tollgate/log.h"
 
@@ -20,19 +21,11 @@ namespace {
 constexpr size_t kHeader = 8;
 constexpr uint32_t kMaxRecord = 16u << 20;
 
+// CRC-32 (IEEE 802.3, as zlib and gzip compute it): the checksum of every spooled frame.
 uint32_t Crc32(const std::string& data) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  uint32_t c = 0xFFFFFFFFu;
-  for (unsigned char b : data) c = table[(c ^ b) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
+  boost::crc_32_type crc;
+  crc.process_bytes(data.data(), data.size());
+  return crc.checksum();
 }
 
 void PutU32(std::string& out, uint32_t v) {

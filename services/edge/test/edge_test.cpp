@@ -8,7 +8,6 @@
 #include <prometheus/registry.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -24,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "child_process.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
 #include "src/proxy.h"
@@ -38,6 +38,7 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace pb = tollgate::router::v1;
+using ::tollgate::testing::ChildProcess;
 using tcp = asio::ip::tcp;
 using Json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -160,33 +161,13 @@ StreamReply Stream(int port, const Json& body,
 class MockUpstream {
  public:
   MockUpstream() {
-    int out[2];
-    if (pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      // --verbose: one stderr line per request, next to the test's output when it fails.
-      execl(TOLLGATE_MOCK_UPSTREAM, "tollgate-mock-upstream", "--listen=127.0.0.1:0", "--threads=2",
-            "--verbose", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(out[1]);
-    std::string line;
-    char c;
-    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
-    close(out[0]);
+    std::string line = process_.ReadLine().value_or("");
     auto colon = line.rfind(':');
     if (line.rfind("listening on ", 0) != 0 || colon == std::string::npos)
       throw std::runtime_error("mock upstream did not start: '" + line + "'");
     port_ = std::stoi(line.substr(colon + 1));
   }
-  ~MockUpstream() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-  }
+  ~MockUpstream() { process_.Stop(SIGTERM); }
   int port() const { return port_; }
   std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
@@ -202,7 +183,10 @@ class MockUpstream {
   Json Last() const { return Call(port_, http::verb::get, "/_mock/last").json(); }
 
  private:
-  pid_t pid_ = -1;
+  // --verbose: one stderr line per request, next to the test's output when it fails.
+  ChildProcess process_{
+      {TOLLGATE_MOCK_UPSTREAM, "--listen=127.0.0.1:0", "--threads=2", "--verbose"},
+      {.capture = ChildProcess::Capture::kStdout}};
   int port_ = 0;
 };
 

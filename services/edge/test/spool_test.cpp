@@ -127,6 +127,24 @@ TEST(Spool, ATornTailIsCutOffAtReplay) {
   EXPECT_EQ(fs::file_size(segment), size) << "truncated back to the last whole record";
 }
 
+TEST(Spool, ReadsSegmentsWrittenBeforeTheChecksumMovedToBoost) {
+  // Frames exactly as the earlier hand-written CRC-32 wrote them ([len][crc32][payload], little
+  // endian; the CRCs are zlib.crc32's), so spools left by an older edge still replay.
+  TempDir dir;
+  fs::create_directories(dir.str());
+  const std::string frames = std::string("\x08\x00\x00\x00\x06\xd6\xc0\x4f", 8) + "record-0" +
+                             std::string("\x09\x00\x00\x00\x26\x39\xf4\xcb", 8) + "123456789";
+  {
+    int fd = ::open((dir.str() + "/spool-00000000000000000001.seg").c_str(),
+                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, frames.data(), frames.size()), static_cast<ssize_t>(frames.size()));
+    ::close(fd);
+  }
+  Spool spool({dir.str()});
+  EXPECT_EQ(spool.Front(10), (std::vector<std::string>{"record-0", "123456789"}));
+}
+
 TEST(Spool, ASecondProcessOnTheSameDirectoryGetsItsOwn) {
   TempDir dir;
   Spool first({dir.str()});

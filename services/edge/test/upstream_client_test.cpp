@@ -2,12 +2,10 @@
 // SNI and host-name verification, against a real `openssl s_server` with a throwaway CA.
 #include "src/upstream_client.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -16,14 +14,18 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <thread>
+
+#include "child_process.h"
 
 namespace tollgate::edge {
 namespace {
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
+using ::tollgate::testing::ChildProcess;
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -61,36 +63,25 @@ class TlsServer {
         (dir_ / "key.pem").string() + " -out " + (dir_ / "cert.pem").string() + " >/dev/null 2>&1";
     if (std::system(cmd.c_str()) != 0) return;
     port_ = FreePort();
-    pid_ = fork();
-    if (pid_ == 0) {
-      int null = open("/dev/null", O_RDWR);
-      dup2(null, STDIN_FILENO);
-      dup2(null, STDOUT_FILENO);
-      dup2(null, STDERR_FILENO);
-      std::string accept = "127.0.0.1:" + std::to_string(port_);
-      std::string cert = (dir_ / "cert.pem").string();
-      std::string key = (dir_ / "key.pem").string();
-      execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert", cert.c_str(),
-             "-key", key.c_str(), "-www", static_cast<char*>(nullptr));
-      _exit(127);
-    }
+    server_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{
+            "openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port_), "-cert",
+            (dir_ / "cert.pem").string(), "-key", (dir_ / "key.pem").string(), "-www"},
+        ChildProcess::Options{.quiet = true});
     for (int i = 0; i < 100 && !CanConnect(port_); ++i) std::this_thread::sleep_for(50ms);
   }
   ~TlsServer() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
+    if (server_) server_->Stop(SIGTERM);
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
-  bool ok() const { return pid_ > 0 && CanConnect(port_); }
+  bool ok() const { return server_ && CanConnect(port_); }
   int port() const { return port_; }
   std::string ca_file() const { return (dir_ / "cert.pem").string(); }
 
  private:
   std::filesystem::path dir_;
-  pid_t pid_ = -1;
+  std::unique_ptr<ChildProcess> server_;
   int port_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include "tollgate/audit_grpc.h"
 #include "tollgate/errors.h"
 #include "tollgate/log.h"
+#include "tollgate/worker_call.h"
 
 namespace tollgate::quota {
 namespace {
@@ -113,7 +114,7 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
                                   const pb::AdmitRequest* request,
                                   pb::AdmitResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    deps_.workers.Post([this, reactor, request, response] {
+    PostOrRefuse(deps_.workers, reactor, "quota", [this, reactor, request, response] {
       AdmitInput in;
       in.request_id = request->request_id();
       in.subjects = {request->api_key_id(), request->user_id(), request->client_ip()};
@@ -152,7 +153,7 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
   grpc::ServerUnaryReactor* Settle(grpc::CallbackServerContext* context,
                                    const pb::SettleRequest* request, pb::SettleResponse*) override {
     auto* reactor = context->DefaultReactor();
-    deps_.workers.Post([this, reactor, request] {
+    PostOrRefuse(deps_.workers, reactor, "quota", [this, reactor, request] {
       auto inputs = std::make_shared<std::vector<SettleInput>>();
       for (const auto& s : request->settlements()) {
         if (s.request_id().empty()) continue;  // nothing to be idempotent on

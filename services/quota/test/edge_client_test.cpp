@@ -7,10 +7,10 @@
 #include <thread>
 
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "pg_fixture.h"
 #include "src/grpc_quota_client.h"
 #include "tollgate/config.h"
@@ -30,6 +30,7 @@ using edge::GrpcQuotaClient;
 using edge::GrpcQuotaClientOptions;
 using edge::QuotaOwner;
 using testing::TestDatabase;
+using ::tollgate::testing::ChildProcess;
 
 constexpr char kToken[] = "test-admin-token-0123456789";
 // The edge's service token, shared with the `tollgate --target=quota` children (grpc_test.cpp,
@@ -89,38 +90,18 @@ class ReplicaProcess {
                                {"TOLLGATE_ADMIN__TOKEN", kToken},
                                {"TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken}};
     for (auto& [k, v] : extra) env[k] = v;
-    int fds[2];
-    if (pipe(fds) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDERR_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-      execl(TOLLGATE_BIN_PATH, "tollgate", "--target=quota", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(fds[1]);
-    err_ = fdopen(fds[0], "r");
-    char* line = nullptr;
-    size_t cap = 0;
-    while (getline(&line, &cap, err_) > 0) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("msg", "") == "serving gRPC") {
-        target_ = j["listen"];
-        break;
-      }
-    }
-    free(line);
+    process_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{TOLLGATE_BIN_PATH, "--target=quota"},
+        ChildProcess::Options{env, ChildProcess::Capture::kStderr});
+    auto serving = process_->WaitForLog(
+        [](const nlohmann::json& j) { return j.value("msg", "") == "serving gRPC"; });
+    if (!serving.is_null()) target_ = serving["listen"];
     if (target_.empty()) throw std::runtime_error("the quota process did not start");
     admin_ = pb::QuotaAdminService::NewStub(MakeChannel(target_));
   }
   ~ReplicaProcess() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "quota process exit " << status;
-    fclose(err_);
+    int code = process_->Stop(SIGTERM);
+    EXPECT_EQ(code, 0) << "quota process exit " << code;
   }
   std::string target() const { return target_; }
   pb::GetUsageResponse Usage(pb::SubjectKind kind, const std::string& subject) {
@@ -137,8 +118,7 @@ class ReplicaProcess {
 
  private:
   TestDatabase db_;
-  pid_t pid_ = -1;
-  FILE* err_ = nullptr;
+  std::unique_ptr<ChildProcess> process_;
   std::string target_;
   std::unique_ptr<pb::QuotaAdminService::Stub> admin_;
 };

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "child_process.h"
 #include "pg_fixture.h"
 #include "src/grpc_quota_client.h"
 #include "src/http_server.h"
@@ -33,6 +33,7 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+using ::tollgate::testing::ChildProcess;
 namespace pb = ::tollgate::quota::v1;
 using tcp = asio::ip::tcp;
 using Json = nlohmann::json;
@@ -77,36 +78,18 @@ Reply PostChat(int port, int max_tokens = 16, const std::string& model = "gpt-4o
 class MockUpstream {
  public:
   MockUpstream() {
-    int out[2];
-    if (pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      execl(TOLLGATE_MOCK_UPSTREAM_PATH, "tollgate-mock-upstream", "--listen=127.0.0.1:0",
-            "--threads=1", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(out[1]);
-    std::string line;
-    char c;
-    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
-    close(out[0]);
+    std::string line = process_.ReadLine().value_or("");
     auto colon = line.rfind(':');
     if (line.rfind("listening on ", 0) != 0 || colon == std::string::npos)
       throw std::runtime_error("mock upstream did not start: '" + line + "'");
     port_ = std::stoi(line.substr(colon + 1));
   }
-  ~MockUpstream() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-  }
+  ~MockUpstream() { process_.Stop(SIGTERM); }
   std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
 
  private:
-  pid_t pid_ = -1;
+  ChildProcess process_{{TOLLGATE_MOCK_UPSTREAM_PATH, "--listen=127.0.0.1:0", "--threads=1"},
+                        {.capture = ChildProcess::Capture::kStdout}};
   int port_ = 0;
 };
 

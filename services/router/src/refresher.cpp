@@ -51,30 +51,17 @@ CatalogueRefresher::Snapshot CatalogueRefresher::Current() const {
 
 void CatalogueRefresher::Start(std::chrono::milliseconds interval,
                                std::function<void()> after_each) {
-  Stop();
-  {
-    std::lock_guard lock(mu_);
-    stopping_ = false;
-  }
-  thread_ = std::thread(
-      [this, interval, after_each = std::move(after_each)] { Loop(interval, after_each); });
+  thread_.Start([this, interval, after_each = std::move(after_each)](std::stop_token stop) {
+    Loop(stop, interval, after_each);
+  });
 }
 
-void CatalogueRefresher::Stop() {
-  {
-    std::lock_guard lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void CatalogueRefresher::Stop() { thread_.Stop(); }
 
-void CatalogueRefresher::Loop(std::chrono::milliseconds interval,
-                              std::function<void()> after_each) {
+void CatalogueRefresher::Loop(std::stop_token stop, std::chrono::milliseconds interval,
+                              const std::function<void()>& after_each) {
   bool failing = false;
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
-    lock.unlock();
+  while (thread_.SleepFor(stop, interval)) {
     try {
       Reload();
       if (failing) log::Info("router", "catalogue reload recovered");
@@ -87,7 +74,6 @@ void CatalogueRefresher::Loop(std::chrono::milliseconds interval,
       failing = true;
     }
     if (after_each) after_each();
-    lock.lock();
   }
 }
 

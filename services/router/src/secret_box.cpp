@@ -5,8 +5,10 @@
 #include <openssl/rand.h>
 
 #include <memory>
+#include <optional>
 #include <stdexcept>
-#include <vector>
+
+#include "tollgate/encoding.h"
 
 namespace tollgate::router {
 namespace {
@@ -20,42 +22,6 @@ struct CipherCtxDeleter {
 };
 using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxDeleter>;
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-int Base64Value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+' || c == '-') return 62;
-  if (c == '/' || c == '_') return 63;
-  return -1;
-}
-
-// Strict base64 decoding (no whitespace); nullopt on any malformed input.
-std::optional<std::vector<unsigned char>> DecodeBase64(std::string_view text) {
-  while (!text.empty() && text.back() == '=') text.remove_suffix(1);
-  if (text.size() % 4 == 1) return std::nullopt;
-  std::vector<unsigned char> out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : text) {
-    int v = Base64Value(c);
-    if (v < 0) return std::nullopt;
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<unsigned char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
 [[noreturn]] void OpenSslFailure(const char* step) {
   throw std::runtime_error(std::string("AES-256-GCM: ") + step + " failed");
 }
@@ -67,17 +33,9 @@ SecretBox::Key SecretBox::ParseKey(std::string_view text) {
     text.remove_suffix(1);
   Key key{};
   if (text.empty()) throw std::invalid_argument("the master key is empty");
-  if (text.size() == 2 * kKeySize) {
-    bool hex = true;
-    for (size_t i = 0; i < kKeySize && hex; ++i) {
-      int hi = HexValue(text[2 * i]);
-      int lo = HexValue(text[2 * i + 1]);
-      hex = hi >= 0 && lo >= 0;
-      key[i] = static_cast<unsigned char>(hi << 4 | lo);
-    }
-    if (hex) return key;
-  }
-  auto bytes = DecodeBase64(text);
+  // Hex first: 64 hex characters are also valid base64 (of 48 bytes).
+  auto bytes = text.size() == 2 * kKeySize ? HexDecode(text) : std::nullopt;
+  if (!bytes) bytes = Base64Decode(text);
   if (bytes && bytes->size() == kKeySize) {
     std::copy(bytes->begin(), bytes->end(), key.begin());
     OPENSSL_cleanse(bytes->data(), bytes->size());

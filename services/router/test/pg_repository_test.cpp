@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "pg_fixture.h"
+#include "tollgate/encoding.h"
 #include "tollgate/pg.h"
 #include "tollgate/router/admin.h"
 #include "tollgate/router/module.h"
@@ -360,12 +361,7 @@ TEST_F(RouterAdminTest, ThePlaintextSecretIsStoredNowhere) {
     dump += row[0].c_str();
   ASSERT_FALSE(dump.empty());
   EXPECT_EQ(dump.find(secret), std::string::npos);
-  std::string hex;  // how BYTEA prints in t::text
-  for (unsigned char c : secret) {
-    static constexpr char kDigits[] = "0123456789abcdef";
-    hex += kDigits[c >> 4];
-    hex += kDigits[c & 15];
-  }
+  const std::string hex = HexEncode(secret);  // how BYTEA prints in t::text
   EXPECT_EQ(dump.find(hex.substr(16)), std::string::npos);
   EXPECT_EQ(dump.find(secret.substr(8)), std::string::npos) << "not even past the prefix";
   auto stored = tx.exec("SELECT key_prefix FROM upstream_keys ORDER BY id");

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -14,13 +13,13 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "tollgate/auth/clock.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/auth/repository.h"
+#include "tollgate/background_thread.h"
 
 namespace tollgate::auth {
 
@@ -77,11 +76,7 @@ class LastUsedRecorder final {
   mutable std::mutex mu_;
   std::map<int64_t, int64_t> pending_;
   std::mutex flush_mu_;
-
-  std::mutex loop_mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::thread thread_;
+  BackgroundThread thread_;  // last: stopped before the members its loop uses
 };
 
 struct AuthDecision {

@@ -4,14 +4,14 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <optional>
-#include <thread>
+#include <stop_token>
 
 #include "tollgate/auth/key_cache.h"
 #include "tollgate/auth/repository.h"
+#include "tollgate/background_thread.h"
 
 namespace tollgate::auth {
 
@@ -35,18 +35,15 @@ class KeyRefresher final {
 
  private:
   void Load(std::optional<int64_t> since_us);  // under reload_mu_
-  void Loop(std::chrono::milliseconds interval, std::chrono::milliseconds full_interval,
-            std::function<void()> after_each);
+  void Loop(std::stop_token stop, std::chrono::milliseconds interval,
+            std::chrono::milliseconds full_interval, const std::function<void()>& after_each);
 
   AuthRepository& repo_;
   KeyCache& cache_;
   std::mutex reload_mu_;
   std::optional<int64_t> since_us_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::thread thread_;
+  BackgroundThread thread_;  // last: stopped before the members its loop uses
 };
 
 }  // namespace tollgate::auth

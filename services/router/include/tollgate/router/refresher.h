@@ -3,13 +3,13 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <thread>
+#include <stop_token>
 
+#include "tollgate/background_thread.h"
 #include "tollgate/router/catalogue.h"
 #include "tollgate/router/key_pool.h"
 #include "tollgate/router/repository.h"
@@ -42,7 +42,8 @@ class CatalogueRefresher final {
   Snapshot Current() const;
 
  private:
-  void Loop(std::chrono::milliseconds interval, std::function<void()> after_each);
+  void Loop(std::stop_token stop, std::chrono::milliseconds interval,
+            const std::function<void()>& after_each);
 
   RouterRepository& repo_;
   KeyPool& pool_;
@@ -52,10 +53,7 @@ class CatalogueRefresher final {
   mutable std::mutex snapshot_mu_;
   Snapshot snapshot_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::thread thread_;
+  BackgroundThread thread_;  // last: stopped before the members its loop uses
 };
 
 }  // namespace tollgate::router
