@@ -53,7 +53,7 @@ class AuthModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<PgAuthRepository> repo_;
   std::unique_ptr<KeyCache> cache_;
   std::unique_ptr<KeyRefresher> refresher_;

@@ -85,7 +85,7 @@ class BillingModule final : public DbServiceModule {
     if (sweeper_.joinable()) sweeper_.join();
   }
 
-  SystemClock clock_;
+  RealClock clock_;
   std::mutex sweeper_mu_;
   std::condition_variable sweeper_cv_;
   bool sweeper_stop_ = false;

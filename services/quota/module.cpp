@@ -115,7 +115,7 @@ class QuotaModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<PgQuotaRepository> repo_;
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<GroupCommitter> committer_;

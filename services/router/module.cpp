@@ -86,7 +86,7 @@ class RouterModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<SecretBox> box_;
   std::unique_ptr<PgRouterRepository> repo_;
   std::unique_ptr<KeyPool> key_pool_;
