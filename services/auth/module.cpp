@@ -9,6 +9,7 @@
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 
 namespace tollgate::auth {
 namespace {

@@ -11,6 +11,7 @@
 #include "tollgate/db_service.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 
 #include <algorithm>
 #include <chrono>

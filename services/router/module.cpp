@@ -8,6 +8,7 @@
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 #include "tollgate/router/admin.h"
 #include "tollgate/router/key_pool.h"
 #include "tollgate/router/pg_repository.h"

@@ -4,8 +4,8 @@
 #pragma once
 
 #include "tollgate/grpc_server.h"
+#include "tollgate/migration.h"
 #include "tollgate/module.h"
-#include "tollgate/pg.h"
 #include "tollgate/worker_pool.h"
 
 #include <atomic>
@@ -14,6 +14,8 @@
 #include <vector>
 
 namespace tollgate {
+
+class PgPool;  // tollgate/pg.h: only the modules' .cpp files need libpqxx
 
 class DbServiceModule : public Module {
  public:
