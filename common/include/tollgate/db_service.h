@@ -15,7 +15,7 @@
 
 namespace tollgate {
 
-class PgPool;  // tollgate/pg.h: only the modules' .cpp files need libpqxx
+class PgPool;  // tollgate/pg.h, included only by the .cpp files that use the pool
 
 class DbServiceModule : public Module {
  public:
