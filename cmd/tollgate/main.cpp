@@ -25,6 +25,7 @@
 #include "tollgate/grpc_server.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 #include "tollgate/quota/module.h"
 #include "tollgate/router/module.h"
 #include "tollgate/stop.h"

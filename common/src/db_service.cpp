@@ -8,6 +8,7 @@
 #include "tollgate/config.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 #include "tollgate/stop.h"
 
 #ifndef TOLLGATE_VERSION

@@ -9,6 +9,7 @@
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 
 namespace tollgate::auth {
 namespace {
@@ -53,7 +54,7 @@ class AuthModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<PgAuthRepository> repo_;
   std::unique_ptr<KeyCache> cache_;
   std::unique_ptr<KeyRefresher> refresher_;

@@ -12,6 +12,7 @@
 #include "tollgate/db_service.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 
 #include <algorithm>
 #include <chrono>
@@ -71,7 +72,7 @@ class BillingModule final : public DbServiceModule {
 
   void StopSweeper() { sweeper_.Stop(); }
 
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<PgBillingRepository> repo_;
   std::unique_ptr<Billing> billing_;
   std::unique_ptr<BillingMetrics> billing_metrics_;

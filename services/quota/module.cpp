@@ -12,6 +12,7 @@
 #include "tollgate/db_service.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 #include "tollgate/quota/group_commit.h"
 #include "tollgate/quota/limiter.h"
 #include "tollgate/quota/pg_repository.h"
@@ -103,7 +104,7 @@ class QuotaModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<PgQuotaRepository> repo_;
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<GroupCommitter> committer_;

@@ -8,6 +8,7 @@
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/metrics.h"
+#include "tollgate/pg.h"
 #include "tollgate/router/admin.h"
 #include "tollgate/router/key_pool.h"
 #include "tollgate/router/pg_repository.h"
@@ -86,7 +87,7 @@ class RouterModule final : public DbServiceModule {
   }
 
  private:
-  SystemClock clock_;
+  RealClock clock_;
   std::unique_ptr<SecretBox> box_;
   std::unique_ptr<PgRouterRepository> repo_;
   std::unique_ptr<KeyPool> key_pool_;

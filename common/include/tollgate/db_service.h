@@ -4,8 +4,8 @@
 #pragma once
 
 #include "tollgate/grpc_server.h"
+#include "tollgate/migration.h"
 #include "tollgate/module.h"
-#include "tollgate/pg.h"
 #include "tollgate/worker_pool.h"
 
 #include <atomic>
@@ -14,6 +14,8 @@
 #include <vector>
 
 namespace tollgate {
+
+class PgPool;  // tollgate/pg.h, included only by the .cpp files that use the pool
 
 class DbServiceModule : public Module {
  public:

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "tollgate/migration.h"
+
 namespace prometheus {
 class Registry;
 template <typename T>
@@ -105,12 +107,6 @@ class PgPool final {
   prometheus::Gauge* idle_gauge_ = nullptr;
   prometheus::Counter* replaced_counter_ = nullptr;
   prometheus::Counter* timeout_counter_ = nullptr;
-};
-
-struct Migration {
-  int64_t version;
-  std::string name;
-  std::string sql;
 };
 
 class SchemaTooNew final : public std::runtime_error {

@@ -6,6 +6,7 @@
 
 #include <atomic>
 
+#include "fake_clock.h"
 #include "pg_fixture.h"
 #include "tollgate/auth/admin.h"
 #include "tollgate/auth/key_cache.h"
@@ -16,20 +17,9 @@
 namespace tollgate::auth {
 namespace {
 
+using testing::FakeClock;
 using testing::TestDatabase;
 using Kind = AuthError::Kind;
-
-class FakeClock final : public Clock {
- public:
-  std::chrono::system_clock::time_point Now() const override {
-    return std::chrono::system_clock::time_point(std::chrono::seconds(now_.load()));
-  }
-  void Set(int64_t unix_s) { now_ = unix_s; }
-  void Advance(int64_t seconds) { now_ += seconds; }
-
- private:
-  std::atomic<int64_t> now_{1'900'000'000};  // 2030: keys expiring "in the future" stay valid
-};
 
 template <typename Fn>
 void ExpectAuthError(Kind kind, Fn&& fn, const std::string& what_contains = "") {
@@ -153,9 +143,9 @@ TEST_F(AuthPgTest, ExpiryFollowsTheClock) {
   CreatedKey key = MakeKey(user.id, {.ttl_seconds = 60});
   EXPECT_EQ(key.record.expires_at, t0 + 60);
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
-  clock_.Advance(59);
+  clock_.Advance(std::chrono::seconds(59));
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
-  clock_.Advance(1);
+  clock_.Advance(std::chrono::seconds(1));
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyExpired);
 
   // Extending the expiry, then removing it.
@@ -163,7 +153,7 @@ TEST_F(AuthPgTest, ExpiryFollowsTheClock) {
   later.expires_at = clock_.UnixSeconds() + 3600;
   EXPECT_EQ(admin_.UpdateApiKey(key.record.id, later, audit_).expires_at, *later.expires_at);
   EXPECT_EQ(Check(key.api_key), Verdict::kOk);
-  clock_.Advance(7200);
+  clock_.Advance(std::chrono::seconds(7200));
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyExpired);
   ApiKeyPatch never;
   never.expires_at = 0;
@@ -172,7 +162,7 @@ TEST_F(AuthPgTest, ExpiryFollowsTheClock) {
 
   CreatedKey fixed = MakeKey(user.id, {.expires_at = clock_.UnixSeconds() + 10});
   EXPECT_EQ(Check(fixed.api_key), Verdict::kOk);
-  clock_.Advance(10);
+  clock_.Advance(std::chrono::seconds(10));
   EXPECT_EQ(Check(fixed.api_key), Verdict::kKeyExpired);
 
   ExpectAuthError(
@@ -274,7 +264,7 @@ TEST_F(AuthPgTest, LastUsedIsWrittenInBatchesAndNeverMovesBack) {
   EXPECT_EQ(a.record.last_used_at, 0);
   const int64_t t = clock_.UnixSeconds();
   EXPECT_EQ(Check(a.api_key), Verdict::kOk);
-  clock_.Advance(5);
+  clock_.Advance(std::chrono::seconds(5));
   EXPECT_EQ(Check(a.api_key), Verdict::kOk);
   recorder_.Record(b.record.id, t - 100);
   EXPECT_EQ(recorder_.pending(), 2u) << "two keys, one entry each, whatever the requests";

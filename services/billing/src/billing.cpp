@@ -50,7 +50,7 @@ std::optional<HoldDecision> Billing::TryHold(const HoldInput& input) {
 std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_block) {
   RequireUser(input.user_id);
   Require(!input.model.empty(), "model is required");
-  const int64_t now = clock_.NowMs();
+  const int64_t now = clock_.UnixMillis();
   auto prices =
       may_block ? std::optional(CachedPrices(input.model, now)) : PeekPrices(input.model, now);
   auto multiplier = may_block ? std::optional(CachedMultiplier(input.user_id, now))
@@ -91,7 +91,7 @@ void Billing::LoadAccounts(const std::vector<int64_t>& users) {
 void Billing::Release(int64_t hold_id) { book_.Release(hold_id); }
 
 int64_t Billing::ExpireHolds() {
-  return book_.Expire(clock_.NowMs(), options_.idle_account.count());
+  return book_.Expire(clock_.UnixMillis(), options_.idle_account.count());
 }
 
 void Billing::RefreshBalances() {
@@ -169,7 +169,7 @@ int64_t Billing::CachedMultiplier(int64_t user_id, int64_t now) {
 }
 
 std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
-  const int64_t now = clock_.NowMs();
+  const int64_t now = clock_.UnixMillis();
   for (auto& r : records) {
     // A record is never refused for its content (the edge would redeliver it
     // forever): it is normalised instead. Only a missing request id is unusable.
@@ -209,7 +209,7 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
 AuditEntry Billing::Audit(const std::string& actor, std::string action, std::string target,
                           std::string details) const {
   AuditEntry e;
-  e.at_ms = clock_.NowMs();
+  e.at_ms = clock_.UnixMillis();
   e.actor = Bounded(actor.empty() ? "admin" : actor, 128);
   e.action = std::move(action);
   e.target = std::move(target);
@@ -232,7 +232,7 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
   p.rates.output_micros_per_mtok = in.output_micros_per_mtok;
   p.rates.cached_input_micros_per_mtok =
       in.cached_input_micros_per_mtok.value_or(in.input_micros_per_mtok);
-  p.effective_from_ms = in.effective_from_ms > 0 ? in.effective_from_ms : clock_.NowMs();
+  p.effective_from_ms = in.effective_from_ms > 0 ? in.effective_from_ms : clock_.UnixMillis();
   nlohmann::json details = {{"model", p.model},
                             {"provider", p.provider},
                             {"input_micros_per_mtok", p.rates.input_micros_per_mtok},
@@ -326,7 +326,7 @@ Account Billing::SetCreditLimit(const std::string& actor, int64_t user_id,
 Account Billing::GetBalance(int64_t user_id) {
   RequireUser(user_id);
   Account a = repo_.GetAccount(user_id);
-  a.held_micros = book_.HeldMicros(user_id, clock_.NowMs());  // this replica's live holds
+  a.held_micros = book_.HeldMicros(user_id, clock_.UnixMillis());  // this replica's live holds
   return a;
 }
 

@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "fake_clock.h"
 #include "pg_fixture.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
@@ -20,21 +21,12 @@
 namespace tollgate::billing {
 namespace {
 
+using testing::FakeClock;
 using testing::TestDatabase;
 
 constexpr int64_t kDay = 86'400'000;
 // 2025-11-22T10:00:00Z
 constexpr int64_t kT0 = 20'414 * kDay + 10 * 3'600'000;
-
-class FakeClock final : public Clock {
- public:
-  int64_t NowMs() const override { return now_.load(); }
-  void Advance(int64_t ms) { now_ += ms; }
-  void Set(int64_t ms) { now_ = ms; }
-
- private:
-  std::atomic<int64_t> now_{kT0};
-};
 
 class LedgerTest : public ::testing::Test {
  protected:
@@ -66,7 +58,7 @@ class LedgerTest : public ::testing::Test {
     u.status = 200;
     u.streamed = true;
     u.client_ip = "203.0.113.7";
-    u.started_at_ms = clock_.NowMs();
+    u.started_at_ms = clock_.UnixMillis();
     return u;
   }
 
@@ -89,7 +81,7 @@ class LedgerTest : public ::testing::Test {
 
   std::atomic<int> holds_{0};
   TestDatabase db_;
-  FakeClock clock_;
+  FakeClock clock_{Clock::WallTime(std::chrono::milliseconds(kT0))};
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<PgBillingRepository> repo_;
   std::unique_ptr<Billing> billing_;
@@ -256,7 +248,7 @@ TEST_F(LedgerTest, AHoldIsPricedWithTheTierAskedForAndNeverBelowTheRecordsCost) 
   billing_->Record({fresh});
   EXPECT_EQ(Count("SELECT cost_micros FROM usage_records WHERE request_id = 'fresh-priority'"),
             1350);
-  clock_.Advance(5000);
+  clock_.Advance(std::chrono::milliseconds(5000));
   EXPECT_EQ(hold("priority"), 1350);
 }
 
@@ -363,7 +355,7 @@ TEST_F(LedgerTest, HoldReadsPricesThroughAShortCacheAndSettlementNever) {
   // ...but a record settles at the price in the database, at once: 900 x2.
   billing_->Record({Usage("fresh", 2)});
   EXPECT_EQ(Count("SELECT cost_micros FROM usage_records WHERE request_id = 'fresh'"), 1800);
-  clock_.Advance(5000);
+  clock_.Advance(std::chrono::milliseconds(5000));
   EXPECT_EQ(billing_->Hold(HoldFor(2)).amount_micros, 1800);
   // A change made through this replica applies to its holds at once.
   billing_->SetMultiplier("ops", 2, 1'000'000);
@@ -513,10 +505,10 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   HoldDecision hold = billing_->Hold(HoldFor(5));
   ASSERT_TRUE(hold.granted);
   EXPECT_FALSE(billing_->Hold(HoldFor(5)).granted);
-  clock_.Advance(600'000 - 1);
+  clock_.Advance(std::chrono::milliseconds(600'000 - 1));
   EXPECT_FALSE(billing_->Hold(HoldFor(5)).granted) << "not expired 1 ms before the bound";
   EXPECT_EQ(billing_->GetBalance(5).held_micros, 450);
-  clock_.Advance(1);
+  clock_.Advance(std::chrono::milliseconds(1));
   EXPECT_EQ(billing_->GetBalance(5).held_micros, 0);
   HoldDecision again = billing_->Hold(HoldFor(5));
   EXPECT_TRUE(again.granted) << "the first hold expired";
@@ -525,10 +517,10 @@ TEST_F(LedgerTest, HoldsExpireAndARecordWhoseHoldExpiredStillSettles) {
   billing_->TopUp("ops", 15, 1000, "");
   ASSERT_TRUE(billing_->Hold(HoldFor(15)).granted);
   EXPECT_EQ(billing_->ExpireHolds(), 0);
-  clock_.Advance(600'000);
+  clock_.Advance(std::chrono::milliseconds(600'000));
   EXPECT_EQ(billing_->ExpireHolds(), 2) << "user 15's, and user 5's second hold";
   EXPECT_EQ(billing_->GetBalance(15).held_micros, 0);
-  clock_.Set(kT0 + 600'000);
+  clock_.SetUnixMillis(kT0 + 600'000);
 
   // The late record of the expired hold is still charged, and settles its hold.
   UsageInput late = Usage("late", 5);

@@ -68,7 +68,7 @@ struct LocalRouterClient::Impl {
   RouterClient& remote;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::RouterService::Stub> stub;
-  router::SystemClock clock;
+  RealClock clock;
 
   mutable std::mutex mu;  // guards pool (the pointer), policy, version, loaded_at
   std::shared_ptr<router::KeyPool> pool;

@@ -13,14 +13,16 @@ namespace {
 using std::chrono::duration_cast;
 using std::chrono::milliseconds;
 
-std::tm Utc(Clock::TimePoint t) {
+std::tm Utc(Clock::WallTime t) {
   std::time_t secs = std::chrono::system_clock::to_time_t(t);
   std::tm tm{};
   gmtime_r(&secs, &tm);
   return tm;
 }
 
-milliseconds Until(Clock::TimePoint at, Clock::TimePoint now) {
+// On either clock: a window's end (steady) or a period's start (wall).
+template <typename TimePoint>
+milliseconds Until(TimePoint at, TimePoint now) {
   return std::max(milliseconds(0), duration_cast<milliseconds>(at - now));
 }
 
@@ -72,7 +74,7 @@ const char* LimitName(LimitKind kind) {
   return "rpm";
 }
 
-std::string PeriodOf(PeriodKind kind, Clock::TimePoint t) {
+std::string PeriodOf(PeriodKind kind, Clock::WallTime t) {
   std::tm tm = Utc(t);
   char buf[40];
   if (kind == PeriodKind::kMonth)
@@ -82,7 +84,7 @@ std::string PeriodOf(PeriodKind kind, Clock::TimePoint t) {
   return buf;
 }
 
-Clock::TimePoint NextPeriodStart(PeriodKind kind, Clock::TimePoint t) {
+Clock::WallTime NextPeriodStart(PeriodKind kind, Clock::WallTime t) {
   std::tm tm = Utc(t);
   tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
   if (kind == PeriodKind::kMonth) {
@@ -161,7 +163,7 @@ void Limiter::EnsureLoaded(const std::vector<UsageKey>& keys) {
   for (size_t i = 0; i < missing.size(); ++i) cells_.try_emplace(missing[i], Cell{loaded[i], 0});
 }
 
-Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::TimePoint now) {
+Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::SteadyTime now) {
   Window& w = windows_[ref];
   while (!w.entries.empty() && w.entries.front().at <= now - options_.window) {
     w.tokens -= w.entries.front().tokens;
@@ -170,7 +172,7 @@ Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::TimePoint n
   return w;
 }
 
-void Limiter::ExpireLocked(Clock::TimePoint now) {
+void Limiter::ExpireLocked(Clock::SteadyTime now) {
   while (!expiries_.empty() && expiries_.begin()->first <= now) {
     auto it = reservations_.find(expiries_.begin()->second);
     if (it == reservations_.end()) {
@@ -218,7 +220,8 @@ std::string Limiter::NewReservationId(uint64_t seq) {
 }
 
 AdmitDecision Limiter::Admit(const AdmitInput& input) {
-  const Clock::TimePoint now = clock_.Now();
+  const Clock::WallTime wall = clock_.WallNow();     // calendar periods
+  const Clock::SteadyTime now = clock_.SteadyNow();  // windows, reservation expiry
   const int64_t cost = std::max<int64_t>(0, input.estimated_tokens);
   const Subjects& s = input.subjects;
 
@@ -229,8 +232,8 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
   if (!s.api_key_id.empty()) quota_subjects.emplace_back(SubjectKind::kKey, s.api_key_id);
   if (!s.user_id.empty()) quota_subjects.emplace_back(SubjectKind::kUser, s.user_id);
 
-  const std::string month = PeriodOf(PeriodKind::kMonth, now);
-  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  const std::string month = PeriodOf(PeriodKind::kMonth, wall);
+  const std::string day = PeriodOf(PeriodKind::kDay, wall);
   std::vector<UsageKey> cell_keys;
   for (const auto& [kind, subject] : quota_subjects) {
     cell_keys.push_back({kind, subject, PeriodKind::kMonth, month});
@@ -304,7 +307,7 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
       const Cell& c = cells_[key];
       if (SatAdd(SatAdd(c.settled, c.reserved), cost) <= quota) continue;
       deny(monthly ? LimitKind::kMonthly : LimitKind::kDaily, key.kind,
-           Until(NextPeriodStart(key.period_kind, now), now),
+           Until(NextPeriodStart(key.period_kind, wall), wall),
            std::string("You exceeded the ") + (monthly ? "monthly" : "daily") +
                " token quota of this " + SubjectLabel(key.kind) + " (" + std::to_string(quota) +
                " tokens; " + std::to_string(c.settled + c.reserved) +
@@ -352,9 +355,9 @@ bool Limiter::Release(const std::string& reservation_id) {
 }
 
 std::vector<SettledRequest> Limiter::PrepareSettle(const std::vector<SettleInput>& inputs) {
-  const Clock::TimePoint now = clock_.Now();
-  const std::string month = PeriodOf(PeriodKind::kMonth, now);
-  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  const Clock::WallTime wall = clock_.WallNow();  // calendar periods
+  const std::string month = PeriodOf(PeriodKind::kMonth, wall);
+  const std::string day = PeriodOf(PeriodKind::kDay, wall);
   std::vector<SettledRequest> out;
   std::vector<UsageKey> keys;
   {
@@ -406,9 +409,10 @@ void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
 }
 
 void Limiter::Expire() {
-  const Clock::TimePoint now = clock_.Now();
-  const std::string month = PeriodOf(PeriodKind::kMonth, now);
-  const std::string day = PeriodOf(PeriodKind::kDay, now);
+  const Clock::WallTime wall = clock_.WallNow();     // calendar periods
+  const Clock::SteadyTime now = clock_.SteadyNow();  // windows, reservation expiry
+  const std::string month = PeriodOf(PeriodKind::kMonth, wall);
+  const std::string day = PeriodOf(PeriodKind::kDay, wall);
   std::lock_guard lock(mu_);
   ExpireLocked(now);
   for (auto it = cells_.begin(); it != cells_.end();) {
@@ -428,9 +432,10 @@ void Limiter::Expire() {
 }
 
 UsageSnapshot Limiter::Usage(SubjectKind kind, const std::string& subject) {
-  const Clock::TimePoint now = clock_.Now();
-  UsageKey month{kind, subject, PeriodKind::kMonth, PeriodOf(PeriodKind::kMonth, now)};
-  UsageKey day{kind, subject, PeriodKind::kDay, PeriodOf(PeriodKind::kDay, now)};
+  const Clock::WallTime wall = clock_.WallNow();     // calendar periods
+  const Clock::SteadyTime now = clock_.SteadyNow();  // windows, reservation expiry
+  UsageKey month{kind, subject, PeriodKind::kMonth, PeriodOf(PeriodKind::kMonth, wall)};
+  UsageKey day{kind, subject, PeriodKind::kDay, PeriodOf(PeriodKind::kDay, wall)};
   if (kind != SubjectKind::kIp) EnsureLoaded({month, day});
   std::lock_guard lock(mu_);
   ExpireLocked(now);

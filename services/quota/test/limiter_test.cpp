@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <limits>
-
 #include <map>
 #include <set>
+
+#include "fake_clock.h"
 
 namespace tollgate::quota {
 namespace {
@@ -14,13 +16,8 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-class FakeClock final : public Clock {
- public:
-  // 2026-11-22 12:00:00 UTC.
-  TimePoint now = std::chrono::system_clock::from_time_t(1795348800);
-  TimePoint Now() const override { return now; }
-  void Advance(milliseconds d) { now += d; }
-};
+// 2026-11-22 12:00:00 UTC.
+constexpr std::time_t kT0 = 1795348800;
 
 class FakeRepository final : public QuotaRepository {
  public:
@@ -66,7 +63,7 @@ class LimiterTest : public ::testing::Test {
     limiter_->ApplySettled(in, prepared, fresh);
   }
 
-  FakeClock clock_;
+  testing::FakeClock clock_{std::chrono::system_clock::from_time_t(kT0)};
   FakeRepository repo_;
   std::unique_ptr<Limiter> limiter_;
   int n_ = 0;
@@ -111,6 +108,24 @@ TEST_F(LimiterTest, SlidingWindowFreesUnitsOneByOne) {
   clock_.Advance(seconds(30));
   EXPECT_FALSE(Admit().denial);
   EXPECT_TRUE(Admit().denial);
+}
+
+// Windows run on steady time: setting the wall clock (NTP, an operator) neither frees nor
+// refills them; only time passing does.
+TEST_F(LimiterTest, WindowsIgnoreWallClockJumps) {
+  LimiterOptions o;
+  o.key_defaults.rpm = 2;
+  Make(o);
+  EXPECT_FALSE(Admit().denial);
+  EXPECT_FALSE(Admit().denial);
+  clock_.SetWall(std::chrono::system_clock::from_time_t(kT0 + 120));
+  auto d = Admit();
+  ASSERT_TRUE(d.denial);
+  EXPECT_EQ(d.denial->retry_after, seconds(60));
+  clock_.SetWall(std::chrono::system_clock::from_time_t(kT0 - 3600));
+  EXPECT_TRUE(Admit().denial);
+  clock_.Advance(seconds(60));
+  EXPECT_FALSE(Admit().denial);
 }
 
 TEST_F(LimiterTest, TokensPerMinuteCountReservedThenActualTokens) {

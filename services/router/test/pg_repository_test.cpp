@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "fake_clock.h"
 #include "pg_fixture.h"
 #include "tollgate/encoding.h"
 #include "tollgate/pg.h"
@@ -210,10 +211,7 @@ class RouterAdminTest : public RouterPgRepositoryTest {
  protected:
   RouterAdminTest() : box_(SecretBox::ParseKey(std::string(64, 'a'))) {}
 
-  class StoppedClock final : public Clock {
-   public:
-    TimePoint Now() const override { return TimePoint() + std::chrono::hours(1); }
-  } clock_;
+  testing::FakeClock clock_;
   SecretBox box_;
   KeyPool pool_{KeyPoolOptions{}, clock_};
   CatalogueRefresher refresher_{repo_, pool_,

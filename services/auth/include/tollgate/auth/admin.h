@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "tollgate/auth/clock.h"
 #include "tollgate/auth/key_cache.h"
 #include "tollgate/auth/repository.h"
+#include "tollgate/clock.h"
 
 namespace tollgate::auth {
 

@@ -16,10 +16,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tollgate/auth/clock.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/auth/repository.h"
 #include "tollgate/background_thread.h"
+#include "tollgate/clock.h"
 
 namespace tollgate::auth {
 

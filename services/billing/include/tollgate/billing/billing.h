@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "tollgate/billing/clock.h"
 #include "tollgate/billing/hold_book.h"
 #include "tollgate/billing/repository.h"
+#include "tollgate/clock.h"
 
 namespace tollgate::billing {
 
@@ -81,7 +81,7 @@ class Billing final {
   int64_t live_holds() { return book_.live_holds(); }
   // What this replica's next hold for the user is decided against; nullopt: not loaded here.
   std::optional<int64_t> AvailableForHolds(int64_t user_id) {
-    return book_.Available(user_id, clock_.NowMs());
+    return book_.Available(user_id, clock_.UnixMillis());
   }
   // Normalises the records (missing times become now, counts are clamped) and
   // stores them in one transaction. Returns per record whether it was new.

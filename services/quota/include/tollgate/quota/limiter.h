@@ -19,6 +19,8 @@
 //   which is what makes the limits exact. Across replicas exactness comes from sharding: each
 //   subject has one owner replica (replicas[hash(subject) % N]); this object only ever sees the
 //   subjects its replica owns.
+// - Time: windows and reservation expiry run on the clock's steady time (setting the wall clock
+//   neither frees nor refills a window); calendar months and days read its wall time (UTC).
 // - Windows are memory only: a replica restart forgets the current minute (the first minute
 //   after a restart may admit up to one extra window's worth). Monthly/daily totals are durable.
 #pragma once
@@ -34,7 +36,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tollgate/quota/clock.h"
+#include "tollgate/clock.h"
 #include "tollgate/quota/repository.h"
 
 namespace tollgate::quota {
@@ -147,7 +149,7 @@ class Limiter final {
  private:
   using SubjectRef = std::pair<SubjectKind, std::string>;
   struct Entry {
-    Clock::TimePoint at;
+    Clock::SteadyTime at;
     uint64_t seq;
     int64_t tokens;
   };
@@ -165,15 +167,15 @@ class Limiter final {
     int64_t tokens = 0;
     std::vector<SubjectRef> windows;
     std::vector<UsageKey> cells;
-    std::multimap<Clock::TimePoint, std::string>::iterator expiry;
+    std::multimap<Clock::SteadyTime, std::string>::iterator expiry;
   };
 
   EffectivePolicy PolicyLocked(SubjectKind kind, const std::string& subject) const;
   void EnsureLoaded(const std::vector<UsageKey>& keys);
-  void ExpireLocked(Clock::TimePoint now);
+  void ExpireLocked(Clock::SteadyTime now);
   void DropReservationLocked(std::unordered_map<std::string, Reservation>::iterator it,
                              bool remove_window_entries, std::optional<int64_t> actual_tokens);
-  Window& WindowLocked(const SubjectRef& ref, Clock::TimePoint now);
+  Window& WindowLocked(const SubjectRef& ref, Clock::SteadyTime now);
   std::string NewReservationId(uint64_t seq);
 
   const LimiterOptions options_;
@@ -187,11 +189,11 @@ class Limiter final {
   std::map<SubjectRef, Window> windows_;
   std::map<UsageKey, Cell> cells_;
   std::unordered_map<std::string, Reservation> reservations_;
-  std::multimap<Clock::TimePoint, std::string> expiries_;
+  std::multimap<Clock::SteadyTime, std::string> expiries_;
 };
 
 // "2026-11" and "2026-11-22" for `t` in UTC, and the start of the next period.
-std::string PeriodOf(PeriodKind kind, Clock::TimePoint t);
-Clock::TimePoint NextPeriodStart(PeriodKind kind, Clock::TimePoint t);
+std::string PeriodOf(PeriodKind kind, Clock::WallTime t);
+Clock::WallTime NextPeriodStart(PeriodKind kind, Clock::WallTime t);
 
 }  // namespace tollgate::quota

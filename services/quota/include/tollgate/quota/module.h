@@ -3,8 +3,8 @@
 #include <memory>
 #include <vector>
 
+#include "tollgate/migration.h"
 #include "tollgate/module.h"
-#include "tollgate/pg.h"
 
 namespace tollgate::quota {
 

@@ -44,8 +44,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tollgate/clock.h"
 #include "tollgate/router/catalogue.h"
-#include "tollgate/router/clock.h"
 
 namespace tollgate::router {
 
@@ -171,11 +171,11 @@ class KeyPool final {
   struct Breaker {
     int32_t consecutive_failures = 0;
     bool open = false;
-    Clock::TimePoint open_until{};
+    Clock::SteadyTime open_until{};
     bool trial_in_flight = false;
-    Clock::TimePoint trial_deadline{};
+    Clock::SteadyTime trial_deadline{};
     // 429 cooldown.
-    Clock::TimePoint rate_limited_until{};
+    Clock::SteadyTime rate_limited_until{};
     int64_t requests = 0;
     int64_t failures = 0;
   };
@@ -204,9 +204,9 @@ class KeyPool final {
   };
   enum class Gate { kBlocked, kHealthy, kTrial };
 
-  static Gate GateOf(const Breaker& breaker, Clock::TimePoint now);
-  static Gate GateOf(const Candidate& candidate, Clock::TimePoint now);
-  KeyHealth HealthOf(int64_t id, const KeyState& key, Clock::TimePoint now) const;
+  static Gate GateOf(const Breaker& breaker, Clock::SteadyTime now);
+  static Gate GateOf(const Candidate& candidate, Clock::SteadyTime now);
+  KeyHealth HealthOf(int64_t id, const KeyState& key, Clock::SteadyTime now) const;
   static RouteAttempt AttemptFor(const Candidate& candidate);
 
   const KeyPoolOptions options_;

@@ -63,7 +63,7 @@ Verdict ForKeyOnly(OutcomeKind kind) {
   return v == Verdict::kNothing ? ForKey(kind) : v;
 }
 
-std::chrono::milliseconds Remaining(Clock::TimePoint until, Clock::TimePoint now) {
+std::chrono::milliseconds Remaining(Clock::SteadyTime until, Clock::SteadyTime now) {
   if (until <= now) return std::chrono::milliseconds(0);
   // Round up so "1 ms left" never shows as 0 while the key is still out.
   return std::chrono::ceil<std::chrono::milliseconds>(until - now);
@@ -158,7 +158,7 @@ std::vector<int64_t> KeyPool::Replace(const Catalogue& catalogue, const SecretOp
   return unreadable;
 }
 
-KeyPool::Gate KeyPool::GateOf(const Breaker& b, Clock::TimePoint now) {
+KeyPool::Gate KeyPool::GateOf(const Breaker& b, Clock::SteadyTime now) {
   if (now < b.rate_limited_until) return Gate::kBlocked;
   if (!b.open) return Gate::kHealthy;
   if (now < b.open_until) return Gate::kBlocked;
@@ -167,7 +167,7 @@ KeyPool::Gate KeyPool::GateOf(const Breaker& b, Clock::TimePoint now) {
 }
 
 // Both scopes must let the key through; a trial of either makes the attempt a trial.
-KeyPool::Gate KeyPool::GateOf(const Candidate& c, Clock::TimePoint now) {
+KeyPool::Gate KeyPool::GateOf(const Candidate& c, Clock::SteadyTime now) {
   if (!c.key->usable) return Gate::kBlocked;
   const Gate key = GateOf(c.key->key_wide, now);
   const Gate model = GateOf(*c.model, now);
@@ -191,7 +191,7 @@ RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
   RouteResult result;
   int limit = max_attempts > 0 ? max_attempts : options_.max_attempts;
   limit = std::clamp(limit, 1, kMaxAttemptsCap);
-  const auto now = clock_.Now();
+  const auto now = clock_.SteadyNow();
 
   std::lock_guard lock(mu_);
   auto entry = models_.find(model);
@@ -271,7 +271,7 @@ namespace {
 // Applies one verdict to one scope's breaker (a KeyPool::Breaker). Returns
 // whether it counted as a failure.
 template <typename Breaker>
-bool Apply(Breaker& b, Verdict verdict, Clock::TimePoint now, const KeyPoolOptions& options) {
+bool Apply(Breaker& b, Verdict verdict, Clock::SteadyTime now, const KeyPoolOptions& options) {
   const bool half_open = b.open && now >= b.open_until;
   auto close = [&] {
     b.open = false;
@@ -307,7 +307,7 @@ bool Apply(Breaker& b, Verdict verdict, Clock::TimePoint now, const KeyPoolOptio
 
 bool KeyPool::Report(const Outcome& outcome) {
   if (outcome.kind == OutcomeKind::kUnspecified) return false;
-  const auto now = clock_.Now();
+  const auto now = clock_.SteadyNow();
   std::lock_guard lock(mu_);
   auto it = keys_.find(outcome.key_id);
   if (it == keys_.end()) return false;
@@ -345,7 +345,7 @@ bool KeyPool::Report(const Outcome& outcome) {
   return true;
 }
 
-KeyHealth KeyPool::HealthOf(int64_t id, const KeyState& k, Clock::TimePoint now) const {
+KeyHealth KeyPool::HealthOf(int64_t id, const KeyState& k, Clock::SteadyTime now) const {
   auto state = [&](const Breaker& b) {
     return !b.open ? BreakerState::kClosed
                    : (now < b.open_until ? BreakerState::kOpen : BreakerState::kHalfOpen);
@@ -382,7 +382,7 @@ KeyHealth KeyPool::HealthOf(int64_t id, const KeyState& k, Clock::TimePoint now)
 }
 
 std::optional<KeyHealth> KeyPool::Health(int64_t key_id) const {
-  const auto now = clock_.Now();
+  const auto now = clock_.SteadyNow();
   std::lock_guard lock(mu_);
   auto it = keys_.find(key_id);
   if (it == keys_.end()) return std::nullopt;
@@ -390,7 +390,7 @@ std::optional<KeyHealth> KeyPool::Health(int64_t key_id) const {
 }
 
 std::vector<KeyHealth> KeyPool::Health() const {
-  const auto now = clock_.Now();
+  const auto now = clock_.SteadyNow();
   std::vector<KeyHealth> out;
   {
     std::lock_guard lock(mu_);

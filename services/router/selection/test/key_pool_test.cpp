@@ -10,20 +10,14 @@
 #include <set>
 #include <thread>
 
+#include "fake_clock.h"
+
 namespace tollgate::router {
 namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-class FakeClock final : public Clock {
- public:
-  TimePoint Now() const override { return now_; }
-  void Advance(std::chrono::nanoseconds d) { now_ += d; }
-
- private:
-  TimePoint now_ = TimePoint() + std::chrono::hours(1000);
-};
+using testing::FakeClock;
 
 // A catalogue with one model "m" served by provider 1 with the given weights
 // (key ids 1, 2, ...). The test opener's plaintext is "sk-key-<id>".
