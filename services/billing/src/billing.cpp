@@ -9,10 +9,8 @@
 namespace tollgate::billing {
 namespace {
 
-using Kind = BillingError::Kind;
-
 void Require(bool ok, const std::string& message) {
-  if (!ok) throw BillingError(Kind::kInvalidArgument, message);
+  if (!ok) throw Error(ErrorCode::kInvalidRequest, message);
 }
 
 void RequireUser(int64_t user_id) { Require(user_id > 0, "user_id must be a positive id"); }
@@ -71,8 +69,7 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
     if (auto placed =
             book_.Place(input.user_id, request_id, d.amount_micros, now, d.expires_at_ms)) {
       if (placed->request_id_taken)
-        throw BillingError(BillingError::Kind::kAlreadyExists,
-                           "request_id is already used by another request");
+        throw Error(ErrorCode::kAlreadyExists, "request_id is already used by another request");
       d.granted = placed->granted;
       d.hold_id = placed->hold_id;
       d.available_micros = placed->available_micros;

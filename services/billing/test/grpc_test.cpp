@@ -15,6 +15,7 @@
 #include "tollgate/billing/v1/billing.grpc.pb.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/metrics.h"
 
@@ -192,7 +193,7 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   pb::HoldResponse held;
   grpc::Status refused = billing_->Hold(Ctx("").get(), hold, &held);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(refused.error_details(), "insufficient_quota");
+  EXPECT_EQ(FromGrpcStatus(refused), ErrorCode::kInsufficientQuota);
 
   pb::CreateAccountRequest create;
   create.set_user_id(42);

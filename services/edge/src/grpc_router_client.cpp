@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/log.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
@@ -55,7 +56,7 @@ pb::OutcomeKind ToProto(OutcomeKind kind) {
 
 bool RouterUnreachable(const grpc::Status& status) {
   return (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-          status.error_details() != Describe(ErrorCode::kNoHealthyUpstream).code) ||
+          FromGrpcStatus(status) != ErrorCode::kNoHealthyUpstream) ||
          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
          status.error_code() == grpc::StatusCode::CANCELLED;
 }
@@ -66,7 +67,7 @@ Failure RouteFailure(const grpc::Status& status, const std::string& model) {
     return {ErrorCode::kModelNotFound,
             "The model '" + model + "' does not exist or you do not have access to it."};
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      status.error_details() == Describe(ErrorCode::kNoHealthyUpstream).code)
+      FromGrpcStatus(status) == ErrorCode::kNoHealthyUpstream)
     return {ErrorCode::kNoHealthyUpstream,
             "No healthy upstream is available for model '" + model + "'. Retry later."};
   if (RouterUnreachable(status))
