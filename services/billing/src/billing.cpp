@@ -4,6 +4,7 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "tollgate/civil_date.h"
 #include "tollgate/redact.h"
 
 namespace tollgate::billing {
@@ -334,10 +335,10 @@ std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const s
   auto to = ParseDay(to_day);
   Require(from && to, "from_day and to_day are UTC days written YYYY-MM-DD");
   Require(*from <= *to, "from_day is after to_day");
-  Require(*to - *from <= 3660, "the range is at most ten years");
+  Require(*to - *from <= std::chrono::days(3660), "the range is at most ten years");
   std::sort(group_by.begin(), group_by.end());
   group_by.erase(std::unique(group_by.begin(), group_by.end()), group_by.end());
-  return repo_.Report({*from, *to, std::move(group_by), user_id, api_key_id});
+  return repo_.Report({DayNumber(*from), DayNumber(*to), std::move(group_by), user_id, api_key_id});
 }
 
 std::vector<ReportRow> Billing::UserUsage(int64_t user_id, int64_t api_key_id,

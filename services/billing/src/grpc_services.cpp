@@ -6,6 +6,7 @@
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/grpc_errors.h"
 #include "tollgate/log.h"
 
@@ -60,7 +61,7 @@ void Fill(const ServiceTierMultiplier& m, pb::ServiceTierMultiplier* out) {
 }
 
 void Fill(const ReportRow& r, pb::UsageReportRow* out) {
-  if (r.day) out->set_day(DayString(*r.day));
+  if (r.day) out->set_day(FormatDay(DayFromNumber(*r.day)));
   if (r.user_id) out->set_user_id(*r.user_id);
   if (r.api_key_id) out->set_api_key_id(*r.api_key_id);
   if (r.model) out->set_model(*r.model);

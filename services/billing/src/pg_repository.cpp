@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tollgate/audit_pg.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::billing {
@@ -440,7 +441,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         stored[i] = true;
         if (!r.request_body.empty() || !r.response_body.empty()) with_bodies.push_back(i);
         charges[r.user_id] += costs[i];
-        DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
+        DailySum& d =
+            daily[{DayNumber(DayOfUnixMs(r.started_at_ms)), r.user_id, r.api_key_id, r.model}];
         d.requests += 1;
         d.prompt += r.tokens.prompt;
         d.completion += r.tokens.completion;

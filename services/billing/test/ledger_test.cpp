@@ -15,6 +15,7 @@
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/module.h"
 #include "tollgate/billing/pg_repository.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::billing {
@@ -647,14 +648,14 @@ TEST_F(LedgerTest, UsageReportByUserKeyModelAndDay) {
   auto by_day_model =
       billing_->UsageReport("2025-11-22", "2025-11-30", {Dimension::kModel, Dimension::kDay}, 0);
   ASSERT_EQ(by_day_model.size(), 4u);
-  EXPECT_EQ(DayString(*by_day_model[0].day), "2025-11-22");
+  EXPECT_EQ(FormatDay(DayFromNumber(*by_day_model[0].day)), "2025-11-22");
   EXPECT_EQ(*by_day_model[0].model, "gpt-4o-mini");
   EXPECT_EQ(by_day_model[0].requests, 2);
-  EXPECT_EQ(DayString(*by_day_model[1].day), "2025-11-23");
+  EXPECT_EQ(FormatDay(DayFromNumber(*by_day_model[1].day)), "2025-11-23");
   EXPECT_EQ(*by_day_model[1].model, "gpt-4o-mini");
-  EXPECT_EQ(DayString(*by_day_model[2].day), "2025-11-23");
+  EXPECT_EQ(FormatDay(DayFromNumber(*by_day_model[2].day)), "2025-11-23");
   EXPECT_EQ(*by_day_model[2].model, "other");
-  EXPECT_EQ(DayString(*by_day_model[3].day), "2025-11-27");
+  EXPECT_EQ(FormatDay(DayFromNumber(*by_day_model[3].day)), "2025-11-27");
 
   auto by_key = billing_->UsageReport("2025-11-22", "2025-11-22", {Dimension::kKey}, 1);
   ASSERT_EQ(by_key.size(), 2u);
@@ -666,7 +667,7 @@ TEST_F(LedgerTest, UsageReportByUserKeyModelAndDay) {
   // A user's own usage per day (what the edge's usage endpoints show), one key or all.
   auto own = billing_->UserUsage(1, 11, "2025-11-01", "2025-11-30");
   ASSERT_EQ(own.size(), 1u);
-  EXPECT_EQ(DayString(*own[0].day), "2025-11-22");
+  EXPECT_EQ(FormatDay(DayFromNumber(*own[0].day)), "2025-11-22");
   EXPECT_EQ(own[0].cost_micros, 300);
   EXPECT_EQ(billing_->UserUsage(2, 0, "2025-11-01", "2025-11-30").size(), 2u);
   EXPECT_THROW(billing_->UserUsage(0, 0, "2025-11-01", "2025-11-30"), Error)
