@@ -4,6 +4,7 @@
 #include <google/rpc/status.pb.h>
 #include <grpcpp/support/error_details.h>
 
+#include <optional>
 #include <pqxx/pqxx>
 
 #include "tollgate/log.h"
@@ -12,24 +13,6 @@
 namespace tollgate {
 namespace {
 
-constexpr ErrorCode kAll[] = {ErrorCode::kInvalidRequest,
-                              ErrorCode::kInvalidApiKey,
-                              ErrorCode::kPermissionDenied,
-                              ErrorCode::kNotFound,
-                              ErrorCode::kModelNotFound,
-                              ErrorCode::kAlreadyExists,
-                              ErrorCode::kFailedPrecondition,
-                              ErrorCode::kRequestTooLarge,
-                              ErrorCode::kRateLimited,
-                              ErrorCode::kInsufficientQuota,
-                              ErrorCode::kUpstreamError,
-                              ErrorCode::kNoHealthyUpstream,
-                              ErrorCode::kUpstreamTimeout,
-                              ErrorCode::kServiceUnavailable,
-                              ErrorCode::kOverloaded,
-                              ErrorCode::kUnauthenticated,
-                              ErrorCode::kInternal};
-
 std::optional<ErrorCode> FromReason(const grpc::Status& status) {
   if (status.error_details().empty()) return std::nullopt;
   google::rpc::Status details;
@@ -37,8 +20,9 @@ std::optional<ErrorCode> FromReason(const grpc::Status& status) {
   for (const auto& any : details.details()) {
     google::rpc::ErrorInfo info;
     if (!any.UnpackTo(&info) || info.domain() != kErrorDomain || info.reason().empty()) continue;
-    for (ErrorCode c : kAll)
-      if (Describe(c).code == info.reason()) return c;
+    for (int i = 0; i < kErrorCodeCount; ++i)
+      if (Describe(static_cast<ErrorCode>(i)).code == info.reason())
+        return static_cast<ErrorCode>(i);
   }
   return std::nullopt;
 }

@@ -27,8 +27,9 @@ enum class ErrorCode {
   kServiceUnavailable,  // one of our own services (or its database) is down
   kOverloaded,          // a consumer fell too far behind (a key watcher); it reconnects
   kUnauthenticated,     // admin RPC without a valid admin token
-  kInternal,            // a bug: an exception nobody expected
+  kInternal,            // a bug: an exception nobody expected; stays last
 };
+inline constexpr int kErrorCodeCount = static_cast<int>(ErrorCode::kInternal) + 1;
 
 struct ErrorInfo {
   int grpc;  // a grpc::StatusCode (= google.rpc.Code)
