@@ -35,7 +35,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -51,6 +50,7 @@
 #include "tollgate/audit/v1/audit.pb.h"
 #include "tollgate/auth/v1/auth.grpc.pb.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/quota/v1/quota.grpc.pb.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 
@@ -450,14 +450,8 @@ std::string JsonString(const std::string& s) {
 }
 
 std::string UtcTime(int64_t at_ms) {
-  std::time_t t = static_cast<std::time_t>(at_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-  char ms[8];
-  std::snprintf(ms, sizeof(ms), ".%03dZ", static_cast<int>(at_ms % 1000));
-  return std::string(buf) + ms;
+  return tollgate::FormatTimestamp(
+      std::chrono::sys_time<std::chrono::milliseconds>(std::chrono::milliseconds(at_ms)));
 }
 
 // tollgatectl audit: every service's ListAuditLog, merged newest first.

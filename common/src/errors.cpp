@@ -1,5 +1,7 @@
 #include "tollgate/errors.h"
 
+#include <grpcpp/support/status_code_enum.h>
+
 #include <nlohmann/json.hpp>
 
 namespace tollgate {
@@ -14,6 +16,10 @@ const ErrorInfo& Describe(ErrorCode code) {
   static const ErrorInfo kNotFound{G::NOT_FOUND, 404, "invalid_request_error", "not_found"};
   static const ErrorInfo kModelNotFound{G::NOT_FOUND, 404, "invalid_request_error",
                                         "model_not_found"};
+  static const ErrorInfo kAlreadyExists{G::ALREADY_EXISTS, 409, "invalid_request_error",
+                                        "already_exists"};
+  static const ErrorInfo kFailedPrecondition{G::FAILED_PRECONDITION, 400, "invalid_request_error",
+                                             "failed_precondition"};
   static const ErrorInfo kRequestTooLarge{G::INVALID_ARGUMENT, 413, "invalid_request_error",
                                           "request_too_large"};
   static const ErrorInfo kRateLimited{G::RESOURCE_EXHAUSTED, 429, "requests",
@@ -27,6 +33,9 @@ const ErrorInfo& Describe(ErrorCode code) {
                                           "upstream_timeout"};
   static const ErrorInfo kServiceUnavailable{G::UNAVAILABLE, 503, "api_error",
                                              "service_unavailable"};
+  // RESOURCE_EXHAUSTED as gRPC advises for a server out of a resource; never sent to the edge's
+  // data-path clients, which read RESOURCE_EXHAUSTED as a quota refusal.
+  static const ErrorInfo kOverloaded{G::RESOURCE_EXHAUSTED, 503, "api_error", "overloaded"};
   static const ErrorInfo kUnauthenticated{G::UNAUTHENTICATED, 401, "invalid_request_error",
                                           "invalid_admin_token"};
   static const ErrorInfo kInternal{G::INTERNAL, 500, "api_error", "internal_error"};
@@ -41,6 +50,10 @@ const ErrorInfo& Describe(ErrorCode code) {
       return kNotFound;
     case ErrorCode::kModelNotFound:
       return kModelNotFound;
+    case ErrorCode::kAlreadyExists:
+      return kAlreadyExists;
+    case ErrorCode::kFailedPrecondition:
+      return kFailedPrecondition;
     case ErrorCode::kRequestTooLarge:
       return kRequestTooLarge;
     case ErrorCode::kRateLimited:
@@ -55,6 +68,8 @@ const ErrorInfo& Describe(ErrorCode code) {
       return kUpstreamTimeout;
     case ErrorCode::kServiceUnavailable:
       return kServiceUnavailable;
+    case ErrorCode::kOverloaded:
+      return kOverloaded;
     case ErrorCode::kUnauthenticated:
       return kUnauthenticated;
     case ErrorCode::kInternal:
@@ -72,40 +87,6 @@ std::string OpenAiErrorBody(ErrorCode code, std::string_view message, std::strin
       {"code", info.code.empty() ? nlohmann::json() : nlohmann::json(info.code)}};
   return nlohmann::json{{"error", error}}.dump(-1, ' ', false,
                                                nlohmann::json::error_handler_t::replace);
-}
-
-grpc::Status ToGrpcStatus(ErrorCode code, std::string message) {
-  // The OpenAI code travels in the details so the edge can map it back exactly.
-  return grpc::Status(Describe(code).grpc, std::move(message), std::string(Describe(code).code));
-}
-
-ErrorCode FromGrpcStatus(const grpc::Status& status) {
-  static constexpr ErrorCode kAll[] = {
-      ErrorCode::kInvalidRequest,    ErrorCode::kInvalidApiKey,     ErrorCode::kPermissionDenied,
-      ErrorCode::kNotFound,          ErrorCode::kModelNotFound,     ErrorCode::kRequestTooLarge,
-      ErrorCode::kRateLimited,       ErrorCode::kInsufficientQuota, ErrorCode::kUpstreamError,
-      ErrorCode::kNoHealthyUpstream, ErrorCode::kUpstreamTimeout,   ErrorCode::kServiceUnavailable,
-      ErrorCode::kUnauthenticated,   ErrorCode::kInternal};
-  if (!status.error_details().empty())
-    for (ErrorCode c : kAll)
-      if (Describe(c).code == status.error_details()) return c;
-  switch (status.error_code()) {
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return ErrorCode::kInvalidRequest;
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return ErrorCode::kInvalidApiKey;
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return ErrorCode::kPermissionDenied;
-    case grpc::StatusCode::NOT_FOUND:
-      return ErrorCode::kNotFound;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return ErrorCode::kRateLimited;
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return ErrorCode::kServiceUnavailable;
-    default:
-      return ErrorCode::kInternal;
-  }
 }
 
 }  // namespace tollgate

@@ -9,7 +9,7 @@
 #include <string>
 #include <utility>
 
-#include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/worker_pool.h"
 
 namespace tollgate {

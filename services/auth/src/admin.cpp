@@ -8,8 +8,6 @@
 namespace tollgate::auth {
 namespace {
 
-using Kind = AuthError::Kind;
-
 constexpr size_t kMaxName = 128;
 constexpr size_t kMaxListItems = 256;
 constexpr size_t kMaxMetadata = 64;
@@ -18,7 +16,7 @@ constexpr size_t kMaxMetadataValue = 1024;
 constexpr int64_t kMaxTtlSeconds = int64_t{100} * 365 * 24 * 3600;
 
 [[noreturn]] void Invalid(const std::string& message) {
-  throw AuthError(Kind::kInvalidArgument, message);
+  throw Error(ErrorCode::kInvalidRequest, message);
 }
 
 bool Printable(std::string_view s) {

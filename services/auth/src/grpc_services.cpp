@@ -11,7 +11,7 @@
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
 #include "tollgate/background_thread.h"
-#include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/log.h"
 
 namespace tollgate::auth {
@@ -136,7 +136,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::WatchKeysResponse
     std::lock_guard lock(mu_);
     if (finishing_) return;
     if (queue_.size() >= kMaxQueuedMessages) {
-      FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+      FinishLocked(ToGrpcStatus(ErrorCode::kOverloaded,
                                 "this watcher fell too far behind; reconnect to resynchronise"));
       return;
     }
@@ -240,7 +240,7 @@ class Hub final : public WatchHub {
     std::lock_guard lock(mu_);
     closed_ = true;
     for (auto* r : reactors_)
-      r->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the auth service is shutting down"));
+      r->Close(ToGrpcStatus(ErrorCode::kServiceUnavailable, "the auth service is shutting down"));
   }
 
   size_t streams() const override {
@@ -271,7 +271,7 @@ WatchReactor::WatchReactor(Hub& hub, const KeyCache& cache, const pb::WatchKeysR
   // twice is harmless (the receiver keeps the higher version).
   if (!hub_.Add(this)) {
     std::lock_guard lock(mu_);
-    FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the auth service is shutting down"));
+    FinishLocked(ToGrpcStatus(ErrorCode::kServiceUnavailable, "the auth service is shutting down"));
     return;
   }
   pb::WatchKeysResponse message;
@@ -313,7 +313,7 @@ class AuthServiceImpl final : public pb::AuthService::CallbackService {
       hash = request->key_hash();
     } else {
       reactor->Finish(
-          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "give api_key or a 32-byte key_hash"));
+          ToGrpcStatus(ErrorCode::kInvalidRequest, "give api_key or a 32-byte key_hash"));
       return reactor;
     }
     AuthDecision decision;
@@ -397,7 +397,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       user.metadata = {request->metadata().begin(), request->metadata().end()};
       if (request->status() != pb::USER_STATUS_UNSPECIFIED) {
         auto status = FromProto(request->status());
-        if (!status) throw AuthError(AuthError::Kind::kInvalidArgument, "unknown status");
+        if (!status) throw Error(ErrorCode::kInvalidRequest, "unknown status");
         user.status = *status;
       }
       Fill(deps_.admin.CreateUser(std::move(user),
@@ -414,7 +414,7 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       if (request->has_name()) patch.name = request->name();
       if (request->status() != pb::USER_STATUS_UNSPECIFIED) {
         patch.status = FromProto(request->status());
-        if (!patch.status) throw AuthError(AuthError::Kind::kInvalidArgument, "unknown status");
+        if (!patch.status) throw Error(ErrorCode::kInvalidRequest, "unknown status");
       }
       patch.set_metadata = {request->set_metadata().begin(), request->set_metadata().end()};
       patch.remove_metadata = Strings(request->remove_metadata());
@@ -473,15 +473,15 @@ class AuthAdminServiceImpl final : public pb::AuthAdminService::CallbackService 
       if (request->has_name()) patch.name = request->name();
       if (request->status() != pb::KEY_STATUS_UNSPECIFIED) {
         patch.status = FromProto(request->status());
-        if (!patch.status) throw AuthError(AuthError::Kind::kInvalidArgument, "unknown status");
+        if (!patch.status) throw Error(ErrorCode::kInvalidRequest, "unknown status");
       }
       if (request->has_expires_at()) patch.expires_at = request->expires_at();
       if (request->clear_allowed_models() && request->allowed_models_size() > 0)
-        throw AuthError(AuthError::Kind::kInvalidArgument,
-                        "give allowed_models or clear_allowed_models, not both");
+        throw Error(ErrorCode::kInvalidRequest,
+                    "give allowed_models or clear_allowed_models, not both");
       if (request->clear_allowed_cidrs() && request->allowed_cidrs_size() > 0)
-        throw AuthError(AuthError::Kind::kInvalidArgument,
-                        "give allowed_cidrs or clear_allowed_cidrs, not both");
+        throw Error(ErrorCode::kInvalidRequest,
+                    "give allowed_cidrs or clear_allowed_cidrs, not both");
       if (request->clear_allowed_models() || request->allowed_models_size() > 0)
         patch.allowed_models = Strings(request->allowed_models());
       if (request->clear_allowed_cidrs() || request->allowed_cidrs_size() > 0)

@@ -8,7 +8,6 @@
 namespace tollgate::auth {
 namespace {
 
-using Kind = AuthError::Kind;
 using Json = nlohmann::json;
 
 constexpr const char* kUserColumns =
@@ -78,7 +77,7 @@ std::string Metadata(const std::map<std::string, std::string>& m) {
 }
 
 [[noreturn]] void KeyNotFound(int64_t id) {
-  throw AuthError(Kind::kNotFound, "API key " + std::to_string(id) + " not found");
+  throw Error(ErrorCode::kNotFound, "API key " + std::to_string(id) + " not found");
 }
 
 ApiKeyRecord ReadKey(pqxx::transaction_base& tx, int64_t id) {
@@ -105,7 +104,7 @@ UserRecord PgAuthRepository::CreateUser(const NewUser& user, const AuditEntry& a
       tx.commit();
       return created;
     } catch (const pqxx::unique_violation&) {
-      throw AuthError(Kind::kAlreadyExists, "user '" + user.name + "' already exists");
+      throw Error(ErrorCode::kAlreadyExists, "user '" + user.name + "' already exists");
     }
   });
 }
@@ -127,7 +126,7 @@ UserRecord PgAuthRepository::UpdateUser(int64_t id, const UserPatch& patch,
           std::string(UserStatusName(patch.status.value_or(UserStatus::kActive))),
           Metadata(patch.set_metadata), JsonArray(patch.remove_metadata));
       if (rows.empty())
-        throw AuthError(Kind::kNotFound, "user " + std::to_string(id) + " not found");
+        throw Error(ErrorCode::kNotFound, "user " + std::to_string(id) + " not found");
       if (patch.status)
         tx.exec_params(
             "UPDATE api_keys SET version = version + 1, updated_at = now() WHERE user_id = $1", id);
@@ -135,8 +134,8 @@ UserRecord PgAuthRepository::UpdateUser(int64_t id, const UserPatch& patch,
       tx.commit();
       return UserFrom(rows[0]);
     } catch (const pqxx::unique_violation&) {
-      throw AuthError(Kind::kAlreadyExists,
-                      "user '" + patch.name.value_or("") + "' already exists");
+      throw Error(ErrorCode::kAlreadyExists,
+                  "user '" + patch.name.value_or("") + "' already exists");
     }
   });
 }
@@ -172,12 +171,12 @@ ApiKeyRecord PgAuthRepository::CreateApiKey(const NewApiKey& key, const AuditEnt
       tx.commit();
       return created;
     } catch (const pqxx::foreign_key_violation&) {
-      throw AuthError(Kind::kNotFound, "user " + std::to_string(key.user_id) + " not found");
+      throw Error(ErrorCode::kNotFound, "user " + std::to_string(key.user_id) + " not found");
     } catch (const pqxx::unique_violation&) {
       // Two 256-bit random keys with one hash: not going to happen, but never store a duplicate.
-      throw AuthError(Kind::kAlreadyExists, "a key with this hash already exists; try again");
+      throw Error(ErrorCode::kAlreadyExists, "a key with this hash already exists; try again");
     } catch (const pqxx::data_exception&) {
-      throw AuthError(Kind::kInvalidArgument, "allowed_cidrs holds an invalid network");
+      throw Error(ErrorCode::kInvalidRequest, "allowed_cidrs holds an invalid network");
     }
   });
 }
@@ -189,8 +188,8 @@ ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch
     auto current = tx.exec_params("SELECT status FROM api_keys WHERE id = $1 FOR UPDATE", id);
     if (current.empty()) KeyNotFound(id);
     if (current[0][0].as<std::string>() == "revoked")
-      throw AuthError(Kind::kFailedPrecondition,
-                      "API key " + std::to_string(id) + " is revoked; a revoked key cannot change");
+      throw Error(ErrorCode::kFailedPrecondition,
+                  "API key " + std::to_string(id) + " is revoked; a revoked key cannot change");
     try {
       tx.exec_params(
           "UPDATE api_keys SET "
@@ -214,7 +213,7 @@ ApiKeyRecord PgAuthRepository::UpdateApiKey(int64_t id, const ApiKeyPatch& patch
           patch.limits_ref.has_value(), patch.limits_ref.value_or(""),
           patch.store_bodies.has_value(), patch.store_bodies.value_or(false));
     } catch (const pqxx::data_exception&) {
-      throw AuthError(Kind::kInvalidArgument, "allowed_cidrs holds an invalid network");
+      throw Error(ErrorCode::kInvalidRequest, "allowed_cidrs holds an invalid network");
     }
     auto key = ReadKey(tx, id);
     WriteAudit(tx, audit);

@@ -19,15 +19,14 @@ namespace {
 
 using testing::FakeClock;
 using testing::TestDatabase;
-using Kind = AuthError::Kind;
 
 template <typename Fn>
-void ExpectAuthError(Kind kind, Fn&& fn, const std::string& what_contains = "") {
+void ExpectAuthError(ErrorCode kind, Fn&& fn, const std::string& what_contains = "") {
   try {
     fn();
-    ADD_FAILURE() << "no AuthError";
-  } catch (const AuthError& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
+    ADD_FAILURE() << "no Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), kind) << e.what();
     if (!what_contains.empty()) {
       EXPECT_NE(std::string(e.what()).find(what_contains), std::string::npos) << e.what();
     }
@@ -125,9 +124,9 @@ TEST_F(AuthPgTest, CreateAuthenticateDisableRefused) {
   EXPECT_EQ(Check(key.api_key), Verdict::kKeyRevoked);
   EXPECT_EQ(admin_.RevokeApiKey(key.record.id, audit_).version, revoked.version) << "idempotent";
   ExpectAuthError(
-      Kind::kFailedPrecondition, [&] { admin_.UpdateApiKey(key.record.id, enable, audit_); },
+      ErrorCode::kFailedPrecondition, [&] { admin_.UpdateApiKey(key.record.id, enable, audit_); },
       "revoked");
-  ExpectAuthError(Kind::kInvalidArgument, [&] {
+  ExpectAuthError(ErrorCode::kInvalidRequest, [&] {
     ApiKeyPatch p;
     p.status = KeyStatus::kRevoked;
     admin_.UpdateApiKey(second.record.id, p, audit_);
@@ -166,9 +165,9 @@ TEST_F(AuthPgTest, ExpiryFollowsTheClock) {
   EXPECT_EQ(Check(fixed.api_key), Verdict::kKeyExpired);
 
   ExpectAuthError(
-      Kind::kInvalidArgument, [&] { MakeKey(user.id, {.expires_at = clock_.UnixSeconds() - 1}); },
-      "future");
-  ExpectAuthError(Kind::kInvalidArgument, [&] {
+      ErrorCode::kInvalidRequest,
+      [&] { MakeKey(user.id, {.expires_at = clock_.UnixSeconds() - 1}); }, "future");
+  ExpectAuthError(ErrorCode::kInvalidRequest, [&] {
     MakeKey(user.id, {.expires_at = clock_.UnixSeconds() + 5, .ttl_seconds = 5});
   });
 }
@@ -201,9 +200,10 @@ TEST_F(AuthPgTest, IpAllowlistIpv4AndIpv6) {
   EXPECT_EQ(Check(key.api_key, "10.20.30.40"), Verdict::kOk);
 
   ExpectAuthError(
-      Kind::kInvalidArgument, [&] { MakeKey(user.id, {.allowed_cidrs = {"10.0.0.1/8"}}); },
+      ErrorCode::kInvalidRequest, [&] { MakeKey(user.id, {.allowed_cidrs = {"10.0.0.1/8"}}); },
       "10.0.0.0/8");
-  ExpectAuthError(Kind::kInvalidArgument, [&] { MakeKey(user.id, {.allowed_cidrs = {"nope"}}); });
+  ExpectAuthError(ErrorCode::kInvalidRequest,
+                  [&] { MakeKey(user.id, {.allowed_cidrs = {"nope"}}); });
 }
 
 TEST_F(AuthPgTest, ModelAllowlistIsStoredInOrderAndMatchesWildcards) {
@@ -225,20 +225,21 @@ TEST_F(AuthPgTest, ModelAllowlistIsStoredInOrderAndMatchesWildcards) {
   every.allowed_models = std::vector<std::string>{};
   admin_.UpdateApiKey(key.record.id, every, audit_);
   EXPECT_TRUE(ModelAllowed(cache_.Find(HashApiKey(key.api_key))->allowed_models, "gpt-3.5-turbo"));
-  ExpectAuthError(Kind::kInvalidArgument,
+  ExpectAuthError(ErrorCode::kInvalidRequest,
                   [&] { MakeKey(user.id, {.allowed_models = {"has space"}}); });
-  ExpectAuthError(Kind::kInvalidArgument, [&] { MakeKey(user.id, {.limits_ref = "no spaces"}); });
+  ExpectAuthError(ErrorCode::kInvalidRequest,
+                  [&] { MakeKey(user.id, {.limits_ref = "no spaces"}); });
 }
 
 TEST_F(AuthPgTest, UsersAndKeysValidation) {
   UserRecord user = MakeUser();
-  ExpectAuthError(Kind::kAlreadyExists, [&] { MakeUser(); });
-  ExpectAuthError(Kind::kInvalidArgument, [&] { MakeUser(""); });
-  ExpectAuthError(Kind::kNotFound, [&] { MakeKey(user.id + 100); });
-  ExpectAuthError(Kind::kInvalidArgument, [&] { MakeKey(0); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
+  ExpectAuthError(ErrorCode::kAlreadyExists, [&] { MakeUser(); });
+  ExpectAuthError(ErrorCode::kInvalidRequest, [&] { MakeUser(""); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { MakeKey(user.id + 100); });
+  ExpectAuthError(ErrorCode::kInvalidRequest, [&] { MakeKey(0); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
 
   UserPatch patch;
   patch.name = "acme-corp";
@@ -251,7 +252,7 @@ TEST_F(AuthPgTest, UsersAndKeysValidation) {
   MakeUser("other");
   UserPatch taken;
   taken.name = "other";
-  ExpectAuthError(Kind::kAlreadyExists, [&] { admin_.UpdateUser(user.id, taken, audit_); });
+  ExpectAuthError(ErrorCode::kAlreadyExists, [&] { admin_.UpdateUser(user.id, taken, audit_); });
   auto users = admin_.ListUsers();
   ASSERT_EQ(users.size(), 2u);
   EXPECT_EQ(users[0], updated);
@@ -348,15 +349,15 @@ TEST_F(AuthPgTest, ChangesAreAuditedOncePerChangeAndTheLogIsAppendOnly) {
   EXPECT_NE(log[0].details.find("\"why\""), std::string::npos) << "the given details are kept";
 
   // Failed changes leave nothing behind.
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
-  ExpectAuthError(Kind::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
-  ExpectAuthError(Kind::kAlreadyExists, [&] { MakeUser(); });
-  ExpectAuthError(Kind::kNotFound, [&] { MakeKey(999999); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.UpdateUser(12345, {}, audit_); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.UpdateApiKey(12345, {}, audit_); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { admin_.RevokeApiKey(12345, audit_); });
+  ExpectAuthError(ErrorCode::kAlreadyExists, [&] { MakeUser(); });
+  ExpectAuthError(ErrorCode::kNotFound, [&] { MakeKey(999999); });
   EXPECT_EQ(count(), 2);
 
   admin_.RevokeApiKey(key.record.id, audit_);
-  ExpectAuthError(Kind::kFailedPrecondition,
+  ExpectAuthError(ErrorCode::kFailedPrecondition,
                   [&] { admin_.UpdateApiKey(key.record.id, {}, audit_); });
   EXPECT_EQ(count(), 3);
 

@@ -4,15 +4,14 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "tollgate/civil_date.h"
 #include "tollgate/redact.h"
 
 namespace tollgate::billing {
 namespace {
 
-using Kind = BillingError::Kind;
-
 void Require(bool ok, const std::string& message) {
-  if (!ok) throw BillingError(Kind::kInvalidArgument, message);
+  if (!ok) throw Error(ErrorCode::kInvalidRequest, message);
 }
 
 void RequireUser(int64_t user_id) { Require(user_id > 0, "user_id must be a positive id"); }
@@ -71,8 +70,7 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
     if (auto placed =
             book_.Place(input.user_id, request_id, d.amount_micros, now, d.expires_at_ms)) {
       if (placed->request_id_taken)
-        throw BillingError(BillingError::Kind::kAlreadyExists,
-                           "request_id is already used by another request");
+        throw Error(ErrorCode::kAlreadyExists, "request_id is already used by another request");
       d.granted = placed->granted;
       d.hold_id = placed->hold_id;
       d.available_micros = placed->available_micros;
@@ -337,10 +335,10 @@ std::vector<ReportRow> Billing::UsageReport(const std::string& from_day, const s
   auto to = ParseDay(to_day);
   Require(from && to, "from_day and to_day are UTC days written YYYY-MM-DD");
   Require(*from <= *to, "from_day is after to_day");
-  Require(*to - *from <= 3660, "the range is at most ten years");
+  Require(*to - *from <= std::chrono::days(3660), "the range is at most ten years");
   std::sort(group_by.begin(), group_by.end());
   group_by.erase(std::unique(group_by.begin(), group_by.end()), group_by.end());
-  return repo_.Report({*from, *to, std::move(group_by), user_id, api_key_id});
+  return repo_.Report({DayNumber(*from), DayNumber(*to), std::move(group_by), user_id, api_key_id});
 }
 
 std::vector<ReportRow> Billing::UserUsage(int64_t user_id, int64_t api_key_id,

@@ -6,7 +6,8 @@
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
-#include "tollgate/errors.h"
+#include "tollgate/civil_date.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/log.h"
 #include "tollgate/worker_call.h"
 
@@ -15,15 +16,9 @@ namespace {
 
 namespace pb = ::tollgate::billing::v1;
 
-grpc::Status Unavailable() {
-  return ToGrpcStatus(ErrorCode::kServiceUnavailable,
-                      "the billing service's database is unavailable; try again");
-}
-
 // The data path's counterpart of RunAdminCall (no admin token; `work` returns
 // the status): runs `work` on the worker pool (it may block on the database)
-// and finishes the call from there. What went wrong stays in the log; the caller learns only
-// that it failed (no SQL in a status).
+// and finishes the call from there; what it throws is answered by ExceptionToGrpcStatus.
 template <typename Work>
 grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, WorkerPool& workers,
                                    const char* rpc, Work work) {
@@ -32,11 +27,8 @@ grpc::ServerUnaryReactor* OnWorker(grpc::CallbackServerContext* context, WorkerP
     grpc::Status status = grpc::Status::OK;
     try {
       status = work();
-    } catch (const BillingError& e) {
-      status = ToGrpcStatus(e);
-    } catch (const std::exception& e) {
-      log::Error("billing", "call failed", {{"rpc", rpc}, {"error", log::Redact(e.what())}});
-      status = Unavailable();
+    } catch (...) {
+      status = ExceptionToGrpcStatus(std::current_exception(), "billing", rpc);
     }
     reactor->Finish(status);
   });
@@ -70,7 +62,7 @@ void Fill(const ServiceTierMultiplier& m, pb::ServiceTierMultiplier* out) {
 }
 
 void Fill(const ReportRow& r, pb::UsageReportRow* out) {
-  if (r.day) out->set_day(DayString(*r.day));
+  if (r.day) out->set_day(FormatDay(DayFromNumber(*r.day)));
   if (r.user_id) out->set_user_id(*r.user_id);
   if (r.api_key_id) out->set_api_key_id(*r.api_key_id);
   if (r.model) out->set_model(*r.model);
@@ -176,7 +168,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
         reactor->Finish(answer(*d));
         return reactor;
       }
-    } catch (const BillingError& e) {
+    } catch (const Error& e) {
       metrics_.CountHoldError();
       auto* reactor = context->DefaultReactor();
       reactor->Finish(ToGrpcStatus(e));
@@ -211,8 +203,8 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     records.reserve(request->records_size());
     for (const auto& r : request->records()) {
       if (r.request_id().empty()) {
-        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                     "every usage record needs a request_id"));
+        reactor->Finish(
+            ToGrpcStatus(ErrorCode::kInvalidRequest, "every usage record needs a request_id"));
         return reactor;
       }
       records.push_back(FromProto(r));
@@ -225,7 +217,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     ingestor_.Submit(std::move(records), [this, reactor, response](IngestReply reply) {
       if (!reply.ok) {
         metrics_.CountRecordUsageError();
-        reactor->Finish(Unavailable());
+        reactor->Finish(ExceptionToGrpcStatus(reply.error, "billing", "RecordUsage"));
         return;
       }
       const auto recorded = std::count(reply.stored.begin(), reply.stored.end(), true);
@@ -382,8 +374,7 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
             group_by.push_back(Dimension::kDay);
             break;
           default:
-            throw BillingError(BillingError::Kind::kInvalidArgument,
-                               "group_by takes user, key, model and day");
+            throw Error(ErrorCode::kInvalidRequest, "group_by takes user, key, model and day");
         }
       }
       for (const auto& r :

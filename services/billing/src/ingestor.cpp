@@ -78,7 +78,7 @@ void Ingestor::WriteGroup(std::vector<Pending>& group) {
     if (group.size() == 1) {
       log::Warn("billing", "usage batch not stored",
                 {{"records", group[0].records.size()}, {"error", log::Redact(e.what())}});
-      group[0].done({});
+      group[0].done({false, {}, std::current_exception()});
       return;
     }
   }

@@ -9,12 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "tollgate/audit_pg.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/pg.h"
 
 namespace tollgate::billing {
 namespace {
-
-using Kind = BillingError::Kind;
 
 // Unix milliseconds <-> TIMESTAMPTZ, exactly (no floating point on the way).
 std::string Ts(const char* param) {
@@ -147,8 +146,8 @@ PriceRecord PgBillingRepository::AddPrice(const PriceRecord& p, const AuditEntry
       tx.commit();
       return PriceFrom(row);
     } catch (const pqxx::unique_violation&) {
-      throw BillingError(Kind::kAlreadyExists,
-                         "model '" + p.model + "' already has a price from that time");
+      throw Error(ErrorCode::kAlreadyExists,
+                  "model '" + p.model + "' already has a price from that time");
     }
   });
 }
@@ -201,8 +200,8 @@ void PgBillingRepository::CreateAccount(int64_t user_id, int64_t credit_limit_mi
       tx.exec_params("INSERT INTO accounts (user_id, credit_limit_micros) VALUES ($1, $2)", user_id,
                      credit_limit_micros);
     } catch (const pqxx::unique_violation&) {
-      throw BillingError(Kind::kAlreadyExists,
-                         "user " + std::to_string(user_id) + " already has an account");
+      throw Error(ErrorCode::kAlreadyExists,
+                  "user " + std::to_string(user_id) + " already has an account");
     }
     WriteAudit(tx, audit);
     tx.commit();
@@ -220,7 +219,7 @@ void PgBillingRepository::TopUp(int64_t user_id, int64_t amount_micros, const st
         "WHERE user_id = $1 RETURNING user_id",
         user_id, amount_micros);
     if (rows.empty())
-      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+      throw Error(ErrorCode::kNotFound, "user " + std::to_string(user_id) + " has no account");
     tx.exec_params(
         "INSERT INTO top_ups (user_id, amount_micros, note, actor, created_at) VALUES "
         "($1, $2, $3, $4, " +
@@ -240,7 +239,7 @@ void PgBillingRepository::SetCreditLimit(int64_t user_id, int64_t credit_limit_m
         "RETURNING user_id",
         user_id, credit_limit_micros);
     if (rows.empty())
-      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+      throw Error(ErrorCode::kNotFound, "user " + std::to_string(user_id) + " has no account");
     WriteAudit(tx, audit);
     tx.commit();
   });
@@ -260,7 +259,7 @@ Account PgBillingRepository::GetAccount(int64_t user_id) {
         "FROM accounts a WHERE a.user_id = $1",
         user_id);
     if (rows.empty())
-      throw BillingError(Kind::kNotFound, "user " + std::to_string(user_id) + " has no account");
+      throw Error(ErrorCode::kNotFound, "user " + std::to_string(user_id) + " has no account");
     Account a;
     a.user_id = user_id;
     a.balance_micros = rows[0][0].as<int64_t>();
@@ -442,7 +441,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         stored[i] = true;
         if (!r.request_body.empty() || !r.response_body.empty()) with_bodies.push_back(i);
         charges[r.user_id] += costs[i];
-        DailySum& d = daily[{UtcDay(r.started_at_ms), r.user_id, r.api_key_id, r.model}];
+        DailySum& d =
+            daily[{DayNumber(DayOfUnixMs(r.started_at_ms)), r.user_id, r.api_key_id, r.model}];
         d.requests += 1;
         d.prompt += r.tokens.prompt;
         d.completion += r.tokens.completion;

@@ -123,20 +123,5 @@ TEST(SelectPriceTest, NewestInEffectProviderSpecificFirst) {
   EXPECT_FALSE(SelectPrice({}, "", 6000).has_value());
 }
 
-TEST(DayTest, UtcDays) {
-  EXPECT_EQ(UtcDay(0), 0);
-  EXPECT_EQ(UtcDay(86'399'999), 0);
-  EXPECT_EQ(UtcDay(86'400'000), 1);
-  EXPECT_EQ(UtcDay(-1), -1);
-  EXPECT_EQ(DayString(0), "1970-01-01");
-  EXPECT_EQ(DayString(20'414), "2025-11-22");
-  EXPECT_EQ(ParseDay("2025-11-22"), 20'414);
-  EXPECT_EQ(ParseDay("2024-02-29"), 19'782);
-  EXPECT_FALSE(ParseDay("2025-02-29").has_value());
-  EXPECT_FALSE(ParseDay("2025-13-01").has_value());
-  EXPECT_FALSE(ParseDay("2025-1-01").has_value());
-  EXPECT_FALSE(ParseDay("yesterday").has_value());
-}
-
 }  // namespace
 }  // namespace tollgate::billing

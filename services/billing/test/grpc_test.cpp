@@ -13,8 +13,10 @@
 #include "tollgate/billing/cost.h"
 #include "tollgate/billing/module.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/metrics.h"
 
@@ -192,7 +194,7 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   pb::HoldResponse held;
   grpc::Status refused = billing_->Hold(Ctx("").get(), hold, &held);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(refused.error_details(), "insufficient_quota");
+  EXPECT_EQ(FromGrpcStatus(refused), ErrorCode::kInsufficientQuota);
 
   pb::CreateAccountRequest create;
   create.set_user_id(42);
@@ -249,11 +251,9 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
             grpc::StatusCode::NOT_FOUND);
 
   pb::UsageReportRequest report;
-  const int64_t today = UtcDay(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-  report.set_from_day(DayString(today - 1));
-  report.set_to_day(DayString(today + 1));
+  const std::chrono::sys_days today = DayOf(std::chrono::system_clock::now());
+  report.set_from_day(FormatDay(today - std::chrono::days(1)));
+  report.set_to_day(FormatDay(today + std::chrono::days(1)));
   report.add_group_by(pb::REPORT_DIMENSION_USER);
   report.add_group_by(pb::REPORT_DIMENSION_MODEL);
   pb::UsageReportResponse rows;
@@ -273,7 +273,7 @@ TEST_F(BillingGrpcTest, HoldRecordAndReportOverGrpc) {
   pb::GetUsageResponse usage;
   ASSERT_TRUE(billing_->GetUsage(Ctx("").get(), usage_request, &usage).ok());
   ASSERT_EQ(usage.rows_size(), 1);
-  EXPECT_EQ(usage.rows(0).day(), DayString(today));
+  EXPECT_EQ(usage.rows(0).day(), FormatDay(today));
   EXPECT_EQ(usage.rows(0).requests(), 2);
   EXPECT_EQ(usage.rows(0).cost_micros(), 900);
   usage_request.set_user_id(0);

@@ -1,6 +1,7 @@
 #include "src/grpc_call.h"
 
 #include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"
 
 namespace tollgate::edge {

@@ -28,6 +28,7 @@
 #include "src/http_server.h"
 #include "src/proxy.h"
 #include "test/permissive_clients.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/router/v1/router.grpc.pb.h"
 
@@ -205,10 +206,8 @@ class FakeRouter final : public pb::RouterService::Service {
     std::lock_guard lock(mu_);
     ++route_calls_;
     auto it = plans_.find(request->model());
-    if (it == plans_.end())
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model", "model_not_found");
-    if (it->second.empty())
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "all open", "no_healthy_upstream");
+    if (it == plans_.end()) return ToGrpcStatus(ErrorCode::kModelNotFound, "no such model");
+    if (it->second.empty()) return ToGrpcStatus(ErrorCode::kNoHealthyUpstream, "all open");
     response->set_model(request->model());
     for (const auto& a : it->second) *response->add_attempts() = a;
     return grpc::Status::OK;

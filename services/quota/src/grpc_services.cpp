@@ -8,7 +8,7 @@
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
-#include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/log.h"
 #include "tollgate/worker_call.h"
 
@@ -45,8 +45,8 @@ pb::SubjectKind ToProto(SubjectKind kind) {
 
 SubjectKind FromProto(pb::SubjectKind kind, const std::string& subject) {
   if (subject.empty() || subject.size() > 256)
-    throw AdminError(AdminError::Kind::kInvalidArgument,
-                     "subject must be 1 to 256 characters (a key id, user id or IP address)");
+    throw Error(ErrorCode::kInvalidRequest,
+                "subject must be 1 to 256 characters (a key id, user id or IP address)");
   switch (kind) {
     case pb::SUBJECT_KIND_KEY:
       return SubjectKind::kKey;
@@ -55,9 +55,9 @@ SubjectKind FromProto(pb::SubjectKind kind, const std::string& subject) {
     case pb::SUBJECT_KIND_IP:
       return SubjectKind::kIp;
     default:
-      throw AdminError(AdminError::Kind::kInvalidArgument,
-                       "subject_kind must be SUBJECT_KIND_KEY, SUBJECT_KIND_USER or "
-                       "SUBJECT_KIND_IP");
+      throw Error(ErrorCode::kInvalidRequest,
+                  "subject_kind must be SUBJECT_KIND_KEY, SUBJECT_KIND_USER or "
+                  "SUBJECT_KIND_IP");
   }
 }
 
@@ -75,11 +75,6 @@ void Fill(SubjectKind kind, const std::string& subject, const EffectivePolicy& p
   out->set_monthly_tokens(p.limits.monthly_tokens);
   out->set_daily_tokens(p.limits.daily_tokens);
   out->set_overridden(p.overridden);
-}
-
-grpc::Status Unavailable() {
-  return ToGrpcStatus(ErrorCode::kServiceUnavailable,
-                      "the quota service's database is unavailable; try again");
 }
 
 struct QuotaMetrics {
@@ -122,11 +117,9 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
       AdmitDecision d;
       try {
         d = deps_.limiter.Admit(in);
-      } catch (const std::exception& e) {
-        log::Error("quota", "admit failed",
-                   {{"request_id", request->request_id()}, {"error", log::Redact(e.what())}});
+      } catch (...) {
         metrics_.failed->Increment();
-        reactor->Finish(Unavailable());
+        reactor->Finish(ExceptionToGrpcStatus(std::current_exception(), "quota", "Admit"));
         return;
       }
       if (d.denial)
@@ -166,9 +159,8 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
       try {
         prepared =
             std::make_shared<std::vector<SettledRequest>>(deps_.limiter.PrepareSettle(*inputs));
-      } catch (const std::exception& e) {
-        log::Error("quota", "settle failed", {{"error", log::Redact(e.what())}});
-        reactor->Finish(Unavailable());
+      } catch (...) {
+        reactor->Finish(ExceptionToGrpcStatus(std::current_exception(), "quota", "Settle"));
         return;
       }
       auto batch = *prepared;
@@ -176,12 +168,7 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
           std::move(batch), [this, reactor, inputs, prepared](const std::vector<bool>& fresh,
                                                               std::exception_ptr error) {
             if (error) {
-              try {
-                std::rethrow_exception(error);
-              } catch (const std::exception& e) {
-                log::Error("quota", "settle commit failed", {{"error", log::Redact(e.what())}});
-              }
-              reactor->Finish(Unavailable());
+              reactor->Finish(ExceptionToGrpcStatus(error, "quota", "Settle commit"));
               return;
             }
             deps_.limiter.ApplySettled(*inputs, *prepared, fresh);
@@ -228,8 +215,8 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
       auto take = [](bool has, int64_t v, const char* name) -> std::optional<int64_t> {
         if (!has) return std::nullopt;
         if (v < 0)
-          throw AdminError(AdminError::Kind::kInvalidArgument,
-                           std::string(name) + " must be >= 0 (0: unlimited)");
+          throw Error(ErrorCode::kInvalidRequest,
+                      std::string(name) + " must be >= 0 (0: unlimited)");
         return v;
       };
       p.rpm = take(request->has_rpm(), request->rpm(), "rpm");
@@ -238,12 +225,11 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
           take(request->has_monthly_tokens(), request->monthly_tokens(), "monthly_tokens");
       p.daily_tokens = take(request->has_daily_tokens(), request->daily_tokens(), "daily_tokens");
       if (p.kind == SubjectKind::kUser && (p.rpm || p.tpm))
-        throw AdminError(AdminError::Kind::kInvalidArgument,
-                         "users have monthly and daily token quotas only; rate limits apply "
-                         "per key and per IP");
+        throw Error(ErrorCode::kInvalidRequest,
+                    "users have monthly and daily token quotas only; rate limits apply "
+                    "per key and per IP");
       if (p.kind == SubjectKind::kIp && (p.monthly_tokens || p.daily_tokens))
-        throw AdminError(AdminError::Kind::kInvalidArgument,
-                         "client IPs have rate limits (rpm, tpm) only");
+        throw Error(ErrorCode::kInvalidRequest, "client IPs have rate limits (rpm, tpm) only");
       deps_.repo.UpsertPolicy(
           p, MakeAuditEntry(*context, "set_policy", PolicyTarget(p.kind, p.subject), *request));
       deps_.limiter.PutPolicy(p);
@@ -270,7 +256,7 @@ class QuotaAdminServiceImpl final : public pb::QuotaAdminService::CallbackServic
               kind, request->subject(),
               MakeAuditEntry(*context, "delete_policy", PolicyTarget(kind, request->subject()),
                              *request)))
-        throw AdminError(AdminError::Kind::kNotFound, "no policy override for this subject");
+        throw Error(ErrorCode::kNotFound, "no policy override for this subject");
       deps_.limiter.RemovePolicy(kind, request->subject());
     });
   }

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <ctime>
 #include <random>
 
+#include "tollgate/civil_date.h"
 #include "tollgate/saturating.h"
 
 namespace tollgate::quota {
@@ -12,13 +12,6 @@ namespace {
 
 using std::chrono::duration_cast;
 using std::chrono::milliseconds;
-
-std::tm Utc(Clock::WallTime t) {
-  std::time_t secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  return tm;
-}
 
 // On either clock: a window's end (steady) or a period's start (wall).
 template <typename TimePoint>
@@ -75,25 +68,11 @@ const char* LimitName(LimitKind kind) {
 }
 
 std::string PeriodOf(PeriodKind kind, Clock::WallTime t) {
-  std::tm tm = Utc(t);
-  char buf[40];
-  if (kind == PeriodKind::kMonth)
-    std::snprintf(buf, sizeof buf, "%04d-%02d", tm.tm_year + 1900, tm.tm_mon + 1);
-  else
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
-  return buf;
+  return kind == PeriodKind::kMonth ? FormatMonth(DayOf(t)) : FormatDay(DayOf(t));
 }
 
 Clock::WallTime NextPeriodStart(PeriodKind kind, Clock::WallTime t) {
-  std::tm tm = Utc(t);
-  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-  if (kind == PeriodKind::kMonth) {
-    tm.tm_mday = 1;
-    tm.tm_mon += 1;  // timegm normalises December + 1
-  } else {
-    tm.tm_mday += 1;
-  }
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  return kind == PeriodKind::kMonth ? NextMonthStart(DayOf(t)) : DayOf(t) + std::chrono::days(1);
 }
 
 Limiter::Limiter(LimiterOptions options, const Clock& clock, QuotaRepository& repo)

@@ -9,13 +9,11 @@
 namespace tollgate::router {
 namespace {
 
-using Kind = RouterError::Kind;
-
 constexpr int32_t kMaxWeight = 10000;
 constexpr size_t kMaxSecret = 4096;
 
 [[noreturn]] void Invalid(const std::string& message) {
-  throw RouterError(Kind::kInvalidArgument, message);
+  throw Error(ErrorCode::kInvalidRequest, message);
 }
 
 // Identifiers: names of providers, keys, models, aliases, deployments. Model
@@ -26,12 +24,11 @@ void CheckLimits(int64_t max_output_tokens, int64_t default_max_tokens) {
   for (auto [what, value] : {std::pair{"max_output_tokens", max_output_tokens},
                              std::pair{"default_max_tokens", default_max_tokens}})
     if (value < 0 || value > kMaxModelTokens)
-      throw RouterError(RouterError::Kind::kInvalidArgument,
-                        std::string(what) + " must be between 0 (not configured) and " +
-                            std::to_string(kMaxModelTokens));
+      throw Error(ErrorCode::kInvalidRequest, std::string(what) +
+                                                  " must be between 0 (not configured) and " +
+                                                  std::to_string(kMaxModelTokens));
   if (max_output_tokens > 0 && default_max_tokens > max_output_tokens)
-    throw RouterError(RouterError::Kind::kInvalidArgument,
-                      "default_max_tokens must not exceed max_output_tokens");
+    throw Error(ErrorCode::kInvalidRequest, "default_max_tokens must not exceed max_output_tokens");
 }
 
 void CheckName(std::string_view what, const std::string& value, size_t max) {

@@ -5,7 +5,7 @@
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
-#include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 #include "tollgate/log.h"
 
 namespace tollgate::router {
@@ -149,7 +149,7 @@ class RouterServiceImpl final : public pb::RouterService::CallbackService {
     auto* reactor = context->DefaultReactor();
     CatalogueRefresher::Snapshot snapshot = refresher_.Current();
     if (!snapshot.catalogue) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "catalogue not loaded yet"));
+      reactor->Finish(ToGrpcStatus(ErrorCode::kServiceUnavailable, "catalogue not loaded yet"));
       return reactor;
     }
     response->set_version(snapshot.version);
@@ -289,9 +289,9 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
     return OnWorker(context, "CreateProvider", [=, this] {
       auto type = FromProto(request->type());
       if (!type)
-        throw RouterError(RouterError::Kind::kInvalidArgument,
-                          "type must be PROVIDER_TYPE_OPENAI, PROVIDER_TYPE_AZURE_OPENAI or "
-                          "PROVIDER_TYPE_OPENAI_COMPATIBLE");
+        throw Error(ErrorCode::kInvalidRequest,
+                    "type must be PROVIDER_TYPE_OPENAI, PROVIDER_TYPE_AZURE_OPENAI or "
+                    "PROVIDER_TYPE_OPENAI_COMPATIBLE");
       NewProvider p;
       p.name = request->name();
       p.type = *type;

@@ -6,8 +6,6 @@
 namespace tollgate::router {
 namespace {
 
-using Kind = RouterError::Kind;
-
 constexpr const char* kProviderColumns =
     "id, name, type, base_url, api_version, enabled, EXTRACT(EPOCH FROM created_at)::BIGINT";
 constexpr const char* kKeyColumns =
@@ -98,7 +96,7 @@ Provider PgRouterRepository::CreateProvider(const NewProvider& p, const AuditEnt
       tx.commit();
       return created;
     } catch (const pqxx::unique_violation&) {
-      throw RouterError(Kind::kAlreadyExists, "provider '" + p.name + "' already exists");
+      throw Error(ErrorCode::kAlreadyExists, "provider '" + p.name + "' already exists");
     }
   });
 }
@@ -118,7 +116,7 @@ Provider PgRouterRepository::UpdateProvider(int64_t id, const ProviderPatch& pat
                                patch.base_url.has_value(), patch.base_url.value_or(""),
                                patch.api_version.has_value(), patch.api_version.value_or(""));
     if (rows.empty())
-      throw RouterError(Kind::kNotFound, "provider " + std::to_string(id) + " not found");
+      throw Error(ErrorCode::kNotFound, "provider " + std::to_string(id) + " not found");
     WriteAudit(tx, audit);
     tx.commit();
     return ProviderFrom(rows[0]);
@@ -151,11 +149,10 @@ UpstreamKeyRecord PgRouterRepository::CreateUpstreamKey(const NewUpstreamKey& k,
       tx.commit();
       return created;
     } catch (const pqxx::foreign_key_violation&) {
-      throw RouterError(Kind::kNotFound,
-                        "provider " + std::to_string(k.provider_id) + " not found");
+      throw Error(ErrorCode::kNotFound, "provider " + std::to_string(k.provider_id) + " not found");
     } catch (const pqxx::unique_violation&) {
-      throw RouterError(Kind::kAlreadyExists, "provider " + std::to_string(k.provider_id) +
-                                                  " already has a key named '" + k.name + "'");
+      throw Error(ErrorCode::kAlreadyExists, "provider " + std::to_string(k.provider_id) +
+                                                 " already has a key named '" + k.name + "'");
     }
   });
 }
@@ -180,7 +177,7 @@ UpstreamKeyRecord PgRouterRepository::UpdateUpstreamKey(int64_t id, const Upstre
         patch.enabled.value_or(false), rotate, Bytes(secret.ciphertext), Bytes(secret.nonce),
         patch.key_prefix.value_or(""));
     if (rows.empty())
-      throw RouterError(Kind::kNotFound, "upstream key " + std::to_string(id) + " not found");
+      throw Error(ErrorCode::kNotFound, "upstream key " + std::to_string(id) + " not found");
     WriteAudit(tx, audit);
     tx.commit();
     return KeyFrom(rows[0]);
@@ -192,7 +189,7 @@ void PgRouterRepository::DeleteUpstreamKey(int64_t id, const AuditEntry& audit) 
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM upstream_keys WHERE id = $1 RETURNING id", id);
     if (rows.empty())
-      throw RouterError(Kind::kNotFound, "upstream key " + std::to_string(id) + " not found");
+      throw Error(ErrorCode::kNotFound, "upstream key " + std::to_string(id) + " not found");
     WriteAudit(tx, audit);
     tx.commit();
   });
@@ -224,12 +221,12 @@ ModelRecord PgRouterRepository::CreateModel(const ModelRecord& model, const Audi
               kModelColumns),
           name, model.owned_by, model.max_output_tokens, model.default_max_tokens);
       if (rows.empty())
-        throw RouterError(Kind::kAlreadyExists, "'" + name + "' is already an alias");
+        throw Error(ErrorCode::kAlreadyExists, "'" + name + "' is already an alias");
       WriteAudit(tx, audit);
       tx.commit();
       return ModelFrom(rows[0]);
     } catch (const pqxx::unique_violation&) {
-      throw RouterError(Kind::kAlreadyExists, "model '" + name + "' already exists");
+      throw Error(ErrorCode::kAlreadyExists, "model '" + name + "' already exists");
     }
   });
 }
@@ -243,7 +240,7 @@ ModelRecord PgRouterRepository::SetModelLimits(const std::string& name, int64_t 
                                    "default_max_tokens = $3 WHERE name = $1 RETURNING ",
                                    kModelColumns),
                                name, max_output_tokens, default_max_tokens);
-    if (rows.empty()) throw RouterError(Kind::kNotFound, "model '" + name + "' not found");
+    if (rows.empty()) throw Error(ErrorCode::kNotFound, "model '" + name + "' not found");
     WriteAudit(tx, audit);
     tx.commit();
     return ModelFrom(rows[0]);
@@ -254,7 +251,7 @@ void PgRouterRepository::DeleteModel(const std::string& name, const AuditEntry& 
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM models WHERE name = $1 RETURNING name", name);
-    if (rows.empty()) throw RouterError(Kind::kNotFound, "model '" + name + "' not found");
+    if (rows.empty()) throw Error(ErrorCode::kNotFound, "model '" + name + "' not found");
     WriteAudit(tx, audit);
     tx.commit();
   });
@@ -272,8 +269,8 @@ ModelRoute PgRouterRepository::SetModelRoute(const ModelRoute& route, const Audi
       tx.commit();
       return route;
     } catch (const pqxx::foreign_key_violation&) {
-      throw RouterError(Kind::kNotFound, "model '" + route.model + "' or provider " +
-                                             std::to_string(route.provider_id) + " not found");
+      throw Error(ErrorCode::kNotFound, "model '" + route.model + "' or provider " +
+                                            std::to_string(route.provider_id) + " not found");
     }
   });
 }
@@ -286,8 +283,8 @@ void PgRouterRepository::DeleteModelRoute(const std::string& model, int64_t prov
         "DELETE FROM model_routes WHERE model = $1 AND provider_id = $2 RETURNING model", model,
         provider_id);
     if (rows.empty())
-      throw RouterError(Kind::kNotFound, "no route from model '" + model + "' to provider " +
-                                             std::to_string(provider_id));
+      throw Error(ErrorCode::kNotFound,
+                  "no route from model '" + model + "' to provider " + std::to_string(provider_id));
     WriteAudit(tx, audit);
     tx.commit();
   });
@@ -304,11 +301,11 @@ void PgRouterRepository::SetAlias(const std::string& alias, const std::string& m
           "ON CONFLICT (alias) DO UPDATE SET model = EXCLUDED.model RETURNING alias",
           alias, model);
       if (rows.empty())
-        throw RouterError(Kind::kAlreadyExists, "'" + alias + "' is a model, not an alias");
+        throw Error(ErrorCode::kAlreadyExists, "'" + alias + "' is a model, not an alias");
       WriteAudit(tx, audit);
       tx.commit();
     } catch (const pqxx::foreign_key_violation&) {
-      throw RouterError(Kind::kNotFound, "model '" + model + "' not found");
+      throw Error(ErrorCode::kNotFound, "model '" + model + "' not found");
     }
   });
 }
@@ -317,7 +314,7 @@ void PgRouterRepository::DeleteAlias(const std::string& alias, const AuditEntry&
   pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     auto rows = tx.exec_params("DELETE FROM model_aliases WHERE alias = $1 RETURNING alias", alias);
-    if (rows.empty()) throw RouterError(Kind::kNotFound, "alias '" + alias + "' not found");
+    if (rows.empty()) throw Error(ErrorCode::kNotFound, "alias '" + alias + "' not found");
     WriteAudit(tx, audit);
     tx.commit();
   });

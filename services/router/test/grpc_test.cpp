@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "router_service_fixture.h"
+#include "tollgate/grpc_errors.h"
 
 namespace tollgate::router {
 namespace {
@@ -120,7 +121,7 @@ TEST_F(RouterGrpcTest, UnknownModelIsNotFoundInOpenAiWords) {
   pb::RouteResponse plan;
   auto status = Route("gpt-5-nope", &plan);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(status.error_details(), "model_not_found");
+  EXPECT_EQ(FromGrpcStatus(status), ErrorCode::kModelNotFound);
   EXPECT_EQ(status.error_message(),
             "The model `gpt-5-nope` does not exist or you do not have access to it.");
 }
@@ -161,7 +162,7 @@ TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
   pb::RouteResponse plan;
   auto status = Route("mini", &plan);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(status.error_details(), "no_healthy_upstream");
+  EXPECT_EQ(FromGrpcStatus(status), ErrorCode::kNoHealthyUpstream);
 
   prometheus::TextSerializer serializer;
   std::string text = serializer.Serialize(process_->metrics().registry().Collect());
@@ -221,7 +222,7 @@ TEST_F(RouterGrpcTest, AdminErrorsMapToStatusCodes) {
   EXPECT_FALSE(disabled.provider().enabled());
   EXPECT_EQ(disabled.provider().base_url(), "https://api.openai.com/v1");
   pb::RouteResponse plan;
-  EXPECT_EQ(Route("mini", &plan).error_details(), "no_healthy_upstream");
+  EXPECT_EQ(FromGrpcStatus(Route("mini", &plan)), ErrorCode::kNoHealthyUpstream);
 
   pb::ListCatalogueResponse catalogue;
   ASSERT_TRUE(admin_->ListCatalogue(Ctx().get(), {}, &catalogue).ok());

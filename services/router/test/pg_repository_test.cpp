@@ -15,15 +15,14 @@ namespace tollgate::router {
 namespace {
 
 using testing::TestDatabase;
-using Kind = RouterError::Kind;
 
 template <typename Fn>
-void ExpectRouterError(Kind kind, Fn&& fn, const std::string& what_contains = "") {
+void ExpectRouterError(ErrorCode kind, Fn&& fn, const std::string& what_contains = "") {
   try {
     fn();
-    ADD_FAILURE() << "no RouterError";
-  } catch (const RouterError& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
+    ADD_FAILURE() << "no Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), kind) << e.what();
     if (!what_contains.empty()) {
       EXPECT_NE(std::string(e.what()).find(what_contains), std::string::npos) << e.what();
     }
@@ -103,38 +102,40 @@ TEST_F(RouterPgRepositoryTest, CatalogueRoundTrip) {
 TEST_F(RouterPgRepositoryTest, DuplicatesAndMissingReferencesAreReported) {
   Provider p = MakeProvider();
   ExpectRouterError(
-      Kind::kAlreadyExists, [&] { MakeProvider(); }, "already exists");
+      ErrorCode::kAlreadyExists, [&] { MakeProvider(); }, "already exists");
   NewUpstreamKey nk;
   nk.provider_id = p.id;
   nk.name = "k";
   nk.secret = {"c", std::string(12, 'n')};
   nk.key_prefix = "x";
   repo_.CreateUpstreamKey(nk, audit_);
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateUpstreamKey(nk, audit_); });
+  ExpectRouterError(ErrorCode::kAlreadyExists, [&] { repo_.CreateUpstreamKey(nk, audit_); });
   nk.provider_id = 9999;
   ExpectRouterError(
-      Kind::kNotFound, [&] { repo_.CreateUpstreamKey(nk, audit_); }, "provider 9999");
+      ErrorCode::kNotFound, [&] { repo_.CreateUpstreamKey(nk, audit_); }, "provider 9999");
 
   repo_.CreateModel({"m", "system"}, audit_);
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.CreateModel({"m", "system"}, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"nope", p.id, "x"}, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.SetAlias("a", "nope", audit_); });
-  ExpectRouterError(Kind::kAlreadyExists, [&] { repo_.SetAlias("m", "m", audit_); });
+  ExpectRouterError(ErrorCode::kAlreadyExists, [&] { repo_.CreateModel({"m", "system"}, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] {
+    repo_.SetModelRoute({"nope", p.id, "x"}, audit_);
+  });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.SetModelRoute({"m", 9999, "x"}, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.SetAlias("a", "nope", audit_); });
+  ExpectRouterError(ErrorCode::kAlreadyExists, [&] { repo_.SetAlias("m", "m", audit_); });
   repo_.SetAlias("a", "m", audit_);
   ExpectRouterError(
-      Kind::kAlreadyExists,
+      ErrorCode::kAlreadyExists,
       [&] {
         repo_.CreateModel({"a", "system"}, audit_);
       },
       "alias");
 
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateProvider(9999, {}, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteUpstreamKey(9999, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModel("nope", audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteModelRoute("m", p.id, audit_); });
-  ExpectRouterError(Kind::kNotFound, [&] { repo_.DeleteAlias("nope", audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.UpdateProvider(9999, {}, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.UpdateUpstreamKey(9999, {}, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.DeleteUpstreamKey(9999, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.DeleteModel("nope", audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.DeleteModelRoute("m", p.id, audit_); });
+  ExpectRouterError(ErrorCode::kNotFound, [&] { repo_.DeleteAlias("nope", audit_); });
 }
 
 TEST_F(RouterPgRepositoryTest, PartialUpdatesChangeOnlyWhatIsSet) {
@@ -255,7 +256,7 @@ TEST_F(RouterAdminTest, ChangesAreLiveInThePoolBeforeTheCallReturns) {
 
 TEST_F(RouterAdminTest, RejectsBadInput) {
   auto bad = [&](auto fn, const std::string& what) {
-    ExpectRouterError(Kind::kInvalidArgument, fn, what);
+    ExpectRouterError(ErrorCode::kInvalidRequest, fn, what);
   };
   bad(
       [&] {
@@ -323,8 +324,8 @@ TEST_F(RouterAdminTest, ModelLimitsAreStoredAuditedAndReachThePlan) {
     try {
       fn();
       ADD_FAILURE() << "accepted: " << what;
-    } catch (const RouterError& e) {
-      EXPECT_EQ(e.kind(), RouterError::Kind::kInvalidArgument);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidRequest);
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
     }
   };
@@ -332,7 +333,7 @@ TEST_F(RouterAdminTest, ModelLimitsAreStoredAuditedAndReachThePlan) {
   bad([&] { admin_.SetModelLimits("gpt-4o", 0, 10'000'001, audit_); }, "default_max_tokens");
   bad([&] { admin_.SetModelLimits("gpt-4o", 100, 200, audit_); }, "must not exceed");
   bad([&] { admin_.CreateModel({"other", "", 0, 0, -3}, audit_); }, "default_max_tokens");
-  EXPECT_THROW(admin_.SetModelLimits("nope", 1, 1, audit_), RouterError);
+  EXPECT_THROW(admin_.SetModelLimits("nope", 1, 1, audit_), Error);
   EXPECT_EQ(admin_.ListAuditLog(10000).size(), before + 1) << "failed changes write nothing";
 }
 
@@ -408,7 +409,7 @@ TEST_F(RouterAdminTest, ChangesAreAuditedOnceAndNeverHoldTheSecret) {
   ASSERT_EQ(count(), 3);
 
   // Failed changes leave nothing behind.
-  auto fails = [&](auto fn) { EXPECT_THROW(fn(), RouterError); };
+  auto fails = [&](auto fn) { EXPECT_THROW(fn(), Error); };
   fails([&] { admin_.CreateUpstreamKey(9999, "k", "sk-secret-xyz", 1, true, audit_); });
   fails([&] { admin_.CreateUpstreamKey(p.id, "k", "sk bad", 1, true, audit_); });
   fails([&] {

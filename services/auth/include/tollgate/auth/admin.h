@@ -1,6 +1,6 @@
 // The operator's view of users and keys: validates admin input, generates keys, writes through
 // the repository and applies the change to the key cache, so it is live on this replica (and
-// pushed to the edges watching it) before the call returns. Throws AuthError for bad input or
+// pushed to the edges watching it) before the call returns. Throws Error for bad input or
 // a missing/duplicate object; other exceptions mean the database failed.
 #pragma once
 

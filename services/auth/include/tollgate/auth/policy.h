@@ -4,8 +4,6 @@
 // No I/O, no gRPC, no database.
 #pragma once
 
-#include "tollgate/admin_error.h"
-
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -119,8 +117,5 @@ std::string_view VerdictName(Verdict verdict);
 // The checks in order: revoked, disabled, expired, user disabled, client IP. An unparsable
 // client IP fails a non-empty IP allowlist.
 Verdict Evaluate(const KeyPrincipal& principal, std::string_view client_ip, int64_t now_unix_s);
-
-// An expected failure of an admin operation; the message is safe to show the caller.
-using AuthError = ::tollgate::AdminError;
 
 }  // namespace tollgate::auth

@@ -1,6 +1,7 @@
 // Where users and API keys are stored. Keys arrive here already hashed: the repository never
-// sees a key. Expected failures throw AuthError (kNotFound, kAlreadyExists, kInvalidArgument,
-// kFailedPrecondition); anything else (the database is down) throws another std::exception.
+// sees a key. Expected failures throw Error (ErrorCode kNotFound, kAlreadyExists,
+// kInvalidRequest, kFailedPrecondition); anything else (the database is down) throws another
+// std::exception.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "tollgate/audit.h"
 #include "tollgate/auth/policy.h"
+#include "tollgate/errors.h"
 
 namespace tollgate::auth {
 

@@ -87,7 +87,7 @@ class Billing final {
   // stores them in one transaction. Returns per record whether it was new.
   std::vector<bool> Record(std::vector<UsageInput> records);
 
-  // Admin operations: BillingError for bad input; each is audited with `actor`.
+  // Admin operations: Error for bad input; each is audited with `actor`.
   PriceRecord SetPrice(const std::string& actor, const NewPrice& price);
   std::vector<PriceRecord> ListPrices(const std::string& model);
   void SetMultiplier(const std::string& actor, int64_t user_id, int64_t multiplier_ppm);

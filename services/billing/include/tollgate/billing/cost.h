@@ -77,10 +77,4 @@ struct PriceRecord {
 std::optional<PriceRecord> SelectPrice(const std::vector<PriceRecord>& prices,
                                        const std::string& provider, int64_t at_ms);
 
-// Days since 1970-01-01 (UTC) of a Unix-milliseconds time, and its "YYYY-MM-DD".
-int64_t UtcDay(int64_t unix_ms);
-std::string DayString(int64_t day);
-// "YYYY-MM-DD" -> days since the epoch; nullopt when malformed.
-std::optional<int64_t> ParseDay(const std::string& text);
-
 }  // namespace tollgate::billing

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -20,6 +21,7 @@ namespace tollgate::billing {
 struct IngestReply {
   bool ok = false;
   std::vector<bool> stored;  // per record, when ok
+  std::exception_ptr error;  // why not, when not ok
 };
 
 class Ingestor final {

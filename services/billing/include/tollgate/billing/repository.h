@@ -1,4 +1,4 @@
-// Where billing keeps its ledger. Expected failures throw BillingError;
+// Where billing keeps its ledger. Expected failures throw Error;
 // anything else (the database is down) throws another std::exception.
 #pragma once
 
@@ -8,16 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "tollgate/admin_error.h"
 #include "tollgate/audit.h"
 #include "tollgate/billing/cost.h"
 #include "tollgate/billing/hold_book.h"
+#include "tollgate/errors.h"
 
 namespace tollgate::billing {
-
-// An expected refusal (bad input, unknown or duplicate object); the message is
-// safe to show the caller.
-using BillingError = ::tollgate::AdminError;
 
 // One admin action, written in the transaction that makes the change.
 using AuditEntry = ::tollgate::AuditEntry;

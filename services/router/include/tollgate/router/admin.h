@@ -1,6 +1,6 @@
 // The operator's view of the router: validates admin input, seals secrets,
 // writes through the repository and reloads the key pool so the change is
-// live on this replica before the call returns. Throws RouterError for bad
+// live on this replica before the call returns. Throws Error for bad
 // input or a missing/duplicate object; other exceptions mean the database failed.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Where the router's catalogue is stored. Secrets arrive here already sealed.
-// Expected failures throw RouterError (kNotFound, kAlreadyExists,
-// kInvalidArgument); anything else (the database is down) throws another
+// Expected failures throw Error (ErrorCode kNotFound, kAlreadyExists,
+// kInvalidRequest); anything else (the database is down) throws another
 // std::exception.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tollgate/audit.h"
+#include "tollgate/errors.h"
 #include "tollgate/router/catalogue.h"
 
 namespace tollgate::router {

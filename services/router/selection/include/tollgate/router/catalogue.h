@@ -3,8 +3,6 @@
 // repository stores and what the key pool is built from.
 #pragma once
 
-#include "tollgate/admin_error.h"
-
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -82,9 +80,5 @@ struct Catalogue {
   std::vector<ModelAlias> aliases;
   bool operator==(const Catalogue&) const = default;
 };
-
-// An expected failure of an admin operation; the message is safe to show the caller.
-// Admin refusals (bad input, unknown or duplicate objects) are the common kind.
-using RouterError = ::tollgate::AdminError;
 
 }  // namespace tollgate::router
