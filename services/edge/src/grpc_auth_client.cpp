@@ -12,6 +12,7 @@
 #include "src/grpc_call.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/auth/v1/auth.grpc.pb.h"
+#include "tollgate/civil_date.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/log.h"
 
@@ -54,15 +55,6 @@ KeyPrincipal FromProto(const pb::Principal& p) {
   return out;
 }
 
-std::string UtcTime(int64_t unix_s) {
-  std::time_t t = static_cast<std::time_t>(unix_s);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 AuthResult Refuse(ErrorCode code, std::string message) {
   AuthResult r;
   r.failure = Failure{code, std::move(message)};
@@ -95,7 +87,7 @@ AuthResult Decide(bool known, const KeyPrincipal& p, std::string_view key,
       return Refuse(ErrorCode::kInvalidApiKey, "The API key " + masked + " is disabled.");
     case Verdict::kKeyExpired:
       return Refuse(ErrorCode::kPermissionDenied,
-                    "The API key " + masked + " expired at " + UtcTime(p.expires_at) + ".");
+                    "The API key " + masked + " expired at " + FormatTimestamp(std::chrono::sys_seconds(std::chrono::seconds(p.expires_at))) + ".");
     case Verdict::kUserDisabled:
       return Refuse(ErrorCode::kPermissionDenied,
                     "The user the API key " + masked + " belongs to is disabled.");

@@ -12,6 +12,7 @@
 #include "src/async.h"
 #include "src/endpoints.h"
 #include "src/exchange.h"
+#include "tollgate/civil_date.h"
 
 namespace tollgate::edge {
 namespace {
@@ -36,37 +37,6 @@ std::string QueryParam(std::string_view target, std::string_view name) {
   return {};
 }
 
-// A UTC day written YYYY-MM-DD (a real calendar date), or nothing.
-std::optional<std::chrono::sys_days> ParseDay(std::string_view text) {
-  if (text.size() != 10 || text[4] != '-' || text[7] != '-') return std::nullopt;
-  int parts[3] = {0, 0, 0};
-  const size_t at[3][2] = {{0, 4}, {5, 2}, {8, 2}};
-  for (int i = 0; i < 3; ++i)
-    for (size_t k = 0; k < at[i][1]; ++k) {
-      char c = text[at[i][0] + k];
-      if (c < '0' || c > '9') return std::nullopt;
-      parts[i] = parts[i] * 10 + (c - '0');
-    }
-  std::chrono::year_month_day ymd{std::chrono::year(parts[0]),
-                                  std::chrono::month(static_cast<unsigned>(parts[1])),
-                                  std::chrono::day(static_cast<unsigned>(parts[2]))};
-  if (!ymd.ok()) return std::nullopt;
-  return std::chrono::sys_days(ymd);
-}
-
-std::string FormatDay(std::chrono::sys_days day) {
-  std::chrono::year_month_day ymd(day);
-  char text[16];
-  std::snprintf(text, sizeof text, "%04d-%02u-%02u", static_cast<int>(ymd.year()),
-                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
-  return text;
-}
-
-std::chrono::year_month_day Today() {
-  return std::chrono::year_month_day(
-      std::chrono::floor<std::chrono::days>(std::chrono::system_clock::now()));
-}
-
 // A range of UTC days (inclusive, YYYY-MM-DD) read from a query, or why not (a 400).
 struct DayRange {
   std::string from;
@@ -80,11 +50,9 @@ DayRange OwnUsageRange(std::string_view target) {
   std::string start = QueryParam(target, "start_date");
   std::string end = QueryParam(target, "end_date");
   if (std::string date = QueryParam(target, "date"); !date.empty()) start = end = date;
-  const auto today = Today();
-  if (end.empty()) end = FormatDay(std::chrono::sys_days(today));
-  if (start.empty())
-    start = FormatDay(std::chrono::sys_days(
-        std::chrono::year_month_day(today.year(), today.month(), std::chrono::day(1))));
+  const auto today = DayOf(std::chrono::system_clock::now());
+  if (end.empty()) end = FormatDay(today);
+  if (start.empty()) start = FormatDay(MonthStart(today));
   auto from = ParseDay(start);
   auto to = ParseDay(end);
   if (!from) {

@@ -18,6 +18,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "src/async.h"
 #include "tollgate/errors.h"
+#include "tollgate/grpc_errors.h"
 
 namespace tollgate::edge {
 namespace {
