@@ -31,9 +31,9 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <grpcpp/generic/generic_stub.h>
 
-#include "child_process.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "pg_fixture.h"
+#include "test/child_process.h"
+#include "test/pg_fixture.h"
 #include "tollgate/grpc_server.h"
 #include "tollgate/internal_auth.h"
 #include "tollgate/router/v1/router.grpc.pb.h"

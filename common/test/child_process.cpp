@@ -1,4 +1,4 @@
-#include "child_process.h"
+#include "test/child_process.h"
 
 #include <fcntl.h>
 #include <sys/wait.h>

@@ -1,4 +1,4 @@
-#include "pg_fixture.h"
+#include "test/pg_fixture.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <thread>
 
-#include "pg_fixture.h"
+#include "test/pg_fixture.h"
 
 namespace tollgate {
 namespace {

@@ -1,7 +1,7 @@
 // Wires the auth service: its database, the key cache and its refresh, the gRPC services.
 #include "tollgate/auth/module.h"
 
-#include "grpc_services.h"
+#include "src/grpc_services.h"
 #include "tollgate/auth/admin.h"
 #include "tollgate/auth/key_cache.h"
 #include "tollgate/auth/pg_repository.h"

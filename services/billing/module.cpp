@@ -2,8 +2,8 @@
 // usage records, its gRPC services.
 #include "tollgate/billing/module.h"
 
-#include "billing_metrics.h"
-#include "grpc_services.h"
+#include "src/billing_metrics.h"
+#include "src/grpc_services.h"
 #include "tollgate/background_thread.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"

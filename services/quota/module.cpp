@@ -6,7 +6,7 @@
 #include <chrono>
 #include <stop_token>
 
-#include "grpc_services.h"
+#include "src/grpc_services.h"
 #include "tollgate/background_thread.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"

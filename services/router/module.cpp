@@ -3,8 +3,8 @@
 
 #include <openssl/crypto.h>
 
-#include "grpc_services.h"
-#include "router_metrics.h"
+#include "src/grpc_services.h"
+#include "src/router_metrics.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/metrics.h"

@@ -8,8 +8,8 @@
 #include <future>
 #include <thread>
 
-#include "auth_service_fixture.h"
 #include "src/grpc_auth_client.h"
+#include "test/auth_service_fixture.h"
 #include "tollgate/auth/pg_repository.h"
 #include "tollgate/pg.h"
 
@@ -116,30 +116,30 @@ TEST_F(AuthEdgeTest, RevocationReachesTheEdgeWithinTheBound) {
   ASSERT_TRUE(WaitUntil([&] { return client->watch_synced(); }));
 
   // What a revocation costs to reach an edge: the admin RPC's return to the first refused
-  // request, polled on the warm path (no round-trip of its own).
+  // request, polled on the warm path (no round-trip of its own). The documented bound is 1 s
+  // (docs/architecture.md, "Auth"), and that is what this test allows.
   std::vector<double> latencies;
   for (int i = 0; i < 5; ++i) {
     auto created = MakeKey(user);
     ASSERT_FALSE(Authenticate(*client, created.api_key()).failure);
     const int64_t calls = client->remote_calls();
-    auto t0 = std::chrono::steady_clock::now();
     Revoke(created.key().id());
     auto admin_done = std::chrono::steady_clock::now();
     ASSERT_TRUE(WaitUntil(
         [&] { return Authenticate(*client, created.api_key()).failure.has_value(); }, 5s));
     auto refused_at = std::chrono::steady_clock::now();
-    latencies.push_back(Ms(refused_at - t0).count());
+    latencies.push_back(Ms(refused_at - admin_done).count());
     auto refused = Authenticate(*client, created.api_key());
     EXPECT_EQ(refused.failure->code, ErrorCode::kInvalidApiKey);
     EXPECT_NE(refused.failure->message.find("has been revoked"), std::string::npos);
     EXPECT_EQ(client->remote_calls(), calls) << "pushed, not polled";
-    (void)admin_done;
   }
   std::sort(latencies.begin(), latencies.end());
-  std::cout << "[ measured ] revocation → refused at the edge, from the RevokeApiKey call: min "
-            << latencies.front() << " ms, median " << latencies[latencies.size() / 2] << " ms, max "
-            << latencies.back() << " ms (documented bound: 1 s)\n";
-  EXPECT_LT(latencies.back(), 2000.0);
+  std::cout
+      << "[ measured ] revocation → refused at the edge, from the RevokeApiKey call's return: min "
+      << latencies.front() << " ms, median " << latencies[latencies.size() / 2] << " ms, max "
+      << latencies.back() << " ms (documented bound: 1 s)\n";
+  EXPECT_LE(latencies.back(), 1000.0);
 
   // Disabling the user reaches every one of its cached keys the same way; so does an expiry.
   auto a = MakeKey(user);
@@ -157,7 +157,7 @@ TEST_F(AuthEdgeTest, RevocationReachesTheEdgeWithinTheBound) {
         auto rb = Authenticate(*client, b.api_key());
         return ra.failure && rb.failure;
       },
-      2s));
+      1s));
   auto disabled = Authenticate(*client, a.api_key());
   EXPECT_EQ(disabled.failure->code, ErrorCode::kPermissionDenied);
   EXPECT_NE(disabled.failure->message.find("belongs to is disabled"), std::string::npos);
@@ -173,7 +173,7 @@ TEST_F(AuthEdgeTest, RevocationReachesTheEdgeWithinTheBound) {
                         1);
   Update(expire);
   ASSERT_TRUE(
-      WaitUntil([&] { return Authenticate(*client, a.api_key()).failure.has_value(); }, 2s));
+      WaitUntil([&] { return Authenticate(*client, a.api_key()).failure.has_value(); }, 1s));
   auto expired = Authenticate(*client, a.api_key());
   EXPECT_EQ(expired.failure->code, ErrorCode::kPermissionDenied);
   EXPECT_NE(expired.failure->message.find("expired at"), std::string::npos);

@@ -10,9 +10,9 @@
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
-#include "child_process.h"
-#include "pg_fixture.h"
 #include "src/grpc_quota_client.h"
+#include "test/child_process.h"
+#include "test/pg_fixture.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/grpc_server.h"

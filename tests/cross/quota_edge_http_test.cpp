@@ -14,12 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "child_process.h"
-#include "pg_fixture.h"
 #include "src/grpc_quota_client.h"
 #include "src/http_server.h"
 #include "src/proxy.h"
+#include "test/child_process.h"
 #include "test/permissive_clients.h"
+#include "test/pg_fixture.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/grpc_server.h"

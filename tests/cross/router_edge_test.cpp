@@ -9,9 +9,9 @@
 #include <map>
 #include <thread>
 
-#include "router_service_fixture.h"
 #include "src/grpc_router_client.h"
 #include "src/local_router.h"
+#include "test/router_service_fixture.h"
 
 namespace tollgate::router {
 namespace {

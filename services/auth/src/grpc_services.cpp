@@ -1,4 +1,4 @@
-#include "grpc_services.h"
+#include "src/grpc_services.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>

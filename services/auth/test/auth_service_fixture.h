@@ -11,7 +11,7 @@
 #include <string>
 #include <thread>
 
-#include "pg_fixture.h"
+#include "test/pg_fixture.h"
 #include "tollgate/auth/module.h"
 #include "tollgate/auth/v1/auth.grpc.pb.h"
 #include "tollgate/config.h"

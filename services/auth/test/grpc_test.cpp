@@ -7,7 +7,7 @@
 #include <chrono>
 #include <thread>
 
-#include "auth_service_fixture.h"
+#include "test/auth_service_fixture.h"
 #include "tollgate/auth/pg_repository.h"
 
 namespace tollgate::auth {

@@ -6,8 +6,8 @@
 
 #include <atomic>
 
-#include "fake_clock.h"
-#include "pg_fixture.h"
+#include "test/fake_clock.h"
+#include "test/pg_fixture.h"
 #include "tollgate/auth/admin.h"
 #include "tollgate/auth/key_cache.h"
 #include "tollgate/auth/module.h"

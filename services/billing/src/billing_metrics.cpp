@@ -1,4 +1,4 @@
-#include "billing_metrics.h"
+#include "src/billing_metrics.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>

@@ -6,7 +6,7 @@
 #include <functional>
 #include <memory>
 
-#include "billing_metrics.h"
+#include "src/billing_metrics.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"

@@ -9,7 +9,7 @@
 #include <functional>
 #include <map>
 
-#include "pg_fixture.h"
+#include "test/pg_fixture.h"
 #include "tollgate/billing/cost.h"
 #include "tollgate/billing/module.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"

@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
-#include "child_process.h"
-#include "pg_fixture.h"
+#include "test/child_process.h"
+#include "test/pg_fixture.h"
 #include "tollgate/billing/cost.h"
 #include "tollgate/billing/v1/billing.grpc.pb.h"
 

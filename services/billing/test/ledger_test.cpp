@@ -10,8 +10,8 @@
 #include <set>
 #include <thread>
 
-#include "fake_clock.h"
-#include "pg_fixture.h"
+#include "test/fake_clock.h"
+#include "test/pg_fixture.h"
 #include "tollgate/billing/billing.h"
 #include "tollgate/billing/ingestor.h"
 #include "tollgate/billing/module.h"

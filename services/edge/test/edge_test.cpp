@@ -23,10 +23,10 @@
 #include <sstream>
 #include <thread>
 
-#include "child_process.h"
 #include "src/grpc_router_client.h"
 #include "src/http_server.h"
 #include "src/proxy.h"
+#include "test/child_process.h"
 #include "test/permissive_clients.h"
 #include "tollgate/grpc_errors.h"
 #include "tollgate/grpc_server.h"

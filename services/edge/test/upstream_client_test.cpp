@@ -18,7 +18,7 @@
 #include <string>
 #include <thread>
 
-#include "child_process.h"
+#include "test/child_process.h"
 
 namespace tollgate::edge {
 namespace {

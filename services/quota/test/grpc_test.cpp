@@ -12,7 +12,7 @@
 #include <random>
 #include <thread>
 
-#include "pg_fixture.h"
+#include "test/pg_fixture.h"
 #include "tollgate/config.h"
 #include "tollgate/db_service.h"
 #include "tollgate/grpc_server.h"

@@ -8,7 +8,7 @@
 #include <map>
 #include <set>
 
-#include "fake_clock.h"
+#include "test/fake_clock.h"
 
 namespace tollgate::quota {
 namespace {

@@ -1,4 +1,4 @@
-#include "grpc_services.h"
+#include "src/grpc_services.h"
 
 #include <chrono>
 #include <string>

@@ -6,7 +6,7 @@
 #include <functional>
 #include <memory>
 
-#include "router_metrics.h"
+#include "src/router_metrics.h"
 #include "tollgate/router/admin.h"
 #include "tollgate/router/key_pool.h"
 #include "tollgate/router/refresher.h"

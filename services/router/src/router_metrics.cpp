@@ -1,4 +1,4 @@
-#include "router_metrics.h"
+#include "src/router_metrics.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>

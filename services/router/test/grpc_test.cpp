@@ -10,7 +10,7 @@
 #include <map>
 #include <thread>
 
-#include "router_service_fixture.h"
+#include "test/router_service_fixture.h"
 #include "tollgate/grpc_errors.h"
 
 namespace tollgate::router {

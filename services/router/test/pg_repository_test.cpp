@@ -4,8 +4,8 @@
 
 #include <gtest/gtest.h>
 
-#include "fake_clock.h"
-#include "pg_fixture.h"
+#include "test/fake_clock.h"
+#include "test/pg_fixture.h"
 #include "tollgate/encoding.h"
 #include "tollgate/pg.h"
 #include "tollgate/router/admin.h"

@@ -10,7 +10,7 @@
 #include <set>
 #include <thread>
 
-#include "fake_clock.h"
+#include "test/fake_clock.h"
 
 namespace tollgate::router {
 namespace {
