@@ -394,9 +394,11 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
   MockState& state = server_.state();
   const Route route = ParseRoute(req.method(), path, query);
   anthropic_ = route.anthropic;
-  const std::string_view key = route.anthropic ? req["x-api-key"]
-                               : route.azure   ? req["api-key"]
-                                               : BearerToken(req[http::field::authorization]);
+  // The Messages API takes x-api-key; @anthropic-ai/sdk 1.x sends the key as a bearer token.
+  std::string_view key = route.anthropic ? req["x-api-key"]
+                         : route.azure   ? req["api-key"]
+                                         : BearerToken(req[http::field::authorization]);
+  if (route.anthropic && key.empty()) key = BearerToken(req[http::field::authorization]);
   const std::optional<Behavior> key_behavior = state.Admit(key, path);
   InFlight in_flight{state};
 
@@ -485,10 +487,10 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       AppendNumber(extra, static_cast<uint64_t>(*behavior.retry_after_s));
       extra += "\r\n";
     }
-    co_return co_await RespondError(route.anthropic
-                                        ? AnthropicErrorForStatus(status, behavior.error_code)
-                                        : ErrorForStatus(status, behavior.error_code),
-                                    extra);
+    // Built outside the co_await: g++ 12 miscompiles temporaries inside one (a double free).
+    const ApiError error = route.anthropic ? AnthropicErrorForStatus(status, behavior.error_code)
+                                           : ErrorForStatus(status, behavior.error_code);
+    co_return co_await RespondError(error, extra);
   }
 
   const std::string_view model_override = route.azure ? std::string_view(model) : "";
