@@ -323,6 +323,7 @@ awaitable<void> Session::Loop() {
     }
     if (ec == http::error::body_limit) {  // a Content-Length over the limit fails the header read
       keep_alive_ = false;
+      anthropic_ = false;  // not routed yet: the OpenAI error format
       ApiError error;
       error.status = 413;
       error.message = "Request body too large (limit 16 MiB).";
