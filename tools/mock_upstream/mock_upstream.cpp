@@ -31,10 +31,20 @@ constexpr int32_t kMaxChoices = 128;
 constexpr int32_t kDefaultEmbeddingDims = 8;
 constexpr int32_t kMaxEmbeddingDims = 8192;
 
-uint64_t Fnv1a(std::string_view text, uint64_t hash = 14695981039346656037ull) {
+}  // namespace
+
+namespace gen {
+
+uint64_t Fnv1a(std::string_view text, uint64_t hash) {
   for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ull;
   return hash;
 }
+
+}  // namespace gen
+
+using namespace gen;
+
+namespace {
 
 uint64_t SplitMix64(uint64_t& state) {
   uint64_t z = (state += 0x9e3779b97f4a7c15ull);
@@ -42,6 +52,10 @@ uint64_t SplitMix64(uint64_t& state) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
+
+}  // namespace
+
+namespace gen {
 
 int32_t TokensForChars(size_t chars) { return static_cast<int32_t>((chars + 3) / 4); }
 
@@ -56,6 +70,10 @@ void AppendHex(std::string& out, uint64_t value, int width) {
   std::snprintf(buf, sizeof(buf), "%0*llx", width, static_cast<unsigned long long>(value));
   out.append(buf);
 }
+
+}  // namespace gen
+
+namespace {
 
 // A message's text: a string, or the text parts of a content array.
 std::string ContentText(const Json& content) {
@@ -129,6 +147,10 @@ bool OptionalBool(const Json& body, const char* name, bool* value, ApiError* err
   return true;
 }
 
+}  // namespace
+
+namespace gen {
+
 // `words` ring words from `seed`, joined by spaces, cut into `chunks` pieces at word boundaries
 // (each piece after the first starts with its space, as real token streams do).
 void FillWords(uint64_t seed, int32_t words, int32_t chunks, std::string* text,
@@ -177,11 +199,10 @@ int32_t CountWords(std::string_view text) {
   return std::max(words, 1);
 }
 
-// Plausible arguments for a function: each declared property gets a placeholder of its type.
-std::string ArgumentsFor(const Json& function) {
+std::string ArgumentsForSchema(const Json& schema_json) {
   Json args = Json::object();
-  auto params = function.find("parameters");
-  if (params != function.end() && params->is_object()) {
+  const Json* params = &schema_json;
+  if (params->is_object()) {
     auto props = params->find("properties");
     if (props != params->end() && props->is_object()) {
       for (const auto& [name, schema] : props->items()) {
@@ -207,6 +228,16 @@ std::string ArgumentsFor(const Json& function) {
     }
   }
   return args.dump();
+}
+
+}  // namespace gen
+
+namespace {
+
+// Plausible arguments for a function: each declared property gets a placeholder of its type.
+std::string ArgumentsFor(const Json& function) {
+  auto params = function.find("parameters");
+  return ArgumentsForSchema(params != function.end() ? *params : Json());
 }
 
 // The function to call for a chat request with tools, or nullptr when the reply is text.
@@ -273,6 +304,8 @@ bool SetBehaviorField(Behavior* b, std::string_view field, std::string_view valu
   if (name == "chunk_delay_ms" || name == "delay_ms") return set_int(&b->chunk_delay_ms);
   if (name == "size" || name == "words") return set_int(&b->size);
   if (name == "reset_after_chunks" || name == "reset") return set_int(&b->reset_after_chunks);
+  if (name == "tool_calls" || name == "tools") return set_int(&b->tool_calls);
+  if (name == "error_after" || name == "midstream") return set_int(&b->error_after);
   if (name == "code" || name == "error_code") {
     b->error_code = std::string(value);
     return true;
@@ -305,11 +338,13 @@ void Behavior::Overlay(const Behavior& upper) {
   if (upper.size) size = upper.size;
   if (upper.reset_after_chunks) reset_after_chunks = upper.reset_after_chunks;
   if (upper.hang) hang = upper.hang;
+  if (upper.tool_calls) tool_calls = upper.tool_calls;
+  if (upper.error_after) error_after = upper.error_after;
 }
 
 bool Behavior::Empty() const {
   return !status && !retry_after_s && !error_code && !ttfb_ms && !chunks && !chunk_delay_ms &&
-         !size && !reset_after_chunks && !hang;
+         !size && !reset_after_chunks && !hang && !tool_calls && !error_after;
 }
 
 std::optional<Behavior> ParseBehaviorSpec(std::string_view spec, std::string* error) {
@@ -363,6 +398,8 @@ Json BehaviorToJson(const Behavior& b) {
   if (b.size) json["size"] = *b.size;
   if (b.reset_after_chunks) json["reset_after_chunks"] = *b.reset_after_chunks;
   if (b.hang) json["hang"] = *b.hang;
+  if (b.tool_calls) json["tool_calls"] = *b.tool_calls;
+  if (b.error_after) json["error_after"] = *b.error_after;
   return json;
 }
 
@@ -377,6 +414,8 @@ Json BehaviorToJson(const Behavior& b) {
 //   size-N | words-N         N content words
 //   reset-N                  streaming: reset the connection after N events; else no answer
 //   hang                     never answer, hold the connection until the client leaves
+//   tools-N                  Anthropic mode: N parallel tool_use blocks
+//   midstream-N              Anthropic mode, streaming: an `error` event after N events
 // Any other token is ignored, so "mock-gpt-4o" or "mock-a" are plain model names, and a keyword
 // whose value is missing or not a number is ignored too.
 // Examples: mock-fail-500, mock-429-retry-2, mock-slow-ttfb-300, mock-chunks-5-delay-200,
@@ -404,6 +443,8 @@ Behavior ParseModelDirectives(std::string_view model) {
     if (token == "delay") field = &b.chunk_delay_ms;
     if (token == "size" || token == "words") field = &b.size;
     if (token == "reset") field = &b.reset_after_chunks;
+    if (token == "tools") field = &b.tool_calls;
+    if (token == "midstream") field = &b.error_after;
     if (field != nullptr && has_value) {
       *field = value;
       ++i;
@@ -506,6 +547,68 @@ void AppendJsonString(std::string& out, std::string_view text) {
   }
   out.append(text.data() + start, text.size() - start);
   out.push_back('"');
+}
+
+ApiError AnthropicErrorForStatus(int32_t status, const std::optional<std::string>& code) {
+  ApiError e;
+  e.status = status;
+  switch (status) {
+    case 400:
+      e.type = "invalid_request_error";
+      e.message = "prompt is too long: 210000 tokens > 200000 maximum";
+      break;
+    case 401:
+      e.type = "authentication_error";
+      e.message = "invalid x-api-key";
+      break;
+    case 403:
+      e.type = "permission_error";
+      e.message = "Your API key does not have permission to use the specified resource.";
+      break;
+    case 404:
+      e.type = "not_found_error";
+      e.message = "The requested resource could not be found.";
+      break;
+    case 413:
+      e.type = "request_too_large";
+      e.message = "Request exceeds the maximum allowed number of bytes.";
+      break;
+    case 429:
+      e.type = "rate_limit_error";
+      e.message =
+          "This request would exceed the rate limit for your organization of 50 requests per "
+          "minute. Please try again later.";
+      break;
+    case 529:
+      e.type = "overloaded_error";
+      e.message = "Overloaded";
+      break;
+    default:
+      e.type = status >= 500 ? "api_error" : "invalid_request_error";
+      e.message = status >= 500 ? "Internal server error"
+                                : "Mock upstream error " + std::to_string(status) + ".";
+  }
+  if (code) e.type = *code;
+  return e;
+}
+
+void AppendAnthropicErrorJson(std::string& out, const ApiError& error,
+                              std::string_view request_id) {
+  static constexpr std::string_view kTypes[] = {
+      "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+      "request_too_large",     "rate_limit_error",     "api_error",        "overloaded_error",
+      "billing_error",         "timeout_error"};
+  std::string type = error.type;
+  if (std::find(std::begin(kTypes), std::end(kTypes), type) == std::end(kTypes)) {
+    type = AnthropicErrorForStatus(error.status, std::nullopt).type;
+  }
+  out += "{\"type\":\"error\",\"error\":{\"type\":";
+  AppendJsonString(out, type);
+  out += ",\"message\":";
+  AppendJsonString(out, error.message);
+  out += "},\"request_id\":";
+  AppendJsonString(out, request_id);
+  out += '}';
 }
 
 void AppendErrorJson(std::string& out, const ApiError& error) {
@@ -1057,8 +1160,14 @@ Json MockState::KeyBehaviorsJson() const {
   return json;
 }
 
+bool MockState::SeenCachePrefix(uint64_t hash) {
+  std::lock_guard lock(mu_);
+  return !cache_prefixes_.insert(hash).second;
+}
+
 void MockState::Reset() {
   std::lock_guard lock(mu_);
+  cache_prefixes_.clear();
   total_ = 0;
   by_key_.clear();
   by_path_.clear();

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct Behavior {
   std::optional<int32_t> size;                // content words
   std::optional<int32_t> reset_after_chunks;  // RST after N events (non-streaming: no answer)
   std::optional<bool> hang;                   // never answer; wait for the client to leave
+  // Anthropic mode only (the OpenAI mode ignores these):
+  std::optional<int32_t> tool_calls;   // parallel tool_use blocks in a tool answer
+  std::optional<int32_t> error_after;  // streaming: an `error` event after N events
 
   // Fields set in `upper` replace ours.
   void Overlay(const Behavior& upper);
@@ -78,11 +82,45 @@ void AppendErrorJson(std::string& out, const ApiError& error);
 
 void AppendJsonString(std::string& out, std::string_view text);
 
+// Anthropic-format errors: {"type":"error","error":{"type","message"},"request_id"}. The type
+// for a status as the Messages API names it (429 rate_limit_error, 529 overloaded_error...);
+// `code` (the code knob) replaces the type.
+ApiError AnthropicErrorForStatus(int32_t status, const std::optional<std::string>& code);
+// `error` as the Messages API would send it: its type is kept when it is already an Anthropic
+// type, otherwise chosen from its status.
+void AppendAnthropicErrorJson(std::string& out, const ApiError& error, std::string_view request_id);
+
+// Reply generation shared by both dialects (defined in mock_upstream.cpp).
+namespace gen {
+uint64_t Fnv1a(std::string_view text, uint64_t hash = 14695981039346656037ull);
+int32_t TokensForChars(size_t chars);
+void AppendInt(std::string& out, int64_t value);
+void AppendHex(std::string& out, uint64_t value, int width);
+// `words` ring words from `seed`, joined by spaces, cut into `chunks` pieces (end offsets).
+void FillWords(uint64_t seed, int32_t words, int32_t chunks, std::string* text,
+               std::vector<uint32_t>* cuts);
+// Cuts `text` into `chunks` pieces at spaces where it can (bytes otherwise, never inside UTF-8).
+void CutText(const std::string& text, int32_t chunks, std::vector<uint32_t>* cuts);
+int32_t CountWords(std::string_view text);
+// Plausible arguments for a JSON schema: each declared property gets a placeholder of its type.
+std::string ArgumentsForSchema(const nlohmann::json& schema);
+}  // namespace gen
+
+// A reply sent as server-sent events, one event at a time.
+class EventStream {
+ public:
+  virtual ~EventStream() = default;
+  // Appends the next event; false once the last has been produced. *content is set when the
+  // event carries generated content (the chunk delay goes before those).
+  virtual bool NextEvent(std::string& out, bool* content) = 0;
+  virtual bool finished() const = 0;
+};
+
 enum class CompletionKind { kChat, kText };
 
 // One chat or text completion reply, decided up front and rendered either as one JSON body or as
 // a sequence of server-sent events.
-class Completion final {
+class Completion final : public EventStream {
  public:
   // Validates the request and plans the reply; nullopt with *error set when the request is bad.
   // `model_override` (Azure's deployment) replaces the body's model when non-empty.
@@ -94,8 +132,8 @@ class Completion final {
   void AppendJson(std::string& out) const;
   // Appends the next "data: ...\n\n" event; false once [DONE] has been produced. *content is set
   // when the event carries generated content (the chunk delay goes before those).
-  bool NextEvent(std::string& out, bool* content);
-  bool finished() const { return phase_ == Phase::kEnd; }
+  bool NextEvent(std::string& out, bool* content) override;
+  bool finished() const override { return phase_ == Phase::kEnd; }
 
  private:
   struct Choice {
@@ -128,6 +166,59 @@ class Completion final {
   size_t choice_ = 0;
 };
 
+class MockState;
+
+// An Anthropic Messages API reply (POST /v1/messages), decided up front and rendered either as
+// one JSON body or as the named SSE events of the Messages stream. See anthropic.cpp.
+class AnthropicMessage final : public EventStream {
+ public:
+  // Validates the request as the Messages API does and plans the reply; nullopt with *error set
+  // (an invalid_request_error) when the request is bad. `cache` remembers cached prompt prefixes
+  // (may be null: nothing is ever cached then).
+  static std::optional<AnthropicMessage> Plan(const nlohmann::json& body, const Behavior& behavior,
+                                              uint64_t seq, MockState* cache, ApiError* error);
+  // POST /v1/messages/count_tokens: the input_tokens a Plan of this body would report (cache
+  // tokens included).
+  static std::optional<int32_t> CountTokens(const nlohmann::json& body, ApiError* error);
+
+  bool stream() const { return stream_; }
+  void AppendJson(std::string& out) const;
+  bool NextEvent(std::string& out, bool* content) override;
+  bool finished() const override { return phase_ == Phase::kEnd; }
+
+ private:
+  struct Block {
+    std::string text;            // text, or a tool_use block's input as JSON
+    std::vector<uint32_t> cuts;  // end offset of each streamed delta of `text`
+    std::string tool_id;         // non-empty: a tool_use block
+    std::string tool_name;
+  };
+  enum class Phase { kStart, kBlockStart, kPing, kDelta, kBlockStop, kMessageDelta, kStop, kEnd };
+
+  AnthropicMessage() = default;
+  void AppendUsage(std::string& out, int32_t output_tokens) const;
+  void AppendBlockStart(std::string& out, const Block& block) const;
+
+  std::string id_;
+  std::string model_;
+  std::string request_id_;
+  std::vector<Block> blocks_;
+  std::string stop_reason_ = "end_turn";
+  std::optional<std::string> stop_sequence_;
+  int32_t input_tokens_ = 0;
+  int32_t cache_creation_tokens_ = 0;
+  int32_t cache_read_tokens_ = 0;
+  int32_t output_tokens_ = 0;
+  bool stream_ = false;
+  int64_t error_after_ = -1;
+  std::string error_type_ = "overloaded_error";
+  Phase phase_ = Phase::kStart;
+  size_t block_ = 0;
+  size_t piece_ = 0;
+  int64_t sent_ = 0;
+  bool pinged_ = false;
+};
+
 // POST /v1/embeddings: writes the response body to *out, or returns false with *error set.
 bool BuildEmbeddings(const nlohmann::json& body, std::string_view model_override, std::string* out,
                      ApiError* error);
@@ -150,6 +241,9 @@ class MockState final {
   nlohmann::json KeyBehaviorsJson() const;
   // Zeroes the counters (not in_flight, which is live) and restores the start-up key behaviours.
   void Reset();
+  // Anthropic prompt caching: true when this prefix was seen before (a cache read); otherwise
+  // remembers it (a cache write) and returns false. Reset() forgets them all.
+  bool SeenCachePrefix(uint64_t hash);
 
  private:
   struct Hash {
@@ -165,6 +259,7 @@ class MockState final {
   Map<uint64_t> by_key_;
   Map<uint64_t> by_path_;
   Map<Behavior> key_behaviors_;
+  std::unordered_set<uint64_t> cache_prefixes_;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> cancelled_{0};
 };

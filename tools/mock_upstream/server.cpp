@@ -60,12 +60,13 @@ constexpr std::string_view kNoRequest = R"({"error":"no request yet"})";
 constexpr std::string_view kUnknownControl = R"({"error":"unknown control endpoint"})";
 constexpr std::string_view kJson = "application/json";
 
-enum class Endpoint { kNone, kChat, kText, kEmbeddings, kModels, kModel };
+enum class Endpoint { kNone, kChat, kText, kEmbeddings, kModels, kModel, kMessages, kCountTokens };
 
 struct Route {
   Endpoint endpoint = Endpoint::kNone;
   bool azure = false;
   bool api_version = false;
+  bool anthropic = false;       // the Messages API: x-api-key, Anthropic error bodies
   std::string_view deployment;  // Azure: also the model named in the reply
   std::string_view model_id;    // GET /v1/models/{id}
 };
@@ -88,6 +89,9 @@ Route ParseRoute(http::verb method, std::string_view path, std::string_view quer
     } else if (get && rest.starts_with("/models/") && rest.size() > 8) {
       route.endpoint = Endpoint::kModel;
       route.model_id = rest.substr(8);
+    } else if (post && (rest == "/messages" || rest == "/messages/count_tokens")) {
+      route.anthropic = true;
+      route.endpoint = rest == "/messages" ? Endpoint::kMessages : Endpoint::kCountTokens;
     } else {
       route.endpoint = api(rest);
     }
@@ -183,13 +187,19 @@ class Session final : public std::enable_shared_from_this<Session> {
                           std::string_view extra_headers = {},
                           std::string_view content_type = kJson);
   awaitable<bool> RespondError(const ApiError& error, std::string_view extra_headers = {});
-  awaitable<bool> Stream(Completion& completion, const Behavior& behavior);
+  awaitable<bool> Stream(EventStream& events, const Behavior& behavior);
   // Waits `ms`; false as soon as the client disconnects.
   awaitable<bool> PauseWhileConnected(int32_t ms);
   awaitable<void> HoldUntilClientLeaves();
   void WatchPeer();
   void ResetConnection();
   void AppendCommonHeaders(std::string& head);
+  void AppendRequestId(std::string& out) const {
+    out += "req_mock";
+    const size_t at = out.size();
+    AppendNumber(out, seq_, 16);
+    out.insert(at, 16 - std::min<size_t>(16, out.size() - at), '0');  // as AppendHex pads
+  }
 
   tcp::socket socket_;
   asio::steady_timer timer_;
@@ -201,7 +211,8 @@ class Session final : public std::enable_shared_from_this<Session> {
   int32_t status_ = 0;
   bool keep_alive_ = true;
   bool http10_ = false;
-  bool in_api_ = false;  // a failed write then counts as a cancelled request
+  bool in_api_ = false;     // a failed write then counts as a cancelled request
+  bool anthropic_ = false;  // the request is in the Messages API's dialect
   bool client_gone_ = false;
 };
 
@@ -312,6 +323,7 @@ awaitable<void> Session::Loop() {
     }
     if (ec == http::error::body_limit) {  // a Content-Length over the limit fails the header read
       keep_alive_ = false;
+      anthropic_ = false;  // not routed yet: the OpenAI error format
       ApiError error;
       error.status = 413;
       error.message = "Request body too large (limit 16 MiB).";
@@ -351,6 +363,7 @@ awaitable<bool> Session::Handle(Request& req) {
   http10_ = req.version() == 10;
   seq_ = server_.NextSeq();
   status_ = 0;
+  anthropic_ = false;
   std::string_view target = req.target();
   size_t question = target.find('?');
   std::string_view path = target.substr(0, question);
@@ -381,8 +394,12 @@ awaitable<bool> Session::Handle(Request& req) {
 awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::string_view query) {
   MockState& state = server_.state();
   const Route route = ParseRoute(req.method(), path, query);
-  const std::string_view key =
-      route.azure ? req["api-key"] : BearerToken(req[http::field::authorization]);
+  anthropic_ = route.anthropic;
+  // The Messages API takes x-api-key; @anthropic-ai/sdk 1.x sends the key as a bearer token.
+  std::string_view key = route.anthropic ? req["x-api-key"]
+                         : route.azure   ? req["api-key"]
+                                         : BearerToken(req[http::field::authorization]);
+  if (route.anthropic && key.empty()) key = BearerToken(req[http::field::authorization]);
   const std::optional<Behavior> key_behavior = state.Admit(key, path);
   InFlight in_flight{state};
 
@@ -398,6 +415,14 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
     early->status = 404;
     early->message = "Resource not found";
     early->code = "404";
+  } else if (route.anthropic && key.empty()) {
+    early = AnthropicErrorForStatus(401, std::nullopt);
+    early->message = "x-api-key header is required";
+  } else if (route.anthropic && !server_.KeyAllowed(key)) {
+    early = AnthropicErrorForStatus(401, std::nullopt);
+  } else if (route.anthropic && req["anthropic-version"].empty()) {
+    early = AnthropicErrorForStatus(400, std::nullopt);
+    early->message = "anthropic-version: header is required";
   } else if (key.empty()) {
     early = ErrorForStatus(401, std::nullopt);
     early->message = route.azure
@@ -413,7 +438,10 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
   Json body;
   if (!early && req.method() == http::verb::post) {
     body = Json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
-    if (body.is_discarded()) {
+    if (body.is_discarded() && route.anthropic) {
+      early = AnthropicErrorForStatus(400, std::nullopt);
+      early->message = "There was an error parsing the body of your request.";
+    } else if (body.is_discarded()) {
       early.emplace();
       early->message =
           "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -460,7 +488,10 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       AppendNumber(extra, static_cast<uint64_t>(*behavior.retry_after_s));
       extra += "\r\n";
     }
-    co_return co_await RespondError(ErrorForStatus(status, behavior.error_code), extra);
+    // Built outside the co_await: g++ 12 miscompiles temporaries inside one (a double free).
+    const ApiError error = route.anthropic ? AnthropicErrorForStatus(status, behavior.error_code)
+                                           : ErrorForStatus(status, behavior.error_code);
+    co_return co_await RespondError(error, extra);
   }
 
   const std::string_view model_override = route.azure ? std::string_view(model) : "";
@@ -494,6 +525,20 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       if (completion->stream()) co_return co_await Stream(*completion, behavior);
       completion->AppendJson(body_);
       break;
+    case Endpoint::kMessages: {
+      std::optional<AnthropicMessage> message =
+          AnthropicMessage::Plan(body, behavior, seq_, &state, &error);
+      if (!message) co_return co_await RespondError(error);
+      if (message->stream()) co_return co_await Stream(*message, behavior);
+      message->AppendJson(body_);
+      break;
+    }
+    case Endpoint::kCountTokens: {
+      const std::optional<int32_t> tokens = AnthropicMessage::CountTokens(body, &error);
+      if (!tokens) co_return co_await RespondError(error);
+      body_ = "{\"input_tokens\":" + std::to_string(*tokens) + "}";
+      break;
+    }
     case Endpoint::kNone:
       break;
   }
@@ -561,6 +606,11 @@ void Session::AppendCommonHeaders(std::string& head) {
   head += "x-request-id: req_mock";
   AppendNumber(head, seq_, 16);
   head += "\r\n";
+  if (anthropic_) {  // the Messages API's name for it
+    head += "request-id: ";
+    AppendRequestId(head);
+    head += "\r\n";
+  }
   if (!keep_alive_) {
     head += "connection: close\r\n";
   } else if (http10_) {
@@ -598,11 +648,17 @@ awaitable<bool> Session::Respond(int32_t status, std::string_view body,
 
 awaitable<bool> Session::RespondError(const ApiError& error, std::string_view extra_headers) {
   std::string body;
-  AppendErrorJson(body, error);
+  if (anthropic_) {
+    std::string request_id;
+    AppendRequestId(request_id);
+    AppendAnthropicErrorJson(body, error, request_id);
+  } else {
+    AppendErrorJson(body, error);
+  }
   co_return co_await Respond(error.status, body, extra_headers);
 }
 
-awaitable<bool> Session::Stream(Completion& completion, const Behavior& behavior) {
+awaitable<bool> Session::Stream(EventStream& completion, const Behavior& behavior) {
   const int32_t delay = behavior.chunk_delay_ms.value_or(0);
   const int64_t reset_after = behavior.reset_after_chunks.value_or(-1);
   const bool chunked = !http10_;  // an HTTP/1.0 client gets the events and a close instead
