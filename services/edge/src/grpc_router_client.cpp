@@ -26,6 +26,8 @@ ProviderKind FromProto(pb::ProviderType type) {
       return ProviderKind::kAzureOpenAi;
     case pb::PROVIDER_TYPE_OPENAI_COMPATIBLE:
       return ProviderKind::kOpenAiCompatible;
+    case pb::PROVIDER_TYPE_ANTHROPIC:
+      return ProviderKind::kAnthropic;
     default:
       return ProviderKind::kOpenAi;
   }

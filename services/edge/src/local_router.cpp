@@ -18,6 +18,8 @@ ProviderKind ToKind(router::ProviderType t) {
       return ProviderKind::kAzureOpenAi;
     case router::ProviderType::kOpenAiCompatible:
       return ProviderKind::kOpenAiCompatible;
+    case router::ProviderType::kAnthropic:
+      return ProviderKind::kAnthropic;
     case router::ProviderType::kOpenAi:
       break;
   }
@@ -30,6 +32,8 @@ router::ProviderType FromProto(pb::ProviderType t) {
       return router::ProviderType::kAzureOpenAi;
     case pb::PROVIDER_TYPE_OPENAI_COMPATIBLE:
       return router::ProviderType::kOpenAiCompatible;
+    case pb::PROVIDER_TYPE_ANTHROPIC:
+      return router::ProviderType::kAnthropic;
     default:
       return router::ProviderType::kOpenAi;
   }

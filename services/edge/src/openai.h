@@ -87,7 +87,7 @@ int64_t WorstCaseCompletionTokens(const ParsedRequest& request);
 
 std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body);
 
-enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible };
+enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible, kAnthropic };
 
 // The body for one attempt: every client field untouched except `model` (and the completion
 // budget when the edge decided it, in the field the provider knows).

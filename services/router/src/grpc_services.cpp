@@ -21,6 +21,8 @@ pb::ProviderType ToProto(ProviderType type) {
       return pb::PROVIDER_TYPE_AZURE_OPENAI;
     case ProviderType::kOpenAiCompatible:
       return pb::PROVIDER_TYPE_OPENAI_COMPATIBLE;
+    case ProviderType::kAnthropic:
+      return pb::PROVIDER_TYPE_ANTHROPIC;
   }
   return pb::PROVIDER_TYPE_UNSPECIFIED;
 }
@@ -33,6 +35,8 @@ std::optional<ProviderType> FromProto(pb::ProviderType type) {
       return ProviderType::kAzureOpenAi;
     case pb::PROVIDER_TYPE_OPENAI_COMPATIBLE:
       return ProviderType::kOpenAiCompatible;
+    case pb::PROVIDER_TYPE_ANTHROPIC:
+      return ProviderType::kAnthropic;
     default:
       return std::nullopt;
   }
@@ -290,8 +294,8 @@ class RouterAdminServiceImpl final : public pb::RouterAdminService::CallbackServ
       auto type = FromProto(request->type());
       if (!type)
         throw Error(ErrorCode::kInvalidRequest,
-                    "type must be PROVIDER_TYPE_OPENAI, PROVIDER_TYPE_AZURE_OPENAI or "
-                    "PROVIDER_TYPE_OPENAI_COMPATIBLE");
+                    "type must be PROVIDER_TYPE_OPENAI, PROVIDER_TYPE_AZURE_OPENAI, "
+                    "PROVIDER_TYPE_OPENAI_COMPATIBLE or PROVIDER_TYPE_ANTHROPIC");
       NewProvider p;
       p.name = request->name();
       p.type = *type;

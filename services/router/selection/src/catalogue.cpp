@@ -10,13 +10,16 @@ std::string_view ProviderTypeName(ProviderType type) {
       return "azure-openai";
     case ProviderType::kOpenAiCompatible:
       return "openai-compatible";
+    case ProviderType::kAnthropic:
+      return "anthropic";
   }
   return "openai";
 }
 
 std::optional<ProviderType> ParseProviderType(std::string_view name) {
   for (auto type :
-       {ProviderType::kOpenAi, ProviderType::kAzureOpenAi, ProviderType::kOpenAiCompatible})
+       {ProviderType::kOpenAi, ProviderType::kAzureOpenAi, ProviderType::kOpenAiCompatible,
+        ProviderType::kAnthropic})
     if (ProviderTypeName(type) == name) return type;
   return std::nullopt;
 }

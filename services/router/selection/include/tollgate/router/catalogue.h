@@ -12,9 +12,9 @@
 
 namespace tollgate::router {
 
-enum class ProviderType { kOpenAi, kAzureOpenAi, kOpenAiCompatible };
+enum class ProviderType { kOpenAi, kAzureOpenAi, kOpenAiCompatible, kAnthropic };
 
-// "openai", "azure-openai", "openai-compatible": the database spelling.
+// "openai", "azure-openai", "openai-compatible", "anthropic": the database spelling.
 std::string_view ProviderTypeName(ProviderType type);
 std::optional<ProviderType> ParseProviderType(std::string_view name);
 
