@@ -4,6 +4,7 @@
 
 #include "src/edge_metrics.h"
 #include "src/exchange.h"
+#include "src/provider.h"
 #include "src/relay.h"
 #include "tollgate/log.h"
 
@@ -38,26 +39,6 @@ OutcomeKind KindForStatus(int status) {
   if (status >= 500) return OutcomeKind::kServerError;
   if (status >= 400) return OutcomeKind::kClientError;
   return OutcomeKind::kSuccess;
-}
-
-// The upstream request of one attempt, or nothing when its base_url is not an http(s) URL.
-std::optional<UpstreamRequest> BuildUpstreamRequest(ParsedRequest& request,
-                                                    const UpstreamAttempt& attempt) {
-  auto url = ParseUpstreamUrl(
-      attempt.base_url, UpstreamSuffix(attempt.provider, request.endpoint, attempt.upstream_model,
-                                       attempt.api_version));
-  if (!url) return std::nullopt;
-  UpstreamRequest upstream{std::move(*url), "POST", {}, {}};
-  upstream.headers.emplace_back("content-type", "application/json");
-  upstream.headers.emplace_back("accept",
-                                request.stream ? "text/event-stream" : "application/json");
-  if (attempt.provider == ProviderKind::kAzureOpenAi) {
-    upstream.headers.emplace_back("api-key", attempt.api_key);
-  } else {
-    upstream.headers.emplace_back("authorization", "Bearer " + attempt.api_key);
-  }
-  upstream.body = RenderUpstreamBody(request, attempt.upstream_model, attempt.provider);
-  return upstream;
 }
 
 // Every attempt failed: the last failure decides what the client sees.
@@ -133,6 +114,21 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
     slot->client_gone = true;
     if (auto call = slot->current.lock()) call->Cancel();
   });
+  // Attempts whose provider cannot take the request (an Anthropic upstream for a legacy
+  // completion, a chat field it has no equivalent for) leave the plan; when none is left the
+  // client gets the first reason as a 400, before any upstream call.
+  std::optional<RequestError> unsupported;
+  std::erase_if(plan.attempts, [&](const UpstreamAttempt& attempt) {
+    auto why = Unsupported(request, attempt);
+    if (why && !unsupported) unsupported = std::move(why);
+    return why.has_value();
+  });
+  if (plan.attempts.empty() && unsupported) {
+    co_await x.SendError(ErrorCode::kInvalidRequest, unsupported->message, unsupported->param);
+    x.record.upstream_key_id = 0;
+    x.Finish(400);
+    co_return;
+  }
   const int32_t max_attempts = x.edge.options.max_attempts;
   const size_t n =
       std::min<size_t>(plan.attempts.size(), static_cast<size_t>(std::max(1, max_attempts)));
@@ -144,8 +140,9 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
     const UpstreamAttempt& attempt = plan.attempts[i];
     x.record.attempts = static_cast<int32_t>(i + 1);
     x.record.upstream_model = attempt.upstream_model;
-    std::optional<UpstreamRequest> upstream = BuildUpstreamRequest(request, attempt);
-    if (!upstream) {
+    auto built = BuildUpstreamRequest(request, attempt);
+    auto* upstream = std::get_if<UpstreamRequest>(&built);
+    if (!upstream) {  // Unsupported() already removed the attempts it would refuse
       log::Write(log::Level::kError, "edge", "upstream base_url is not an http(s) URL",
                  {{"upstream_key_id", attempt.upstream_key_id}}, x.request.request_id);
       ReportAttempt(x, attempt, OutcomeKind::kConnectError, 0, 0, {});
@@ -172,7 +169,7 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       ReportAttempt(x, attempt, last_kind, 0, 0, Clock::now() - t0);
       continue;
     }
-    const int status = call->status();
+    int status = call->status();
     if (status >= 200 && status < 300 && request.stream &&
         IsEventStream(call->Header("content-type"))) {
       x.upstream_wait += Clock::now() - t0;  // the first upstream byte is here
@@ -190,7 +187,14 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       sent_to = &attempt;
       break;
     }
-    OutcomeKind kind = KindForStatus(status);
+    // In the client's format from here on (provider.h); `counted` is what failover goes by.
+    int counted = status;
+    if (st == UpstreamStatus::kOk) {
+      AnswerStatus adapted = AdaptWholeAnswer(request, attempt, status, body);
+      status = adapted.client;
+      counted = adapted.outcome;
+    }
+    OutcomeKind kind = KindForStatus(counted);
     if (st != UpstreamStatus::kOk &&
         (kind == OutcomeKind::kSuccess || kind == OutcomeKind::kClientError)) {
       // An answer we cannot deliver whole counts as the upstream's failure.
@@ -206,10 +210,10 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       co_return;
     }
     last_kind = kind;
-    last_status = status;
+    last_status = counted;
     last_retry_after_ms = kind == OutcomeKind::kRateLimited ? RetryAfterMs(*call) : 0;
-    LogAttempt(x, attempt, kind, status, "");
-    ReportAttempt(x, attempt, kind, status, last_retry_after_ms, Clock::now() - t0);
+    LogAttempt(x, attempt, kind, counted, "");
+    ReportAttempt(x, attempt, kind, counted, last_retry_after_ms, Clock::now() - t0);
   }
 
   if (slot->client_gone) {

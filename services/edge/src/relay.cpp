@@ -5,6 +5,7 @@
 #include "src/attempts.h"
 #include "src/edge_metrics.h"
 #include "src/exchange.h"
+#include "src/provider.h"
 
 namespace tollgate::edge {
 namespace {
@@ -70,8 +71,7 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   x.answering_key = attempt.api_key;
   if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
-  StreamRelay relay(request.client_wants_usage);
-  SseParser parser;
+  ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
   std::vector<SseEvent> events;
   std::string data;
   UpstreamStatus st = UpstreamStatus::kOk;
@@ -80,14 +80,13 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     st = co_await call.Read(data);
     if (st != UpstreamStatus::kOk) break;
     events.clear();
-    parser.Feed(data, events);
+    stream.Feed(data, events);
     for (const auto& event : events) {
-      if (relay.OnEvent(event) != StreamRelay::Action::kForward) continue;
       if (x.transcript) x.transcript->OnData(event.data);
       client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
       if (!client_ok) break;
     }
-    if (call.finished()) break;
+    if (call.finished() || stream.error()) break;
   }
 
   const bool client_left = !client_ok || slot.client_gone || st == UpstreamStatus::kCancelled;
@@ -109,6 +108,13 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
                                               : "The upstream provider broke off the answer.") +
                         "\n\n";
     if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
+  } else if (auto error = stream.error()) {
+    // The upstream reported an error inside the stream: the client's stream ends with it.
+    call.Cancel();
+    kind = error->status == 429 ? OutcomeKind::kRateLimited : OutcomeKind::kServerError;
+    LogAttempt(x, attempt, kind, error->status, "error event in the stream");
+    if (co_await x.writer.WriteChunk("data: " + error->body + "\n\n"))
+      co_await x.writer.EndStream();
   } else {
     if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
       co_await x.writer.EndStream();
@@ -117,7 +123,7 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     }
   }
   ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
-  SetUsage(x.record, request, relay.usage(), relay.relayed_chars());
+  SetUsage(x.record, request, stream.usage(), stream.relayed_chars());
   x.Finish(200);
 }
 

@@ -341,6 +341,16 @@ class EdgeTest : public ::testing::Test {
     router_->SetPlan("all-open", {});
     router_->SetPlan("embed", {MakeAttempt(91, mock, "sk-embed", "text-embedding-3-small")});
     router_->SetPlan("text", {MakeAttempt(92, mock, "sk-text", "gpt-3.5-turbo-instruct")});
+    // Anthropic upstreams: the base URL without /v1 (the edge appends /v1/messages).
+    const std::string anthropic = mock_->base_url();
+    router_->SetPlan("claude", {MakeAttempt(101, anthropic, "sk-ant", "claude-haiku",
+                                            pb::PROVIDER_TYPE_ANTHROPIC)});
+    router_->SetPlan("claude-tools", {MakeAttempt(102, anthropic, "sk-ant-tools", "mock-tools-2",
+                                                  pb::PROVIDER_TYPE_ANTHROPIC)});
+    router_->SetPlan("claude-failover", {MakeAttempt(111, anthropic, "sk-ant-overloaded",
+                                                     "claude-haiku", pb::PROVIDER_TYPE_ANTHROPIC),
+                                         MakeAttempt(112, anthropic, "sk-ant-ok", "claude-haiku",
+                                                     pb::PROVIDER_TYPE_ANTHROPIC)});
   }
 
   static void TearDownTestSuite() {
@@ -704,6 +714,125 @@ TEST_F(EdgeTest, EmbeddingsAndCompletions) {
   auto text = Post(port_, "/v1/completions", Json{{"model", "text"}, {"prompt", "Once upon"}});
   ASSERT_EQ(text.status, 200) << text.body;
   EXPECT_EQ(text.json()["object"], "text_completion");
+}
+
+TEST_F(EdgeTest, AnthropicChatIsTranslatedAndRecorded) {
+  auto reply = Post(port_, "/v1/chat/completions", Chat("claude"), {{"x-request-id", "ant-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  auto json = reply.json();
+  EXPECT_EQ(json["object"], "chat.completion");
+  EXPECT_EQ(json["model"], "claude");  // the model the client asked for
+  EXPECT_EQ(json["choices"][0]["finish_reason"], "stop");
+  EXPECT_FALSE(json["choices"][0]["message"]["content"].get<std::string>().empty());
+
+  // The Messages API's URL, headers and body; the edge's budget is max_tokens.
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"], "/v1/messages");
+  EXPECT_EQ(sent["headers"]["x-api-key"], "sk-ant");
+  EXPECT_EQ(sent["headers"]["anthropic-version"], "2023-06-01");
+  EXPECT_FALSE(sent["headers"].contains("authorization"));
+  EXPECT_EQ(sent["body"]["model"], "claude-haiku");
+  EXPECT_EQ(sent["body"]["max_tokens"], ProxyOptions{}.default_max_tokens);
+  EXPECT_EQ(sent["body"]["messages"][0]["content"], "Say hello to the test.");
+
+  auto record = billing_.WaitFor("ant-1");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->upstream_key_id, 101);
+  EXPECT_GT(record->prompt_tokens, 0);
+  EXPECT_EQ(record->prompt_tokens, json["usage"]["prompt_tokens"].get<int64_t>());
+  EXPECT_EQ(record->completion_tokens, json["usage"]["completion_tokens"].get<int64_t>());
+  EXPECT_FALSE(record->usage_estimated);
+
+  // Only chat translates: a legacy completion for an Anthropic model is a 400, sent nowhere.
+  int64_t before = mock_->KeyCount("sk-ant");
+  auto text = Post(port_, "/v1/completions", {{"model", "claude"}, {"prompt", "hi"}});
+  EXPECT_EQ(text.status, 400) << text.body;
+  EXPECT_EQ(text.json()["error"]["type"], "invalid_request_error");
+  auto many = Chat("claude");
+  many["n"] = 2;
+  auto refused = Post(port_, "/v1/chat/completions", many);
+  EXPECT_EQ(refused.status, 400) << refused.body;
+  EXPECT_EQ(refused.json()["error"]["param"], "n");
+  EXPECT_EQ(mock_->KeyCount("sk-ant"), before);
+}
+
+TEST_F(EdgeTest, AnthropicStreamWithToolsBecomesToolCallChunks) {
+  Json body = Chat("claude-tools", true);
+  body["stream_options"] = {{"include_usage", true}};
+  Json params = {{"type", "object"},
+                 {"properties", {{"city", {{"type", "string"}}}, {"days", {{"type", "integer"}}}}}};
+  body["tools"] = Json::array(
+      {{{"type", "function"}, {"function", {{"name", "weather"}, {"parameters", params}}}},
+       {{"type", "function"}, {"function", {{"name", "time"}, {"parameters", params}}}}});
+  auto reply = Stream(port_, body, {}, {{"x-request-id", "ant-stream-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  ASSERT_GE(reply.events.size(), 4u);
+  EXPECT_EQ(reply.events.back(), "data: [DONE]");
+  std::map<int64_t, std::string> arguments, names;
+  std::string finish_reason;
+  Json usage;
+  for (size_t i = 0; i + 1 < reply.events.size(); ++i) {
+    ASSERT_EQ(reply.events[i].rfind("data: ", 0), 0u) << reply.events[i];
+    Json chunk = Json::parse(reply.events[i].substr(6));
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    EXPECT_EQ(chunk["model"], "claude-tools");
+    if (chunk.contains("usage") && chunk["usage"].is_object()) usage = chunk["usage"];
+    for (const auto& choice : chunk["choices"]) {
+      if (choice["finish_reason"].is_string()) finish_reason = choice["finish_reason"];
+      for (const auto& call : choice["delta"].value("tool_calls", Json::array())) {
+        int64_t index = call["index"];
+        if (call["function"].contains("name")) names[index] = call["function"]["name"];
+        arguments[index] += call["function"].value("arguments", "");
+      }
+    }
+  }
+  EXPECT_EQ(finish_reason, "tool_calls");
+  ASSERT_EQ(arguments.size(), 2u);
+  EXPECT_EQ(names[0], "weather");
+  EXPECT_EQ(names[1], "time");
+  for (const auto& [index, text] : arguments) {
+    Json args = Json::parse(text, nullptr, false);
+    ASSERT_TRUE(args.is_object()) << index << ": " << text;
+    EXPECT_TRUE(args.contains("city"));
+  }
+  ASSERT_TRUE(usage.is_object());
+  auto record = billing_.WaitFor("ant-stream-1");
+  ASSERT_TRUE(record);
+  EXPECT_TRUE(record->streamed);
+  EXPECT_FALSE(record->usage_estimated);
+  EXPECT_EQ(record->prompt_tokens, usage["prompt_tokens"].get<int64_t>());
+  EXPECT_EQ(record->completion_tokens, usage["completion_tokens"].get<int64_t>());
+  EXPECT_GT(record->completion_tokens, 0);
+
+  // Without include_usage the usage chunk stays away, as for an OpenAI upstream.
+  body.erase("stream_options");
+  auto plain = Stream(port_, body);
+  ASSERT_EQ(plain.status, 200);
+  for (const auto& event : plain.events) EXPECT_EQ(event.find("\"usage\""), std::string::npos);
+}
+
+TEST_F(EdgeTest, AnthropicOverloadedKeyFailsOverToTheNext) {
+  mock_->SetKey("sk-ant-overloaded", {{"status", 529}});
+  int64_t ok_before = mock_->KeyCount("sk-ant-ok");
+  auto reply = Post(port_, "/v1/chat/completions", Chat("claude-failover"));
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(mock_->KeyCount("sk-ant-ok") - ok_before, 1);
+  auto overloaded = router_->WaitOutcome(111, 2s);
+  ASSERT_TRUE(overloaded);
+  EXPECT_EQ(overloaded->kind(), pb::OUTCOME_KIND_SERVER_ERROR);
+  EXPECT_EQ(overloaded->http_status(), 503);
+
+  auto stream = Stream(port_, Chat("claude-failover", true));
+  EXPECT_EQ(stream.status, 200);
+  EXPECT_EQ(stream.events.back(), "data: [DONE]");
+
+  // An Anthropic error that another key cannot fix reaches the client in OpenAI's format.
+  mock_->SetKey("sk-ant-ok", {{"status", 400}});
+  auto bad = Post(port_, "/v1/chat/completions", Chat("claude-failover"));
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_EQ(bad.json()["error"]["type"], "invalid_request_error");
+  mock_->SetKey("sk-ant-ok", Json::object());
+  mock_->SetKey("sk-ant-overloaded", Json::object());
 }
 
 TEST_F(EdgeTest, ModelsComeFromTheRouter) {

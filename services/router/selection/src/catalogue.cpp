@@ -17,9 +17,8 @@ std::string_view ProviderTypeName(ProviderType type) {
 }
 
 std::optional<ProviderType> ParseProviderType(std::string_view name) {
-  for (auto type :
-       {ProviderType::kOpenAi, ProviderType::kAzureOpenAi, ProviderType::kOpenAiCompatible,
-        ProviderType::kAnthropic})
+  for (auto type : {ProviderType::kOpenAi, ProviderType::kAzureOpenAi,
+                    ProviderType::kOpenAiCompatible, ProviderType::kAnthropic})
     if (ProviderTypeName(type) == name) return type;
   return std::nullopt;
 }
