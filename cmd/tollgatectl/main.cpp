@@ -10,8 +10,8 @@
 // request's fields (dashes or underscores). Any string field can also be read from a file
 // (--secret-file=PATH), an environment variable (--secret-env=VAR) or stdin (--secret=-), so
 // secrets need not appear on the command line. Enums accept their short names (openai,
-// azure-openai). Output is a table, CSV with --csv (list responses: one row per element), or
-// the response as JSON with --json.
+// azure-openai, openai-compatible, anthropic). Output is a table, CSV with --csv (list responses:
+// one row per element), or the response as JSON with --json.
 //
 // Global flags: --addr=HOST:PORT (default: the service's default port on 127.0.0.1, or
 // TOLLGATECTL_<SERVICE>_ADDR), --admin-token-file=PATH (or TOLLGATECTL_ADMIN_TOKEN),
@@ -185,6 +185,20 @@ void SetField(pb::Message& msg, const pb::FieldDescriptor* f, const std::string&
   }
 }
 
+// An enum value without its enum's own prefix: PROVIDER_TYPE_AZURE_OPENAI → azure-openai.
+std::string ShortName(const pb::EnumValueDescriptor* value) {
+  std::string name = value->name();
+  std::string prefix;
+  for (char c : value->type()->name()) {
+    if (std::isupper(static_cast<unsigned char>(c)) && !prefix.empty()) prefix += '_';
+    prefix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  if (name.rfind(prefix + "_", 0) == 0) name = name.substr(prefix.size() + 1);
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return c == '_' ? '-' : std::tolower(c); });
+  return name;
+}
+
 std::string Scalar(const pb::Message& msg, const pb::FieldDescriptor* f) {
   const pb::Reflection* r = msg.GetReflection();
   switch (f->cpp_type()) {
@@ -204,19 +218,8 @@ std::string Scalar(const pb::Message& msg, const pb::FieldDescriptor* f) {
       return std::to_string(r->GetDouble(msg, f));
     case pb::FieldDescriptor::CPPTYPE_FLOAT:
       return std::to_string(r->GetFloat(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_ENUM: {
-      // Drop the enum's own prefix: PROVIDER_TYPE_OPENAI → openai.
-      std::string name = r->GetEnum(msg, f)->name();
-      std::string prefix;
-      for (char c : f->enum_type()->name()) {
-        if (std::isupper(static_cast<unsigned char>(c)) && !prefix.empty()) prefix += '_';
-        prefix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      }
-      if (name.rfind(prefix + "_", 0) == 0) name = name.substr(prefix.size() + 1);
-      std::transform(name.begin(), name.end(), name.begin(),
-                     [](unsigned char c) { return c == '_' ? '-' : std::tolower(c); });
-      return name;
-    }
+    case pb::FieldDescriptor::CPPTYPE_ENUM:
+      return ShortName(r->GetEnum(msg, f));
     case pb::FieldDescriptor::CPPTYPE_MESSAGE:
       return "";
   }
@@ -333,8 +336,19 @@ void Help(const std::string& svc, const pb::ServiceDescriptor* sd) {
   for (int i = 0; i < sd->method_count(); ++i) {
     const auto* m = sd->method(i);
     std::cout << "  " << Kebab(m->name());
-    for (int j = 0; j < m->input_type()->field_count(); ++j)
-      std::cout << " --" << Kebab(m->input_type()->field(j)->camelcase_name());
+    for (int j = 0; j < m->input_type()->field_count(); ++j) {
+      const auto* f = m->input_type()->field(j);
+      std::cout << " --" << Kebab(f->camelcase_name());
+      // An enum's values, e.g. --type=openai|azure-openai|openai-compatible|anthropic.
+      if (const auto* e = f->enum_type()) {
+        std::string values;
+        for (int k = 0; k < e->value_count(); ++k) {
+          if (e->value(k)->number() == 0) continue;  // UNSPECIFIED
+          values += (values.empty() ? "=" : "|") + ShortName(e->value(k));
+        }
+        std::cout << values;
+      }
+    }
     std::cout << "\n";
   }
 }

@@ -473,6 +473,27 @@ export async function addMockModel(suite, name) {
   await suite.ctl(['router', 'set-model-route', `--model=${name}`, `--provider-id=${mock.id}`]);
 }
 
+/**
+ * A provider of type anthropic pointing at the suite's mock upstream (its Anthropic mode, POST
+ * /v1/messages), with one upstream key per secret (named NAME-1, NAME-2...); returns the provider's id.
+ */
+export async function addAnthropicProvider(suite, name, secrets) {
+  const { provider } = await suite.ctlJson(['router', 'create-provider', `--name=${name}`, '--type=anthropic',
+    `--base-url=http://127.0.0.1:${suite.mockPort}`]);
+  for (const [i, secret] of secrets.entries()) {
+    await suite.ctl(['router', 'create-upstream-key', `--provider-id=${provider.id}`, `--name=${name}-${i + 1}`,
+      `--secret=${secret}`]);
+  }
+  return provider.id;
+}
+
+/** A catalogue model routed to a provider, optionally under another upstream model name (mock-tools-2). */
+export async function addRoutedModel(suite, name, providerId, upstreamModel = '') {
+  await suite.ctl(['router', 'create-model', `--name=${name}`, '--owned-by=anthropic']);
+  await suite.ctl(['router', 'set-model-route', `--model=${name}`, `--provider-id=${providerId}`,
+    ...(upstreamModel ? [`--upstream-model=${upstreamModel}`] : [])]);
+}
+
 /** list-upstream-keys --json as {name: key} (mock-a, mock-b). */
 export async function keysByName(suite) {
   const { keys } = await suite.ctlJson(['router', 'list-upstream-keys']);
