@@ -2,7 +2,7 @@
 // a chat request into a Messages request, of a Messages answer (whole or streamed) back into a
 // chat completion, and of Anthropic's errors into OpenAI's. Pure logic: no I/O, no clock (the
 // caller passes `created`), unit-tested with golden fixtures in test/anthropic_test.cpp.
-// Not yet wired into the request path: no provider type uses it today.
+// Used by provider.cpp for upstreams of type anthropic (chat completions only).
 //
 // What does not translate:
 // - refused (400 `invalid_request_error`, `param` = the field): `n` > 1, `logprobs`,

@@ -184,6 +184,46 @@ TEST_F(RouterGrpcTest, OutcomesOpenBreakersAndShowInListingAndMetrics) {
   EXPECT_EQ(text.find("sk-heavy"), std::string::npos) << "not even the prefix";
 }
 
+TEST_F(RouterGrpcTest, AnthropicProviderIsStoredAndRoutedWithItsType) {
+  pb::CreateProviderRequest cp;
+  cp.set_name("anthropic");
+  cp.set_type(pb::PROVIDER_TYPE_ANTHROPIC);
+  cp.set_base_url("https://api.anthropic.com/");  // no api_version needed
+  pb::CreateProviderResponse provider;
+  auto status = admin_->CreateProvider(Ctx().get(), cp, &provider);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(provider.provider().type(), pb::PROVIDER_TYPE_ANTHROPIC);
+  EXPECT_EQ(provider.provider().base_url(), "https://api.anthropic.com");
+  pb::CreateUpstreamKeyRequest ck;
+  ck.set_provider_id(provider.provider().id());
+  ck.set_name("ant-1");
+  ck.set_secret("sk-ant-api03-secret");
+  pb::CreateUpstreamKeyResponse key;
+  ASSERT_TRUE(admin_->CreateUpstreamKey(Ctx().get(), ck, &key).ok());
+  pb::CreateModelRequest cm;
+  cm.set_name("claude");
+  pb::CreateModelResponse model;
+  ASSERT_TRUE(admin_->CreateModel(Ctx().get(), cm, &model).ok());
+  pb::SetModelRouteRequest sr;
+  sr.set_model("claude");
+  sr.set_provider_id(provider.provider().id());
+  sr.set_upstream_model("claude-sonnet-4-5");
+  pb::SetModelRouteResponse route;
+  ASSERT_TRUE(admin_->SetModelRoute(Ctx().get(), sr, &route).ok());
+
+  pb::ListProvidersResponse providers;
+  ASSERT_TRUE(admin_->ListProviders(Ctx().get(), {}, &providers).ok());
+  ASSERT_EQ(providers.providers_size(), 1);
+  EXPECT_EQ(providers.providers(0).type(), pb::PROVIDER_TYPE_ANTHROPIC);
+  pb::RouteResponse plan;
+  ASSERT_TRUE(Route("claude", &plan).ok());
+  ASSERT_EQ(plan.attempts_size(), 1);
+  EXPECT_EQ(plan.attempts(0).provider_type(), pb::PROVIDER_TYPE_ANTHROPIC);
+  EXPECT_EQ(plan.attempts(0).base_url(), "https://api.anthropic.com");
+  EXPECT_EQ(plan.attempts(0).upstream_model(), "claude-sonnet-4-5");
+  EXPECT_EQ(plan.attempts(0).api_key(), "sk-ant-api03-secret");
+}
+
 TEST_F(RouterGrpcTest, AdminErrorsMapToStatusCodes) {
   Seed();
   pb::CreateProviderRequest cp;
