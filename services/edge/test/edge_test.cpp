@@ -347,6 +347,9 @@ class EdgeTest : public ::testing::Test {
                                             pb::PROVIDER_TYPE_ANTHROPIC)});
     router_->SetPlan("claude-tools", {MakeAttempt(102, anthropic, "sk-ant-tools", "mock-tools-2",
                                                   pb::PROVIDER_TYPE_ANTHROPIC)});
+    router_->SetPlan("claude-midstream",
+                     {MakeAttempt(103, anthropic, "sk-ant-mid", "mock-midstream-5",
+                                  pb::PROVIDER_TYPE_ANTHROPIC)});
     router_->SetPlan("claude-failover", {MakeAttempt(111, anthropic, "sk-ant-overloaded",
                                                      "claude-haiku", pb::PROVIDER_TYPE_ANTHROPIC),
                                          MakeAttempt(112, anthropic, "sk-ant-ok", "claude-haiku",
@@ -809,6 +812,19 @@ TEST_F(EdgeTest, AnthropicStreamWithToolsBecomesToolCallChunks) {
   auto plain = Stream(port_, body);
   ASSERT_EQ(plain.status, 200);
   for (const auto& event : plain.events) EXPECT_EQ(event.find("\"usage\""), std::string::npos);
+}
+
+TEST_F(EdgeTest, AnthropicErrorEventEndsTheStreamWithAnOpenAiError) {
+  auto reply = Stream(port_, Chat("claude-midstream", true));
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  ASSERT_GE(reply.events.size(), 2u);
+  EXPECT_NE(reply.events.back(), "data: [DONE]");
+  Json error = Json::parse(reply.events.back().substr(6), nullptr, false);
+  ASSERT_TRUE(error.contains("error")) << reply.events.back();
+  EXPECT_TRUE(error["error"]["message"].is_string());
+  auto outcome = router_->WaitOutcome(103, 2s);
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->kind(), pb::OUTCOME_KIND_SERVER_ERROR);
 }
 
 TEST_F(EdgeTest, AnthropicOverloadedKeyFailsOverToTheNext) {
