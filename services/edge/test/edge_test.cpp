@@ -842,6 +842,21 @@ TEST_F(EdgeTest, AnthropicOverloadedKeyFailsOverToTheNext) {
   EXPECT_EQ(stream.status, 200);
   EXPECT_EQ(stream.events.back(), "data: [DONE]");
 
+  // A rate-limited key counts as a 429 with its retry-after (the key's cooldown), and fails over.
+  mock_->SetKey("sk-ant-overloaded", {{"status", 429}, {"retry_after", 3}});
+  auto limited = Post(port_, "/v1/chat/completions", Chat("claude-failover"));
+  ASSERT_EQ(limited.status, 200) << limited.body;
+  std::optional<pb::Outcome> rate_limited;
+  for (auto deadline = Clock::now() + 3s; Clock::now() < deadline;
+       std::this_thread::sleep_for(20ms)) {
+    rate_limited = router_->WaitOutcome(111, 2s);  // the key's latest outcome
+    if (rate_limited && rate_limited->kind() == pb::OUTCOME_KIND_RATE_LIMITED) break;
+  }
+  ASSERT_TRUE(rate_limited);
+  EXPECT_EQ(rate_limited->kind(), pb::OUTCOME_KIND_RATE_LIMITED);
+  EXPECT_EQ(rate_limited->http_status(), 429);
+  EXPECT_EQ(rate_limited->retry_after_ms(), 3000);
+
   // An Anthropic error that another key cannot fix reaches the client in OpenAI's format.
   mock_->SetKey("sk-ant-ok", {{"status", 400}});
   auto bad = Post(port_, "/v1/chat/completions", Chat("claude-failover"));
