@@ -433,6 +433,7 @@ Usage ToEdgeUsage(const MessagesUsage& usage) {
   out.prompt_tokens =
       usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens;
   out.completion_tokens = usage.output_tokens;
+  out.cached_tokens = usage.cache_read_input_tokens;
   return out;
 }
 

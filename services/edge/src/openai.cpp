@@ -130,6 +130,11 @@ void ReadUsage(const Json& usage, Usage& out) {
   out.present = true;
   out.prompt_tokens = IntField(usage, "prompt_tokens");
   out.completion_tokens = IntField(usage, "completion_tokens");
+  out.cached_tokens = 0;
+  if (auto details = usage.find("prompt_tokens_details");
+      details != usage.end() && details->is_object())
+    out.cached_tokens = std::clamp<int64_t>(IntField(*details, "cached_tokens"), 0,
+                                            std::max<int64_t>(0, out.prompt_tokens));
 }
 
 // The answer's service_tier, bounded (it travels in the usage record); unchanged when absent.

@@ -104,6 +104,10 @@ struct Usage {
   bool present = false;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  // The part of prompt_tokens served from the provider's prompt cache
+  // (usage.prompt_tokens_details.cached_tokens; Anthropic: cache_read_input_tokens), priced at
+  // the model's cached-input price.
+  int64_t cached_tokens = 0;
   // The answer's own `service_tier` (OpenAI reports the tier that served the request, in the
   // body and in every chunk); empty: not reported.
   std::string service_tier;

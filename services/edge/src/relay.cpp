@@ -18,6 +18,7 @@ void SetUsage(UsageRecord& record, const ParsedRequest& request, const Usage& us
   if (usage.present) {
     record.prompt_tokens = usage.prompt_tokens;
     record.completion_tokens = usage.completion_tokens;
+    record.cached_tokens = usage.cached_tokens;
     record.usage_estimated = false;
   } else {
     record.prompt_tokens = request.prompt_estimate;

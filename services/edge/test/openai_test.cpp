@@ -366,7 +366,17 @@ TEST(UsageFromBody, ReadsUsageAndCountsGeneratedText) {
   EXPECT_EQ(usage.prompt_tokens, 9);
   EXPECT_EQ(usage.completion_tokens, 4);
   EXPECT_EQ(chars, 6);
+  EXPECT_EQ(usage.cached_tokens, 0);
   EXPECT_FALSE(UsageFromBody("garbage", &chars).present);
+  // The cached part of the prompt is read (and never more than the prompt).
+  auto cached = UsageFromBody(
+      R"({"choices":[],"usage":{"prompt_tokens":2048,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1024}}})",
+      &chars);
+  EXPECT_EQ(cached.cached_tokens, 1024);
+  auto absurd = UsageFromBody(
+      R"({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":99}}})",
+      &chars);
+  EXPECT_EQ(absurd.cached_tokens, 5);
 }
 
 TEST(UpstreamUrl, BuildsOpenAiAndAzureForms) {

@@ -185,6 +185,7 @@ class FakeBilling final : public pb::BillingService::CallbackService {
     for (const auto& r : request->records()) {
       ++deliveries;
       stored.insert(r.request_id());
+      cached_tokens += r.cached_tokens();
     }
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -193,10 +194,15 @@ class FakeBilling final : public pb::BillingService::CallbackService {
     std::lock_guard lock(mu);
     return stored.size();
   }
+  int64_t CachedTokens() {
+    std::lock_guard lock(mu);
+    return cached_tokens;
+  }
   std::atomic<bool> fail{false};
   std::atomic<int> calls{0};
   std::mutex mu;
   std::set<std::string> stored;
+  int64_t cached_tokens = 0;
   int deliveries = 0;
 };
 
@@ -230,6 +236,7 @@ class BillingClientTest : public ::testing::Test {
     r.model = "gpt-4o-mini";
     r.prompt_tokens = 10;
     r.completion_tokens = i;
+    r.cached_tokens = 4;  // billing prices this part of the prompt at the cached-input price
     return r;
   }
 
@@ -255,6 +262,7 @@ TEST_F(BillingClientTest, RecordsAreDeliveredOnceAcknowledgedAndLeaveTheSpool) {
   ASSERT_TRUE(Eventually([&] { return fake_.Stored() == 1200; }));
   ASSERT_TRUE(Eventually([&] { return client->spooled() == 0; }));
   EXPECT_EQ(client->delivered(), 1200);
+  EXPECT_EQ(fake_.CachedTokens(), 1200 * 4) << "the cached part of each prompt travels";
   EXPECT_EQ(dir_.Segments(), 0u);
   EXPECT_EQ(fake_.stored.count("client-id"), 0u) << "billing gets the edge's own id";
 }
