@@ -407,6 +407,18 @@ std::optional<AnthropicMessage> AnthropicMessage::Plan(const Json& body, const B
   return m;
 }
 
+// "stop_reason":"…","stop_sequence":"…"|null, as the whole message and message_delta carry them.
+void AnthropicMessage::AppendStop(std::string& out) const {
+  out += "\"stop_reason\":\"";
+  out += stop_reason_;
+  out += "\",\"stop_sequence\":";
+  if (stop_sequence_) {
+    AppendJsonString(out, *stop_sequence_);
+  } else {
+    out += "null";
+  }
+}
+
 void AnthropicMessage::AppendUsage(std::string& out, int32_t output_tokens) const {
   out += "\"usage\":{\"input_tokens\":";
   AppendInt(out, input_tokens_);
@@ -447,14 +459,8 @@ void AnthropicMessage::AppendJson(std::string& out) const {
     }
     out += '}';
   }
-  out += "],\"stop_reason\":\"";
-  out += stop_reason_;
-  out += "\",\"stop_sequence\":";
-  if (stop_sequence_) {
-    AppendJsonString(out, *stop_sequence_);
-  } else {
-    out += "null";
-  }
+  out += "],";
+  AppendStop(out);
   out += ',';
   AppendUsage(out, output_tokens_);
   out += '}';
@@ -531,14 +537,8 @@ bool AnthropicMessage::NextEvent(std::string& out, bool* content) {
         break;
       case Phase::kMessageDelta:
         AppendEvent(out, "message_delta");
-        out += "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"";
-        out += stop_reason_;
-        out += "\",\"stop_sequence\":";
-        if (stop_sequence_) {
-          AppendJsonString(out, *stop_sequence_);
-        } else {
-          out += "null";
-        }
+        out += "{\"type\":\"message_delta\",\"delta\":{";
+        AppendStop(out);
         out += "},";
         AppendUsage(out, output_tokens_);
         out += "}\n\n";

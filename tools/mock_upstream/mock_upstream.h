@@ -196,6 +196,7 @@ class AnthropicMessage final : public EventStream {
   enum class Phase { kStart, kBlockStart, kPing, kDelta, kBlockStop, kMessageDelta, kStop, kEnd };
 
   AnthropicMessage() = default;
+  void AppendStop(std::string& out) const;
   void AppendUsage(std::string& out, int32_t output_tokens) const;
   void AppendBlockStart(std::string& out, const Block& block) const;
 
