@@ -1,0 +1,114 @@
+// Turns bench/run.sh's raw measurements (raw.jsonl, machine.json in DIR) into results.json and a
+// markdown report (results.md, also printed). Ratios are taken within the one run only.
+//   node bench/report.mjs DIR
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+
+const dir = process.argv[2];
+const raw = readFileSync(path.join(dir, 'raw.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+const machine = existsSync(path.join(dir, 'machine.json')) ? JSON.parse(readFileSync(path.join(dir, 'machine.json'), 'utf8')) : {};
+const names = { direct: 'mock upstream direct', nginx: 'nginx proxy_pass (keep-alive)', portkey: 'Portkey gateway (npm)',
+  split: 'Tollgate, split (1 process/service)', all: 'Tollgate, --target=all' };
+const label = (c) => names[c] || c;
+const f = (v, d = 2) => (v === undefined || v === null || Number.isNaN(v) ? '–' : Number(v).toFixed(d));
+const by = (scenario) => raw.filter((r) => r.scenario === scenario);
+const md = [];
+const results = { machine, throughput: {}, rates: {}, streaming: {}, streams: null, billing: null, startup: {}, ratios: {} };
+
+md.push(`Run ${machine.started || ''} – ${machine.finished || ''} on ${machine.cpus || '?'} × ${machine.cpu || '?'}, ` +
+  `${machine.mem_gb || '?'} GB, kernel ${machine.kernel || '?'}; load average at start ${machine.load_start || '?'}, ` +
+  `at end ${machine.load_end || '?'}; commit ${machine.commit || '?'}.`, '');
+
+const tp = by('throughput');
+if (tp.length) {
+  for (const r of tp) results.throughput[r.contender] = r;
+  const base = (c) => results.throughput[c]?.rps;
+  md.push(`### Throughput, closed loop (wrk, ${tp[0].connections} connections, ${tp[0].seconds} s each)`, '',
+    '| contender | req/s | p50 ms | p90 ms | p99 ms | req/s vs direct | vs nginx | vs Portkey |', '|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of tp) {
+    const ratio = (c) => (base(c) ? f(r.rps / base(c)) : '–');
+    md.push(`| ${label(r.contender)} | ${f(r.rps, 0)} | ${f(r.p50_ms)} | ${f(r.p90_ms)} | ${f(r.p99_ms)} | ${ratio('direct')} | ${ratio('nginx')} | ${ratio('portkey')} |`);
+  }
+  for (const t of ['all', 'split']) {
+    if (!results.throughput[t]) continue;
+    results.ratios[t] = {};
+    for (const c of ['direct', 'nginx', 'portkey'])
+      if (base(c)) results.ratios[t][`rps_vs_${c}`] = +(results.throughput[t].rps / base(c)).toFixed(3);
+    for (const c of ['direct', 'nginx', 'portkey'])
+      if (results.throughput[c]) results.ratios[t][`p99_added_ms_vs_${c}`] = +(results.throughput[t].p99_ms - results.throughput[c].p99_ms).toFixed(3);
+  }
+  md.push('');
+}
+
+const rateRows = raw.filter((r) => r.scenario.startsWith('rate-'));
+if (rateRows.length) {
+  const levels = [...new Set(rateRows.map((r) => r.scenario))];
+  const contenders = [...new Set(rateRows.map((r) => r.contender))];
+  for (const r of rateRows) (results.rates[r.scenario] ||= {})[r.contender] = r.result;
+  md.push('### Latency at fixed rates, open loop (tollgate-bench-load; from each request\'s scheduled send time)', '',
+    `| contender | ${levels.map((l) => { const any = rateRows.find((r) => r.scenario === l); return `${l.slice(5)}% = ${f(any.result.target_rate, 0)}/s: p50 / p90 / p99 / max ms (errors)`; }).join(' | ')} |`,
+    `|---|${levels.map(() => '---:').join('|')}|`);
+  for (const c of contenders) {
+    md.push(`| ${label(c)} | ${levels.map((l) => {
+      const r = results.rates[l]?.[c]; if (!r) return '–';
+      const bad = r.errors + r.unfinished;
+      return `${f(r.latency_ms.p50)} / ${f(r.latency_ms.p90)} / ${f(r.latency_ms.p99)} / ${f(r.latency_ms.max, 1)}${bad ? ` (${bad})` : ''}`;
+    }).join(' | ')} |`);
+  }
+  md.push('');
+}
+
+const st = by('streaming');
+if (st.length) {
+  for (const r of st) results.streaming[r.contender] = r.result;
+  const d = results.streaming.direct;
+  md.push(`### Streaming (${machine.stream_model || 'mock stream'}, ${f(st[0].result.target_rate, 0)} streams/s for ${f(st[0].result.duration_s, 0)} s, open loop)`, '',
+    '| contender | TTFB p50 ms | TTFB p99 ms | TTFB p50 added vs direct | chunk gap p50 ms | gap p99 ms | gap max ms | whole stream p99 ms | errors |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of st) {
+    const x = r.result;
+    md.push(`| ${label(r.contender)} | ${f(x.ttfb_ms.p50)} | ${f(x.ttfb_ms.p99)} | ${d ? f(x.ttfb_ms.p50 - d.ttfb_ms.p50) : '–'} | ${f(x.chunk_gap_ms.p50)} | ${f(x.chunk_gap_ms.p99)} | ${f(x.chunk_gap_ms.max)} | ${f(x.latency_ms.p99)} | ${x.errors + x.unfinished} |`);
+  }
+  md.push('');
+}
+
+const hold = by('streams')[0];
+if (hold) {
+  const x = hold.result;
+  const [edge, mock] = x.processes;
+  const per = edge ? edge.per_stream_kb : 0;
+  results.streams = { ...x, edge_extrapolated_10k_mb: +(((edge?.rss_before_kb || 0) + per * 10000) / 1024).toFixed(1) };
+  md.push('### Concurrent open streams (split mode: the edge process alone)', '',
+    '| streams asked | established | failed | time to open all s | edge RSS before MB | edge RSS held MB | per stream KB | edge at 10,000 streams (extrapolated) MB | mock per stream KB |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    `| ${x.streams} | ${x.established} | ${x.failed} | ${f(x.open_s)} | ${f(edge?.rss_before_kb / 1024, 1)} | ${f(edge?.rss_held_kb / 1024, 1)} | ${f(per, 1)} | ${f(results.streams.edge_extrapolated_10k_mb, 0)} | ${f(mock?.per_stream_kb, 1)} |`, '');
+}
+
+const bill = by('billing')[0];
+if (bill) {
+  const x = bill.result;
+  results.billing = x;
+  md.push('### Billing ingest (RecordUsage, durable commit before the answer)', '',
+    '| records | batch | calls in flight | stored | duplicates | failed | seconds | records/s | call p50 ms | call p99 ms |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    `| ${x.records} | ${x.batch} | ${x.in_flight} | ${x.stored} | ${x.duplicates} | ${x.failed} | ${f(x.seconds)} | ${f(x.records_per_s, 0)} | ${f(x.call_ms.p50)} | ${f(x.call_ms.p99)} |`, '');
+}
+
+const su = by('startup');
+if (su.length) {
+  md.push('### Start-up and idle memory per service (split mode, warm restart: database up, migrations applied)', '',
+    '| target | exec → healthy ms | idle RSS MB |', '|---|---:|---:|');
+  for (const r of su) {
+    results.startup[r.contender] = r;
+    md.push(`| ${r.contender} | ${r.ready_ms} | ${f(r.idle_rss_kb / 1024, 1)} |`);
+  }
+  const total = su.reduce((a, r) => a + r.idle_rss_kb, 0);
+  md.push(`| (sum of the five) | | ${f(total / 1024, 1)} |`, '');
+}
+const idle = by('idle')[0];
+if (idle) results.all_rss_after_run_kb = idle.rss_after_run_kb;
+
+results.raw = raw;
+writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
+writeFileSync(path.join(dir, 'results.md'), md.join('\n') + '\n');
+console.log('\n' + md.join('\n'));
