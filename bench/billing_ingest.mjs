@@ -21,7 +21,7 @@ if (!addr.startsWith('127.0.0.1:')) { console.error('only 127.0.0.1 is benchmark
 const total = Number(recordsArg || 20000), batch = Number(batchArg || 200), inFlight = Number(inFlightArg || 4);
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'proto');
-const def = protoLoader.loadSync('tollgate/billing/v1/billing.proto', { includeDirs: [root], longs: String });
+const def = protoLoader.loadSync('tollgate/billing/v1/billing.proto', { includeDirs: [root], longs: String, keepCase: true, defaults: true });
 const pb = grpc.loadPackageDefinition(def).tollgate.billing.v1;
 const client = new pb.BillingService(addr, grpc.credentials.createInsecure());
 const md = new grpc.Metadata();

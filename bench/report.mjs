@@ -19,7 +19,9 @@ md.push(`Run ${machine.started || ''} – ${machine.finished || ''} on ${machine
   `${machine.mem_gb || '?'} GB, kernel ${machine.kernel || '?'}; load average at start ${machine.load_start || '?'}, ` +
   `at end ${machine.load_end || '?'}; commit ${machine.commit || '?'}.`, '');
 
-const tp = by('throughput');
+const order = ['direct', 'nginx', 'portkey', 'split', 'all'];
+const rank = (c) => (order.indexOf(c) < 0 ? 99 : order.indexOf(c));
+const tp = by('throughput').sort((a, b) => rank(a.contender) - rank(b.contender));
 if (tp.length) {
   for (const r of tp) results.throughput[r.contender] = r;
   const base = (c) => results.throughput[c]?.rps;
@@ -104,6 +106,41 @@ if (su.length) {
   }
   const total = su.reduce((a, r) => a + r.idle_rss_kb, 0);
   md.push(`| (sum of the five) | | ${f(total / 1024, 1)} |`, '');
+}
+// Per-request costs from the one process's counters around its throughput run.
+const prom = (file) => {
+  const sums = {};
+  if (!existsSync(file)) return null;
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = line.match(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/);
+    if (!m || m[1].endsWith('_bucket')) continue;
+    sums[m[1]] = (sums[m[1]] || 0) + Number(m[3]);
+  }
+  return sums;
+};
+const before = prom(path.join(dir, 'metrics-before.txt')), after = prom(path.join(dir, 'metrics-after.txt'));
+if (before && after) {
+  const d = (n) => (after[n] || 0) - (before[n] || 0);
+  const requests = d('tollgate_edge_http_requests_total');
+  if (requests > 0) {
+    const per = (n) => +(d(n) / requests).toFixed(3);
+    results.per_request = {
+      requests,
+      edge_overhead_ms_mean: +((d('tollgate_edge_overhead_seconds_sum') / Math.max(1, d('tollgate_edge_overhead_seconds_count'))) * 1000).toFixed(3),
+      auth_authenticate_calls: per('tollgate_auth_authenticate_total'),
+      quota_admissions: per('tollgate_quota_admissions_total'),
+      quota_settlements: per('tollgate_quota_settlements_total'),
+      billing_holds: per('tollgate_billing_holds_total'),
+      billing_records: per('tollgate_billing_usage_records_total'),
+      router_routes: per('tollgate_router_routes_total'),
+      router_attempt_reports: per('tollgate_router_attempts_total'),
+      upstream_attempts: per('tollgate_edge_upstream_attempts_total'),
+      billing_ingest_records_per_transaction: +(d('tollgate_billing_ingest_transaction_records_sum') / Math.max(1, d('tollgate_billing_ingest_transaction_records_count'))).toFixed(1),
+    };
+    md.push('### Per request in Tollgate (--target=all, counters around its throughput run)', '',
+      '| measure | value |', '|---|---:|', ...Object.entries(results.per_request).map(([k, v]) => `| ${k} | ${v} |`), '');
+  }
 }
 const idle = by('idle')[0];
 if (idle) results.all_rss_after_run_kb = idle.rss_after_run_kb;

@@ -21,6 +21,7 @@ STREAMS=${BENCH_STREAMS:-2000}          # concurrently held streams (edge RSS)
 BILLING_RECORDS=${BENCH_BILLING_RECORDS:-20000}
 BILLING_BATCH=${BENCH_BILLING_BATCH:-200}
 PROFILE_SECS=${BENCH_PROFILE_SECONDS:-8}
+PERF_CALLGRAPH=${BENCH_PERF_CALLGRAPH:-dwarf,16384}  # the build keeps no frame pointers: dwarf
 CONTENDERS=${BENCH_CONTENDERS:-direct,nginx,portkey,split,all}
 SCENARIOS=${BENCH_SCENARIOS:-all}
 for a in "$@"; do
@@ -249,7 +250,11 @@ NGINX
     if has portkey; then
       read -r _ _ _ < <(wrk_run portkey "$(url_of portkey)" -H "${PORTKEY_HEADERS[0]}" -H "${PORTKEY_HEADERS[1]}")
     fi
+    # Each service's counters around Tollgate's run: per-request costs (report.mjs divides).
+    curl -fsS "http://$TG_METRICS_LISTEN/metrics" >"$OUT/metrics-before.txt" 2>/dev/null || true
     read -r t_rps t_p50 t_p99 < <(wrk_run all "http://$TG_EDGE_LISTEN")
+    sleep 2  # the usage records and settlements of the last requests leave in batches
+    curl -fsS "http://$TG_METRICS_LISTEN/metrics" >"$OUT/metrics-after.txt" 2>/dev/null || true
   fi
   if want profile; then
     # perf (software clock: these VMs have no hardware events) on the one process under wrk.
@@ -257,13 +262,15 @@ NGINX
     wrk -t"$THREADS" -c"$CONNS" -d"$((PROFILE_SECS + 2))s" -s "$ROOT/bench/chat.lua" "http://$TG_EDGE_LISTEN/v1/chat/completions" >"$OUT/profile-wrk.txt" &
     WRK_PID=$!
     sleep 1
-    perf record -e cpu-clock -F 999 -g -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$PROFILE_SECS" >/dev/null 2>&1 || note "perf record failed"
+    perf record -e cpu-clock -F 499 --call-graph "$PERF_CALLGRAPH" -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$PROFILE_SECS" >/dev/null 2>&1 || note "perf record failed"
     wait $WRK_PID || true
     if [ -s "$OUT/perf.data" ]; then
       perf report -i "$OUT/perf.data" --no-children --stdio --percent-limit 0.4 -g none >"$OUT/perf-self.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --no-children --stdio --sort comm >"$OUT/perf-threads.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --no-children --stdio --sort dso >"$OUT/perf-dso.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --children --stdio --percent-limit 2 -g none >"$OUT/perf-children.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --no-children --stdio --sort comm -g none >"$OUT/perf-threads.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --no-children --stdio --sort dso -g none >"$OUT/perf-dso.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --children --stdio --sort sym --percent-limit 1.5 -g none >"$OUT/perf-inclusive.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --no-children --stdio --sort sym --percent-limit 1 -g caller,0.5,callee,function,percent \
+        >"$OUT/perf-callers.txt" 2>/dev/null || true
     fi
   fi
   if want rates; then
