@@ -256,23 +256,6 @@ NGINX
     sleep 2  # the usage records and settlements of the last requests leave in batches
     curl -fsS "http://$TG_METRICS_LISTEN/metrics" >"$OUT/metrics-after.txt" 2>/dev/null || true
   fi
-  if want profile; then
-    # perf (software clock: these VMs have no hardware events) on the one process under wrk.
-    note "profiling tollgate (pid $TG_PID) for ${PROFILE_SECS}s under load"
-    wrk -t"$THREADS" -c"$CONNS" -d"$((PROFILE_SECS + 2))s" -s "$ROOT/bench/chat.lua" "http://$TG_EDGE_LISTEN/v1/chat/completions" >"$OUT/profile-wrk.txt" &
-    WRK_PID=$!
-    sleep 1
-    perf record -e cpu-clock -F 499 --call-graph "$PERF_CALLGRAPH" -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$PROFILE_SECS" >/dev/null 2>&1 || note "perf record failed"
-    wait $WRK_PID || true
-    if [ -s "$OUT/perf.data" ]; then
-      perf report -i "$OUT/perf.data" --no-children --stdio --percent-limit 0.4 -g none >"$OUT/perf-self.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --no-children --stdio --sort comm -g none >"$OUT/perf-threads.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --no-children --stdio --sort dso -g none >"$OUT/perf-dso.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --children --stdio --sort sym --percent-limit 1.5 -g none >"$OUT/perf-inclusive.txt" 2>/dev/null || true
-      perf report -i "$OUT/perf.data" --no-children --stdio --sort sym --percent-limit 1 -g caller,0.5,callee,function,percent \
-        >"$OUT/perf-callers.txt" 2>/dev/null || true
-    fi
-  fi
   if want rates; then
     max=${t_rps:-${BENCH_MAX_RPS:-}}
     if [ -z "$max" ]; then read -r max _ _ < <(wrk_run all "http://$TG_EDGE_LISTEN"); fi
@@ -298,8 +281,27 @@ NGINX
       "$uid" "$BILLING_RECORDS" "$BILLING_BATCH" 4)
     emit "{\"scenario\":\"billing\",\"contender\":\"billing\",\"result\":$json}"
   fi
+  if want profile; then
+    # perf (software clock: these VMs have no hardware events) on the one process under wrk.
+    note "profiling tollgate (pid $TG_PID) for ${PROFILE_SECS}s under load"
+    wrk -t"$THREADS" -c"$CONNS" -d"$((PROFILE_SECS + 2))s" -s "$ROOT/bench/chat.lua" "http://$TG_EDGE_LISTEN/v1/chat/completions" >"$OUT/profile-wrk.txt" &
+    WRK_PID=$!
+    sleep 1
+    perf record -e cpu-clock -F 499 --call-graph "$PERF_CALLGRAPH" -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$PROFILE_SECS" >/dev/null 2>&1 || note "perf record failed"
+    wait $WRK_PID || true
+    if [ -s "$OUT/perf.data" ]; then
+      perf report -i "$OUT/perf.data" --no-children --stdio --percent-limit 0.4 -g none >"$OUT/perf-self.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --no-children --stdio --sort comm -g none >"$OUT/perf-threads.txt" 2>/dev/null || true
+      perf report -i "$OUT/perf.data" --no-children --stdio --sort dso -g none >"$OUT/perf-dso.txt" 2>/dev/null || true
+    fi
+  fi
   emit "{\"scenario\":\"idle\",\"contender\":\"all\",\"rss_after_run_kb\":$(rss_kb "$TG_PID")}"
   suite_down
+fi
+if [ -s "$OUT/perf.data" ]; then
+  # Inclusive time per function (slow with dwarf stacks: minutes), once nothing is measured.
+  note "perf report (inclusive): a few minutes"
+  perf report -i "$OUT/perf.data" --children --stdio --sort sym --percent-limit 1 -g none >"$OUT/perf-inclusive.txt" 2>/dev/null || true
 fi
 
 cat >"$OUT/machine.json" <<JSON
