@@ -143,7 +143,11 @@ if (before && after) {
   }
 }
 const idle = by('idle')[0];
-if (idle) results.all_rss_after_run_kb = idle.rss_after_run_kb;
+if (idle) {
+  results.all_rss_after_run_kb = idle.rss_after_run_kb;
+  results.all_threads = idle.threads;
+  md.push(`Tollgate --target=all after the run: RSS ${f(idle.rss_after_run_kb / 1024, 1)} MB, ${idle.threads} threads.`, '');
+}
 
 results.raw = raw;
 writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2) + '\n');

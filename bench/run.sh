@@ -60,8 +60,10 @@ fi
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX); chmod 755 "$WORK"
 free_port() { local p; for _ in $(seq 1 50); do p=$((20000 + RANDOM % 20000)); (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; return 1; }
 pick_ports() {
+  local m; m=$(free_port)  # split mode also uses the 4 ports after the edge's metrics port
+  while (exec 3<>/dev/tcp/127.0.0.1/$((m+1))) 2>/dev/null || (exec 3<>/dev/tcp/127.0.0.1/$((m+4))) 2>/dev/null; do m=$(free_port); done
   export TG_STATE_DIR=$WORK/state-$1 TG_PG_PORT=$(free_port) TG_EDGE_LISTEN=127.0.0.1:$(free_port) \
-    TG_METRICS_LISTEN=127.0.0.1:$(free_port)
+    TG_METRICS_LISTEN=127.0.0.1:$m
   local base; base=$(free_port); while (exec 3<>/dev/tcp/127.0.0.1/$((base+3))) 2>/dev/null; do base=$(free_port); done
   export TG_GRPC_BASE=$base
 }
@@ -86,6 +88,7 @@ suite_up() {
   for attempt in 1 2 3; do
     pick_ports "$mode"
     if "$ROOT/scripts/run.sh" up "${flags[@]}" >"$WORK/launcher-$mode.log" 2>&1; then break; fi
+    tail -n 5 "$WORK/launcher-$mode.log" >&2
     "$ROOT/scripts/run.sh" down >/dev/null 2>&1 || true
     rm -rf "$TG_STATE_DIR"
     [ "$attempt" -lt 3 ] || { cat "$WORK/launcher-$mode.log" >&2; echo "bench: the suite did not start (3 attempts)" >&2; exit 1; }
@@ -295,7 +298,7 @@ NGINX
       perf report -i "$OUT/perf.data" --no-children --stdio --sort dso -g none >"$OUT/perf-dso.txt" 2>/dev/null || true
     fi
   fi
-  emit "{\"scenario\":\"idle\",\"contender\":\"all\",\"rss_after_run_kb\":$(rss_kb "$TG_PID")}"
+  emit "{\"scenario\":\"idle\",\"contender\":\"all\",\"rss_after_run_kb\":$(rss_kb "$TG_PID"),\"threads\":$(ls "/proc/$TG_PID/task" | wc -l)}"
   suite_down
 fi
 if [ -s "$OUT/perf.data" ]; then
