@@ -359,7 +359,10 @@ struct Run {
                                        asio::redirect_error(use_awaitable, ec));
     if (!ec && parser.get().result_int() / 100 != 2) {
       ++failed;
-      Error("HTTP " + std::to_string(parser.get().result_int()));
+      co_await http::async_read(c->stream, c->buffer, parser,
+                                asio::redirect_error(use_awaitable, ec));
+      Error("HTTP " + std::to_string(parser.get().result_int()) + ": " +
+            parser.get().body().substr(0, 200));
       co_return;
     }
     while (!ec && parser.get().body().empty() && !parser.is_done())
