@@ -88,12 +88,22 @@ class EdgeModule final : public Module {
     proxy.pool.max_idle_per_host =
         static_cast<size_t>(config.GetInt("edge.upstream.pool_max_idle_per_host"));
     proxy.pool.ca_file = config.GetString("edge.upstream.ca_file");
+    proxy.passthrough.enabled = config.GetBool("edge.passthrough.enabled");
+    proxy.passthrough.allowed_prefixes = config.GetList("edge.passthrough.allowed_prefixes");
+    for (const auto& prefix : proxy.passthrough.allowed_prefixes)
+      if (!prefix.starts_with("/v1/"))
+        throw ConfigError("edge.passthrough.allowed_prefixes: '" + prefix +
+                          "' does not start with /v1/");
+    proxy.passthrough.default_model = config.GetString("edge.passthrough.default_model");
+    proxy.passthrough.max_json_body_bytes =
+        static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
 
     HttpServerOptions options;
     options.listen = config.GetString("edge.listen");
     options.threads = static_cast<int>(config.GetInt("edge.threads"));
     options.max_body_bytes = static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
     options.max_header_bytes = static_cast<uint32_t>(config.GetInt("edge.max_header_bytes"));
+    options.max_upload_bytes = static_cast<uint64_t>(config.GetInt("edge.max_upload_bytes"));
     options.trusted_proxies = TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
     options.idle_timeout = config.GetDuration("edge.client_idle_timeout");
     options.read_timeout = config.GetDuration("edge.client_read_timeout");
