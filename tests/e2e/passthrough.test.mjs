@@ -24,7 +24,10 @@ function memoryOf(pid) {
 /** A raw HTTP request (node:http, no SDK) to the edge: resolves {status, headers, body}. */
 function rawRequest(url, { method = 'GET', headers = {}, write } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers }, (res) => {
+    // A URL string would be normalised (dot segments resolved): host, port and path go as given.
+    const u = new URL(url);
+    const path = url.slice(url.indexOf('/', u.protocol.length + 2));
+    const req = http.request({ host: u.hostname, port: u.port, path, method, headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d) => (body += d));
@@ -142,6 +145,11 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
     assert.equal(res.status, 404);
     const body = await res.json();
     assert.equal(body.error.code, 'not_found');
+    // A dot segment would lead the upstream past the allowed prefix: not relayed at all.
+    for (const sneaky of ['/files/../vector_stores', '/files/%2e%2e/vector_stores', '/files/%2E/x']) {
+      const r = await rawRequest(`${suite.baseURL}${sneaky}`, { headers: { authorization: `Bearer ${suite.demoKey}` } });
+      assert.equal(r.status, 404, sneaky);
+    }
     // Not authenticated: 401, and the edge closes the connection instead of reading the body.
     const r = await rawRequest(`${suite.baseURL}/files`, {
       method: 'POST',

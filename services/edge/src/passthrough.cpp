@@ -3,8 +3,8 @@
 // is, its body streamed (an upload never sits whole in the edge) and the answer streamed back as
 // it comes (JSON, binary, SSE alike).
 //
-// 1. Off (edge.passthrough.enabled) or outside edge.passthrough.allowed_prefixes: 404, as for a
-//    path no route has, before anything else.
+// 1. Off (edge.passthrough.enabled), outside edge.passthrough.allowed_prefixes, or with a "." or
+//    ".." segment: 404, as for a path no route has, before anything else.
 // 2. Authentication, before any byte of the body is read.
 // 3. The upstream: a JSON body (content-type application/json) is read whole (edge.max_body_bytes)
 //    and, when it names a `model`, routed like a chat completion (the key's model allowlist, the
@@ -58,6 +58,19 @@ bool IsJson(std::string_view content_type) {
   return media == "application/json" || (media.size() > 5 && media.ends_with("+json"));
 }
 
+// A "." or ".." segment, also percent-encoded: the upstream would resolve it to another path than
+// the one the prefixes allowed ("/v1/files/../x"), so such a path is not relayed at all.
+bool HasDotSegment(std::string_view path) {
+  while (!path.empty()) {
+    const size_t slash = path.find('/');
+    const std::string segment = PercentDecode(path.substr(0, slash));
+    if (segment == "." || segment == "..") return true;
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return false;
+}
+
 bool PrefixAllowed(const PassthroughOptions& options, std::string_view path) {
   if (options.allowed_prefixes.empty()) return true;
   return std::any_of(options.allowed_prefixes.begin(), options.allowed_prefixes.end(),
@@ -81,7 +94,7 @@ awaitable<void> Passthrough(Exchange& x) {
   EdgeContext& edge = x.edge;
   const PassthroughOptions& options = edge.options.passthrough;
   HttpRequest& request = x.request;
-  if (!options.enabled || !PrefixAllowed(options, request.path)) {
+  if (!options.enabled || HasDotSegment(request.path) || !PrefixAllowed(options, request.path)) {
     co_await x.SendError(ErrorCode::kNotFound,
                          "Invalid URL (" + request.method + " " + request.path + ")");
     co_return;
