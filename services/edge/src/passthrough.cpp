@@ -228,7 +228,7 @@ awaitable<void> Passthrough(Exchange& x) {
       ReportAttempt(x, attempt, OutcomeKind::kConnectError, 0, 0, {});
       continue;
     }
-    UpstreamRequest upstream{std::move(*url), request.method, {}, {}};
+    UpstreamRequest upstream{std::move(*url), request.method, {}, {}, nullptr};
     for (std::string_view name : kForwardedHeaders)
       if (auto value = request.Header(name); !value.empty())
         upstream.headers.emplace_back(std::string(name), std::string(value));

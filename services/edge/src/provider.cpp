@@ -58,7 +58,7 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
                                   : UpstreamSuffix(attempt.provider, request.endpoint,
                                                    attempt.upstream_model, attempt.api_version));
   if (!url) return BadBaseUrl{};
-  UpstreamRequest upstream{std::move(*url), "POST", {}, {}};
+  UpstreamRequest upstream{std::move(*url), "POST", {}, {}, nullptr};
   upstream.headers.emplace_back("content-type", "application/json");
   upstream.headers.emplace_back("accept",
                                 request.stream ? "text/event-stream" : "application/json");
