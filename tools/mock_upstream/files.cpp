@@ -148,11 +148,9 @@ Json FileJson(const StoredFile& file) {
           {"object", "file"},
           {"bytes", file.bytes},
           {"created_at", file.created_at},
-          {"expires_at", nullptr},
           {"filename", file.filename},
           {"purpose", file.purpose},
-          {"status", "processed"},
-          {"status_details", nullptr}};
+          {"status", "processed"}};
 }
 
 bool ValidFilePurpose(std::string_view purpose) {
@@ -244,12 +242,9 @@ std::optional<std::string> FileStore::CreateBatch(const Json& body, ApiError* er
   Json batch = {{"id", id},
                 {"object", "batch"},
                 {"endpoint", endpoint},
-                {"errors", nullptr},
                 {"input_file_id", input},
                 {"completion_window", window},
                 {"status", "validating"},
-                {"output_file_id", nullptr},
-                {"error_file_id", nullptr},
                 {"created_at", now},
                 {"expires_at", now + 86400},
                 {"request_counts", {{"total", 0}, {"completed", 0}, {"failed", 0}}},
