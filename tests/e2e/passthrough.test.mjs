@@ -45,20 +45,21 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
   let toFile;
   let spec;
   let demoKeyId;
+  let demoUser;
   let catchAllCalls = 0; // requests the catch-all admitted with the demo key
 
   before(async () => {
     suite = await startSuite({
       env: {
         TOLLGATE_EDGE__PASSTHROUGH__DEFAULT_MODEL: 'gpt-4o-mini',
-        TOLLGATE_EDGE__PASSTHROUGH__ALLOWED_PREFIXES: '/v1/files,/v1/batches',
+        TOLLGATE_EDGE__PASSTHROUGH__ALLOWED_PREFIXES: '/v1/files,/v1/batches,/v1/fine_tuning',
       },
     });
     client = await openaiClient(suite, { timeout: 120_000 });
     ({ toFile } = await import('openai'));
     spec = await loadSpec();
     const { users } = await suite.ctlJson(['auth', 'list-users']);
-    const demoUser = users.find((u) => u.name === 'demo').id;
+    demoUser = users.find((u) => u.name === 'demo').id;
     const { keys } = await suite.ctlJson(['auth', 'list-api-keys', `--user-id=${demoUser}`]);
     demoKeyId = keys.find((k) => k.name === 'demo').id;
   }, { timeout: 240_000 });
@@ -140,6 +141,34 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
     assert.match(recent.target, /^\/v1\/files\?.*purpose=user_data/);
     await client.files.delete(made.id);
     catchAllCalls++;
+  });
+
+  it("a JSON body naming a model goes where the model is routed, within the key's allowlist", { timeout: 30_000 }, async () => {
+    const post = (key) => fetch(`${suite.baseURL}/fine_tuning/jobs`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o', training_file: 'file-abc' }),
+    });
+    const res = await post(suite.demoKey);
+    catchAllCalls++;
+    // The mock has no fine-tuning API: its own 404 comes back as it was sent.
+    assert.equal(res.status, 404);
+    assert.match((await res.json()).error.message, /Invalid URL \(POST \/v1\/fine_tuning\/jobs\)/);
+    const last = await suite.mockLast();
+    assert.equal(last.target, '/v1/fine_tuning/jobs');
+    assert.equal(last.body.model, 'gpt-4o');
+    assert.equal(last.body.training_file, 'file-abc');
+    assert.match(last.headers.authorization, /^Bearer mock-key-[ab]$/);
+
+    const { api_key: mini } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${demoUser}`,
+      '--name=only-mini', '--allowed-models=gpt-4o-mini']);
+    const before = (await suite.stats()).total;
+    const refused = await post(mini);
+    assert.equal(refused.status, 403);
+    const body = await refused.json();
+    assert.equal(body.error.code, 'permission_denied');
+    assert.equal(body.error.param, 'model');
+    assert.equal((await suite.stats()).total, before, 'nothing reached the upstream');
   });
 
   it('a path outside the allowed prefixes is 404, and no key means 401 before the body', { timeout: 30_000 }, async () => {
@@ -224,8 +253,9 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
       return (r.records ?? []).length >= catchAllCalls ? r.records : null;
     }, { timeoutMs: 15_000, what: `${catchAllCalls} usage records` });
     assert.equal(records.length, catchAllCalls);
+    // Model-less calls are recorded under the default model, the fine-tuning call under its own.
+    assert.deepEqual(records.filter(({ record }) => record.model !== 'gpt-4o-mini').map(({ record }) => record.model), ['gpt-4o']);
     for (const { record } of records) {
-      assert.equal(record.model, 'gpt-4o-mini');
       assert.equal(Number(record.prompt_tokens ?? 0), 0);
       assert.equal(Number(record.completion_tokens ?? 0), 0);
     }
