@@ -17,6 +17,16 @@
 namespace tollgate::edge {
 namespace {
 
+// edge.passthrough.allowed_prefixes, each a path under /v1/ (the catch-all's paths).
+std::vector<std::string> PassthroughPrefixes(const Config& config) {
+  auto prefixes = config.GetList("edge.passthrough.allowed_prefixes");
+  for (const auto& prefix : prefixes)
+    if (!prefix.starts_with("/v1/"))
+      throw ConfigError("edge.passthrough.allowed_prefixes: '" + prefix +
+                        "' does not start with /v1/");
+  return prefixes;
+}
+
 class EdgeModule final : public Module {
  public:
   explicit EdgeModule(const ModuleDeps& deps) : deps_(deps) {}
@@ -89,11 +99,7 @@ class EdgeModule final : public Module {
         static_cast<size_t>(config.GetInt("edge.upstream.pool_max_idle_per_host"));
     proxy.pool.ca_file = config.GetString("edge.upstream.ca_file");
     proxy.passthrough.enabled = config.GetBool("edge.passthrough.enabled");
-    proxy.passthrough.allowed_prefixes = config.GetList("edge.passthrough.allowed_prefixes");
-    for (const auto& prefix : proxy.passthrough.allowed_prefixes)
-      if (!prefix.starts_with("/v1/"))
-        throw ConfigError("edge.passthrough.allowed_prefixes: '" + prefix +
-                          "' does not start with /v1/");
+    proxy.passthrough.allowed_prefixes = PassthroughPrefixes(config);
     proxy.passthrough.default_model = config.GetString("edge.passthrough.default_model");
     proxy.passthrough.max_json_body_bytes =
         static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
@@ -160,6 +166,7 @@ class EdgeModule final : public Module {
 
 void CheckEdgeConfig(const Config& config) {
   TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
+  PassthroughPrefixes(config);
 }
 
 std::unique_ptr<Module> MakeEdgeModule(const ModuleDeps& deps) {
