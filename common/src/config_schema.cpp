@@ -238,6 +238,20 @@ std::vector<ConfigKey> BuildSchema() {
        false, 1024, 1073741824},
       {"edge.max_header_bytes", T::kInt, "16384", "largest request head accepted (413 above)",
        false, 1024, 1048576},
+      {"edge.max_upload_bytes", T::kInt, "536870912",
+       "largest request body of a route that streams its body to the upstream (the /v1 "
+       "catch-all: file uploads...; 413 above); such a body is never held whole by the edge",
+       false, 1024, 1099511627776},
+      {"edge.passthrough.enabled", T::kBool, "true",
+       "relay every other /v1/... path (files, batches, uploads, vector stores...) to an upstream "
+       "as it is (false: 404)"},
+      {"edge.passthrough.allowed_prefixes", T::kStringList, "",
+       "path prefixes (each starting with /v1/, e.g. /v1/files,/v1/batches) the /v1 catch-all "
+       "relays; other paths get 404; empty: all"},
+      {"edge.passthrough.default_model", T::kString, "",
+       "Tollgate model whose route serves catch-all requests that name no model (files, "
+       "batches...): always its lowest-id healthy OpenAI or OpenAI-compatible upstream key, so "
+       "every file lands on one upstream account; empty: such requests get 404"},
       {"edge.trusted_proxies", T::kStringList, "",
        "networks (CIDRs, IPv4 or IPv6) of the proxies in front of the edge: from a peer inside "
        "them, the client's address is read from Forwarded (else X-Forwarded-For), right to left "

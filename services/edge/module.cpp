@@ -17,6 +17,16 @@
 namespace tollgate::edge {
 namespace {
 
+// edge.passthrough.allowed_prefixes, each a path under /v1/ (the catch-all's paths).
+std::vector<std::string> PassthroughPrefixes(const Config& config) {
+  auto prefixes = config.GetList("edge.passthrough.allowed_prefixes");
+  for (const auto& prefix : prefixes)
+    if (!prefix.starts_with("/v1/"))
+      throw ConfigError("edge.passthrough.allowed_prefixes: '" + prefix +
+                        "' does not start with /v1/");
+  return prefixes;
+}
+
 class EdgeModule final : public Module {
  public:
   explicit EdgeModule(const ModuleDeps& deps) : deps_(deps) {}
@@ -88,12 +98,18 @@ class EdgeModule final : public Module {
     proxy.pool.max_idle_per_host =
         static_cast<size_t>(config.GetInt("edge.upstream.pool_max_idle_per_host"));
     proxy.pool.ca_file = config.GetString("edge.upstream.ca_file");
+    proxy.passthrough.enabled = config.GetBool("edge.passthrough.enabled");
+    proxy.passthrough.allowed_prefixes = PassthroughPrefixes(config);
+    proxy.passthrough.default_model = config.GetString("edge.passthrough.default_model");
+    proxy.passthrough.max_json_body_bytes =
+        static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
 
     HttpServerOptions options;
     options.listen = config.GetString("edge.listen");
     options.threads = static_cast<int>(config.GetInt("edge.threads"));
     options.max_body_bytes = static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
     options.max_header_bytes = static_cast<uint32_t>(config.GetInt("edge.max_header_bytes"));
+    options.max_upload_bytes = static_cast<uint64_t>(config.GetInt("edge.max_upload_bytes"));
     options.trusted_proxies = TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
     options.idle_timeout = config.GetDuration("edge.client_idle_timeout");
     options.read_timeout = config.GetDuration("edge.client_read_timeout");
@@ -150,6 +166,7 @@ class EdgeModule final : public Module {
 
 void CheckEdgeConfig(const Config& config) {
   TrustedProxies::Parse(config.GetList("edge.trusted_proxies"));
+  PassthroughPrefixes(config);
 }
 
 std::unique_ptr<Module> MakeEdgeModule(const ModuleDeps& deps) {

@@ -226,6 +226,77 @@ bool BuildEmbeddings(const nlohmann::json& body, std::string_view model_override
 std::string ModelListJson(const std::vector<std::string>& models);
 void AppendModelJson(std::string& out, std::string_view id);
 
+// The Files API (files.cpp): an upload is a multipart/form-data body scanned as it arrives.
+// Of the `file` part only the byte count, the file name and the first kFileKeepBytes are kept
+// (GET /v1/files/{id}/content returns those: the whole file for any test-sized file).
+constexpr size_t kFileKeepBytes = 1024 * 1024;
+
+// The boundary of a multipart/form-data content type; "" for another type.
+std::string MultipartBoundary(std::string_view content_type);
+
+class MultipartScanner final {
+ public:
+  explicit MultipartScanner(std::string boundary);
+  // Feeds the next bytes of the body, in any chunking; false once the body is malformed.
+  bool Feed(std::string_view bytes);
+  bool finished() const { return state_ == State::kDone; }
+  const std::string& error() const { return error_; }
+  bool saw_file() const { return saw_file_; }
+  const std::string& filename() const { return filename_; }
+  const std::string& purpose() const { return purpose_; }
+  uint64_t file_bytes() const { return file_bytes_; }
+  std::string& file_head() { return file_head_; }
+
+ private:
+  enum class State { kPreamble, kAfterDelimiter, kHeaders, kBody, kDone, kError };
+  bool Fail(std::string why);
+  void Data(std::string_view bytes);
+
+  const std::string delimiter_;  // CRLF "--" boundary
+  std::string pending_;          // bytes not yet scanned: at most a part's head or a delimiter
+  State state_ = State::kPreamble;
+  std::string error_;
+  std::string part_name_;
+  bool part_is_file_ = false;
+  bool saw_file_ = false;
+  std::string filename_;
+  std::string purpose_;
+  uint64_t file_bytes_ = 0;
+  std::string file_head_;
+};
+
+struct StoredFile {
+  std::string id;
+  std::string filename;
+  std::string purpose;
+  uint64_t bytes = 0;
+  int64_t created_at = 0;
+  std::string content;  // the first kFileKeepBytes
+};
+
+nlohmann::json FileJson(const StoredFile& file);
+bool ValidFilePurpose(std::string_view purpose);
+
+// Files and batches, in memory, shared by all connections.
+class FileStore final {
+ public:
+  // Stores the file under a new id; returns its OpenAIFile JSON.
+  std::string Add(StoredFile file);
+  std::optional<StoredFile> Get(std::string_view id) const;
+  bool Delete(std::string_view id);
+  // ListFilesResponse: newest first unless ascending.
+  std::string ListJson(std::string_view purpose, bool ascending, size_t limit) const;
+  // POST /v1/batches: the Batch JSON, or nullopt with *error (400, or 404 for an unknown file).
+  std::optional<std::string> CreateBatch(const nlohmann::json& body, ApiError* error);
+  std::optional<std::string> GetBatch(std::string_view id) const;
+
+ private:
+  mutable std::mutex mu_;
+  uint64_t next_ = 0;
+  std::vector<StoredFile> files_;
+  std::vector<std::pair<std::string, std::string>> batches_;  // id, JSON
+};
+
 // Request counters and per-key behaviours, shared by all connections.
 class MockState final {
  public:

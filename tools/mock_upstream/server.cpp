@@ -50,6 +50,9 @@ using Json = nlohmann::json;
 using Request = http::request<http::string_body>;
 
 constexpr uint64_t kBodyLimit = 16 * 1024 * 1024;
+// POST /v1/files bodies are scanned as they arrive, never held: OpenAI takes files up to 512 MB.
+constexpr uint64_t kUploadLimit = 512ull * 1024 * 1024;
+constexpr size_t kUploadReadBytes = 64 * 1024;
 constexpr uint32_t kHeaderLimit = 64 * 1024;
 constexpr size_t kRecentRequests = 32;
 // Named because g++ 12 rejects string literals passed straight to a coroutine ("array used as
@@ -59,8 +62,25 @@ constexpr std::string_view kOk = R"({"ok":true})";
 constexpr std::string_view kNoRequest = R"({"error":"no request yet"})";
 constexpr std::string_view kUnknownControl = R"({"error":"unknown control endpoint"})";
 constexpr std::string_view kJson = "application/json";
+constexpr std::string_view kOctetStream = "application/octet-stream";
+constexpr std::string_view kNoHeaders;
 
-enum class Endpoint { kNone, kChat, kText, kEmbeddings, kModels, kModel, kMessages, kCountTokens };
+enum class Endpoint {
+  kNone,
+  kChat,
+  kText,
+  kEmbeddings,
+  kModels,
+  kModel,
+  kMessages,
+  kCountTokens,
+  kFiles,        // GET /v1/files
+  kFile,         // GET /v1/files/{id}
+  kDeleteFile,   // DELETE /v1/files/{id}
+  kFileContent,  // GET /v1/files/{id}/content
+  kBatches,      // POST /v1/batches
+  kBatch,        // GET /v1/batches/{id}
+};
 
 struct Route {
   Endpoint endpoint = Endpoint::kNone;
@@ -69,6 +89,7 @@ struct Route {
   bool anthropic = false;       // the Messages API: x-api-key, Anthropic error bodies
   std::string_view deployment;  // Azure: also the model named in the reply
   std::string_view model_id;    // GET /v1/models/{id}
+  std::string_view object_id;   // a file's or a batch's id
 };
 
 Route ParseRoute(http::verb method, std::string_view path, std::string_view query) {
@@ -89,6 +110,23 @@ Route ParseRoute(http::verb method, std::string_view path, std::string_view quer
     } else if (get && rest.starts_with("/models/") && rest.size() > 8) {
       route.endpoint = Endpoint::kModel;
       route.model_id = rest.substr(8);
+    } else if (get && rest == "/files") {
+      route.endpoint = Endpoint::kFiles;
+    } else if (rest.starts_with("/files/") && rest.size() > 7) {
+      std::string_view id = rest.substr(7);
+      const bool content = id.ends_with("/content");
+      if (content) id.remove_suffix(8);
+      if (!id.empty() && id.find('/') == std::string_view::npos) {
+        route.object_id = id;
+        if (get) route.endpoint = content ? Endpoint::kFileContent : Endpoint::kFile;
+        if (method == http::verb::delete_ && !content) route.endpoint = Endpoint::kDeleteFile;
+      }
+    } else if (post && rest == "/batches") {
+      route.endpoint = Endpoint::kBatches;
+    } else if (get && rest.starts_with("/batches/") && rest.size() > 9 &&
+               rest.find('/', 9) == std::string_view::npos) {
+      route.endpoint = Endpoint::kBatch;
+      route.object_id = rest.substr(9);
     } else if (post && (rest == "/messages" || rest == "/messages/count_tokens")) {
       route.anthropic = true;
       route.endpoint = rest == "/messages" ? Endpoint::kMessages : Endpoint::kCountTokens;
@@ -182,6 +220,8 @@ class Session final : public std::enable_shared_from_this<Session> {
   // Each handler answers one request; false when the connection must close afterwards.
   awaitable<bool> Handle(Request& req);
   awaitable<bool> HandleApi(Request& req, std::string_view path, std::string_view query);
+  // POST /v1/files: the multipart body is scanned as it arrives (never held whole).
+  awaitable<bool> HandleUpload(http::request_parser<http::string_body>& parser);
   awaitable<bool> HandleControl(Request& req, std::string_view path, std::string_view query);
   awaitable<bool> Respond(int32_t status, std::string_view body,
                           std::string_view extra_headers = {},
@@ -228,6 +268,7 @@ class Server final {
   int Run();
 
   MockState& state() { return state_; }
+  FileStore& files() { return files_; }
   const Options& options() const { return options_; }
   const std::string& models_json() const { return models_json_; }
   uint64_t NextSeq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
@@ -275,6 +316,7 @@ class Server final {
 
   const Options options_;
   MockState state_;
+  FileStore files_;
   const std::unordered_set<std::string> require_keys_;
   const std::unordered_set<std::string> models_;
   const std::string models_json_;
@@ -310,13 +352,32 @@ awaitable<void> Session::Loop() {
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(kHeaderLimit);
-    parser.body_limit(kBodyLimit);
+    // An upload's limit until the head says what the request is (a Content-Length over the
+    // limit fails the head's read).
+    parser.body_limit(kUploadLimit);
     co_await http::async_read_header(socket_, buffer_, parser,
                                      asio::redirect_error(use_awaitable, ec));
+    const bool upload =
+        !ec && parser.get().method() == http::verb::post &&
+        parser.get().target().substr(0, parser.get().target().find('?')) == "/v1/files";
+    if (!ec && !upload) {
+      parser.body_limit(kBodyLimit);
+      if (parser.content_length().value_or(0) > kBodyLimit) ec = http::error::body_limit;
+    }
     if (!ec && beast::iequals(parser.get()[http::field::expect], "100-continue")) {
       constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       co_await asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
                                  asio::redirect_error(use_awaitable, ec));
+    }
+    if (!ec && upload) {
+      bool keep = false;
+      try {
+        keep = co_await HandleUpload(parser);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "mock-upstream: upload failed: %s\n", e.what());
+      }
+      if (!keep) co_return;
+      continue;
     }
     if (!ec && !parser.is_done()) {
       co_await http::async_read(socket_, buffer_, parser, asio::redirect_error(use_awaitable, ec));
@@ -326,7 +387,8 @@ awaitable<void> Session::Loop() {
       anthropic_ = false;  // not routed yet: the OpenAI error format
       ApiError error;
       error.status = 413;
-      error.message = "Request body too large (limit 16 MiB).";
+      error.message = upload ? "Request body too large (limit 512 MiB)."
+                             : "Request body too large (limit 16 MiB).";
       co_await RespondError(error);
       // Read what the client is still sending, so closing does not reset the connection before
       // it has read our answer.
@@ -539,6 +601,63 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       body_ = "{\"input_tokens\":" + std::to_string(*tokens) + "}";
       break;
     }
+    case Endpoint::kFiles: {
+      std::string purpose;
+      bool ascending = false;
+      size_t limit = 10000;
+      for (size_t pos = 0; pos < query.size();) {
+        size_t amp = query.find('&', pos);
+        std::string_view param = query.substr(pos, amp - pos);
+        if (param.starts_with("purpose=")) purpose = PercentDecode(param.substr(8));
+        if (param == "order=asc") ascending = true;
+        if (param.starts_with("limit="))
+          std::from_chars(param.data() + 6, param.data() + param.size(), limit);
+        pos = amp == std::string_view::npos ? query.size() : amp + 1;
+      }
+      body_ = server_.files().ListJson(purpose, ascending, std::max<size_t>(1, limit));
+      break;
+    }
+    case Endpoint::kFile:
+    case Endpoint::kDeleteFile:
+    case Endpoint::kFileContent: {
+      const std::string id(route.object_id);
+      std::optional<StoredFile> file = server_.files().Get(id);
+      if (!file) {
+        error = ErrorForStatus(404, std::nullopt);
+        error.message = "No such File object: " + id;
+        error.param = "id";
+        co_return co_await RespondError(error);
+      }
+      if (route.endpoint == Endpoint::kFileContent) {
+        body_ = std::move(file->content);
+        co_return co_await Respond(200, body_, kNoHeaders, kOctetStream);
+      }
+      if (route.endpoint == Endpoint::kDeleteFile) {
+        server_.files().Delete(id);
+        Json deleted = {{"id", id}, {"object", "file"}, {"deleted", true}};
+        body_ = deleted.dump();
+      } else {
+        body_ = FileJson(*file).dump();
+      }
+      break;
+    }
+    case Endpoint::kBatches: {
+      std::optional<std::string> batch = server_.files().CreateBatch(body, &error);
+      if (!batch) co_return co_await RespondError(error);
+      body_ = std::move(*batch);
+      break;
+    }
+    case Endpoint::kBatch: {
+      const std::string id(route.object_id);
+      std::optional<std::string> batch = server_.files().GetBatch(id);
+      if (!batch) {
+        error = ErrorForStatus(404, std::nullopt);
+        error.message = "No batch found with id '" + id + "'.";
+        co_return co_await RespondError(error);
+      }
+      body_ = std::move(*batch);
+      break;
+    }
     case Endpoint::kNone:
       break;
   }
@@ -546,6 +665,92 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
     ResetConnection();
     co_return false;
   }
+  co_return co_await Respond(200, body_);
+}
+
+awaitable<bool> Session::HandleUpload(http::request_parser<http::string_body>& head_parser) {
+  MockState& state = server_.state();
+  keep_alive_ = head_parser.get().keep_alive();
+  http10_ = head_parser.get().version() == 10;
+  seq_ = server_.NextSeq();
+  status_ = 0;
+  anthropic_ = false;
+  const std::string key(BearerToken(head_parser.get()[http::field::authorization]));
+  const std::optional<Behavior> key_behavior = state.Admit(key, "/v1/files");
+  InFlight in_flight{state};
+  Behavior behavior = server_.options().defaults;
+  if (key_behavior) behavior.Overlay(*key_behavior);
+  std::optional<ApiError> early;
+  const std::string boundary = MultipartBoundary(head_parser.get()[http::field::content_type]);
+  if (key.empty()) {
+    early = ErrorForStatus(401, std::nullopt);
+    early->message = "You didn't provide an API key.";
+  } else if (!server_.KeyAllowed(key)) {
+    early = ErrorForStatus(401, std::nullopt);
+    early->message = "Incorrect API key provided: " + Redact(key) + ".";
+  } else if (behavior.status.value_or(0) >= 400) {
+    early = ErrorForStatus(*behavior.status, behavior.error_code);
+  } else if (boundary.empty()) {
+    early.emplace();
+    early->message = "Invalid Content-Type header (" +
+                     std::string(head_parser.get()[http::field::content_type]) +
+                     "), expected multipart/form-data.";
+  }
+  if (early) {
+    // The body is not read: the connection cannot carry another request.
+    keep_alive_ = false;
+    Request head(head_parser.get().base());
+    server_.Record(std::move(head));
+    co_return co_await RespondError(*early);
+  }
+
+  // From here the body is read in pieces into one fixed buffer and scanned.
+  http::request_parser<http::buffer_body> parser(std::move(head_parser));
+  parser.body_limit(kUploadLimit);
+  MultipartScanner scanner(boundary);
+  std::vector<char> chunk(kUploadReadBytes);
+  uint64_t total = 0;
+  beast::error_code ec;
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk.data();
+    parser.get().body().size = chunk.size();
+    co_await http::async_read_some(socket_, buffer_, parser,
+                                   asio::redirect_error(use_awaitable, ec));
+    if (ec == http::error::need_buffer) ec = {};
+    const size_t n = chunk.size() - parser.get().body().size;
+    total += n;
+    scanner.Feed(std::string_view(chunk.data(), n));
+    if (ec) {
+      state.CountCancelled();
+      co_return false;  // the client left mid-upload (or sent garbage): nothing is stored
+    }
+  }
+  Request head(parser.get().base());
+  head.body() = "<multipart upload: " + std::to_string(total) + " bytes>";
+  server_.Record(std::move(head));
+  ApiError error;
+  if (!scanner.finished()) {
+    error.message = scanner.error().empty() ? "The multipart body is incomplete." : scanner.error();
+    co_return co_await RespondError(error);
+  }
+  if (!scanner.saw_file()) {
+    error.message = "Missing required parameter: 'file'.";
+    error.param = "file";
+    co_return co_await RespondError(error);
+  }
+  if (!ValidFilePurpose(scanner.purpose())) {
+    error.message = scanner.purpose().empty()
+                        ? "Missing required parameter: 'purpose'."
+                        : "'" + scanner.purpose() + "' is not one of the supported purposes.";
+    error.param = "purpose";
+    co_return co_await RespondError(error);
+  }
+  StoredFile file;
+  file.filename = scanner.filename();
+  file.purpose = scanner.purpose();
+  file.bytes = scanner.file_bytes();
+  file.content = std::move(scanner.file_head());
+  body_ = server_.files().Add(std::move(file));
   co_return co_await Respond(200, body_);
 }
 

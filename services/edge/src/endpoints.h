@@ -25,4 +25,7 @@ boost::asio::awaitable<void> BillingSubscription(
     Exchange& x);                                        // GET [/v1]/dashboard/billing/subscription
 boost::asio::awaitable<void> BillingUsage(Exchange& x);  // GET [/v1]/dashboard/billing/usage
 
+// passthrough.cpp: every other /v1/... path, relayed as it is (request body streamed).
+boost::asio::awaitable<void> Passthrough(Exchange& x);  // * /v1/{path...}
+
 }  // namespace tollgate::edge

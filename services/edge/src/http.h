@@ -6,8 +6,10 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,18 +23,50 @@ namespace tollgate::edge {
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
+class BodyStream;
+
 struct HttpRequest {
   std::string method;
   std::string target;
   std::string path;     // target without the query
   HttpHeaders headers;  // names in lower case
-  std::string body;
+  std::string body;     // empty when the body is streamed (body_stream)
+  // Set for a route that streams its request body (RequestHandler::StreamsBody): nothing of the
+  // body has been read when the handler starts; it reads the body piece by piece, or not at all.
+  BodyStream* body_stream = nullptr;
   std::string request_id;  // the client's x-request-id if acceptable, else generated
   std::string client_ip;
-  std::chrono::steady_clock::time_point received;  // when the whole request had arrived
+  // When the whole request had arrived (a streamed body: when its head had).
+  std::chrono::steady_clock::time_point received;
 
   // The first header named `name` (lower case), or "".
   std::string_view Header(std::string_view name) const;
+};
+
+// A request body read while its handler runs, in pieces of at most 64 KiB, so an upload of any
+// size passes with bounded memory; the next piece is read from the client only when asked for
+// (backpressure). The server's framing checks and limits apply as for a buffered body, with the
+// route's own size limit (edge.max_upload_bytes); each piece must arrive within the read timeout.
+// A client's `Expect: 100-continue` is answered at the first Read, so a request refused before
+// (authentication) never makes the client send its body. A body the handler did not read to the
+// end closes the connection after the response (what the client still sends is drained
+// briefly, boundedly).
+class BodyStream {
+ public:
+  virtual ~BodyStream() = default;
+  // The declared length (Content-Length); nullopt for a chunked body.
+  virtual std::optional<uint64_t> content_length() const = 0;
+  // Replaces `piece` with the next bytes of the body; true with an empty piece at its end.
+  // false: the body cannot be read (the client left or stalled, bad framing, over the limit);
+  // failure() says why, and every later Read fails too.
+  virtual boost::asio::awaitable<bool> Read(std::string& piece) = 0;
+  virtual bool done() const = 0;            // the whole body has been read
+  virtual uint64_t bytes_read() const = 0;  // payload bytes handed out so far
+  struct Failure {
+    int status = 400;  // what the client should be told: 400, 413; 0: it is gone, say nothing
+    std::string message;
+  };
+  virtual const std::optional<Failure>& failure() const = 0;
 };
 
 // Writes one response to the client: either whole (Send) or streamed (BeginStream, then
@@ -60,6 +94,13 @@ class RequestHandler {
   // Answers `request` through `writer`; returns the route label for metrics.
   virtual boost::asio::awaitable<std::string> Handle(HttpRequest& request,
                                                      ResponseWriter& writer) = 0;
+  // Whether the route of `method` `path` reads its body itself (HttpRequest::body_stream) instead
+  // of having the server read it whole (edge.max_body_bytes) before Handle.
+  virtual bool StreamsBody(std::string_view method, std::string_view path) const {
+    (void)method;
+    (void)path;
+    return false;
+  }
 };
 
 // One handler per io_context (per I/O thread), so handlers keep per-thread state such as

@@ -45,7 +45,107 @@ constexpr size_t kMaxChunkMetaBytes = 4 * 1024;
 // Our signal for "chunk metadata too long" out of ReadRequest.
 constexpr auto kChunkMetaTooLong = http::error::buffer_overflow;
 
-using RequestParser = http::request_parser<http::string_body>;
+// Beast's string_body without its up-front reserve of the declared length: a streamed body is
+// handed out piece by piece (its Content-Length may be 512 MiB), a buffered one stays within
+// max_body_bytes either way.
+struct RequestBody {
+  using value_type = std::string;
+  static std::uint64_t size(const value_type& body) { return body.size(); }
+  class reader {
+   public:
+    template <bool isRequest, class Fields>
+    reader(http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
+    void init(const boost::optional<std::uint64_t>&, beast::error_code& ec) { ec = {}; }
+    template <class ConstBufferSequence>
+    std::size_t put(const ConstBufferSequence& buffers, beast::error_code& ec) {
+      const size_t n = beast::buffer_bytes(buffers);
+      const size_t at = body_.size();
+      body_.resize(at + n);
+      asio::buffer_copy(asio::buffer(body_.data() + at, n), buffers);
+      ec = {};
+      return n;
+    }
+    void finish(beast::error_code& ec) { ec = {}; }
+
+   private:
+    value_type& body_;
+  };
+};
+
+using RequestParser = http::request_parser<RequestBody>;
+
+// How far ReadRequest reads: the head, the whole request, or the next piece of a streamed body.
+enum class ReadUntil { kHead, kBody, kPiece };
+
+// The wire bound of a body whose payload may be `payload_limit` bytes: the payload plus an
+// eighth for chunked framing plus one chunk's metadata.
+uint64_t WireLimit(uint64_t payload_limit) {
+  return payload_limit + payload_limit / 8 + kMaxChunkMetaBytes;
+}
+
+// Feeds `parser` from `buffer` and the socket until `until` is reached. Beast's own read loop is
+// not used because it grows the buffer for as long as a chunk-size line or a trailer section has
+// not ended. Here:
+// - the head's bytes stay within `limit` (max_header_bytes; else header_limit; the parser checks
+//   too);
+// - the body's bytes on the wire (payload plus chunked framing, counted in `wire` across the
+//   pieces of a streamed body) stay within `limit` (WireLimit of the payload limit; else
+//   body_limit; the payload alone is held to its limit by the parser), so a request cannot be
+//   stretched with chunk extensions or tiny chunks;
+// - an unfinished chunk-size line or trailer section stays within kMaxChunkMetaBytes.
+// The buffer therefore never holds more than those bounds plus one read, and a streamed body's
+// piece (kPiece) is at most what one read brought.
+awaitable<beast::error_code> ReadRequest(beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                         RequestParser& parser, ReadUntil until, uint64_t limit,
+                                         uint64_t& wire) {
+  const bool head_only = until == ReadUntil::kHead;
+  beast::error_code ec;
+  for (;;) {
+    if (head_only ? parser.is_header_done() : parser.is_done()) co_return beast::error_code{};
+    if (until == ReadUntil::kPiece && !parser.get().body().empty()) co_return beast::error_code{};
+    if (buffer.size() > 0) {
+      const size_t used = parser.put(buffer.data(), ec);
+      if (ec == http::error::need_more) ec = {};
+      if (ec) co_return ec;
+      buffer.consume(used);
+      wire += used;
+      if (wire > limit) co_return head_only ? http::error::header_limit : http::error::body_limit;
+      if (head_only && !parser.is_header_done() && wire + buffer.size() >= limit)
+        co_return http::error::header_limit;
+      if (used > 0) continue;
+      // Nothing parsed: the buffer ends in an unfinished line.
+      if (!head_only && buffer.size() > kMaxChunkMetaBytes) co_return kChunkMetaTooLong;
+    }
+    const size_t n = co_await stream.async_read_some(buffer.prepare(kReadSize),
+                                                     asio::redirect_error(use_awaitable, ec));
+    if (ec == asio::error::eof) {
+      if (!parser.got_some()) co_return http::error::end_of_stream;
+      parser.put_eof(ec);
+      if (ec) co_return ec;
+      continue;  // complete after all
+    }
+    if (ec) co_return ec;
+    buffer.commit(n);
+  }
+}
+
+// Trailers that arrived in one piece escaped ReadRequest's bound; they are held to it too. The
+// fields after the first `head_fields` are the trailer's.
+bool TrailerTooLong(const RequestParser& parser, size_t head_fields) {
+  size_t trailer_bytes = 0, index = 0;
+  for (const auto& field : parser.get())
+    if (index++ >= head_fields)
+      trailer_bytes += field.name_string().size() + field.value().size() + 4;
+  return trailer_bytes > kMaxChunkMetaBytes;
+}
+
+// Answers `Expect: 100-continue` once, when the body is about to be read.
+awaitable<beast::error_code> SendContinue(beast::tcp_stream& stream) {
+  beast::error_code ec;
+  http::response<http::empty_body> cont{http::status::continue_, 11};
+  co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
+  co_return ec;
+}
 
 tcp::endpoint ParseEndpoint(const std::string& listen) {
   auto colon = listen.rfind(':');
@@ -109,11 +209,12 @@ std::string FramingError(const RequestParser::value_type& msg) {
 class ClientWriter final : public ResponseWriter {
  public:
   ClientWriter(beast::tcp_stream& stream, unsigned version, bool keep_alive,
-               std::chrono::milliseconds write_timeout)
+               std::chrono::milliseconds write_timeout, const BodyStream* body = nullptr)
       : stream_(stream),
         version_(version),
         keep_alive_(keep_alive),
-        write_timeout_(write_timeout) {}
+        write_timeout_(write_timeout),
+        body_(body) {}
   ~ClientWriter() override { StopWatching(); }
 
   awaitable<bool> Send(int status, HttpHeaders headers, std::string body) override {
@@ -123,7 +224,7 @@ class ClientWriter final : public ResponseWriter {
     status_ = status;
     http::response<http::string_body> res{static_cast<http::status>(status), version_};
     for (auto& [name, value] : headers) res.set(name, value);
-    res.keep_alive(keep_alive_);
+    res.keep_alive(KeepAlive());
     res.body() = std::move(body);
     res.prepare_payload();
     beast::error_code ec;
@@ -139,7 +240,7 @@ class ClientWriter final : public ResponseWriter {
     status_ = status;
     http::response<http::empty_body> res{static_cast<http::status>(status), version_};
     for (auto& [name, value] : headers) res.set(name, value);
-    res.keep_alive(keep_alive_);
+    res.keep_alive(KeepAlive());
     res.chunked(true);
     http::response_serializer<http::empty_body> serializer{res};
     beast::error_code ec;
@@ -214,6 +315,13 @@ class ClientWriter final : public ResponseWriter {
                                 });
   }
 
+  // A streamed body not read to its end when the answer starts: the connection closes after it
+  // (the rest of the body cannot be told from a next request).
+  bool KeepAlive() {
+    if (body_ != nullptr && !body_->done()) keep_alive_ = false;
+    return keep_alive_;
+  }
+
   bool Check(const beast::error_code& ec) {
     if (ec) gone_ = true;
     return !ec;
@@ -230,6 +338,7 @@ class ClientWriter final : public ResponseWriter {
   unsigned version_;
   bool keep_alive_;
   std::chrono::milliseconds write_timeout_;
+  const BodyStream* body_;
   bool started_ = false;
   bool complete_ = false;
   bool gone_ = false;
@@ -282,14 +391,9 @@ struct HttpServer::Impl {
     co_return "unknown";
   }
 
-  // Answers a request that could not be read (too large, malformed) and closes.
-  awaitable<void> Reject(beast::tcp_stream& stream, ErrorCode code, std::string_view message,
-                         const std::string& route) {
-    auto request_id = AcceptOrMakeRequestId("");
-    ClientWriter writer(stream, 11, false, options.write_timeout);
-    co_await writer.Send(Describe(code).http, Head(request_id, Clock::now()),
-                         OpenAiErrorBody(code, message));
-    Count(route, Describe(code).http);
+  // Reads and drops what the client still sends, for a moment and up to a bound, after our
+  // answer, so the kernel does not reset the connection before the client read it.
+  static awaitable<void> DrainAndClose(beast::tcp_stream& stream) {
     beast::error_code ec;
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
     std::vector<char> sink(64 * 1024);
@@ -303,22 +407,34 @@ struct HttpServer::Impl {
     }
   }
 
+  // Answers a request that could not be read (too large, malformed) and closes.
+  awaitable<void> Reject(beast::tcp_stream& stream, ErrorCode code, std::string_view message,
+                         const std::string& route) {
+    auto request_id = AcceptOrMakeRequestId("");
+    ClientWriter writer(stream, 11, false, options.write_timeout);
+    co_await writer.Send(Describe(code).http, Head(request_id, Clock::now()),
+                         OpenAiErrorBody(code, message));
+    Count(route, Describe(code).http);
+    co_await DrainAndClose(stream);
+  }
+
   // Why a request could not be read, as the client is told; nullopt: close without a word
-  // (the client left, or timed out).
+  // (the client left, or timed out). `body_limit` is the payload limit that applied.
   struct ReadFailure {
     ErrorCode code;
     std::string message;
     std::string route;
   };
 
-  std::optional<ReadFailure> DescribeReadError(const beast::error_code& ec) const {
+  std::optional<ReadFailure> DescribeReadError(const beast::error_code& ec,
+                                               uint64_t body_limit) const {
     if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::connection_reset)
       return std::nullopt;
     if (ec == http::error::body_limit)
       return ReadFailure{
           ErrorCode::kRequestTooLarge,
-          "Request body is too large (limit " + std::to_string(options.max_body_bytes) + " bytes).",
+          "Request body is too large (limit " + std::to_string(body_limit) + " bytes).",
           "too_large"};
     if (ec == http::error::header_limit)
       return ReadFailure{ErrorCode::kRequestTooLarge,
@@ -339,49 +455,73 @@ struct HttpServer::Impl {
     return ReadFailure{ErrorCode::kInvalidRequest, "Malformed HTTP request.", "malformed"};
   }
 
-  // Feeds `parser` from `buffer` and the socket until the head (`head_only`) or the rest of the
-  // request is parsed. Beast's own read loop is not used because it grows the buffer for as long
-  // as a chunk-size line or a trailer section has not ended. Here:
-  // - the head's bytes stay within max_header_bytes (else header_limit; the parser checks too);
-  // - the body's bytes on the wire (payload plus chunked framing) stay within max_body_bytes + 1/8
-  //   + kMaxChunkMetaBytes (else body_limit; the payload alone is held to max_body_bytes by the
-  //   parser), so a request cannot be stretched with chunk extensions or tiny chunks;
-  // - an unfinished chunk-size line or trailer section stays within kMaxChunkMetaBytes.
-  // The buffer therefore never holds more than those bounds plus one read.
-  awaitable<beast::error_code> ReadRequest(beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                                           RequestParser& parser, bool head_only) {
-    const uint64_t limit =
-        head_only ? options.max_header_bytes
-                  : options.max_body_bytes + options.max_body_bytes / 8 + kMaxChunkMetaBytes;
-    uint64_t wire = 0;
-    beast::error_code ec;
-    for (;;) {
-      if (head_only ? parser.is_header_done() : parser.is_done()) co_return beast::error_code{};
-      if (buffer.size() > 0) {
-        const size_t used = parser.put(buffer.data(), ec);
-        if (ec == http::error::need_more) ec = {};
-        if (ec) co_return ec;
-        buffer.consume(used);
-        wire += used;
-        if (wire > limit) co_return head_only ? http::error::header_limit : http::error::body_limit;
-        if (head_only && !parser.is_header_done() && wire + buffer.size() >= limit)
-          co_return http::error::header_limit;
-        if (used > 0) continue;
-        // Nothing parsed: the buffer ends in an unfinished line.
-        if (!head_only && buffer.size() > kMaxChunkMetaBytes) co_return kChunkMetaTooLong;
-      }
-      const size_t n = co_await stream.async_read_some(buffer.prepare(kReadSize),
-                                                       asio::redirect_error(use_awaitable, ec));
-      if (ec == asio::error::eof) {
-        if (!parser.got_some()) co_return http::error::end_of_stream;
-        parser.put_eof(ec);
-        if (ec) co_return ec;
-        continue;  // complete after all
-      }
-      if (ec) co_return ec;
-      buffer.commit(n);
+  // The body of a route that streams it (BodyStream in http.h), read from the session's parser
+  // and buffer as the handler asks for it.
+  class StreamedBody final : public BodyStream {
+   public:
+    StreamedBody(Impl& server, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                 RequestParser& parser, size_t head_fields, bool expect_continue)
+        : server_(server),
+          stream_(stream),
+          buffer_(buffer),
+          parser_(parser),
+          head_fields_(head_fields),
+          expect_continue_(expect_continue),
+          done_(parser.is_done()) {
+      if (auto length = parser.content_length()) length_ = *length;
     }
-  }
+
+    std::optional<uint64_t> content_length() const override { return length_; }
+    bool done() const override { return done_; }
+    uint64_t bytes_read() const override { return bytes_; }
+    const std::optional<Failure>& failure() const override { return failure_; }
+
+    awaitable<bool> Read(std::string& piece) override {
+      piece.clear();
+      if (failure_) co_return false;
+      if (done_) co_return true;
+      beast::error_code ec;
+      if (!started_) {
+        started_ = true;
+        parser_.eager(true);
+        if (expect_continue_) {
+          stream_.expires_after(server_.options.write_timeout);
+          ec = co_await SendContinue(stream_);
+        }
+      }
+      if (!ec) {
+        stream_.expires_after(server_.options.read_timeout);
+        ec = co_await ReadRequest(stream_, buffer_, parser_, ReadUntil::kPiece,
+                                  WireLimit(server_.options.max_upload_bytes), wire_);
+      }
+      if (!ec && parser_.is_done() && TrailerTooLong(parser_, head_fields_)) ec = kChunkMetaTooLong;
+      if (ec) {
+        auto why = server_.DescribeReadError(ec, server_.options.max_upload_bytes);
+        failure_ = why ? Failure{Describe(why->code).http, why->message}
+                       : Failure{0, "The client stopped sending the request body."};
+        co_return false;
+      }
+      piece.swap(parser_.get().body());
+      parser_.get().body().clear();
+      bytes_ += piece.size();
+      done_ = parser_.is_done();
+      co_return true;
+    }
+
+   private:
+    Impl& server_;
+    beast::tcp_stream& stream_;
+    beast::flat_buffer& buffer_;
+    RequestParser& parser_;
+    const size_t head_fields_;
+    const bool expect_continue_;
+    std::optional<uint64_t> length_;
+    bool started_ = false;
+    bool done_;
+    uint64_t bytes_ = 0;
+    uint64_t wire_ = 0;
+    std::optional<Failure> failure_;
+  };
 
   awaitable<void> Session(tcp::socket socket, RequestHandler* handler) {
     beast::error_code ec;
@@ -404,10 +544,14 @@ struct HttpServer::Impl {
       }
       RequestParser parser;
       parser.header_limit(options.max_header_bytes);
-      parser.body_limit(options.max_body_bytes);
+      // The route, known once the head is, decides which limit applies; until then the larger
+      // (only the head is read), then the route's (below).
+      parser.body_limit(std::max(options.max_body_bytes, options.max_upload_bytes));
       parser.on_chunk_header(on_chunk_header);
       stream.expires_after(options.read_timeout);
-      ec = co_await ReadRequest(stream, buffer, parser, true);
+      uint64_t head_wire = 0;
+      ec = co_await ReadRequest(stream, buffer, parser, ReadUntil::kHead, options.max_header_bytes,
+                                head_wire);
       std::string framing;
       if (!ec) framing = FramingError(parser.get());
       if (!framing.empty()) {
@@ -416,6 +560,8 @@ struct HttpServer::Impl {
       }
       HttpRequest req;
       size_t head_fields = 0;
+      bool streamed = false;
+      uint64_t body_limit = options.max_body_bytes;
       if (!ec) {
         // The head as handlers see it, taken before the body: trailer fields, which Beast adds
         // to the same list, never reach them.
@@ -424,41 +570,50 @@ struct HttpServer::Impl {
           req.headers.emplace_back(Lower(field.name_string()), field.value());
           ++head_fields;
         }
+        req.method = std::string(parser.get().method_string());
+        req.target = std::string(parser.get().target());
+        req.path = req.target.substr(0, req.target.find('?'));
+        streamed = handler != nullptr && req.path != "/healthz" && req.path != "/readyz" &&
+                   handler->StreamsBody(req.method, req.path);
+        if (streamed) body_limit = options.max_upload_bytes;
+        parser.body_limit(body_limit);
+        if (auto length = parser.content_length(); length && *length > body_limit)
+          ec = http::error::body_limit;
       }
-      if (!ec && !parser.is_done()) {
-        if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
-          http::response<http::empty_body> cont{http::status::continue_, 11};
-          co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
-        }
+      const bool expect_continue =
+          !ec && beast::iequals(parser.get()[http::field::expect], "100-continue");
+      if (!ec && !streamed && !parser.is_done()) {
+        if (expect_continue) ec = co_await SendContinue(stream);
         if (!ec) {
           parser.eager(true);
-          ec = co_await ReadRequest(stream, buffer, parser, false);
+          uint64_t wire = 0;
+          ec = co_await ReadRequest(stream, buffer, parser, ReadUntil::kBody, WireLimit(body_limit),
+                                    wire);
         }
-        // Trailers that arrived in one piece escaped ReadRequest's bound; hold them to it too.
-        size_t trailer_bytes = 0, index = 0;
-        for (const auto& field : parser.get())
-          if (index++ >= head_fields)
-            trailer_bytes += field.name_string().size() + field.value().size() + 4;
-        if (!ec && trailer_bytes > kMaxChunkMetaBytes) ec = kChunkMetaTooLong;
+        if (!ec && TrailerTooLong(parser, head_fields)) ec = kChunkMetaTooLong;
       }
       if (ec) {
-        if (auto failure = DescribeReadError(ec))
+        if (auto failure = DescribeReadError(ec, body_limit))
           co_await Reject(stream, failure->code, failure->message, failure->route);
         break;
       }
 
       ++in_flight;
       auto& msg = parser.get();
-      req.method = std::string(msg.method_string());
-      req.target = std::string(msg.target());
-      req.path = req.target.substr(0, req.target.find('?'));
-      req.body = std::move(msg.body());
+      std::optional<StreamedBody> body;
+      if (streamed) {
+        body.emplace(*this, stream, buffer, parser, head_fields, expect_continue);
+        req.body_stream = &*body;
+      } else {
+        req.body = std::move(msg.body());
+      }
       req.request_id = AcceptOrMakeRequestId(req.Header("x-request-id"));
       req.client_ip = ClientIp(peer_ip, req.headers, options.trusted_proxies);
       req.received = Clock::now();
       const bool keep_alive = msg.keep_alive();
 
-      ClientWriter writer(stream, msg.version(), keep_alive && accepting, options.write_timeout);
+      ClientWriter writer(stream, msg.version(), keep_alive && accepting, options.write_timeout,
+                          body ? &*body : nullptr);
       std::string route;
       if (handler != nullptr && req.path != "/healthz" && req.path != "/readyz") {
         try {
@@ -477,6 +632,13 @@ struct HttpServer::Impl {
       }
       Count(route, writer.status());
       --in_flight;
+      if (body && !body->done()) {
+        // The handler answered without the rest of the body (a refusal before it was read, a
+        // client that stopped sending): the connection cannot carry another request.
+        if (!writer.client_gone() && !(body->failure() && body->failure()->status == 0))
+          co_await DrainAndClose(stream);
+        break;
+      }
       if (!writer.complete() || writer.client_gone() || !keep_alive || !accepting) break;
     }
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);

@@ -21,13 +21,16 @@ struct HttpServerOptions {
   std::string listen = "127.0.0.1:8080";
   int threads = 0;                            // 0: one per core
   uint64_t max_body_bytes = 4 * 1024 * 1024;  // larger bodies get 413
-  uint32_t max_header_bytes = 16 * 1024;      // larger headers get 413 (then the connection closes)
+  // The limit of a body a route streams (RequestHandler::StreamsBody): uploads.
+  uint64_t max_upload_bytes = 512ull * 1024 * 1024;
+  uint32_t max_header_bytes = 16 * 1024;  // larger headers get 413 (then the connection closes)
   // Peers allowed to name the client in Forwarded / X-Forwarded-For (see client_ip.h); empty:
   // the socket's peer is always the client.
   TrustedProxies trusted_proxies;
   // A keep-alive connection with no request in sight is closed after this.
   std::chrono::milliseconds idle_timeout{60000};
-  // Once a request's first byte arrived, its headers and body must arrive within this.
+  // Once a request's first byte arrived, its headers and body must arrive within this; a
+  // streamed body's pieces must each arrive within this.
   std::chrono::milliseconds read_timeout{30000};
   // Each write to the client (a response, one streamed event) must finish within this: a client
   // that stops reading is dropped (and its upstream call cancelled).

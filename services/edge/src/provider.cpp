@@ -58,7 +58,7 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
                                   : UpstreamSuffix(attempt.provider, request.endpoint,
                                                    attempt.upstream_model, attempt.api_version));
   if (!url) return BadBaseUrl{};
-  UpstreamRequest upstream{std::move(*url), "POST", {}, {}};
+  UpstreamRequest upstream{std::move(*url), "POST", {}, {}, nullptr};
   upstream.headers.emplace_back("content-type", "application/json");
   upstream.headers.emplace_back("accept",
                                 request.stream ? "text/event-stream" : "application/json");
@@ -76,11 +76,24 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
       break;
     case ProviderKind::kOpenAi:
     case ProviderKind::kOpenAiCompatible:
-      upstream.headers.emplace_back("authorization", "Bearer " + attempt.api_key);
+      upstream.headers.push_back(*OpenAiPathCredential(attempt));
       break;
   }
   upstream.body = RenderUpstreamBody(request, attempt.upstream_model, attempt.provider);
   return upstream;
+}
+
+std::optional<std::pair<std::string, std::string>> OpenAiPathCredential(
+    const UpstreamAttempt& attempt) {
+  switch (attempt.provider) {
+    case ProviderKind::kOpenAi:
+    case ProviderKind::kOpenAiCompatible:
+      return std::make_pair(std::string("authorization"), "Bearer " + attempt.api_key);
+    case ProviderKind::kAzureOpenAi:
+    case ProviderKind::kAnthropic:
+      return std::nullopt;
+  }
+  return std::nullopt;
 }
 
 AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttempt& attempt,

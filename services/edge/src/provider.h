@@ -35,6 +35,12 @@ struct BadBaseUrl {};
 std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
     ParsedRequest& request, const UpstreamAttempt& attempt);
 
+// The credential header of an attempt whose provider speaks OpenAI's own paths (OpenAI and
+// OpenAI-compatible: Authorization: Bearer), for requests relayed as they are (passthrough.cpp);
+// nullopt for a provider that has no such paths (Azure OpenAI: deployments; Anthropic).
+std::optional<std::pair<std::string, std::string>> OpenAiPathCredential(
+    const UpstreamAttempt& attempt);
+
 // A complete upstream answer, turned into what the client receives (in place, in `body`).
 struct AnswerStatus {
   int client = 0;   // the status the client receives

@@ -30,6 +30,11 @@ class Proxy final : public RequestHandler {
     co_return match.route->label;
   }
 
+  bool StreamsBody(std::string_view method, std::string_view path) const override {
+    RouteMatch match = routes_.Match(method, path);
+    return match.result == RouteMatch::Result::kFound && match.route->streams_body;
+  }
+
  private:
   EdgeContext edge_;
   const RouteTable& routes_;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "src/clients.h"
 #include "src/field_policy.h"
@@ -16,6 +18,18 @@ class Registry;
 
 namespace tollgate::edge {
 
+// The catch-all for every other /v1/... path (passthrough.cpp).
+struct PassthroughOptions {
+  bool enabled = true;                        // edge.passthrough.enabled; off: 404
+  std::vector<std::string> allowed_prefixes;  // edge.passthrough.allowed_prefixes; empty: all
+  // The Tollgate model whose route serves requests that name no model (files, batches...):
+  // its lowest-id healthy upstream key (edge.passthrough.default_model); empty: such requests
+  // get 404.
+  std::string default_model;
+  // A JSON body is read whole to find its `model` (edge.max_body_bytes; 413 above).
+  uint64_t max_json_body_bytes = 4 * 1024 * 1024;
+};
+
 struct ProxyOptions {
   int32_t max_attempts = 3;  // upper bound on the attempts of one request (router plan permitting)
   // The completion budget of a request that sets no max_tokens when its model has no default
@@ -27,6 +41,7 @@ struct ProxyOptions {
   FieldPolicyOptions fields;
   UpstreamTimeouts upstream;
   UpstreamPoolOptions pool;
+  PassthroughOptions passthrough;
 };
 
 // The services the request path calls; they must outlive every handler.

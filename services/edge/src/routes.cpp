@@ -25,6 +25,8 @@ const RouteTable& EdgeRoutes() {
        BillingSubscription},
       {"GET", "/dashboard/billing/usage", "billing_usage", kOpenAi, BillingUsage},
       {"GET", "/v1/dashboard/billing/usage", "billing_usage", kOpenAi, BillingUsage},
+      // Last: every other /v1 path (files, batches, uploads...), relayed with its body streamed.
+      {"*", "/v1/{path...}", "passthrough", kOpenAi, Passthrough, /*streams_body=*/true},
   });
   return table;
 }

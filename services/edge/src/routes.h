@@ -34,6 +34,11 @@ struct Route {
   std::string label;    // the `route` label of tollgate_edge_http_requests_total
   ErrorDialect dialect = ErrorDialect::kOpenAi;
   RouteHandler handler = nullptr;
+  // The handler reads the request body itself, piece by piece, as it forwards it (uploads): the
+  // server reads only the head before the handler starts (so nothing but the head is read before
+  // authentication), and the body's limit is edge.max_upload_bytes instead of
+  // edge.max_body_bytes. See BodyStream in http.h.
+  bool streams_body = false;
 };
 
 // A matched route's parameters by name, percent-decoded.

@@ -95,6 +95,8 @@ const char* UpstreamStatusName(UpstreamStatus status) {
       return "broken";
     case UpstreamStatus::kCancelled:
       return "cancelled";
+    case UpstreamStatus::kClientBodyFailed:
+      return "client_body_failed";
   }
   return "unknown";
 }
@@ -249,9 +251,9 @@ struct UpstreamCall::Impl {
     co_return UpstreamStatus::kOk;
   }
 
-  // kOk, an error, or nullopt when a reused connection turned out closed before answering.
-  awaitable<std::optional<UpstreamStatus>> Exchange(bool reused) {
-    http::request<http::string_body> req;
+  // The request head's fields, on a request of any body type.
+  template <class Message>
+  void SetHead(Message& req) const {
     req.method(http::string_to_verb(request.method));
     req.target(request.url.target);
     req.version(11);
@@ -263,18 +265,89 @@ struct UpstreamCall::Impl {
     req.set(http::field::accept_encoding, "identity");
     for (const auto& [name, value] : request.headers) req.set(name, value);
     req.keep_alive(true);
-    if (!request.body.empty() || request.method == "POST") req.body() = request.body;
-    req.prepare_payload();
+  }
 
+  // Sends the head, then the body as it is read from request.body_stream: each piece written
+  // before the next is read. nullopt when a reused connection turned out closed before any of
+  // the body was read (so the request can go on a fresh one).
+  awaitable<std::optional<UpstreamStatus>> SendStreamed(bool reused) {
+    BodyStream& source = *request.body_stream;
+    http::request<http::empty_body> req;
+    SetHead(req);
+    const std::optional<uint64_t> length = source.content_length();
+    if (length) {
+      req.content_length(*length);
+    } else {
+      req.chunked(true);
+    }
+    http::request_serializer<http::empty_body> serializer{req};
     beast::error_code ec;
-    conn->lowest().expires_at(Until(timeouts.first_byte));
+    conn->lowest().expires_at(Until(timeouts.idle));
     co_await WithStream(*conn, [&](auto& stream) {
-      return http::async_write(stream, req, asio::redirect_error(use_awaitable, ec));
+      return http::async_write_header(stream, serializer, asio::redirect_error(use_awaitable, ec));
     });
-    if (!ec) sent = true;
     if (cancelled) co_return UpstreamStatus::kCancelled;
-    if (ec && reused && IsPeerGone(ec)) co_return std::nullopt;
+    if (ec && reused && IsPeerGone(ec) && source.bytes_read() == 0) co_return std::nullopt;
     if (ec) co_return Fail(UpstreamStatus::kConnectError, "send to " + key, ec);
+    std::string piece;
+    for (;;) {
+      if (!co_await source.Read(piece)) {
+        if (cancelled) co_return UpstreamStatus::kCancelled;
+        error = "the client's request body did not arrive";
+        conn->Close();
+        co_return UpstreamStatus::kClientBodyFailed;
+      }
+      if (cancelled) co_return UpstreamStatus::kCancelled;
+      if (piece.empty() && !source.done()) continue;
+      conn->lowest().expires_at(Until(timeouts.idle));
+      if (!piece.empty()) {
+        co_await WithStream(*conn, [&](auto& stream) {
+          asio::const_buffer data(piece.data(), piece.size());
+          if (length)
+            return asio::async_write(stream, data, asio::redirect_error(use_awaitable, ec));
+          return asio::async_write(stream, http::make_chunk(data),
+                                   asio::redirect_error(use_awaitable, ec));
+        });
+        if (cancelled) co_return UpstreamStatus::kCancelled;
+        if (ec) co_return Fail(UpstreamStatus::kBroken, "send the body to " + key, ec);
+      }
+      if (source.done()) break;
+    }
+    if (!length) {
+      co_await WithStream(*conn, [&](auto& stream) {
+        return asio::async_write(stream, http::make_chunk_last(),
+                                 asio::redirect_error(use_awaitable, ec));
+      });
+      if (cancelled) co_return UpstreamStatus::kCancelled;
+      if (ec) co_return Fail(UpstreamStatus::kBroken, "send the body to " + key, ec);
+    }
+    sent = true;
+    co_return UpstreamStatus::kOk;
+  }
+
+  // kOk, an error, or nullopt when a reused connection turned out closed before answering.
+  awaitable<std::optional<UpstreamStatus>> Exchange(bool reused) {
+    beast::error_code ec;
+    if (request.body_stream != nullptr) {
+      auto written = co_await SendStreamed(reused);
+      if (!written || *written != UpstreamStatus::kOk) co_return written;
+      // Once the body went, the request cannot be sent again: no retry below.
+      reused = false;
+    } else {
+      http::request<http::string_body> req;
+      SetHead(req);
+      if (!request.body.empty() || request.method == "POST") req.body() = request.body;
+      req.prepare_payload();
+      conn->lowest().expires_at(Until(timeouts.first_byte));
+      co_await WithStream(*conn, [&](auto& stream) {
+        return http::async_write(stream, req, asio::redirect_error(use_awaitable, ec));
+      });
+      if (!ec) sent = true;
+      if (cancelled) co_return UpstreamStatus::kCancelled;
+      if (ec && reused && IsPeerGone(ec)) co_return std::nullopt;
+      if (ec) co_return Fail(UpstreamStatus::kConnectError, "send to " + key, ec);
+    }
+    conn->lowest().expires_at(Until(timeouts.first_byte));
 
     parser.emplace();
     parser->header_limit(kResponseHeaderLimit);

@@ -42,14 +42,20 @@ struct UpstreamRequest {
   std::string method = "POST";
   HttpHeaders headers;  // besides host, content-length, connection
   std::string body;
+  // When set, the body is read from here as it is sent (instead of `body`), one piece at a time
+  // (the next is read once the previous was written: backpressure both ways), with its
+  // Content-Length when known, else chunked. Such a call is not retried on a fresh connection
+  // once a piece was read, and a body that fails to arrive ends it with kClientBodyFailed.
+  BodyStream* body_stream = nullptr;
 };
 
 enum class UpstreamStatus {
   kOk,
-  kConnectError,  // DNS, refused, TLS handshake or verification failed, reset before an answer
-  kTimeout,       // a timeout fired
-  kBroken,        // the answer was cut off or malformed
-  kCancelled,     // Cancel() was called
+  kConnectError,      // DNS, refused, TLS handshake or verification failed, reset before an answer
+  kTimeout,           // a timeout fired
+  kBroken,            // the answer was cut off or malformed
+  kCancelled,         // Cancel() was called
+  kClientBodyFailed,  // the streamed request body could not be read (UpstreamRequest::body_stream)
 };
 
 const char* UpstreamStatusName(UpstreamStatus status);

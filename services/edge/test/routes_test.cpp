@@ -110,7 +110,8 @@ TEST(RouteTableTest, MalformedRoutesFailWhenTheTableIsBuilt) {
   EXPECT_EQ(Label(RouteTable({R("GET", "/", "root")}), "GET", "/"), "root");
 }
 
-// The edge's own table: every endpoint under its label, the rest 404 or 405, all OpenAI.
+// The edge's own table: every endpoint under its label, every other /v1 path the catch-all's,
+// the rest 404, all OpenAI.
 TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   const RouteTable& table = EdgeRoutes();
   EXPECT_EQ(Label(table, "POST", "/v1/chat/completions"), "chat_completions");
@@ -125,12 +126,23 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
     EXPECT_EQ(Label(table, "GET", p + "/dashboard/billing/subscription"), "billing_subscription");
     EXPECT_EQ(Label(table, "GET", p + "/dashboard/billing/usage"), "billing_usage");
   }
-  EXPECT_EQ(table.Match("GET", "/v1/chat/completions").result,
-            RouteMatch::Result::kMethodNotAllowed);
-  EXPECT_EQ(table.Match("POST", "/v1/models").result, RouteMatch::Result::kMethodNotAllowed);
-  EXPECT_EQ(table.Match("GET", "/v1/models/").result, RouteMatch::Result::kNotFound);
-  EXPECT_EQ(table.Match("GET", "/v1/nothing").result, RouteMatch::Result::kNotFound);
-  EXPECT_EQ(table.Match("GET", "/v1/nothing").dialect, ErrorDialect::kOpenAi);
+  // Every other /v1 path and method is the catch-all's (the last route; the only one whose body
+  // is streamed); outside /v1 nothing else matches.
+  for (auto [method, path] :
+       std::vector<std::pair<std::string, std::string>>{{"GET", "/v1/chat/completions"},
+                                                        {"POST", "/v1/models"},
+                                                        {"GET", "/v1/models/"},
+                                                        {"POST", "/v1/files"},
+                                                        {"DELETE", "/v1/files/file-1"},
+                                                        {"GET", "/v1/files/file-1/content"}}) {
+    EXPECT_EQ(Label(table, method, path), "passthrough") << method << " " << path;
+  }
+  EXPECT_EQ(&table.routes().back(), table.Match("PATCH", "/v1/x/y").route);
+  for (const Route& route : table.routes())
+    EXPECT_EQ(route.streams_body, route.label == "passthrough") << route.pattern;
+  EXPECT_EQ(table.Match("GET", "/nothing").result, RouteMatch::Result::kNotFound);
+  EXPECT_EQ(table.Match("GET", "/v1").result, RouteMatch::Result::kNotFound);
+  EXPECT_EQ(table.Match("GET", "/nothing").dialect, ErrorDialect::kOpenAi);
   for (const Route& route : table.routes()) EXPECT_EQ(route.dialect, ErrorDialect::kOpenAi);
 }
 
