@@ -46,7 +46,7 @@ boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& reques
   x.record.upstream_key_id = attempt.upstream_key_id;
   if (kind == OutcomeKind::kSuccess) {
     int64_t completion_chars = 0;
-    Usage usage = UsageFromBody(body, &completion_chars);
+    Usage usage = WholeAnswerUsage(request, body, &completion_chars);
     SetUsage(x.record, request, usage, completion_chars);
   } else {
     Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
@@ -103,21 +103,23 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     LogAttempt(x, attempt, kind, 200, call.error_detail());
     ErrorCode code =
         st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
-    std::string event = "data: " +
-                        x.ErrorBody(code, st == UpstreamStatus::kTimeout
-                                              ? "The upstream provider stopped sending."
-                                              : "The upstream provider broke off the answer.") +
-                        "\n\n";
+    std::string event = stream.ErrorEvent(x.ErrorBody(
+        code, st == UpstreamStatus::kTimeout ? "The upstream provider stopped sending."
+                                             : "The upstream provider broke off the answer."));
     if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
   } else if (auto error = stream.error()) {
     // The upstream reported an error inside the stream: the client's stream ends with it.
     call.Cancel();
     kind = error->status == 429 ? OutcomeKind::kRateLimited : OutcomeKind::kServerError;
     LogAttempt(x, attempt, kind, error->status, "error event in the stream");
-    if (co_await x.writer.WriteChunk("data: " + error->body + "\n\n"))
-      co_await x.writer.EndStream();
+    if (co_await x.writer.WriteChunk(error->event)) co_await x.writer.EndStream();
   } else {
-    if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
+    // OpenAI's [DONE], or what Anthropic's stream still lacks (never an empty chunk: that
+    // would end the chunked body).
+    std::string tail = stream.Finish();
+    bool written = true;
+    if (!tail.empty()) written = co_await x.writer.WriteChunk(tail);
+    if (written) {
       co_await x.writer.EndStream();
     } else {
       x.record.client_disconnected = true;
