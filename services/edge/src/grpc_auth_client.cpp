@@ -86,10 +86,8 @@ AuthResult Decide(bool known, const KeyPrincipal& p, std::string_view key,
     case Verdict::kKeyDisabled:
       return Refuse(ErrorCode::kInvalidApiKey, "The API key " + masked + " is disabled.");
     case Verdict::kKeyExpired:
-      return Refuse(
-          ErrorCode::kPermissionDenied,
-          "The API key " + masked + " expired at " +
-              FormatTimestamp(std::chrono::sys_seconds(std::chrono::seconds(p.expires_at))) + ".");
+      return Refuse(ErrorCode::kPermissionDenied,
+                    "The API key " + masked + " expired at " + FormatTimestamp(std::chrono::sys_seconds(std::chrono::seconds(p.expires_at))) + ".");
     case Verdict::kUserDisabled:
       return Refuse(ErrorCode::kPermissionDenied,
                     "The user the API key " + masked + " belongs to is disabled.");
