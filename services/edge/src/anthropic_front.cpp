@@ -297,8 +297,10 @@ ErrorRow RowForStatus(int status) {
   }
 }
 
-Json ErrorObject(std::string_view type, std::string_view message) {
-  return Json{{"type", "error"}, {"error", {{"type", type}, {"message", message}}}};
+// Anthropic's error object, `type` first as the API writes it.
+std::string ErrorText(std::string_view type, std::string_view message) {
+  OrderedJson error{{"type", "error"}, {"error", {{"type", type}, {"message", message}}}};
+  return error.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
 }
 
 }  // namespace
@@ -438,7 +440,7 @@ ClientError ChatErrorToMessages(int http_status, const Json& body) {
   if (body.is_object() && body.contains("error")) message = Str(body["error"], "message");
   if (message.empty())
     message = "The upstream provider answered with HTTP " + std::to_string(http_status) + ".";
-  return ClientError{row.status, ErrorObject(row.type, message)};
+  return ClientError{row.status, ErrorText(row.type, message)};
 }
 
 std::string_view ErrorType(ErrorCode code) {
@@ -477,11 +479,15 @@ int ErrorStatus(ErrorCode code) {
 }
 
 std::string ErrorBody(ErrorCode code, std::string_view message) {
-  return Dump(ErrorObject(ErrorType(code), message));
+  return ErrorText(ErrorType(code), message);
 }
 
 std::string ErrorEvent(std::string_view body) {
   return "event: error\ndata: " + std::string(body) + "\n\n";
+}
+
+std::string ErrorEvent(const StreamError& error) {
+  return ErrorEvent(ErrorText(error.type, error.message));
 }
 
 bool MessagesStreamMeter::OnEvent(const SseEvent& event) {
@@ -489,7 +495,7 @@ bool MessagesStreamMeter::OnEvent(const SseEvent& event) {
   Json json = Json::parse(event.data, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     error_ = StreamError{"api_error", "The upstream provider sent a malformed event."};
-    error_event_ = ErrorEvent(Dump(ErrorObject(error_->type, error_->message)));
+    error_event_ = ErrorEvent(ErrorText(error_->type, error_->message));
     return false;
   }
   std::string type = Str(json, "type");

@@ -68,10 +68,11 @@ Json ToMessage(const Json& chat_completion, std::string model_shown, const Json&
 // (Anthropic's table; 503 is overloaded_error with status 529), the message kept.
 struct ClientError {
   int status = 500;
-  Json body;  // {"type":"error","error":{"type","message"}}
+  std::string body;  // {"type":"error","error":{"type","message"}}
 };
 ClientError ChatErrorToMessages(int http_status, const Json& body);
 
+// Anthropic's error types and bodies are written `type` first, as the API writes them.
 // The edge's own errors in Anthropic's form: the type for an ErrorCode and the status (the
 // table's, except 503-class codes, which Anthropic answers as 529 overloaded_error).
 std::string_view ErrorType(ErrorCode code);
@@ -79,6 +80,8 @@ int ErrorStatus(ErrorCode code);
 std::string ErrorBody(ErrorCode code, std::string_view message);
 // `event: error\ndata: BODY\n\n`
 std::string ErrorEvent(std::string_view body);
+// The error of a stream error event (StreamError) as the stream's last event.
+std::string ErrorEvent(const StreamError& error);
 
 // An Anthropic upstream's stream, relayed as sent: each event is read for the usage
 // (message_start, then message_delta's cumulative counts) and the generated characters; an

@@ -160,7 +160,7 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
     }
     anthropic::ClientError error =
         anthropic::ChatErrorToMessages(status, json.is_discarded() ? Json() : json);
-    body = Dump(error.body);
+    body = std::move(error.body);
     return {error.status, status};
   }
   if (!anthropic) return {status, status};

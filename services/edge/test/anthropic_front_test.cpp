@@ -217,22 +217,22 @@ TEST(MessagesErrors, OpenAiErrorsBecomeAnthropics) {
       J(R"({"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}})"));
   EXPECT_EQ(e.status, 429);
   EXPECT_EQ(e.body,
-            J(R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})"));
-  EXPECT_EQ(ChatErrorToMessages(400, J(R"({"error":{"message":"bad"}})")).body["error"]["type"],
+            R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})");
+  EXPECT_EQ(J(ChatErrorToMessages(400, J(R"({"error":{"message":"bad"}})")).body)["error"]["type"],
             "invalid_request_error");
-  EXPECT_EQ(ChatErrorToMessages(401, Json()).body["error"]["type"], "authentication_error");
-  EXPECT_EQ(ChatErrorToMessages(403, Json()).body["error"]["type"], "permission_error");
-  EXPECT_EQ(ChatErrorToMessages(404, Json()).body["error"]["type"], "not_found_error");
+  EXPECT_EQ(J(ChatErrorToMessages(401, Json()).body)["error"]["type"], "authentication_error");
+  EXPECT_EQ(J(ChatErrorToMessages(403, Json()).body)["error"]["type"], "permission_error");
+  EXPECT_EQ(J(ChatErrorToMessages(404, Json()).body)["error"]["type"], "not_found_error");
   auto overloaded = ChatErrorToMessages(503, Json());
   EXPECT_EQ(overloaded.status, 529);
-  EXPECT_EQ(overloaded.body["error"]["type"], "overloaded_error");
-  EXPECT_FALSE(overloaded.body["error"]["message"].get<std::string>().empty());
-  EXPECT_EQ(ChatErrorToMessages(500, Json()).body["error"]["type"], "api_error");
+  EXPECT_EQ(J(overloaded.body)["error"]["type"], "overloaded_error");
+  EXPECT_FALSE(J(overloaded.body)["error"]["message"].get<std::string>().empty());
+  EXPECT_EQ(J(ChatErrorToMessages(500, Json()).body)["error"]["type"], "api_error");
 }
 
 TEST(MessagesErrors, EdgeErrorCodesHaveOneAnthropicForm) {
-  EXPECT_EQ(J(ErrorBody(ErrorCode::kInvalidApiKey, "bad key")),
-            J(R"({"type":"error","error":{"type":"authentication_error","message":"bad key"}})"));
+  EXPECT_EQ(ErrorBody(ErrorCode::kInvalidApiKey, "bad key"),
+            R"({"type":"error","error":{"type":"authentication_error","message":"bad key"}})");
   EXPECT_EQ(ErrorStatus(ErrorCode::kInvalidApiKey), 401);
   EXPECT_EQ(ErrorType(ErrorCode::kPermissionDenied), "permission_error");
   EXPECT_EQ(ErrorType(ErrorCode::kModelNotFound), "not_found_error");
