@@ -70,7 +70,9 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+  // OpenAI chunks are put back together; Anthropic's events are kept as sent (Capture).
+  if (x.keep_bodies && x.dialect == ErrorDialect::kOpenAi)
+    x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
   ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
   std::vector<SseEvent> events;
@@ -83,7 +85,10 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     events.clear();
     stream.Feed(data, events);
     for (const auto& event : events) {
-      if (x.transcript) x.transcript->OnData(event.data);
+      if (x.transcript)
+        x.transcript->OnData(event.data);
+      else
+        x.Capture(event.raw);
       client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
       if (!client_ok) break;
     }

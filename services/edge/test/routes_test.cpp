@@ -131,7 +131,18 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   EXPECT_EQ(table.Match("GET", "/v1/models/").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/v1/nothing").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/v1/nothing").dialect, ErrorDialect::kOpenAi);
-  for (const Route& route : table.routes()) EXPECT_EQ(route.dialect, ErrorDialect::kOpenAi);
+  // Anthropic's Messages API answers in Anthropic's format, a wrong method included.
+  EXPECT_EQ(Label(table, "POST", "/v1/messages"), "messages");
+  EXPECT_EQ(Label(table, "POST", "/v1/messages/count_tokens"), "count_tokens");
+  EXPECT_EQ(table.Match("POST", "/v1/messages").dialect, ErrorDialect::kAnthropic);
+  auto get = table.Match("GET", "/v1/messages");
+  EXPECT_EQ(get.result, RouteMatch::Result::kMethodNotAllowed);
+  EXPECT_EQ(get.dialect, ErrorDialect::kAnthropic);
+  for (const Route& route : table.routes()) {
+    EXPECT_EQ(route.dialect, route.pattern.starts_with("/v1/messages") ? ErrorDialect::kAnthropic
+                                                                       : ErrorDialect::kOpenAi)
+        << route.pattern;
+  }
 }
 
 }  // namespace
