@@ -3,7 +3,8 @@
 // Anthropic-type upstream (passed through: the mock upstream's Anthropic mode) and to an
 // OpenAI-type upstream (translated: the default mock provider), with the demo user's sk-tg- key
 // as x-api-key or Authorization: Bearer; usage (cache reads included) recorded by billing; errors
-// in Anthropic's format.
+// (authentication, validation, unknown model, a refused billing hold, upstream errors, an error
+// event mid-stream, a wrong method) in Anthropic's format.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -34,9 +35,12 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
     await addRoutedModel(suite, 'claude-front-cache', provider, 'claude-cache-front');
     await addRoutedModel(suite, 'claude-front-midstream', provider, 'mock-midstream-4');
     await addRoutedModel(suite, 'claude-front-count', provider, 'claude-count-front');
-    for (const m of ['mock-front', 'mock-front-stream', 'mock-front-tools', 'mock-front-400', 'mock-front-count']) {
+    for (const m of ['mock-front', 'mock-front-stream', 'mock-front-tools', 'mock-front-400', 'mock-front-count',
+      'mock-front-priced']) {
       await addMockModel(suite, m);
     }
+    await suite.ctl(['billing', 'set-price', '--model=mock-front-priced', '--input-micros-per-mtok=1000000',
+      '--output-micros-per-mtok=1000000']);
     await sleep(1500); // edge.routing_refresh: the edges' tables have the catalogue
   }, { timeout: 240_000 });
 
@@ -264,6 +268,21 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
         assert.equal(err.error.error.type, 'not_found_error');
         return true;
       });
+    });
+
+    it('a refused billing hold (no balance) is rate_limit_error 429, before any upstream call', { timeout: 30_000 }, async () => {
+      const user = (await suite.ctlJson(['auth', 'create-user', '--name=front-broke'])).user.id;
+      const { api_key: key } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${user}`, '--name=front-broke']);
+      await suite.ctl(['billing', 'create-account', `--user-id=${user}`]);
+      const broke = new Anthropic({ baseURL: suite.baseURL.replace(/\/v1$/, ''), apiKey: key, maxRetries: 0 });
+      await suite.resetMock();
+      await assert.rejects(broke.messages.create({ model: 'mock-front-priced', max_tokens: 1000, messages: ASK }), (err) => {
+        assert.ok(err instanceof Anthropic.RateLimitError, String(err));
+        assert.equal(err.status, 429);
+        assert.equal(err.error.error.type, 'rate_limit_error');
+        return true;
+      });
+      assert.equal((await suite.stats()).total, 0, 'no upstream call');
     });
 
     it('GET /v1/messages is a 405 in Anthropic form', { timeout: 30_000 }, async () => {
