@@ -224,7 +224,9 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
     if (sent_to != nullptr) {
       x.record.upstream_key_id = sent_to->upstream_key_id;
       x.record.upstream_model = sent_to->upstream_model;
-      x.record.prompt_tokens = request.prompt_estimate;
+      // count_tokens generates nothing and is free.
+      x.record.prompt_tokens =
+          request.endpoint == Endpoint::kCountTokens ? 0 : request.prompt_estimate;
       x.record.completion_tokens = 0;
       x.record.usage_estimated = true;
     }

@@ -1,8 +1,10 @@
 // Inference: POST /v1/chat/completions, /v1/completions, /v1/embeddings. Admission here (parse,
 // field policy; authentication and the route plan started together; then quota admission and the
-// billing hold concurrently), then the attempts (attempts.h) and the relay (relay.h).
+// billing hold concurrently; Admit, admission.h, is shared with messages.cpp), then the attempts
+// (attempts.h) and the relay (relay.h).
 #include <boost/asio/this_coro.hpp>
 
+#include "src/admission.h"
 #include "src/async.h"
 #include "src/attempts.h"
 #include "src/endpoints.h"
@@ -47,19 +49,26 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
 }
 
 awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
-  EdgeContext& edge = x.edge;
   auto parsed = ParseRequest(endpoint, x.request.body);
   if (auto* error = std::get_if<RequestError>(&parsed)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
     co_return;
   }
   auto& request = std::get<ParsedRequest>(parsed);
+  std::optional<RouteResult> plan = co_await Admit(x, request);
+  if (plan) co_await RunAttempts(x, request, *plan);
+}
+
+}  // namespace
+
+awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request) {
+  EdgeContext& edge = x.edge;
   // What the operator lets a client ask of its upstream account (field_policy.h).
   FieldDecision fields = edge.field_policy.Apply(request.body);
   if (fields.refusal) {
     co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
                          fields.refusal->param);
-    co_return;
+    co_return std::nullopt;
   }
   auto executor = co_await asio::this_coro::executor;
 
@@ -69,7 +78,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
   Eventual<RouteResult> route(executor);
   edge.clients.router.Route(request.model, edge.options.max_attempts, route.Setter());
   std::optional<Principal> who = co_await x.Authenticate();
-  if (!who) co_return;
+  if (!who) co_return std::nullopt;
   RouteResult plan = co_await route.Wait();
   // The key's model allowlist takes the name the client sent or the canonical name it routes
   // to, so an alias of an allowed model is allowed.
@@ -79,7 +88,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
         ErrorCode::kPermissionDenied,
         "This API key is not allowed to use the model '" + request.model.substr(0, 256) + "'.",
         "model");
-    co_return;
+    co_return std::nullopt;
   }
   if (!plan.failure && plan.attempts.empty())
     plan.failure = Failure{ErrorCode::kNoHealthyUpstream,
@@ -87,13 +96,13 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
                                request.model.substr(0, 256) + "'. Retry later."};
   if (plan.failure) {
     co_await x.SendDenied(*plan.failure);
-    co_return;
+    co_return std::nullopt;
   }
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
   // the request may generate (the edge sends the budget upstream when the client set none).
   if (auto error = ApplyCompletionBudget(request, plan.limits, edge.options.default_max_tokens)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
-    co_return;
+    co_return std::nullopt;
   }
   Eventual<AdmitResult> admit(executor);
   edge.clients.quota.Admit(
@@ -116,7 +125,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
       edge.clients.quota.Release(admitted.reservation_id);
     if (!held.failure && !held.hold_id.empty()) edge.clients.billing.Release(held.hold_id);
     co_await x.SendDenied(admitted.failure ? *admitted.failure : *held.failure);
-    co_return;
+    co_return std::nullopt;
   }
 
   auto& record = x.record;
@@ -130,10 +139,8 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
   record.streamed = request.stream;
   record.service_tier = fields.service_tier;  // until the answer says which tier served it
   x.keep_bodies = who->store_bodies;
-  co_await RunAttempts(x, request, plan);
+  co_return plan;
 }
-
-}  // namespace
 
 awaitable<void> ChatCompletions(Exchange& x) { return Complete(x, Endpoint::kChatCompletions); }
 

@@ -15,6 +15,12 @@ boost::asio::awaitable<void> ChatCompletions(Exchange& x);  // POST /v1/chat/com
 boost::asio::awaitable<void> Completions(Exchange& x);      // POST /v1/completions
 boost::asio::awaitable<void> Embeddings(Exchange& x);       // POST /v1/embeddings
 
+// messages.cpp: Anthropic's Messages API in front (admission and attempts as above).
+boost::asio::awaitable<void> Messages(Exchange& x);     // POST /v1/messages
+boost::asio::awaitable<void> CountTokens(Exchange& x);  // POST /v1/messages/count_tokens
+// Any other method on those two paths: Anthropic's 405 (before the catch-all sends it upstream).
+boost::asio::awaitable<void> MessagesMethodNotAllowed(Exchange& x);
+
 // models.cpp: the models the calling key may use.
 boost::asio::awaitable<void> ListModels(Exchange& x);     // GET /v1/models
 boost::asio::awaitable<void> RetrieveModel(Exchange& x);  // GET /v1/models/{model...}

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "src/anthropic_front.h"
 #include "src/async.h"
 #include "src/edge_metrics.h"
 #include "tollgate/redact.h"
@@ -34,7 +35,8 @@ std::string_view ApiKey(const HttpRequest& request) {
   std::string_view auth = request.Header("authorization");
   if (auth.size() > 7 && (auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
     return auth.substr(7);
-  return request.Header("api-key");
+  if (std::string_view key = request.Header("api-key"); !key.empty()) return key;
+  return request.Header("x-api-key");
 }
 
 awaitable<std::optional<Principal>> Exchange::Authenticate() {
@@ -65,8 +67,20 @@ std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
   switch (dialect) {
     case ErrorDialect::kOpenAi:
       return OpenAiErrorBody(code, message, param);
+    case ErrorDialect::kAnthropic:
+      return anthropic::ErrorBody(code, message);  // Anthropic's errors name no param
   }
   return OpenAiErrorBody(code, message, param);  // not reached: every dialect has its case
+}
+
+int Exchange::ErrorStatus(ErrorCode code) const {
+  switch (dialect) {
+    case ErrorDialect::kOpenAi:
+      return Describe(code).http;
+    case ErrorDialect::kAnthropic:
+      return anthropic::ErrorStatus(code);
+  }
+  return Describe(code).http;
 }
 
 awaitable<void> Exchange::SendError(ErrorCode code, std::string_view message,
@@ -76,7 +90,7 @@ awaitable<void> Exchange::SendError(ErrorCode code, std::string_view message,
   for (auto& h : extra) headers.push_back(std::move(h));
   std::string body = ErrorBody(code, message, param);
   Capture(body);
-  co_await writer.Send(Describe(code).http, std::move(headers), std::move(body));
+  co_await writer.Send(ErrorStatus(code), std::move(headers), std::move(body));
 }
 
 awaitable<void> Exchange::SendDenied(const Failure& denied) {
@@ -94,6 +108,21 @@ awaitable<void> Exchange::SendJson(std::string body) {
 }
 
 awaitable<void> Exchange::SendNoRoute(const RouteMatch& match) {
+  if (dialect == ErrorDialect::kAnthropic &&
+      match.result == RouteMatch::Result::kMethodNotAllowed) {
+    // Anthropic answers a known path under another method with a real 405.
+    std::string allow;
+    for (const auto& m : match.allowed_methods) allow += (allow.empty() ? "" : ", ") + m;
+    auto headers = CommonHeaders();
+    headers.emplace_back("content-type", "application/json");
+    headers.emplace_back("allow", allow);
+    std::string body =
+        anthropic::ErrorBody(ErrorCode::kInvalidRequest,
+                             "Method Not Allowed (" + request.method + " " + request.path + ")");
+    Capture(body);
+    co_await writer.Send(405, std::move(headers), std::move(body));
+    co_return;
+  }
   // OpenAI answers an unknown path and a known path under another method alike: 404 "Invalid
   // URL". A dialect with a real 405 sends it here, with match.allowed_methods as Allow.
   co_await SendError(ErrorCode::kNotFound,

@@ -55,9 +55,10 @@ class Exchange final {
   // x-request-id, x-tollgate-overhead-ms (the first call observes the overhead metric) and, once
   // the quota service answered, x-ratelimit-*.
   HttpHeaders CommonHeaders();
-  // An error body in the route's dialect.
+  // An error body in the route's dialect, and the status it goes with.
   std::string ErrorBody(ErrorCode code, std::string_view message,
                         std::string_view param = {}) const;
+  int ErrorStatus(ErrorCode code) const;
   boost::asio::awaitable<void> SendError(ErrorCode code, std::string_view message,
                                          std::string_view param = {}, HttpHeaders extra = {});
   // A service's refusal: retry-after when it gave one; a model_not_found names param "model".
@@ -98,7 +99,8 @@ class Exchange final {
   void StoreBodies();
 };
 
-// The API key the request presents: Authorization: Bearer, else api-key.
+// The API key the request presents: Authorization: Bearer, else api-key (Azure's form), else
+// x-api-key (Anthropic's).
 std::string_view ApiKey(const HttpRequest& request);
 
 }  // namespace tollgate::edge

@@ -64,9 +64,7 @@ ImageParts ChatImages(const OrderedJson& body) {
 int64_t PromptEstimate(Endpoint endpoint, const OrderedJson& body, size_t body_bytes) {
   ImageParts images;
   if (endpoint == Endpoint::kChatCompletions) images = ChatImages(body);
-  const int64_t bytes = std::max<int64_t>(0, static_cast<int64_t>(body_bytes) - images.data_bytes);
-  return SatAdd((bytes + kPromptBytesPerToken - 1) / kPromptBytesPerToken,
-                SatMul(images.count, kImageTokens));
+  return PromptUpperBound(static_cast<int64_t>(body_bytes), images.count, images.data_bytes);
 }
 
 // A positive integer field (absent or null: 0), or why not. Values beyond int64 saturate (they
@@ -170,6 +168,12 @@ int HexValue(char c) {
 
 }  // namespace
 
+int64_t PromptUpperBound(int64_t body_bytes, int64_t images, int64_t image_data_bytes) {
+  const int64_t bytes = std::max<int64_t>(0, body_bytes - image_data_bytes);
+  return SatAdd((bytes + kPromptBytesPerToken - 1) / kPromptBytesPerToken,
+                SatMul(images, kImageTokens));
+}
+
 std::string_view EndpointSuffix(Endpoint endpoint) {
   switch (endpoint) {
     case Endpoint::kChatCompletions:
@@ -178,6 +182,10 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
       return "/completions";
     case Endpoint::kEmbeddings:
       return "/embeddings";
+    case Endpoint::kMessages:
+      return "/v1/messages";
+    case Endpoint::kCountTokens:
+      return "/v1/messages/count_tokens";
   }
   return "";
 }
@@ -255,7 +263,7 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
 
 std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const ModelLimits& limits,
                                                   int64_t fallback_default) {
-  if (request.endpoint == Endpoint::kEmbeddings) {
+  if (request.endpoint == Endpoint::kEmbeddings || request.endpoint == Endpoint::kCountTokens) {
     request.max_tokens = 0;
     return std::nullopt;
   }

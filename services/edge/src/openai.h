@@ -15,9 +15,12 @@
 
 namespace tollgate::edge {
 
-enum class Endpoint { kChatCompletions, kCompletions, kEmbeddings };
+// kMessages and kCountTokens are Anthropic's Messages API in front (anthropic_front.h): their
+// bodies are Anthropic's, parsed by ParseMessagesRequest.
+enum class Endpoint { kChatCompletions, kCompletions, kEmbeddings, kMessages, kCountTokens };
 
-// "/chat/completions", "/completions", "/embeddings": the path after the base URL.
+// "/chat/completions", "/completions", "/embeddings" ("/v1/messages",
+// "/v1/messages/count_tokens"): the path after the base URL.
 std::string_view EndpointSuffix(Endpoint endpoint);
 
 // A client request, parsed once. `body` is already in its upstream form except for `model`,
@@ -50,6 +53,10 @@ inline constexpr int64_t kImageTokens = 2000;
 // No model generates more; a larger max_tokens is refused (with no model limit configured).
 inline constexpr int64_t kMaxCompletionTokens = 1'000'000;
 
+// The prompt's upper bound above for a body of `body_bytes` with `images` image parts whose
+// inline data takes `image_data_bytes` of it.
+int64_t PromptUpperBound(int64_t body_bytes, int64_t images, int64_t image_data_bytes);
+
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   nlohmann::ordered_json body;  // ordered: the upstream sees the client's field order
@@ -67,6 +74,9 @@ struct ParsedRequest {
   // so the answer can never outgrow what was admitted and held.
   bool send_max_tokens = false;
   int64_t choices = 1;  // max(n, best_of): completions generated per request
+  // Client headers an upstream of the client's own dialect gets as sent (Anthropic's
+  // anthropic-version and anthropic-beta).
+  std::vector<std::pair<std::string, std::string>> forward_headers;
 };
 
 // A model's completion limits from the catalogue; 0: not configured.
@@ -77,7 +87,8 @@ struct ModelLimits {
 
 // Decides the completion budget once the model is known: the client's limit (refused above the
 // model's max_output_tokens, or kMaxCompletionTokens), else the model's default, else
-// `fallback_default` (then also capped by max_output_tokens). Embeddings have none.
+// `fallback_default` (then also capped by max_output_tokens). Embeddings and count_tokens have
+// none.
 std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const ModelLimits& limits,
                                                   int64_t fallback_default);
 

@@ -1,8 +1,10 @@
 // What differs between upstream provider types, in one place, so the attempt loop (attempts.cpp)
 // and the relay (relay.cpp) stay the same for all of them: an attempt's upstream request, how an
-// answer counts for failover, and the answer as the client receives it. OpenAI, Azure OpenAI and
-// OpenAI-compatible upstreams speak the client's own format (relayed as sent); Anthropic's
-// Messages API is translated both ways (anthropic.h), for chat completions only.
+// answer counts for failover, and the answer as the client receives it. Two dimensions: the
+// client's dialect (OpenAI's API, or Anthropic's Messages API in front: /v1/messages) × the
+// upstream's provider type. The same dialect on both sides is relayed as sent (only `model`
+// replaced); OpenAI chat → Anthropic upstream is translated by anthropic.h, Anthropic Messages →
+// OpenAI-type upstream by anthropic_front.h.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,13 @@ namespace tollgate::edge {
 
 namespace anthropic {
 class StreamTranslator;
-}
+class ChunkTranslator;
+class MessagesStreamMeter;
+}  // namespace anthropic
+
+// The API the client speaks, from its endpoint.
+enum class ClientDialect { kOpenAi, kAnthropic };
+ClientDialect DialectOf(Endpoint endpoint);
 
 // Why an attempt's provider cannot take the request (a 400 for the client when no attempt of the
 // plan can), or nothing. Pure: it sends nothing.
@@ -49,6 +57,12 @@ struct AnswerStatus {
 AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttempt& attempt,
                               int status, std::string& body);
 
+// The usage of a successful whole answer as the client receives it (after AdaptWholeAnswer);
+// `completion_chars` gets the generated characters (for the estimate when it has none). A
+// count_tokens answer has usage 0: it is not billed.
+Usage WholeAnswerUsage(const ParsedRequest& request, std::string_view body,
+                       int64_t* completion_chars);
+
 // A 2xx event stream as the client receives it: Feed each piece of upstream bytes and write every
 // event it yields (one write each, `raw`), in order. Usage and the relayed characters are counted
 // as for an OpenAI stream (StreamRelay): the usage-only chunk reaches the client only when it asked
@@ -61,22 +75,30 @@ class ClientStream final {
   ClientStream& operator=(const ClientStream&) = delete;
 
   void Feed(std::string_view bytes, std::vector<SseEvent>& out);
-  const Usage& usage() const { return relay_.usage(); }
-  int64_t relayed_chars() const { return relay_.relayed_chars(); }
+  Usage usage() const;
+  int64_t relayed_chars() const;
+  // What ends a complete stream for the client: `data: [DONE]` for OpenAI's API; for Anthropic's
+  // what is still missing of message_stop (nothing when the upstream sent it).
+  std::string Finish();
+  // An error body (in the client's dialect) as the stream's last event.
+  std::string ErrorEvent(std::string_view body) const;
 
-  // An error the upstream reported inside the stream (Anthropic's `error` event); nothing after
-  // it is relayed.
+  // An error the upstream reported inside the stream (an `error` event, an error chunk); nothing
+  // after it is relayed.
   struct Error {
-    int status = 500;  // the status it stands for (a 503 for overloaded)
-    std::string body;  // the OpenAI error object, to send as the stream's last event
+    int status = 500;   // the status it stands for (a 503 for overloaded)
+    std::string event;  // the error as the stream's last event, in the client's dialect
   };
   std::optional<Error> error() const;
 
  private:
+  ClientDialect dialect_;
   StreamRelay relay_;
   SseParser parser_;
   std::vector<SseEvent> events_;
-  std::unique_ptr<anthropic::StreamTranslator> translator_;  // set for an Anthropic upstream
+  std::unique_ptr<anthropic::StreamTranslator> translator_;  // OpenAI client, Anthropic upstream
+  std::unique_ptr<anthropic::ChunkTranslator> chunks_;       // Anthropic client, OpenAI upstream
+  std::unique_ptr<anthropic::MessagesStreamMeter> meter_;    // Anthropic on both sides
 };
 
 }  // namespace tollgate::edge

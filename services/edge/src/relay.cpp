@@ -46,7 +46,7 @@ boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& reques
   x.record.upstream_key_id = attempt.upstream_key_id;
   if (kind == OutcomeKind::kSuccess) {
     int64_t completion_chars = 0;
-    Usage usage = UsageFromBody(body, &completion_chars);
+    Usage usage = WholeAnswerUsage(request, body, &completion_chars);
     SetUsage(x.record, request, usage, completion_chars);
   } else {
     Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
@@ -70,7 +70,9 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+  // OpenAI chunks are put back together; Anthropic's events are kept as sent (Capture).
+  if (x.keep_bodies && x.dialect == ErrorDialect::kOpenAi)
+    x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
   ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
   std::vector<SseEvent> events;
@@ -83,7 +85,10 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     events.clear();
     stream.Feed(data, events);
     for (const auto& event : events) {
-      if (x.transcript) x.transcript->OnData(event.data);
+      if (x.transcript)
+        x.transcript->OnData(event.data);
+      else
+        x.Capture(event.raw);
       client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
       if (!client_ok) break;
     }
@@ -103,21 +108,23 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     LogAttempt(x, attempt, kind, 200, call.error_detail());
     ErrorCode code =
         st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
-    std::string event = "data: " +
-                        x.ErrorBody(code, st == UpstreamStatus::kTimeout
-                                              ? "The upstream provider stopped sending."
-                                              : "The upstream provider broke off the answer.") +
-                        "\n\n";
+    std::string event = stream.ErrorEvent(x.ErrorBody(
+        code, st == UpstreamStatus::kTimeout ? "The upstream provider stopped sending."
+                                             : "The upstream provider broke off the answer."));
     if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
   } else if (auto error = stream.error()) {
     // The upstream reported an error inside the stream: the client's stream ends with it.
     call.Cancel();
     kind = error->status == 429 ? OutcomeKind::kRateLimited : OutcomeKind::kServerError;
     LogAttempt(x, attempt, kind, error->status, "error event in the stream");
-    if (co_await x.writer.WriteChunk("data: " + error->body + "\n\n"))
-      co_await x.writer.EndStream();
+    if (co_await x.writer.WriteChunk(error->event)) co_await x.writer.EndStream();
   } else {
-    if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
+    // OpenAI's [DONE], or what Anthropic's stream still lacks (never an empty chunk: that
+    // would end the chunked body).
+    std::string tail = stream.Finish();
+    bool written = true;
+    if (!tail.empty()) written = co_await x.writer.WriteChunk(tail);
+    if (written) {
       co_await x.writer.EndStream();
     } else {
       x.record.client_disconnected = true;

@@ -10,11 +10,16 @@ namespace tollgate::edge {
 
 const RouteTable& EdgeRoutes() {
   constexpr auto kOpenAi = ErrorDialect::kOpenAi;
+  constexpr auto kAnthropic = ErrorDialect::kAnthropic;
   // method, pattern, metrics label, error dialect, handler (endpoints.h says which file).
   static const RouteTable table({
       {"POST", "/v1/chat/completions", "chat_completions", kOpenAi, ChatCompletions},
       {"POST", "/v1/completions", "completions", kOpenAi, Completions},
       {"POST", "/v1/embeddings", "embeddings", kOpenAi, Embeddings},
+      {"POST", "/v1/messages", "messages", kAnthropic, Messages},
+      {"POST", "/v1/messages/count_tokens", "count_tokens", kAnthropic, CountTokens},
+      {"*", "/v1/messages", "unknown", kAnthropic, MessagesMethodNotAllowed},
+      {"*", "/v1/messages/count_tokens", "unknown", kAnthropic, MessagesMethodNotAllowed},
       {"GET", "/v1/models", "models", kOpenAi, ListModels},
       {"GET", "/v1/models/{model...}", "model", kOpenAi, RetrieveModel},
       {"GET", "/v1/usage", "usage", kOpenAi, OwnUsage},

@@ -23,8 +23,9 @@ namespace tollgate::edge {
 class Exchange;
 
 // The error format a route's clients expect: 404/405, authentication failures and every other
-// error the edge answers on that route. Anthropic's and Azure's formats come with their routes.
-enum class ErrorDialect { kOpenAi };
+// error the edge answers on that route. kAnthropic: Anthropic's
+// {"type":"error","error":{"type","message"}} (anthropic_front.h), 529 for overloaded.
+enum class ErrorDialect { kOpenAi, kAnthropic };
 
 using RouteHandler = boost::asio::awaitable<void> (*)(Exchange&);
 

@@ -866,6 +866,131 @@ TEST_F(EdgeTest, AnthropicOverloadedKeyFailsOverToTheNext) {
   mock_->SetKey("sk-ant-overloaded", Json::object());
 }
 
+// Anthropic's events of a whole SSE body: (name, data) per event.
+std::vector<std::pair<std::string, Json>> AnthropicEvents(const std::string& body) {
+  std::vector<std::pair<std::string, Json>> out;
+  for (size_t at = 0, end; (end = body.find("\n\n", at)) != std::string::npos; at = end + 2) {
+    std::string event = body.substr(at, end - at);
+    size_t nl = event.find('\n');
+    EXPECT_EQ(event.rfind("event: ", 0), 0u) << event;
+    out.emplace_back(event.substr(7, nl - 7), Json::parse(event.substr(nl + 7), nullptr, false));
+  }
+  return out;
+}
+
+TEST_F(EdgeTest, MessagesFrontToAnOpenAiUpstreamIsTranslatedAndRecorded) {
+  Json body = {
+      {"model", "chat"},
+      {"max_tokens", 50},
+      {"system", "Be brief."},
+      {"messages", Json::array({{{"role", "user"}, {"content", "Say hello to the test."}}})}};
+  auto reply = Post(port_, "/v1/messages", body, {{"x-request-id", "front-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  auto json = reply.json();
+  EXPECT_EQ(json["type"], "message");
+  EXPECT_EQ(json["model"], "chat");
+  EXPECT_EQ(json["stop_reason"], "end_turn");
+  EXPECT_EQ(json["content"][0]["type"], "text");
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"], "/v1/chat/completions");
+  EXPECT_EQ(sent["body"]["model"], "gpt-4o-mini");
+  EXPECT_EQ(sent["body"]["max_completion_tokens"], 50);
+  EXPECT_EQ(sent["body"]["messages"][0], (Json{{"role", "system"}, {"content", "Be brief."}}));
+  auto record = billing_.WaitFor("front-1");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->prompt_tokens, json["usage"]["input_tokens"].get<int64_t>());
+  EXPECT_EQ(record->completion_tokens, json["usage"]["output_tokens"].get<int64_t>());
+  EXPECT_FALSE(record->usage_estimated);
+
+  // Streamed: Anthropic's events, no [DONE]; the usage chunk's counts in message_delta.
+  body["stream"] = true;
+  auto streamed = Post(port_, "/v1/messages", body, {{"x-request-id", "front-2"}});
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  EXPECT_EQ(streamed.body.find("[DONE]"), std::string::npos);
+  auto events = AnthropicEvents(streamed.body);
+  ASSERT_GE(events.size(), 5u);
+  EXPECT_EQ(events.front().first, "message_start");
+  EXPECT_EQ(events.back().first, "message_stop");
+  const Json& delta = events[events.size() - 2].second;
+  EXPECT_EQ(delta["type"], "message_delta");
+  EXPECT_EQ(delta["delta"]["stop_reason"], "end_turn");
+  auto streamed_record = billing_.WaitFor("front-2");
+  ASSERT_TRUE(streamed_record);
+  EXPECT_TRUE(streamed_record->streamed);
+  EXPECT_EQ(streamed_record->completion_tokens, delta["usage"]["output_tokens"].get<int64_t>());
+  EXPECT_EQ(streamed_record->prompt_tokens, delta["usage"]["input_tokens"].get<int64_t>());
+  EXPECT_FALSE(streamed_record->usage_estimated);
+
+  // Anthropic's errors: max_tokens is required; an upstream 4xx is translated.
+  body.erase("max_tokens");
+  auto missing = Post(port_, "/v1/messages", body);
+  EXPECT_EQ(missing.status, 400);
+  EXPECT_EQ(
+      missing.body,
+      R"({"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}})");
+}
+
+TEST_F(EdgeTest, MessagesFrontPassesThroughToAnthropicWithCacheUsage) {
+  Json body = {
+      {"model", "claude"},
+      {"max_tokens", 40},
+      {"system", Json::array({{{"type", "text"},
+                               {"text", "A prefix no other test sends. " + std::string(400, 'x')},
+                               {"cache_control", {{"type", "ephemeral"}}}}})},
+      {"messages", Json::array({{{"role", "user"}, {"content", "Say hello to the test."}}})}};
+  auto first = Post(port_, "/v1/messages", body,
+                    {{"x-request-id", "front-3"},
+                     {"anthropic-beta", "beta-1"},
+                     {"anthropic-version", "2023-06-01"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"], "/v1/messages");
+  EXPECT_EQ(sent["headers"]["anthropic-beta"], "beta-1");
+  EXPECT_EQ(sent["headers"]["x-api-key"], "sk-ant");
+  EXPECT_EQ(sent["body"]["model"], "claude-haiku");
+  EXPECT_EQ(sent["body"]["system"], body["system"]);
+  auto usage = first.json()["usage"];
+  ASSERT_GT(usage["cache_creation_input_tokens"].get<int64_t>(), 0);
+  auto record = billing_.WaitFor("front-3");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->prompt_tokens, usage["input_tokens"].get<int64_t>() +
+                                       usage["cache_creation_input_tokens"].get<int64_t>());
+
+  body["stream"] = true;
+  auto streamed = Post(port_, "/v1/messages", body, {{"x-request-id", "front-4"}});
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  auto events = AnthropicEvents(streamed.body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().first, "message_stop");
+  const Json start = events.front().second["message"]["usage"];
+  const int64_t cached = start["cache_read_input_tokens"].get<int64_t>();
+  ASSERT_GT(cached, 0);
+  auto streamed_record = billing_.WaitFor("front-4");
+  ASSERT_TRUE(streamed_record);
+  EXPECT_EQ(streamed_record->cached_tokens, cached);
+  EXPECT_EQ(streamed_record->prompt_tokens, start["input_tokens"].get<int64_t>() + cached);
+
+  // count_tokens: passed through here; answered by the edge (an upper bound) for an OpenAI route.
+  Json count = {{"model", "claude"},
+                {"messages", Json::array({{{"role", "user"}, {"content", "Count me."}}})}};
+  auto exact = Post(port_, "/v1/messages/count_tokens", count, {{"x-request-id", "front-5"}});
+  ASSERT_EQ(exact.status, 200) << exact.body;
+  EXPECT_EQ(mock_->Last()["target"], "/v1/messages/count_tokens");
+  count["model"] = "chat";
+  int64_t calls = mock_->KeyCount("sk-chat");
+  auto estimated = Post(port_, "/v1/messages/count_tokens", count, {{"x-request-id", "front-6"}});
+  ASSERT_EQ(estimated.status, 200) << estimated.body;
+  EXPECT_EQ(mock_->KeyCount("sk-chat"), calls);
+  EXPECT_GE(estimated.json()["input_tokens"].get<int64_t>(),
+            exact.json()["input_tokens"].get<int64_t>());
+  for (const char* id : {"front-5", "front-6"}) {
+    auto free = billing_.WaitFor(id);
+    ASSERT_TRUE(free) << id;
+    EXPECT_EQ(free->prompt_tokens, 0) << id;
+    EXPECT_EQ(free->completion_tokens, 0) << id;
+  }
+}
+
 TEST_F(EdgeTest, ModelsComeFromTheRouter) {
   auto list = Call(port_, http::verb::get, "/v1/models");
   ASSERT_EQ(list.status, 200);

@@ -143,7 +143,19 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   EXPECT_EQ(table.Match("GET", "/nothing").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/v1").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/nothing").dialect, ErrorDialect::kOpenAi);
-  for (const Route& route : table.routes()) EXPECT_EQ(route.dialect, ErrorDialect::kOpenAi);
+  // Anthropic's Messages API answers in Anthropic's format; another method on its paths is
+  // Anthropic's 405, not the catch-all's.
+  EXPECT_EQ(Label(table, "POST", "/v1/messages"), "messages");
+  EXPECT_EQ(Label(table, "POST", "/v1/messages/count_tokens"), "count_tokens");
+  EXPECT_EQ(table.Match("POST", "/v1/messages").dialect, ErrorDialect::kAnthropic);
+  EXPECT_EQ(Label(table, "GET", "/v1/messages"), "unknown");
+  EXPECT_EQ(Label(table, "DELETE", "/v1/messages/count_tokens"), "unknown");
+  EXPECT_EQ(table.Match("GET", "/v1/messages").dialect, ErrorDialect::kAnthropic);
+  for (const Route& route : table.routes()) {
+    EXPECT_EQ(route.dialect, route.pattern.starts_with("/v1/messages") ? ErrorDialect::kAnthropic
+                                                                       : ErrorDialect::kOpenAi)
+        << route.pattern;
+  }
 }
 
 }  // namespace
