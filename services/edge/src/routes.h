@@ -23,8 +23,10 @@ namespace tollgate::edge {
 class Exchange;
 
 // The error format a route's clients expect: 404/405, authentication failures and every other
-// error the edge answers on that route. Anthropic's and Azure's formats come with their routes.
-enum class ErrorDialect { kOpenAi };
+// error the edge answers on that route. kAzure: Azure OpenAI's `{"error":{"code","message",
+// "param","type"}}`, whose `code` is Azure's ("DeploymentNotFound", "401", "429", "BadRequest")
+// rather than OpenAI's (exchange.cpp renders it).
+enum class ErrorDialect { kOpenAi, kAzure };
 
 using RouteHandler = boost::asio::awaitable<void> (*)(Exchange&);
 

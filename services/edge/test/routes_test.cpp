@@ -131,7 +131,24 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   EXPECT_EQ(table.Match("GET", "/v1/models/").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/v1/nothing").result, RouteMatch::Result::kNotFound);
   EXPECT_EQ(table.Match("GET", "/v1/nothing").dialect, ErrorDialect::kOpenAi);
-  for (const Route& route : table.routes()) EXPECT_EQ(route.dialect, ErrorDialect::kOpenAi);
+  for (const Route& route : table.routes())
+    EXPECT_EQ(route.dialect, route.pattern.rfind("/openai/", 0) == 0 ? ErrorDialect::kAzure
+                                                                     : ErrorDialect::kOpenAi);
+}
+
+TEST(EdgeRoutesTest, AzureRoutesTakeTheDeploymentAndAnswerInAzuresFormat) {
+  const RouteTable& table = EdgeRoutes();
+  const std::string base = "/openai/deployments/";
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/chat/completions"), "azure_chat_completions");
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/completions"), "azure_completions");
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/embeddings"), "azure_embeddings");
+  RouteMatch match = table.Match("POST", base + "my%20dep/chat/completions");
+  EXPECT_EQ(match.params.Get("deployment"), "my dep");
+  EXPECT_EQ(match.dialect, ErrorDialect::kAzure);
+  RouteMatch get = table.Match("GET", base + "d/chat/completions");
+  EXPECT_EQ(get.result, RouteMatch::Result::kMethodNotAllowed);
+  EXPECT_EQ(get.dialect, ErrorDialect::kAzure);
+  EXPECT_EQ(table.Match("POST", base + "/chat/completions").result, RouteMatch::Result::kNotFound);
 }
 
 }  // namespace
