@@ -737,7 +737,8 @@ TEST_F(EdgeTest, AzureFrontTakesTheModelFromTheDeploymentAndAnswersInAzuresForma
       Post(port_, "/openai/deployments/no-such-model/chat/completions?api-version=1", body);
   EXPECT_EQ(unknown.status, 404);
   EXPECT_EQ(unknown.json()["error"]["code"], "DeploymentNotFound");
-  auto missing = Post(port_, "/openai/deployments/chat/chat/completions?api-version=1", Json{});
+  auto missing =
+      Post(port_, "/openai/deployments/chat/chat/completions?api-version=1", Json::object());
   EXPECT_EQ(missing.status, 400);
   EXPECT_EQ(missing.json()["error"]["code"], "BadRequest");
   EXPECT_EQ(missing.json()["error"]["param"], "messages");
