@@ -305,6 +305,7 @@ bool SetBehaviorField(Behavior* b, std::string_view field, std::string_view valu
   if (name == "size" || name == "words") return set_int(&b->size);
   if (name == "reset_after_chunks" || name == "reset") return set_int(&b->reset_after_chunks);
   if (name == "tool_calls" || name == "tools") return set_int(&b->tool_calls);
+  if (name == "cache_write") return set_int(&b->cache_write);
   if (name == "error_after" || name == "midstream") return set_int(&b->error_after);
   if (name == "code" || name == "error_code") {
     b->error_code = std::string(value);
@@ -340,11 +341,12 @@ void Behavior::Overlay(const Behavior& upper) {
   if (upper.hang) hang = upper.hang;
   if (upper.tool_calls) tool_calls = upper.tool_calls;
   if (upper.error_after) error_after = upper.error_after;
+  if (upper.cache_write) cache_write = upper.cache_write;
 }
 
 bool Behavior::Empty() const {
   return !status && !retry_after_s && !error_code && !ttfb_ms && !chunks && !chunk_delay_ms &&
-         !size && !reset_after_chunks && !hang && !tool_calls && !error_after;
+         !size && !reset_after_chunks && !hang && !tool_calls && !error_after && !cache_write;
 }
 
 std::optional<Behavior> ParseBehaviorSpec(std::string_view spec, std::string* error) {
@@ -400,6 +402,7 @@ Json BehaviorToJson(const Behavior& b) {
   if (b.hang) json["hang"] = *b.hang;
   if (b.tool_calls) json["tool_calls"] = *b.tool_calls;
   if (b.error_after) json["error_after"] = *b.error_after;
+  if (b.cache_write) json["cache_write"] = *b.cache_write;
   return json;
 }
 
@@ -416,6 +419,7 @@ Json BehaviorToJson(const Behavior& b) {
 //   hang                     never answer, hold the connection until the client leaves
 //   tools-N                  Anthropic mode: N parallel tool_use blocks
 //   midstream-N              Anthropic mode, streaming: an `error` event after N events
+//   cachewrite-N             chat: N prompt tokens reported as cache writes (cache_write_tokens)
 // Any other token is ignored, so "mock-gpt-4o" or "mock-a" are plain model names, and a keyword
 // whose value is missing or not a number is ignored too.
 // Examples: mock-fail-500, mock-429-retry-2, mock-slow-ttfb-300, mock-chunks-5-delay-200,
@@ -445,6 +449,7 @@ Behavior ParseModelDirectives(std::string_view model) {
     if (token == "reset") field = &b.reset_after_chunks;
     if (token == "tools") field = &b.tool_calls;
     if (token == "midstream") field = &b.error_after;
+    if (token == "cachewrite") field = &b.cache_write;
     if (field != nullptr && has_value) {
       *field = value;
       ++i;
@@ -707,6 +712,7 @@ std::optional<Completion> Completion::Plan(CompletionKind kind, const Json& body
     if (auto tools = body.find("tools"); tools != body.end() && tools->is_array())
       chars += tools->dump().size();
     c.prompt_tokens_ = std::max(1, TokensForChars(chars));
+    c.cache_write_tokens_ = std::min(c.prompt_tokens_, behavior.cache_write.value_or(0));
     const Json& last = messages->back();
     std::string last_text = last.contains("content") ? ContentText(last["content"]) : "";
     seeds.push_back(Fnv1a(last_text));
@@ -804,9 +810,13 @@ void Completion::AppendUsage(std::string& out) const {
   out += ",\"total_tokens\":";
   AppendInt(out, prompt_tokens_ + completion);
   if (kind_ == CompletionKind::kChat) {
+    out += ",\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0";
+    if (cache_write_tokens_ > 0) {
+      out += ",\"cache_write_tokens\":";
+      AppendInt(out, cache_write_tokens_);
+    }
     out +=
-        ",\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
-        "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
+        "},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
         "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}";
   }
   out += '}';

@@ -31,6 +31,9 @@ struct Behavior {
   std::optional<int32_t> size;                // content words
   std::optional<int32_t> reset_after_chunks;  // RST after N events (non-streaming: no answer)
   std::optional<bool> hang;                   // never answer; wait for the client to leave
+  // Chat: this many of the prompt's tokens (at most all) reported as written to the prompt
+  // cache (usage.prompt_tokens_details.cache_write_tokens, as the spec and OpenRouter have it).
+  std::optional<int32_t> cache_write;
   // Anthropic mode only (the OpenAI mode ignores these):
   std::optional<int32_t> tool_calls;   // parallel tool_use blocks in a tool answer
   std::optional<int32_t> error_after;  // streaming: an `error` event after N events
@@ -156,6 +159,7 @@ class Completion final : public EventStream {
   int64_t created_ = 0;
   std::vector<Choice> choices_;
   int32_t prompt_tokens_ = 0;
+  int32_t cache_write_tokens_ = 0;  // part of prompt_tokens_ (Behavior::cache_write)
   bool stream_ = false;
   bool include_usage_ = false;
   std::string service_tier_ = "default";  // as chat answers report it (AnsweredServiceTier)

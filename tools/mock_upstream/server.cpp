@@ -148,6 +148,17 @@ Route ParseRoute(http::verb method, std::string_view path, std::string_view quer
       pos = amp == std::string_view::npos ? query.size() : amp + 1;
     }
   }
+  // OpenAI-compatible providers serve the same endpoints under their own prefixes (DeepSeek
+  // none, Gemini /v1beta/openai, Groq /openai/v1, OpenRouter /api/v1): any prefix is accepted
+  // before the endpoint's path; /_mock/requests shows the exact target called.
+  if (route.endpoint == Endpoint::kNone && !route.azure && !route.anthropic && post) {
+    for (std::string_view suffix : {"/chat/completions", "/completions", "/embeddings"}) {
+      if (path.ends_with(suffix)) {
+        route.endpoint = api(suffix);
+        break;
+      }
+    }
+  }
   return route;
 }
 

@@ -186,6 +186,8 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
     r.tokens.prompt = std::clamp<int64_t>(r.tokens.prompt, 0, kMaxTokens);
     r.tokens.completion = std::clamp<int64_t>(r.tokens.completion, 0, kMaxTokens);
     r.tokens.cached = std::clamp<int64_t>(r.tokens.cached, 0, r.tokens.prompt);
+    r.tokens.cache_write =
+        std::clamp<int64_t>(r.tokens.cache_write, 0, r.tokens.prompt - r.tokens.cached);
     r.latency_ms = std::max<int64_t>(r.latency_ms, 0);
     if (r.started_at_ms <= 0) r.started_at_ms = now;
     if (r.finished_at_ms <= 0) r.finished_at_ms = std::max(now, r.started_at_ms);
@@ -220,7 +222,8 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
   Require(in.provider.size() <= 256, "provider is at most 256 bytes");
   auto valid = [](int64_t p) { return p >= 0 && p <= kMaxPriceMicros; };
   Require(valid(in.input_micros_per_mtok) && valid(in.output_micros_per_mtok) &&
-              valid(in.cached_input_micros_per_mtok.value_or(0)),
+              valid(in.cached_input_micros_per_mtok.value_or(0)) &&
+              valid(in.cache_write_micros_per_mtok.value_or(0)),
           "prices are micro-units per 1M tokens, from 0 to " + std::to_string(kMaxPriceMicros));
   Require(in.effective_from_ms >= 0, "effective_from_ms must not be negative");
   PriceRecord p;
@@ -230,12 +233,15 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
   p.rates.output_micros_per_mtok = in.output_micros_per_mtok;
   p.rates.cached_input_micros_per_mtok =
       in.cached_input_micros_per_mtok.value_or(in.input_micros_per_mtok);
+  p.rates.cache_write_micros_per_mtok =
+      in.cache_write_micros_per_mtok.value_or(in.input_micros_per_mtok);
   p.effective_from_ms = in.effective_from_ms > 0 ? in.effective_from_ms : clock_.UnixMillis();
   nlohmann::json details = {{"model", p.model},
                             {"provider", p.provider},
                             {"input_micros_per_mtok", p.rates.input_micros_per_mtok},
                             {"output_micros_per_mtok", p.rates.output_micros_per_mtok},
                             {"cached_input_micros_per_mtok", p.rates.cached_input_micros_per_mtok},
+                            {"cache_write_micros_per_mtok", p.rates.cache_write_micros_per_mtok},
                             {"effective_from_ms", p.effective_from_ms}};
   PriceRecord added =
       repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));

@@ -28,23 +28,31 @@ int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multip
                    int64_t tier_multiplier_ppm) {
   const U128 prompt = Clamp(tokens.prompt, kMaxTokens);
   const U128 cached = std::min<U128>(Clamp(tokens.cached, kMaxTokens), prompt);
+  const U128 write = std::min<U128>(Clamp(tokens.cache_write, kMaxTokens), prompt - cached);
   const U128 completion = Clamp(tokens.completion, kMaxTokens);
   const U128 in = Clamp(rates.input_micros_per_mtok, kMaxPriceMicros);
   const U128 out = Clamp(rates.output_micros_per_mtok, kMaxPriceMicros);
   const U128 cached_in = Clamp(rates.cached_input_micros_per_mtok, kMaxPriceMicros);
+  const U128 write_in = Clamp(rates.cache_write_micros_per_mtok, kMaxPriceMicros);
   const U128 mult = Clamp(multiplier_ppm, kMaxMultiplierPpm);
   const U128 tier = Clamp(tier_multiplier_ppm, kMaxServiceTierMultiplierPpm);
-  // (P - C) * in + C * cached_in <= P * 1e12, so the sum is at most 2e21; times both
-  // multipliers at most 2e38 < 2^128 (static_assert above): exact.
+  // (P - C - W) * in + C * cached_in + W * write_in <= P * 1e12, so the sum is at most 2e21;
+  // times both multipliers at most 2e38 < 2^128 (static_assert above): exact.
   const U128 scaled =
-      ((prompt - cached) * in + cached * cached_in + completion * out) * mult * tier;
+      ((prompt - cached - write) * in + cached * cached_in + write * write_in + completion * out) *
+      mult * tier;
   return CeilDiv(scaled, static_cast<U128>(kTokensPerPrice) * kMultiplierOne * kMultiplierOne);
 }
 
 int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
                    int64_t max_completion_tokens, int64_t multiplier_ppm,
                    int64_t tier_multiplier_ppm) {
-  return CostMicros(rates, {estimated_prompt_tokens, max_completion_tokens, 0}, multiplier_ppm,
+  // Whichever prompt price the answer turns out to use, the hold is not below the cost.
+  Rates dearest = rates;
+  dearest.input_micros_per_mtok =
+      std::max({rates.input_micros_per_mtok, rates.cached_input_micros_per_mtok,
+                rates.cache_write_micros_per_mtok});
+  return CostMicros(dearest, {estimated_prompt_tokens, max_completion_tokens, 0, 0}, multiplier_ppm,
                     tier_multiplier_ppm);
 }
 

@@ -42,6 +42,7 @@ void Fill(const PriceRecord& p, pb::Price* out) {
   out->set_input_micros_per_mtok(p.rates.input_micros_per_mtok);
   out->set_output_micros_per_mtok(p.rates.output_micros_per_mtok);
   out->set_cached_input_micros_per_mtok(p.rates.cached_input_micros_per_mtok);
+  out->set_cache_write_micros_per_mtok(p.rates.cache_write_micros_per_mtok);
   out->set_effective_from_ms(p.effective_from_ms);
 }
 
@@ -70,6 +71,7 @@ void Fill(const ReportRow& r, pb::UsageReportRow* out) {
   out->set_prompt_tokens(r.tokens.prompt);
   out->set_completion_tokens(r.tokens.completion);
   out->set_cached_tokens(r.tokens.cached);
+  out->set_cache_write_tokens(r.tokens.cache_write);
   out->set_cost_micros(r.cost_micros);
 }
 
@@ -83,7 +85,7 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.upstream_key_id = r.upstream_key_id();
   u.provider = r.provider();
   u.hold_id = r.hold_id();
-  u.tokens = {r.prompt_tokens(), r.completion_tokens(), r.cached_tokens()};
+  u.tokens = {r.prompt_tokens(), r.completion_tokens(), r.cached_tokens(), r.cache_write_tokens()};
   u.usage_estimated = r.usage_estimated();
   u.streamed = r.streamed();
   u.service_tier = r.service_tier();
@@ -114,6 +116,7 @@ void Fill(const RecordRow& row, pb::StoredUsageRecord* out) {
   r->set_prompt_tokens(u.tokens.prompt);
   r->set_completion_tokens(u.tokens.completion);
   r->set_cached_tokens(u.tokens.cached);
+  r->set_cache_write_tokens(u.tokens.cache_write);
   r->set_usage_estimated(u.usage_estimated);
   r->set_streamed(u.streamed);
   r->set_service_tier(u.service_tier);
@@ -277,6 +280,8 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
       p.output_micros_per_mtok = request->output_micros_per_mtok();
       if (request->has_cached_input_micros_per_mtok())
         p.cached_input_micros_per_mtok = request->cached_input_micros_per_mtok();
+      if (request->has_cache_write_micros_per_mtok())
+        p.cache_write_micros_per_mtok = request->cache_write_micros_per_mtok();
       p.effective_from_ms = request->effective_from_ms();
       Fill(deps_.billing.SetPrice(actor, p), response->mutable_price());
     });

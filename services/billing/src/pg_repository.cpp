@@ -26,7 +26,9 @@ std::string Ms(const char* column) {
 const std::string kPriceColumns =
     "id, model, provider, input_micros_per_mtok, output_micros_per_mtok, "
     "cached_input_micros_per_mtok, " +
-    Ms("effective_from");
+    Ms("effective_from") +
+    // NULL (a price set before cache writes had their own): the input price.
+    ", COALESCE(cache_write_micros_per_mtok, input_micros_per_mtok)";
 
 PriceRecord PriceFrom(const pqxx::row& row) {
   PriceRecord p;
@@ -37,6 +39,7 @@ PriceRecord PriceFrom(const pqxx::row& row) {
   p.rates.output_micros_per_mtok = row[4].as<int64_t>();
   p.rates.cached_input_micros_per_mtok = row[5].as<int64_t>();
   p.effective_from_ms = row[6].as<int64_t>();
+  p.rates.cache_write_micros_per_mtok = row[7].as<int64_t>();
   return p;
 }
 
@@ -78,6 +81,7 @@ struct DailySum {
   int64_t completion = 0;
   int64_t cached = 0;
   int64_t cost = 0;
+  int64_t cache_write = 0;
 };
 
 // "($1::T1, $2::T2), ($3::T1, $4::T2)": `rows` tuples of the given casts, for
@@ -138,10 +142,12 @@ PriceRecord PgBillingRepository::AddPrice(const PriceRecord& p, const AuditEntry
     try {
       auto row = tx.exec_params1(
           "INSERT INTO prices (model, provider, input_micros_per_mtok, output_micros_per_mtok, "
-          "cached_input_micros_per_mtok, effective_from) VALUES ($1, $2, $3, $4, $5, " +
-              Ts("$6") + ") RETURNING " + kPriceColumns,
+          "cached_input_micros_per_mtok, effective_from, cache_write_micros_per_mtok) VALUES "
+          "($1, $2, $3, $4, $5, " +
+              Ts("$6") + ", $7) RETURNING " + kPriceColumns,
           p.model, p.provider, p.rates.input_micros_per_mtok, p.rates.output_micros_per_mtok,
-          p.rates.cached_input_micros_per_mtok, p.effective_from_ms);
+          p.rates.cached_input_micros_per_mtok, p.effective_from_ms,
+          p.rates.cache_write_micros_per_mtok);
       WriteAudit(tx, audit);
       tx.commit();
       return PriceFrom(row);
@@ -368,8 +374,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         "TEXT",    "BIGINT",  "BIGINT",  "TEXT",   "TEXT",    "BIGINT",  "TEXT",
         "BIGINT",  "BIGINT",  "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT",
         "BOOLEAN", "BOOLEAN", "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",
-        "BIGINT",  "BIGINT",  "TEXT",    "BIGINT"};
-    constexpr size_t kChunk = 1000;  // 25 parameters a row; PostgreSQL allows 65535
+        "BIGINT",  "BIGINT",  "TEXT",    "BIGINT", "BIGINT"};
+    constexpr size_t kChunk = 1000;  // 26 parameters a row; PostgreSQL allows 65535
     for (size_t from = 0; from < unique.size(); from += kChunk) {
       const size_t to = std::min(unique.size(), from + kChunk);
       std::vector<std::string> params;
@@ -409,7 +415,8 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                               std::to_string(r.started_at_ms),
                               std::to_string(r.finished_at_ms),
                               r.service_tier,
-                              std::to_string(tier_multiplier)})
+                              std::to_string(tier_multiplier),
+                              std::to_string(r.tokens.cache_write)})
           params.push_back(std::move(v));
       }
       // One statement per chunk; a request delivered before conflicts and is skipped.
@@ -419,18 +426,21 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                "upstream_model, upstream_key_id, provider, hold_id, prompt_tokens, "
                "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
                "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
-               "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm) "
+               "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm, "
+               "cache_write_tokens) "
                "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
                "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
                "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
                "latency_ms, client_disconnected, attempts, client_ip, " +
                    Ts("started_ms") + ", " + Ts("finished_ms") +
-                   ", service_tier, tier_multiplier_ppm FROM (VALUES " + Values(to - from, kCasts) +
+                   ", service_tier, tier_multiplier_ppm, cache_write_tokens FROM (VALUES " +
+                   Values(to - from, kCasts) +
                    ") AS v (request_id, user_id, api_key_id, model, upstream_model, "
                    "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
                    "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
                    "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
-                   "started_ms, finished_ms, service_tier, tier_multiplier_ppm) "
+                   "started_ms, finished_ms, service_tier, tier_multiplier_ppm, "
+                   "cache_write_tokens) "
                    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                pqxx::prepare::make_dynamic_params(params)))
         inserted.insert(row[0].as<std::string>());
@@ -447,6 +457,7 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         d.prompt += r.tokens.prompt;
         d.completion += r.tokens.completion;
         d.cached += r.tokens.cached;
+        d.cache_write += r.tokens.cache_write;
         d.cost += costs[i];
       }
     }
@@ -496,23 +507,25 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         for (std::string v :
              {std::to_string(k.day), std::to_string(k.user_id), std::to_string(k.api_key_id),
               k.model, std::to_string(d.requests), std::to_string(d.prompt),
-              std::to_string(d.completion), std::to_string(d.cached), std::to_string(d.cost)})
+              std::to_string(d.completion), std::to_string(d.cached), std::to_string(d.cost),
+              std::to_string(d.cache_write)})
           params.push_back(std::move(v));
       tx.exec_params(
           "INSERT INTO usage_daily (day, user_id, api_key_id, model, requests, prompt_tokens, "
-          "completion_tokens, cached_tokens, cost_micros) "
+          "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
           "SELECT DATE '1970-01-01' + day, user_id, api_key_id, model, requests, prompt_tokens, "
-          "completion_tokens, cached_tokens, cost_micros FROM (VALUES " +
+          "completion_tokens, cached_tokens, cost_micros, cache_write_tokens FROM (VALUES " +
               Values(daily.size(), {"INTEGER", "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT",
-                                    "BIGINT", "BIGINT", "BIGINT"}) +
+                                    "BIGINT", "BIGINT", "BIGINT", "BIGINT"}) +
               ") AS v (day, user_id, api_key_id, model, requests, prompt_tokens, "
-              "completion_tokens, cached_tokens, cost_micros) "
+              "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
               "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
               "requests = usage_daily.requests + EXCLUDED.requests, "
               "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
               "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
               "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
-              "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros",
+              "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros, "
+              "cache_write_tokens = usage_daily.cache_write_tokens + EXCLUDED.cache_write_tokens",
           pqxx::prepare::make_dynamic_params(params));
     }
     (void)now_ms;
@@ -537,7 +550,8 @@ std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
   sql +=
       "COALESCE(SUM(requests), 0)::BIGINT, COALESCE(SUM(prompt_tokens), 0)::BIGINT, "
       "COALESCE(SUM(completion_tokens), 0)::BIGINT, COALESCE(SUM(cached_tokens), 0)::BIGINT, "
-      "COALESCE(SUM(cost_micros), 0)::BIGINT FROM usage_daily "
+      "COALESCE(SUM(cost_micros), 0)::BIGINT, COALESCE(SUM(cache_write_tokens), 0)::BIGINT "
+      "FROM usage_daily "
       "WHERE day BETWEEN DATE '1970-01-01' + $1::INTEGER AND DATE '1970-01-01' + $2::INTEGER "
       "AND ($3::BIGINT = 0 OR user_id = $3::BIGINT) "
       "AND ($4::BIGINT = 0 OR api_key_id = $4::BIGINT)";
@@ -571,6 +585,7 @@ std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {
       r.tokens.completion = row[c++].as<int64_t>();
       r.tokens.cached = row[c++].as<int64_t>();
       r.cost_micros = row[c++].as<int64_t>();
+      r.tokens.cache_write = row[c++].as<int64_t>();
       out.push_back(std::move(r));
     }
     return out;
@@ -590,7 +605,7 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
              "r.cached_tokens, r.cost_micros, r.usage_estimated, r.streamed, r.status, "
              "r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, " +
                  Ms("r.started_at") + ", " + Ms("r.finished_at") + ", b.request_id IS NOT NULL, " +
-                 bodies + ", r.service_tier" +
+                 bodies + ", r.service_tier, r.cache_write_tokens" +
                  " FROM usage_records r LEFT JOIN usage_bodies b ON b.request_id = r.request_id "
                  "WHERE ($1::BIGINT = 0 OR r.user_id = $1) AND ($2::BIGINT = 0 OR r.api_key_id = "
                  "$2) "
@@ -625,6 +640,7 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
         u.bodies_truncated = row[24].as<bool>();
       }
       u.service_tier = row[25].as<std::string>();
+      u.tokens.cache_write = row[26].as<int64_t>();
       out.push_back(std::move(out_row));
     }
     return out;

@@ -26,6 +26,33 @@ TEST(CostTest, CachedTokensAreBilledAtTheCachedPrice) {
   EXPECT_EQ(CostMicros(kMini, {-5, 10, -3}, kMultiplierOne), 6);
 }
 
+TEST(CostTest, CacheWritesAreBilledAtTheCacheWritePrice) {
+  // Claude Haiku 4.5-like: $1 input, $5 output, $0.10 cache read, $1.25 cache write per 1M.
+  constexpr Rates kHaiku{1'000'000, 5'000'000, 100'000, 1'250'000};
+  // 100 plain + 2000 read + 1000 written, 10 out:
+  // 100 * 1e6 + 2000 * 1e5 + 1000 * 1.25e6 + 10 * 5e6 = 1,600,000,000 -> 1600.
+  EXPECT_EQ(CostMicros(kHaiku, {3100, 10, 2000, 1000}, kMultiplierOne), 1600);
+  // The same prompt charged as plain input (no cache-write price: the input price) is less.
+  constexpr Rates kPlainWrites{1'000'000, 5'000'000, 100'000, 1'000'000};
+  EXPECT_EQ(CostMicros(kPlainWrites, {3100, 10, 2000, 1000}, kMultiplierOne), 1350);
+  // Writes are the rest of the prompt at most (after the reads): 100 read + 900 written,
+  // 100 * 1e5 + 900 * 1.25e6 = 1,135,000,000 -> 1135.
+  EXPECT_EQ(CostMicros(kHaiku, {1000, 0, 100, 5000}, kMultiplierOne), 1135);
+  // Negative writes count as 0; the user's and the tier's multipliers apply to them too.
+  EXPECT_EQ(CostMicros(kHaiku, {1000, 0, 0, -7}, kMultiplierOne), 1000);
+  EXPECT_EQ(CostMicros(kHaiku, {1000, 0, 0, 1000}, 2'000'000, 1'500'000), 3750);
+}
+
+TEST(CostTest, HoldBoundsTheCostWhateverTheCacheDoes) {
+  constexpr Rates kHaiku{1'000'000, 5'000'000, 100'000, 1'250'000};
+  // The prompt at the dearest prompt price (here the cache write's): 1000 * 1.25 + 100 * 5.
+  const int64_t hold = HoldMicros(kHaiku, 1000, 100, kMultiplierOne);
+  EXPECT_EQ(hold, 1750);
+  for (int64_t written : {0, 1, 500, 1000})
+    for (int64_t read : {int64_t{0}, 1000 - written})
+      EXPECT_LE(CostMicros(kHaiku, {1000, 100, read, written}, kMultiplierOne), hold);
+}
+
 TEST(CostTest, MultiplierIsAppliedBeforeTheOneRounding) {
   // x1.5: 420 * 1.5 = 630 exactly.
   EXPECT_EQ(CostMicros(kMini, {1000, 500, 400}, 1'500'000), 630);

@@ -135,6 +135,56 @@ TEST_F(LedgerTest, CostsFollowPriceHistoryMultipliersAndCachedTokens) {
   EXPECT_EQ(billing_->GetBalance(1).balance_micros, 1'000'000 - 630 - 1350 - 450);
 }
 
+TEST_F(LedgerTest, CacheWritesAreChargedAtTheirPriceStoredAndReported) {
+  billing_->CreateAccount("ops", 2, 0);
+  billing_->TopUp("ops", 2, 1'000'000, "");
+  NewPrice claude;
+  claude.model = "claude-haiku";
+  claude.input_micros_per_mtok = 1'000'000;
+  claude.output_micros_per_mtok = 5'000'000;
+  claude.cached_input_micros_per_mtok = 100'000;
+  claude.cache_write_micros_per_mtok = 1'250'000;
+  claude.effective_from_ms = kT0 - kDay;
+  EXPECT_EQ(billing_->SetPrice("ops", claude).rates.cache_write_micros_per_mtok, 1'250'000);
+  // Without a cache-write price, cache writes cost the input price (as before they had one).
+  NewPrice plain = claude;
+  plain.model = "claude-plain";
+  plain.cache_write_micros_per_mtok.reset();
+  EXPECT_EQ(billing_->SetPrice("ops", plain).rates.cache_write_micros_per_mtok, 1'000'000);
+  bool listed = false;
+  for (const PriceRecord& p : billing_->ListPrices("claude-haiku"))
+    listed = listed || p.rates.cache_write_micros_per_mtok == 1'250'000;
+  EXPECT_TRUE(listed);
+
+  // 100 plain + 2000 read + 1000 written, 10 out: 100 + 200 + 1250 + 50 = 1600.
+  UsageInput written = Usage("cache-write", 2, 3100, 10, 2000);
+  written.model = "claude-haiku";
+  written.tokens.cache_write = 1000;
+  UsageInput as_input = written;
+  as_input.request_id = "cache-write-plain";
+  as_input.model = "claude-plain";  // 100 + 200 + 1000 + 50 = 1350
+  billing_->Record({written, as_input});
+  auto cost = [&](const std::string& id) {
+    return Count("SELECT cost_micros FROM usage_records WHERE request_id = '" + id + "'");
+  };
+  EXPECT_EQ(cost("cache-write"), 1600);
+  EXPECT_EQ(cost("cache-write-plain"), 1350);
+  EXPECT_EQ(Count("SELECT cache_write_tokens FROM usage_records WHERE request_id = 'cache-write'"),
+            1000);
+  EXPECT_EQ(billing_->GetBalance(2).balance_micros, 1'000'000 - 1600 - 1350);
+  RecordQuery q;
+  q.request_id = "cache-write";
+  auto rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.tokens.cache_write, 1000);
+  const std::string day = FormatDay(DayOfUnixMs(clock_.UnixMillis()));
+  auto totals = billing_->UsageReport(day, day, {}, 2);
+  ASSERT_EQ(totals.size(), 1u);
+  EXPECT_EQ(totals[0].tokens.cache_write, 2000);
+  EXPECT_EQ(totals[0].tokens.cached, 4000);
+  EXPECT_EQ(totals[0].cost_micros, 1600 + 1350);
+}
+
 TEST_F(LedgerTest, ServiceTierMultipliersAreSetListedAuditedAndPriceRecords) {
   billing_->CreateAccount("ops", 1, 0);
   billing_->TopUp("ops", 1, 1'000'000, "");

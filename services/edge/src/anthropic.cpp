@@ -424,7 +424,9 @@ Json UsageToOpenAi(const MessagesUsage& usage) {
   return Json{{"prompt_tokens", prompt},
               {"completion_tokens", usage.output_tokens},
               {"total_tokens", prompt + usage.output_tokens},
-              {"prompt_tokens_details", {{"cached_tokens", usage.cache_read_input_tokens}}}};
+              {"prompt_tokens_details",
+               {{"cached_tokens", usage.cache_read_input_tokens},
+                {"cache_write_tokens", usage.cache_creation_input_tokens}}}};
 }
 
 Usage ToEdgeUsage(const MessagesUsage& usage) {
@@ -434,6 +436,7 @@ Usage ToEdgeUsage(const MessagesUsage& usage) {
       usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens;
   out.completion_tokens = usage.output_tokens;
   out.cached_tokens = usage.cache_read_input_tokens;
+  out.cache_write_tokens = usage.cache_creation_input_tokens;
   return out;
 }
 

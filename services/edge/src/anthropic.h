@@ -67,7 +67,8 @@ struct MessagesUsage {
 // Anthropic's `usage` object (absent fields count 0).
 MessagesUsage UsageFromMessages(const Json& usage);
 // OpenAI's usage: prompt_tokens = input + cache read + cache write (what the model read),
-// completion_tokens = output, prompt_tokens_details.cached_tokens = cache read.
+// completion_tokens = output, prompt_tokens_details.cached_tokens = cache read and
+// prompt_tokens_details.cache_write_tokens = cache write (the OpenAI spec's field).
 Json UsageToOpenAi(const MessagesUsage& usage);
 // The edge's bookkeeping form of the same counts.
 Usage ToEdgeUsage(const MessagesUsage& usage);

@@ -119,7 +119,8 @@ struct UsageRecord {
   int32_t attempts = 0;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
-  int64_t cached_tokens = 0;  // part of prompt_tokens read from the provider's prompt cache
+  int64_t cached_tokens = 0;       // part of prompt_tokens read from the provider's prompt cache
+  int64_t cache_write_tokens = 0;  // part of prompt_tokens written to it (priced apart)
   // The tokens are the edge's estimate (EstimateTokens) because the upstream sent no usage,
   // e.g. the client left mid-stream before the usage chunk.
   bool usage_estimated = false;

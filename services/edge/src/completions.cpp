@@ -1,7 +1,8 @@
-// Inference: POST /v1/chat/completions, /v1/completions, /v1/embeddings. Admission here (parse,
-// field policy; authentication and the route plan started together; then quota admission and the
-// billing hold concurrently; Admit, admission.h, is shared with messages.cpp), then the attempts
-// (attempts.h) and the relay (relay.h).
+// Inference: POST /v1/chat/completions, /v1/completions, /v1/embeddings (and the same under
+// Azure OpenAI's /openai/deployments/{deployment}/, the deployment as the model). Admission here
+// (parse, field policy; authentication and the route plan started together; then quota admission
+// and the billing hold concurrently; Admit, admission.h, is shared with messages.cpp), then the
+// attempts (attempts.h) and the relay (relay.h).
 #include <boost/asio/this_coro.hpp>
 
 #include "src/admission.h"
@@ -49,7 +50,9 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
 }
 
 awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
-  auto parsed = ParseRequest(endpoint, x.request.body);
+  // Azure's routes name the model in the path (the deployment); the body's `model` then
+  // does not matter.
+  auto parsed = ParseRequest(endpoint, x.request.body, x.params.Get("deployment"));
   if (auto* error = std::get_if<RequestError>(&parsed)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
     co_return;
@@ -142,10 +145,33 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request)
   co_return plan;
 }
 
+namespace {
+
+// Azure OpenAI refuses a request without ?api-version= (400 BadRequest); any version is
+// accepted: the edge speaks one API to its clients whatever version they name.
+awaitable<void> AzureComplete(Exchange& x, Endpoint endpoint) {
+  if (QueryParam(x.request.target, "api-version").empty()) {
+    co_await x.SendError(ErrorCode::kInvalidRequest,
+                         "Missing required query parameter: api-version", "api-version");
+    co_return;
+  }
+  co_await Complete(x, endpoint);
+}
+
+}  // namespace
+
 awaitable<void> ChatCompletions(Exchange& x) { return Complete(x, Endpoint::kChatCompletions); }
 
 awaitable<void> Completions(Exchange& x) { return Complete(x, Endpoint::kCompletions); }
 
 awaitable<void> Embeddings(Exchange& x) { return Complete(x, Endpoint::kEmbeddings); }
+
+awaitable<void> AzureChatCompletions(Exchange& x) {
+  return AzureComplete(x, Endpoint::kChatCompletions);
+}
+
+awaitable<void> AzureCompletions(Exchange& x) { return AzureComplete(x, Endpoint::kCompletions); }
+
+awaitable<void> AzureEmbeddings(Exchange& x) { return AzureComplete(x, Endpoint::kEmbeddings); }
 
 }  // namespace tollgate::edge

@@ -14,6 +14,11 @@ class Exchange;
 boost::asio::awaitable<void> ChatCompletions(Exchange& x);  // POST /v1/chat/completions
 boost::asio::awaitable<void> Completions(Exchange& x);      // POST /v1/completions
 boost::asio::awaitable<void> Embeddings(Exchange& x);       // POST /v1/embeddings
+// The same, as Azure OpenAI's routes: POST /openai/deployments/{deployment}/<endpoint>
+// ?api-version=; the deployment is the model (the body's `model` is ignored).
+boost::asio::awaitable<void> AzureChatCompletions(Exchange& x);
+boost::asio::awaitable<void> AzureCompletions(Exchange& x);
+boost::asio::awaitable<void> AzureEmbeddings(Exchange& x);
 
 // messages.cpp: Anthropic's Messages API in front (admission and attempts as above).
 boost::asio::awaitable<void> Messages(Exchange& x);     // POST /v1/messages

@@ -62,6 +62,43 @@ HttpHeaders Exchange::CommonHeaders() {
   return headers;
 }
 
+namespace {
+
+// Azure OpenAI's own errors carry Azure's codes: "401" for a bad key, "429" for limits,
+// "DeploymentNotFound", "BadRequest" for a malformed request (as for a missing api-version);
+// `type` and `param` as OpenAI's, which Azure passes on for the model's own validation errors.
+std::string AzureErrorBody(ErrorCode code, std::string_view message, std::string_view param) {
+  const ErrorInfo& info = Describe(code);
+  std::string azure_code;
+  switch (code) {
+    case ErrorCode::kInvalidRequest:
+    case ErrorCode::kRequestTooLarge:
+      azure_code = "BadRequest";
+      break;
+    case ErrorCode::kPermissionDenied:
+      azure_code = "PermissionDenied";
+      break;
+    case ErrorCode::kModelNotFound:
+      azure_code = "DeploymentNotFound";
+      break;
+    case ErrorCode::kInvalidApiKey:
+    case ErrorCode::kNotFound:
+    case ErrorCode::kRateLimited:
+      azure_code = std::to_string(info.http);
+      break;
+    default:
+      azure_code = std::string(info.code);
+  }
+  nlohmann::json error = {{"code", azure_code},
+                          {"message", message},
+                          {"param", param.empty() ? nlohmann::json() : nlohmann::json(param)},
+                          {"type", info.type}};
+  return nlohmann::json{{"error", error}}.dump(-1, ' ', false,
+                                               nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
 std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
                                 std::string_view param) const {
   switch (dialect) {
@@ -69,6 +106,8 @@ std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
       return OpenAiErrorBody(code, message, param);
     case ErrorDialect::kAnthropic:
       return anthropic::ErrorBody(code, message);  // Anthropic's errors name no param
+    case ErrorDialect::kAzure:
+      return AzureErrorBody(code, message, param);
   }
   return OpenAiErrorBody(code, message, param);  // not reached: every dialect has its case
 }
@@ -76,6 +115,7 @@ std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
 int Exchange::ErrorStatus(ErrorCode code) const {
   switch (dialect) {
     case ErrorDialect::kOpenAi:
+    case ErrorDialect::kAzure:
       return Describe(code).http;
     case ErrorDialect::kAnthropic:
       return anthropic::ErrorStatus(code);
@@ -125,6 +165,10 @@ awaitable<void> Exchange::SendNoRoute(const RouteMatch& match) {
   }
   // OpenAI answers an unknown path and a known path under another method alike: 404 "Invalid
   // URL". A dialect with a real 405 sends it here, with match.allowed_methods as Allow.
+  if (dialect == ErrorDialect::kAzure) {  // Azure's answer to a path it does not serve
+    co_await SendError(ErrorCode::kNotFound, "Resource not found");
+    co_return;
+  }
   co_await SendError(ErrorCode::kNotFound,
                      "Invalid URL (" + request.method + " " + request.path + ")");
 }

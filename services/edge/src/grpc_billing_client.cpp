@@ -306,6 +306,7 @@ void GrpcBillingClient::Record(UsageRecord record) {
   r.set_prompt_tokens(std::max<int64_t>(0, record.prompt_tokens));
   r.set_completion_tokens(std::max<int64_t>(0, record.completion_tokens));
   r.set_cached_tokens(std::max<int64_t>(0, record.cached_tokens));
+  r.set_cache_write_tokens(std::max<int64_t>(0, record.cache_write_tokens));
   r.set_usage_estimated(record.usage_estimated);
   r.set_streamed(record.streamed);
   r.set_service_tier(record.service_tier);

@@ -129,10 +129,16 @@ void ReadUsage(const Json& usage, Usage& out) {
   out.prompt_tokens = IntField(usage, "prompt_tokens");
   out.completion_tokens = IntField(usage, "completion_tokens");
   out.cached_tokens = 0;
+  out.cache_write_tokens = 0;
   if (auto details = usage.find("prompt_tokens_details");
-      details != usage.end() && details->is_object())
+      details != usage.end() && details->is_object()) {
     out.cached_tokens = std::clamp<int64_t>(IntField(*details, "cached_tokens"), 0,
                                             std::max<int64_t>(0, out.prompt_tokens));
+    // Reads and writes are disjoint parts of the prompt.
+    out.cache_write_tokens =
+        std::clamp<int64_t>(IntField(*details, "cache_write_tokens"), 0,
+                            std::max<int64_t>(0, out.prompt_tokens - out.cached_tokens));
+  }
 }
 
 // The answer's service_tier, bounded (it travels in the usage record); unchanged when absent.
@@ -190,7 +196,8 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
   return "";
 }
 
-std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body) {
+std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
+                                                       std::string_view model_override) {
   ParsedRequest out;
   out.endpoint = endpoint;
   if (!JsonDepthWithin(body, kMaxJsonDepth))
@@ -205,6 +212,7 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
         ""};
   }
   auto& json = out.body;
+  if (!model_override.empty()) json["model"] = std::string(model_override);
   auto model = json.find("model");
   if (model == json.end() || !model->is_string() || model->get_ref<const std::string&>().empty())
     return RequestError{"You must provide a model parameter.", "model"};
@@ -460,6 +468,22 @@ std::string UpstreamSuffix(ProviderKind provider, Endpoint endpoint,
   return "/openai/deployments/" + PercentEncode(upstream_model) +
          std::string(EndpointSuffix(endpoint)) + "?api-version=" +
          PercentEncode(api_version.empty() ? kDefaultAzureApiVersion : api_version);
+}
+
+std::string QueryParam(std::string_view target, std::string_view name) {
+  size_t q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == name)
+      return eq == std::string_view::npos ? std::string() : PercentDecode(pair.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return {};
 }
 
 std::string PercentEncode(std::string_view text) {

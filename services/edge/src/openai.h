@@ -96,7 +96,10 @@ std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const 
 int64_t WorstCaseTokens(const ParsedRequest& request);
 int64_t WorstCaseCompletionTokens(const ParsedRequest& request);
 
-std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body);
+// `model`, when not empty, is the model the route names (Azure's deployment): it replaces the
+// body's own `model`, which may then be absent.
+std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
+                                                       std::string_view model = {});
 
 enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible, kAnthropic };
 
@@ -119,6 +122,10 @@ struct Usage {
   // (usage.prompt_tokens_details.cached_tokens; Anthropic: cache_read_input_tokens), priced at
   // the model's cached-input price.
   int64_t cached_tokens = 0;
+  // The part of prompt_tokens written to the provider's prompt cache
+  // (usage.prompt_tokens_details.cache_write_tokens; Anthropic: cache_creation_input_tokens),
+  // priced at the model's cache-write price.
+  int64_t cache_write_tokens = 0;
   // The answer's own `service_tier` (OpenAI reports the tier that served the request, in the
   // body and in every chunk); empty: not reported.
   std::string service_tier;
@@ -217,5 +224,7 @@ std::string UpstreamSuffix(ProviderKind provider, Endpoint endpoint,
 
 std::string PercentEncode(std::string_view text);
 std::string PercentDecode(std::string_view text);
+// The first `name` parameter of a request target's query, percent-decoded; "" when absent.
+std::string QueryParam(std::string_view target, std::string_view name);
 
 }  // namespace tollgate::edge

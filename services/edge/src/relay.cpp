@@ -19,6 +19,7 @@ void SetUsage(UsageRecord& record, const ParsedRequest& request, const Usage& us
     record.prompt_tokens = usage.prompt_tokens;
     record.completion_tokens = usage.completion_tokens;
     record.cached_tokens = usage.cached_tokens;
+    record.cache_write_tokens = usage.cache_write_tokens;
     record.usage_estimated = false;
   } else {
     record.prompt_tokens = request.prompt_estimate;

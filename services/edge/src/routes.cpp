@@ -11,6 +11,7 @@ namespace tollgate::edge {
 const RouteTable& EdgeRoutes() {
   constexpr auto kOpenAi = ErrorDialect::kOpenAi;
   constexpr auto kAnthropic = ErrorDialect::kAnthropic;
+  constexpr auto kAzure = ErrorDialect::kAzure;
   // method, pattern, metrics label, error dialect, handler (endpoints.h says which file).
   static const RouteTable table({
       {"POST", "/v1/chat/completions", "chat_completions", kOpenAi, ChatCompletions},
@@ -30,6 +31,14 @@ const RouteTable& EdgeRoutes() {
        BillingSubscription},
       {"GET", "/dashboard/billing/usage", "billing_usage", kOpenAi, BillingUsage},
       {"GET", "/v1/dashboard/billing/usage", "billing_usage", kOpenAi, BillingUsage},
+      // Azure OpenAI's data plane (the openai SDK's AzureOpenAI client): the deployment names
+      // the model; ?api-version= is required.
+      {"POST", "/openai/deployments/{deployment}/chat/completions", "azure_chat_completions",
+       kAzure, AzureChatCompletions},
+      {"POST", "/openai/deployments/{deployment}/completions", "azure_completions", kAzure,
+       AzureCompletions},
+      {"POST", "/openai/deployments/{deployment}/embeddings", "azure_embeddings", kAzure,
+       AzureEmbeddings},
       // Last: every other /v1 path (files, batches, uploads...), relayed with its body streamed.
       {"*", "/v1/{path...}", "passthrough", kOpenAi, Passthrough, /*streams_body=*/true},
   });

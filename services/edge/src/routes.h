@@ -24,8 +24,11 @@ class Exchange;
 
 // The error format a route's clients expect: 404/405, authentication failures and every other
 // error the edge answers on that route. kAnthropic: Anthropic's
-// {"type":"error","error":{"type","message"}} (anthropic_front.h), 529 for overloaded.
-enum class ErrorDialect { kOpenAi, kAnthropic };
+// {"type":"error","error":{"type","message"}} (anthropic_front.h), 529 for overloaded. kAzure:
+// Azure OpenAI's `{"error":{"code","message","param","type"}}`, whose `code` is Azure's
+// ("DeploymentNotFound", "401", "429", "BadRequest") rather than OpenAI's (exchange.cpp renders
+// it).
+enum class ErrorDialect { kOpenAi, kAnthropic, kAzure };
 
 using RouteHandler = boost::asio::awaitable<void> (*)(Exchange&);
 

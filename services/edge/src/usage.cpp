@@ -20,23 +20,6 @@ namespace {
 namespace asio = boost::asio;
 using asio::awaitable;
 
-// The first `name` parameter of the target's query, percent-decoded; "" when absent.
-std::string QueryParam(std::string_view target, std::string_view name) {
-  size_t q = target.find('?');
-  if (q == std::string_view::npos) return {};
-  std::string_view query = target.substr(q + 1);
-  while (!query.empty()) {
-    size_t amp = query.find('&');
-    std::string_view pair = query.substr(0, amp);
-    size_t eq = pair.find('=');
-    if (pair.substr(0, eq) == name)
-      return eq == std::string_view::npos ? std::string() : PercentDecode(pair.substr(eq + 1));
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return {};
-}
-
 // A range of UTC days (inclusive, YYYY-MM-DD) read from a query, or why not (a 400).
 struct DayRange {
   std::string from;

@@ -235,7 +235,7 @@ TEST(AnthropicResponse, Text) {
       "model":"claude-sonnet","choices":[{"index":0,"logprobs":null,"finish_reason":"stop",
         "message":{"role":"assistant","content":"Hello, world","refusal":null}}],
       "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,
-               "prompt_tokens_details":{"cached_tokens":0}}})"));
+               "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":0}}})"));
 }
 
 TEST(AnthropicResponse, ToolUse) {
@@ -278,7 +278,8 @@ TEST(AnthropicResponse, UsageWithCacheTokens) {
         "cache_read_input_tokens":1000,"cache_creation_input_tokens":300}})"),
                               "claude");
   EXPECT_EQ(out.body["usage"], J(R"({"prompt_tokens":1320,"completion_tokens":8,
-      "total_tokens":1328,"prompt_tokens_details":{"cached_tokens":1000}})"));
+      "total_tokens":1328,
+      "prompt_tokens_details":{"cached_tokens":1000,"cache_write_tokens":300}})"));
   EXPECT_TRUE(out.usage.present);
   EXPECT_EQ(out.usage.input_tokens, 20);
   EXPECT_EQ(out.usage.output_tokens, 8);
@@ -287,6 +288,14 @@ TEST(AnthropicResponse, UsageWithCacheTokens) {
   Usage edge = ToEdgeUsage(out.usage);
   EXPECT_EQ(edge.prompt_tokens, 1320);
   EXPECT_EQ(edge.completion_tokens, 8);
+  EXPECT_EQ(edge.cached_tokens, 1000);
+  EXPECT_EQ(edge.cache_write_tokens, 300);
+  // The OpenAI form the client (and a streamed usage chunk) carries reads back the same.
+  int64_t chars = 0;
+  Usage relayed = UsageFromBody(out.body.dump(), &chars);
+  EXPECT_EQ(relayed.prompt_tokens, 1320);
+  EXPECT_EQ(relayed.cached_tokens, 1000);
+  EXPECT_EQ(relayed.cache_write_tokens, 300);
 }
 
 // ---- Errors ----
@@ -504,7 +513,8 @@ TEST(AnthropicStream, TextThenTwoToolCalls) {
             J(R"({"city":"Rome","tags":["a\"b",null]})"));
   EXPECT_EQ(finish_reasons, std::vector<std::string>{"tool_calls"});
   EXPECT_EQ(usage, J(R"({"prompt_tokens":2620,"completion_tokens":89,"total_tokens":2709,
-                         "prompt_tokens_details":{"cached_tokens":2048}})"));
+                         "prompt_tokens_details":{"cached_tokens":2048,
+                                                  "cache_write_tokens":100}})"));
 }
 
 TEST(AnthropicStream, RawCountsAndNoUsageChunkUnlessAsked) {

@@ -708,6 +708,45 @@ TEST_F(EdgeTest, AzureDeploymentFormUsesApiKeyHeader) {
   EXPECT_FALSE(sent["headers"].contains("authorization"));
 }
 
+TEST_F(EdgeTest, AzureFrontTakesTheModelFromTheDeploymentAndAnswersInAzuresFormat) {
+  // The deployment in the path is the model; the body's own `model` (absent or another) is not.
+  Json body = Chat("ignored");
+  body.erase("model");
+  auto reply = Post(port_, "/openai/deployments/chat/chat/completions?api-version=2024-10-21", body,
+                    {{"x-request-id", "az-front-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(reply.json()["object"], "chat.completion");
+  EXPECT_EQ(mock_->Last()["target"], "/v1/chat/completions");
+  EXPECT_EQ(mock_->Last()["body"]["model"], "gpt-4o-mini");
+  auto record = billing_.WaitFor("az-front-1");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->model, "chat");
+
+  auto embed = Post(port_, "/openai/deployments/embed/embeddings?api-version=2024-10-21",
+                    Json{{"model", "chat"}, {"input", {"a"}}});
+  ASSERT_EQ(embed.status, 200) << embed.body;
+  EXPECT_EQ(mock_->Last()["target"], "/v1/embeddings");
+
+  auto no_version = Post(port_, "/openai/deployments/chat/chat/completions", body);
+  EXPECT_EQ(no_version.status, 400);
+  EXPECT_EQ(no_version.json(),
+            Json::parse(R"({"error":{"code":"BadRequest","message":"Missing required query )"
+                        R"(parameter: api-version","param":"api-version",)"
+                        R"("type":"invalid_request_error"}})"));
+  auto unknown =
+      Post(port_, "/openai/deployments/no-such-model/chat/completions?api-version=1", body);
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(unknown.json()["error"]["code"], "DeploymentNotFound");
+  auto missing =
+      Post(port_, "/openai/deployments/chat/chat/completions?api-version=1", Json::object());
+  EXPECT_EQ(missing.status, 400);
+  EXPECT_EQ(missing.json()["error"]["code"], "BadRequest");
+  EXPECT_EQ(missing.json()["error"]["param"], "messages");
+  auto wrong_method = Call(port_, http::verb::get, "/openai/deployments/chat/chat/completions");
+  EXPECT_EQ(wrong_method.status, 404);
+  EXPECT_EQ(wrong_method.json()["error"]["code"], "404");
+}
+
 TEST_F(EdgeTest, EmbeddingsAndCompletions) {
   auto embed = Post(port_, "/v1/embeddings", Json{{"model", "embed"}, {"input", {"a", "b"}}});
   ASSERT_EQ(embed.status, 200) << embed.body;

@@ -377,6 +377,16 @@ TEST(UsageFromBody, ReadsUsageAndCountsGeneratedText) {
       R"({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":99}}})",
       &chars);
   EXPECT_EQ(absurd.cached_tokens, 5);
+  // Cache writes (the spec's cache_write_tokens) are the rest of the prompt at most.
+  auto writes = UsageFromBody(
+      R"({"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":60,"cache_write_tokens":30}}})",
+      &chars);
+  EXPECT_EQ(writes.cached_tokens, 60);
+  EXPECT_EQ(writes.cache_write_tokens, 30);
+  auto too_many = UsageFromBody(
+      R"({"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":60,"cache_write_tokens":90}}})",
+      &chars);
+  EXPECT_EQ(too_many.cache_write_tokens, 40);
 }
 
 TEST(UpstreamUrl, BuildsOpenAiAndAzureForms) {

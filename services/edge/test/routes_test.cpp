@@ -152,10 +152,26 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   EXPECT_EQ(Label(table, "DELETE", "/v1/messages/count_tokens"), "unknown");
   EXPECT_EQ(table.Match("GET", "/v1/messages").dialect, ErrorDialect::kAnthropic);
   for (const Route& route : table.routes()) {
-    EXPECT_EQ(route.dialect, route.pattern.starts_with("/v1/messages") ? ErrorDialect::kAnthropic
-                                                                       : ErrorDialect::kOpenAi)
-        << route.pattern;
+    ErrorDialect expected = route.pattern.starts_with("/v1/messages") ? ErrorDialect::kAnthropic
+                            : route.pattern.starts_with("/openai/")   ? ErrorDialect::kAzure
+                                                                      : ErrorDialect::kOpenAi;
+    EXPECT_EQ(route.dialect, expected) << route.pattern;
   }
+}
+
+TEST(EdgeRoutesTest, AzureRoutesTakeTheDeploymentAndAnswerInAzuresFormat) {
+  const RouteTable& table = EdgeRoutes();
+  const std::string base = "/openai/deployments/";
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/chat/completions"), "azure_chat_completions");
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/completions"), "azure_completions");
+  EXPECT_EQ(Label(table, "POST", base + "gpt-4o/embeddings"), "azure_embeddings");
+  RouteMatch match = table.Match("POST", base + "my%20dep/chat/completions");
+  EXPECT_EQ(match.params.Get("deployment"), "my dep");
+  EXPECT_EQ(match.dialect, ErrorDialect::kAzure);
+  RouteMatch get = table.Match("GET", base + "d/chat/completions");
+  EXPECT_EQ(get.result, RouteMatch::Result::kMethodNotAllowed);
+  EXPECT_EQ(get.dialect, ErrorDialect::kAzure);
+  EXPECT_EQ(table.Match("POST", base + "/chat/completions").result, RouteMatch::Result::kNotFound);
 }
 
 }  // namespace

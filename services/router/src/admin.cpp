@@ -72,6 +72,53 @@ std::string NormalizeBaseUrl(std::string url) {
   return url;
 }
 
+bool EndsWith(std::string_view text, std::string_view suffix) {
+  if (text.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(text[text.size() - suffix.size() + i])) !=
+        suffix[i])
+      return false;
+  return true;
+}
+
+// The edge appends the endpoint path to base_url (`{base}/chat/completions` for openai and
+// openai-compatible, `{base}/openai/deployments/{deployment}/...` for azure-openai,
+// `{base}/v1/messages` for anthropic), so a base URL that already holds that path would call
+// `.../chat/completions/chat/completions` or `/v1/v1/messages`. Refused with the URL to give
+// instead, rather than guessed: only the operator knows the provider's real prefix.
+void CheckBaseUrlPath(ProviderType type, const std::string& url) {
+  const size_t scheme = url.find("://") + 3;
+  const size_t slash = url.find('/', scheme);
+  const std::string path = slash == std::string::npos ? "" : url.substr(slash);
+  auto refuse = [&](std::string_view tail) {
+    Invalid("base_url must be the API's root, without " + std::string(tail) +
+            " (the edge appends the endpoint path itself): give " +
+            url.substr(0, url.size() - tail.size()) + ".");
+  };
+
+  if (path.find("/v1/v1") != std::string::npos)
+    Invalid("base_url has a doubled /v1 (" + path + "); give the API's root once");
+  switch (type) {
+    case ProviderType::kOpenAi:
+    case ProviderType::kOpenAiCompatible:
+      for (std::string_view tail : {"/chat/completions", "/completions", "/embeddings",
+                                    "/responses", "/messages", "/models"})
+        if (EndsWith(path, tail)) refuse(tail);
+      break;
+    case ProviderType::kAzureOpenAi:
+      if (path.find("/openai/deployments") != std::string::npos || EndsWith(path, "/openai"))
+        Invalid(
+            "base_url of an azure-openai provider is the resource's endpoint (e.g. "
+            "https://NAME.openai.azure.com): the edge appends "
+            "/openai/deployments/{deployment}/...");
+      break;
+    case ProviderType::kAnthropic:
+      for (std::string_view tail : {"/v1/messages", "/v1"})
+        if (EndsWith(path, tail)) refuse(tail);
+      break;
+  }
+}
+
 void CheckApiVersion(const std::string& version) {
   if (!version.empty()) CheckName("api_version", version, 64);
 }
@@ -117,6 +164,7 @@ KeyListing RouterAdmin::Listing(const UpstreamKeyRecord& key) const {
 Provider RouterAdmin::CreateProvider(NewProvider p, const AuditEntry& audit) {
   CheckName("name", p.name, 64);
   p.base_url = NormalizeBaseUrl(p.base_url);
+  CheckBaseUrlPath(p.type, p.base_url);
   CheckApiVersion(p.api_version);
   if (p.type == ProviderType::kAzureOpenAi && p.api_version.empty())
     Invalid("api_version is required for an azure-openai provider (e.g. 2024-06-01)");
@@ -126,7 +174,11 @@ Provider RouterAdmin::CreateProvider(NewProvider p, const AuditEntry& audit) {
 }
 
 Provider RouterAdmin::UpdateProvider(int64_t id, ProviderPatch patch, const AuditEntry& audit) {
-  if (patch.base_url) patch.base_url = NormalizeBaseUrl(*patch.base_url);
+  if (patch.base_url) {
+    patch.base_url = NormalizeBaseUrl(*patch.base_url);
+    for (const Provider& p : repo_.ListProviders())
+      if (p.id == id) CheckBaseUrlPath(p.type, *patch.base_url);
+  }
   if (patch.api_version) CheckApiVersion(*patch.api_version);
   Provider updated = repo_.UpdateProvider(id, patch, audit);
   Refresh();

@@ -299,6 +299,52 @@ TEST_F(RouterAdminTest, RejectsBadInput) {
   EXPECT_TRUE(repo_.ListUpstreamKeys(0).empty()) << "nothing was written";
 }
 
+TEST_F(RouterAdminTest, ABaseUrlThatAlreadyHoldsTheEndpointPathIsRefused) {
+  auto bad = [&](ProviderType type, const std::string& url, const std::string& what) {
+    ExpectRouterError(
+        ErrorCode::kInvalidRequest,
+        [&] {
+          admin_.CreateProvider({"p", type, url, "2024-10-21", true}, audit_);
+        },
+        what);
+  };
+  const auto compat = ProviderType::kOpenAiCompatible;
+  // The edge appends /chat/completions itself: a pasted endpoint would double it.
+  bad(compat, "https://api.groq.com/openai/v1/chat/completions",
+      "give https://api.groq.com/openai/v1.");
+  bad(compat, "https://api.mistral.ai/v1/chat/completions/", "/chat/completions");
+  bad(ProviderType::kOpenAi, "https://api.openai.com/v1/embeddings", "/embeddings");
+  bad(compat, "http://127.0.0.1:8000/v1/v1", "doubled /v1");
+  bad(ProviderType::kAnthropic, "https://api.anthropic.com/v1", "give https://api.anthropic.com.");
+  bad(ProviderType::kAnthropic, "https://api.anthropic.com/v1/messages", "/v1/messages");
+  bad(ProviderType::kAzureOpenAi, "https://r.openai.azure.com/openai/deployments/gpt-4o",
+      "resource's endpoint");
+  EXPECT_TRUE(repo_.ListProviders().empty()) << "nothing was written";
+
+  // Every provider's own root is accepted as given (the path shapes docs/providers.md lists).
+  for (const std::string url :
+       {"https://generativelanguage.googleapis.com/v1beta/openai", "https://api.deepseek.com",
+        "https://api.deepseek.com/v1", "https://api.mistral.ai/v1",
+        "https://api.groq.com/openai/v1", "https://openrouter.ai/api/v1", "http://10.0.0.5:8000/v1",
+        "http://10.0.0.5:11434/v1"})
+    EXPECT_EQ(admin_
+                  .CreateProvider({"p" + std::to_string(repo_.ListProviders().size()), compat,
+                                   url + "/", "", true},
+                                  audit_)
+                  .base_url,
+              url);
+  // An update is checked against the provider's type too.
+  Provider p = repo_.ListProviders().front();
+  ExpectRouterError(
+      ErrorCode::kInvalidRequest,
+      [&] {
+        ProviderPatch patch;
+        patch.base_url = "https://api.deepseek.com/chat/completions";
+        admin_.UpdateProvider(p.id, patch, audit_);
+      },
+      "/chat/completions");
+}
+
 TEST_F(RouterAdminTest, ModelLimitsAreStoredAuditedAndReachThePlan) {
   Provider p = admin_.CreateProvider(
       {"openai", ProviderType::kOpenAi, "https://api.openai.com/v1", "", true}, audit_);

@@ -58,6 +58,7 @@ struct NewPrice {
   int64_t input_micros_per_mtok = 0;
   int64_t output_micros_per_mtok = 0;
   std::optional<int64_t> cached_input_micros_per_mtok;  // unset: the input price
+  std::optional<int64_t> cache_write_micros_per_mtok;   // unset: the input price
   int64_t effective_from_ms = 0;                        // 0: now
 };
 

@@ -2,17 +2,18 @@
 //
 // Prices are micro-units per 1,000,000 tokens; the multipliers (the user's and
 // the service tier's) are in parts per million (1,000,000 = x1). For a record
-// with prompt tokens P (of which C were served from the provider's cache) and
-// completion tokens O:
+// with prompt tokens P (of which C were served from the provider's cache and W
+// written to it) and completion tokens O:
 //
-//   cost_micros = ceil( ((P - C) * input + C * cached_input + O * output)
+//   cost_micros = ceil( ((P - C - W) * input + C * cached_input + W * cache_write
+//                        + O * output)
 //                       * multiplier_ppm * tier_multiplier_ppm
 //                       / (1,000,000 * 1,000,000 * 1,000,000) )
 //
 // computed exactly in 128-bit integers and rounded once, up, to a whole
 // micro-unit: a request that used anything priced costs at least 1 micro-unit,
 // and no sum of per-record roundings can drift below the exact total by more
-// than one micro-unit per record. C is clamped to [0, P]; negative counts count
+// than one micro-unit per record. C is clamped to [0, P], W to [0, P - C]; negative counts count
 // as 0; counts, prices and multipliers above their bounds count as the bound, so
 // the product (at most 2e21 * 1e9 * 1e8 = 2e38 < 2^128) cannot overflow; a cost
 // beyond int64 saturates.
@@ -38,19 +39,23 @@ struct Rates {
   int64_t input_micros_per_mtok = 0;
   int64_t output_micros_per_mtok = 0;
   int64_t cached_input_micros_per_mtok = 0;
+  // Prompt-cache writes (Anthropic's cache_creation_input_tokens).
+  int64_t cache_write_micros_per_mtok = 0;
 };
 
 struct TokenCounts {
   int64_t prompt = 0;
   int64_t completion = 0;
-  int64_t cached = 0;  // part of prompt
+  int64_t cached = 0;       // part of prompt, read from the provider's cache
+  int64_t cache_write = 0;  // part of prompt, written to the provider's cache
 };
 
 int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm,
                    int64_t tier_multiplier_ppm = kMultiplierOne);
 
-// The worst case a hold reserves: the whole prompt estimate uncached and every
-// allowed completion token.
+// The worst case a hold reserves: the whole prompt estimate at the dearest of
+// the prompt prices (input, cached input, cache write: the upstream decides
+// which applies) and every allowed completion token.
 int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
                    int64_t max_completion_tokens, int64_t multiplier_ppm,
                    int64_t tier_multiplier_ppm = kMultiplierOne);
