@@ -1,10 +1,13 @@
 // Inference: POST /v1/chat/completions, /v1/completions, /v1/embeddings. Admission here (parse,
-// field policy; authentication and the route plan started together; then quota admission and the
-// billing hold concurrently), then the attempts (attempts.h) and the relay (relay.h).
+// field policy; then AdmitInference, admission.h: authentication and the route plan started
+// together; then quota admission and the billing hold concurrently), then the attempts
+// (attempts.h) and the relay (relay.h).
 #include <boost/asio/this_coro.hpp>
 
+#include "src/admission.h"
 #include "src/async.h"
 #include "src/attempts.h"
+#include "src/endpoint_kinds.h"
 #include "src/endpoints.h"
 #include "src/exchange.h"
 #include "tollgate/auth/policy.h"
@@ -47,7 +50,6 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
 }
 
 awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
-  EdgeContext& edge = x.edge;
   auto parsed = ParseRequest(endpoint, x.request.body);
   if (auto* error = std::get_if<RequestError>(&parsed)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
@@ -55,12 +57,21 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
   }
   auto& request = std::get<ParsedRequest>(parsed);
   // What the operator lets a client ask of its upstream account (field_policy.h).
-  FieldDecision fields = edge.field_policy.Apply(request.body);
+  FieldDecision fields = x.edge.field_policy.Apply(request.body);
   if (fields.refusal) {
     co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
                          fields.refusal->param);
     co_return;
   }
+  std::optional<RouteResult> plan = co_await AdmitInference(x, request, fields.service_tier);
+  if (plan) co_await RunAttempts(x, request, *plan);
+}
+
+}  // namespace
+
+awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest& request,
+                                                     const std::string& service_tier) {
+  EdgeContext& edge = x.edge;
   auto executor = co_await asio::this_coro::executor;
 
   // Routing does not depend on who calls, so it starts at once, alongside authentication.
@@ -69,7 +80,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
   Eventual<RouteResult> route(executor);
   edge.clients.router.Route(request.model, edge.options.max_attempts, route.Setter());
   std::optional<Principal> who = co_await x.Authenticate();
-  if (!who) co_return;
+  if (!who) co_return std::nullopt;
   RouteResult plan = co_await route.Wait();
   // The key's model allowlist takes the name the client sent or the canonical name it routes
   // to, so an alias of an allowed model is allowed.
@@ -79,7 +90,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
         ErrorCode::kPermissionDenied,
         "This API key is not allowed to use the model '" + request.model.substr(0, 256) + "'.",
         "model");
-    co_return;
+    co_return std::nullopt;
   }
   if (!plan.failure && plan.attempts.empty())
     plan.failure = Failure{ErrorCode::kNoHealthyUpstream,
@@ -87,14 +98,17 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
                                request.model.substr(0, 256) + "'. Retry later."};
   if (plan.failure) {
     co_await x.SendDenied(*plan.failure);
-    co_return;
+    co_return std::nullopt;
   }
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
-  // the request may generate (the edge sends the budget upstream when the client set none).
-  if (auto error = ApplyCompletionBudget(request, plan.limits, edge.options.default_max_tokens)) {
+  // the request may generate (the edge sends the budget upstream when the client set none), and
+  // the units of the endpoints billed beyond tokens (endpoint_kinds.h).
+  const EndpointKind& kind = KindOf(request.endpoint);
+  if (auto error = kind.budget(request, plan.limits, edge.options.default_max_tokens)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
-    co_return;
+    co_return std::nullopt;
   }
+  const HoldUnits units = WorstCaseUnits(request);
   Eventual<AdmitResult> admit(executor);
   edge.clients.quota.Admit(
       {x.request.request_id, *who, plan.model, WorstCaseTokens(request), x.request.client_ip},
@@ -104,9 +118,10 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
                                ? AcceptOrMakeRequestId("")
                                : x.request.request_id;
   Eventual<HoldResult> hold(executor);
-  edge.clients.billing.Hold({billing_id, *who, plan.model, request.prompt_estimate,
-                             WorstCaseCompletionTokens(request), fields.service_tier},
-                            hold.Setter());
+  edge.clients.billing.Hold(
+      {billing_id, *who, plan.model, request.prompt_estimate, WorstCaseCompletionTokens(request),
+       service_tier, units.images, units.audio_ms, units.characters},
+      hold.Setter());
   AdmitResult admitted = co_await admit.Wait();
   x.rate_limit_headers = RateLimitHeaders(admitted);
   HoldResult held = co_await hold.Wait();
@@ -116,7 +131,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
       edge.clients.quota.Release(admitted.reservation_id);
     if (!held.failure && !held.hold_id.empty()) edge.clients.billing.Release(held.hold_id);
     co_await x.SendDenied(admitted.failure ? *admitted.failure : *held.failure);
-    co_return;
+    co_return std::nullopt;
   }
 
   auto& record = x.record;
@@ -128,12 +143,11 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
   record.client_ip = x.request.client_ip;
   record.model = plan.model.empty() ? request.model : plan.model;
   record.streamed = request.stream;
-  record.service_tier = fields.service_tier;  // until the answer says which tier served it
+  record.service_tier = service_tier;  // until the answer says which tier served it
+  record.endpoint_kind = std::string(kind.label);
   x.keep_bodies = who->store_bodies;
-  co_await RunAttempts(x, request, plan);
+  co_return std::move(plan);
 }
-
-}  // namespace
 
 awaitable<void> ChatCompletions(Exchange& x) { return Complete(x, Endpoint::kChatCompletions); }
 

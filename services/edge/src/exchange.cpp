@@ -132,7 +132,10 @@ void Exchange::StoreBodies() {
   bool cut_request = request.body.size() > max + 256;
   bool cut_response = response_overflow;
   std::string request_text =
-      RedactSecrets(std::string_view(request.body).substr(0, max + 256), exact);
+      binary_request ? "[" + std::string(request.Header("content-type").substr(0, 30)) +
+                           " body of " + std::to_string(request.body.size()) + " bytes, not stored]"
+                     : RedactSecrets(std::string_view(request.body).substr(0, max + 256), exact);
+  if (binary_request) cut_request = false;
   std::string response;
   if (transcript) {
     response = RedactSecrets(transcript->Json(), exact);

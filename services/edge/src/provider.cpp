@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "src/anthropic.h"
+#include "src/endpoint_kinds.h"
 
 namespace tollgate::edge {
 namespace {
@@ -59,9 +60,13 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
                                                    attempt.upstream_model, attempt.api_version));
   if (!url) return BadBaseUrl{};
   UpstreamRequest upstream{std::move(*url), "POST", {}, {}};
-  upstream.headers.emplace_back("content-type", "application/json");
-  upstream.headers.emplace_back("accept",
-                                request.stream ? "text/event-stream" : "application/json");
+  // A multipart body goes with the client's own content type (its boundary).
+  upstream.headers.emplace_back(
+      "content-type", request.raw_body.empty() ? "application/json" : request.content_type);
+  upstream.headers.emplace_back("accept", request.stream ? "text/event-stream"
+                                          : KindOf(request.endpoint).binary_answer
+                                              ? "*/*"
+                                              : "application/json");
   switch (attempt.provider) {
     case ProviderKind::kAnthropic: {
       auto body = MessagesBody(request, attempt);
@@ -99,7 +104,7 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
 }
 
 ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt)
-    : relay_(request.client_wants_usage) {
+    : relay_(request.client_wants_usage, KindOf(request.endpoint).event) {
   // The translator always writes the usage chunk, as an OpenAI upstream is always asked for it;
   // relay_ then drops it again unless the client asked for it.
   if (attempt.provider == ProviderKind::kAnthropic)

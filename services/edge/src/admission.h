@@ -1,0 +1,26 @@
+// Admission for inference, one step for every endpoint family (completions.cpp, media.cpp):
+// authentication and the route plan started together, the key's model allowlist (the name sent
+// or the canonical one it routes to), the worst case from the endpoint kind's table
+// (endpoint_kinds.h), then quota admission and the billing hold concurrently on the canonical
+// model, either denial releasing what the other granted; on success the usage record is set up
+// (who, reservation, hold, model, endpoint kind, the tier asked for).
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+#include <optional>
+#include <string>
+
+#include "src/clients.h"
+#include "src/openai.h"
+
+namespace tollgate::edge {
+
+class Exchange;
+
+// The plan, once admitted; nullopt: the refusal has been sent in the route's dialect.
+boost::asio::awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x,
+                                                                  ParsedRequest& request,
+                                                                  const std::string& service_tier);
+
+}  // namespace tollgate::edge
