@@ -46,7 +46,8 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
     await ctl(['--model=tts-1', '--micros-per-mchar=15000000']);
     const { users } = await suite.ctlJson(['auth', 'list-users']);
     const demo = users.find((u) => u.name === 'demo').id;
-    const { api_key: key, key: made } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${demo}`, '--name=media']);
+    const { api_key: key, key: made } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${demo}`, '--name=media',
+      '--store-bodies=true']);
     keyId = made.id;
     client = await openaiClient(suite, { apiKey: key });
   }, { timeout: 240_000 });
@@ -59,10 +60,10 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
       `${name} does not match the OpenAI spec:\n${JSON.stringify(value).slice(0, 2000)}`);
   }
 
-  /** The media key's usage records of `model` (newest first), once there are `n`. */
+  /** The media key's usage records (it stores bodies) of `model` (newest first), once there are `n`. */
   async function records(model, n = 1) {
     return waitFor(async () => {
-      const r = await suite.ctlJson(['billing', 'list-usage-records', `--api-key-id=${keyId}`]);
+      const r = await suite.ctlJson(['billing', 'list-usage-records', `--api-key-id=${keyId}`, '--include-bodies=true']);
       const mine = (r.records ?? []).filter((x) => x.record.model === model);
       return mine.length >= n ? mine : null;
     }, { timeoutMs: 10_000, what: `${n} usage record(s) of ${model}` });
@@ -122,6 +123,8 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
     assert.equal(record.endpoint_kind, 'audio_transcriptions');
     assert.equal(num(record.audio_milliseconds), 2500);
     assert.equal(num(cost), 250); // 6000 per minute x 2.5 s
+    assert.match(record.request_body, /^\[multipart\/form-data body of \d+ bytes, not stored\]$/);
+    assert.match(record.response_body, /"duration":2\.5/);
   });
 
   it('audio.transcriptions.create (gpt-4o-transcribe): tokens as reported, also streamed', { timeout: 30_000 }, async (t) => {
@@ -149,6 +152,7 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
     assert.equal(streamed.record.streamed, true);
     assert.equal(num(streamed.record.prompt_tokens), done.usage.input_tokens);
     assert.equal(num(streamed.record.completion_tokens), done.usage.output_tokens);
+    assert.match(streamed.record.response_body, /"type":"transcript\.text\.done"/); // events kept as sent
   });
 
   it('audio.speech.create (tts-1, wav): the audio bytes arrive, billed by characters', { timeout: 30_000 }, async () => {
@@ -163,7 +167,9 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
     assert.equal(record.endpoint_kind, 'audio_speech');
     assert.equal(num(record.characters), [...input].length);
     assert.equal(num(cost), Math.ceil([...input].length * 15_000_000 / 1e6));
-    assert.match(record.response_body ?? '', /^$|not stored/); // bodies are not kept for this key
+    // The key stores bodies, but not binary ones: a note of what the audio was.
+    assert.match(record.response_body, /^\[audio\/wav body of \d+ bytes, not stored\]$/);
+    assert.match(record.request_body, /"input":"Tollgate speaks/);
   });
 
   it('moderations.create: the default model when none is named', { timeout: 30_000 }, async (t) => {

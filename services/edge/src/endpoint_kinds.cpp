@@ -31,7 +31,8 @@ int64_t SecondsMs(const Json& object, const char* name) {
   if (it == object.end() || !it->is_number()) return -1;
   const double seconds = it->get<double>();
   if (!(seconds >= 0) || seconds > 1e9) return -1;
-  return static_cast<int64_t>(std::ceil(seconds * 1000));
+  // 8.47 s is 8470.000000000001 ms in binary floating point: not a millisecond more.
+  return static_cast<int64_t>(std::ceil(seconds * 1000 - 1e-6));
 }
 
 std::string Text(const Json& object, const char* name) {

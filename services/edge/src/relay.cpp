@@ -81,7 +81,9 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+  // Chat chunks are put back together; other kinds' events are kept as they came.
+  const bool chat_chunks = KindOf(request.endpoint).event == nullptr;
+  if (x.keep_bodies && chat_chunks) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
   ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
   std::vector<SseEvent> events;
@@ -95,6 +97,7 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     stream.Feed(data, events);
     for (const auto& event : events) {
       if (x.transcript) x.transcript->OnData(event.data);
+      if (x.keep_bodies && !chat_chunks) x.Capture(event.raw);
       client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
       if (!client_ok) break;
     }

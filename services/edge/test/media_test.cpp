@@ -8,6 +8,7 @@
 #include "src/endpoint_kinds.h"
 #include "src/media.h"
 #include "src/multipart.h"
+#include "src/routes.h"
 
 namespace tollgate::edge {
 namespace {
@@ -258,6 +259,18 @@ TEST(EndpointKinds, OneRowPerEndpointWithItsLabel) {
   EXPECT_EQ(EndpointSuffix(Endpoint::kAudioTranscriptions), "/audio/transcriptions");
   EXPECT_EQ(UpstreamSuffix(ProviderKind::kAzureOpenAi, Endpoint::kImagesGenerations, "dep", "v1"),
             "/openai/deployments/dep/images/generations?api-version=v1");
+}
+
+TEST(EndpointKinds, EveryInferenceRouteIsLabelledAsItsKind) {
+  for (Endpoint endpoint :
+       {Endpoint::kChatCompletions, Endpoint::kCompletions, Endpoint::kEmbeddings,
+        Endpoint::kImagesGenerations, Endpoint::kImagesEdits, Endpoint::kImagesVariations,
+        Endpoint::kAudioSpeech, Endpoint::kAudioTranscriptions, Endpoint::kAudioTranslations,
+        Endpoint::kModerations}) {
+    RouteMatch m = EdgeRoutes().Match("POST", "/v1" + std::string(EndpointSuffix(endpoint)));
+    ASSERT_EQ(m.result, RouteMatch::Result::kFound) << EndpointSuffix(endpoint);
+    EXPECT_EQ(m.route->label, KindOf(endpoint).label);
+  }
 }
 
 TEST(EndpointKinds, UsageFromWholeAnswers) {
