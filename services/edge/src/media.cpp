@@ -40,9 +40,12 @@ std::optional<RequestError> JsonN(const OrderedJson& body, int64_t& n) {
   auto it = body.find("n");
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer()) return BadN(it->dump());
-  if (it->is_number_unsigned() || it->get<int64_t>() > kMaxImages || it->get<int64_t>() < 1)
+  // nlohmann reads a non-negative integer as unsigned: compare in that domain first.
+  if (it->is_number_unsigned() ? it->get<uint64_t>() > static_cast<uint64_t>(kMaxImages)
+                               : it->get<int64_t>() > kMaxImages || it->get<int64_t>() < 1)
     return BadN(it->dump());
   n = it->get<int64_t>();
+  if (n < 1) return BadN(it->dump());
   return std::nullopt;
 }
 
