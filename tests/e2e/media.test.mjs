@@ -5,7 +5,7 @@
 // endpoint as OpenAI does (tools/mock_upstream/media.cpp).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { addMockModel, loadSpec, openaiClient, specPath, startSuite, waitFor } from './harness.mjs';
+import { addAnthropicProvider, addMockModel, addRoutedModel, loadSpec, openaiClient, specPath, startSuite, waitFor } from './harness.mjs';
 
 /** A 16-bit mono PCM WAV of `ms` milliseconds at 8 kHz (16,000 bytes a second). */
 function wav(ms) {
@@ -201,6 +201,18 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
       return Number(a.total_cost_micros) > 0 ? a : null;
     }, { what: 'the charge' });
     assert.equal(Number(account.total_cost_micros), 40000);
+  });
+
+  it('a model served only by an Anthropic upstream cannot take media requests: 400 before any call', { timeout: 30_000 }, async () => {
+    const provider = await addAnthropicProvider(suite, 'anthropic-media', ['sk-ant-media-test-1']);
+    await addRoutedModel(suite, 'claude-painter', provider, 'claude-3-5-haiku-latest');
+    const calls = (await suite.stats()).total;
+    await assert.rejects(client.images.generate({ model: 'claude-painter', prompt: 'p' }),
+      (err) => err.status === 400 && err.error?.type === 'invalid_request_error' &&
+        /Anthropic upstream/.test(err.message));
+    await assert.rejects(client.moderations.create({ model: 'claude-painter', input: 'x' }),
+      (err) => err.status === 400);
+    assert.equal((await suite.stats()).total, calls, 'the upstream was called');
   });
 
   it('bad media requests are 400s in the OpenAI format', { timeout: 30_000 }, async () => {
