@@ -35,6 +35,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "media.h"
 #include "mock_upstream.h"
 
 namespace tollgate::mock {
@@ -80,7 +81,20 @@ enum class Endpoint {
   kFileContent,  // GET /v1/files/{id}/content
   kBatches,      // POST /v1/batches
   kBatch,        // GET /v1/batches/{id}
+  kImagesGenerations,
+  kImagesEdits,
+  kImagesVariations,
+  kSpeech,
+  kTranscriptions,
+  kTranslations,
+  kModerations,
 };
+
+// The endpoints whose body is multipart/form-data.
+bool IsMultipart(Endpoint e) {
+  return e == Endpoint::kImagesEdits || e == Endpoint::kImagesVariations ||
+         e == Endpoint::kTranscriptions || e == Endpoint::kTranslations;
+}
 
 struct Route {
   Endpoint endpoint = Endpoint::kNone;
@@ -100,6 +114,13 @@ Route ParseRoute(http::verb method, std::string_view path, std::string_view quer
     if (post && rest == "/chat/completions") return Endpoint::kChat;
     if (post && rest == "/completions") return Endpoint::kText;
     if (post && rest == "/embeddings") return Endpoint::kEmbeddings;
+    if (post && rest == "/images/generations") return Endpoint::kImagesGenerations;
+    if (post && rest == "/images/edits") return Endpoint::kImagesEdits;
+    if (post && rest == "/images/variations") return Endpoint::kImagesVariations;
+    if (post && rest == "/audio/speech") return Endpoint::kSpeech;
+    if (post && rest == "/audio/transcriptions") return Endpoint::kTranscriptions;
+    if (post && rest == "/audio/translations") return Endpoint::kTranslations;
+    if (post && rest == "/moderations") return Endpoint::kModerations;
     return Endpoint::kNone;
   };
   constexpr std::string_view kAzure = "/openai/deployments/";
@@ -238,7 +259,8 @@ class Session final : public std::enable_shared_from_this<Session> {
                           std::string_view extra_headers = {},
                           std::string_view content_type = kJson);
   awaitable<bool> RespondError(const ApiError& error, std::string_view extra_headers = {});
-  awaitable<bool> Stream(EventStream& events, const Behavior& behavior);
+  awaitable<bool> Stream(EventStream& events, const Behavior& behavior,
+                         std::string_view content_type = "text/event-stream; charset=utf-8");
   // Waits `ms`; false as soon as the client disconnects.
   awaitable<bool> PauseWhileConnected(int32_t ms);
   awaitable<void> HoldUntilClientLeaves();
@@ -509,7 +531,18 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
     early->message = "Incorrect API key provided: " + Redact(key) + ".";
   }
   Json body;
-  if (!early && req.method() == http::verb::post) {
+  std::optional<media::Form> form;
+  if (!early && req.method() == http::verb::post && IsMultipart(route.endpoint)) {
+    std::string form_error;
+    form = media::ParseForm(req[http::field::content_type], req.body(), &form_error);
+    if (!form) {
+      early.emplace();
+      early->message = std::move(form_error);
+    } else {
+      body = Json::object();  // the text fields, as a JSON body's would be
+      for (const auto& [name, value] : form->fields) body[name] = value;
+    }
+  } else if (!early && req.method() == http::verb::post) {
     body = Json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded() && route.anthropic) {
       early = AnthropicErrorForStatus(400, std::nullopt);
@@ -669,6 +702,33 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       body_ = std::move(*batch);
       break;
     }
+    case Endpoint::kImagesGenerations:
+    case Endpoint::kImagesEdits:
+    case Endpoint::kImagesVariations:
+    case Endpoint::kSpeech:
+    case Endpoint::kTranscriptions:
+    case Endpoint::kTranslations:
+    case Endpoint::kModerations: {
+      media::Reply reply;
+      const int64_t now = static_cast<int64_t>(std::time(nullptr));
+      if (route.endpoint == Endpoint::kSpeech) {
+        reply = media::Speech(body);
+      } else if (route.endpoint == Endpoint::kModerations) {
+        reply = media::Moderate(body, seq_);
+      } else if (route.endpoint == Endpoint::kTranscriptions ||
+                 route.endpoint == Endpoint::kTranslations) {
+        reply = media::Transcribe(*form, route.endpoint == Endpoint::kTranslations);
+      } else {
+        reply = media::Images(body, form ? form->images : 0,
+                              route.endpoint == Endpoint::kImagesEdits, now);
+      }
+      if (reply.error) co_return co_await RespondError(*reply.error);
+      if (!reply.pieces.empty()) {
+        media::PieceStream pieces(std::move(reply.pieces));
+        co_return co_await Stream(pieces, behavior, reply.content_type);
+      }
+      co_return co_await Respond(200, reply.body, {}, reply.content_type);
+    }
     case Endpoint::kNone:
       break;
   }
@@ -790,9 +850,12 @@ awaitable<bool> Session::HandleControl(Request& req, std::string_view path,
       std::from_chars(query.data() + 6, query.data() + query.size(), limit);
     }
     Json recent = server_.RecentJson(limit);
-    if (path == "/_mock/requests") co_return co_await Respond(200, recent.dump());
+    // A multipart body (audio, images) is binary: invalid UTF-8 is replaced, never thrown on.
+    constexpr auto kReplace = Json::error_handler_t::replace;
+    if (path == "/_mock/requests")
+      co_return co_await Respond(200, recent.dump(-1, ' ', false, kReplace));
     if (recent.empty()) co_return co_await Respond(404, kNoRequest);
-    co_return co_await Respond(200, recent.back().dump());
+    co_return co_await Respond(200, recent.back().dump(-1, ' ', false, kReplace));
   }
   if (path.starts_with(kKeys) && path.size() > kKeys.size() &&
       (method == http::verb::post || method == http::verb::put || method == http::verb::delete_)) {
@@ -874,7 +937,8 @@ awaitable<bool> Session::RespondError(const ApiError& error, std::string_view ex
   co_return co_await Respond(error.status, body, extra_headers);
 }
 
-awaitable<bool> Session::Stream(EventStream& completion, const Behavior& behavior) {
+awaitable<bool> Session::Stream(EventStream& completion, const Behavior& behavior,
+                                std::string_view content_type) {
   const int32_t delay = behavior.chunk_delay_ms.value_or(0);
   const int64_t reset_after = behavior.reset_after_chunks.value_or(-1);
   const bool chunked = !http10_;  // an HTTP/1.0 client gets the events and a close instead
@@ -882,7 +946,9 @@ awaitable<bool> Session::Stream(EventStream& completion, const Behavior& behavio
   status_ = 200;
   head_.clear();
   head_ += http10_ ? "HTTP/1.0 200 OK\r\n" : "HTTP/1.1 200 OK\r\n";
-  head_ += "content-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n";
+  head_ += "content-type: ";
+  head_ += content_type;
+  head_ += "\r\ncache-control: no-cache\r\n";
   if (chunked) head_ += "transfer-encoding: chunked\r\n";
   AppendCommonHeaders(head_);
   head_ += "\r\n";

@@ -62,7 +62,7 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
   if (auto price = SelectPrice(*prices, input.provider, now)) rates = price->rates;
   HoldDecision d;
   d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
-                               *multiplier, *tier_multiplier);
+                               input.units, *multiplier, *tier_multiplier);
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
   // Not loaded (first hold, or after an admin change on this replica): load, then place.
@@ -177,6 +177,9 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
     r.upstream_model = Bounded(r.upstream_model, 256);
     r.provider = Bounded(r.provider, 256);
     r.service_tier = Bounded(r.service_tier, 64);
+    r.endpoint_kind = Bounded(r.endpoint_kind, 64);
+    r.units.image_size = Bounded(r.units.image_size, 64);
+    r.units.image_quality = Bounded(r.units.image_quality, 64);
     r.client_ip = Bounded(r.client_ip, 64);
     bool cut_request = false;
     bool cut_response = false;
@@ -226,6 +229,9 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
               valid(in.cache_write_micros_per_mtok.value_or(0)),
           "prices are micro-units per 1M tokens, from 0 to " + std::to_string(kMaxPriceMicros));
   Require(in.effective_from_ms >= 0, "effective_from_ms must not be negative");
+  Require(valid(in.audio_micros_per_minute) && valid(in.micros_per_mchar),
+          "unit prices are micro-units, from 0 to " + std::to_string(kMaxPriceMicros));
+  Require(in.image_prices.size() <= 100, "at most 100 image prices");
   PriceRecord p;
   p.model = in.model;
   p.provider = in.provider;
@@ -236,6 +242,16 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
   p.rates.cache_write_micros_per_mtok =
       in.cache_write_micros_per_mtok.value_or(in.input_micros_per_mtok);
   p.effective_from_ms = in.effective_from_ms > 0 ? in.effective_from_ms : clock_.UnixMillis();
+  nlohmann::json images = nlohmann::json::array();
+  for (const auto& text : in.image_prices) {
+    auto rate = ParseImageRate(text);
+    Require(rate.has_value(), "image price '" + text.substr(0, 64) +
+                                  "' is not SIZE/QUALITY=MICROS (e.g. 1024x1024/hd=80000)");
+    images.push_back(FormatImageRate(*rate));
+    p.rates.images.push_back(std::move(*rate));
+  }
+  p.rates.audio_micros_per_minute = in.audio_micros_per_minute;
+  p.rates.micros_per_mchar = in.micros_per_mchar;
   nlohmann::json details = {{"model", p.model},
                             {"provider", p.provider},
                             {"input_micros_per_mtok", p.rates.input_micros_per_mtok},
@@ -243,6 +259,10 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
                             {"cached_input_micros_per_mtok", p.rates.cached_input_micros_per_mtok},
                             {"cache_write_micros_per_mtok", p.rates.cache_write_micros_per_mtok},
                             {"effective_from_ms", p.effective_from_ms}};
+  if (!images.empty()) details["image_prices"] = images;
+  if (p.rates.audio_micros_per_minute > 0)
+    details["audio_micros_per_minute"] = p.rates.audio_micros_per_minute;
+  if (p.rates.micros_per_mchar > 0) details["micros_per_mchar"] = p.rates.micros_per_mchar;
   PriceRecord added =
       repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));
   std::lock_guard lock(cache_mu_);

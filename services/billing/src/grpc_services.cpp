@@ -44,6 +44,14 @@ void Fill(const PriceRecord& p, pb::Price* out) {
   out->set_cached_input_micros_per_mtok(p.rates.cached_input_micros_per_mtok);
   out->set_cache_write_micros_per_mtok(p.rates.cache_write_micros_per_mtok);
   out->set_effective_from_ms(p.effective_from_ms);
+  for (const auto& image : p.rates.images) {
+    auto* row = out->add_image_prices();
+    row->set_size(image.size);
+    row->set_quality(image.quality);
+    row->set_micros_per_image(image.micros_per_image);
+  }
+  out->set_audio_micros_per_minute(p.rates.audio_micros_per_minute);
+  out->set_micros_per_mchar(p.rates.micros_per_mchar);
 }
 
 void Fill(const Account& a, pb::Account* out) {
@@ -99,6 +107,8 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.request_body = r.request_body();
   u.response_body = r.response_body();
   u.bodies_truncated = r.bodies_truncated();
+  u.endpoint_kind = r.endpoint_kind();
+  u.units = {r.images(), r.image_size(), r.image_quality(), r.audio_milliseconds(), r.characters()};
   return u;
 }
 
@@ -120,6 +130,12 @@ void Fill(const RecordRow& row, pb::StoredUsageRecord* out) {
   r->set_usage_estimated(u.usage_estimated);
   r->set_streamed(u.streamed);
   r->set_service_tier(u.service_tier);
+  r->set_endpoint_kind(u.endpoint_kind);
+  r->set_images(u.units.images);
+  r->set_image_size(u.units.image_size);
+  r->set_image_quality(u.units.image_quality);
+  r->set_audio_milliseconds(u.units.audio_ms);
+  r->set_characters(u.units.characters);
   r->set_status(u.status);
   r->set_latency_ms(u.latency_ms);
   r->set_client_disconnected(u.client_disconnected);
@@ -152,6 +168,9 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     in.estimated_prompt_tokens = request->estimated_prompt_tokens();
     in.max_completion_tokens = request->max_completion_tokens();
     in.service_tier = request->service_tier();
+    in.units.images = request->images();
+    in.units.audio_ms = request->audio_milliseconds();
+    in.units.characters = request->characters();
     auto answer = [this, response](const HoldDecision& d) {
       metrics_.CountHold(d.granted);
       if (!d.granted)
@@ -283,6 +302,9 @@ class BillingAdminServiceImpl final : public pb::BillingAdminService::CallbackSe
       if (request->has_cache_write_micros_per_mtok())
         p.cache_write_micros_per_mtok = request->cache_write_micros_per_mtok();
       p.effective_from_ms = request->effective_from_ms();
+      p.image_prices.assign(request->image_prices().begin(), request->image_prices().end());
+      p.audio_micros_per_minute = request->audio_micros_per_minute();
+      p.micros_per_mchar = request->micros_per_mchar();
       Fill(deps_.billing.SetPrice(actor, p), response->mutable_price());
     });
   }

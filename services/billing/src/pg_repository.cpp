@@ -28,7 +28,8 @@ const std::string kPriceColumns =
     "cached_input_micros_per_mtok, " +
     Ms("effective_from") +
     // NULL (a price set before cache writes had their own): the input price.
-    ", COALESCE(cache_write_micros_per_mtok, input_micros_per_mtok)";
+    ", COALESCE(cache_write_micros_per_mtok, input_micros_per_mtok), image_prices::TEXT, "
+    "audio_micros_per_minute, micros_per_mchar";
 
 PriceRecord PriceFrom(const pqxx::row& row) {
   PriceRecord p;
@@ -40,6 +41,14 @@ PriceRecord PriceFrom(const pqxx::row& row) {
   p.rates.cached_input_micros_per_mtok = row[5].as<int64_t>();
   p.effective_from_ms = row[6].as<int64_t>();
   p.rates.cache_write_micros_per_mtok = row[7].as<int64_t>();
+  auto images = nlohmann::json::parse(row[8].as<std::string>(), nullptr, false);
+  if (images.is_array())
+    for (const auto& image : images)
+      if (image.is_object())
+        p.rates.images.push_back({image.value("size", ""), image.value("quality", ""),
+                                  image.value("micros_per_image", int64_t{0})});
+  p.rates.audio_micros_per_minute = row[9].as<int64_t>();
+  p.rates.micros_per_mchar = row[10].as<int64_t>();
   return p;
 }
 
@@ -137,17 +146,24 @@ std::vector<PriceRecord> PgBillingRepository::ListPrices(const std::string& mode
 }
 
 PriceRecord PgBillingRepository::AddPrice(const PriceRecord& p, const AuditEntry& audit) {
+  nlohmann::json images = nlohmann::json::array();
+  for (const auto& image : p.rates.images)
+    images.push_back({{"size", image.size},
+                      {"quality", image.quality},
+                      {"micros_per_image", image.micros_per_image}});
   return pool_.Run([&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     try {
       auto row = tx.exec_params1(
           "INSERT INTO prices (model, provider, input_micros_per_mtok, output_micros_per_mtok, "
-          "cached_input_micros_per_mtok, effective_from, cache_write_micros_per_mtok) VALUES "
+          "cached_input_micros_per_mtok, effective_from, cache_write_micros_per_mtok, "
+          "image_prices, audio_micros_per_minute, micros_per_mchar) VALUES "
           "($1, $2, $3, $4, $5, " +
-              Ts("$6") + ", $7) RETURNING " + kPriceColumns,
+              Ts("$6") + ", $7, $8::JSONB, $9, $10) RETURNING " + kPriceColumns,
           p.model, p.provider, p.rates.input_micros_per_mtok, p.rates.output_micros_per_mtok,
           p.rates.cached_input_micros_per_mtok, p.effective_from_ms,
-          p.rates.cache_write_micros_per_mtok);
+          p.rates.cache_write_micros_per_mtok, images.dump(), p.rates.audio_micros_per_minute,
+          p.rates.micros_per_mchar);
       WriteAudit(tx, audit);
       tx.commit();
       return PriceFrom(row);
@@ -371,11 +387,11 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
     std::vector<size_t> with_bodies;     // stored records whose key keeps bodies
     std::map<DailyKey, DailySum> daily;
     static const std::vector<const char*> kCasts = {
-        "TEXT",    "BIGINT",  "BIGINT",  "TEXT",   "TEXT",    "BIGINT",  "TEXT",
-        "BIGINT",  "BIGINT",  "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT",
-        "BOOLEAN", "BOOLEAN", "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",
-        "BIGINT",  "BIGINT",  "TEXT",    "BIGINT", "BIGINT"};
-    constexpr size_t kChunk = 1000;  // 26 parameters a row; PostgreSQL allows 65535
+        "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
+        "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
+        "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT",  "TEXT",
+        "BIGINT",  "BIGINT", "TEXT",    "BIGINT",  "TEXT",   "TEXT",   "BIGINT",  "BIGINT"};
+    constexpr size_t kChunk = 1000;  // 32 parameters a row; PostgreSQL allows 65535
     for (size_t from = 0; from < unique.size(); from += kChunk) {
       const size_t to = std::min(unique.size(), from + kChunk);
       std::vector<std::string> params;
@@ -390,7 +406,9 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         auto price =
             p == prices.end() ? std::nullopt : SelectPrice(p->second, r.provider, r.started_at_ms);
         const int64_t tier_multiplier = TierMultiplier(tiers, r.service_tier);
-        costs[i] = price ? CostMicros(price->rates, r.tokens, multiplier, tier_multiplier) : 0;
+        costs[i] = price ? RecordCostMicros(price->rates, r.tokens, r.usage_estimated, r.units,
+                                            multiplier, tier_multiplier)
+                         : 0;
         for (std::string v : {r.request_id,
                               std::to_string(r.user_id),
                               std::to_string(r.api_key_id),
@@ -416,7 +434,14 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                               std::to_string(r.finished_at_ms),
                               r.service_tier,
                               std::to_string(tier_multiplier),
-                              std::to_string(r.tokens.cache_write)})
+                              std::to_string(r.tokens.cache_write),
+
+                              r.endpoint_kind,
+                              std::to_string(r.units.images),
+                              r.units.image_size,
+                              r.units.image_quality,
+                              std::to_string(r.units.audio_ms),
+                              std::to_string(r.units.characters)})
           params.push_back(std::move(v));
       }
       // One statement per chunk; a request delivered before conflicts and is skipped.
@@ -427,20 +452,24 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
                "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
                "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm, "
-               "cache_write_tokens) "
+               "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
+               "audio_milliseconds, characters) "
                "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
                "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
                "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
                "latency_ms, client_disconnected, attempts, client_ip, " +
                    Ts("started_ms") + ", " + Ts("finished_ms") +
-                   ", service_tier, tier_multiplier_ppm, cache_write_tokens FROM (VALUES " +
+                   ", service_tier, tier_multiplier_ppm, cache_write_tokens, endpoint_kind, "
+                   "images, "
+                   "image_size, image_quality, audio_milliseconds, characters FROM (VALUES " +
                    Values(to - from, kCasts) +
                    ") AS v (request_id, user_id, api_key_id, model, upstream_model, "
                    "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
                    "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
                    "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
                    "started_ms, finished_ms, service_tier, tier_multiplier_ppm, "
-                   "cache_write_tokens) "
+                   "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
+                   "audio_milliseconds, characters) "
                    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                pqxx::prepare::make_dynamic_params(params)))
         inserted.insert(row[0].as<std::string>());
@@ -605,7 +634,9 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
              "r.cached_tokens, r.cost_micros, r.usage_estimated, r.streamed, r.status, "
              "r.latency_ms, r.client_disconnected, r.attempts, r.client_ip, " +
                  Ms("r.started_at") + ", " + Ms("r.finished_at") + ", b.request_id IS NOT NULL, " +
-                 bodies + ", r.service_tier, r.cache_write_tokens" +
+                 bodies +
+                 ", r.service_tier, r.cache_write_tokens, r.endpoint_kind, r.images, r.image_size, "
+                 "r.image_quality, r.audio_milliseconds, r.characters" +
                  " FROM usage_records r LEFT JOIN usage_bodies b ON b.request_id = r.request_id "
                  "WHERE ($1::BIGINT = 0 OR r.user_id = $1) AND ($2::BIGINT = 0 OR r.api_key_id = "
                  "$2) "
@@ -641,6 +672,9 @@ std::vector<RecordRow> PgBillingRepository::ListRecords(const RecordQuery& q) {
       }
       u.service_tier = row[25].as<std::string>();
       u.tokens.cache_write = row[26].as<int64_t>();
+      u.endpoint_kind = row[27].as<std::string>();
+      u.units = {row[28].as<int64_t>(), row[29].as<std::string>(), row[30].as<std::string>(),
+                 row[31].as<int64_t>(), row[32].as<int64_t>()};
       out.push_back(std::move(out_row));
     }
     return out;

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+
 namespace tollgate::billing {
 namespace {
 
@@ -148,6 +151,119 @@ TEST(SelectPriceTest, NewestInEffectProviderSpecificFirst) {
   EXPECT_EQ(SelectPrice(prices, "azure", 1500)->id, 1) << "azure's own price is not in effect";
   EXPECT_EQ(SelectPrice(prices, "azure", 6000)->id, 3) << "a provider's own price wins";
   EXPECT_FALSE(SelectPrice({}, "", 6000).has_value());
+}
+
+// Unit prices (issue #12): dall-e-3 at $0.04 / $0.08 (hd) per 1024x1024 image, $0.12 for hd
+// 1792x1024; whisper-1 at $0.006 per minute; tts-1 at $15 per 1M characters.
+Rates MediaRates() {
+  Rates r;
+  r.images = {{"", "", 40'000},
+              {"1024x1024", "hd", 80'000},
+              {"1792x1024", "hd", 120'000},
+              {"1792x1024", "", 80'000},
+              {"", "low", 10'000}};
+  r.audio_micros_per_minute = 6'000;
+  r.micros_per_mchar = 15'000'000;
+  return r;
+}
+
+TEST(CostTest, TheMostSpecificImagePriceApplies) {
+  const Rates r = MediaRates();
+  EXPECT_EQ(ImagePriceMicros(r.images, "1024x1024", "hd"), 80'000);        // both
+  EXPECT_EQ(ImagePriceMicros(r.images, "1792x1024", "standard"), 80'000);  // size, any quality
+  EXPECT_EQ(ImagePriceMicros(r.images, "1024x1024", "low"), 10'000);       // any size, quality
+  EXPECT_EQ(ImagePriceMicros(r.images, "512x512", "standard"), 40'000);    // any, any
+  EXPECT_EQ(ImagePriceMicros({}, "1024x1024", "hd"), 0);
+  EXPECT_EQ(ImagePriceMicros({{"1024x1024", "", 5}}, "256x256", ""), 0);  // nothing matches
+}
+
+TEST(CostTest, UnitsAreChargedWhenNoTokensWereReported) {
+  const Rates r = MediaRates();
+  // 3 hd 1024x1024 images: 240,000.
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {3, "1024x1024", "hd", 0, 0}, kMultiplierOne), 240'000);
+  // 90.5 s of audio at 6000 per minute: 9050 exactly; 1 ms more rounds up.
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {0, "", "", 90'500, 0}, kMultiplierOne), 9'050);
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {0, "", "", 90'501, 0}, kMultiplierOne), 9'051);
+  // 1000 characters at $15 / 1M: 15,000; 1 character: 15.
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {0, "", "", 0, 1000}, kMultiplierOne), 15'000);
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {0, "", "", 0, 1}, kMultiplierOne), 15);
+  // Multipliers after the units: x1.5 user, x2 tier.
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {1, "", "", 0, 0}, 1'500'000, 2'000'000), 120'000);
+  // Estimated tokens do not displace the units they were estimated for.
+  Rates both = r;
+  both.input_micros_per_mtok = 5'000'000;
+  EXPECT_EQ(RecordCostMicros(both, {100, 0, 0}, true, {1, "", "", 0, 0}, kMultiplierOne), 40'000);
+}
+
+TEST(CostTest, ReportedTokensWinOverUnits) {
+  // gpt-image-1: $5 / $40 per 1M tokens and per-image prices; the answer reported tokens.
+  Rates r = MediaRates();
+  r.input_micros_per_mtok = 5'000'000;
+  r.output_micros_per_mtok = 40'000'000;
+  // 20 * 5 + 4160 * 40 = 166,500,000 / 1M -> 167 (rounded up).
+  EXPECT_EQ(RecordCostMicros(r, {20, 4160, 0}, false, {1, "1024x1024", "hd", 0, 0}, kMultiplierOne),
+            CostMicros(r, {20, 4160, 0}, kMultiplierOne));
+  // Without a token price the units still apply (the model is priced per image only).
+  EXPECT_EQ(RecordCostMicros(MediaRates(), {20, 4160, 0}, false, {1, "1024x1024", "hd", 0, 0},
+                             kMultiplierOne),
+            80'000);
+  // Nothing priced by unit: tokens (estimated or not).
+  Rates tokens_only{150'000, 600'000, 75'000};
+  EXPECT_EQ(
+      RecordCostMicros(tokens_only, {1000, 500, 0}, true, {2, "", "", 5000, 7}, kMultiplierOne),
+      450);
+}
+
+TEST(CostTest, AHoldBoundsEveryRecordOfTheSameRequest) {
+  Rates r = MediaRates();
+  r.input_micros_per_mtok = 5'000'000;
+  r.output_micros_per_mtok = 40'000'000;
+  // n = 4 images, any size or quality: 4 x the highest per-image price (120,000).
+  const int64_t hold = HoldMicros(r, 100, 4 * 10'000, {4, "", "", 0, 0}, kMultiplierOne);
+  EXPECT_EQ(hold, std::max<int64_t>(480'000, CostMicros(r, {100, 40'000, 0}, kMultiplierOne)));
+  for (const char* size : {"1024x1024", "1792x1024", "512x512"})
+    for (const char* quality : {"hd", "standard", "low", ""})
+      for (int64_t n = 0; n <= 4; ++n) {
+        EXPECT_LE(RecordCostMicros(r, {}, false, {n, size, quality, 0, 0}, kMultiplierOne), hold);
+        EXPECT_LE(RecordCostMicros(r, {100, n * 10'000, 0}, false, {n, size, quality, 0, 0},
+                                   kMultiplierOne),
+                  hold);
+      }
+  // Audio: the duration bound.
+  const int64_t audio = HoldMicros(r, 0, 0, {0, "", "", 600'000, 0}, kMultiplierOne);
+  EXPECT_EQ(audio, 60'000);
+  EXPECT_LE(RecordCostMicros(r, {}, true, {0, "", "", 599'999, 0}, kMultiplierOne), audio);
+}
+
+TEST(CostTest, UnitBoundsSaturateInsteadOfOverflowing) {
+  Rates r;
+  r.images = {{"", "", kMaxPriceMicros}};
+  r.audio_micros_per_minute = kMaxPriceMicros;
+  r.micros_per_mchar = kMaxPriceMicros;
+  const UnitCounts huge{INT64_MAX, "", "", INT64_MAX, INT64_MAX};
+  EXPECT_EQ(RecordCostMicros(r, {}, false, huge, kMaxMultiplierPpm, kMaxServiceTierMultiplierPpm),
+            std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(RecordCostMicros(r, {}, false, {-3, "", "", -1, -1}, kMultiplierOne), 0);
+}
+
+TEST(CostTest, ImagePricesParseFromTheCommandLineForm) {
+  auto hd = ParseImageRate("1024x1024/hd=80000");
+  ASSERT_TRUE(hd);
+  EXPECT_EQ(hd->size, "1024x1024");
+  EXPECT_EQ(hd->quality, "hd");
+  EXPECT_EQ(hd->micros_per_image, 80'000);
+  auto any = ParseImageRate("*/*=40000");
+  ASSERT_TRUE(any);
+  EXPECT_EQ(any->size, "");
+  EXPECT_EQ(any->quality, "");
+  auto size_only = ParseImageRate("256x256=16000");
+  ASSERT_TRUE(size_only);
+  EXPECT_EQ(size_only->quality, "");
+  EXPECT_EQ(FormatImageRate(*hd), "1024x1024/hd=80000");
+  EXPECT_EQ(FormatImageRate(*any), "*/*=40000");
+  for (const char* bad : {"", "=5", "1024x1024/hd=", "1024x1024/hd=-1", "1024x1024/hd=1e3",
+                          "a/b/c=1", "1024x1024/hd=99999999999999"})
+    EXPECT_FALSE(ParseImageRate(bad)) << bad;
 }
 
 }  // namespace

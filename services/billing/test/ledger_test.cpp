@@ -341,6 +341,65 @@ TEST_F(LedgerTest, ManyParallelSettlesForOneUserKeepTheBalanceExact) {
   EXPECT_EQ(a.balance_micros, a.total_top_ups_micros - a.total_cost_micros);
 }
 
+TEST_F(LedgerTest, UnitPricesAreStoredListedAndChargedWithTheirUnits) {
+  billing_->CreateAccount("ops", 4, 0);
+  billing_->TopUp("ops", 4, 300'000, "");
+  NewPrice dalle;
+  dalle.model = "dall-e-3";
+  dalle.image_prices = {"1024x1024=40000", "1024x1024/hd=80000", "*/*=120000"};
+  dalle.effective_from_ms = kT0 - kDay;
+  billing_->SetPrice("ops", dalle);
+  NewPrice whisper;
+  whisper.model = "whisper-1";
+  whisper.audio_micros_per_minute = 6'000;
+  whisper.effective_from_ms = kT0 - kDay;
+  billing_->SetPrice("ops", whisper);
+  NewPrice bad = dalle;
+  bad.image_prices = {"1024x1024:hd=1"};
+  EXPECT_THROW(billing_->SetPrice("ops", bad), Error);
+  auto listed = billing_->ListPrices("dall-e-3");
+  ASSERT_EQ(listed.size(), 1u);
+  ASSERT_EQ(listed[0].rates.images.size(), 3u);
+  EXPECT_EQ(listed[0].rates.images[1].quality, "hd");
+  EXPECT_EQ(billing_->ListPrices("whisper-1")[0].rates.audio_micros_per_minute, 6'000);
+
+  // The hold: two images at the highest price, whatever the answer's size.
+  HoldInput hold = HoldFor(4, 10, 0);
+  hold.model = "dall-e-3";
+  hold.units.images = 2;
+  HoldDecision held = billing_->Hold(hold);
+  ASSERT_TRUE(held.granted);
+  EXPECT_EQ(held.amount_micros, 240'000);
+  hold.request_id = "hold-three";
+  hold.units.images = 3;
+  EXPECT_FALSE(billing_->Hold(hold).granted) << "360,000 asked, 60,000 left";
+
+  UsageInput images = Usage("images", 4, 10, 0);
+  images.model = "dall-e-3";
+  images.usage_estimated = true;
+  images.endpoint_kind = "images_generations";
+  images.units = {2, "1024x1024", "hd", 0, 0};
+  images.hold_id = held.hold_id;
+  UsageInput audio = Usage("audio", 4, 0, 0);
+  audio.model = "whisper-1";
+  audio.endpoint_kind = "audio_transcriptions";
+  audio.units.audio_ms = 2'500;
+  billing_->Record({images, audio});
+  auto cost = [&](const std::string& id) {
+    return Count("SELECT cost_micros FROM usage_records WHERE request_id = '" + id + "'");
+  };
+  EXPECT_EQ(cost("images"), 160'000);
+  EXPECT_EQ(cost("audio"), 250);
+  RecordQuery q;
+  q.request_id = "images";
+  auto rows = billing_->ListRecords(q);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].record.endpoint_kind, "images_generations");
+  EXPECT_EQ(rows[0].record.units.images, 2);
+  EXPECT_EQ(rows[0].record.units.image_quality, "hd");
+  EXPECT_EQ(billing_->GetBalance(4).balance_micros, 300'000 - 160'000 - 250);
+}
+
 TEST_F(LedgerTest, InsufficientBalanceRefusesTheHold) {
   // No account: a priced request cannot be held.
   EXPECT_FALSE(billing_->Hold(HoldFor(3)).granted);

@@ -1,13 +1,16 @@
-// Admission for inference, one step shared by every endpoint that calls an upstream model
-// (completions.cpp: OpenAI's chat, completions, embeddings; messages.cpp: Anthropic's Messages
-// API): the field policy, authentication and the route plan started together, the model
-// allowlist, the completion budget, then quota admission and the billing hold concurrently on
-// the canonical model and the worst case. Written in completions.cpp.
+// Admission for inference, one step for every endpoint family (completions.cpp; messages.cpp:
+// Anthropic's Messages API; media.cpp): authentication and the route plan started together, the
+// key's model allowlist (the name sent or the canonical one it routes to), the worst case from
+// the endpoint kind's table (endpoint_kinds.h), then quota admission and the billing hold
+// concurrently on the canonical model, either denial releasing what the other granted; on
+// success the usage record is set up (who, reservation, hold, model, endpoint kind, the tier
+// asked for). Written in completions.cpp.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
 
 #include <optional>
+#include <string>
 
 #include "src/clients.h"
 #include "src/openai.h"
@@ -16,8 +19,12 @@ namespace tollgate::edge {
 
 class Exchange;
 
-// The plan for an admitted request (x.record then holds the principal, reservation and hold);
-// nullopt when it was refused: the refusal has been sent in the route's dialect.
+// The field policy (field_policy.h) on a JSON body, then AdmitInference.
 boost::asio::awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request);
+
+// The plan, once admitted; nullopt: the refusal has been sent in the route's dialect.
+boost::asio::awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x,
+                                                                  ParsedRequest& request,
+                                                                  const std::string& service_tier);
 
 }  // namespace tollgate::edge

@@ -384,6 +384,21 @@ Json StopReason(const Json& finish_reason, const Json& matched_stop, const Json&
   return "end_turn";
 }
 
+Usage UsageFromMessageBody(std::string_view body, int64_t* completion_chars) {
+  Json json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return {};
+  if (completion_chars != nullptr && json.contains("content") && json["content"].is_array()) {
+    for (const Json& block : json["content"]) {
+      if (!block.is_object()) continue;
+      if (block.contains("text") && block["text"].is_string())
+        *completion_chars += Utf8Length(block["text"].get<std::string>());
+      if (block.contains("input")) *completion_chars += Utf8Length(Dump(block["input"]));
+    }
+  }
+  if (!json.contains("usage") || !json["usage"].is_object()) return {};
+  return ToEdgeUsage(UsageFromMessages(json["usage"]));
+}
+
 Json UsageFromOpenAi(const Usage& usage) {
   const int64_t cached = std::clamp<int64_t>(usage.cached_tokens, 0, usage.prompt_tokens);
   return Json{{"input_tokens", usage.prompt_tokens - cached},

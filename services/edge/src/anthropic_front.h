@@ -59,6 +59,10 @@ Json StopReason(const Json& finish_reason, const Json& matched_stop, const Json&
 // the uncached part), cache_read_input_tokens = cached, cache_creation_input_tokens = 0.
 Json UsageFromOpenAi(const Usage& usage);
 
+// Usage of a whole Messages answer (a `message`): input, output and the cache's reads and
+// writes; `completion_chars` gets the generated characters (text and tool inputs).
+Usage UsageFromMessageBody(std::string_view body, int64_t* completion_chars);
+
 // A `chat.completion` as a `message`: the first choice's text as a text block, its tool calls as
 // tool_use blocks (arguments parsed; arguments that are not a JSON object become {}), stop
 // reason and usage translated. `model_shown`: the model the client asked for.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "src/edge_metrics.h"
+#include "src/endpoint_kinds.h"
 #include "src/exchange.h"
 #include "src/provider.h"
 #include "src/relay.h"
@@ -177,6 +178,14 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       co_await RelayStream(x, request, attempt, *call, t0, *slot);
       co_return;
     }
+    if (status >= 200 && status < 300 && KindOf(request.endpoint).binary_answer &&
+        !IsEventStream(call->Header("content-type")) &&
+        !call->Header("content-type").starts_with("application/json")) {
+      x.upstream_wait += Clock::now() - t0;  // audio: relayed as it arrives, never buffered
+      x.record.upstream_key_id = attempt.upstream_key_id;
+      co_await RelayBytes(x, request, attempt, *call, t0, *slot);
+      co_return;
+    }
     // Everything else is buffered: nothing has reached the client yet, so failover is safe.
     std::string body;
     st = co_await call->ReadAll(body);
@@ -229,6 +238,7 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
           request.endpoint == Endpoint::kCountTokens ? 0 : request.prompt_estimate;
       x.record.completion_tokens = 0;
       x.record.usage_estimated = true;
+      ApplyUnits(x.record, request, Usage{});  // the units it asked for (endpoint_kinds.h)
     }
     x.Finish(kClientClosedRequest);
     co_return;

@@ -99,6 +99,10 @@ struct HoldRequest {
   // The service_tier the client asked for (allowed by the field policy); empty: none. The hold
   // is priced with its multiplier, as the record will be.
   std::string service_tier;
+  // Endpoints billed by units (endpoint_kinds.h, WorstCaseUnits): the most each can come to.
+  int64_t images = 0;
+  int64_t audio_ms = 0;
+  int64_t characters = 0;
 };
 
 struct HoldResult {
@@ -128,6 +132,14 @@ struct UsageRecord {
   // The tier that served the request: the upstream answer's own service_tier when it has one,
   // else the tier asked for; empty: the default tier. Billing prices it.
   std::string service_tier;
+  // What the endpoint bills by beyond tokens (endpoint_kinds.h, ApplyUnits): its kind's label,
+  // images with their size and quality, audio duration, input characters.
+  std::string endpoint_kind;
+  int64_t images = 0;
+  std::string image_size;
+  std::string image_quality;
+  int64_t audio_ms = 0;
+  int64_t characters = 0;
   int32_t http_status = 0;  // what the client got (or was getting when it left)
   std::chrono::milliseconds latency{0};
   bool client_disconnected = false;

@@ -1,13 +1,14 @@
 // Inference: POST /v1/chat/completions, /v1/completions, /v1/embeddings (and the same under
 // Azure OpenAI's /openai/deployments/{deployment}/, the deployment as the model). Admission here
-// (parse, field policy; authentication and the route plan started together; then quota admission
-// and the billing hold concurrently; Admit, admission.h, is shared with messages.cpp), then the
-// attempts (attempts.h) and the relay (relay.h).
+// (parse; Admit: the field policy, then AdmitInference, admission.h, shared with messages.cpp and
+// media.cpp: authentication and the route plan started together, then quota admission and the
+// billing hold concurrently), then the attempts (attempts.h) and the relay (relay.h).
 #include <boost/asio/this_coro.hpp>
 
 #include "src/admission.h"
 #include "src/async.h"
 #include "src/attempts.h"
+#include "src/endpoint_kinds.h"
 #include "src/endpoints.h"
 #include "src/exchange.h"
 #include "tollgate/auth/policy.h"
@@ -64,15 +65,9 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
 
 }  // namespace
 
-awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request) {
+awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest& request,
+                                                     const std::string& service_tier) {
   EdgeContext& edge = x.edge;
-  // What the operator lets a client ask of its upstream account (field_policy.h).
-  FieldDecision fields = edge.field_policy.Apply(request.body);
-  if (fields.refusal) {
-    co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
-                         fields.refusal->param);
-    co_return std::nullopt;
-  }
   auto executor = co_await asio::this_coro::executor;
 
   // Routing does not depend on who calls, so it starts at once, alongside authentication.
@@ -102,11 +97,14 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request)
     co_return std::nullopt;
   }
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
-  // the request may generate (the edge sends the budget upstream when the client set none).
-  if (auto error = ApplyCompletionBudget(request, plan.limits, edge.options.default_max_tokens)) {
+  // the request may generate (the edge sends the budget upstream when the client set none), and
+  // the units of the endpoints billed beyond tokens (endpoint_kinds.h).
+  const EndpointKind& kind = KindOf(request.endpoint);
+  if (auto error = kind.budget(request, plan.limits, edge.options.default_max_tokens)) {
     co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
     co_return std::nullopt;
   }
+  const HoldUnits units = WorstCaseUnits(request);
   Eventual<AdmitResult> admit(executor);
   edge.clients.quota.Admit(
       {x.request.request_id, *who, plan.model, WorstCaseTokens(request), x.request.client_ip},
@@ -116,9 +114,10 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request)
                                ? AcceptOrMakeRequestId("")
                                : x.request.request_id;
   Eventual<HoldResult> hold(executor);
-  edge.clients.billing.Hold({billing_id, *who, plan.model, request.prompt_estimate,
-                             WorstCaseCompletionTokens(request), fields.service_tier},
-                            hold.Setter());
+  edge.clients.billing.Hold(
+      {billing_id, *who, plan.model, request.prompt_estimate, WorstCaseCompletionTokens(request),
+       service_tier, units.images, units.audio_ms, units.characters},
+      hold.Setter());
   AdmitResult admitted = co_await admit.Wait();
   x.rate_limit_headers = RateLimitHeaders(admitted);
   HoldResult held = co_await hold.Wait();
@@ -140,9 +139,21 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request)
   record.client_ip = x.request.client_ip;
   record.model = plan.model.empty() ? request.model : plan.model;
   record.streamed = request.stream;
-  record.service_tier = fields.service_tier;  // until the answer says which tier served it
+  record.service_tier = service_tier;  // until the answer says which tier served it
+  record.endpoint_kind = std::string(kind.label);
   x.keep_bodies = who->store_bodies;
-  co_return plan;
+  co_return std::move(plan);
+}
+
+awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request) {
+  // What the operator lets a client ask of its upstream account (field_policy.h).
+  FieldDecision fields = x.edge.field_policy.Apply(request.body);
+  if (fields.refusal) {
+    co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
+                         fields.refusal->param);
+    co_return std::nullopt;
+  }
+  co_return co_await AdmitInference(x, request, fields.service_tier);
 }
 
 namespace {

@@ -26,6 +26,16 @@ boost::asio::awaitable<void> CountTokens(Exchange& x);  // POST /v1/messages/cou
 // Any other method on those two paths: Anthropic's 405 (before the catch-all sends it upstream).
 boost::asio::awaitable<void> MessagesMethodNotAllowed(Exchange& x);
 
+// media.cpp: images, audio and moderations (the same admission, attempts and relay; what each
+// bills by: endpoint_kinds.h).
+boost::asio::awaitable<void> ImagesGenerations(Exchange& x);    // POST /v1/images/generations
+boost::asio::awaitable<void> ImagesEdits(Exchange& x);          // POST /v1/images/edits
+boost::asio::awaitable<void> ImagesVariations(Exchange& x);     // POST /v1/images/variations
+boost::asio::awaitable<void> AudioSpeech(Exchange& x);          // POST /v1/audio/speech
+boost::asio::awaitable<void> AudioTranscriptions(Exchange& x);  // POST /v1/audio/transcriptions
+boost::asio::awaitable<void> AudioTranslations(Exchange& x);    // POST /v1/audio/translations
+boost::asio::awaitable<void> Moderations(Exchange& x);          // POST /v1/moderations
+
 // models.cpp: the models the calling key may use.
 boost::asio::awaitable<void> ListModels(Exchange& x);     // GET /v1/models
 boost::asio::awaitable<void> RetrieveModel(Exchange& x);  // GET /v1/models/{model...}

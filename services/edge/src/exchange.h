@@ -94,6 +94,8 @@ class Exchange final {
   bool response_overflow = false;
   std::string answering_key;
   std::optional<StreamTranscript> transcript;  // a streamed answer, put back together
+  // The request body is a binary upload (multipart audio or images): stored as a note only.
+  bool binary_request = false;
 
  private:
   void StoreBodies();

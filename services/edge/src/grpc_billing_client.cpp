@@ -241,6 +241,9 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
   hold.set_estimated_prompt_tokens(std::max<int64_t>(0, request.estimated_prompt_tokens));
   hold.set_max_completion_tokens(std::max<int64_t>(0, request.max_completion_tokens));
   hold.set_service_tier(request.service_tier);
+  hold.set_images(request.images);
+  hold.set_audio_milliseconds(request.audio_ms);
+  hold.set_characters(request.characters);
   Impl* impl = impl_.get();
   CallUnary<pb::HoldResponse>(
       impl->calls, impl->options.timeout, std::move(hold),
@@ -310,6 +313,12 @@ void GrpcBillingClient::Record(UsageRecord record) {
   r.set_usage_estimated(record.usage_estimated);
   r.set_streamed(record.streamed);
   r.set_service_tier(record.service_tier);
+  r.set_endpoint_kind(record.endpoint_kind);
+  r.set_images(std::max<int64_t>(0, record.images));
+  r.set_image_size(record.image_size.substr(0, 64));
+  r.set_image_quality(record.image_quality.substr(0, 64));
+  r.set_audio_milliseconds(std::max<int64_t>(0, record.audio_ms));
+  r.set_characters(std::max<int64_t>(0, record.characters));
   r.set_status(record.http_status);
   r.set_latency_ms(record.latency.count());
   r.set_client_disconnected(record.client_disconnected);

@@ -192,6 +192,20 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
       return "/v1/messages";
     case Endpoint::kCountTokens:
       return "/v1/messages/count_tokens";
+    case Endpoint::kImagesGenerations:
+      return "/images/generations";
+    case Endpoint::kImagesEdits:
+      return "/images/edits";
+    case Endpoint::kImagesVariations:
+      return "/images/variations";
+    case Endpoint::kAudioSpeech:
+      return "/audio/speech";
+    case Endpoint::kAudioTranscriptions:
+      return "/audio/transcriptions";
+    case Endpoint::kAudioTranslations:
+      return "/audio/translations";
+    case Endpoint::kModerations:
+      return "/moderations";
   }
   return "";
 }
@@ -301,6 +315,17 @@ int64_t WorstCaseTokens(const ParsedRequest& request) {
 
 std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model,
                                ProviderKind provider) {
+  if (!request.raw_body.empty()) {  // multipart: as sent, the model's value replaced
+    const std::string model = upstream_model.empty() ? request.model : std::string(upstream_model);
+    std::string out = request.raw_body.substr(0, request.model_at);
+    if (request.model_missing)
+      out += "--" + request.multipart_boundary +
+             "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n" + model + "\r\n";
+    else
+      out += model;
+    out.append(request.raw_body, request.model_at + request.model_len);
+    return out;
+  }
   request.body["model"] = upstream_model.empty() ? request.model : std::string(upstream_model);
   if (request.send_max_tokens) {
     // OpenAI's chat API (and Azure's) knows max_completion_tokens (the only one reasoning models
@@ -387,6 +412,11 @@ StreamRelay::Action StreamRelay::OnEvent(const SseEvent& event) {
   if (!event.has_data) {
     ++forwarded_;
     return Action::kForward;  // comments and keep-alives
+  }
+  if (event_usage_ != nullptr) {  // not chat chunks: relayed as they came (endpoint_kinds.h)
+    if (event.data != "[DONE]") event_usage_(event.data, usage_, relayed_chars_);
+    ++forwarded_;
+    return Action::kForward;
   }
   if (event.data == "[DONE]") return Action::kDone;
   auto json = Json::parse(event.data, nullptr, /*allow_exceptions=*/false);

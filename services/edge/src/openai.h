@@ -15,12 +15,26 @@
 
 namespace tollgate::edge {
 
-// kMessages and kCountTokens are Anthropic's Messages API in front (anthropic_front.h): their
-// bodies are Anthropic's, parsed by ParseMessagesRequest.
-enum class Endpoint { kChatCompletions, kCompletions, kEmbeddings, kMessages, kCountTokens };
+// Every inference endpoint; what each bills by and how its usage is read is one table,
+// endpoint_kinds.h. kMessages and kCountTokens are Anthropic's Messages API in front
+// (anthropic_front.h): their bodies are Anthropic's, parsed by ParseMessagesRequest.
+enum class Endpoint {
+  kChatCompletions,
+  kCompletions,
+  kEmbeddings,
+  kImagesGenerations,
+  kImagesEdits,
+  kImagesVariations,
+  kAudioSpeech,
+  kAudioTranscriptions,
+  kAudioTranslations,
+  kModerations,
+  kMessages,
+  kCountTokens,
+};
 
-// "/chat/completions", "/completions", "/embeddings" ("/v1/messages",
-// "/v1/messages/count_tokens"): the path after the base URL.
+// "/chat/completions", "/completions", "/embeddings", ... ("/v1/messages",
+// "/v1/messages/count_tokens"): the path after the base URL (endpoint_kinds.h has the table).
 std::string_view EndpointSuffix(Endpoint endpoint);
 
 // A client request, parsed once. `body` is already in its upstream form except for `model`,
@@ -77,6 +91,25 @@ struct ParsedRequest {
   // Client headers an upstream of the client's own dialect gets as sent (Anthropic's
   // anthropic-version and anthropic-beta).
   std::vector<std::pair<std::string, std::string>> forward_headers;
+
+  // A body relayed as the client sent it (multipart/form-data: images edits and variations,
+  // audio transcriptions and translations), with its content type; empty for JSON bodies. Only
+  // the model's value changes per attempt: [model_at, model_at + model_len) of raw_body, or a
+  // model part inserted at model_at when the client sent none (model_len 0, model_missing).
+  std::string raw_body;
+  std::string content_type;
+  size_t model_at = 0;
+  size_t model_len = 0;
+  bool model_missing = false;
+  std::string multipart_boundary;
+  // Units beyond tokens (endpoint_kinds.h): what the request may use at most.
+  int64_t images = 0;             // images asked for (n)
+  std::string image_size;         // as asked ("" when not given)
+  std::string image_quality;      // as asked
+  int64_t audio_ms = 0;           // audio duration bound: measured from a WAV header, else a bound
+  int64_t audio_ms_estimate = 0;  // what a record without a reported duration is charged
+  bool audio_ms_measured = false;
+  int64_t characters = 0;  // text to speech: the input's characters
 };
 
 // A model's completion limits from the catalogue; 0: not configured.
@@ -129,6 +162,10 @@ struct Usage {
   // The answer's own `service_tier` (OpenAI reports the tier that served the request, in the
   // body and in every chunk); empty: not reported.
   std::string service_tier;
+  // Units the answer reports (endpoint_kinds.h); -1: not reported.
+  int64_t images = -1;    // images returned (`data` of an images answer)
+  int64_t audio_ms = -1;  // audio duration (`duration`, or usage of type "duration")
+  std::string image_size, image_quality;  // the answer's own `size` / `quality`
 };
 
 // Usage of a non-streamed response body; `completion_chars` gets the generated characters
@@ -159,7 +196,11 @@ class SseParser final {
 // Decides, event by event, what reaches the client of a stream and keeps the usage books.
 class StreamRelay final {
  public:
-  explicit StreamRelay(bool client_wants_usage) : client_wants_usage_(client_wants_usage) {}
+  // Reads one event's data into the usage books (endpoint kinds whose events are not chat
+  // chunks, endpoint_kinds.h): every event is forwarded as it came, [DONE] included.
+  using EventUsage = void (*)(std::string_view data, Usage& usage, int64_t& relayed_chars);
+  explicit StreamRelay(bool client_wants_usage, EventUsage event_usage = nullptr)
+      : client_wants_usage_(client_wants_usage), event_usage_(event_usage) {}
 
   enum class Action { kForward, kDrop, kDone };
   // kDone for `data: [DONE]` (the caller writes the one final [DONE] itself); kDrop for the
@@ -172,6 +213,7 @@ class StreamRelay final {
 
  private:
   bool client_wants_usage_;
+  EventUsage event_usage_;
   Usage usage_;
   int64_t relayed_chars_ = 0;
   int64_t forwarded_ = 0;

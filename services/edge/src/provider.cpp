@@ -4,6 +4,7 @@
 
 #include "src/anthropic.h"
 #include "src/anthropic_front.h"
+#include "src/endpoint_kinds.h"
 
 namespace tollgate::edge {
 namespace {
@@ -104,9 +105,13 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
                                                    attempt.upstream_model, attempt.api_version));
   if (!url) return BadBaseUrl{};
   UpstreamRequest upstream{std::move(*url), "POST", {}, {}, nullptr};
-  upstream.headers.emplace_back("content-type", "application/json");
-  upstream.headers.emplace_back("accept",
-                                request.stream ? "text/event-stream" : "application/json");
+  // A multipart body goes with the client's own content type (its boundary).
+  upstream.headers.emplace_back(
+      "content-type", request.raw_body.empty() ? "application/json" : request.content_type);
+  upstream.headers.emplace_back("accept", request.stream ? "text/event-stream"
+                                          : KindOf(request.endpoint).binary_answer
+                                              ? "*/*"
+                                              : "application/json");
   switch (attempt.provider) {
     case ProviderKind::kAnthropic: {
       upstream.headers.emplace_back("x-api-key", attempt.api_key);
@@ -189,31 +194,10 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
   return {error.client_status, error.outcome_status};
 }
 
-Usage WholeAnswerUsage(const ParsedRequest& request, std::string_view body,
-                       int64_t* completion_chars) {
-  if (request.endpoint == Endpoint::kCountTokens) {
-    Usage none;
-    none.present = true;  // answered, and free
-    return none;
-  }
-  if (DialectOf(request.endpoint) == ClientDialect::kOpenAi)
-    return UsageFromBody(body, completion_chars);
-  Json json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (!json.is_object()) return {};
-  if (completion_chars != nullptr && json.contains("content") && json["content"].is_array()) {
-    for (const Json& block : json["content"]) {
-      if (!block.is_object()) continue;
-      if (block.contains("text") && block["text"].is_string())
-        *completion_chars += Utf8Length(block["text"].get<std::string>());
-      if (block.contains("input")) *completion_chars += Utf8Length(Dump(block["input"]));
-    }
-  }
-  if (!json.contains("usage") || !json["usage"].is_object()) return {};
-  return anthropic::ToEdgeUsage(anthropic::UsageFromMessages(json["usage"]));
-}
-
 ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt)
-    : dialect_(DialectOf(request.endpoint)), relay_(request.client_wants_usage) {
+    : dialect_(DialectOf(request.endpoint)),
+      relay_(request.client_wants_usage, KindOf(request.endpoint).event),
+      done_sentinel_(KindOf(request.endpoint).done_sentinel) {
   const bool anthropic = attempt.provider == ProviderKind::kAnthropic;
   if (dialect_ == ClientDialect::kAnthropic) {
     if (anthropic)
@@ -243,7 +227,8 @@ int64_t ClientStream::relayed_chars() const {
 }
 
 std::string ClientStream::Finish() {
-  if (dialect_ == ClientDialect::kOpenAi) return "data: [DONE]\n\n";
+  // Kinds whose own last event ends the stream (transcript.text.done) get no [DONE].
+  if (dialect_ == ClientDialect::kOpenAi) return done_sentinel_ ? "data: [DONE]\n\n" : "";
   return chunks_ ? chunks_->Finish() : "";
 }
 

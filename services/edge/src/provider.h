@@ -57,12 +57,6 @@ struct AnswerStatus {
 AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttempt& attempt,
                               int status, std::string& body);
 
-// The usage of a successful whole answer as the client receives it (after AdaptWholeAnswer);
-// `completion_chars` gets the generated characters (for the estimate when it has none). A
-// count_tokens answer has usage 0: it is not billed.
-Usage WholeAnswerUsage(const ParsedRequest& request, std::string_view body,
-                       int64_t* completion_chars);
-
 // A 2xx event stream as the client receives it: Feed each piece of upstream bytes and write every
 // event it yields (one write each, `raw`), in order. Usage and the relayed characters are counted
 // as for an OpenAI stream (StreamRelay): the usage-only chunk reaches the client only when it asked
@@ -77,8 +71,9 @@ class ClientStream final {
   void Feed(std::string_view bytes, std::vector<SseEvent>& out);
   Usage usage() const;
   int64_t relayed_chars() const;
-  // What ends a complete stream for the client: `data: [DONE]` for OpenAI's API; for Anthropic's
-  // what is still missing of message_stop (nothing when the upstream sent it).
+  // What ends a complete stream for the client: `data: [DONE]` for OpenAI's API (for the kinds
+  // that have it, endpoint_kinds.h); for Anthropic's what is still missing of message_stop
+  // (nothing when the upstream sent it).
   std::string Finish();
   // An error body (in the client's dialect) as the stream's last event.
   std::string ErrorEvent(std::string_view body) const;
@@ -94,6 +89,7 @@ class ClientStream final {
  private:
   ClientDialect dialect_;
   StreamRelay relay_;
+  bool done_sentinel_ = true;  // the endpoint kind's stream ends with [DONE]
   SseParser parser_;
   std::vector<SseEvent> events_;
   std::unique_ptr<anthropic::StreamTranslator> translator_;  // OpenAI client, Anthropic upstream

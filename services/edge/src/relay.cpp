@@ -4,6 +4,7 @@
 
 #include "src/attempts.h"
 #include "src/edge_metrics.h"
+#include "src/endpoint_kinds.h"
 #include "src/exchange.h"
 #include "src/provider.h"
 
@@ -27,6 +28,12 @@ void SetUsage(UsageRecord& record, const ParsedRequest& request, const Usage& us
     record.usage_estimated = true;
   }
   if (!usage.service_tier.empty()) record.service_tier = usage.service_tier;
+  ApplyUnits(record, request, usage);  // images, audio, characters (endpoint_kinds.h)
+}
+
+bool IsTextual(std::string_view content_type) {
+  return content_type.empty() || content_type.starts_with("application/json") ||
+         content_type.starts_with("text/");
 }
 
 // An upstream error body can quote the credential it was sent ("Incorrect API key provided:
@@ -47,14 +54,18 @@ boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& reques
   x.record.upstream_key_id = attempt.upstream_key_id;
   if (kind == OutcomeKind::kSuccess) {
     int64_t completion_chars = 0;
-    Usage usage = WholeAnswerUsage(request, body, &completion_chars);
+    Usage usage = KindOf(request.endpoint).whole(body, &completion_chars);
     SetUsage(x.record, request, usage, completion_chars);
   } else {
     Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
   }
   x.answering_key = attempt.api_key;
-  x.Capture(body);
   std::string content_type = call.Header("content-type");
+  if (IsTextual(content_type))
+    x.Capture(body);
+  else  // binary answers are not stored with the record, only what they were
+    x.Capture("[" + content_type.substr(0, 64) + " body of " + std::to_string(body.size()) +
+              " bytes, not stored]");
   auto headers = x.CommonHeaders();
   headers.emplace_back("content-type", content_type.empty() ? "application/json" : content_type);
   bool delivered = co_await x.writer.Send(status, std::move(headers), std::move(body));
@@ -71,9 +82,11 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  // OpenAI chunks are put back together; Anthropic's events are kept as sent (Capture).
-  if (x.keep_bodies && x.dialect == ErrorDialect::kOpenAi)
-    x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+  // OpenAI chat chunks are put back together; other events (Anthropic's, a transcription's) are
+  // kept as they came (Capture).
+  const bool chat_chunks =
+      x.dialect != ErrorDialect::kAnthropic && KindOf(request.endpoint).event == nullptr;
+  if (x.keep_bodies && chat_chunks) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
   ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
   std::vector<SseEvent> events;
@@ -133,6 +146,50 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   }
   ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
   SetUsage(x.record, request, stream.usage(), stream.relayed_chars());
+  x.Finish(200);
+}
+
+boost::asio::awaitable<void> RelayBytes(Exchange& x, const ParsedRequest& request,
+                                        const UpstreamAttempt& attempt, UpstreamCall& call,
+                                        Clock::time_point t0, CancelSlot& slot) {
+  std::string content_type = call.Header("content-type");
+  auto headers = x.CommonHeaders();
+  headers.emplace_back("content-type",
+                       content_type.empty() ? "application/octet-stream" : content_type);
+  bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
+  x.answering_key = attempt.api_key;
+  std::string data;
+  int64_t relayed = 0;
+  UpstreamStatus st = UpstreamStatus::kOk;
+  while (client_ok && !slot.client_gone) {
+    data.clear();
+    st = co_await call.Read(data);
+    if (st != UpstreamStatus::kOk) break;
+    if (!data.empty()) {
+      relayed += static_cast<int64_t>(data.size());
+      client_ok = co_await x.writer.WriteChunk(data);  // each piece as it arrives
+    }
+    if (call.finished()) break;
+  }
+  const bool client_left = !client_ok || slot.client_gone || st == UpstreamStatus::kCancelled;
+  OutcomeKind kind = OutcomeKind::kSuccess;
+  if (client_left) {
+    call.Cancel();
+    x.record.client_disconnected = true;
+    x.edge.metrics->CountCancelled();
+  } else if (st != UpstreamStatus::kOk) {
+    // Too late to fail over or to send an error: the client has audio bytes, and binary audio
+    // has no error event. The body ends short; the attempt counts as failed.
+    kind = KindForFailure(st);
+    LogAttempt(x, attempt, kind, 200, call.error_detail());
+    co_await x.writer.EndStream();
+  } else {
+    co_await x.writer.EndStream();
+  }
+  ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
+  x.Capture("[" + content_type.substr(0, 64) + " body of " + std::to_string(relayed) +
+            " bytes, not stored]");
+  SetUsage(x.record, request, Usage{}, 0);
   x.Finish(200);
 }
 

@@ -24,6 +24,13 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
                                          std::chrono::steady_clock::time_point t0,
                                          CancelSlot& slot);
 
+// A 2xx binary answer (speech audio), written to the client piece by piece as it arrives, never
+// buffered; a client that leaves cancels the upstream call. Not stored with the record (a note of
+// its type and size is).
+boost::asio::awaitable<void> RelayBytes(Exchange& x, const ParsedRequest& request,
+                                        const UpstreamAttempt& attempt, UpstreamCall& call,
+                                        std::chrono::steady_clock::time_point t0, CancelSlot& slot);
+
 // A complete buffered answer, delivered as the upstream sent it: a success (usage from its
 // body), or the upstream's own 4xx (`kind` kClientError) with the credential scrubbed from it.
 boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& request,

@@ -42,6 +42,8 @@ struct HoldInput {
   // default tier's: the upstream serves either the tier asked for or its default one, so the hold
   // is not smaller than the record's cost for the same tokens.
   std::string service_tier;
+  // Endpoints billed by units (images, audio, speech): the most the request can use of each.
+  UnitCounts units;
 };
 
 struct HoldDecision {
@@ -60,6 +62,11 @@ struct NewPrice {
   std::optional<int64_t> cached_input_micros_per_mtok;  // unset: the input price
   std::optional<int64_t> cache_write_micros_per_mtok;   // unset: the input price
   int64_t effective_from_ms = 0;                        // 0: now
+  // Unit prices (issue #12): per image as "SIZE/QUALITY=MICROS" (ParseImageRate), per minute of
+  // audio, per 1M characters.
+  std::vector<std::string> image_prices;
+  int64_t audio_micros_per_minute = 0;
+  int64_t micros_per_mchar = 0;
 };
 
 class Billing final {

@@ -35,12 +35,23 @@ inline constexpr int64_t kMaxPriceMicros = 1'000'000'000'000;         // per 1M 
 inline constexpr int64_t kMaxMultiplierPpm = 1'000'000'000;           // x1000
 inline constexpr int64_t kMaxServiceTierMultiplierPpm = 100'000'000;  // x100
 
+// One per-image price; an empty size or quality matches any.
+struct ImageRate {
+  std::string size;
+  std::string quality;
+  int64_t micros_per_image = 0;
+};
+
 struct Rates {
   int64_t input_micros_per_mtok = 0;
   int64_t output_micros_per_mtok = 0;
   int64_t cached_input_micros_per_mtok = 0;
   // Prompt-cache writes (Anthropic's cache_creation_input_tokens).
   int64_t cache_write_micros_per_mtok = 0;
+  // Unit prices (issue #12): per image, per minute of audio, per 1M characters.
+  std::vector<ImageRate> images;
+  int64_t audio_micros_per_minute = 0;
+  int64_t micros_per_mchar = 0;
 };
 
 struct TokenCounts {
@@ -53,11 +64,46 @@ struct TokenCounts {
 int64_t CostMicros(const Rates& rates, const TokenCounts& tokens, int64_t multiplier_ppm,
                    int64_t tier_multiplier_ppm = kMultiplierOne);
 
+// What endpoints beyond chat bill by (issue #12): images with their size and quality, audio
+// duration, input characters.
+inline constexpr int64_t kMaxUnits = 1'000'000'000;  // images, characters, audio milliseconds
+struct UnitCounts {
+  int64_t images = 0;
+  std::string image_size;
+  std::string image_quality;
+  int64_t audio_ms = 0;
+  int64_t characters = 0;
+};
+
+// The per-image price for `size` and `quality`: the most specific row (both match exactly, then
+// size with any quality, then any size with the quality, then any/any); 0 when none matches.
+int64_t ImagePriceMicros(const std::vector<ImageRate>& rates, const std::string& size,
+                         const std::string& quality);
+
+// A record's cost when it may carry units:
+//   - tokens the upstream reported (not estimated), on a model with a token price: tokens only
+//     (gpt-image-1, gpt-4o-transcribe and gpt-4o-mini-tts report usage: "tokens win");
+//   - else units, when they cost anything: images x ImagePriceMicros + ceil(audio_ms x per-minute
+//     / 60000) + ceil(characters x per-1M-chars / 1e6);
+//   - else tokens (estimated or not), as CostMicros.
+// Times both multipliers, rounded up once; bounded like CostMicros (units at kMaxUnits).
+int64_t RecordCostMicros(const Rates& rates, const TokenCounts& tokens, bool tokens_estimated,
+                         const UnitCounts& units, int64_t multiplier_ppm,
+                         int64_t tier_multiplier_ppm = kMultiplierOne);
+
 // The worst case a hold reserves: the whole prompt estimate at the dearest of
 // the prompt prices (input, cached input, cache write: the upstream decides
 // which applies) and every allowed completion token.
 int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
                    int64_t max_completion_tokens, int64_t multiplier_ppm,
+                   int64_t tier_multiplier_ppm = kMultiplierOne);
+
+// The worst case of a request that may be billed by units: the larger of the token worst case
+// (HoldMicros) and the units at their highest price (every image at the model's highest per-image
+// price, whatever size and quality the answer reports), so it bounds RecordCostMicros for any
+// tokens up to the estimates and units up to `units`.
+int64_t HoldMicros(const Rates& rates, int64_t estimated_prompt_tokens,
+                   int64_t max_completion_tokens, const UnitCounts& units, int64_t multiplier_ppm,
                    int64_t tier_multiplier_ppm = kMultiplierOne);
 
 // The service tier whose multiplier prices a request: "" (none reported or
@@ -67,6 +113,11 @@ std::string PricingTier(const std::string& tier);
 
 // A tier's multiplier among `multipliers` (tier -> ppm); a tier without one is x1.
 int64_t TierMultiplier(const std::map<std::string, int64_t>& multipliers, const std::string& tier);
+
+// "SIZE/QUALITY=MICROS" ("1024x1024/hd=80000"; "*" or an omitted "/QUALITY" is any): one
+// per-image price as tollgatectl sets it; nullopt when malformed or out of bounds.
+std::optional<ImageRate> ParseImageRate(const std::string& text);
+std::string FormatImageRate(const ImageRate& rate);
 
 struct PriceRecord {
   int64_t id = 0;

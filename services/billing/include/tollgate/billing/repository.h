@@ -51,6 +51,9 @@ struct UsageInput {
   bool streamed = false;
   // The tier that served the request; empty: the default tier.
   std::string service_tier;
+  // What the endpoint bills by beyond tokens (issue #12); empty kind: a token endpoint.
+  std::string endpoint_kind;
+  UnitCounts units;
   int32_t status = 0;
   int64_t latency_ms = 0;
   bool client_disconnected = false;
