@@ -721,26 +721,30 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
   bool wake = false;
   {
     std::lock_guard lock(impl_->mu);
+    std::map<size_t, pb::Settlement> lease_settlements;
+    auto enqueue = [&](size_t replica, pb::Settlement s) {
+      auto& q = impl_->replicas[replica]->queue;
+      q.push_back(std::move(s));
+      if (q.size() > impl_->options.max_queued) {
+        q.pop_front();
+        impl_->CountDropped(1);
+      }
+      wake = wake || q.size() >= impl_->options.batch_size;
+    };
     for (auto& [replica, id] : ParseReservation(record.reservation_id, n)) {
       pb::Settlement s;
       s.set_request_id(record.request_id);
       s.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
       if (auto lease = ParseLeasePart(id)) {
-        // One settlement per lease, naming only the lease's subject (a request may hold a key's
-        // and a user's lease of the same replica: each is charged once).
+        // The leases of one replica settle together ("l1+l2"), naming exactly their subjects.
         if (lease->kind == 'j') continue;  // an IP's unlimited tokens: nothing to settle
-        s.set_reservation_id(lease->lease_id);
-        s.set_lease_estimate(lease->estimate);
-        if (lease->kind == 'k') s.set_api_key_id(record.principal.api_key_id);
-        if (lease->kind == 'u') s.set_user_id(record.principal.user_id);
-        if (lease->kind == 'i') s.set_client_ip(record.client_ip);
-        auto& q = impl_->replicas[replica]->queue;
-        q.push_back(std::move(s));
-        if (q.size() > impl_->options.max_queued) {
-          q.pop_front();
-          impl_->CountDropped(1);
-        }
-        wake = wake || q.size() >= impl_->options.batch_size;
+        pb::Settlement& ls = lease_settlements[replica];
+        if (!ls.reservation_id().empty()) ls.mutable_reservation_id()->push_back('+');
+        ls.mutable_reservation_id()->append(lease->lease_id);
+        ls.set_lease_estimate(lease->estimate);
+        if (lease->kind == 'k') ls.set_api_key_id(record.principal.api_key_id);
+        if (lease->kind == 'u') ls.set_user_id(record.principal.user_id);
+        if (lease->kind == 'i') ls.set_client_ip(record.client_ip);
         continue;
       }
       s.set_reservation_id(id);
@@ -751,13 +755,12 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
       if (!record.principal.user_id.empty() &&
           QuotaOwner("user", record.principal.user_id, n) == replica)
         s.set_user_id(record.principal.user_id);
-      auto& q = impl_->replicas[replica]->queue;
-      q.push_back(std::move(s));
-      if (q.size() > impl_->options.max_queued) {
-        q.pop_front();
-        impl_->CountDropped(1);
-      }
-      wake = wake || q.size() >= impl_->options.batch_size;
+      enqueue(replica, std::move(s));
+    }
+    for (auto& [replica, ls] : lease_settlements) {
+      ls.set_request_id(record.request_id);
+      ls.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
+      enqueue(replica, std::move(ls));
     }
   }
   if (wake) impl_->cv.notify_all();

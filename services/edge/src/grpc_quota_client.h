@@ -18,7 +18,8 @@
 // never after the replica's own deadline. Close to a limit the replica grants none: those
 // requests are decided one at a time by the replica, exactly as without leases. A part admitted
 // from a lease is named "<i>:<k|u|i|j><lease id>.<estimate>" in the reservation id; its Settle
-// moves the estimate from the lease to the settled total on the replica.
+// (one per replica, "l1+l2" naming that replica's leases and exactly their subjects) moves the
+// estimate from each lease to the settled total on the replica.
 #pragma once
 
 #include <chrono>

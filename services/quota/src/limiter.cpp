@@ -388,16 +388,12 @@ std::vector<SettledRequest> Limiter::PrepareSettle(const std::vector<SettleInput
     for (const auto& in : inputs) {
       std::vector<SubjectRef> subjects;
       auto it = reservations_.find(in.reservation_id);
-      auto lease = leases_.find(in.reservation_id);
       if (it != reservations_.end()) {
         // The reservation knows its subjects: the ones this replica owns.
         for (const auto& key : it->second.cells)
           if (key.period_kind == PeriodKind::kMonth) subjects.emplace_back(key.kind, key.subject);
-      } else if (lease != leases_.end()) {
-        // A lease is of one subject (the edge settles each lease of a request on its own).
-        if (lease->second.subject.first != SubjectKind::kIp)
-          subjects.push_back(lease->second.subject);
       } else {
+        // Expired, or leases ("l1+l2"): the edge names exactly the subjects it settles here.
         if (!in.subjects.api_key_id.empty())
           subjects.emplace_back(SubjectKind::kKey, in.subjects.api_key_id);
         if (!in.subjects.user_id.empty())
@@ -429,8 +425,14 @@ void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
       DropReservationLocked(it, /*remove_window_entries=*/false,
                             std::max<int64_t>(0, inputs[i].actual_tokens));
     if (!fresh[i]) continue;  // settled before: already counted
-    auto lease = leases_.find(inputs[i].reservation_id);
-    if (lease != leases_.end() && !lease->second.unlimited_tokens) {
+    // A request admitted from leases settles them together: "l1+l2" (one per subject).
+    const std::string& ids = inputs[i].reservation_id;
+    for (size_t pos = 0; !ids.empty() && ids[0] == 'l' && pos < ids.size();) {
+      size_t end = ids.find('+', pos);
+      if (end == std::string::npos) end = ids.size();
+      auto lease = leases_.find(ids.substr(pos, end - pos));
+      pos = end + 1;
+      if (lease == leases_.end() || lease->second.unlimited_tokens) continue;
       // The estimate leaves the lease's reservation (the actual joins the settled total below);
       // the window keeps the actual tokens, never more than the lease put in it.
       LeaseState& l = lease->second;

@@ -147,6 +147,24 @@ TEST_F(LeaseTest, AReturnGivesBackWhatWasNotUsedAndOnlyOnce) {
   EXPECT_EQ(u.window_tokens, 2940);
 }
 
+TEST_F(LeaseTest, AKeysAndAUsersLeaseSettleTogetherOnce) {
+  LimiterOptions o;
+  o.key_defaults.monthly_tokens = 1000000;
+  o.user_defaults.monthly_tokens = 1000000;
+  Make(o);
+  LeaseGrant key = Lease(SubjectKind::kKey, "k1", 10, 1000, 100);
+  LeaseGrant user = Lease(SubjectKind::kUser, "u1", 10, 1000, 100);
+  ASSERT_TRUE(key.granted && user.granted);
+  const std::string both = key.lease_id + "+" + user.lease_id;
+  Settle("r1", both, 70, {"k1", "u1", ""}, 100);
+  Settle("r1", both, 70, {"k1", "u1", ""}, 100);  // redelivered
+  for (auto [kind, subject] : {std::pair{SubjectKind::kKey, "k1"}, {SubjectKind::kUser, "u1"}}) {
+    auto u = limiter_->Usage(kind, subject);
+    EXPECT_EQ(u.monthly_tokens, 70) << subject;
+    EXPECT_EQ(u.reserved_tokens, 900) << subject;
+  }
+}
+
 TEST_F(LeaseTest, AnUnreturnedLeaseHoldsItsTokensUntilItsDeadlinePlusTheReservationTtl) {
   LimiterOptions o;
   o.user_defaults.monthly_tokens = 80000;
