@@ -402,7 +402,9 @@ std::vector<int> Flood(std::vector<GrpcQuotaClient*> edges, std::vector<int> thr
               user, ip, 100);
           auto r = AdmitNow(*edges[e], request);
           if (r.failure) {
-            if (r.failure->code != ErrorCode::kRateLimited) ++other;
+            if (r.failure->code != ErrorCode::kRateLimited &&
+                r.failure->code != ErrorCode::kInsufficientQuota)
+              ++other;
             ++denied_in_a_row;
             continue;
           }
@@ -444,6 +446,39 @@ TEST(QuotaLeaseTest, UnevenTrafficOverThreeEdgesNeverPassesTheRpm) {
   EXPECT_GT(from_leases, kRpm / 2) << "most requests admitted from leases";
   EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).window_requests(), total);
   EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_IP, ip).window_requests(), total);
+}
+
+// A user's monthly quota through leases from two edges (traffic 5:1): used up, never overshot, and
+// every settled token counted once.
+TEST(QuotaLeaseTest, AMonthlyQuotaIsNeverOvershotThroughLeasesFromTwoEdges) {
+  constexpr int64_t kQuota = 200000;  // 2000 requests of 100 tokens
+  Config::Environment env = {
+      {"TOLLGATE_QUOTA__DEFAULT_USER_MONTHLY_TOKENS", std::to_string(kQuota)}};
+  ReplicaProcess a(env), b(env);
+  const std::string key = OwnedBy("key", 0, "key-");
+  const std::string user = OwnedBy("user", 1, "user-");
+  const std::string ip = OwnedBy("ip", 0, "10.0.0.");
+  int total = 0;
+  int64_t from_leases = 0;
+  {
+    GrpcQuotaClient e1(Options({a.target(), b.target()}));
+    GrpcQuotaClient e2(Options({a.target(), b.target()}));
+    auto allowed = Flood({&e1, &e2}, {5, 1}, key, user, ip, "monthly-", true, 100);
+    total = allowed[0] + allowed[1];
+    from_leases = e1.admitted_from_leases() + e2.admitted_from_leases();
+  }
+  EXPECT_LE(total * 100, kQuota);
+  EXPECT_GE(total * 100, kQuota - 100 * 64);
+  EXPECT_GT(from_leases, total / 2);
+  for (int i = 0;
+       i < 100 && (b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens() != 100 * total ||
+                   b.Usage(pb::SUBJECT_KIND_USER, user).reserved_tokens() != 0);
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto usage = b.Usage(pb::SUBJECT_KIND_USER, user);
+  EXPECT_EQ(usage.monthly_tokens(), 100 * total);
+  EXPECT_EQ(usage.reserved_tokens(), 0);
+  EXPECT_LE(usage.monthly_tokens(), kQuota);
 }
 
 // An edge dies holding leases: its leases keep counting until they expire (under-admission
