@@ -412,6 +412,15 @@ struct GrpcQuotaClient::Impl {
       DropReplicaLeasesLocked(replica);
     }
     if (ok) rep.incarnation = response.incarnation();
+    if (ok)
+      for (const auto& id : response.recalled_lease_ids()) {
+        auto held = lease_ids.find(id);
+        if (held == lease_ids.end()) continue;
+        auto it = leases.find(held->second);
+        // Wanted back: its rest goes with the next call; this subject is admitted by the
+        // replica until it grants a new lease.
+        if (it != leases.end() && it->second.id == id) CloseLeaseLocked(it, /*give_back=*/true);
+      }
     for (size_t k = 0; k < asked.size(); ++k) {
       auto d = demand.find(asked[k]);
       if (d != demand.end()) d->second.asking = false;

@@ -217,6 +217,8 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
           metrics_.leased->Increment();
         }
         response->set_incarnation(deps_.limiter.incarnation());
+        for (auto& id : deps_.limiter.RecalledLeases())
+          response->add_recalled_lease_ids(std::move(id));
       } catch (...) {
         reactor->Finish(ExceptionToGrpcStatus(std::current_exception(), "quota", "Lease"));
         return;

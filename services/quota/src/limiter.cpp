@@ -341,7 +341,15 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
       break;
     }
   }
-  if (d.denial) return d;
+  if (d.denial) {
+    // Capacity leased out and unused is what this subject lacks: ask for it back.
+    for (auto& [id, l] : leases_)
+      if (!l.returned && l.subject.first == d.denial->subject &&
+          (l.subject.second == s.api_key_id || l.subject.second == s.user_id ||
+           l.subject.second == s.client_ip))
+        l.recalled = true;
+    return d;
+  }
 
   // Admitted: record it everywhere at once.
   const uint64_t seq = next_seq_++;
@@ -623,6 +631,14 @@ void Limiter::ReturnLease(const LeaseReturn& ret) {
     l.reserved -= t;
   }
   // Kept until its expiry: the requests still running settle through it.
+}
+
+std::vector<std::string> Limiter::RecalledLeases() const {
+  std::vector<std::string> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [id, l] : leases_)
+    if (l.recalled && !l.returned) out.push_back(id);
+  return out;
 }
 
 size_t Limiter::live_leases() const {

@@ -165,6 +165,24 @@ TEST_F(LeaseTest, AKeysAndAUsersLeaseSettleTogetherOnce) {
   }
 }
 
+TEST_F(LeaseTest, ARefusalRecallsTheSubjectsLeasesUntilReturned) {
+  LimiterOptions o;
+  o.key_defaults.rpm = 100;
+  Make(o);
+  LeaseGrant g = Lease(SubjectKind::kKey, "k1", 12, 1000);
+  ASSERT_TRUE(g.granted);
+  LeaseGrant other = Lease(SubjectKind::kKey, "k2", 12, 1000);
+  ASSERT_TRUE(other.granted);
+  EXPECT_TRUE(limiter_->RecalledLeases().empty());
+  while (!Admit(1, {"k1", "", ""}).denial) {
+  }
+  // k1 was refused while its lease was out: that one is wanted back, k2's is not.
+  EXPECT_EQ(limiter_->RecalledLeases(), std::vector<std::string>{g.lease_id});
+  limiter_->ReturnLease({g.lease_id, true, g.requests, 0, 0, 0});
+  EXPECT_TRUE(limiter_->RecalledLeases().empty());
+  EXPECT_FALSE(Admit(1, {"k1", "", ""}).denial) << "its capacity came back";
+}
+
 TEST_F(LeaseTest, AnUnreturnedLeaseHoldsItsTokensUntilItsDeadlinePlusTheReservationTtl) {
   LimiterOptions o;
   o.user_defaults.monthly_tokens = 80000;

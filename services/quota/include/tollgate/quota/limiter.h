@@ -31,10 +31,11 @@
 //   with the lease in it: the windows stay exact. A lease is granted only from a share of the
 //   headroom (1/kLeaseShare), and none when the headroom is below `lease_min_headroom` requests
 //   or the share below one request's tokens: the last requests of a window are decided here,
-//   one at a time, exactly as before. A settle through a lease moves its estimate from the
-//   reservation to the settled total (and the window keeps the actual tokens); a return gives
-//   back what was not used. A lease's reservation lives until settled, returned or
-//   U + reservation_ttl (a dead edge's requests may still be running until then).
+//   one at a time, exactly as before. A refusal of a subject recalls its leases that are out
+//   (RecalledLeases: the edges give back what they did not use). A settle through a lease moves its
+//   estimate from the reservation to the settled total (and the window keeps the actual tokens); a
+//   return gives back what was not used. A lease's reservation lives until settled, returned or U +
+//   reservation_ttl (a dead edge's requests may still be running until then).
 #pragma once
 
 #include <chrono>
@@ -178,6 +179,9 @@ class Limiter final {
   // May block on the repository (a subject's first touch in a period).
   LeaseGrant Lease(const LeaseAsk& ask);
   void ReturnLease(const LeaseReturn& ret);
+  // Leases not yet returned whose subject was refused a request since they were granted: the
+  // edges holding them should give back what they do not use.
+  std::vector<std::string> RecalledLeases() const;
   size_t live_leases() const;
   // Random per process: an edge that sees it change drops its leases of the earlier one.
   uint64_t incarnation() const { return nonce_; }
@@ -234,6 +238,7 @@ class Limiter final {
     int64_t reserved = 0;  // tokens still reserved in `cells`
     std::vector<UsageKey> cells;
     bool returned = false;
+    bool recalled = false;
     std::multimap<Clock::SteadyTime, std::string>::iterator expiry;
   };
 
