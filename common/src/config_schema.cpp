@@ -142,6 +142,15 @@ std::vector<ConfigKey> BuildSchema() {
        "an admitted request's reservation is dropped if not settled or released within this "
        "(a crashed edge leaks nothing); keep it above the longest request",
        false, 1000, 86400000},
+      {"quota.lease_ttl", T::kDuration, "1s",
+       "how long a lease (capacity granted to an edge in advance, admitted from its memory) may "
+       "be used; a restarted replica admits nothing for this long (an earlier incarnation's "
+       "leases may still be in use). 0: no leases, every request is admitted here",
+       false, 0, 60000},
+      {"quota.lease_min_headroom", T::kInt, "64",
+       "no lease of a subject whose requests-per-minute headroom is below this: its requests "
+       "are admitted here one at a time",
+       false, 1, INT64_MAX},
       {"quota.policy_refresh", T::kDuration, "1s",
        "how often policy overrides are reloaded from the database (changes made through another "
        "replica reach this one within this)",
@@ -174,6 +183,13 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.quota_fail_open", T::kBool, "false",
        "when a quota replica is unreachable, admit requests unlimited instead of answering 503 "
        "(logged and counted either way)"},
+      {"edge.quota_leases", T::kBool, "true",
+       "admit from leases (capacity the quota replicas grant the edge in advance) instead of an "
+       "Admit call per request; close to a limit the replica grants none and requests are "
+       "admitted one at a time as without leases"},
+      {"edge.quota_lease_interval", T::kDuration, "10ms",
+       "how often the edge asks for, renews and returns leases (one Lease call per replica)", false,
+       1, 1000},
       {"edge.quota_default_max_tokens", T::kInt, "4096",
        "completion budget of a request that sets no max_tokens when its model has no "
        "default_max_tokens (tollgatectl router set-model-limits): quota admits and billing holds "

@@ -43,6 +43,7 @@ constexpr auto kTable = std::to_array<MethodRule>({
     Edge("/tollgate.quota.v1.QuotaService/Admit"),
     Edge("/tollgate.quota.v1.QuotaService/Settle"),
     Edge("/tollgate.quota.v1.QuotaService/Release"),
+    Edge("/tollgate.quota.v1.QuotaService/Lease"),
     Admin("/tollgate.quota.v1.QuotaAdminService/GetStatus"),
     Admin("/tollgate.quota.v1.QuotaAdminService/SetPolicy"),
     Admin("/tollgate.quota.v1.QuotaAdminService/GetPolicy"),

@@ -74,6 +74,8 @@ class EdgeModule final : public Module {
     quota.targets = config.GetList("edge.quota_targets");
     quota.timeout = config.GetDuration("edge.grpc_timeout");
     quota.fail_open = config.GetBool("edge.quota_fail_open");
+    quota.leases = config.GetBool("edge.quota_leases");
+    quota.lease_interval = config.GetDuration("edge.quota_lease_interval");
     quota.registry = &deps_.metrics.registry();
     quota_ = std::make_unique<GrpcQuotaClient>(quota);
     GrpcBillingClientOptions billing;

@@ -35,6 +35,8 @@ LimiterOptions Options(const Config& config) {
   o.ip_defaults.rpm = config.GetInt("quota.default_ip_rpm");
   o.ip_defaults.tpm = config.GetInt("quota.default_ip_tpm");
   o.reservation_ttl = config.GetDuration("quota.reservation_ttl");
+  o.lease_ttl = config.GetDuration("quota.lease_ttl");
+  o.lease_min_headroom = config.GetInt("quota.lease_min_headroom");
   return o;
 }
 
@@ -87,7 +89,9 @@ class QuotaModule final : public DbServiceModule {
     // Overrides before serving: Admit must never run on defaults alone.
     limiter_->ReplacePolicies(repo_->LoadPolicies());
     committer_ = std::make_unique<GroupCommitter>(*repo_);
-    quota_service_ = MakeQuotaService({*limiter_, *committer_, workers(), metrics().registry()});
+    quota_service_ = MakeQuotaService(
+        {*limiter_, *committer_, workers(), metrics().registry(),
+         std::chrono::steady_clock::now() + config().GetDuration("quota.lease_ttl")});
     admin_service_ = MakeQuotaAdminService(
         {[this](pb::GetStatusResponse* response) { FillStatus(*this, response); }, *limiter_,
          *repo_, workers()});

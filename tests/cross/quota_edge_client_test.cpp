@@ -369,5 +369,234 @@ TEST(GrpcQuotaClientTest, SettlementsAreRetriedUntilTheReplicaIsBack) {
   }
 }
 
+// ---- Leases (issue #13): admission from capacity granted to the edge in advance -------------
+
+edge::UsageRecord RecordOf(const AdmitRequest& request, const AdmitResult& result, int64_t actual) {
+  edge::UsageRecord record;
+  record.request_id = request.request_id;
+  record.principal = request.principal;
+  record.client_ip = request.client_ip;
+  record.reservation_id = result.reservation_id;
+  record.prompt_tokens = actual / 2;
+  record.completion_tokens = actual - actual / 2;
+  return record;
+}
+
+// Sends requests from `threads` threads per edge until each thread has met `stop_after`
+// denials in a row; returns the admitted requests per edge (settled with `actual` tokens each
+// when `settle`).
+std::vector<int> Flood(std::vector<GrpcQuotaClient*> edges, std::vector<int> threads_per_edge,
+                       const std::string& key, const std::string& user, const std::string& ip,
+                       const std::string& prefix, bool settle, int64_t actual = 60,
+                       int stop_after = 20) {
+  std::vector<std::atomic<int>> allowed(edges.size());
+  std::atomic<int> other{0};
+  std::vector<std::thread> threads;
+  for (size_t e = 0; e < edges.size(); ++e)
+    for (int t = 0; t < threads_per_edge[e]; ++t)
+      threads.emplace_back([&, e, t] {
+        int denied_in_a_row = 0;
+        for (int i = 0; denied_in_a_row < stop_after; ++i) {
+          auto request = Request(
+              prefix + std::to_string(e) + "-" + std::to_string(t) + "-" + std::to_string(i), key,
+              user, ip, 100);
+          auto r = AdmitNow(*edges[e], request);
+          if (r.failure) {
+            if (r.failure->code != ErrorCode::kRateLimited &&
+                r.failure->code != ErrorCode::kInsufficientQuota)
+              ++other;
+            ++denied_in_a_row;
+            continue;
+          }
+          denied_in_a_row = 0;
+          ++allowed[e];
+          if (settle) edges[e]->Settle(RecordOf(request, r, actual));
+        }
+      });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(other.load(), 0);
+  std::vector<int> out;
+  for (auto& a : allowed) out.push_back(a.load());
+  return out;
+}
+
+// Three edges, traffic split 8:3:1, two quota processes: leases are used, the RPM is never passed,
+// and the replica's window holds exactly the requests admitted (unused lease capacity came back).
+TEST(QuotaLeaseTest, UnevenTrafficOverThreeEdgesNeverPassesTheRpm) {
+  constexpr int kRpm = 3000;
+  Config::Environment env = {{"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", std::to_string(kRpm)}};
+  ReplicaProcess a(env), b(env);
+  const std::string key = OwnedBy("key", 0, "key-");
+  const std::string user = OwnedBy("user", 1, "user-");
+  const std::string ip = OwnedBy("ip", 1, "10.0.0.");
+  int64_t from_leases = 0;
+  int total = 0;
+  {
+    GrpcQuotaClient e1(Options({a.target(), b.target()}));
+    GrpcQuotaClient e2(Options({a.target(), b.target()}));
+    GrpcQuotaClient e3(Options({a.target(), b.target()}));
+    auto allowed = Flood({&e1, &e2, &e3}, {8, 3, 1}, key, user, ip, "uneven-", false);
+    total = allowed[0] + allowed[1] + allowed[2];
+    from_leases = e1.admitted_from_leases() + e2.admitted_from_leases() + e3.admitted_from_leases();
+    EXPECT_GT(allowed[0], allowed[2]);
+  }  // the edges shut down: what their leases did not use goes back
+  EXPECT_LE(total, kRpm);
+  // Close to the limit no lease is granted: the last requests were decided one at a time.
+  EXPECT_GE(total, kRpm - 64);
+  EXPECT_GT(from_leases, kRpm / 2) << "most requests admitted from leases";
+  EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).window_requests(), total);
+  EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_IP, ip).window_requests(), total);
+}
+
+// A user's monthly quota through leases from two edges (traffic 5:1): used up, never overshot, and
+// every settled token counted once.
+TEST(QuotaLeaseTest, AMonthlyQuotaIsNeverOvershotThroughLeasesFromTwoEdges) {
+  constexpr int64_t kQuota = 200000;  // 2000 requests of 100 tokens
+  Config::Environment env = {
+      {"TOLLGATE_QUOTA__DEFAULT_USER_MONTHLY_TOKENS", std::to_string(kQuota)}};
+  ReplicaProcess a(env), b(env);
+  const std::string key = OwnedBy("key", 0, "key-");
+  const std::string user = OwnedBy("user", 1, "user-");
+  const std::string ip = OwnedBy("ip", 0, "10.0.0.");
+  int total = 0;
+  int64_t from_leases = 0;
+  {
+    GrpcQuotaClient e1(Options({a.target(), b.target()}));
+    GrpcQuotaClient e2(Options({a.target(), b.target()}));
+    auto allowed = Flood({&e1, &e2}, {5, 1}, key, user, ip, "monthly-", true, 100);
+    total = allowed[0] + allowed[1];
+    from_leases = e1.admitted_from_leases() + e2.admitted_from_leases();
+  }
+  EXPECT_LE(total * 100, kQuota);
+  EXPECT_GE(total * 100, kQuota - 100 * 64);
+  EXPECT_GT(from_leases, total / 2);
+  for (int i = 0;
+       i < 100 && (b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens() != 100 * total ||
+                   b.Usage(pb::SUBJECT_KIND_USER, user).reserved_tokens() != 0);
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto usage = b.Usage(pb::SUBJECT_KIND_USER, user);
+  EXPECT_EQ(usage.monthly_tokens(), 100 * total);
+  EXPECT_EQ(usage.reserved_tokens(), 0);
+  EXPECT_LE(usage.monthly_tokens(), kQuota);
+}
+
+// An edge dies holding leases: its leases keep counting until they expire (under-admission
+// bounded by one lease per subject), never more is admitted than the limit, and once they expire
+// nothing of them stays reserved; every settled token is counted once.
+TEST(QuotaLeaseTest, AnEdgeKilledWhileHoldingLeasesLosesNothingAndCountsNothingTwice) {
+  constexpr int kRpm = 3000;
+  Config::Environment env = {{"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", std::to_string(kRpm)},
+                             {"TOLLGATE_QUOTA__DEFAULT_USER_MONTHLY_TOKENS", "100000000"},
+                             {"TOLLGATE_QUOTA__RESERVATION_TTL", "2s"}};
+  ReplicaProcess a(env), b(env);
+  const std::string key = OwnedBy("key", 0, "key-");
+  const std::string user = OwnedBy("user", 1, "user-");
+  const std::string ip = OwnedBy("ip", 1, "10.0.0.");
+
+  GrpcQuotaClient dying(Options({a.target(), b.target()}));
+  int dying_allowed = 0;
+  for (int i = 0; i < 2000 && (dying.admitted_from_leases() < 50 || dying.live_leases() < 3); ++i) {
+    auto r = AdmitNow(dying, Request("dying-" + std::to_string(i), key, user, ip, 100));
+    ASSERT_FALSE(r.failure);
+    ++dying_allowed;
+    if (dying.admitted_from_leases() == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_GE(dying.admitted_from_leases(), 50);
+  ASSERT_EQ(dying.live_leases(), 3u);
+  dying.SimulateCrashForTest();  // nothing returned, nothing settled
+  // Its unused leases still count, so what it admitted is never given to another edge twice.
+  EXPECT_GE(a.Usage(pb::SUBJECT_KIND_KEY, key).window_requests(), dying_allowed);
+  EXPECT_GT(b.Usage(pb::SUBJECT_KIND_USER, user).reserved_tokens(), 0);
+
+  int other_allowed = 0;
+  {
+    GrpcQuotaClient survivor(Options({a.target(), b.target()}));
+    other_allowed = Flood({&survivor}, {6}, key, user, ip, "survivor-", true)[0];
+  }  // shut down: its last settlements sent, its leases returned
+  EXPECT_LE(dying_allowed + other_allowed, kRpm);
+  EXPECT_GE(dying_allowed + other_allowed, kRpm - kRpm / 8 - 64);
+  // After lease_ttl + reservation_ttl (3 s) the dead edge's leases are gone: nothing reserved,
+  // and the month holds exactly what was settled (the dead edge's requests never settled).
+  for (int i = 0;
+       i < 100 && (b.Usage(pb::SUBJECT_KIND_USER, user).reserved_tokens() != 0 ||
+                   b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens() != 60 * other_allowed);
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto usage = b.Usage(pb::SUBJECT_KIND_USER, user);
+  EXPECT_EQ(usage.reserved_tokens(), 0);
+  EXPECT_EQ(usage.monthly_tokens(), 60 * other_allowed);
+  EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).monthly_tokens(), 60 * other_allowed);
+}
+
+// A replica restarts while an edge holds its leases: the edge drops them, the new incarnation
+// admits nothing and grants nothing for lease_ttl (old leases may still be in use until then),
+// and every settlement, before and after, is counted exactly once.
+TEST(QuotaLeaseTest, AReplicaRestartedWhileEdgesHoldLeases) {
+  TestDatabase db;
+  Config::Environment env = {{"TOLLGATE_QUOTA__DATABASE__DSN", db.dsn()},
+                             {"TOLLGATE_QUOTA__GRPC_LISTEN", "127.0.0.1:0"},
+                             {"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", "100000"},
+                             {"TOLLGATE_QUOTA__DEFAULT_USER_MONTHLY_TOKENS", "100000000"},
+                             {"TOLLGATE_QUOTA__LEASE_TTL", "1s"},
+                             {"TOLLGATE_METRICS__LISTEN", "127.0.0.1:0"},
+                             {"TOLLGATE_ADMIN__TOKEN", kToken},
+                             {"TOLLGATE_GRPC__SERVICE_TOKENS__EDGE", kEdgeToken}};
+  auto start = [&env](const std::string& listen) {
+    auto e = env;
+    e["TOLLGATE_QUOTA__GRPC_LISTEN"] = listen;
+    return std::make_unique<ReplicaProcess>(e);
+  };
+  auto replica = start("127.0.0.1:0");
+  const std::string target = replica->target();
+  GrpcQuotaClient edge(Options({target}));
+  int allowed = 0;
+  auto run = [&](const std::string& prefix, int n) {
+    for (int i = 0; i < n; ++i) {
+      auto request = Request(prefix + std::to_string(i), "key-r", "user-r", "10.1.1.1", 100);
+      auto r = AdmitNow(edge, request);
+      if (r.failure) continue;  // 503 while the replica is away
+      ++allowed;
+      edge.Settle(RecordOf(request, r, 50));
+      if (edge.admitted_from_leases() == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  run("before-", 300);
+  ASSERT_GT(edge.admitted_from_leases(), 100);
+  ASSERT_GT(edge.live_leases(), 0u);
+
+  replica.reset();  // SIGTERM: the leases die with it
+  for (int i = 0; i < 200 && edge.live_leases() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(edge.live_leases(), 0u) << "leases of an unreachable replica are dropped";
+  const int64_t from_leases_before = edge.admitted_from_leases();
+  replica = start(target);
+  const auto serving_at = std::chrono::steady_clock::now();
+  // The new incarnation answers nothing before lease_ttl from its start (the edge's channel may
+  // still be backing off from the outage: retry).
+  AdmitResult first;
+  for (int i = 0; i < 100; ++i) {
+    first = AdmitNow(edge, Request("after-first", "key-r", "user-r", "10.1.1.1", 100));
+    if (!first.failure) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(first.failure);
+  EXPECT_GE(std::chrono::steady_clock::now() - serving_at, std::chrono::milliseconds(800));
+  EXPECT_EQ(edge.admitted_from_leases(), from_leases_before);
+  edge.Settle(RecordOf(Request("after-first", "key-r", "user-r", "10.1.1.1", 100), first, 50));
+  ++allowed;
+  run("after-", 300);
+  EXPECT_GT(edge.admitted_from_leases(), from_leases_before) << "leased again";
+  for (int i = 0;
+       i < 500 && replica->Usage(pb::SUBJECT_KIND_USER, "user-r").monthly_tokens() != 50 * allowed;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(edge.settlements_dropped(), 0);
+  EXPECT_EQ(replica->Usage(pb::SUBJECT_KIND_USER, "user-r").monthly_tokens(), 50 * allowed);
+  EXPECT_EQ(replica->Usage(pb::SUBJECT_KIND_KEY, "key-r").monthly_tokens(), 50 * allowed);
+}
+
 }  // namespace
 }  // namespace tollgate::quota

@@ -7,12 +7,16 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include "src/grpc_call.h"
 #include "tollgate/log.h"
 #include "tollgate/quota/v1/quota.grpc.pb.h"
+#include "tollgate/saturating.h"
 
 namespace tollgate::edge {
 namespace {
@@ -51,6 +55,40 @@ std::vector<std::pair<size_t, std::string>> ParseReservation(const std::string& 
     pos = end + 1;
   }
   return out;
+}
+
+// A reservation part admitted from a lease: "<kind><lease id>.<estimate>", kind k (key), u (user),
+// i (IP) or j (IP, tokens unlimited: nothing to settle).
+struct LeasePart {
+  char kind = 0;
+  std::string lease_id;
+  int64_t estimate = 0;
+};
+
+std::optional<LeasePart> ParseLeasePart(const std::string& id) {
+  if (id.size() < 4 || id[1] != 'l') return std::nullopt;
+  if (id[0] != 'k' && id[0] != 'u' && id[0] != 'i' && id[0] != 'j') return std::nullopt;
+  size_t dot = id.rfind('.');
+  if (dot == std::string::npos || dot < 2) return std::nullopt;
+  LeasePart p;
+  p.kind = id[0];
+  p.lease_id = id.substr(1, dot - 1);
+  for (size_t i = dot + 1; i < id.size(); ++i) {
+    if (id[i] < '0' || id[i] > '9' || p.estimate > (INT64_MAX - 9) / 10) return std::nullopt;
+    p.estimate = p.estimate * 10 + (id[i] - '0');
+  }
+  return p;
+}
+
+pb::SubjectKind KindProto(char kind) {
+  switch (kind) {
+    case 'k':
+      return pb::SUBJECT_KIND_KEY;
+    case 'u':
+      return pb::SUBJECT_KIND_USER;
+    default:
+      return pb::SUBJECT_KIND_IP;
+  }
 }
 
 }  // namespace
@@ -104,6 +142,10 @@ struct GrpcQuotaClient::Impl {
       dropped_counter = &settle_family.Add({{"result", "dropped"}});
     }
     flusher = std::thread([this] { FlushLoop(); });
+    if (options.leases) {
+      lease_replicas.resize(replicas.size());
+      leaser = std::thread([this] { LeaseLoop(); });
+    }
   }
 
   ~Impl() { Shutdown(); }
@@ -114,9 +156,317 @@ struct GrpcQuotaClient::Impl {
       std::lock_guard lock(mu);
       stopping = true;
     }
+    {
+      std::lock_guard lock(lease_mu);
+      lease_stopping = true;
+    }
+    lease_cv.notify_all();
     cv.notify_all();
+    if (leaser.joinable()) leaser.join();  // its last call returns every lease
     if (flusher.joinable()) flusher.join();
     calls.Drain();
+  }
+
+  // ---- Leases ---------------------------------------------------------------------------------
+
+  struct Lease {
+    size_t replica = 0;
+    char kind = 'k';
+    std::string subject;
+    std::string id;
+    uint64_t incarnation = 0;
+    bool unlimited_requests = false;
+    bool unlimited_tokens = false;
+    int64_t granted_requests = 0;
+    int64_t granted_tokens = 0;
+    int64_t left_requests = 0;
+    int64_t left_tokens = 0;
+    int64_t used_requests = 0;  // admitted from it (for the size of the next ask)
+    int64_t max_estimate = 1;
+    std::chrono::steady_clock::time_point use_until;
+    std::chrono::steady_clock::time_point last_used;
+    std::chrono::milliseconds ttl{0};
+    RateLimitWindow requests_window;  // the replica's figures beyond the lease
+    RateLimitWindow tokens_window;
+    // Admitted on an unlimited dimension since the last report.
+    int64_t report_requests = 0;
+    int64_t report_tokens = 0;
+  };
+  using SubjectKey = std::pair<char, std::string>;  // kind (k, u, i) and subject
+  struct Demand {
+    size_t replica = 0;
+    int64_t estimate = 1;
+    int64_t requests = 16;
+    bool touched = true;  // wanted since the last ask
+    bool asking = false;
+    std::chrono::steady_clock::time_point next_ask;
+    std::chrono::steady_clock::time_point since;
+  };
+  struct LeaseReplica {
+    bool in_flight = false;
+    uint64_t incarnation = 0;
+    std::vector<pb::LeaseReturn> returns;  // to send with the next call
+  };
+
+  static bool Usable(const Lease& l, int64_t estimate, std::chrono::steady_clock::time_point now) {
+    return now < l.use_until && (l.unlimited_requests || l.left_requests >= 1) &&
+           (l.unlimited_tokens || l.left_tokens >= estimate);
+  }
+
+  pb::LeaseReturn FinalReturn(const Lease& l) {
+    pb::LeaseReturn r;
+    r.set_lease_id(l.id);
+    r.set_final(true);
+    r.set_unused_requests(l.unlimited_requests ? 0 : l.left_requests);
+    r.set_unused_tokens(l.unlimited_tokens ? 0 : l.left_tokens);
+    r.set_used_requests(l.report_requests);
+    r.set_used_tokens(l.report_tokens);
+    return r;
+  }
+
+  // Under lease_mu.
+  void CloseLeaseLocked(std::map<SubjectKey, Lease>::iterator it, bool give_back) {
+    if (give_back) lease_replicas[it->second.replica].returns.push_back(FinalReturn(it->second));
+    lease_ids.erase(it->second.id);
+    leases.erase(it);
+  }
+
+  void DropReplicaLeasesLocked(size_t replica) {
+    for (auto it = leases.begin(); it != leases.end();)
+      if (it->second.replica == replica) {
+        auto next = std::next(it);
+        CloseLeaseLocked(it, /*give_back=*/false);
+        it = next;
+      } else {
+        ++it;
+      }
+    lease_replicas[replica].returns.clear();
+  }
+
+  // Admits from leases when every subject holds a usable one; else notes the demand and answers
+  // nothing (the caller goes to the replicas).
+  std::optional<AdmitResult> AdmitFromLeases(
+      const std::vector<std::pair<SubjectKey, size_t>>& subjects, int64_t estimate) {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(lease_mu);
+    if (lease_stopping) return std::nullopt;
+    bool all = true;
+    for (const auto& [key, replica] : subjects) {
+      auto it = leases.find(key);
+      if (it != leases.end() && Usable(it->second, estimate, now)) continue;
+      all = false;
+      Demand& d = demand[key];
+      if (d.since == std::chrono::steady_clock::time_point{}) d.since = now;
+      d.replica = replica;
+      d.estimate = std::max(d.estimate, estimate);
+      d.touched = true;
+    }
+    if (!all) return std::nullopt;
+    AdmitResult result;
+    for (const auto& [key, replica] : subjects) {
+      Lease& l = leases.find(key)->second;
+      if (!l.unlimited_requests) --l.left_requests;
+      if (!l.unlimited_tokens) l.left_tokens -= estimate;
+      if (l.unlimited_requests) ++l.report_requests;
+      if (l.unlimited_tokens) l.report_tokens = SatAdd(l.report_tokens, estimate);
+      ++l.used_requests;
+      l.max_estimate = std::max(l.max_estimate, estimate);
+      l.last_used = now;
+      if (l.requests_window.limit > 0)
+        Tighten(result.requests,
+                {l.requests_window.limit, l.requests_window.remaining + l.left_requests,
+                 l.requests_window.reset_ms});
+      if (l.tokens_window.limit > 0)
+        Tighten(result.tokens, {l.tokens_window.limit, l.tokens_window.remaining + l.left_tokens,
+                                l.tokens_window.reset_ms});
+      const char kind = key.first == 'i' && l.unlimited_tokens ? 'j' : key.first;
+      if (!result.reservation_id.empty()) result.reservation_id += ',';
+      result.reservation_id +=
+          std::to_string(replica) + ":" + kind + l.id + "." + std::to_string(estimate);
+    }
+    admitted_from_leases.fetch_add(1, std::memory_order_relaxed);
+    return result;
+  }
+
+  // A request admitted from a lease never ran: its share goes back to the lease if still held
+  // (else the lease's return already counted it as used: never less than what ran).
+  void ReleaseLeasePart(const LeasePart& part) {
+    std::lock_guard lock(lease_mu);
+    auto id = lease_ids.find(part.lease_id);
+    if (id == lease_ids.end()) return;
+    auto it = leases.find(id->second);
+    if (it == leases.end()) return;
+    Lease& l = it->second;
+    if (!l.unlimited_requests) ++l.left_requests;
+    if (!l.unlimited_tokens) l.left_tokens += part.estimate;
+  }
+
+  void LeaseLoop() {
+    std::unique_lock lock(lease_mu);
+    for (;;) {
+      if (lease_stopping)
+        lease_cv.wait_for(lock, std::chrono::milliseconds(5));  // for the last answers
+      else
+        lease_cv.wait_for(lock, options.lease_interval, [this] { return lease_stopping; });
+      const auto now = std::chrono::steady_clock::now();
+      const auto idle_after = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(100),
+                                                                  10 * options.lease_interval);
+      if (lease_stopping) {
+        // On the way down: every lease goes back, in one last call per replica.
+        while (!leases.empty()) CloseLeaseLocked(leases.begin(), /*give_back=*/true);
+      }
+      for (auto it = leases.begin(); it != leases.end();) {
+        auto next = std::next(it);
+        Lease& l = it->second;
+        if (now >= l.use_until || now - l.last_used > idle_after) {
+          CloseLeaseLocked(it, /*give_back=*/true);  // expired, or nobody uses it
+        } else {
+          const bool low = l.use_until - now < l.ttl / 2 ||
+                           (!l.unlimited_requests && l.left_requests * 4 < l.granted_requests) ||
+                           (!l.unlimited_tokens && l.left_tokens < 4 * l.max_estimate);
+          if (low && now - l.last_used < idle_after) {
+            Demand& d = demand[it->first];
+            if (d.since == std::chrono::steady_clock::time_point{}) d.since = now;
+            d.replica = l.replica;
+            d.estimate = std::max(d.estimate, l.max_estimate);
+            d.requests = std::clamp<int64_t>(2 * l.used_requests, 16, 100000);
+            d.touched = true;
+          }
+          if (l.report_requests > 0 || l.report_tokens > 0) {
+            pb::LeaseReturn r;
+            r.set_lease_id(l.id);
+            r.set_used_requests(l.report_requests);
+            r.set_used_tokens(l.report_tokens);
+            lease_replicas[l.replica].returns.push_back(std::move(r));
+            l.report_requests = l.report_tokens = 0;
+          }
+        }
+        it = next;
+      }
+      for (size_t i = 0; i < lease_replicas.size(); ++i) {
+        LeaseReplica& rep = lease_replicas[i];
+        if (rep.in_flight) continue;
+        pb::LeaseRequest request;
+        std::vector<SubjectKey> asked;
+        if (!lease_stopping) {
+          for (auto it = demand.begin(); it != demand.end();) {
+            Demand& d = it->second;
+            if (d.replica != i || d.asking) {
+              ++it;
+              continue;
+            }
+            if (!d.touched) {
+              // Nobody wanted it since the last refusal: forget it after a while.
+              it = now - d.since > std::chrono::seconds(1) ? demand.erase(it) : std::next(it);
+              continue;
+            }
+            if (now < d.next_ask) {
+              ++it;
+              continue;
+            }
+            auto* ask = request.add_asks();
+            ask->set_subject_kind(KindProto(it->first.first));
+            ask->set_subject(it->first.second);
+            ask->set_requests(d.requests);
+            ask->set_tokens(SatMul(d.requests, d.estimate));
+            ask->set_min_tokens(d.estimate);
+            d.asking = true;
+            d.touched = false;
+            asked.push_back(it->first);
+            ++it;
+          }
+        }
+        for (auto& r : rep.returns) *request.add_returns() = std::move(r);
+        rep.returns.clear();
+        if (request.asks_size() == 0 && request.returns_size() == 0) continue;
+        rep.in_flight = true;
+        CallUnary<pb::LeaseResponse>(
+            calls, options.timeout, std::move(request),
+            [stub = replicas[i]->stub.get()](auto... a) { stub->async()->Lease(a...); },
+            [this, i, asked = std::move(asked), sent_at = now](const grpc::Status& status,
+                                                               pb::LeaseResponse& response) {
+              OnLeaseAnswer(i, asked, sent_at, status, response);
+            },
+            CallTracker::Kind::kDelivery);
+      }
+      if (lease_stopping) {
+        bool idle = true;
+        for (const auto& r : lease_replicas) idle = idle && !r.in_flight;
+        if (idle) return;
+      }
+    }
+  }
+
+  void OnLeaseAnswer(size_t replica, const std::vector<SubjectKey>& asked,
+                     std::chrono::steady_clock::time_point sent_at, const grpc::Status& status,
+                     pb::LeaseResponse& response) {
+    std::lock_guard lock(lease_mu);
+    const auto now = std::chrono::steady_clock::now();
+    LeaseReplica& rep = lease_replicas[replica];
+    rep.in_flight = false;
+    lease_cv.notify_all();
+    const bool ok = status.ok() && response.grants_size() == static_cast<int>(asked.size());
+    if (!ok || (rep.incarnation != 0 && response.incarnation() != rep.incarnation)) {
+      // Unreachable or restarted: what it granted is no longer counted there (or soon will not
+      // be), so none of it is used again.
+      DropReplicaLeasesLocked(replica);
+    }
+    if (ok) rep.incarnation = response.incarnation();
+    if (ok)
+      for (const auto& id : response.recalled_lease_ids()) {
+        auto held = lease_ids.find(id);
+        if (held == lease_ids.end()) continue;
+        auto it = leases.find(held->second);
+        // Wanted back: its rest goes with the next call; this subject is admitted by the
+        // replica until it grants a new lease.
+        if (it != leases.end() && it->second.id == id) CloseLeaseLocked(it, /*give_back=*/true);
+      }
+    for (size_t k = 0; k < asked.size(); ++k) {
+      auto d = demand.find(asked[k]);
+      if (d != demand.end()) d->second.asking = false;
+      const pb::LeaseGrant* g = ok ? &response.grants(static_cast<int>(k)) : nullptr;
+      if (!g || !g->granted()) {
+        // Refused (close to a limit) or failed: ask again later if still wanted.
+        if (d != demand.end())
+          d->second.next_ask = now + std::chrono::milliseconds(ok ? 100 : 1000);
+        continue;
+      }
+      if (lease_stopping) {
+        pb::LeaseReturn r;
+        r.set_lease_id(g->lease_id());
+        r.set_final(true);
+        r.set_unused_requests(std::max<int64_t>(0, g->requests()));
+        r.set_unused_tokens(std::max<int64_t>(0, g->tokens()));
+        rep.returns.push_back(std::move(r));
+        continue;
+      }
+      if (d != demand.end()) demand.erase(d);
+      auto old = leases.find(asked[k]);
+      int64_t max_estimate = 1;
+      if (old != leases.end()) {
+        max_estimate = old->second.max_estimate;
+        CloseLeaseLocked(old, /*give_back=*/true);  // replaced: its rest goes back
+      }
+      Lease l;
+      l.replica = replica;
+      l.kind = asked[k].first;
+      l.subject = asked[k].second;
+      l.id = g->lease_id();
+      l.incarnation = response.incarnation();
+      l.unlimited_requests = g->requests() < 0;
+      l.unlimited_tokens = g->tokens() < 0;
+      l.granted_requests = l.left_requests = std::max<int64_t>(0, g->requests());
+      l.granted_tokens = l.left_tokens = std::max<int64_t>(0, g->tokens());
+      l.max_estimate = max_estimate;
+      l.ttl = std::chrono::milliseconds(g->ttl_ms());
+      // From when the call was sent: never past the replica's own deadline for it.
+      l.use_until = sent_at + l.ttl;
+      l.last_used = now;
+      l.requests_window = FromProto(g->requests_window());
+      l.tokens_window = FromProto(g->tokens_window());
+      lease_ids[l.id] = asked[k];
+      leases.emplace(asked[k], std::move(l));
+    }
   }
 
   void CountDropped(size_t n) {
@@ -212,6 +562,16 @@ struct GrpcQuotaClient::Impl {
   prometheus::Counter* sent_counter = nullptr;
   prometheus::Counter* dropped_counter = nullptr;
   std::thread flusher;
+
+  mutable std::mutex lease_mu;  // leases, demand and the lease loop's state
+  std::condition_variable lease_cv;
+  bool lease_stopping = false;
+  std::map<SubjectKey, Lease> leases;
+  std::unordered_map<std::string, SubjectKey> lease_ids;
+  std::map<SubjectKey, Demand> demand;
+  std::vector<LeaseReplica> lease_replicas;
+  std::atomic<int64_t> admitted_from_leases{0};
+  std::thread leaser;
 };
 
 GrpcQuotaClient::GrpcQuotaClient(GrpcQuotaClientOptions options)
@@ -258,6 +618,22 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
   if (fanout->parts.empty()) {
     fanout->done(AdmitResult{});  // nobody to limit
     return;
+  }
+  if (impl->options.leases) {
+    std::vector<std::pair<Impl::SubjectKey, size_t>> subjects;
+    if (!request.principal.api_key_id.empty())
+      subjects.push_back({{'k', request.principal.api_key_id},
+                          QuotaOwner("key", request.principal.api_key_id, n)});
+    if (!request.principal.user_id.empty())
+      subjects.push_back(
+          {{'u', request.principal.user_id}, QuotaOwner("user", request.principal.user_id, n)});
+    if (!request.client_ip.empty())
+      subjects.push_back({{'i', request.client_ip}, QuotaOwner("ip", request.client_ip, n)});
+    if (auto admitted =
+            impl->AdmitFromLeases(subjects, std::max<int64_t>(1, request.estimated_tokens))) {
+      fanout->done(std::move(*admitted));
+      return;
+    }
   }
   // Runs once, after the last part's answer: every part has its status and response.
   auto complete = [impl](Fanout& fanout) {
@@ -340,8 +716,12 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
 }
 
 void GrpcQuotaClient::Release(std::string reservation_id) {
-  for (auto& [replica, id] : ParseReservation(reservation_id, impl_->replicas.size()))
-    impl_->ReleasePart(replica, id);
+  for (auto& [replica, id] : ParseReservation(reservation_id, impl_->replicas.size())) {
+    if (auto lease = ParseLeasePart(id))
+      impl_->ReleaseLeasePart(*lease);
+    else
+      impl_->ReleasePart(replica, id);
+  }
 }
 
 void GrpcQuotaClient::Settle(const UsageRecord& record) {
@@ -350,18 +730,8 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
   bool wake = false;
   {
     std::lock_guard lock(impl_->mu);
-    for (auto& [replica, id] : ParseReservation(record.reservation_id, n)) {
-      pb::Settlement s;
-      s.set_request_id(record.request_id);
-      s.set_reservation_id(id);
-      s.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
-      // The subjects this replica owns: charged even if the reservation expired meanwhile.
-      if (!record.principal.api_key_id.empty() &&
-          QuotaOwner("key", record.principal.api_key_id, n) == replica)
-        s.set_api_key_id(record.principal.api_key_id);
-      if (!record.principal.user_id.empty() &&
-          QuotaOwner("user", record.principal.user_id, n) == replica)
-        s.set_user_id(record.principal.user_id);
+    std::map<size_t, pb::Settlement> lease_settlements;
+    auto enqueue = [&](size_t replica, pb::Settlement s) {
       auto& q = impl_->replicas[replica]->queue;
       q.push_back(std::move(s));
       if (q.size() > impl_->options.max_queued) {
@@ -369,6 +739,37 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
         impl_->CountDropped(1);
       }
       wake = wake || q.size() >= impl_->options.batch_size;
+    };
+    for (auto& [replica, id] : ParseReservation(record.reservation_id, n)) {
+      pb::Settlement s;
+      s.set_request_id(record.request_id);
+      s.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
+      if (auto lease = ParseLeasePart(id)) {
+        // The leases of one replica settle together ("l1+l2"), naming exactly their subjects.
+        if (lease->kind == 'j') continue;  // an IP's unlimited tokens: nothing to settle
+        pb::Settlement& ls = lease_settlements[replica];
+        if (!ls.reservation_id().empty()) ls.mutable_reservation_id()->push_back('+');
+        ls.mutable_reservation_id()->append(lease->lease_id);
+        ls.set_lease_estimate(lease->estimate);
+        if (lease->kind == 'k') ls.set_api_key_id(record.principal.api_key_id);
+        if (lease->kind == 'u') ls.set_user_id(record.principal.user_id);
+        if (lease->kind == 'i') ls.set_client_ip(record.client_ip);
+        continue;
+      }
+      s.set_reservation_id(id);
+      // The subjects this replica owns: charged even if the reservation expired meanwhile.
+      if (!record.principal.api_key_id.empty() &&
+          QuotaOwner("key", record.principal.api_key_id, n) == replica)
+        s.set_api_key_id(record.principal.api_key_id);
+      if (!record.principal.user_id.empty() &&
+          QuotaOwner("user", record.principal.user_id, n) == replica)
+        s.set_user_id(record.principal.user_id);
+      enqueue(replica, std::move(s));
+    }
+    for (auto& [replica, ls] : lease_settlements) {
+      ls.set_request_id(record.request_id);
+      ls.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
+      enqueue(replica, std::move(ls));
     }
   }
   if (wake) impl_->cv.notify_all();
@@ -382,6 +783,28 @@ int64_t GrpcQuotaClient::settlements_dropped() const {
 }
 int64_t GrpcQuotaClient::unavailable() const {
   return impl_->unavailable.load(std::memory_order_relaxed);
+}
+int64_t GrpcQuotaClient::admitted_from_leases() const {
+  return impl_->admitted_from_leases.load(std::memory_order_relaxed);
+}
+size_t GrpcQuotaClient::live_leases() const {
+  std::lock_guard lock(impl_->lease_mu);
+  return impl_->leases.size();
+}
+
+void GrpcQuotaClient::SimulateCrashForTest() {
+  {
+    std::lock_guard lock(impl_->lease_mu);
+    impl_->leases.clear();  // forgotten, not returned
+    impl_->lease_ids.clear();
+    impl_->demand.clear();
+    for (auto& r : impl_->lease_replicas) r.returns.clear();
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    for (auto& r : impl_->replicas) r->queue.clear();
+  }
+  Shutdown();
 }
 
 }  // namespace tollgate::edge

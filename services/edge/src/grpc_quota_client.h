@@ -7,6 +7,19 @@
 // over-admit). The reservation id handed to the request path names every part ("i:id,j:id").
 // Settle is queued per replica and sent in batches by a background flusher, off the request path,
 // and retried until acknowledged.
+//
+// Leases (`leases`, on by default): a request whose every subject holds a usable lease (capacity
+// its owner granted this edge in advance: requests and worst-case tokens, until a deadline) is
+// admitted from memory, without a call. Otherwise it is admitted by the replicas as above, and the
+// lease loop asks for leases of its subjects. The loop (one Lease call per replica every
+// `lease_interval`, asks and returns batched) renews leases that run low or near their deadline,
+// returns what idle or replaced leases did not use, and drops every lease of a replica that fails
+// or restarted. A lease is used only until the time the call that got it was sent + its ttl, so
+// never after the replica's own deadline. Close to a limit the replica grants none: those
+// requests are decided one at a time by the replica, exactly as without leases. A part admitted
+// from a lease is named "<i>:<k|u|i|j><lease id>.<estimate>" in the reservation id; its Settle
+// (one per replica, "l1+l2" naming that replica's leases and exactly their subjects) moves the
+// estimate from each lease to the settled total on the replica.
 #pragma once
 
 #include <chrono>
@@ -32,6 +45,8 @@ struct GrpcQuotaClientOptions {
   std::chrono::milliseconds flush_interval{50};
   size_t batch_size = 256;
   size_t max_queued = 100000;  // per replica; beyond this the oldest settlements are dropped
+  bool leases = true;
+  std::chrono::milliseconds lease_interval{10};
   prometheus::Registry* registry = nullptr;
 };
 
@@ -56,6 +71,12 @@ class GrpcQuotaClient final : public QuotaClient {
   int64_t settlements_sent() const;
   int64_t settlements_dropped() const;
   int64_t unavailable() const;  // Admits that met an unreachable replica
+  int64_t admitted_from_leases() const;
+  size_t live_leases() const;
+
+  // Tests only: stops every background call at once, as if the process were killed (leases are
+  // not returned, queued settlements never sent).
+  void SimulateCrashForTest();
 
  private:
   struct Impl;

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <string>
+#include <thread>
 
 #include "tollgate/admin_call.h"
 #include "tollgate/audit_grpc.h"
@@ -93,12 +94,18 @@ struct QuotaMetrics {
                             .Register(registry);
     settled_new = &settlements.Add({{"result", "new"}});
     settled_duplicate = &settlements.Add({{"result", "duplicate"}});
+    leased = &prometheus::BuildCounter()
+                  .Name("tollgate_quota_leases_total")
+                  .Help("Leases granted to edges (capacity admitted from the edges' memory)")
+                  .Register(registry)
+                  .Add({});
   }
   prometheus::Counter* allowed = nullptr;
   std::array<prometheus::Counter*, 4> denied{};
   prometheus::Counter* failed = nullptr;
   prometheus::Counter* settled_new = nullptr;
   prometheus::Counter* settled_duplicate = nullptr;
+  prometheus::Counter* leased = nullptr;
 };
 
 class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
@@ -110,6 +117,9 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
                                   pb::AdmitResponse* response) override {
     auto* reactor = context->DefaultReactor();
     PostOrRefuse(deps_.workers, reactor, "quota", [this, reactor, request, response] {
+      // Just after a restart, leases of the previous incarnation may still admit at the edges.
+      const auto quiet = deps_.leases_settled_at - std::chrono::steady_clock::now();
+      if (quiet > std::chrono::steady_clock::duration::zero()) std::this_thread::sleep_for(quiet);
       AdmitInput in;
       in.request_id = request->request_id();
       in.subjects = {request->api_key_id(), request->user_id(), request->client_ip()};
@@ -153,7 +163,8 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
         inputs->push_back({s.request_id(),
                            s.reservation_id(),
                            s.actual_tokens(),
-                           {s.api_key_id(), s.user_id(), s.client_ip()}});
+                           {s.api_key_id(), s.user_id(), s.client_ip()},
+                           s.lease_estimate()});
       }
       std::shared_ptr<std::vector<SettledRequest>> prepared;
       try {
@@ -176,6 +187,43 @@ class QuotaServiceImpl final : public pb::QuotaService::CallbackService {
               (f ? metrics_.settled_new : metrics_.settled_duplicate)->Increment();
             reactor->Finish(grpc::Status::OK);
           });
+    });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* context,
+                                  const pb::LeaseRequest* request,
+                                  pb::LeaseResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    PostOrRefuse(deps_.workers, reactor, "quota", [this, reactor, request, response] {
+      try {
+        for (const auto& r : request->returns())
+          deps_.limiter.ReturnLease({r.lease_id(), r.final(), r.unused_requests(),
+                                     r.unused_tokens(), r.used_requests(), r.used_tokens()});
+        const bool quiet = std::chrono::steady_clock::now() < deps_.leases_settled_at;
+        for (const auto& a : request->asks()) {
+          auto* out = response->add_grants();
+          if (quiet) continue;
+          LeaseGrant g = deps_.limiter.Lease({FromProto(a.subject_kind(), a.subject()), a.subject(),
+                                              a.requests(), a.tokens(), a.min_tokens()});
+          if (!g.granted) continue;
+          out->set_granted(true);
+          out->set_lease_id(g.lease_id);
+          out->set_requests(g.requests);
+          out->set_tokens(g.tokens);
+          out->set_ttl_ms(g.ttl.count());
+          Fill(g.requests_window, out->mutable_requests_window());
+          Fill(g.tokens_window, out->mutable_tokens_window());
+          metrics_.leased->Increment();
+        }
+        response->set_incarnation(deps_.limiter.incarnation());
+        for (auto& id : deps_.limiter.RecalledLeases())
+          response->add_recalled_lease_ids(std::move(id));
+      } catch (...) {
+        reactor->Finish(ExceptionToGrpcStatus(std::current_exception(), "quota", "Lease"));
+        return;
+      }
+      reactor->Finish(grpc::Status::OK);
     });
     return reactor;
   }

@@ -3,6 +3,7 @@
 // commit) and QuotaAdminService (operators).
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -23,6 +24,9 @@ struct QuotaServiceDeps {
   GroupCommitter& committer;
   WorkerPool& workers;
   prometheus::Registry& registry;  // admissions and settlements, counted
+  // Leases an earlier incarnation granted may be in use until then (now + quota.lease_ttl at
+  // start): admissions wait for it and no lease is granted before it.
+  std::chrono::steady_clock::time_point leases_settled_at{};
 };
 
 std::unique_ptr<grpc::Service> MakeQuotaService(QuotaServiceDeps deps);

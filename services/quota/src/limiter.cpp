@@ -146,13 +146,50 @@ Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::SteadyTime 
   Window& w = windows_[ref];
   while (!w.entries.empty() && w.entries.front().at <= now - options_.window) {
     w.tokens -= w.entries.front().tokens;
+    w.requests -= w.entries.front().requests;
     w.entries.pop_front();
   }
   return w;
 }
 
+Limiter::Entry* Limiter::FindEntryLocked(const SubjectRef& ref, uint64_t seq) {
+  auto w = windows_.find(ref);
+  if (w == windows_.end()) return nullptr;
+  for (auto& e : w->second.entries)
+    if (e.seq == seq) return &e;
+  return nullptr;  // already aged out
+}
+
+void Limiter::InsertEntryLocked(Window& w, Entry e) {
+  // Almost always at the back; only a lease's entry (in the future) can be passed.
+  auto pos = w.entries.end();
+  while (pos != w.entries.begin() && std::prev(pos)->at > e.at) --pos;
+  w.tokens = SatAdd(w.tokens, e.tokens);
+  w.requests = SatAdd(w.requests, e.requests);
+  w.entries.insert(pos, e);
+}
+
+void Limiter::UnreserveLocked(const std::vector<UsageKey>& cells, int64_t tokens) {
+  for (const auto& key : cells) {
+    auto cell = cells_.find(key);
+    if (cell != cells_.end())
+      cell->second.reserved = std::max<int64_t>(0, cell->second.reserved - tokens);
+  }
+}
+
+void Limiter::DropLeaseLocked(std::unordered_map<std::string, LeaseState>::iterator it) {
+  UnreserveLocked(it->second.cells, it->second.reserved);
+  expiries_.erase(it->second.expiry);
+  leases_.erase(it);
+}
+
 void Limiter::ExpireLocked(Clock::SteadyTime now) {
   while (!expiries_.empty() && expiries_.begin()->first <= now) {
+    auto lease = leases_.find(expiries_.begin()->second);
+    if (lease != leases_.end()) {
+      DropLeaseLocked(lease);
+      continue;
+    }
     auto it = reservations_.find(expiries_.begin()->second);
     if (it == reservations_.end()) {
       expiries_.erase(expiries_.begin());
@@ -180,6 +217,7 @@ void Limiter::DropReservationLocked(std::unordered_map<std::string, Reservation>
       if (e == entries.end()) continue;  // already aged out
       if (remove_window_entries) {
         w->second.tokens -= e->tokens;
+        w->second.requests -= e->requests;
         entries.erase(e);
       } else {
         w->second.tokens += *actual_tokens - e->tokens;
@@ -237,7 +275,7 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
   for (const auto& ref : window_subjects) {
     const Limits limits = PolicyLocked(ref.first, ref.second).limits;
     Window& w = WindowLocked(ref, now);
-    const int64_t used_requests = static_cast<int64_t>(w.entries.size());
+    const int64_t used_requests = w.requests;
     const milliseconds full_reset =
         w.entries.empty() ? milliseconds(0) : Until(w.entries.back().at + options_.window, now);
     if (limits.rpm > 0) {
@@ -245,8 +283,16 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
               {limits.rpm, std::max<int64_t>(0, limits.rpm - used_requests), full_reset});
       if (!d.denial && used_requests + 1 > limits.rpm) {
         // The oldest entries leave first; the request fits once this many have left.
-        const size_t must_leave = static_cast<size_t>(used_requests + 1 - limits.rpm);
-        milliseconds retry = Until(w.entries[must_leave - 1].at + options_.window, now);
+        const int64_t must_leave = used_requests + 1 - limits.rpm;
+        milliseconds retry = options_.window;
+        int64_t left = 0;
+        for (const auto& e : w.entries) {
+          left += e.requests;
+          if (left >= must_leave) {
+            retry = Until(e.at + options_.window, now);
+            break;
+          }
+        }
         deny(LimitKind::kRpm, ref.first, retry,
              std::string("Rate limit reached for requests per minute on this ") +
                  SubjectLabel(ref.first) + ": limit " + std::to_string(limits.rpm) + ", used " +
@@ -295,7 +341,15 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
       break;
     }
   }
-  if (d.denial) return d;
+  if (d.denial) {
+    // Capacity leased out and unused is what this subject lacks: ask for it back.
+    for (auto& [id, l] : leases_)
+      if (!l.returned && l.subject.first == d.denial->subject &&
+          (l.subject.second == s.api_key_id || l.subject.second == s.user_id ||
+           l.subject.second == s.client_ip))
+        l.recalled = true;
+    return d;
+  }
 
   // Admitted: record it everywhere at once.
   const uint64_t seq = next_seq_++;
@@ -304,9 +358,7 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
   r.seq = seq;
   r.tokens = cost;
   for (const auto& ref : window_subjects) {
-    Window& w = windows_[ref];
-    w.entries.push_back({now, seq, cost});
-    w.tokens = SatAdd(w.tokens, cost);
+    InsertEntryLocked(windows_[ref], {now, seq, cost, 1});
     r.windows.push_back(ref);
   }
   for (const auto& key : cell_keys) {
@@ -349,6 +401,7 @@ std::vector<SettledRequest> Limiter::PrepareSettle(const std::vector<SettleInput
         for (const auto& key : it->second.cells)
           if (key.period_kind == PeriodKind::kMonth) subjects.emplace_back(key.kind, key.subject);
       } else {
+        // Expired, or leases ("l1+l2"): the edge names exactly the subjects it settles here.
         if (!in.subjects.api_key_id.empty())
           subjects.emplace_back(SubjectKind::kKey, in.subjects.api_key_id);
         if (!in.subjects.user_id.empty())
@@ -380,6 +433,30 @@ void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
       DropReservationLocked(it, /*remove_window_entries=*/false,
                             std::max<int64_t>(0, inputs[i].actual_tokens));
     if (!fresh[i]) continue;  // settled before: already counted
+    // A request admitted from leases settles them together: "l1+l2" (one per subject).
+    const std::string& ids = inputs[i].reservation_id;
+    for (size_t pos = 0; !ids.empty() && ids[0] == 'l' && pos < ids.size();) {
+      size_t end = ids.find('+', pos);
+      if (end == std::string::npos) end = ids.size();
+      auto lease = leases_.find(ids.substr(pos, end - pos));
+      pos = end + 1;
+      if (lease == leases_.end() || lease->second.unlimited_tokens) continue;
+      // The estimate leaves the lease's reservation (the actual joins the settled total below);
+      // the window keeps the actual tokens, never more than the lease put in it.
+      LeaseState& l = lease->second;
+      const int64_t estimate = std::clamp<int64_t>(inputs[i].lease_estimate, 0, l.reserved);
+      UnreserveLocked(l.cells, estimate);
+      l.reserved -= estimate;
+      const int64_t give_back = std::max<int64_t>(
+          0, inputs[i].lease_estimate - std::max<int64_t>(0, inputs[i].actual_tokens));
+      if (l.windowed && give_back > 0) {
+        if (Entry* e = FindEntryLocked(l.subject, l.seq)) {
+          const int64_t d = std::min(give_back, e->tokens);
+          e->tokens -= d;
+          windows_[l.subject].tokens -= d;
+        }
+      }
+    }
     for (const auto& d : prepared[i].deltas) {
       auto cell = cells_.find(d.key);
       if (cell != cells_.end()) cell->second.settled = SatAdd(cell->second.settled, d.tokens);
@@ -428,10 +505,145 @@ UsageSnapshot Limiter::Usage(SubjectKind kind, const std::string& subject) {
   auto w = windows_.find({kind, subject});
   if (w != windows_.end()) {
     Window& win = WindowLocked(w->first, now);
-    u.window_requests = static_cast<int64_t>(win.entries.size());
+    u.window_requests = win.requests;
     u.window_tokens = win.tokens;
   }
   return u;
+}
+
+LeaseGrant Limiter::Lease(const LeaseAsk& ask) {
+  LeaseGrant g;
+  if (options_.lease_ttl <= milliseconds(0) || ask.subject.empty()) return g;
+  const Clock::WallTime wall = clock_.WallNow();
+  const Clock::SteadyTime now = clock_.SteadyNow();
+  const SubjectRef ref{ask.kind, ask.subject};
+  const bool windowed = ask.kind != SubjectKind::kUser;
+  std::vector<UsageKey> cell_keys;
+  if (ask.kind != SubjectKind::kIp) {
+    cell_keys.push_back(
+        {ask.kind, ask.subject, PeriodKind::kMonth, PeriodOf(PeriodKind::kMonth, wall)});
+    cell_keys.push_back(
+        {ask.kind, ask.subject, PeriodKind::kDay, PeriodOf(PeriodKind::kDay, wall)});
+  }
+  EnsureLoaded(cell_keys);
+
+  std::lock_guard lock(mu_);
+  ExpireLocked(now);
+  const Limits limits = PolicyLocked(ask.kind, ask.subject).limits;
+  // Headroom per dimension; nullopt: unlimited.
+  std::optional<int64_t> requests_room, tokens_room;
+  auto tighten = [](std::optional<int64_t>& room, int64_t v) {
+    room = room ? std::min(*room, v) : v;
+  };
+  Window* w = windowed ? &WindowLocked(ref, now) : nullptr;
+  if (w && ask.kind != SubjectKind::kUser) {
+    if (limits.rpm > 0) tighten(requests_room, limits.rpm - w->requests);
+    if (limits.tpm > 0) tighten(tokens_room, limits.tpm - w->tokens);
+  }
+  for (const auto& key : cell_keys) {
+    const int64_t quota =
+        key.period_kind == PeriodKind::kMonth ? limits.monthly_tokens : limits.daily_tokens;
+    if (quota <= 0) continue;
+    const Cell& c = cells_[key];
+    tighten(tokens_room, quota - SatAdd(c.settled, c.reserved));
+  }
+  int64_t requests = kLeaseUnlimited, tokens = kLeaseUnlimited;
+  if (requests_room) {
+    // Close to the limit every request is decided here, one at a time.
+    if (*requests_room < options_.lease_min_headroom) return g;
+    requests = std::min(std::max<int64_t>(1, ask.requests), *requests_room / kLeaseShare);
+    if (requests < 1) return g;
+  }
+  if (tokens_room) {
+    tokens = std::min(std::max<int64_t>(1, ask.tokens), *tokens_room / kLeaseShare);
+    if (tokens < std::max<int64_t>(1, ask.min_tokens)) return g;
+  }
+
+  const uint64_t seq = next_seq_++;
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "l%016llx%llx", static_cast<unsigned long long>(nonce_),
+                static_cast<unsigned long long>(seq));
+  LeaseState l;
+  l.subject = ref;
+  l.seq = seq;
+  l.windowed = windowed;
+  l.unlimited_requests = requests == kLeaseUnlimited;
+  l.unlimited_tokens = tokens == kLeaseUnlimited;
+  const Clock::SteadyTime until = now + options_.lease_ttl;
+  const int64_t entry_requests = l.unlimited_requests ? 0 : requests;
+  const int64_t entry_tokens = l.unlimited_tokens ? 0 : tokens;
+  if (w && (entry_requests > 0 || entry_tokens > 0))
+    InsertEntryLocked(*w, {until, seq, entry_tokens, entry_requests});
+  if (!l.unlimited_tokens) {
+    for (const auto& key : cell_keys) cells_[key].reserved = SatAdd(cells_[key].reserved, tokens);
+    l.cells = cell_keys;
+    l.reserved = tokens;
+  }
+  l.expiry = expiries_.emplace(until + options_.reservation_ttl, buf);
+  leases_.emplace(buf, std::move(l));
+
+  g.granted = true;
+  g.lease_id = buf;
+  g.requests = requests;
+  g.tokens = tokens;
+  g.ttl = options_.lease_ttl;
+  if (w) {
+    const milliseconds reset =
+        w->entries.empty() ? milliseconds(0) : Until(w->entries.back().at + options_.window, now);
+    if (limits.rpm > 0)
+      g.requests_window = {limits.rpm, std::max<int64_t>(0, limits.rpm - w->requests), reset};
+    if (limits.tpm > 0)
+      g.tokens_window = {limits.tpm, std::max<int64_t>(0, limits.tpm - w->tokens), reset};
+  }
+  return g;
+}
+
+void Limiter::ReturnLease(const LeaseReturn& ret) {
+  const Clock::SteadyTime now = clock_.SteadyNow();
+  std::lock_guard lock(mu_);
+  auto it = leases_.find(ret.lease_id);
+  if (it == leases_.end()) return;  // expired (or another incarnation's)
+  LeaseState& l = it->second;
+  // What an unlimited dimension admitted joins the window now (usage reports, and a policy that
+  // becomes limited counts it).
+  const int64_t used_requests = l.unlimited_requests ? std::max<int64_t>(0, ret.used_requests) : 0;
+  const int64_t used_tokens = l.unlimited_tokens ? std::max<int64_t>(0, ret.used_tokens) : 0;
+  if (l.windowed && (used_requests > 0 || used_tokens > 0))
+    InsertEntryLocked(WindowLocked(l.subject, now), {now, next_seq_++, used_tokens, used_requests});
+  if (!ret.final || l.returned) return;
+  l.returned = true;
+  if (l.windowed) {
+    if (Entry* e = FindEntryLocked(l.subject, l.seq)) {
+      Window& w = windows_[l.subject];
+      const int64_t r =
+          l.unlimited_requests ? 0 : std::clamp<int64_t>(ret.unused_requests, 0, e->requests);
+      const int64_t t =
+          l.unlimited_tokens ? 0 : std::clamp<int64_t>(ret.unused_tokens, 0, e->tokens);
+      e->requests -= r;
+      e->tokens -= t;
+      w.requests -= r;
+      w.tokens -= t;
+    }
+  }
+  if (!l.unlimited_tokens) {
+    const int64_t t = std::clamp<int64_t>(ret.unused_tokens, 0, l.reserved);
+    UnreserveLocked(l.cells, t);
+    l.reserved -= t;
+  }
+  // Kept until its expiry: the requests still running settle through it.
+}
+
+std::vector<std::string> Limiter::RecalledLeases() const {
+  std::vector<std::string> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [id, l] : leases_)
+    if (l.recalled && !l.returned) out.push_back(id);
+  return out;
+}
+
+size_t Limiter::live_leases() const {
+  std::lock_guard lock(mu_);
+  return leases_.size();
 }
 
 size_t Limiter::live_reservations() const {

@@ -23,6 +23,19 @@
 //   neither frees nor refills a window); calendar months and days read its wall time (UTC).
 // - Windows are memory only: a replica restart forgets the current minute (the first minute
 //   after a restart may admit up to one extra window's worth). Monthly/daily totals are durable.
+// - Leases (capacity granted to an edge in advance, so it admits from memory): a lease of r
+//   requests and t tokens of one subject, usable until U = now + lease_ttl, is one window entry
+//   of (r, t) at time U (entries are kept in time order; an entry in the future counts in every
+//   window check until it is 60 s old), and t reserved in the subject's month and day. Any real
+//   request admitted from it happens in [now, U], so every window that could hold it is checked
+//   with the lease in it: the windows stay exact. A lease is granted only from a share of the
+//   headroom (1/kLeaseShare), and none when the headroom is below `lease_min_headroom` requests
+//   or the share below one request's tokens: the last requests of a window are decided here,
+//   one at a time, exactly as before. A refusal of a subject recalls its leases that are out
+//   (RecalledLeases: the edges give back what they did not use). A settle through a lease moves its
+//   estimate from the reservation to the settled total (and the window keeps the actual tokens); a
+//   return gives back what was not used. A lease's reservation lives until settled, returned or U +
+//   reservation_ttl (a dead edge's requests may still be running until then).
 #pragma once
 
 #include <chrono>
@@ -55,7 +68,14 @@ struct LimiterOptions {
   Limits ip_defaults;    // rpm and tpm apply
   std::chrono::milliseconds reservation_ttl{std::chrono::minutes(10)};
   std::chrono::milliseconds window{std::chrono::minutes(1)};
+  std::chrono::milliseconds lease_ttl{0};  // 0: no leases
+  int64_t lease_min_headroom = 64;         // requests (RPM limits)
 };
+
+// A lease is at most this share of a limit's headroom, so a few edges leasing at once leave
+// most of it here, and a lease shrinks as the limit comes closer.
+inline constexpr int64_t kLeaseShare = 8;
+inline constexpr int64_t kLeaseUnlimited = -1;
 
 struct Subjects {
   std::string api_key_id;
@@ -100,7 +120,35 @@ struct SettleInput {
   std::string request_id;
   std::string reservation_id;
   int64_t actual_tokens = 0;
-  Subjects subjects;  // charged when the reservation is gone (expired)
+  Subjects subjects;           // charged when the reservation is gone (expired)
+  int64_t lease_estimate = 0;  // when reservation_id is a lease's
+};
+
+struct LeaseAsk {
+  SubjectKind kind = SubjectKind::kKey;
+  std::string subject;
+  int64_t requests = 0;
+  int64_t tokens = 0;
+  int64_t min_tokens = 1;
+};
+
+struct LeaseGrant {
+  bool granted = false;
+  std::string lease_id;
+  int64_t requests = 0;  // kLeaseUnlimited: unlimited
+  int64_t tokens = 0;
+  std::chrono::milliseconds ttl{0};
+  WindowState requests_window;  // after the lease
+  WindowState tokens_window;
+};
+
+struct LeaseReturn {
+  std::string lease_id;
+  bool final = false;
+  int64_t unused_requests = 0;
+  int64_t unused_tokens = 0;
+  int64_t used_requests = 0;  // on unlimited dimensions, since the last report
+  int64_t used_tokens = 0;
 };
 
 struct EffectivePolicy {
@@ -128,6 +176,16 @@ class Limiter final {
   // False: unknown or already gone.
   bool Release(const std::string& reservation_id);
 
+  // May block on the repository (a subject's first touch in a period).
+  LeaseGrant Lease(const LeaseAsk& ask);
+  void ReturnLease(const LeaseReturn& ret);
+  // Leases not yet returned whose subject was refused a request since they were granted: the
+  // edges holding them should give back what they do not use.
+  std::vector<std::string> RecalledLeases() const;
+  size_t live_leases() const;
+  // Random per process: an edge that sees it change drops its leases of the earlier one.
+  uint64_t incarnation() const { return nonce_; }
+
   // Settle runs in two phases around the group commit:
   // Prepare resolves what each settlement adds to the durable totals (may block on the
   // repository); after CommitSettlements, Apply updates memory with the ones that were new.
@@ -152,10 +210,12 @@ class Limiter final {
     Clock::SteadyTime at;
     uint64_t seq;
     int64_t tokens;
+    int64_t requests = 1;  // a lease's entry holds many
   };
   struct Window {
-    std::deque<Entry> entries;
+    std::deque<Entry> entries;  // in time order (a lease's entry lies in the future)
     int64_t tokens = 0;
+    int64_t requests = 0;
   };
   struct Cell {
     int64_t settled = 0;
@@ -169,6 +229,18 @@ class Limiter final {
     std::vector<UsageKey> cells;
     std::multimap<Clock::SteadyTime, std::string>::iterator expiry;
   };
+  struct LeaseState {
+    SubjectRef subject;
+    uint64_t seq = 0;
+    bool windowed = false;  // has an entry (key, IP)
+    bool unlimited_requests = false;
+    bool unlimited_tokens = false;
+    int64_t reserved = 0;  // tokens still reserved in `cells`
+    std::vector<UsageKey> cells;
+    bool returned = false;
+    bool recalled = false;
+    std::multimap<Clock::SteadyTime, std::string>::iterator expiry;
+  };
 
   EffectivePolicy PolicyLocked(SubjectKind kind, const std::string& subject) const;
   void EnsureLoaded(const std::vector<UsageKey>& keys);
@@ -176,6 +248,10 @@ class Limiter final {
   void DropReservationLocked(std::unordered_map<std::string, Reservation>::iterator it,
                              bool remove_window_entries, std::optional<int64_t> actual_tokens);
   Window& WindowLocked(const SubjectRef& ref, Clock::SteadyTime now);
+  Entry* FindEntryLocked(const SubjectRef& ref, uint64_t seq);
+  void InsertEntryLocked(Window& w, Entry e);
+  void DropLeaseLocked(std::unordered_map<std::string, LeaseState>::iterator it);
+  void UnreserveLocked(const std::vector<UsageKey>& cells, int64_t tokens);
   std::string NewReservationId(uint64_t seq);
 
   const LimiterOptions options_;
@@ -189,6 +265,7 @@ class Limiter final {
   std::map<SubjectRef, Window> windows_;
   std::map<UsageKey, Cell> cells_;
   std::unordered_map<std::string, Reservation> reservations_;
+  std::unordered_map<std::string, LeaseState> leases_;
   std::multimap<Clock::SteadyTime, std::string> expiries_;
 };
 
