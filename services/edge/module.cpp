@@ -10,12 +10,34 @@
 #include "src/http_server.h"
 #include "src/local_router.h"
 #include "src/proxy.h"
+#include "src/responses_format.h"
 #include "tollgate/config.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 
+#include <openssl/rand.h>
+
 namespace tollgate::edge {
 namespace {
+
+// The key of the sealed Responses API ids: every edge must hold the same one, or an id made by
+// one edge is unknown at the next.
+std::string ResponseIdSecret(const Config& config) {
+  std::string secret = config.GetString("edge.response_id_secret");
+  if (!secret.empty()) {
+    if (auto bad = ResponseIdSecretProblem(secret)) throw ConfigError(*bad);
+    return secret;
+  }
+  if (std::string token = config.GetString("grpc.service_tokens.edge"); !token.empty())
+    return DeriveResponseIdSecret(token);
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) throw ConfigError("no randomness for response ids");
+  log::Warn("edge",
+            "neither edge.response_id_secret nor grpc.service_tokens.edge is set: Responses API "
+            "ids are valid at this edge process only (set edge.response_id_secret when running "
+            "more than one edge)");
+  return std::string(reinterpret_cast<const char*>(bytes), sizeof bytes);
+}
 
 class EdgeModule final : public Module {
  public:
@@ -88,6 +110,7 @@ class EdgeModule final : public Module {
     proxy.pool.max_idle_per_host =
         static_cast<size_t>(config.GetInt("edge.upstream.pool_max_idle_per_host"));
     proxy.pool.ca_file = config.GetString("edge.upstream.ca_file");
+    proxy.response_id_secret = ResponseIdSecret(config);
 
     HttpServerOptions options;
     options.listen = config.GetString("edge.listen");

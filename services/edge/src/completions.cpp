@@ -46,7 +46,7 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
   return h;
 }
 
-awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
+awaitable<void> Complete(Exchange& x, Endpoint endpoint, const PlanPin& pin = {}) {
   EdgeContext& edge = x.edge;
   auto parsed = ParseRequest(endpoint, x.request.body);
   if (auto* error = std::get_if<RequestError>(&parsed)) {
@@ -89,6 +89,7 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
     co_await x.SendDenied(*plan.failure);
     co_return;
   }
+  if (pin && !co_await pin(x, *who, request, plan)) co_return;
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
   // the request may generate (the edge sends the budget upstream when the client set none).
   if (auto error = ApplyCompletionBudget(request, plan.limits, edge.options.default_max_tokens)) {
@@ -140,5 +141,9 @@ awaitable<void> ChatCompletions(Exchange& x) { return Complete(x, Endpoint::kCha
 awaitable<void> Completions(Exchange& x) { return Complete(x, Endpoint::kCompletions); }
 
 awaitable<void> Embeddings(Exchange& x) { return Complete(x, Endpoint::kEmbeddings); }
+
+awaitable<void> Infer(Exchange& x, Endpoint endpoint, PlanPin pin) {
+  co_await Complete(x, endpoint, pin);
+}
 
 }  // namespace tollgate::edge

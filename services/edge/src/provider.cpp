@@ -98,8 +98,11 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
   return {error.client_status, error.outcome_status};
 }
 
-ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt)
+ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt,
+                           SealResponseId seal)
     : relay_(request.client_wants_usage) {
+  if (request.endpoint == Endpoint::kResponses)
+    responses_ = std::make_unique<ResponsesStream>(std::move(seal));
   // The translator always writes the usage chunk, as an OpenAI upstream is always asked for it;
   // relay_ then drops it again unless the client asked for it.
   if (attempt.provider == ProviderKind::kAnthropic)
@@ -109,6 +112,15 @@ ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& 
 ClientStream::~ClientStream() = default;
 
 void ClientStream::Feed(std::string_view bytes, std::vector<SseEvent>& out) {
+  if (responses_) {
+    events_.clear();
+    parser_.Feed(bytes, events_);
+    for (auto& event : events_) {
+      responses_->OnEvent(event);
+      out.push_back(std::move(event));
+    }
+    return;
+  }
   if (!translator_) {
     events_.clear();
     parser_.Feed(bytes, events_);

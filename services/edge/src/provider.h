@@ -15,6 +15,7 @@
 
 #include "src/clients.h"
 #include "src/openai.h"
+#include "src/responses_format.h"
 #include "src/upstream_client.h"
 
 namespace tollgate::edge {
@@ -47,16 +48,24 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
 // event it yields (one write each, `raw`), in order. Usage and the relayed characters are counted
 // as for an OpenAI stream (StreamRelay): the usage-only chunk reaches the client only when it asked
 // for it.
+//
+// A Responses API stream (request.endpoint kResponses) is relayed event by event with its response
+// ids sealed by `seal` (ResponsesStream, responses_format.h); it has no [DONE] terminator.
 class ClientStream final {
  public:
-  ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt);
+  ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt,
+               SealResponseId seal = {});
   ~ClientStream();
   ClientStream(const ClientStream&) = delete;
   ClientStream& operator=(const ClientStream&) = delete;
 
   void Feed(std::string_view bytes, std::vector<SseEvent>& out);
-  const Usage& usage() const { return relay_.usage(); }
-  int64_t relayed_chars() const { return relay_.relayed_chars(); }
+  const Usage& usage() const { return responses_ ? responses_->usage() : relay_.usage(); }
+  int64_t relayed_chars() const {
+    return responses_ ? responses_->relayed_chars() : relay_.relayed_chars();
+  }
+  // The Responses stream's state (nullptr for other endpoints, whose stream ends with [DONE]).
+  const ResponsesStream* responses() const { return responses_.get(); }
 
   // An error the upstream reported inside the stream (Anthropic's `error` event); nothing after
   // it is relayed.
@@ -71,6 +80,7 @@ class ClientStream final {
   SseParser parser_;
   std::vector<SseEvent> events_;
   std::unique_ptr<anthropic::StreamTranslator> translator_;  // set for an Anthropic upstream
+  std::unique_ptr<ResponsesStream> responses_;               // set for the Responses API
 };
 
 }  // namespace tollgate::edge

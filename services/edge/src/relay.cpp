@@ -6,6 +6,7 @@
 #include "src/edge_metrics.h"
 #include "src/exchange.h"
 #include "src/provider.h"
+#include "src/responses.h"
 
 namespace tollgate::edge {
 namespace {
@@ -44,7 +45,13 @@ boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& reques
                                         Clock::time_point t0) {
   ReportAttempt(x, attempt, kind, status, 0, Clock::now() - t0);
   x.record.upstream_key_id = attempt.upstream_key_id;
-  if (kind == OutcomeKind::kSuccess) {
+  if (kind == OutcomeKind::kSuccess && request.endpoint == Endpoint::kResponses) {
+    int64_t completion_chars = 0;
+    Usage usage = ResponsesUsageFromBody(body, &completion_chars);
+    SetUsage(x.record, request, usage, completion_chars);
+    body =
+        SealResponseBody(body, ResponseSealFor(x, attempt));  // ids the client can come back with
+  } else if (kind == OutcomeKind::kSuccess) {
     int64_t completion_chars = 0;
     Usage usage = UsageFromBody(body, &completion_chars);
     SetUsage(x.record, request, usage, completion_chars);
@@ -70,9 +77,11 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  if (x.keep_bodies) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
+  const bool responses = request.endpoint == Endpoint::kResponses;
+  if (x.keep_bodies && !responses) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
-  ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
+  // The upstream's events as the client's (provider.h); Responses ids sealed (responses.h).
+  ClientStream stream(request, attempt, responses ? ResponseSealFor(x, attempt) : nullptr);
   std::vector<SseEvent> events;
   std::string data;
   UpstreamStatus st = UpstreamStatus::kOk;
@@ -84,6 +93,7 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     stream.Feed(data, events);
     for (const auto& event : events) {
       if (x.transcript) x.transcript->OnData(event.data);
+      if (responses) x.Capture(event.raw);
       client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
       if (!client_ok) break;
     }
@@ -103,11 +113,13 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     LogAttempt(x, attempt, kind, 200, call.error_detail());
     ErrorCode code =
         st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
-    std::string event = "data: " +
-                        x.ErrorBody(code, st == UpstreamStatus::kTimeout
-                                              ? "The upstream provider stopped sending."
-                                              : "The upstream provider broke off the answer.") +
-                        "\n\n";
+    const char* message = st == UpstreamStatus::kTimeout
+                              ? "The upstream provider stopped sending."
+                              : "The upstream provider broke off the answer.";
+    std::string event = responses
+                            ? ResponsesErrorEvent(Describe(code).code, message,
+                                                  stream.responses()->last_sequence_number() + 1)
+                            : "data: " + x.ErrorBody(code, message) + "\n\n";
     if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
   } else if (auto error = stream.error()) {
     // The upstream reported an error inside the stream: the client's stream ends with it.
@@ -116,6 +128,8 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     LogAttempt(x, attempt, kind, error->status, "error event in the stream");
     if (co_await x.writer.WriteChunk("data: " + error->body + "\n\n"))
       co_await x.writer.EndStream();
+  } else if (responses) {
+    co_await x.writer.EndStream();  // the Responses stream has no [DONE]: its last event ends it
   } else {
     if (co_await x.writer.WriteChunk("data: [DONE]\n\n")) {
       co_await x.writer.EndStream();
