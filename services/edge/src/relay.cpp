@@ -81,7 +81,8 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   if (x.keep_bodies && !responses) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
   // The upstream's events as the client's (provider.h); Responses ids sealed (responses.h).
-  ClientStream stream(request, attempt, responses ? ResponseSealFor(x, attempt) : nullptr);
+  ClientStream stream(request, attempt,
+                      responses ? ResponseSealFor(x, attempt) : SealResponseId{});
   std::vector<SseEvent> events;
   std::string data;
   UpstreamStatus st = UpstreamStatus::kOk;
