@@ -270,7 +270,7 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
       {"output", Json::array({item})},
       {"parallel_tool_calls", body.value("parallel_tool_calls", true)},
       {"previous_response_id", previous_id},
-      {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
+      {"reasoning", body.value("reasoning", Json())},
       {"service_tier", "default"},
       {"store", store_it},
       {"temperature", body.value("temperature", 1.0)},
@@ -286,13 +286,15 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
         {"output_tokens", output_tokens},
         {"output_tokens_details", {{"reasoning_tokens", reasoning}}},
         {"total_tokens", input_tokens + output_tokens}}},
-      {"user", body.value("user", Json())},
       {"metadata", body.value("metadata", Json::object())}};
+  if (body.contains("user") && body["user"].is_string()) response["user"] = body["user"];
+  if (!incomplete) response["completed_at"] = created;
   if (background) {
     // Accepted for later: nothing generated yet (the mock never runs it; cancel stops it).
     response["status"] = "in_progress";
     response["output"] = Json::array();
-    response["usage"] = nullptr;
+    response.erase("usage");  // not yet known (the spec's usage is never null)
+    response.erase("completed_at");
     response["incomplete_details"] = nullptr;
   }
   if (store_it) {
@@ -310,7 +312,8 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
   Json early = response;
   early["status"] = "in_progress";
   early["output"] = Json::array();
-  early["usage"] = nullptr;
+  early.erase("usage");
+  early.erase("completed_at");
   early["incomplete_details"] = nullptr;
   add(Event("response.created", seq, {{"response", early}}));
   add(Event("response.in_progress", seq, {{"response", early}}));
