@@ -99,6 +99,19 @@ size_t TextChars(const Json& items) {
   return n;
 }
 
+// The tools as a response lists them: function tools with their defaults filled in.
+Json EchoTools(const Json& body) {
+  Json tools = body.value("tools", Json::array());
+  if (!tools.is_array()) return Json::array();
+  for (auto& tool : tools) {
+    if (!tool.is_object() || tool.value("type", "") != "function") continue;
+    if (!tool.contains("strict")) tool["strict"] = true;
+    if (!tool.contains("description")) tool["description"] = nullptr;
+    if (!tool.contains("parameters")) tool["parameters"] = nullptr;
+  }
+  return tools;
+}
+
 Json Event(const char* type, int64_t& seq, Json fields) {
   Json e{{"type", type}};
   for (auto& [k, v] : fields.items()) e[k] = v;
@@ -116,7 +129,7 @@ std::string ResponsesStore::NewId(std::string_view prefix) {
   std::string id(prefix);
   const uint64_t n = next_.fetch_add(1, std::memory_order_relaxed) + 1;
   gen::AppendHex(id, gen::Fnv1a(std::to_string(n), 0x9e3779b97f4a7c15ull), 16);
-  gen::AppendHex(id, n, 32);
+  gen::AppendHex(id, n, 16);
   return id;
 }
 
@@ -276,7 +289,7 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
       {"temperature", body.value("temperature", 1.0)},
       {"text", {{"format", {{"type", "text"}}}}},
       {"tool_choice", body.value("tool_choice", Json("auto"))},
-      {"tools", body.value("tools", Json::array())},
+      {"tools", EchoTools(body)},
       {"top_p", body.value("top_p", 1.0)},
       {"truncation", "disabled"},
       {"usage",

@@ -37,7 +37,8 @@ inline constexpr std::string_view kSealedResponsePrefix = "resp_tg";
 // and is then unknown to every follow-up) and an id longer than the largest sealed one is
 // refused before any work.
 inline constexpr size_t kMaxUpstreamResponseIdBytes = 256;
-inline constexpr size_t kMaxSealedResponseIdBytes = 1024;
+// The largest sealed id: the prefix + base64 of 1 + 8 + 3 x (2 + 256) + 16 bytes (1073).
+inline constexpr size_t kMaxSealedResponseIdBytes = 1100;
 
 class ResponseIdSealer final {
  public:

@@ -153,7 +153,7 @@ TEST(ResponsesStreamTest, SealsResponseEventsKeepsOthersAndReadsTheFinalUsage) {
       "\"output_index\":1,\"delta\":\"{}\",\"sequence_number\":2}\n\n"
       "event: response.completed\n"
       "data: {\"type\":\"response.completed\",\"response\":" +
-      std::string(kResponse) + ",\"sequence_number\":3}\n\n";
+      Json::parse(kResponse).dump() + ",\"sequence_number\":3}\n\n";
   ResponsesStream stream(Tagger());
   auto events = Parse(upstream);
   ASSERT_EQ(events.size(), 4u);
