@@ -74,7 +74,7 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
     assert.equal(items.data[0].role, 'user');
     assert.equal(items.data[0].content[0].text, 'Say hello');
     const upstreamTarget = (await suite.mockLast()).target;
-    assert.match(upstreamTarget, /^\/v1\/responses\/resp_[0-9a-f]+\/input_items$/);
+    assert.match(upstreamTarget, /^\/v1\/responses\/resp_[0-9a-f]+\/input_items\?limit=5$/); // the query as sent
     assert.doesNotMatch(upstreamTarget, /resp_tg/);
 
     const deleted = await client.responses.delete(created.id).withResponse();
