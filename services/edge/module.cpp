@@ -32,7 +32,8 @@ std::string ResponseIdSecret(const Config& config) {
     return DeriveResponseIdSecret(token);
   unsigned char bytes[32];
   if (RAND_bytes(bytes, sizeof bytes) != 1) throw ConfigError("no randomness for response ids");
-  log::Warn("edge",
+  // Right for --target=all (one edge); a second edge would not know this edge's ids.
+  log::Info("edge",
             "neither edge.response_id_secret nor grpc.service_tokens.edge is set: Responses API "
             "ids are valid at this edge process only (set edge.response_id_secret when running "
             "more than one edge)");

@@ -46,7 +46,8 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
   return h;
 }
 
-awaitable<void> Complete(Exchange& x, Endpoint endpoint, const PlanPin& pin = {}) {
+// `pin` by value: a coroutine keeps a reference parameter, not the temporary it named.
+awaitable<void> Complete(Exchange& x, Endpoint endpoint, PlanPin pin = {}) {
   EdgeContext& edge = x.edge;
   auto parsed = ParseRequest(endpoint, x.request.body);
   if (auto* error = std::get_if<RequestError>(&parsed)) {
