@@ -79,7 +79,12 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
 
     const deleted = await client.responses.delete(created.id).withResponse();
     assert.equal(deleted.response.status, 200);
-    await assert.rejects(client.responses.retrieve(created.id), isNotFound);
+    // Now the upstream's own 404, naming the id as the client knows it.
+    await assert.rejects(client.responses.retrieve(created.id), (err) => {
+      assert.ok(err instanceof OpenAI.NotFoundError, `${err?.constructor?.name}: ${err?.message}`);
+      assert.match(err.message, new RegExp(created.id));
+      return true;
+    });
   });
 
   it('a streamed response: typed events in sequence, sealed ids, no [DONE]; then retrieved', { timeout: 30_000 }, async (t) => {
