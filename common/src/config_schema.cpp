@@ -216,6 +216,12 @@ std::vector<ConfigKey> BuildSchema() {
        false, 1024, 1048576},
       // What a client may ask of the operator's upstream account
       // (services/edge/src/field_policy.h).
+      {"edge.response_id_secret", T::kString, "",
+       "key (at least 16 characters) that signs the Responses API ids the edge hands out (each "
+       "names the upstream key and the user that own the response), shared by every edge; unset: "
+       "derived from grpc.service_tokens.edge, else random for this process alone (enough for "
+       "--target=all: ids then die with the process)",
+       true},
       {"edge.strip_fields",
        T::kStringList,
        "store",

@@ -10,9 +10,12 @@
 #include "src/http_server.h"
 #include "src/local_router.h"
 #include "src/proxy.h"
+#include "src/responses_format.h"
 #include "tollgate/config.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+
+#include <openssl/rand.h>
 
 namespace tollgate::edge {
 namespace {
@@ -25,6 +28,26 @@ std::vector<std::string> PassthroughPrefixes(const Config& config) {
       throw ConfigError("edge.passthrough.allowed_prefixes: '" + prefix +
                         "' does not start with /v1/");
   return prefixes;
+}
+
+// The key of the sealed Responses API ids: every edge must hold the same one, or an id made by
+// one edge is unknown at the next.
+std::string ResponseIdSecret(const Config& config) {
+  std::string secret = config.GetString("edge.response_id_secret");
+  if (!secret.empty()) {
+    if (auto bad = ResponseIdSecretProblem(secret)) throw ConfigError(*bad);
+    return secret;
+  }
+  if (std::string token = config.GetString("grpc.service_tokens.edge"); !token.empty())
+    return DeriveResponseIdSecret(token);
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) throw ConfigError("no randomness for response ids");
+  // Right for --target=all (one edge); a second edge would not know this edge's ids.
+  log::Info("edge",
+            "neither edge.response_id_secret nor grpc.service_tokens.edge is set: Responses API "
+            "ids are valid at this edge process only (set edge.response_id_secret when running "
+            "more than one edge)");
+  return std::string(reinterpret_cast<const char*>(bytes), sizeof bytes);
 }
 
 class EdgeModule final : public Module {
@@ -105,6 +128,7 @@ class EdgeModule final : public Module {
     proxy.passthrough.default_model = config.GetString("edge.passthrough.default_model");
     proxy.passthrough.max_json_body_bytes =
         static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
+    proxy.response_id_secret = ResponseIdSecret(config);
 
     HttpServerOptions options;
     options.listen = config.GetString("edge.listen");

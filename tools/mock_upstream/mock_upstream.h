@@ -224,6 +224,61 @@ class AnthropicMessage final : public EventStream {
   bool pinged_ = false;
 };
 
+// The Responses API's stored responses (responses.cpp), per API key: a response is visible only
+// to the key that created it, as in OpenAI's accounts. Thread-safe.
+class ResponsesStore final {
+ public:
+  // A new id: "resp_" + 48 hex digits; items get "msg_", "fc_" ids alike.
+  std::string NewId(std::string_view prefix);
+  void Put(std::string_view key, const std::string& id, std::string response_json,
+           std::string input_items_json);
+  // The response's JSON, or nullopt when this key has none by that id.
+  std::optional<std::string> Get(std::string_view key, std::string_view id) const;
+  std::optional<std::string> InputItems(std::string_view key, std::string_view id) const;
+  bool Delete(std::string_view key, std::string_view id);
+  // Replaces a stored response's JSON (cancel).
+  void Update(std::string_view key, std::string_view id, std::string response_json);
+
+ private:
+  struct Stored {
+    std::string response;
+    std::string input_items;  // a JSON array, oldest first
+  };
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Stored> by_key_id_;  // key + '\n' + id
+  std::atomic<uint64_t> next_{0};
+};
+
+// POST /v1/responses: one response, decided up front and rendered as one JSON body or as the
+// typed events of the Responses stream (no [DONE]). Stored (unless store is false) in `store`
+// under `key`. A function tool is called when the request has function tools and its last input
+// is the user's (like the chat mock's trigger); after a function_call_output the reply says what
+// the tool returned. Usage: input tokens (the previous response's whole context counts as cached),
+// output tokens (one per word) with reasoning tokens when `reasoning` is asked for.
+class ResponseReply final : public EventStream {
+ public:
+  static std::optional<ResponseReply> Plan(const nlohmann::json& body, const Behavior& behavior,
+                                           std::string_view key, ResponsesStore& store,
+                                           int64_t created, ApiError* error);
+  bool stream() const { return stream_; }
+  void AppendJson(std::string& out) const { out += json_; }
+  bool NextEvent(std::string& out, bool* content) override;
+  bool finished() const override { return next_ >= events_.size(); }
+
+ private:
+  ResponseReply() = default;
+  bool stream_ = false;
+  std::string json_;
+  std::vector<std::pair<std::string, bool>> events_;  // (event, carries content)
+  size_t next_ = 0;
+};
+
+// GET, DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items (`query` for limit,
+// order, after): the status and body to answer.
+std::pair<int32_t, std::string> ResponseFollowUp(std::string_view method, std::string_view key,
+                                                 std::string_view id, std::string_view action,
+                                                 std::string_view query, ResponsesStore& store);
+
 // POST /v1/embeddings: writes the response body to *out, or returns false with *error set.
 bool BuildEmbeddings(const nlohmann::json& body, std::string_view model_override, std::string* out,
                      ApiError* error);

@@ -88,6 +88,8 @@ enum class Endpoint {
   kTranscriptions,
   kTranslations,
   kModerations,
+  kResponses,       // POST /v1/responses
+  kResponseStored,  // GET, DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items
 };
 
 // The endpoints whose body is multipart/form-data.
@@ -100,10 +102,12 @@ struct Route {
   Endpoint endpoint = Endpoint::kNone;
   bool azure = false;
   bool api_version = false;
-  bool anthropic = false;       // the Messages API: x-api-key, Anthropic error bodies
-  std::string_view deployment;  // Azure: also the model named in the reply
-  std::string_view model_id;    // GET /v1/models/{id}
-  std::string_view object_id;   // a file's or a batch's id
+  bool anthropic = false;            // the Messages API: x-api-key, Anthropic error bodies
+  std::string_view deployment;       // Azure: also the model named in the reply
+  std::string_view model_id;         // GET /v1/models/{id}
+  std::string_view object_id;        // a file's or a batch's id
+  std::string_view response_id;      // /v1/responses/{id}...
+  std::string_view response_action;  // "", "cancel", "input_items"
 };
 
 Route ParseRoute(http::verb method, std::string_view path, std::string_view query) {
@@ -148,6 +152,18 @@ Route ParseRoute(http::verb method, std::string_view path, std::string_view quer
                rest.find('/', 9) == std::string_view::npos) {
       route.endpoint = Endpoint::kBatch;
       route.object_id = rest.substr(9);
+    } else if (post && rest == "/responses") {
+      route.endpoint = Endpoint::kResponses;
+    } else if (rest.starts_with("/responses/") && rest.size() > 11) {
+      std::string_view tail = rest.substr(11);
+      size_t slash = tail.find('/');
+      route.response_id = tail.substr(0, slash);
+      route.response_action = slash == std::string_view::npos ? "" : tail.substr(slash + 1);
+      const bool del = method == http::verb::delete_;
+      if ((route.response_action.empty() && (get || del)) ||
+          (route.response_action == "cancel" && post) ||
+          (route.response_action == "input_items" && get))
+        route.endpoint = Endpoint::kResponseStored;
     } else if (post && (rest == "/messages" || rest == "/messages/count_tokens")) {
       route.anthropic = true;
       route.endpoint = rest == "/messages" ? Endpoint::kMessages : Endpoint::kCountTokens;
@@ -302,6 +318,7 @@ class Server final {
 
   MockState& state() { return state_; }
   FileStore& files() { return files_; }
+  ResponsesStore& responses() { return responses_; }
   const Options& options() const { return options_; }
   const std::string& models_json() const { return models_json_; }
   uint64_t NextSeq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
@@ -350,6 +367,7 @@ class Server final {
   const Options options_;
   MockState state_;
   FileStore files_;
+  ResponsesStore responses_;
   const std::unordered_set<std::string> require_keys_;
   const std::unordered_set<std::string> models_;
   const std::string models_json_;
@@ -572,6 +590,12 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
     early.emplace();
     early->message = std::move(header_error);
   }
+  // Copies of what the Responses API needs after req is gone (responses are stored per key).
+  const std::string response_key(key);
+  const std::string response_id = PercentDecode(route.response_id);
+  const std::string response_action(route.response_action);
+  const std::string method_name(req.method_string());
+  const std::string query_copy(query);
   // From here on, nothing may look at req (nor at path, key or route's views into it).
   server_.Record(std::move(req));
   if (early) co_return co_await RespondError(*early);
@@ -631,6 +655,20 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       if (completion->stream()) co_return co_await Stream(*completion, behavior);
       completion->AppendJson(body_);
       break;
+    case Endpoint::kResponses: {
+      std::optional<ResponseReply> reply =
+          ResponseReply::Plan(body, behavior, response_key, server_.responses(),
+                              static_cast<int64_t>(std::time(nullptr)), &error);
+      if (!reply) co_return co_await RespondError(error);
+      if (reply->stream()) co_return co_await Stream(*reply, behavior);
+      reply->AppendJson(body_);
+      break;
+    }
+    case Endpoint::kResponseStored: {
+      auto [status, answer] = ResponseFollowUp(method_name, response_key, response_id,
+                                               response_action, query_copy, server_.responses());
+      co_return co_await Respond(status, answer);
+    }
     case Endpoint::kMessages: {
       std::optional<AnthropicMessage> message =
           AnthropicMessage::Plan(body, behavior, seq_, &state, &error);

@@ -22,4 +22,19 @@ const char* OutcomeName(OutcomeKind kind) {
   return "unknown";
 }
 
+void RouterClient::KeyAttempt(std::string model, int64_t key_id,
+                              std::function<void(RouteResult)> done) {
+  // A plan holds at most 16 attempts (the router's cap): every healthy key of most models.
+  Route(std::move(model), 16, [key_id, done = std::move(done)](RouteResult plan) {
+    if (plan.failure) return done(std::move(plan));
+    std::erase_if(plan.attempts,
+                  [key_id](const UpstreamAttempt& a) { return a.upstream_key_id != key_id; });
+    if (plan.attempts.empty())
+      plan.failure = Failure{ErrorCode::kNoHealthyUpstream,
+                             "The upstream account that holds this response is not available. "
+                             "Retry later."};
+    done(std::move(plan));
+  });
+}
+
 }  // namespace tollgate::edge

@@ -255,6 +255,12 @@ class RouterClient {
   // Queues the outcome; delivery is batched and off the request path.
   virtual void Report(AttemptOutcome outcome) = 0;
   virtual void ListModels(std::function<void(ModelsResult)> done) = 0;
+  // The attempt of upstream key `key_id` for `model`, for calls about a Responses API object,
+  // which lives only in the upstream account that created it (responses.cpp). A failure
+  // kNotFound when the key no longer serves the model (deleted, disabled, route gone). This
+  // default plans the model and keeps that key's attempt, so a key out of rotation is
+  // kNoHealthyUpstream; LocalRouterClient hands it out whatever its health.
+  virtual void KeyAttempt(std::string model, int64_t key_id, std::function<void(RouteResult)> done);
 };
 
 }  // namespace tollgate::edge

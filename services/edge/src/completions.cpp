@@ -50,7 +50,8 @@ HttpHeaders RateLimitHeaders(const AdmitResult& admitted) {
   return h;
 }
 
-awaitable<void> Complete(Exchange& x, Endpoint endpoint) {
+// `pin` by value: a coroutine keeps a reference parameter, not the temporary it named.
+awaitable<void> Complete(Exchange& x, Endpoint endpoint, PlanPin pin = {}) {
   // Azure's routes name the model in the path (the deployment); the body's `model` then
   // does not matter.
   auto parsed = ParseRequest(endpoint, x.request.body, x.params.Get("deployment"));
@@ -96,6 +97,7 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
     co_await x.SendDenied(*plan.failure);
     co_return std::nullopt;
   }
+  if (pin && !co_await pin(x, *who, request, plan)) co_return;
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
   // the request may generate (the edge sends the budget upstream when the client set none), and
   // the units of the endpoints billed beyond tokens (endpoint_kinds.h).
@@ -184,5 +186,9 @@ awaitable<void> AzureChatCompletions(Exchange& x) {
 awaitable<void> AzureCompletions(Exchange& x) { return AzureComplete(x, Endpoint::kCompletions); }
 
 awaitable<void> AzureEmbeddings(Exchange& x) { return AzureComplete(x, Endpoint::kEmbeddings); }
+
+awaitable<void> Infer(Exchange& x, Endpoint endpoint, PlanPin pin) {
+  co_await Complete(x, endpoint, pin);
+}
 
 }  // namespace tollgate::edge

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "src/anthropic_front.h"
+#include "src/responses_format.h"
 #include "tollgate/saturating.h"
 
 namespace tollgate::edge {
@@ -167,7 +168,7 @@ Usage CountTokensWhole(std::string_view, int64_t* completion_chars) {
 // The table. Rows are indexed by Endpoint; a static_assert below keeps them in order.
 // Anthropic's Messages API (its client dialect; provider.h) reads the
 // usage of its streams in the ClientStream (anthropic_front.h), so its rows have no event reader.
-constexpr std::array<EndpointKind, 12> kKinds{{
+constexpr std::array<EndpointKind, 13> kKinds{{
     {Endpoint::kChatCompletions, "chat_completions", "tokens", ChatBudget, UsageFromBody, nullptr,
      true, false},
     {Endpoint::kCompletions, "completions", "tokens", ChatBudget, UsageFromBody, nullptr, true,
@@ -191,6 +192,10 @@ constexpr std::array<EndpointKind, 12> kKinds{{
     {Endpoint::kMessages, "messages", "tokens", ChatBudget, anthropic::UsageFromMessageBody,
      nullptr, false, false},
     {Endpoint::kCountTokens, "count_tokens", "nothing (free)", NoBudget, CountTokensWhole, nullptr,
+     false, false},
+    // The Responses API: usage of the response object; its stream (no [DONE]) is read by the
+    // ClientStream's ResponsesStream (responses_format.h), which also seals its ids.
+    {Endpoint::kResponses, "responses", "tokens", ChatBudget, ResponsesUsageFromBody, nullptr,
      false, false},
 }};
 

@@ -53,7 +53,7 @@ struct EndpointKind {
 
 // The row of `endpoint`. Rows: chat_completions, completions, embeddings, images_generations,
 // images_edits, images_variations, audio_speech, audio_transcriptions, audio_translations,
-// moderations, messages, count_tokens (Anthropic's Messages API).
+// moderations, messages, count_tokens (Anthropic's Messages API), responses.
 const EndpointKind& KindOf(Endpoint endpoint);
 
 // The record's endpoint kind and units, from what the request may use and what the answer

@@ -6,9 +6,15 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <functional>
+
 namespace tollgate::edge {
 
 class Exchange;
+struct Principal;
+struct ParsedRequest;
+struct RouteResult;
+enum class Endpoint;
 
 // completions.cpp: inference (admission, the attempts, the relay, the usage record).
 boost::asio::awaitable<void> ChatCompletions(Exchange& x);  // POST /v1/chat/completions
@@ -35,6 +41,20 @@ boost::asio::awaitable<void> AudioSpeech(Exchange& x);          // POST /v1/audi
 boost::asio::awaitable<void> AudioTranscriptions(Exchange& x);  // POST /v1/audio/transcriptions
 boost::asio::awaitable<void> AudioTranslations(Exchange& x);    // POST /v1/audio/translations
 boost::asio::awaitable<void> Moderations(Exchange& x);          // POST /v1/moderations
+
+// The inference path those share, for endpoints in other files. `pin` (may be empty) runs once
+// the caller and the plan are known, before admission: it may rewrite the request and narrow the
+// plan, or send the refusal itself and return false.
+using PlanPin = std::function<boost::asio::awaitable<bool>(Exchange&, const Principal&,
+                                                           ParsedRequest&, RouteResult&)>;
+boost::asio::awaitable<void> Infer(Exchange& x, Endpoint endpoint, PlanPin pin);
+
+// responses.cpp: the Responses API (created, then found again on the upstream key that holds it).
+boost::asio::awaitable<void> CreateResponse(Exchange& x);    // POST /v1/responses
+boost::asio::awaitable<void> RetrieveResponse(Exchange& x);  // GET /v1/responses/{response_id}
+boost::asio::awaitable<void> DeleteResponse(Exchange& x);    // DELETE /v1/responses/{response_id}
+boost::asio::awaitable<void> CancelResponse(Exchange& x);    // POST .../{response_id}/cancel
+boost::asio::awaitable<void> ListResponseInputItems(Exchange& x);  // GET .../input_items
 
 // models.cpp: the models the calling key may use.
 boost::asio::awaitable<void> ListModels(Exchange& x);     // GET /v1/models

@@ -59,6 +59,17 @@ router::OutcomeKind ToPool(OutcomeKind k) {
   return router::OutcomeKind::kUnspecified;
 }
 
+UpstreamAttempt ToAttempt(router::RouteAttempt a) {
+  UpstreamAttempt attempt;
+  attempt.upstream_key_id = a.key_id;
+  attempt.provider = ToKind(a.provider_type);
+  attempt.base_url = std::move(a.base_url);
+  attempt.upstream_model = std::move(a.upstream_model);
+  attempt.api_key = std::move(a.api_key);
+  attempt.api_version = std::move(a.api_version);
+  return attempt;
+}
+
 }  // namespace
 
 struct LocalRouterClient::Impl {
@@ -247,16 +258,7 @@ void LocalRouterClient::Route(std::string model, int32_t max_attempts,
     case router::RouteResult::Status::kOk:
       result.model = planned.model;
       result.limits = {planned.max_output_tokens, planned.default_max_tokens};
-      for (auto& a : planned.attempts) {
-        UpstreamAttempt attempt;
-        attempt.upstream_key_id = a.key_id;
-        attempt.provider = ToKind(a.provider_type);
-        attempt.base_url = std::move(a.base_url);
-        attempt.upstream_model = std::move(a.upstream_model);
-        attempt.api_key = std::move(a.api_key);
-        attempt.api_version = std::move(a.api_version);
-        result.attempts.push_back(std::move(attempt));
-      }
+      for (auto& a : planned.attempts) result.attempts.push_back(ToAttempt(std::move(a)));
       break;
   }
   done(std::move(result));
@@ -267,6 +269,25 @@ void LocalRouterClient::Report(AttemptOutcome outcome) {
     pool->Report({outcome.upstream_key_id, ToPool(outcome.kind), outcome.retry_after_ms,
                   outcome.upstream_model});
   impl_->remote.Report(outcome);
+}
+
+void LocalRouterClient::KeyAttempt(std::string model, int64_t key_id,
+                                   std::function<void(RouteResult)> done) {
+  auto pool = impl_->Current();
+  if (!pool) {
+    RouterClient::KeyAttempt(std::move(model), key_id, std::move(done));
+    return;
+  }
+  router::RouteResult planned = pool->KeyAttempt(model, key_id);
+  RouteResult result;
+  if (planned.status != router::RouteResult::Status::kOk) {
+    result.failure = Failure{ErrorCode::kNotFound, "No longer served."};
+  } else {
+    result.model = planned.model;
+    result.limits = {planned.max_output_tokens, planned.default_max_tokens};
+    result.attempts.push_back(ToAttempt(std::move(planned.attempts.front())));
+  }
+  done(std::move(result));
 }
 
 void LocalRouterClient::ListModels(std::function<void(ModelsResult)> done) {

@@ -39,6 +39,8 @@ class LocalRouterClient final : public RouterClient {
              std::function<void(RouteResult)> done) override;
   void Report(AttemptOutcome outcome) override;
   void ListModels(std::function<void(ModelsResult)> done) override;
+  void KeyAttempt(std::string model, int64_t key_id,
+                  std::function<void(RouteResult)> done) override;
 
   // One poll, now (tests; the background thread does it every `refresh`). False on failure.
   bool RefreshOnce();

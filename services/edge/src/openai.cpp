@@ -61,9 +61,31 @@ ImageParts ChatImages(const OrderedJson& body) {
   return out;
 }
 
+// The same for a Responses API body: input_image parts of the input items (image_url is a string).
+ImageParts ResponsesImages(const OrderedJson& body) {
+  ImageParts out;
+  auto input = body.find("input");
+  if (input == body.end() || !input->is_array()) return out;
+  for (const auto& item : *input) {
+    if (!item.is_object()) continue;
+    auto content = item.find("content");
+    if (content == item.end() || !content->is_array()) continue;
+    for (const auto& part : *content) {
+      if (!part.is_object() || part.value("type", "") != "input_image") continue;
+      ++out.count;
+      auto url = part.find("image_url");
+      if (url != part.end() && url->is_string() &&
+          url->get_ref<const std::string&>().starts_with("data:"))
+        out.data_bytes += static_cast<int64_t>(url->get_ref<const std::string&>().size());
+    }
+  }
+  return out;
+}
+
 int64_t PromptEstimate(Endpoint endpoint, const OrderedJson& body, size_t body_bytes) {
   ImageParts images;
   if (endpoint == Endpoint::kChatCompletions) images = ChatImages(body);
+  if (endpoint == Endpoint::kResponses) images = ResponsesImages(body);
   return PromptUpperBound(static_cast<int64_t>(body_bytes), images.count, images.data_bytes);
 }
 
@@ -206,6 +228,8 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
       return "/audio/translations";
     case Endpoint::kModerations:
       return "/moderations";
+    case Endpoint::kResponses:
+      return "/responses";
   }
   return "";
 }
@@ -236,7 +260,8 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
                          : endpoint == Endpoint::kCompletions   ? "prompt"
                                                                 : "input";
   auto field = json.find(required);
-  if (field == json.end() || field->is_null())
+  // The Responses API may take its input from previous_response_id, a conversation or a prompt.
+  if (endpoint != Endpoint::kResponses && (field == json.end() || field->is_null()))
     return RequestError{std::string("Missing required parameter: '") + required + "'.", required};
   if (endpoint == Endpoint::kChatCompletions && !field->is_array())
     return RequestError{"Invalid type for 'messages': expected an array.", "messages"};
@@ -248,7 +273,8 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
       out.stream = stream->get<bool>();
     }
   }
-  if (out.stream) {
+  // A Responses stream always ends with the whole response and its usage (response.completed).
+  if (out.stream && endpoint != Endpoint::kResponses) {
     auto options = json.find("stream_options");
     if (options == json.end() || options->is_null()) {
       json["stream_options"] = OrderedJson::object();
@@ -263,7 +289,10 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
     (*options)["include_usage"] = true;
   }
   out.prompt_estimate = PromptEstimate(endpoint, json, body.size());
-  if (endpoint != Endpoint::kEmbeddings) {
+  if (endpoint == Endpoint::kResponses) {
+    out.max_tokens_param = "max_output_tokens";
+    if (auto error = PositiveInt(json, "max_output_tokens", 0, out.max_tokens)) return *error;
+  } else if (endpoint != Endpoint::kEmbeddings) {
     for (const char* name : {"max_tokens", "max_completion_tokens"}) {
       if (endpoint == Endpoint::kCompletions && std::string_view(name) != "max_tokens") continue;
       int64_t value = 0;
@@ -293,11 +322,12 @@ std::optional<RequestError> ApplyCompletionBudget(ParsedRequest& request, const 
       limits.max_output_tokens > 0 ? limits.max_output_tokens : kMaxCompletionTokens;
   if (request.max_tokens > 0) {
     if (request.max_tokens <= ceiling) return std::nullopt;
-    return RequestError{"max_tokens is too large: " + std::to_string(request.max_tokens) +
-                            ". This model supports at most " + std::to_string(ceiling) +
-                            " completion tokens, whereas you provided " +
-                            std::to_string(request.max_tokens) + ".",
-                        request.max_tokens_param};
+    return RequestError{
+        (request.endpoint == Endpoint::kResponses ? "max_output_tokens" : "max_tokens") +
+            std::string(" is too large: ") + std::to_string(request.max_tokens) +
+            ". This model supports at most " + std::to_string(ceiling) +
+            " completion tokens, whereas you provided " + std::to_string(request.max_tokens) + ".",
+        request.max_tokens_param};
   }
   int64_t budget = limits.default_max_tokens > 0 ? limits.default_max_tokens : fallback_default;
   request.max_tokens = std::clamp<int64_t>(budget, 1, ceiling);
@@ -327,7 +357,9 @@ std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream
     return out;
   }
   request.body["model"] = upstream_model.empty() ? request.model : std::string(upstream_model);
-  if (request.send_max_tokens) {
+  if (request.send_max_tokens && request.endpoint == Endpoint::kResponses) {
+    request.body["max_output_tokens"] = request.max_tokens;
+  } else if (request.send_max_tokens) {
     // OpenAI's chat API (and Azure's) knows max_completion_tokens (the only one reasoning models
     // accept); legacy completions and OpenAI-compatible servers know max_tokens.
     const bool newer = request.endpoint == Endpoint::kChatCompletions &&
@@ -495,6 +527,8 @@ std::optional<UpstreamUrl> ParseUpstreamUrl(std::string_view base_url, std::stri
 std::string UpstreamSuffix(ProviderKind provider, Endpoint endpoint,
                            std::string_view upstream_model, std::string_view api_version) {
   if (provider != ProviderKind::kAzureOpenAi) return std::string(EndpointSuffix(endpoint));
+  // Azure's v1 API: the deployment is the body's model, no api-version.
+  if (endpoint == Endpoint::kResponses) return "/openai/v1/responses";
   return "/openai/deployments/" + PercentEncode(upstream_model) +
          std::string(EndpointSuffix(endpoint)) + "?api-version=" +
          PercentEncode(api_version.empty() ? kDefaultAzureApiVersion : api_version);

@@ -31,9 +31,10 @@ enum class Endpoint {
   kModerations,
   kMessages,
   kCountTokens,
+  kResponses,
 };
 
-// "/chat/completions", "/completions", "/embeddings", ... ("/v1/messages",
+// "/chat/completions", "/completions", "/embeddings", ... "/responses" ("/v1/messages",
 // "/v1/messages/count_tokens"): the path after the base URL (endpoint_kinds.h has the table).
 std::string_view EndpointSuffix(Endpoint endpoint);
 
@@ -79,12 +80,14 @@ struct ParsedRequest {
   // The client's own stream_options.include_usage; upstream always gets true.
   bool client_wants_usage = false;
   int64_t prompt_estimate = 0;  // tokens: the whole-body upper bound (see kPromptBytesPerToken)
-  // The client's max_tokens / max_completion_tokens (the larger when both), 0 when absent; after
+  // The client's max_tokens / max_completion_tokens (the larger when both; the Responses API's
+  // max_output_tokens), 0 when absent; after
   // ApplyCompletionBudget the budget every estimate uses.
   int64_t max_tokens = 0;
   std::string max_tokens_param = "max_tokens";  // the field the client used, for errors
   // Set by ApplyCompletionBudget when the client sent no limit: RenderUpstreamBody then sends
-  // the budget upstream (max_completion_tokens to OpenAI and Azure chat, max_tokens otherwise),
+  // the budget upstream (max_completion_tokens to OpenAI and Azure chat, max_output_tokens to the
+  // Responses API, max_tokens otherwise),
   // so the answer can never outgrow what was admitted and held.
   bool send_max_tokens = false;
   int64_t choices = 1;  // max(n, best_of): completions generated per request

@@ -194,10 +194,15 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
   return {error.client_status, error.outcome_status};
 }
 
-ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt)
+ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt,
+                           SealResponseId seal)
     : dialect_(DialectOf(request.endpoint)),
       relay_(request.client_wants_usage, KindOf(request.endpoint).event),
       done_sentinel_(KindOf(request.endpoint).done_sentinel) {
+  if (request.endpoint == Endpoint::kResponses) {  // its events relayed as sent, ids sealed
+    responses_ = std::make_unique<ResponsesStream>(std::move(seal));
+    return;
+  }
   const bool anthropic = attempt.provider == ProviderKind::kAnthropic;
   if (dialect_ == ClientDialect::kAnthropic) {
     if (anthropic)
@@ -215,12 +220,14 @@ ClientStream::ClientStream(const ParsedRequest& request, const UpstreamAttempt& 
 ClientStream::~ClientStream() = default;
 
 Usage ClientStream::usage() const {
+  if (responses_) return responses_->usage();
   if (meter_) return anthropic::ToEdgeUsage(meter_->usage());
   if (chunks_) return chunks_->usage();
   return relay_.usage();
 }
 
 int64_t ClientStream::relayed_chars() const {
+  if (responses_) return responses_->relayed_chars();
   if (meter_) return meter_->relayed_chars();
   if (chunks_) return chunks_->relayed_chars();
   return relay_.relayed_chars();
@@ -238,6 +245,15 @@ std::string ClientStream::ErrorEvent(std::string_view body) const {
 }
 
 void ClientStream::Feed(std::string_view bytes, std::vector<SseEvent>& out) {
+  if (responses_) {
+    events_.clear();
+    parser_.Feed(bytes, events_);
+    for (auto& event : events_) {
+      responses_->OnEvent(event);
+      out.push_back(std::move(event));
+    }
+    return;
+  }
   if (meter_) {
     events_.clear();
     parser_.Feed(bytes, events_);

@@ -17,6 +17,7 @@
 
 #include "src/clients.h"
 #include "src/openai.h"
+#include "src/responses_format.h"
 #include "src/upstream_client.h"
 
 namespace tollgate::edge {
@@ -61,9 +62,13 @@ AnswerStatus AdaptWholeAnswer(const ParsedRequest& request, const UpstreamAttemp
 // event it yields (one write each, `raw`), in order. Usage and the relayed characters are counted
 // as for an OpenAI stream (StreamRelay): the usage-only chunk reaches the client only when it asked
 // for it.
+//
+// A Responses API stream (request.endpoint kResponses) is relayed event by event with its response
+// ids sealed by `seal` (ResponsesStream, responses_format.h); it has no [DONE] terminator.
 class ClientStream final {
  public:
-  ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt);
+  ClientStream(const ParsedRequest& request, const UpstreamAttempt& attempt,
+               SealResponseId seal = {});
   ~ClientStream();
   ClientStream(const ClientStream&) = delete;
   ClientStream& operator=(const ClientStream&) = delete;
@@ -77,6 +82,8 @@ class ClientStream final {
   std::string Finish();
   // An error body (in the client's dialect) as the stream's last event.
   std::string ErrorEvent(std::string_view body) const;
+  // The Responses stream's state (nullptr for other endpoints).
+  const ResponsesStream* responses() const { return responses_.get(); }
 
   // An error the upstream reported inside the stream (an `error` event, an error chunk); nothing
   // after it is relayed.
@@ -95,6 +102,7 @@ class ClientStream final {
   std::unique_ptr<anthropic::StreamTranslator> translator_;  // OpenAI client, Anthropic upstream
   std::unique_ptr<anthropic::ChunkTranslator> chunks_;       // Anthropic client, OpenAI upstream
   std::unique_ptr<anthropic::MessagesStreamMeter> meter_;    // Anthropic on both sides
+  std::unique_ptr<ResponsesStream> responses_;               // the Responses API
 };
 
 }  // namespace tollgate::edge

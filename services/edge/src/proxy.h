@@ -42,6 +42,9 @@ struct ProxyOptions {
   UpstreamTimeouts upstream;
   UpstreamPoolOptions pool;
   PassthroughOptions passthrough;
+  // The key of the sealed Responses API ids (responses_format.h): edge.response_id_secret, else
+  // derived from the edge's service token, else random for this process (module.cpp).
+  std::string response_id_secret;
 };
 
 // The services the request path calls; they must outlive every handler.

@@ -7,6 +7,7 @@
 #include "src/endpoint_kinds.h"
 #include "src/exchange.h"
 #include "src/provider.h"
+#include "src/responses.h"
 
 namespace tollgate::edge {
 namespace {
@@ -56,6 +57,8 @@ boost::asio::awaitable<void> RelayWhole(Exchange& x, const ParsedRequest& reques
     int64_t completion_chars = 0;
     Usage usage = KindOf(request.endpoint).whole(body, &completion_chars);
     SetUsage(x.record, request, usage, completion_chars);
+    if (request.endpoint == Endpoint::kResponses)  // ids the client can come back with
+      body = SealResponseBody(body, ResponseSealFor(x, attempt));
   } else {
     Scrub(body, attempt.api_key);  // the upstream's own 4xx goes back as it was sent
   }
@@ -82,13 +85,15 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   headers.emplace_back("x-accel-buffering", "no");
   bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
   x.answering_key = attempt.api_key;
-  // OpenAI chat chunks are put back together; other events (Anthropic's, a transcription's) are
-  // kept as they came (Capture).
-  const bool chat_chunks =
-      x.dialect != ErrorDialect::kAnthropic && KindOf(request.endpoint).event == nullptr;
+  // OpenAI chat chunks are put back together; other events (Anthropic's, a transcription's, the
+  // Responses API's) are kept as they came (Capture).
+  const bool responses = request.endpoint == Endpoint::kResponses;
+  const bool chat_chunks = x.dialect != ErrorDialect::kAnthropic && !responses &&
+                           KindOf(request.endpoint).event == nullptr;
   if (x.keep_bodies && chat_chunks) x.transcript.emplace(x.edge.options.store_bodies_max_bytes);
 
-  ClientStream stream(request, attempt);  // the upstream's events as the client's (provider.h)
+  // The upstream's events as the client's (provider.h); Responses ids sealed (responses.h).
+  ClientStream stream(request, attempt, responses ? ResponseSealFor(x, attempt) : SealResponseId{});
   std::vector<SseEvent> events;
   std::string data;
   UpstreamStatus st = UpstreamStatus::kOk;
@@ -122,9 +127,13 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
     LogAttempt(x, attempt, kind, 200, call.error_detail());
     ErrorCode code =
         st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
-    std::string event = stream.ErrorEvent(x.ErrorBody(
-        code, st == UpstreamStatus::kTimeout ? "The upstream provider stopped sending."
-                                             : "The upstream provider broke off the answer."));
+    const char* message = st == UpstreamStatus::kTimeout
+                              ? "The upstream provider stopped sending."
+                              : "The upstream provider broke off the answer.";
+    std::string event = responses
+                            ? ResponsesErrorEvent(Describe(code).code, message,
+                                                  stream.responses()->last_sequence_number() + 1)
+                            : stream.ErrorEvent(x.ErrorBody(code, message));
     if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
   } else if (auto error = stream.error()) {
     // The upstream reported an error inside the stream: the client's stream ends with it.

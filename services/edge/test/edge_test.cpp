@@ -350,6 +350,8 @@ class EdgeTest : public ::testing::Test {
     router_->SetPlan("claude-midstream",
                      {MakeAttempt(103, anthropic, "sk-ant-mid", "mock-midstream-5",
                                   pb::PROVIDER_TYPE_ANTHROPIC)});
+    router_->SetPlan("resp", {MakeAttempt(121, mock, "sk-resp-a", "gpt-4o-mini"),
+                              MakeAttempt(122, mock, "sk-resp-b", "gpt-4o-mini")});
     router_->SetPlan("claude-failover", {MakeAttempt(111, anthropic, "sk-ant-overloaded",
                                                      "claude-haiku", pb::PROVIDER_TYPE_ANTHROPIC),
                                          MakeAttempt(112, anthropic, "sk-ant-ok", "claude-haiku",
@@ -372,6 +374,7 @@ class EdgeTest : public ::testing::Test {
     proxy.max_attempts = 3;
     proxy.upstream.first_byte = 1500ms;  // the "hang" model times out quickly
     proxy.upstream.idle = 5s;            // a stalled stream fails the test fast
+    proxy.response_id_secret = "edge-test-response-id-secret";
     HttpServerOptions options;
     options.listen = "127.0.0.1:0";
     options.threads = 2;
@@ -1635,6 +1638,143 @@ TEST(EdgeRouterDown, RouterUnreachableGives503) {
   EXPECT_EQ(models.status, 503);
   server.Drain(Clock::now() + 1s);
   router.Shutdown();
+  server.Shutdown(Clock::now());
+}
+
+}  // namespace
+}  // namespace tollgate::edge
+
+namespace tollgate::edge {
+namespace {
+
+// Each API key is its own user (user id = the key), so tests can call as two users.
+class KeyIsUserAuthClient final : public AuthClient {
+ public:
+  void Authenticate(std::string api_key, std::string,
+                    std::function<void(AuthResult)> done) override {
+    AuthResult result;
+    result.principal.api_key_id = api_key;
+    result.principal.user_id = api_key;
+    done(std::move(result));
+  }
+};
+
+TEST_F(EdgeTest, ResponsesAreSealedFoundAgainOnTheirKeyAndStreamedWithoutDone) {
+  Json create = {{"model", "resp"}, {"input", "Say hello to the test."}};
+  auto reply = Post(port_, "/v1/responses", create, {{"x-request-id", "test-resp-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  Json response = reply.json();
+  const std::string id = response["id"];
+  ASSERT_TRUE(id.starts_with("resp_tg")) << id;
+  auto sent = mock_->Last();
+  EXPECT_EQ(sent["target"], "/v1/responses");
+  EXPECT_EQ(sent["headers"]["authorization"], "Bearer sk-resp-a");
+  EXPECT_EQ(sent["body"]["max_output_tokens"], ProxyOptions{}.default_max_tokens);
+  auto record = billing_.WaitFor("test-resp-1");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->upstream_key_id, 121);
+  EXPECT_EQ(record->prompt_tokens, response["usage"]["input_tokens"].get<int64_t>());
+  EXPECT_EQ(record->completion_tokens, response["usage"]["output_tokens"].get<int64_t>());
+  EXPECT_FALSE(record->usage_estimated);
+
+  // Retrieve and input_items go to key 121 with the upstream id; answers carry the sealed id.
+  auto got = Call(port_, http::verb::get, "/v1/responses/" + id, "", {{"x-request-id", "r-get"}});
+  ASSERT_EQ(got.status, 200) << got.body;
+  EXPECT_EQ(got.json()["id"], id);
+  sent = mock_->Last();
+  EXPECT_EQ(sent["method"], "GET");
+  EXPECT_EQ(sent["headers"]["authorization"], "Bearer sk-resp-a");
+  const std::string upstream_target = sent["target"];
+  EXPECT_TRUE(upstream_target.starts_with("/v1/responses/resp_")) << upstream_target;
+  EXPECT_EQ(upstream_target.find("resp_tg"), std::string::npos);
+  auto follow_up = billing_.WaitFor("r-get");
+  ASSERT_TRUE(follow_up);
+  EXPECT_EQ(follow_up->upstream_key_id, 121);
+  EXPECT_EQ(follow_up->prompt_tokens + follow_up->completion_tokens, 0);
+  EXPECT_EQ(follow_up->http_status, 200);
+  auto items = Call(port_, http::verb::get, "/v1/responses/" + id + "/input_items?limit=1");
+  ASSERT_EQ(items.status, 200) << items.body;
+  EXPECT_EQ(items.json()["data"].size(), 1u);
+  EXPECT_EQ(mock_->Last()["target"], upstream_target + "/input_items?limit=1");
+
+  // A chained request goes to the same key even though another is first in the plan... here
+  // key 121 is first anyway; the pin replaces the plan with its single attempt.
+  auto chained = Post(port_, "/v1/responses",
+                      {{"model", "resp"}, {"input", "more"}, {"previous_response_id", id}});
+  ASSERT_EQ(chained.status, 200) << chained.body;
+  EXPECT_EQ(chained.json()["previous_response_id"], id);
+  EXPECT_EQ(mock_->Last()["body"]["previous_response_id"],
+            upstream_target.substr(std::string("/v1/responses/").size()));
+
+  // Streamed: typed events, ids sealed, no [DONE].
+  Json streamed = create;
+  streamed["stream"] = true;
+  auto stream = Call(port_, http::verb::post, "/v1/responses", streamed.dump());
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  EXPECT_EQ(stream.body.find("[DONE]"), std::string::npos);
+  EXPECT_TRUE(stream.body.starts_with("event: response.created\ndata: {")) << stream.body;
+  const size_t last = stream.body.rfind("event: ");
+  ASSERT_NE(last, std::string::npos);
+  EXPECT_TRUE(stream.body.substr(last).starts_with("event: response.completed\n"));
+  auto count = [&](std::string_view needle) {
+    size_t n = 0;
+    for (size_t at = stream.body.find(needle); at != std::string::npos;
+         at = stream.body.find(needle, at + 1))
+      ++n;
+    return n;
+  };
+  EXPECT_GE(count("\"id\":\"resp_tg"), 3u);                       // created, in_progress, completed
+  EXPECT_EQ(count("\"id\":\"resp_"), count("\"id\":\"resp_tg"));  // no upstream id left
+
+  // Delete, then it is gone.
+  EXPECT_EQ(Call(port_, http::verb::delete_, "/v1/responses/" + id).status, 200);
+  auto gone = Call(port_, http::verb::get, "/v1/responses/" + id);
+  EXPECT_EQ(gone.status, 404);
+  EXPECT_EQ(gone.json()["error"]["message"], "Response with id '" + id + "' not found.");
+}
+
+TEST_F(EdgeTest, AResponseIsNotFoundForAnotherUserOrWithAForgedId) {
+  KeyIsUserAuthClient auth;
+  ProxyOptions proxy;
+  proxy.response_id_secret = "edge-test-response-id-secret";
+  HttpServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.threads = 1;
+  HttpServer server(
+      options, registry_,
+      MakeProxyHandlers(proxy, EdgeClients{auth, quota_, *router_client_, billing_}, registry_));
+  server.Start();
+  const int port = server.port();
+  const std::map<std::string, std::string> alice = {{"authorization", "Bearer alice"}};
+  const std::map<std::string, std::string> bob = {{"authorization", "Bearer bob"}};
+  auto created = Post(port, "/v1/responses", {{"model", "resp"}, {"input", "mine"}}, alice);
+  ASSERT_EQ(created.status, 200) << created.body;
+  const std::string id = created.json()["id"];
+  const int64_t upstream_calls = mock_->Stats()["total"].get<int64_t>();
+
+  auto expect_unknown = [&](const Reply& r, const std::string& what) {
+    EXPECT_EQ(r.status, 404) << what << ": " << r.body;
+    EXPECT_EQ(r.json()["error"]["code"], "not_found") << what;
+    EXPECT_EQ(r.json()["error"]["type"], "invalid_request_error") << what;
+  };
+  expect_unknown(Call(port, http::verb::get, "/v1/responses/" + id, "", bob), "get");
+  expect_unknown(Call(port, http::verb::delete_, "/v1/responses/" + id, "", bob), "delete");
+  expect_unknown(Call(port, http::verb::post, "/v1/responses/" + id + "/cancel", "", bob),
+                 "cancel");
+  expect_unknown(Call(port, http::verb::get, "/v1/responses/" + id + "/input_items", "", bob),
+                 "input_items");
+  auto chained = Post(port, "/v1/responses",
+                      {{"model", "resp"}, {"input", "x"}, {"previous_response_id", id}}, bob);
+  expect_unknown(chained, "previous_response_id");
+  EXPECT_EQ(chained.json()["error"]["param"], "previous_response_id");
+  std::string forged = id;
+  forged[10] = forged[10] == 'A' ? 'B' : 'A';
+  expect_unknown(Call(port, http::verb::get, "/v1/responses/" + forged, "", alice), "forged");
+  expect_unknown(Call(port, http::verb::get, "/v1/responses/resp_0123", "", alice), "raw id");
+  EXPECT_EQ(mock_->Stats()["total"].get<int64_t>(), upstream_calls);  // none reached upstream
+  EXPECT_EQ(Call(port, http::verb::get, "/v1/responses/" + id, "", alice).status, 200);
+
+  server.Drain(Clock::now() + 5s);
   server.Shutdown(Clock::now());
 }
 

@@ -187,6 +187,30 @@ RouteAttempt KeyPool::AttemptFor(const Candidate& c) {
   return a;
 }
 
+RouteResult KeyPool::KeyAttempt(std::string_view model, int64_t key_id) const {
+  RouteResult result;
+  std::lock_guard lock(mu_);
+  auto entry = models_.find(model);
+  if (entry == models_.end()) {
+    auto alias = aliases_.find(model);
+    if (alias != aliases_.end()) entry = models_.find(alias->second);
+  }
+  if (entry == models_.end()) {
+    result.status = RouteResult::Status::kModelNotFound;
+    return result;
+  }
+  result.model = entry->first;
+  result.max_output_tokens = entry->second.record.max_output_tokens;
+  result.default_max_tokens = entry->second.record.default_max_tokens;
+  for (const Candidate& c : entry->second.candidates) {
+    if (c.key_id != key_id || !c.key->usable) continue;
+    result.attempts.push_back(AttemptFor(c));
+    return result;
+  }
+  result.status = RouteResult::Status::kNoRoute;
+  return result;
+}
+
 RouteResult KeyPool::Route(std::string_view model, int max_attempts) {
   RouteResult result;
   int limit = max_attempts > 0 ? max_attempts : options_.max_attempts;

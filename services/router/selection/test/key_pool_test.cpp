@@ -623,3 +623,36 @@ TEST_F(RouterKeyPoolTest, ConcurrentRoutesHandOutOneTrial) {
 
 }  // namespace
 }  // namespace tollgate::router
+
+namespace tollgate::router {
+namespace {
+
+// A response's follow-up calls go to the key that created it, whatever its health.
+TEST(RouterKeyPoolKeyAttempt, NamedKeyWhateverItsHealthAndNothingElse) {
+  FakeClock clock;
+  KeyPool pool(Options(), clock);
+  Catalogue c = OneModel({1, 1});
+  c.aliases.push_back({"alias-m", "m"});
+  pool.Replace(c, Opener);
+  for (int i = 0; i < 3; ++i) pool.Report({2, OutcomeKind::kConnectError, 0, "upstream-m"});
+  ASSERT_EQ(pool.Route("m").attempts.size(), 1u);  // key 2 is out of rotation
+
+  RouteResult r = pool.KeyAttempt("alias-m", 2);
+  ASSERT_EQ(r.status, RouteResult::Status::kOk);
+  EXPECT_EQ(r.model, "m");
+  ASSERT_EQ(r.attempts.size(), 1u);
+  EXPECT_EQ(r.attempts[0].key_id, 2);
+  EXPECT_EQ(r.attempts[0].api_key, "sk-key-2");
+  EXPECT_EQ(r.attempts[0].upstream_model, "upstream-m");
+  EXPECT_EQ(r.attempts[0].base_url, "https://api.example.com/v1");
+
+  EXPECT_EQ(pool.KeyAttempt("m", 9).status, RouteResult::Status::kNoRoute);
+  EXPECT_EQ(pool.KeyAttempt("nope", 1).status, RouteResult::Status::kModelNotFound);
+  c.keys[0].enabled = false;
+  pool.Replace(c, Opener);
+  EXPECT_EQ(pool.KeyAttempt("m", 1).status, RouteResult::Status::kNoRoute);
+  EXPECT_TRUE(pool.KeyAttempt("m", 2).attempts.size() == 1);
+}
+
+}  // namespace
+}  // namespace tollgate::router

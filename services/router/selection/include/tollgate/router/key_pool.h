@@ -154,6 +154,13 @@ class KeyPool final {
   // `max_attempts` (0: the configured default).
   RouteResult Route(std::string_view model, int max_attempts = 0);
 
+  // The attempt of key `key_id` for a model name or alias, whatever the key's health: a
+  // Responses API object lives only in the upstream account that created it, so calls about it
+  // go to that key or nowhere (the edge's responses.cpp). kOk with that one attempt;
+  // kModelNotFound for an unknown model; kNoRoute when the key no longer serves the model or is
+  // unusable (deleted, disabled, its provider disabled).
+  RouteResult KeyAttempt(std::string_view model, int64_t key_id) const;
+
   // Feeds the key's breakers. Returns false for a key the pool does not know
   // (deleted) or an unspecified kind.
   bool Report(const Outcome& outcome);
