@@ -9,6 +9,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -19,12 +20,20 @@ namespace tollgate::edge {
 
 class Exchange;
 
+// Runs once the caller and the plan are known, before admission (responses.cpp pins a
+// previous_response_id to its key): it may rewrite the request and narrow the plan, or send the
+// refusal itself and return false. May be empty.
+using PlanPin = std::function<boost::asio::awaitable<bool>(Exchange&, const Principal&,
+                                                           ParsedRequest&, RouteResult&)>;
+
 // The field policy (field_policy.h) on a JSON body, then AdmitInference.
-boost::asio::awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request);
+boost::asio::awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request,
+                                                         PlanPin pin = {});
 
 // The plan, once admitted; nullopt: the refusal has been sent in the route's dialect.
 boost::asio::awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x,
                                                                   ParsedRequest& request,
-                                                                  const std::string& service_tier);
+                                                                  const std::string& service_tier,
+                                                                  PlanPin pin = {});
 
 }  // namespace tollgate::edge

@@ -60,14 +60,15 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint, PlanPin pin = {}) {
     co_return;
   }
   auto& request = std::get<ParsedRequest>(parsed);
-  std::optional<RouteResult> plan = co_await Admit(x, request);
+  std::optional<RouteResult> plan = co_await Admit(x, request, std::move(pin));
   if (plan) co_await RunAttempts(x, request, *plan);
 }
 
 }  // namespace
 
+// `pin` by value: a coroutine keeps a reference parameter, not the temporary it named.
 awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest& request,
-                                                     const std::string& service_tier) {
+                                                     const std::string& service_tier, PlanPin pin) {
   EdgeContext& edge = x.edge;
   auto executor = co_await asio::this_coro::executor;
 
@@ -97,7 +98,7 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
     co_await x.SendDenied(*plan.failure);
     co_return std::nullopt;
   }
-  if (pin && !co_await pin(x, *who, request, plan)) co_return;
+  if (pin && !co_await pin(x, *who, request, plan)) co_return std::nullopt;
   // One worst case for quota and billing: the prompt's upper bound plus every completion token
   // the request may generate (the edge sends the budget upstream when the client set none), and
   // the units of the endpoints billed beyond tokens (endpoint_kinds.h).
@@ -147,7 +148,7 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
   co_return std::move(plan);
 }
 
-awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request) {
+awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request, PlanPin pin) {
   // What the operator lets a client ask of its upstream account (field_policy.h).
   FieldDecision fields = x.edge.field_policy.Apply(request.body);
   if (fields.refusal) {
@@ -155,7 +156,7 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request)
                          fields.refusal->param);
     co_return std::nullopt;
   }
-  co_return co_await AdmitInference(x, request, fields.service_tier);
+  co_return co_await AdmitInference(x, request, fields.service_tier, std::move(pin));
 }
 
 namespace {

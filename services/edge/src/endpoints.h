@@ -8,6 +8,8 @@
 
 #include <functional>
 
+#include "src/admission.h"
+
 namespace tollgate::edge {
 
 class Exchange;
@@ -42,11 +44,8 @@ boost::asio::awaitable<void> AudioTranscriptions(Exchange& x);  // POST /v1/audi
 boost::asio::awaitable<void> AudioTranslations(Exchange& x);    // POST /v1/audio/translations
 boost::asio::awaitable<void> Moderations(Exchange& x);          // POST /v1/moderations
 
-// The inference path those share, for endpoints in other files. `pin` (may be empty) runs once
-// the caller and the plan are known, before admission: it may rewrite the request and narrow the
-// plan, or send the refusal itself and return false.
-using PlanPin = std::function<boost::asio::awaitable<bool>(Exchange&, const Principal&,
-                                                           ParsedRequest&, RouteResult&)>;
+// The inference path those share (parse, Admit, the attempts), for endpoints in other files;
+// PlanPin: admission.h.
 boost::asio::awaitable<void> Infer(Exchange& x, Endpoint endpoint, PlanPin pin);
 
 // responses.cpp: the Responses API (created, then found again on the upstream key that holds it).
