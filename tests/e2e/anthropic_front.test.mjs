@@ -39,6 +39,10 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
       'mock-front-priced']) {
       await addMockModel(suite, m);
     }
+    // Each prompt part at its own price: input, cache reads, cache writes (Anthropic's 1.25x).
+    await suite.ctl(['billing', 'set-price', '--model=claude-front-cache', '--input-micros-per-mtok=1000000',
+      '--cached-input-micros-per-mtok=100000', '--cache-write-micros-per-mtok=1250000',
+      '--output-micros-per-mtok=2000000']);
     await suite.ctl(['billing', 'set-price', '--model=mock-front-priced', '--input-micros-per-mtok=1000000',
       '--output-micros-per-mtok=1000000']);
     await sleep(1500); // edge.routing_refresh: the edges' tables have the catalogue
@@ -226,6 +230,18 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
       const byPrompt = recs.map((x) => Number(x.prompt_tokens)).sort((a, b) => a - b);
       assert.deepEqual(byPrompt, [total(first.usage), total(start)].sort((a, b) => a - b));
       assert.deepEqual(recs.map((x) => Number(x.cached_tokens ?? 0)).sort((a, b) => a - b), [0, start.cache_read_input_tokens]);
+      // Cache writes are recorded apart and billed at the cache-write price, reads at the cached price.
+      const listed = (await suite.ctlJson(['billing', 'list-usage-records', `--user-id=${demoUser}`, '--limit=1000']))
+        .records.filter((x) => x.record.model === 'claude-front-cache');
+      const write = listed.find((x) => Number(x.record.cache_write_tokens ?? 0) > 0);
+      assert.ok(write, JSON.stringify(listed));
+      assert.equal(Number(write.record.cache_write_tokens), first.usage.cache_creation_input_tokens);
+      for (const { record: r, cost_micros: cost } of listed) {
+        const p = Number(r.prompt_tokens), c = Number(r.cached_tokens ?? 0), w = Number(r.cache_write_tokens ?? 0);
+        const o = Number(r.completion_tokens);
+        assert.equal(Number(cost), Math.ceil(((p - c - w) * 1_000_000 + c * 100_000 + w * 1_250_000 + o * 2_000_000) / 1e6),
+          JSON.stringify(r));
+      }
     });
 
     it('an error event mid-stream reaches the client as Anthropic error', { timeout: 30_000 }, async () => {
