@@ -309,13 +309,7 @@ std::variant<ParsedRequest, RequestError> ParseMessagesRequest(Endpoint endpoint
                                                                std::string_view body) {
   ParsedRequest out;
   out.endpoint = endpoint;
-  if (!JsonDepthWithin(body, kMaxJsonDepth))
-    return RequestError{"The request body nests arrays or objects more than " +
-                            std::to_string(kMaxJsonDepth) + " levels deep.",
-                        ""};
-  out.body = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (out.body.is_discarded() || !out.body.is_object())
-    return RequestError{"The request body is not valid JSON: expected a JSON object.", ""};
+  if (auto error = ParseJsonObject(body, out.body, "Messages API")) return *error;
   auto& json = out.body;
   auto model = json.find("model");
   if (model == json.end() || !model->is_string() || model->get_ref<const std::string&>().empty())

@@ -63,16 +63,7 @@ std::optional<RequestError> JsonText(const OrderedJson& body, const char* name, 
 std::variant<ParsedRequest, RequestError> ParseJson(Endpoint endpoint, std::string_view body) {
   ParsedRequest out;
   out.endpoint = endpoint;
-  if (!JsonDepthWithin(body, kMaxJsonDepth))
-    return RequestError{"The request body nests arrays or objects more than " +
-                            std::to_string(kMaxJsonDepth) + " levels deep.",
-                        ""};
-  out.body = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (out.body.is_discarded() || !out.body.is_object())
-    return RequestError{
-        "We could not parse the JSON body of your request. The OpenAI API expects a JSON object "
-        "as the request body.",
-        ""};
+  if (auto error = ParseJsonObject(body, out.body)) return *error;
   auto& json = out.body;
   auto model = json.find("model");
   if (model != json.end() && !model->is_null() &&

@@ -234,21 +234,25 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
   return "";
 }
 
-std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
-                                                       std::string_view model_override) {
-  ParsedRequest out;
-  out.endpoint = endpoint;
+std::optional<RequestError> ParseJsonObject(std::string_view body, nlohmann::ordered_json& out,
+                                            std::string_view api) {
   if (!JsonDepthWithin(body, kMaxJsonDepth))
     return RequestError{"The request body nests arrays or objects more than " +
                             std::to_string(kMaxJsonDepth) + " levels deep.",
                         ""};
-  out.body = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (out.body.is_discarded() || !out.body.is_object()) {
-    return RequestError{
-        "We could not parse the JSON body of your request. The OpenAI API expects a JSON object "
-        "as the request body.",
-        ""};
-  }
+  out = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (out.is_discarded() || !out.is_object())
+    return RequestError{"We could not parse the JSON body of your request. The " +
+                            std::string(api) + " expects a JSON object as the request body.",
+                        ""};
+  return std::nullopt;
+}
+
+std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
+                                                       std::string_view model_override) {
+  ParsedRequest out;
+  out.endpoint = endpoint;
+  if (auto error = ParseJsonObject(body, out.body)) return *error;
   auto& json = out.body;
   if (!model_override.empty()) json["model"] = std::string(model_override);
   auto model = json.find("model");

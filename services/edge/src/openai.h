@@ -134,6 +134,11 @@ int64_t WorstCaseCompletionTokens(const ParsedRequest& request);
 
 // `model`, when not empty, is the model the route names (Azure's deployment): it replaces the
 // body's own `model`, which may then be absent.
+// Parses a request body that must be a JSON object, nested at most kMaxJsonDepth deep (checked
+// before parsing); the error names `api` ("OpenAI API") as the one expecting the object.
+std::optional<RequestError> ParseJsonObject(std::string_view body, nlohmann::ordered_json& out,
+                                            std::string_view api = "OpenAI API");
+
 std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
                                                        std::string_view model = {});
 
