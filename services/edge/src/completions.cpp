@@ -150,7 +150,8 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
 
 awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request, PlanPin pin) {
   // What the operator lets a client ask of its upstream account (field_policy.h).
-  FieldDecision fields = x.edge.field_policy.Apply(request.body);
+  FieldDecision fields =
+      x.edge.field_policy.Apply(request.body, KindOf(request.endpoint).kept_fields);
   if (fields.refusal) {
     co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
                          fields.refusal->param);

@@ -165,6 +165,11 @@ Usage CountTokensWhole(std::string_view, int64_t* completion_chars) {
   return none;
 }
 
+// The Responses API stores a response unless told `store: false` (its default is true, unlike
+// chat's), and retrieve, cancel and previous_response_id need it stored: stripping `store` would
+// turn a client's `store: false` into storing, so it goes upstream as the client sent it.
+constexpr std::string_view kResponsesKeptFields[] = {"store"};
+
 // The table. Rows are indexed by Endpoint; a static_assert below keeps them in order.
 // Anthropic's Messages API (its client dialect; provider.h) reads the
 // usage of its streams in the ClientStream (anthropic_front.h), so its rows have no event reader.
@@ -196,7 +201,7 @@ constexpr std::array<EndpointKind, 13> kKinds{{
     // The Responses API: usage of the response object; its stream (no [DONE]) is read by the
     // ClientStream's ResponsesStream (responses_format.h), which also seals its ids.
     {Endpoint::kResponses, "responses", "tokens", ChatBudget, ResponsesUsageFromBody, nullptr,
-     false, false},
+     false, false, kResponsesKeptFields},
 }};
 
 constexpr bool InOrder() {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string_view>
 
 #include "src/clients.h"
@@ -49,6 +50,9 @@ struct EndpointKind {
   bool done_sentinel;
   // A 2xx answer that is not an event stream is binary and relayed as it arrives (speech).
   bool binary_answer;
+  // Fields the field policy never strips for this kind (edge.strip_fields names them for the
+  // others): they can still be refused (edge.reject_fields).
+  std::span<const std::string_view> kept_fields = {};
 };
 
 // The row of `endpoint`. Rows: chat_completions, completions, embeddings, images_generations,

@@ -55,7 +55,8 @@ std::optional<std::string> FieldPolicy::Check(const FieldPolicyOptions& options)
   return std::nullopt;
 }
 
-FieldDecision FieldPolicy::Apply(nlohmann::ordered_json& body) const {
+FieldDecision FieldPolicy::Apply(nlohmann::ordered_json& body,
+                                 std::span<const std::string_view> keep) const {
   FieldDecision decision;
   if (!body.is_object()) return decision;
   for (const auto& name : options_.reject_fields) {
@@ -66,7 +67,11 @@ FieldDecision FieldPolicy::Apply(nlohmann::ordered_json& body) const {
     return decision;
   }
   // A stripped service_tier never reaches the upstream, so whatever it says does not matter.
-  if (!Contains(options_.strip_fields, kServiceTier)) {
+  auto stripped = [&](std::string_view name) {
+    return Contains(options_.strip_fields, name) &&
+           std::find(keep.begin(), keep.end(), name) == keep.end();
+  };
+  if (!stripped(kServiceTier)) {
     auto tier = body.find(kServiceTier);
     if (tier != body.end() && !tier->is_null()) {
       if (!tier->is_string()) {
@@ -86,7 +91,8 @@ FieldDecision FieldPolicy::Apply(nlohmann::ordered_json& body) const {
       decision.service_tier = value;
     }
   }
-  for (const auto& name : options_.strip_fields) body.erase(name);
+  for (const auto& name : options_.strip_fields)
+    if (stripped(name)) body.erase(name);
   return decision;
 }
 

@@ -5,12 +5,15 @@
 // allows (edge.strip_fields, edge.reject_fields, edge.allowed_service_tiers).
 //
 // Pure logic over the parsed JSON body: no I/O, shared by every endpoint whose body the edge
-// parses (chat completions, completions, embeddings; the Responses API next).
+// parses. Per endpoint kind, some fields are never stripped (EndpointKind::kept_fields,
+// endpoint_kinds.h): on /v1/responses `store` defaults to true upstream, so stripping a client's
+// `store: false` would store what the client asked not to.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,8 +53,10 @@ class FieldPolicy final {
   static std::optional<std::string> Check(const FieldPolicyOptions& options);
 
   // Refuses, then strips, in place. Fields not named by the policy are untouched and the order
-  // of the remaining fields is kept. A field whose value is null counts as absent.
-  FieldDecision Apply(nlohmann::ordered_json& body) const;
+  // of the remaining fields is kept. A field whose value is null counts as absent. `keep`: the
+  // endpoint kind's fields that are never stripped (they can still be refused).
+  FieldDecision Apply(nlohmann::ordered_json& body,
+                      std::span<const std::string_view> keep = {}) const;
 
  private:
   FieldPolicyOptions options_;

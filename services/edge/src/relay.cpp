@@ -155,6 +155,9 @@ boost::asio::awaitable<void> RelayStream(Exchange& x, ParsedRequest& request,
   }
   ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
   SetUsage(x.record, request, stream.usage(), stream.relayed_chars());
+  // A background response's tokens are billed apart, once (responses.h).
+  if (responses && stream.responses()->finished_background())
+    BillFinishedBackground(x, attempt, *stream.responses()->finished_background());
   x.Finish(200);
 }
 

@@ -3,13 +3,16 @@
 // `previous_response_id` pinning the attempt to the upstream key that holds that response. The
 // follow-ups (GET, DELETE, cancel, input_items on /v1/responses/{id}) open the sealed id: only
 // its user may use it, and the call goes to its upstream key alone; they are admitted by request
-// count and recorded at zero tokens.
+// count and recorded at zero tokens. GET ?stream=true (a background response's events, from
+// starting_after) is relayed event by event. A background response is billed once, by whichever
+// of these sees it finished (BillFinishedBackground).
 #include "src/responses.h"
 
 #include <boost/asio/this_coro.hpp>
 
 #include "src/async.h"
 #include "src/attempts.h"
+#include "src/edge_metrics.h"
 #include "src/endpoints.h"
 #include "src/exchange.h"
 #include "tollgate/log.h"
@@ -106,6 +109,61 @@ void ReplaceAll(std::string& body, std::string_view from, std::string_view to) {
     body.replace(at, from.size(), to);
 }
 
+// GET /v1/responses/{id}?stream=true: the upstream's events as they arrive, ids sealed, ended
+// by an error event when the upstream breaks off (too late for anything else). The record stays
+// at zero tokens; a background response that reaches its final event is billed once.
+awaitable<void> RelayEvents(Exchange& x, const UpstreamAttempt& attempt, UpstreamCall& call,
+                            Clock::time_point t0, CancelSlot& slot) {
+  auto headers = x.CommonHeaders();
+  headers.emplace_back("content-type", "text/event-stream; charset=utf-8");
+  headers.emplace_back("cache-control", "no-cache");
+  headers.emplace_back("x-accel-buffering", "no");
+  bool client_ok = co_await x.writer.BeginStream(200, std::move(headers));
+  SseParser parser;
+  ResponsesStream stream(ResponseSealFor(x, attempt));
+  std::vector<SseEvent> events;
+  std::string data;
+  UpstreamStatus st = UpstreamStatus::kOk;
+  while (client_ok && !slot.client_gone) {
+    data.clear();
+    st = co_await call.Read(data);
+    if (st != UpstreamStatus::kOk) break;
+    events.clear();
+    parser.Feed(data, events);
+    for (auto& event : events) {
+      stream.OnEvent(event);
+      x.Capture(event.raw);
+      client_ok = co_await x.writer.WriteChunk(event.raw);  // one write per event, flushed
+      if (!client_ok) break;
+    }
+    if (call.finished()) break;
+  }
+  OutcomeKind kind = OutcomeKind::kSuccess;
+  if (!client_ok || slot.client_gone || st == UpstreamStatus::kCancelled) {
+    call.Cancel();
+    x.record.client_disconnected = true;
+    x.edge.metrics->CountCancelled();
+  } else if (st != UpstreamStatus::kOk) {
+    kind = KindForFailure(st);
+    LogAttempt(x, attempt, kind, 200, call.error_detail());
+    ErrorCode code =
+        st == UpstreamStatus::kTimeout ? ErrorCode::kUpstreamTimeout : ErrorCode::kUpstreamError;
+    std::string event = ResponsesErrorEvent(Describe(code).code,
+                                            st == UpstreamStatus::kTimeout
+                                                ? "The upstream provider stopped sending."
+                                                : "The upstream provider broke off the answer.",
+                                            stream.last_sequence_number() + 1);
+    if (co_await x.writer.WriteChunk(event)) co_await x.writer.EndStream();
+  } else {
+    co_await x.writer.EndStream();
+  }
+  ReportAttempt(x, attempt, kind, 200, 0, Clock::now() - t0);
+  if (stream.finished_background())
+    BillFinishedBackground(x, attempt, *stream.finished_background());
+  x.record.streamed = true;
+  x.Finish(200);
+}
+
 // One follow-up call on a stored response: `method` on {base}/responses/{upstream id}{suffix}.
 awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffix) {
   std::optional<Principal> who = co_await x.Authenticate();
@@ -117,13 +175,7 @@ awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffi
     co_return;
   }
   const std::string_view query = Query(x.request);
-  if (method == "GET" && suffix.empty() && QueryFlag(query, "stream")) {
-    co_await x.SendError(ErrorCode::kInvalidRequest,
-                         "Streaming a stored response again (stream=true) is not supported "
-                         "through this gateway; retrieve it whole.",
-                         "stream");
-    co_return;
-  }
+  const bool streamed = method == "GET" && suffix.empty() && QueryFlag(query, "stream");
   auto executor = co_await asio::this_coro::executor;
   Eventual<RouteResult> keyed(executor);
   x.edge.clients.router.KeyAttempt(binding->model, binding->upstream_key_id, keyed.Setter());
@@ -173,7 +225,10 @@ awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffi
     x.Finish(502);
     co_return;
   }
-  UpstreamRequest upstream{std::move(*url), method, {{"accept", "application/json"}}, {}};
+  UpstreamRequest upstream{std::move(*url),
+                           method,
+                           {{"accept", streamed ? "text/event-stream" : "application/json"}},
+                           {}};
   if (attempt.provider == ProviderKind::kAzureOpenAi)
     upstream.headers.emplace_back("api-key", attempt.api_key);
   else
@@ -187,7 +242,18 @@ awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffi
   std::shared_ptr<UpstreamCall> call =
       x.edge.pool.NewCall(std::move(upstream), x.edge.options.upstream);
   const auto t0 = Clock::now();
+  auto slot = std::make_shared<CancelSlot>();
+  slot->current = call;
+  // A client that hangs up while the upstream has not answered cancels the call.
+  x.writer.WatchDisconnect([slot] {
+    slot->client_gone = true;
+    if (auto current = slot->current.lock()) current->Cancel();
+  });
   UpstreamStatus st = co_await call->Start();
+  if (st == UpstreamStatus::kOk && streamed && call->status() >= 200 && call->status() < 300) {
+    co_await RelayEvents(x, attempt, *call, t0, *slot);
+    co_return;
+  }
   std::string body;
   if (st == UpstreamStatus::kOk) st = co_await call->ReadAll(body);
   x.upstream_wait += Clock::now() - t0;
@@ -206,6 +272,8 @@ awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffi
   const int status = call->status();
   ReportAttempt(x, attempt, KindOf(status), status, 0, Clock::now() - t0);
   if (status >= 200 && status < 300) {
+    if (auto finished = FinishedBackgroundBody(body); finished && method != "DELETE")
+      BillFinishedBackground(x, attempt, *finished);
     body = SealResponseBody(body, ResponseSealFor(x, attempt));
   } else {
     // The upstream's own error, with its credential scrubbed and its id as the client knows it.
@@ -229,6 +297,29 @@ SealResponseId ResponseSealFor(const Exchange& x, const UpstreamAttempt& attempt
           model = x.record.model](std::string_view upstream_id) {
     return sealer.Seal({key, user, model, std::string(upstream_id)}).value_or("");
   };
+}
+
+void BillFinishedBackground(Exchange& x, const UpstreamAttempt& attempt,
+                            const FinishedBackground& finished) {
+  UsageRecord r;
+  r.request_id = x.request.request_id;  // the request that saw it finish (logs)
+  r.billing_id = BackgroundBillingId(attempt.upstream_key_id, finished.upstream_id);
+  r.principal = x.record.principal;
+  r.model = x.record.model;
+  r.upstream_model = attempt.upstream_model;
+  r.upstream_key_id = attempt.upstream_key_id;
+  r.attempts = 1;
+  r.prompt_tokens = finished.usage.prompt_tokens;
+  r.completion_tokens = finished.usage.completion_tokens;
+  r.cached_tokens = finished.usage.cached_tokens;
+  r.service_tier =
+      finished.usage.service_tier.empty() ? x.record.service_tier : finished.usage.service_tier;
+  r.endpoint_kind = "responses";
+  r.http_status = 200;
+  r.client_ip = x.request.client_ip;
+  log::Debug("edge", "background response billed",
+             {{"request_id", x.request.request_id}, {"billing_id", r.billing_id}});
+  x.edge.clients.billing.Record(std::move(r));
 }
 
 awaitable<void> CreateResponse(Exchange& x) {

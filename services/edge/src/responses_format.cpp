@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 
 #include <algorithm>
 
@@ -155,11 +156,62 @@ Usage ResponsesUsageFromResponse(const Json& response, int64_t* output_chars) {
   return usage;
 }
 
+namespace {
+
+bool IsBackground(const Json& response) {
+  auto it = response.find("background");
+  return it != response.end() && it->is_boolean() && it->get<bool>();
+}
+
+// What the create of a background response bills: nothing yet (see FinishedBackground).
+Usage BackgroundPlaceholder(const Json& response) {
+  Usage usage;
+  usage.present = true;
+  if (auto tier = response.find("service_tier");
+      tier != response.end() && tier->is_string() && !tier->get_ref<const std::string&>().empty())
+    usage.service_tier = tier->get_ref<const std::string&>().substr(0, 64);
+  return usage;
+}
+
+}  // namespace
+
 Usage ResponsesUsageFromBody(std::string_view body, int64_t* output_chars) {
   if (output_chars != nullptr) *output_chars = 0;
   if (!JsonDepthWithin(body, kMaxJsonDepth)) return {};
   Json json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (json.is_object() && IsBackground(json)) return BackgroundPlaceholder(json);
   return ResponsesUsageFromResponse(json, output_chars);
+}
+
+std::optional<FinishedBackground> FinishedBackgroundResponse(const Json& response) {
+  if (!response.is_object() || !IsBackground(response)) return std::nullopt;
+  auto object = response.find("object");
+  auto id = response.find("id");
+  auto status = response.find("status");
+  if (object == response.end() || *object != "response" || id == response.end() ||
+      !id->is_string() || id->get_ref<const std::string&>().empty() || status == response.end() ||
+      !status->is_string())
+    return std::nullopt;
+  const std::string& s = status->get_ref<const std::string&>();
+  if (s != "completed" && s != "incomplete" && s != "failed" && s != "cancelled")
+    return std::nullopt;
+  Usage usage = ResponsesUsageFromResponse(response, nullptr);
+  if (!usage.present) return std::nullopt;
+  return FinishedBackground{id->get<std::string>(), std::move(usage)};
+}
+
+std::optional<FinishedBackground> FinishedBackgroundBody(std::string_view body) {
+  if (!JsonDepthWithin(body, kMaxJsonDepth)) return std::nullopt;
+  return FinishedBackgroundResponse(Json::parse(body, nullptr, /*allow_exceptions=*/false));
+}
+
+std::string BackgroundBillingId(int64_t upstream_key_id, std::string_view upstream_id) {
+  std::string input = std::to_string(upstream_key_id);
+  input += '\n';
+  input.append(upstream_id);
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), digest);
+  return "resp_bg_" + HexEncode(std::string_view(reinterpret_cast<const char*>(digest), 16));
 }
 
 bool SealResponseObject(OrderedJson& response, const SealResponseId& seal) {
@@ -198,11 +250,21 @@ void ResponsesStream::OnEvent(SseEvent& event) {
   }
   auto response = json.find("response");
   if (response == json.end() || !response->is_object()) return;
+  const Json plain(*response);
+  if (!background_ && IsBackground(plain)) {
+    // Billed when it is seen finished, once (FinishedBackground), never by this stream's record.
+    background_ = true;
+    usage_ = BackgroundPlaceholder(plain);
+  }
   if (type == "response.completed" || type == "response.failed" || type == "response.incomplete") {
     ended_ = true;
-    Usage usage = ResponsesUsageFromResponse(Json(*response), nullptr);
-    if (usage.present) usage_ = usage;
-    if (!usage.service_tier.empty()) usage_.service_tier = usage.service_tier;
+    if (background_) {
+      finished_background_ = FinishedBackgroundResponse(plain);
+    } else {
+      Usage usage = ResponsesUsageFromResponse(plain, nullptr);
+      if (usage.present) usage_ = usage;
+      if (!usage.service_tier.empty()) usage_.service_tier = usage.service_tier;
+    }
   }
   if (!SealResponseObject(*response, seal_)) return;
   event.data = Dump(json);

@@ -68,6 +68,25 @@ Usage ResponsesUsageFromResponse(const nlohmann::json& response, int64_t* output
 // The same for a whole answer body (a response object).
 Usage ResponsesUsageFromBody(std::string_view body, int64_t* output_chars);
 
+// Background responses (`background: true`) are answered `queued` / `in_progress` before they
+// run, so their create carries no usage: its record bills zero tokens (ResponsesUsageFromBody and
+// ResponsesStream report a background response's usage as present and zero), and the tokens are
+// billed once when the edge sees the response finished (a retrieve, a streamed retrieve, a
+// cancel, or the create's own stream reaching its end), under a billing id derived from the
+// response (BackgroundBillingId) so that every later sighting is the same record, which billing
+// stores once (usage_records' primary key is the request id: ON CONFLICT DO NOTHING).
+struct FinishedBackground {
+  std::string upstream_id;  // as the upstream named it
+  Usage usage;
+};
+// The usage to bill of a response object created with background: true that has finished
+// (status completed, incomplete, failed or cancelled) and carries usage; nullopt otherwise.
+std::optional<FinishedBackground> FinishedBackgroundResponse(const nlohmann::json& response);
+std::optional<FinishedBackground> FinishedBackgroundBody(std::string_view body);
+// Billing's idempotency key for that usage: "resp_bg_" + 32 hex digits of SHA-256 over the
+// upstream key id and the upstream response id (an upstream id is unique within its account).
+std::string BackgroundBillingId(int64_t upstream_key_id, std::string_view upstream_id);
+
 // Seals an upstream response id ("" when it cannot; the caller then keeps the upstream's).
 using SealResponseId = std::function<std::string(std::string_view upstream_id)>;
 
@@ -95,6 +114,12 @@ class ResponsesStream final {
   int64_t last_sequence_number() const { return last_sequence_; }
   // A final event arrived (response.completed, .failed or .incomplete).
   bool ended() const { return ended_; }
+  // The response was created with background: true (usage() is then zero: see above) and,
+  // once its final event arrived, what to bill for it.
+  bool background() const { return background_; }
+  const std::optional<FinishedBackground>& finished_background() const {
+    return finished_background_;
+  }
 
  private:
   SealResponseId seal_;
@@ -102,6 +127,8 @@ class ResponsesStream final {
   int64_t relayed_chars_ = 0;
   int64_t last_sequence_ = -1;
   bool ended_ = false;
+  bool background_ = false;
+  std::optional<FinishedBackground> finished_background_;
 };
 
 // The stream's `error` event (ResponseErrorEvent) for a failure after the first byte.

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "src/endpoint_kinds.h"
 #include "src/openai.h"
 
 namespace tollgate::edge {
@@ -28,6 +29,24 @@ TEST(FieldPolicyTest, DefaultsStripStoreAndKeepEverythingElseInOrder) {
   EXPECT_EQ(Keys(body), (std::vector<std::string>{"model", "messages", "metadata", "temperature"}));
   EXPECT_EQ(body["metadata"]["a"], "b");
   EXPECT_EQ(body.dump(), R"({"model":"m","messages":[],"metadata":{"a":"b"},"temperature":0.5})");
+}
+
+// The policy is per endpoint kind: /v1/responses keeps `store` (its upstream default is true, so
+// stripping `store: false` would store the response), chat completions lose it.
+TEST(FieldPolicyTest, TheResponsesApiKeepsStoreOtherKindsLoseIt) {
+  FieldPolicy policy({{"store", "user"}, {}, {"auto", "default"}});
+  Json chat = Body(R"({"model":"m","store":false,"user":"u","messages":[]})");
+  EXPECT_FALSE(policy.Apply(chat, KindOf(Endpoint::kChatCompletions).kept_fields).refusal);
+  EXPECT_EQ(chat.dump(), R"({"model":"m","messages":[]})");
+  Json responses = Body(R"({"model":"m","store":false,"user":"u","input":"hi"})");
+  EXPECT_FALSE(policy.Apply(responses, KindOf(Endpoint::kResponses).kept_fields).refusal);
+  EXPECT_EQ(responses.dump(), R"({"model":"m","store":false,"input":"hi"})");
+  // A kept field can still be refused.
+  FieldPolicy refusing({{}, {"store"}, {"auto"}});
+  Json refused = Body(R"({"model":"m","store":false,"input":"hi"})");
+  auto d = refusing.Apply(refused, KindOf(Endpoint::kResponses).kept_fields);
+  ASSERT_TRUE(d.refusal);
+  EXPECT_EQ(d.refusal->param, "store");
 }
 
 TEST(FieldPolicyTest, ABodyWithoutThePolicysFieldsIsUntouched) {
