@@ -201,6 +201,93 @@ TEST(ResponsesStreamTest, WithoutAFinalEventThereIsNoUsage) {
   EXPECT_TRUE(e["param"].is_null());
 }
 
+// A background response: its create bills nothing (usage present and zero), and the response
+// seen finished is billed once under an id that is the same at every sighting.
+TEST(ResponsesBackground, TheCreateBillsNothingTheFinishedResponseIsBilledUnderItsOwnId) {
+  const std::string queued =
+      R"({"id":"resp_bg1","object":"response","status":"queued","background":true,)"
+      R"("service_tier":"auto","output":[]})";
+  int64_t chars = -1;
+  Usage at_create = ResponsesUsageFromBody(queued, &chars);
+  EXPECT_TRUE(at_create.present);
+  EXPECT_EQ(at_create.prompt_tokens + at_create.completion_tokens, 0);
+  EXPECT_EQ(at_create.service_tier, "auto");
+  EXPECT_EQ(chars, 0);
+  EXPECT_FALSE(FinishedBackgroundBody(queued));
+
+  Json done = Json::parse(kResponse);
+  done["id"] = "resp_bg1";
+  done["background"] = true;
+  auto finished = FinishedBackgroundBody(done.dump());
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(finished->upstream_id, "resp_bg1");
+  EXPECT_EQ(finished->usage.prompt_tokens, 30);
+  EXPECT_EQ(finished->usage.completion_tokens, 20);
+  EXPECT_EQ(finished->usage.cached_tokens, 10);
+  // Even the whole body of a finished background response bills nothing as a create would.
+  EXPECT_EQ(ResponsesUsageFromBody(done.dump(), nullptr).prompt_tokens, 0);
+  for (const char* status : {"incomplete", "failed", "cancelled"}) {
+    done["status"] = status;
+    EXPECT_TRUE(FinishedBackgroundBody(done.dump())) << status;
+  }
+  for (const char* status : {"queued", "in_progress"}) {
+    done["status"] = status;
+    EXPECT_FALSE(FinishedBackgroundBody(done.dump())) << status;
+  }
+  done["status"] = "completed";
+  done.erase("usage");
+  EXPECT_FALSE(FinishedBackgroundBody(done.dump())) << "no usage: nothing to bill";
+  done = Json::parse(kResponse);  // not background: its create billed it
+  EXPECT_FALSE(FinishedBackgroundBody(done.dump()));
+
+  const std::string id = BackgroundBillingId(42, "resp_bg1");
+  EXPECT_EQ(id, BackgroundBillingId(42, "resp_bg1"));
+  EXPECT_NE(id, BackgroundBillingId(43, "resp_bg1"));
+  EXPECT_NE(id, BackgroundBillingId(42, "resp_bg2"));
+  EXPECT_TRUE(id.starts_with("resp_bg_"));
+  EXPECT_EQ(id.size(), 8u + 32u);
+}
+
+TEST(ResponsesBackground, AStreamOfABackgroundResponseBillsItApartAtItsEnd) {
+  Json done = Json::parse(kResponse);
+  done["id"] = "resp_bg2";
+  done["background"] = true;
+  const std::string upstream =
+      "event: response.created\n"
+      "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_bg2\",\"object\":"
+      "\"response\",\"status\":\"queued\",\"background\":true},\"sequence_number\":0}\n\n"
+      "event: response.output_text.delta\n"
+      "data: {\"type\":\"response.output_text.delta\",\"delta\":\"abcd\",\"sequence_number\":1}"
+      "\n\n";
+  ResponsesStream stream(Tagger());
+  auto events = Parse(upstream);
+  for (auto& e : events) stream.OnEvent(e);
+  EXPECT_TRUE(stream.background());
+  EXPECT_TRUE(stream.usage().present) << "a client that leaves is not billed an estimate";
+  EXPECT_EQ(stream.usage().prompt_tokens + stream.usage().completion_tokens, 0);
+  EXPECT_FALSE(stream.finished_background());
+  auto end = Parse(
+      "event: response.completed\ndata: {\"type\":\"response.completed\","
+      "\"response\":" +
+      done.dump() + ",\"sequence_number\":2}\n\n");
+  stream.OnEvent(end.at(0));
+  EXPECT_EQ(Json::parse(end[0].data)["response"]["id"], "sealed:resp_bg2");
+  ASSERT_TRUE(stream.finished_background());
+  EXPECT_EQ(stream.finished_background()->upstream_id, "resp_bg2");
+  EXPECT_EQ(stream.finished_background()->usage.completion_tokens, 20);
+  EXPECT_EQ(stream.usage().completion_tokens, 0);
+
+  // A streamed retrieve from starting_after sees no created event, only the end.
+  ResponsesStream resumed(Tagger());
+  auto tail = Parse(
+      "event: response.completed\ndata: {\"type\":\"response.completed\","
+      "\"response\":" +
+      done.dump() + ",\"sequence_number\":9}\n\n");
+  resumed.OnEvent(tail.at(0));
+  ASSERT_TRUE(resumed.finished_background());
+  EXPECT_EQ(resumed.finished_background()->usage.prompt_tokens, 30);
+}
+
 TEST(ResponsesRequest, ParsedWithMaxOutputTokensAndTheBudgetSentAsIt) {
   auto parsed = ParseRequest(Endpoint::kResponses,
                              R"({"model":"m","input":"hi","stream":true,"max_output_tokens":50})");
