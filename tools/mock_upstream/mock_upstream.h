@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -225,25 +226,49 @@ class AnthropicMessage final : public EventStream {
 };
 
 // The Responses API's stored responses (responses.cpp), per API key: a response is visible only
-// to the key that created it, as in OpenAI's accounts. Thread-safe.
+// to the key that created it, as in OpenAI's accounts. A background response is stored queued
+// with what it will be once it has run (its final object and its whole event stream): it is
+// in_progress when looked at before `ready_at`, and its final self from then on (or from the
+// moment its events were streamed); a cancel keeps it cancelled. Thread-safe.
 class ResponsesStore final {
  public:
+  using Clock = std::chrono::steady_clock;
+  // One event of a stream: the frame and whether it carries generated content.
+  using Events = std::vector<std::pair<std::string, bool>>;
+
   // A new id: "resp_" + 48 hex digits; items get "msg_", "fc_" ids alike.
   std::string NewId(std::string_view prefix);
   void Put(std::string_view key, const std::string& id, std::string response_json,
            std::string input_items_json);
+  // A background response: `queued_json` now, `running_json` once looked at before `ready_at`,
+  // `final_json` from then on; `events` is what a streamed retrieve replays.
+  void PutBackground(std::string_view key, const std::string& id, std::string queued_json,
+                     std::string running_json, std::string final_json, Events events,
+                     std::string input_items_json, Clock::time_point ready_at);
   // The response's JSON, or nullopt when this key has none by that id.
-  std::optional<std::string> Get(std::string_view key, std::string_view id) const;
+  std::optional<std::string> Get(std::string_view key, std::string_view id);
   std::optional<std::string> InputItems(std::string_view key, std::string_view id) const;
   bool Delete(std::string_view key, std::string_view id);
-  // Replaces a stored response's JSON (cancel).
+  // Replaces a stored response's JSON (cancel); a background response then never finishes.
   void Update(std::string_view key, std::string_view id, std::string response_json);
+  // A background response's events after `starting_after` (-1: all): the stream runs it to its
+  // end, so it is final from now on (unless it was cancelled: then the events up to the
+  // cancellation, in_progress). nullopt: no events (not background).
+  std::optional<Events> StreamEvents(std::string_view key, std::string_view id,
+                                     int64_t starting_after);
 
  private:
   struct Stored {
     std::string response;
     std::string input_items;  // a JSON array, oldest first
+    // Background only: what it becomes, and when.
+    bool background = false;
+    std::string running;
+    std::string final_response;  // empty once final (or cancelled)
+    Events events;
+    Clock::time_point ready_at;
   };
+  void Advance(Stored& stored);  // a background response's state at this moment
   mutable std::mutex mu_;
   std::unordered_map<std::string, Stored> by_key_id_;  // key + '\n' + id
   std::atomic<uint64_t> next_{0};
@@ -264,6 +289,8 @@ class ResponseReply final : public EventStream {
   void AppendJson(std::string& out) const { out += json_; }
   bool NextEvent(std::string& out, bool* content) override;
   bool finished() const override { return next_ >= events_.size(); }
+  // A stored background response's events, streamed again.
+  static ResponseReply Replay(ResponsesStore::Events events);
 
  private:
   ResponseReply() = default;
@@ -272,6 +299,12 @@ class ResponseReply final : public EventStream {
   std::vector<std::pair<std::string, bool>> events_;  // (event, carries content)
   size_t next_ = 0;
 };
+
+// GET ?stream=true on a stored response: a background response's events from `starting_after`
+// (Replay), else nullopt with *status and *error set (404 unknown, 400 not background).
+std::optional<ResponseReply> ResponseReplay(std::string_view key, std::string_view id,
+                                            std::string_view query, ResponsesStore& store,
+                                            int32_t* status, std::string* error);
 
 // GET, DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items (`query` for limit,
 // order, after): the status and body to answer.

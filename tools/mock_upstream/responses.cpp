@@ -139,11 +139,60 @@ void ResponsesStore::Put(std::string_view key, const std::string& id, std::strin
   by_key_id_[StoreKey(key, id)] = {std::move(response_json), std::move(input_items_json)};
 }
 
-std::optional<std::string> ResponsesStore::Get(std::string_view key, std::string_view id) const {
+void ResponsesStore::PutBackground(std::string_view key, const std::string& id,
+                                   std::string queued_json, std::string running_json,
+                                   std::string final_json, Events events,
+                                   std::string input_items_json, Clock::time_point ready_at) {
+  Stored stored{std::move(queued_json), std::move(input_items_json)};
+  stored.background = true;
+  stored.running = std::move(running_json);
+  stored.final_response = std::move(final_json);
+  stored.events = std::move(events);
+  stored.ready_at = ready_at;
+  std::lock_guard lock(mu_);
+  by_key_id_[StoreKey(key, id)] = std::move(stored);
+}
+
+void ResponsesStore::Advance(Stored& stored) {
+  if (!stored.background || stored.final_response.empty()) return;
+  if (Clock::now() >= stored.ready_at) {
+    stored.response = std::move(stored.final_response);
+    stored.final_response.clear();
+  } else if (!stored.running.empty()) {
+    stored.response = std::move(stored.running);
+    stored.running.clear();
+  }
+}
+
+std::optional<std::string> ResponsesStore::Get(std::string_view key, std::string_view id) {
   std::lock_guard lock(mu_);
   auto it = by_key_id_.find(StoreKey(key, id));
   if (it == by_key_id_.end()) return std::nullopt;
+  Advance(it->second);
   return it->second.response;
+}
+
+std::optional<ResponsesStore::Events> ResponsesStore::StreamEvents(std::string_view key,
+                                                                   std::string_view id,
+                                                                   int64_t starting_after) {
+  std::lock_guard lock(mu_);
+  auto it = by_key_id_.find(StoreKey(key, id));
+  if (it == by_key_id_.end() || !it->second.background) return std::nullopt;
+  Stored& stored = it->second;
+  const bool cancelled = stored.final_response.empty() &&
+                         stored.response.find("\"status\":\"cancelled\"") != std::string::npos;
+  if (!stored.final_response.empty()) {  // streaming it runs it to its end
+    stored.response = std::move(stored.final_response);
+    stored.final_response.clear();
+  }
+  Events out;
+  // Events are numbered from 0 in order, so the n-th is sequence number n.
+  for (size_t n = 0; n < stored.events.size(); ++n) {
+    if (static_cast<int64_t>(n) <= starting_after) continue;
+    if (cancelled && n >= 2) break;  // it never got past response.in_progress
+    out.push_back(stored.events[n]);
+  }
+  return out;
 }
 
 std::optional<std::string> ResponsesStore::InputItems(std::string_view key,
@@ -162,7 +211,10 @@ bool ResponsesStore::Delete(std::string_view key, std::string_view id) {
 void ResponsesStore::Update(std::string_view key, std::string_view id, std::string response_json) {
   std::lock_guard lock(mu_);
   auto it = by_key_id_.find(StoreKey(key, id));
-  if (it != by_key_id_.end()) it->second.response = std::move(response_json);
+  if (it == by_key_id_.end()) return;
+  it->second.response = std::move(response_json);
+  it->second.final_response.clear();  // cancelled: it never finishes
+  it->second.running.clear();
 }
 
 std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
@@ -302,35 +354,35 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
       {"metadata", body.value("metadata", Json::object())}};
   if (body.contains("user") && body["user"].is_string()) response["user"] = body["user"];
   if (!incomplete) response["completed_at"] = created;
-  if (background) {
-    // Accepted for later: nothing generated yet (the mock never runs it; cancel stops it).
-    response["status"] = "in_progress";
-    response["output"] = Json::array();
-    response.erase("usage");  // not yet known (the spec's usage is never null)
-    response.erase("completed_at");
-    response["incomplete_details"] = nullptr;
-  }
-  if (store_it) {
+  // A background response is answered queued, before it runs; it runs for as long as its stream
+  // would take (chunks x the chunk delay), then is what `response` says (ResponsesStore).
+  Json queued = response;
+  queued["status"] = "queued";
+  queued["output"] = Json::array();
+  queued.erase("usage");  // not yet known (the spec's usage is never null)
+  queued.erase("completed_at");
+  queued["incomplete_details"] = nullptr;
+  Json running = queued;
+  running["status"] = "in_progress";
+  const auto store_items = [&] {
     Json all_items = previous_items;
     for (const auto& i : items) all_items.push_back(i);
-    store.Put(key, id, Dump(response), Dump(all_items));
+    return Dump(all_items);
+  };
+  if (!background) {
+    if (store_it) store.Put(key, id, Dump(response), store_items());
+    r.json_ = Dump(response);
+    if (!r.stream_) return r;
+  } else {
+    r.json_ = Dump(queued);
   }
-  r.json_ = Dump(response);
-  if (!r.stream_) return r;
 
   int64_t seq = 0;
   auto add = [&r](const Json& event, bool content = false) {
     r.events_.emplace_back(Frame(event), content);
   };
-  Json early = response;
-  early["status"] = "in_progress";
-  early["output"] = Json::array();
-  early.erase("usage");
-  early.erase("completed_at");
-  early["incomplete_details"] = nullptr;
-  add(Event("response.created", seq, {{"response", early}}));
-  add(Event("response.in_progress", seq, {{"response", early}}));
-  if (background) return r;
+  add(Event("response.created", seq, {{"response", background ? queued : running}}));
+  add(Event("response.in_progress", seq, {{"response", running}}));
   Json open = item;
   open["status"] = "in_progress";
   const std::string item_id = item["id"];
@@ -378,7 +430,62 @@ std::optional<ResponseReply> ResponseReply::Plan(const nlohmann::json& request,
   add(Event("response.output_item.done", seq, {{"output_index", 0}, {"item", item}}));
   add(Event(incomplete ? "response.incomplete" : "response.completed", seq,
             {{"response", response}}));
+  if (background && store_it) {
+    // A streamed create runs it as it streams; otherwise it takes the time its stream would.
+    const int64_t run_ms = r.stream_
+                               ? 0
+                               : static_cast<int64_t>(std::max(1, chunks)) *
+                                     std::max<int32_t>(0, behavior.chunk_delay_ms.value_or(0));
+    store.PutBackground(key, id, Dump(queued), Dump(running), Dump(response), r.events_,
+                        store_items(),
+                        ResponsesStore::Clock::now() + std::chrono::milliseconds(run_ms));
+  }
+  if (!r.stream_) r.events_.clear();
   return r;
+}
+
+ResponseReply ResponseReply::Replay(ResponsesStore::Events events) {
+  ResponseReply r;
+  r.stream_ = true;
+  r.events_ = std::move(events);
+  return r;
+}
+
+std::optional<ResponseReply> ResponseReplay(std::string_view key, std::string_view id,
+                                            std::string_view query, ResponsesStore& store,
+                                            int32_t* status, std::string* error) {
+  int64_t starting_after = -1;
+  for (size_t pos = 0; pos < query.size();) {
+    size_t amp = query.find('&', pos);
+    std::string_view param = query.substr(pos, amp - pos);
+    if (param.starts_with("starting_after=")) {
+      const std::string value(param.substr(15));
+      char* end = nullptr;
+      starting_after = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0') {
+        *status = 400;
+        *error =
+            ErrorBody(Invalid("Invalid 'starting_after': expected an integer.", "starting_after"));
+        return std::nullopt;
+      }
+    }
+    pos = amp == std::string_view::npos ? query.size() : amp + 1;
+  }
+  if (!store.Get(key, id)) {
+    *status = 404;
+    *error = ErrorBody(Invalid("Response with id '" + std::string(id) + "' not found.",
+                               std::nullopt, std::nullopt, 404));
+    return std::nullopt;
+  }
+  std::optional<ResponsesStore::Events> events = store.StreamEvents(key, id, starting_after);
+  if (!events) {
+    *status = 400;
+    *error = ErrorBody(
+        Invalid("This response cannot be streamed because it was not created with background=true.",
+                "stream"));
+    return std::nullopt;
+  }
+  return ResponseReply::Replay(std::move(*events));
 }
 
 bool ResponseReply::NextEvent(std::string& out, bool* content) {

@@ -41,6 +41,19 @@
 namespace tollgate::mock {
 namespace {
 
+// `name=true` in a query string (without the '?').
+bool HasQueryFlag(std::string_view query, std::string_view name) {
+  for (size_t pos = 0; pos < query.size();) {
+    size_t amp = query.find('&', pos);
+    std::string_view param = query.substr(pos, amp - pos);
+    if (param.size() == name.size() + 5 && param.starts_with(name) &&
+        param.substr(name.size()) == "=true")
+      return true;
+    pos = amp == std::string_view::npos ? query.size() : amp + 1;
+  }
+  return false;
+}
+
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -665,6 +678,14 @@ awaitable<bool> Session::HandleApi(Request& req, std::string_view path, std::str
       break;
     }
     case Endpoint::kResponseStored: {
+      if (method_name == "GET" && response_action.empty() && HasQueryFlag(query_copy, "stream")) {
+        int32_t status = 0;
+        std::string answer;
+        std::optional<ResponseReply> replay = ResponseReplay(response_key, response_id, query_copy,
+                                                             server_.responses(), &status, &answer);
+        if (!replay) co_return co_await Respond(status, answer);
+        co_return co_await Stream(*replay, behavior);
+      }
       auto [status, answer] = ResponseFollowUp(method_name, response_key, response_id,
                                                response_action, query_copy, server_.responses());
       co_return co_await Respond(status, answer);
