@@ -2,14 +2,20 @@
 // text and a function call), then retrieve / input_items / delete / cancel on the same id, which
 // must reach the upstream key that created the response (the mock stores responses per key, and
 // the launcher seeds two keys in rotation); previous_response_id chaining pinned to that key; an
-// id is 404 for every other user; usage and cost recorded. Answers are validated against the spec.
+// id is 404 for every other user; usage and cost recorded; `store: false` reaches the upstream;
+// a background response streamed again from `starting_after` and billed exactly once, whichever
+// calls see it finished; the Vercel AI SDK (whose default OpenAI provider calls /v1/responses).
+// Answers are validated against the spec.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  addAnthropicProvider, addRoutedModel, loadSpec, openaiClient, sleep, specPath, startSuite, waitFor,
+  addAnthropicProvider, addMockModel, addRoutedModel, loadSpec, openaiClient, sleep, specPath, startSuite,
+  waitFor,
 } from './harness.mjs';
 
 const MODEL = 'gpt-4o-mini';
+// A background response of this model runs for 4 x 400 ms in the mock before it completes.
+const SLOW_MODEL = 'mock-chunks-4-delay-400';
 const today = () => new Date().toISOString().slice(0, 10);
 
 describe('the Responses API through the edge', { timeout: 300_000 }, () => {
@@ -27,6 +33,7 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
     const user = (await suite.ctlJson(['auth', 'create-user', '--name=responses-other'])).user.id;
     const { api_key: key } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${user}`, '--name=other']);
     other = await openaiClient(suite, { apiKey: key });
+    await addMockModel(suite, SLOW_MODEL);
   }, { timeout: 240_000 });
 
   after(async () => { await suite?.down(); }, { timeout: 120_000 });
@@ -44,6 +51,36 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
     assert.equal(err.code, 'not_found');
     return true;
   };
+
+  // A user with an account and money, its client, and its usage row of `model` for today.
+  async function billedUser(name) {
+    const user = (await suite.ctlJson(['auth', 'create-user', `--name=${name}`])).user.id;
+    const { api_key: key } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${user}`, `--name=${name}`]);
+    await suite.ctl(['billing', 'create-account', `--user-id=${user}`]);
+    await suite.ctl(['billing', 'top-up', `--user-id=${user}`, '--amount-micros=5000000']);
+    const report = async (model = MODEL) => {
+      const r = await suite.ctlJson(['billing', 'usage-report', `--from-day=${today()}`, `--to-day=${today()}`,
+        '--group-by=model', `--user-id=${user}`]);
+      return (r.rows ?? []).find((row) => row.model === model);
+    };
+    return { user, key, client: await openaiClient(suite, { apiKey: key }), report };
+  }
+  // gpt-4o-mini's seeded prices (micro-units per million tokens): input 150000, cached 75000, output 600000.
+  const costOf = (u) => {
+    const cached = u.input_tokens_details.cached_tokens;
+    return Math.ceil(((u.input_tokens - cached) * 150000 + cached * 75000 + u.output_tokens * 600000) / 1e6);
+  };
+  // Waits for `requests` records in the row, then checks that no more arrive.
+  async function settledRow(report, requests) {
+    await waitFor(async () => {
+      const r = await report();
+      return r && Number(r.requests) >= requests ? r : false;
+    }, { timeoutMs: 10_000, what: `${requests} usage records` });
+    await sleep(500);
+    const row = await report();
+    assert.equal(Number(row.requests), requests);
+    return row;
+  }
 
   it('create, then retrieve, input_items and delete the same id (on the key that holds it)', { timeout: 30_000 }, async (t) => {
     const created = await client.responses.create({ model: MODEL, input: 'Say hello', instructions: 'Be brief.' });
@@ -191,8 +228,12 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
   });
 
   it('cancel reaches the same key: a background response is cancelled, another is refused', { timeout: 30_000 }, async (t) => {
-    const bg = await client.responses.create({ model: MODEL, input: 'later', background: true });
-    assert.equal(bg.status, 'in_progress');
+    const bg = await client.responses.create({ model: SLOW_MODEL, input: 'later', background: true });
+    conforms(t, 'Response', bg);
+    assert.equal(bg.status, 'queued');
+    assert.equal(bg.usage, undefined);
+    const running = await client.responses.retrieve(bg.id);
+    assert.equal(running.status, 'in_progress');
     const cancelled = await client.responses.cancel(bg.id);
     conforms(t, 'Response', cancelled);
     assert.equal(cancelled.id, bg.id);
@@ -202,6 +243,139 @@ describe('the Responses API through the edge', { timeout: 300_000 }, () => {
       assert.equal(err.status, 400);
       return true;
     });
+  });
+
+  it('store: false reaches the upstream on /v1/responses (not stored there); chat completions still lose store', { timeout: 30_000 }, async (t) => {
+    const created = await client.responses.create({ model: MODEL, input: 'forget me', store: false });
+    conforms(t, 'Response', created);
+    assert.equal(created.store, false);
+    assert.equal((await suite.mockLast()).body.store, false);
+    // Not stored upstream: OpenAI's (and the mock's) 404, under the id the client knows.
+    await assert.rejects(client.responses.retrieve(created.id), (err) => {
+      assert.ok(err instanceof OpenAI.NotFoundError, `${err?.constructor?.name}: ${err?.message}`);
+      assert.match(err.message, new RegExp(created.id));
+      return true;
+    });
+    // edge.strip_fields (default store) still applies to chat completions.
+    await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], store: true });
+    const chat = await suite.mockLast();
+    assert.equal(chat.target, '/v1/chat/completions');
+    assert.equal('store' in chat.body, false);
+  });
+
+  it('a background response is streamed again from starting_after, on its key; others get 404', { timeout: 30_000 }, async (t) => {
+    const bg = await client.responses.create({ model: SLOW_MODEL, input: 'stream it later', background: true });
+    assert.equal(bg.status, 'queued');
+    const calls = (await suite.stats()).total;
+    await assert.rejects(other.responses.retrieve(bg.id, { stream: true }), isNotFound);
+    const raw404 = await fetch(`${suite.baseURL}/responses/${bg.id}?stream=true`,
+      { headers: { authorization: `Bearer ${(other.apiKey)}` } });
+    assert.equal(raw404.status, 404);
+    assert.equal((await suite.stats()).total, calls, 'another user reached the upstream');
+
+    const events = [];
+    for await (const e of await client.responses.retrieve(bg.id, { stream: true, starting_after: 1 })) {
+      events.push(e);
+      conforms(t, 'ResponseStreamEvent', e);
+    }
+    const upstreamTarget = (await suite.mockLast()).target;
+    assert.match(upstreamTarget, /^\/v1\/responses\/resp_[0-9a-f]+\?stream=true&starting_after=1$/);
+    assert.equal(events[0].sequence_number, 2, events.map((e) => e.type).join());
+    events.forEach((e, i) => assert.equal(e.sequence_number, i + 2));
+    const done = events.at(-1);
+    assert.equal(done.type, 'response.completed');
+    assert.equal(done.response.id, bg.id); // sealed as the client knows it
+    assert.equal(done.response.background, true);
+    const text = events.filter((e) => e.type === 'response.output_text.delta').map((e) => e.delta).join('');
+    assert.equal(text, done.response.output[0].content[0].text);
+    const again = await client.responses.retrieve(bg.id);
+    conforms(t, 'Response', again);
+    assert.equal(again.status, 'completed');
+    assert.equal(again.output_text, text);
+
+    // On the wire: SSE with event: lines and no [DONE]; all of it without starting_after.
+    const raw = await fetch(`${suite.baseURL}/responses/${bg.id}?stream=true`,
+      { headers: { authorization: `Bearer ${suite.demoKey}` } });
+    assert.equal(raw.status, 200);
+    assert.match(raw.headers.get('content-type'), /^text\/event-stream/);
+    const body = await raw.text();
+    assert.ok(body.startsWith('event: response.created\ndata: '), body.slice(0, 200));
+    assert.ok(!body.includes('[DONE]'));
+    assert.ok(!body.includes('"resp_0') && !/"id":"resp_[0-9a-f]/.test(body), 'an unsealed response id');
+
+    // A response that was not created in the background cannot be streamed (the upstream's 400).
+    const fg = await client.responses.create({ model: MODEL, input: 'not background' });
+    await assert.rejects(client.responses.retrieve(fg.id, { stream: true }), (err) => {
+      assert.equal(err.status, 400);
+      assert.equal(err.param, 'stream');
+      return true;
+    });
+  });
+
+  it('a background response is billed once, whichever calls see it finished', { timeout: 40_000 }, async (t) => {
+    const { client: billed, report } = await billedUser('responses-background');
+    const bg = await billed.responses.create({ model: MODEL, input: 'bill me in the background', background: true });
+    assert.equal(bg.status, 'queued');
+    // The create alone: one record, no tokens.
+    let row = await settledRow(report, 1);
+    assert.equal(Number(row.prompt_tokens) + Number(row.completion_tokens), 0);
+    assert.equal(Number(row.cost_micros), 0);
+
+    // Seen finished four times: retrieved twice, streamed, cancelled (too late: it is completed).
+    const done = await billed.responses.retrieve(bg.id);
+    conforms(t, 'Response', done);
+    assert.equal(done.status, 'completed');
+    assert.ok(done.usage.input_tokens > 0 && done.usage.output_tokens > 0);
+    await billed.responses.retrieve(bg.id);
+    for await (const e of await billed.responses.retrieve(bg.id, { stream: true })) conforms(t, 'ResponseStreamEvent', e);
+    const cancelled = await billed.responses.cancel(bg.id);
+    conforms(t, 'Response', cancelled);
+    assert.equal(cancelled.status, 'completed');
+    // 1 create + 4 follow-ups at zero tokens + the response's own record, once.
+    row = await settledRow(report, 6);
+    assert.equal(Number(row.prompt_tokens), done.usage.input_tokens);
+    assert.equal(Number(row.completion_tokens), done.usage.output_tokens);
+    assert.equal(Number(row.cost_micros), costOf(done.usage));
+
+    // Streamed in the background: its own stream carries the end, billed once with the retrieve after.
+    let end;
+    for await (const e of await billed.responses.create({ model: MODEL, input: 'stream in the background', background: true, stream: true })) {
+      conforms(t, 'ResponseStreamEvent', e);
+      if (e.type === 'response.created') assert.equal(e.response.status, 'queued');
+      if (e.type === 'response.completed') end = e.response;
+    }
+    assert.ok(end?.usage?.output_tokens > 0);
+    await billed.responses.retrieve(end.id);
+    row = await settledRow(report, 9);
+    assert.equal(Number(row.prompt_tokens), done.usage.input_tokens + end.usage.input_tokens);
+    assert.equal(Number(row.completion_tokens), done.usage.output_tokens + end.usage.output_tokens);
+    assert.equal(Number(row.cost_micros), costOf(done.usage) + costOf(end.usage));
+  });
+
+  it('the Vercel AI SDK (its OpenAI provider calls /v1/responses): generateText and streamText, usage recorded', { timeout: 40_000 }, async () => {
+    const { generateText, streamText } = await import('ai');
+    const { createOpenAI } = await import('@ai-sdk/openai');
+    const { key, report } = await billedUser('responses-vercel');
+    const openai = createOpenAI({ baseURL: suite.baseURL, apiKey: key });
+    const generated = await generateText({ model: openai(MODEL), prompt: 'Say something' });
+    assert.ok(generated.text.length > 0);
+    const first = await suite.mockLast();
+    assert.equal(first.target, '/v1/responses');
+    assert.ok(generated.usage.inputTokens > 0 && generated.usage.outputTokens > 0, JSON.stringify(generated.usage));
+    assert.match(generated.response.id, /^resp_tg/);
+
+    const streamed = streamText({ model: openai(MODEL), prompt: 'Stream something' });
+    let text = '';
+    for await (const piece of streamed.textStream) text += piece;
+    assert.ok(text.length > 0);
+    const usage = await streamed.usage;
+    assert.ok(usage.inputTokens > 0 && usage.outputTokens > 0, JSON.stringify(usage));
+    assert.equal((await suite.mockLast()).body.stream, true);
+
+    const row = await settledRow(report, 2);
+    assert.equal(Number(row.prompt_tokens), generated.usage.inputTokens + usage.inputTokens);
+    assert.equal(Number(row.completion_tokens), generated.usage.outputTokens + usage.outputTokens);
+    assert.ok(Number(row.cost_micros) > 0);
   });
 
   it('an Anthropic-routed model cannot serve /v1/responses: 400 before any upstream call', { timeout: 30_000 }, async () => {
