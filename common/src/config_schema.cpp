@@ -227,7 +227,8 @@ std::vector<ConfigKey> BuildSchema() {
        "store",
        "top-level request body fields removed before the body goes upstream (`store`: nothing is "
        "kept in the operator's upstream account unless the operator allows it); not `model`, "
-       "`stream` or `stream_options`",
+       "`stream` or `stream_options`; /v1/responses keeps `store` (its upstream default is true, "
+       "so stripping `store: false` would store the response; refuse it with edge.reject_fields)",
        false,
        INT64_MIN,
        INT64_MAX,
