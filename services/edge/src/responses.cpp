@@ -250,13 +250,23 @@ awaitable<void> FollowUp(Exchange& x, std::string method, std::string_view suffi
     if (auto current = slot->current.lock()) current->Cancel();
   });
   UpstreamStatus st = co_await call->Start();
-  if (st == UpstreamStatus::kOk && streamed && call->status() >= 200 && call->status() < 300) {
+  // An event stream is relayed as it comes; anything else (an error, a server that answered
+  // whole) is read whole.
+  if (st == UpstreamStatus::kOk && streamed && call->status() >= 200 && call->status() < 300 &&
+      call->Header("content-type").starts_with("text/event-stream")) {
     co_await RelayEvents(x, attempt, *call, t0, *slot);
     co_return;
   }
   std::string body;
   if (st == UpstreamStatus::kOk) st = co_await call->ReadAll(body);
   x.upstream_wait += Clock::now() - t0;
+  if (slot->client_gone || st == UpstreamStatus::kCancelled) {
+    // The client left: nobody to answer, and no fault of the upstream key's.
+    x.record.client_disconnected = true;
+    x.edge.metrics->CountCancelled();
+    x.Finish(kClientClosedRequest);
+    co_return;
+  }
   if (st != UpstreamStatus::kOk) {
     OutcomeKind kind = KindForFailure(st);
     LogAttempt(x, attempt, kind, 0, call->error_detail());
