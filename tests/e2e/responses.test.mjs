@@ -14,8 +14,8 @@ import {
 } from './harness.mjs';
 
 const MODEL = 'gpt-4o-mini';
-// A background response of this model runs for 4 x 400 ms in the mock before it completes.
-const SLOW_MODEL = 'mock-chunks-4-delay-400';
+// A background response of this model runs for 4 x 750 ms in the mock before it completes.
+const SLOW_MODEL = 'mock-chunks-4-delay-750';
 const today = () => new Date().toISOString().slice(0, 10);
 
 describe('the Responses API through the edge', { timeout: 300_000 }, () => {
