@@ -74,7 +74,7 @@ Usage ResponsesUsageFromBody(std::string_view body, int64_t* output_chars);
 // billed once when the edge sees the response finished (a retrieve, a streamed retrieve, a
 // cancel, or the create's own stream reaching its end), under a billing id derived from the
 // response (BackgroundBillingId) so that every later sighting is the same record, which billing
-// stores once (usage_records' primary key is the request id: ON CONFLICT DO NOTHING).
+// stores once (usage_records.request_id is UNIQUE and ingest inserts ON CONFLICT DO NOTHING).
 struct FinishedBackground {
   std::string upstream_id;  // as the upstream named it
   Usage usage;
