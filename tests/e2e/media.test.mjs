@@ -344,6 +344,55 @@ describe('images, audio and moderations through the edge', { timeout: 300_000 },
     assert.equal(num(cost), Math.ceil((done.usage.input_tokens * 600_000 + done.usage.output_tokens * 12_000_000) / 1e6));
   });
 
+  it('failover: an upload held whole is replayed to the next key; one streamed straight through is not', { timeout: 60_000 }, async (t) => {
+    // A model of its own on two keys; the first key answers 500.
+    const { provider } = await suite.ctlJson(['router', 'create-provider', '--name=mock-audio-failover',
+      '--type=openai-compatible', `--base-url=http://127.0.0.1:${suite.mockPort}/v1`]);
+    for (const secret of ['sk-audio-fail', 'sk-audio-good'])
+      await suite.ctl(['router', 'create-upstream-key', `--provider-id=${provider.id}`, `--name=${secret}`, `--secret=${secret}`]);
+    await suite.ctl(['router', 'create-model', '--name=whisper-failover', '--owned-by=mock']);
+    await suite.ctl(['router', 'set-model-route', '--model=whisper-failover', `--provider-id=${provider.id}`,
+      '--upstream-model=whisper-1']);
+    await suite.ctl(['billing', 'set-price', '--model=whisper-failover', '--audio-micros-per-minute=6000']);
+    await suite.setKeyBehavior('sk-audio-fail', { status: 500 });
+    const byKey = async () => (await suite.stats()).by_key;
+    // 40 s of audio (640 KB): over the 256 KiB the edge keeps in memory, so a file-first upload
+    // is held in the spill file. Round robin puts each key first once in two requests.
+    const audio = wav(40_000);
+    const k0 = await byKey();
+    for (let i = 0; i < 2; i++) {
+      const r = await client.audio.transcriptions.create({
+        file: await toFile(audio, 'a.wav', { type: 'audio/wav' }), model: 'whisper-failover', response_format: 'verbose_json',
+      });
+      assert.equal(r.duration, 40, 'the whole file reached the key that answered');
+    }
+    const k1 = await byKey();
+    const tried = (k) => (k1[k] ?? 0) - (k0[k] ?? 0);
+    t.diagnostic(`file first: failing key tried ${tried('sk-audio-fail')}, good key ${tried('sk-audio-good')}`);
+    assert.ok(tried('sk-audio-fail') >= 1, 'the failing key was never first');
+    assert.equal(tried('sk-audio-good'), 2);
+    // Model first: the file streams straight through, so once the failing key has read it there is
+    // nothing to send again: that request gets the upstream's failure.
+    const statuses = [];
+    for (let i = 0; i < 2; i++) {
+      try {
+        await client.audio.transcriptions.create({
+          model: 'whisper-failover', response_format: 'verbose_json', file: await toFile(audio, 'a.wav', { type: 'audio/wav' }),
+        });
+        statuses.push(200);
+      } catch (err) {
+        statuses.push(err.status);
+      }
+    }
+    const k2 = await byKey();
+    const tried2 = (k) => (k2[k] ?? 0) - (k1[k] ?? 0);
+    t.diagnostic(`model first: statuses ${statuses}; failing key tried ${tried2('sk-audio-fail')}, good key ${tried2('sk-audio-good')}`);
+    assert.equal(tried2('sk-audio-fail') + tried2('sk-audio-good'), 2, 'each upload went to one key only');
+    for (const [i, status] of statuses.entries()) assert.ok(status === 200 || status === 502, `request ${i}: ${status}`);
+    assert.equal(statuses.filter((s) => s === 502).length, tried2('sk-audio-fail'));
+    await suite.setKeyBehavior('sk-audio-fail', {});
+  });
+
   it('moderations.create: the default model when none is named', { timeout: 30_000 }, async (t) => {
     const r = await client.moderations.create({ input: ['first text', 'second text'] });
     conforms(t, 'CreateModerationResponse', r);
