@@ -97,6 +97,12 @@ void LogAttempt(const Exchange& x, const UpstreamAttempt& attempt, OutcomeKind k
              x.request.request_id);
 }
 
+ErrorCode BodyFailureCode(int status) {
+  return status == 413   ? ErrorCode::kRequestTooLarge
+         : status >= 500 ? ErrorCode::kInternal
+                         : ErrorCode::kInvalidRequest;
+}
+
 OutcomeKind KindForFailure(UpstreamStatus status) {
   switch (status) {
     case UpstreamStatus::kTimeout:
@@ -176,10 +182,7 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
         x.Finish(kClientClosedRequest);
         co_return;
       }
-      co_await x.SendError(failure->status == 413   ? ErrorCode::kRequestTooLarge
-                           : failure->status >= 500 ? ErrorCode::kInternal
-                                                    : ErrorCode::kInvalidRequest,
-                           failure->message);
+      co_await x.SendError(BodyFailureCode(failure->status), failure->message);
       x.Finish(failure->status);
       co_return;
     }

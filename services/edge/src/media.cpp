@@ -255,12 +255,6 @@ awaitable<void> Media(Exchange& x, Endpoint endpoint) {
   if (plan) co_await RunAttempts(x, request, *plan);
 }
 
-ErrorCode CodeFor(const BodyStream::Failure& failure) {
-  return failure.status == 413   ? ErrorCode::kRequestTooLarge
-         : failure.status >= 500 ? ErrorCode::kInternal
-                                 : ErrorCode::kInvalidRequest;
-}
-
 // Transcriptions and translations: the upload streamed (upload.h). The key is checked on the
 // request head, so nothing of a refused upload is read (nor spilled); then the form is read
 // ahead until routing can be decided, and admission and the attempts run as for any media
@@ -287,9 +281,9 @@ awaitable<void> StreamedUpload(Exchange& x, Endpoint endpoint) {
       log::Write(log::Level::kError, "edge", "upload read-ahead failed",
                  {{"detail", failure.message}}, x.request.request_id);
     if (failure.status != 0)  // else the client is gone: nobody to answer
-      co_await x.SendError(CodeFor(failure), failure.status >= 500
-                                                 ? "The upload could not be buffered."
-                                                 : failure.message);
+      co_await x.SendError(
+          BodyFailureCode(failure.status),
+          failure.status >= 500 ? "The upload could not be buffered." : failure.message);
     co_return;
   }
   // Every byte from the file's start on may be the file's: the body's length, else the limit.
