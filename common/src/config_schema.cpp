@@ -263,7 +263,9 @@ std::vector<ConfigKey> BuildSchema() {
        false, 1024, 1048576},
       {"edge.max_upload_bytes", T::kInt, "536870912",
        "largest request body of a route that streams its body to the upstream (the /v1 "
-       "catch-all: file uploads...; 413 above); such a body is never held whole by the edge",
+       "catch-all: file uploads...; audio transcriptions and translations; 413 above); such a "
+       "body is never held whole in memory (an audio upload whose file comes before its model "
+       "is held in an unnamed file under <edge.spool_dir>/uploads while it is sent)",
        false, 1024, 1099511627776},
       {"edge.passthrough.enabled", T::kBool, "true",
        "relay every other /v1/... path (files, batches, uploads, vector stores...) to an upstream "

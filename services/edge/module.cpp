@@ -129,6 +129,8 @@ class EdgeModule final : public Module {
     proxy.passthrough.max_json_body_bytes =
         static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
     proxy.response_id_secret = ResponseIdSecret(config);
+    proxy.upload_spill_dir = billing.spool_dir + "/uploads";
+    proxy.max_upload_bytes = static_cast<uint64_t>(config.GetInt("edge.max_upload_bytes"));
 
     HttpServerOptions options;
     options.listen = config.GetString("edge.listen");

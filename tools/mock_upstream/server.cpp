@@ -66,6 +66,8 @@ using Request = http::request<http::string_body>;
 constexpr uint64_t kBodyLimit = 16 * 1024 * 1024;
 // POST /v1/files bodies are scanned as they arrive, never held: OpenAI takes files up to 512 MB.
 constexpr uint64_t kUploadLimit = 512ull * 1024 * 1024;
+// Audio to transcribe or translate: OpenAI takes files up to 25 MB (its 413 names the limit).
+constexpr uint64_t kAudioLimit = 26'214'400;
 constexpr size_t kUploadReadBytes = 64 * 1024;
 constexpr uint32_t kHeaderLimit = 64 * 1024;
 constexpr size_t kRecentRequests = 32;
@@ -424,9 +426,16 @@ awaitable<void> Session::Loop() {
     const bool upload =
         !ec && parser.get().method() == http::verb::post &&
         parser.get().target().substr(0, parser.get().target().find('?')) == "/v1/files";
+    const auto target = parser.get().target();
+    const std::string_view path =
+        ec ? std::string_view()
+           : std::string_view(target.data(), target.size()).substr(0, target.find('?'));
+    const bool audio =
+        path.ends_with("/audio/transcriptions") || path.ends_with("/audio/translations");
+    const uint64_t limit = audio ? kAudioLimit : kBodyLimit;
     if (!ec && !upload) {
-      parser.body_limit(kBodyLimit);
-      if (parser.content_length().value_or(0) > kBodyLimit) ec = http::error::body_limit;
+      parser.body_limit(limit);
+      if (parser.content_length().value_or(0) > limit) ec = http::error::body_limit;
     }
     if (!ec && beast::iequals(parser.get()[http::field::expect], "100-continue")) {
       constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -451,8 +460,9 @@ awaitable<void> Session::Loop() {
       anthropic_ = false;  // not routed yet: the OpenAI error format
       ApiError error;
       error.status = 413;
-      error.message = upload ? "Request body too large (limit 512 MiB)."
-                             : "Request body too large (limit 16 MiB).";
+      error.message = upload  ? "Request body too large (limit 512 MiB)."
+                      : audio ? "Maximum content size limit (26214400) exceeded."
+                              : "Request body too large (limit 16 MiB).";
       co_await RespondError(error);
       // Read what the client is still sending, so closing does not reset the connection before
       // it has read our answer.

@@ -97,6 +97,12 @@ void LogAttempt(const Exchange& x, const UpstreamAttempt& attempt, OutcomeKind k
              x.request.request_id);
 }
 
+ErrorCode BodyFailureCode(int status) {
+  return status == 413   ? ErrorCode::kRequestTooLarge
+         : status >= 500 ? ErrorCode::kInternal
+                         : ErrorCode::kInvalidRequest;
+}
+
 OutcomeKind KindForFailure(UpstreamStatus status) {
   switch (status) {
     case UpstreamStatus::kTimeout:
@@ -139,6 +145,8 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
   const UpstreamAttempt* sent_to = nullptr;  // the attempt the client left during, if sent
   for (size_t i = 0; i < n && !slot->client_gone; ++i) {
     const UpstreamAttempt& attempt = plan.attempts[i];
+    // A streamed upload is sent again only while the edge holds all of it (upload.h).
+    if (request.upload != nullptr && !request.upload->Replayable()) break;
     x.record.attempts = static_cast<int32_t>(i + 1);
     x.record.upstream_model = attempt.upstream_model;
     auto built = BuildUpstreamRequest(request, attempt);
@@ -151,6 +159,7 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       continue;
     }
 
+    const BodyStream* sent_body = upstream->body_stream;
     std::shared_ptr<UpstreamCall> call =
         x.edge.pool.NewCall(std::move(*upstream), x.edge.options.upstream);
     slot->current = call;
@@ -161,6 +170,21 @@ awaitable<void> RunAttempts(Exchange& x, ParsedRequest& request, RouteResult& pl
       x.edge.metrics->CountCancelled();
       if (call->request_sent()) sent_to = &attempt;
       break;
+    }
+    if (st == UpstreamStatus::kClientBodyFailed && sent_body != nullptr) {
+      // The client's streamed body failed (it left or stalled, or sent a malformed, refused or
+      // oversized form): nothing to hold against the upstream, which got an unfinished request.
+      x.upstream_wait += Clock::now() - t0;
+      const auto& failure = sent_body->failure();
+      x.record.upstream_key_id = 0;
+      if (!failure || failure->status == 0) {
+        x.record.client_disconnected = true;
+        x.Finish(kClientClosedRequest);
+        co_return;
+      }
+      co_await x.SendError(BodyFailureCode(failure->status), failure->message);
+      x.Finish(failure->status);
+      co_return;
     }
     if (st != UpstreamStatus::kOk) {
       x.upstream_wait += Clock::now() - t0;

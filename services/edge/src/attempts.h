@@ -35,5 +35,8 @@ void LogAttempt(const Exchange& x, const UpstreamAttempt& attempt, OutcomeKind k
                 const std::string& detail);
 // The outcome of an upstream call that ended without a complete answer.
 OutcomeKind KindForFailure(UpstreamStatus status);
+// What the client is told when its streamed body failed (BodyStream::Failure::status: 413, 400;
+// 500 the edge could not hold it).
+ErrorCode BodyFailureCode(int status);
 
 }  // namespace tollgate::edge

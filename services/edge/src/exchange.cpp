@@ -206,9 +206,12 @@ void Exchange::StoreBodies() {
   bool cut_response = response_overflow;
   const std::string_view type = request.Header("content-type");
   std::string request_text =
-      binary_request ? "[" + std::string(type.substr(0, std::min<size_t>(type.find(';'), 64))) +
-                           " body of " + std::to_string(request.body.size()) + " bytes, not stored]"
-                     : RedactSecrets(std::string_view(request.body).substr(0, max + 256), exact);
+      binary_request
+          ? "[" + std::string(type.substr(0, std::min<size_t>(type.find(';'), 64))) + " body of " +
+                std::to_string(request.body_stream != nullptr ? request.body_stream->bytes_read()
+                                                              : request.body.size()) +
+                " bytes, not stored]"
+          : RedactSecrets(std::string_view(request.body).substr(0, max + 256), exact);
   if (binary_request) cut_request = false;
   std::string response;
   if (transcript) {

@@ -1,7 +1,8 @@
 // POST /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech,
 // /v1/audio/transcriptions, /v1/audio/translations, /v1/moderations: parsed here (media.h), then
 // the one admission step (admission.h), the attempts (attempts.h) and the relay (relay.h), with
-// what each bills by from the endpoint kinds' table (endpoint_kinds.h).
+// what each bills by from the endpoint kinds' table (endpoint_kinds.h). Transcriptions and
+// translations stream their upload (StreamedUpload, upload.h).
 #include "src/media.h"
 
 #include "src/admission.h"
@@ -10,6 +11,8 @@
 #include "src/endpoints.h"
 #include "src/exchange.h"
 #include "src/multipart.h"
+#include "src/upload.h"
+#include "tollgate/log.h"
 #include "tollgate/saturating.h"
 
 namespace tollgate::edge {
@@ -126,23 +129,14 @@ std::optional<std::string> Field(const MultipartReader& form, std::string_view n
   return part->value;
 }
 
-std::variant<ParsedRequest, RequestError> ParseForm(Endpoint endpoint,
-                                                    std::string_view content_type,
-                                                    std::string_view body) {
+// The request a form makes, from its parts as read so far: all of them for a whole body; for an
+// upload read ahead (upload.h), those before the file's rest, the file's size then bounded by
+// `body_bound` (every byte of the body from the file's start on may be the file's).
+std::variant<ParsedRequest, RequestError> FromForm(Endpoint endpoint, const MultipartReader& form,
+                                                   uint64_t body_bound) {
   ParsedRequest out;
   out.endpoint = endpoint;
-  auto boundary = MultipartBoundary(content_type);
-  if (!boundary)
-    return RequestError{
-        "Invalid Content-Type header: this endpoint expects multipart/form-data with a boundary.",
-        ""};
-  MultipartReader form(*boundary);
-  if (!form.Feed(body) || !form.Finish())
-    return RequestError{"Could not parse the multipart form: " + form.error(), ""};
   if (form.parts().empty()) return RequestError{"The multipart form has no fields.", ""};
-  out.raw_body = std::string(body);
-  out.content_type = std::string(content_type);
-  out.multipart_boundary = *boundary;
 
   // The text fields, as a JSON object for the field policy (its refusals and allowed tiers).
   int64_t text_bytes = 0;
@@ -203,8 +197,12 @@ std::variant<ParsedRequest, RequestError> ParseForm(Endpoint endpoint,
   if (file == nullptr || !file->is_file) return Missing("file");
   if (endpoint == Endpoint::kAudioTranscriptions)
     if (auto error = flag("stream", out.stream)) return *error;
-  const int64_t file_bytes = static_cast<int64_t>(std::min<uint64_t>(file->size, INT64_MAX / 2));
-  if (auto ms = WavDurationMs(file->value, file->size)) {
+  const uint64_t file_size =
+      file->complete
+          ? file->size
+          : std::max(file->size, body_bound > file->offset ? body_bound - file->offset : 0);
+  const int64_t file_bytes = static_cast<int64_t>(std::min<uint64_t>(file_size, INT64_MAX / 2));
+  if (auto ms = WavDurationMs(file->value, file_size)) {
     out.audio_ms = out.audio_ms_estimate = *ms;
     out.audio_ms_measured = true;
   } else {
@@ -214,6 +212,26 @@ std::variant<ParsedRequest, RequestError> ParseForm(Endpoint endpoint,
   out.prompt_estimate =
       SatAdd(BytesTokens(text_bytes), SatMul((out.audio_ms + 999) / 1000, kAudioTokensPerSecond));
   return out;
+}
+
+std::variant<ParsedRequest, RequestError> ParseForm(Endpoint endpoint,
+                                                    std::string_view content_type,
+                                                    std::string_view body) {
+  auto boundary = MultipartBoundary(content_type);
+  if (!boundary)
+    return RequestError{
+        "Invalid Content-Type header: this endpoint expects multipart/form-data with a boundary.",
+        ""};
+  MultipartReader form(*boundary);
+  if (!form.Feed(body) || !form.Finish())
+    return RequestError{"Could not parse the multipart form: " + form.error(), ""};
+  auto parsed = FromForm(endpoint, form, body.size());
+  if (auto* out = std::get_if<ParsedRequest>(&parsed)) {
+    out->raw_body = std::string(body);
+    out->content_type = std::string(content_type);
+    out->multipart_boundary = *boundary;
+  }
+  return parsed;
 }
 
 awaitable<void> Media(Exchange& x, Endpoint endpoint) {
@@ -237,6 +255,82 @@ awaitable<void> Media(Exchange& x, Endpoint endpoint) {
   if (plan) co_await RunAttempts(x, request, *plan);
 }
 
+// Transcriptions and translations: the upload streamed (upload.h). The key is checked on the
+// request head, so nothing of a refused upload is read (nor spilled); then the form is read
+// ahead until routing can be decided, and admission and the attempts run as for any media
+// request, each attempt reading the body as it sends it.
+awaitable<void> StreamedUpload(Exchange& x, Endpoint endpoint) {
+  BodyStream* body = x.request.body_stream;
+  if (body == nullptr) {  // a route without streams_body: the body was read whole
+    co_await Media(x, endpoint);
+    co_return;
+  }
+  const std::string content_type(x.request.Header("content-type"));
+  auto boundary = MultipartBoundary(content_type);
+  if (!boundary) {
+    co_await x.SendError(
+        ErrorCode::kInvalidRequest,
+        "Invalid Content-Type header: this endpoint expects multipart/form-data with a boundary.");
+    co_return;
+  }
+  if (!co_await x.Authenticate()) co_return;
+  StreamedForm upload(*body, *boundary, "file", x.edge.options.upload_spill_dir);
+  if (!co_await upload.ReadAhead()) {
+    const BodyStream::Failure& failure = *upload.failure();
+    if (failure.status >= 500)
+      log::Write(log::Level::kError, "edge", "upload read-ahead failed",
+                 {{"detail", failure.message}}, x.request.request_id);
+    if (failure.status != 0)  // else the client is gone: nobody to answer
+      co_await x.SendError(
+          BodyFailureCode(failure.status),
+          failure.status >= 500 ? "The upload could not be buffered." : failure.message);
+    co_return;
+  }
+  // Every byte from the file's start on may be the file's: the body's length, else the limit.
+  const uint64_t bound = upload.whole()
+                             ? upload.held_bytes()
+                             : upload.client_length().value_or(x.edge.options.max_upload_bytes);
+  auto parsed = FromForm(endpoint, upload.form(), bound);
+  if (auto* error = std::get_if<RequestError>(&parsed)) {
+    co_await x.SendError(ErrorCode::kInvalidRequest, error->message, error->param);
+    co_return;
+  }
+  ParsedRequest& request = std::get<ParsedRequest>(parsed);
+  request.content_type = content_type;
+  request.multipart_boundary = *boundary;
+  request.upload = &upload;
+  upload.SetModelSpan(request.model_at, request.model_len);
+  FieldDecision fields = x.edge.field_policy.Apply(request.body);
+  if (fields.refusal) {
+    co_await x.SendError(ErrorCode::kInvalidRequest, fields.refusal->message,
+                         fields.refusal->param);
+    co_return;
+  }
+  // The fields after the file, once an attempt has streamed them: the field policy refuses
+  // them as it would have before routing (the upstream call ends unfinished); the stream flag
+  // and the file's actual size (the duration bound, the estimate) take effect for the answer
+  // and the record.
+  upload.on_end = [&x, &request,
+                   endpoint](const MultipartReader& form) -> std::optional<BodyStream::Failure> {
+    auto whole = FromForm(endpoint, form, form.fed());
+    if (auto* error = std::get_if<RequestError>(&whole))
+      return BodyStream::Failure{400, error->message};
+    ParsedRequest& now = std::get<ParsedRequest>(whole);
+    FieldDecision late = x.edge.field_policy.Apply(now.body);
+    if (late.refusal) return BodyStream::Failure{400, late.refusal->message};
+    request.stream = now.stream;
+    x.record.streamed = now.stream;
+    request.audio_ms = std::min(request.audio_ms, now.audio_ms);
+    request.audio_ms_estimate = std::min(request.audio_ms, now.audio_ms_estimate);
+    request.audio_ms_measured = now.audio_ms_measured;
+    request.prompt_estimate = now.prompt_estimate;
+    return std::nullopt;
+  };
+  x.binary_request = true;
+  std::optional<RouteResult> plan = co_await AdmitInference(x, request, fields.service_tier);
+  if (plan) co_await RunAttempts(x, request, *plan);
+}
+
 }  // namespace
 
 bool IsMultipartEndpoint(Endpoint endpoint) {
@@ -256,9 +350,11 @@ awaitable<void> ImagesEdits(Exchange& x) { return Media(x, Endpoint::kImagesEdit
 awaitable<void> ImagesVariations(Exchange& x) { return Media(x, Endpoint::kImagesVariations); }
 awaitable<void> AudioSpeech(Exchange& x) { return Media(x, Endpoint::kAudioSpeech); }
 awaitable<void> AudioTranscriptions(Exchange& x) {
-  return Media(x, Endpoint::kAudioTranscriptions);
+  return StreamedUpload(x, Endpoint::kAudioTranscriptions);
 }
-awaitable<void> AudioTranslations(Exchange& x) { return Media(x, Endpoint::kAudioTranslations); }
+awaitable<void> AudioTranslations(Exchange& x) {
+  return StreamedUpload(x, Endpoint::kAudioTranslations);
+}
 awaitable<void> Moderations(Exchange& x) { return Media(x, Endpoint::kModerations); }
 
 }  // namespace tollgate::edge

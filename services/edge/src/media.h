@@ -1,9 +1,10 @@
 // The media endpoints' requests (issue #12): images (generations as JSON; edits and variations as
 // multipart/form-data), audio (speech as JSON; transcriptions and translations as multipart) and
 // moderations (JSON), parsed into the one ParsedRequest the admission step, the attempts and the
-// relay take. A multipart body is relayed as sent (only the model's value changes per attempt);
-// only its leading form fields are read (multipart.h), so the reading can later run over a
-// streamed body. Pure logic, unit-tested in test/media_test.cpp; the handlers are in media.cpp.
+// relay take. A multipart body is relayed as sent (only the model's value changes per attempt).
+// Image forms are read whole; audio uploads are streamed (upload.h), their form read ahead only
+// as far as routing needs. Pure logic, unit-tested in test/media_test.cpp; the handlers are in
+// media.cpp.
 #pragma once
 
 #include <string_view>

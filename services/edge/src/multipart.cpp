@@ -131,6 +131,7 @@ bool MultipartReader::ParseHeaders(std::string_view block) {
 }
 
 bool MultipartReader::Feed(std::string_view bytes) {
+  fed_ += bytes.size();
   if (state_ == State::kFailed) return false;
   if (state_ == State::kDone) return true;
   buffer_.append(bytes);
@@ -152,6 +153,7 @@ bool MultipartReader::Feed(std::string_view bytes) {
         }
         Take(std::string_view(buffer_).substr(0, at));
         erase(at + delimiter_.size());
+        if (in_part_) parts_.back().complete = true;
         in_part_ = false;
         state_ = State::kAfterDelimiter;
         break;

@@ -1,6 +1,7 @@
 // multipart/form-data (RFC 7578) as the edge needs it: the form's fields, read incrementally from
-// bytes in any chunking, in bounded memory, so the same reader can later run over a streamed
-// request body. Pure logic, unit-tested at every split (test/multipart_test.cpp).
+// bytes in any chunking, in bounded memory, so the same reader runs over a whole body (images) and
+// over a streamed one as it passes (audio uploads, upload.h). Pure logic, unit-tested at every
+// split (test/multipart_test.cpp).
 //
 // The reader keeps each text field's value (up to kMaxFieldValue bytes) and, of a file part, its
 // size and first kMaxFileHead bytes (enough for a WAV header); nothing else of a file is held.
@@ -32,6 +33,7 @@ struct MultipartPart {
   uint64_t size = 0;         // the part's content bytes
   uint64_t offset = 0;       // where its content starts in the body
   uint64_t part_offset = 0;  // where its delimiter ("--boundary") starts in the body
+  bool complete = false;     // its closing delimiter was read: value and size are final
 };
 
 class MultipartReader final {
@@ -52,6 +54,9 @@ class MultipartReader final {
   const std::vector<MultipartPart>& parts() const { return parts_; }
   const MultipartPart* Find(std::string_view name) const;
   bool done() const { return state_ == State::kDone; }
+  bool failed() const { return state_ == State::kFailed; }
+  // Body bytes fed so far (what follows the closing delimiter included).
+  uint64_t fed() const { return fed_; }
   const std::string& error() const { return error_; }
 
  private:
@@ -67,6 +72,7 @@ class MultipartReader final {
   bool in_part_ = false;    // content belongs to a part (not the preamble)
   std::vector<MultipartPart> parts_;
   std::string error_;
+  uint64_t fed_ = 0;
 };
 
 // A WAV file's duration from its header (RIFF/WAVE, the fmt chunk's byte rate and the data

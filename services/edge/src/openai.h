@@ -72,6 +72,20 @@ inline constexpr int64_t kMaxCompletionTokens = 1'000'000;
 // inline data takes `image_data_bytes` of it.
 int64_t PromptUpperBound(int64_t body_bytes, int64_t images, int64_t image_data_bytes);
 
+class BodyStream;
+
+// A request body the client streams (a multipart audio upload, upload.h) instead of one the edge
+// holds: each attempt reads its own BodyStream of it, with the model it sends.
+class RequestUpload {
+ public:
+  virtual ~RequestUpload() = default;
+  // Whether an attempt can (still) send the whole body: false once an earlier attempt read part
+  // of it from the client that the edge does not hold.
+  virtual bool Replayable() const = 0;
+  // The body for one attempt, the model's value replaced by `model`; owned by the upload.
+  virtual BodyStream* Open(std::string_view model) = 0;
+};
+
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   nlohmann::ordered_json body;  // ordered: the upstream sees the client's field order
@@ -105,6 +119,9 @@ struct ParsedRequest {
   size_t model_len = 0;
   bool model_missing = false;
   std::string multipart_boundary;
+  // Set instead of raw_body when the multipart body is streamed from the client (its
+  // content_type as above); the handler owns it.
+  RequestUpload* upload = nullptr;
   // Units beyond tokens (endpoint_kinds.h): what the request may use at most.
   int64_t images = 0;             // images asked for (n)
   std::string image_size;         // as asked ("" when not given)

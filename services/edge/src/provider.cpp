@@ -107,7 +107,8 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
   UpstreamRequest upstream{std::move(*url), "POST", {}, {}, nullptr};
   // A multipart body goes with the client's own content type (its boundary).
   upstream.headers.emplace_back(
-      "content-type", request.raw_body.empty() ? "application/json" : request.content_type);
+      "content-type", request.raw_body.empty() && request.upload == nullptr ? "application/json"
+                                                                            : request.content_type);
   upstream.headers.emplace_back("accept", request.stream ? "text/event-stream"
                                           : KindOf(request.endpoint).binary_answer
                                               ? "*/*"
@@ -144,6 +145,11 @@ std::variant<UpstreamRequest, RequestError, BadBaseUrl> BuildUpstreamRequest(
     auto body = ChatBody(request, attempt);
     if (auto* error = std::get_if<RequestError>(&body)) return std::move(*error);
     upstream.body = Dump(std::get<Json>(body));
+    return upstream;
+  }
+  if (request.upload != nullptr) {  // streamed from the client as it is sent (upload.h)
+    upstream.body_stream = request.upload->Open(
+        attempt.upstream_model.empty() ? request.model : attempt.upstream_model);
     return upstream;
   }
   upstream.body = RenderUpstreamBody(request, attempt.upstream_model, attempt.provider);

@@ -45,6 +45,10 @@ struct ProxyOptions {
   // The key of the sealed Responses API ids (responses_format.h): edge.response_id_secret, else
   // derived from the edge's service token, else random for this process (module.cpp).
   std::string response_id_secret;
+  // Streamed uploads (upload.h): where an upload read ahead of routing spills past 256 KiB
+  // (<edge.spool_dir>/uploads, unnamed files), and the body limit (edge.max_upload_bytes).
+  std::string upload_spill_dir;
+  uint64_t max_upload_bytes = 512ull * 1024 * 1024;
 };
 
 // The services the request path calls; they must outlive every handler.
