@@ -136,10 +136,20 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
   }
   const HoldUnits units = WorstCaseUnits(request);
   std::string billing_id = BillingId(x.request);
-  std::optional<Admission> admission = co_await AdmitAndHold(
-      x, {x.request.request_id, *who, plan.model, WorstCaseTokens(request), x.request.client_ip},
-      {billing_id, *who, plan.model, request.prompt_estimate, WorstCaseCompletionTokens(request),
-       service_tier, units.images, units.audio_ms, units.characters});
+  // Named, then moved: GCC 12 destroys a braced temporary passed by value to a coroutine in a
+  // co_await expression twice.
+  AdmitRequest admit{x.request.request_id, *who, plan.model, WorstCaseTokens(request),
+                     x.request.client_ip};
+  HoldRequest hold{billing_id,
+                   *who,
+                   plan.model,
+                   request.prompt_estimate,
+                   WorstCaseCompletionTokens(request),
+                   service_tier,
+                   units.images,
+                   units.audio_ms,
+                   units.characters};
+  std::optional<Admission> admission = co_await AdmitAndHold(x, std::move(admit), std::move(hold));
   if (!admission) co_return std::nullopt;
 
   auto& record = x.record;

@@ -250,8 +250,9 @@ awaitable<void> Passthrough(Exchange& x) {
   hold.request_id = billing_id;
   hold.principal = *who;
   hold.service_tier = service_tier;
-  std::optional<Admission> admission = co_await AdmitAndHold(
-      x, {request.request_id, *who, plan.model, 0, request.client_ip}, std::move(hold));
+  // Named, then moved (GCC 12 destroys a braced temporary given to a coroutine twice).
+  AdmitRequest admit{request.request_id, *who, plan.model, 0, request.client_ip};
+  std::optional<Admission> admission = co_await AdmitAndHold(x, std::move(admit), std::move(hold));
   if (!admission) co_return;
   auto& record = x.record;
   record.request_id = request.request_id;
