@@ -614,9 +614,17 @@ struct HttpServer::Impl {
         if (!ec && TrailerTooLong(parser, head_fields)) ec = kChunkMetaTooLong;
       }
       if (ec) {
-        if (auto failure = DescribeReadError(ec, body_limit))
+        if (auto failure = DescribeReadError(ec, body_limit)) {
+          // A head refused while parsed (Content-Length next to Transfer-Encoding) still has its
+          // request line, which says the dialect.
+          if (req.path.empty()) {
+            req.method = std::string(parser.get().method_string());
+            req.target = std::string(parser.get().target());
+            req.path = req.target.substr(0, req.target.find('?'));
+          }
           co_await Reject(stream, failure->code, failure->message, failure->route, handler,
                           req.method, req.path);
+        }
         break;
       }
 
