@@ -277,6 +277,12 @@ std::vector<ConfigKey> BuildSchema() {
        "Tollgate model whose route serves catch-all requests that name no model (files, "
        "batches...): always its lowest-id healthy OpenAI or OpenAI-compatible upstream key, so "
        "every file lands on one upstream account; empty: such requests get 404"},
+      {"edge.passthrough.hold_micros", T::kInt, "1",
+       "least billing hold (micro-units) of a catch-all call: a user whose balance plus credit "
+       "(less live holds) is below it gets 429 insufficient_quota before any upstream byte; a "
+       "call naming a model holds the larger of this and its token worst case; 0: only an "
+       "overdrawn account is refused",
+       false, 0, 1000000000000},
       {"edge.trusted_proxies", T::kStringList, "",
        "networks (CIDRs, IPv4 or IPv6) of the proxies in front of the edge: from a peer inside "
        "them, the client's address is read from Forwarded (else X-Forwarded-For), right to left "

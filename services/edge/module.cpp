@@ -128,6 +128,7 @@ class EdgeModule final : public Module {
     proxy.passthrough.default_model = config.GetString("edge.passthrough.default_model");
     proxy.passthrough.max_json_body_bytes =
         static_cast<uint64_t>(config.GetInt("edge.max_body_bytes"));
+    proxy.passthrough.hold_micros = config.GetInt("edge.passthrough.hold_micros");
     proxy.response_id_secret = ResponseIdSecret(config);
     proxy.upload_spill_dir = billing.spool_dir + "/uploads";
     proxy.max_upload_bytes = static_cast<uint64_t>(config.GetInt("edge.max_upload_bytes"));

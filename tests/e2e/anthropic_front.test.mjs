@@ -4,14 +4,15 @@
 // OpenAI-type upstream (translated: the default mock provider), with the demo user's sk-tg- key
 // as x-api-key or Authorization: Bearer; usage (cache reads included) recorded by billing; errors
 // (authentication, validation, unknown model, a refused billing hold, upstream errors, an error
-// event mid-stream, a wrong method) in Anthropic's format.
+// event mid-stream, a wrong method, every key overloaded: 529 overloaded_error) in Anthropic's
+// format.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   addAnthropicProvider, addMockModel, addRoutedModel, findSecretsInLogs, sleep, startSuite, waitFor,
 } from './harness.mjs';
 
-const SECRETS = ['ant-front-a', 'ant-front-b'];
+const SECRETS = ['ant-front-a', 'ant-front-b', 'ant-busy-a', 'ant-busy-b'];
 const PARAMS = { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } }, required: ['city'] };
 const TOOLS = ['weather', 'forecast'].map((name) => ({ name, description: `the ${name}`, input_schema: PARAMS }));
 const ASK = [{ role: 'user', content: 'What is the weather in Paris?' }];
@@ -29,7 +30,10 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
     client = new Anthropic({ baseURL: origin, apiKey: suite.demoKey, maxRetries: 0, timeout: 20_000 });
     const { users } = await suite.ctlJson(['auth', 'list-users']);
     demoUser = users.find((u) => u.name === 'demo').id;
-    const provider = await addAnthropicProvider(suite, 'anthropic-front', SECRETS);
+    const provider = await addAnthropicProvider(suite, 'anthropic-front', SECRETS.slice(0, 2));
+    // Its own keys, both overloaded in the test that needs them.
+    const busy = await addAnthropicProvider(suite, 'anthropic-busy', SECRETS.slice(2));
+    await addRoutedModel(suite, 'claude-front-busy', busy, 'claude-haiku-busy');
     await addRoutedModel(suite, 'claude-front', provider, 'claude-haiku-front');
     await addRoutedModel(suite, 'claude-front-tools', provider, 'mock-tools-2');
     await addRoutedModel(suite, 'claude-front-cache', provider, 'claude-cache-front');
@@ -299,6 +303,35 @@ describe('anthropic messages api in front', { timeout: 300_000 }, () => {
         return true;
       });
       assert.equal((await suite.stats()).total, 0, 'no upstream call');
+    });
+
+    it('every key overloaded (529) is 529 overloaded_error, as Anthropic answers, not a 502', { timeout: 30_000 }, async () => {
+      for (const key of SECRETS.slice(2)) await suite.setKeyBehavior(key, { status: 529 });
+      try {
+        const res = await fetch(`${suite.baseURL}/messages`, {
+          method: 'POST',
+          headers: { 'x-api-key': suite.demoKey, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+          body: JSON.stringify({ model: 'claude-front-busy', max_tokens: 10, messages: ASK }),
+        });
+        assert.equal(res.status, 529);
+        const body = await res.json();
+        assert.deepEqual(Object.keys(body), ['type', 'error']);
+        assert.equal(body.error.type, 'overloaded_error');
+        // Both keys were tried (failover before the first byte), each answering 529.
+        const calls = (await (await fetch(`${suite.mockURL}/_mock/requests`)).json())
+          .filter((r) => r.target === '/v1/messages' && r.body?.model === 'claude-haiku-busy');
+        assert.deepEqual(calls.map((r) => r.headers['x-api-key']).sort(), SECRETS.slice(2));
+        // The SDK sees the same (its 5xx class, typed overloaded_error); the plan may now be empty
+        // (both keys' breakers open), which is overload too.
+        await assert.rejects(client.messages.create({ model: 'claude-front-busy', max_tokens: 10, messages: ASK }), (err) => {
+          assert.ok(err instanceof Anthropic.InternalServerError, String(err));
+          assert.equal(err.status, 529);
+          assert.equal(err.error.error.type, 'overloaded_error');
+          return true;
+        });
+      } finally {
+        for (const key of SECRETS.slice(2)) await suite.setKeyBehavior(key, {});
+      }
     });
 
     it('GET /v1/messages is a 405 in Anthropic form', { timeout: 30_000 }, async () => {

@@ -1,8 +1,11 @@
 // Errors as the openai SDK sees them: the APIError subclass, status, message and an OpenAI-format
 // body (validated against ErrorResponse) for 400, 404, 413, 429 and 503, plus an upstream's own
-// 4xx passed through. 401 and 403 are in auth.test.mjs.
+// 4xx passed through. 401 and 403 are in auth.test.mjs. The errors the HTTP server answers itself
+// (413, framing 400, unknown paths) come in the dialect of the path: Anthropic's on /v1/messages*
+// (@anthropic-ai/sdk), Azure's on /openai/... (AzureOpenAI).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import {
   addMockModel, findSecretsInLogs, keysByName, loadSpec, modelHealth, openaiClient, specPath,
   startSuite, waitFor, waitKeysHealthy,
@@ -207,6 +210,77 @@ describe('errors through the openai SDK', { timeout: 300_000 }, () => {
     }, { timeoutMs: 10_000, intervalMs: 250, what: 'the model to answer again after the breaker cooldown' });
   });
 
+
+  describe("the server's own errors in the path's dialect", () => {
+    const BIG = 'a'.repeat(5 * 1024 * 1024); // over edge.max_body_bytes (4 MiB)
+
+    /** One raw HTTP/1.1 request over a socket (framing the fetch API would refuse to send). */
+    function rawSocket(text) {
+      return new Promise((resolve, reject) => {
+        const socket = net.connect(Number(new URL(suite.edgeURL).port), '127.0.0.1');
+        let got = '';
+        socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+        socket.on('data', (d) => { got += d; });
+        socket.on('end', () => resolve(got));
+        socket.on('close', () => resolve(got));
+        socket.on('error', reject);
+        socket.write(text);
+      });
+    }
+
+    it('Anthropic SDK: an oversized body is 413 request_too_large, typed, before any upstream call', { timeout: 30_000 }, async () => {
+      const { default: Anthropic } = await import('@anthropic-ai/sdk');
+      const anthropic = new Anthropic({ baseURL: suite.edgeURL, apiKey: suite.demoKey, maxRetries: 0, timeout: 20_000 });
+      const before = (await suite.stats()).total;
+      await assert.rejects(anthropic.messages.create({ model: 'gpt-4o-mini', max_tokens: 10, messages: [{ role: 'user', content: BIG }] }), (err) => {
+        assert.ok(err instanceof Anthropic.APIError, String(err));
+        assert.equal(err.status, 413);
+        assert.deepEqual(Object.keys(err.error), ['type', 'error']);
+        assert.equal(err.error.type, 'error');
+        assert.equal(err.error.error.type, 'request_too_large');
+        assert.match(err.error.error.message, /too large/);
+        return true;
+      });
+      assert.equal((await suite.stats()).total, before, 'nothing reached the upstream');
+    });
+
+    it('Anthropic path: bad framing is 400 invalid_request_error; an unknown path 404 not_found_error', { timeout: 30_000 }, async () => {
+      const answer = await rawSocket('POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n'
+        + 'Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n');
+      assert.match(answer, /^HTTP\/1\.1 400 /);
+      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+      assert.equal(body.type, 'error');
+      assert.equal(body.error.type, 'invalid_request_error');
+      const res = await fetch(`${suite.edgeURL}/v1/messages/batches`, { method: 'POST', headers: { 'x-api-key': suite.demoKey } });
+      assert.equal(res.status, 404);
+      assert.deepEqual(await res.json(), { type: 'error', error: { type: 'not_found_error', message: 'Invalid URL (POST /v1/messages/batches)' } });
+      // The OpenAI path keeps OpenAI's format for the same framing.
+      const openai = await rawSocket('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n'
+        + 'Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n');
+      assert.match(openai, /^HTTP\/1\.1 400 /);
+      assert.equal(JSON.parse(openai.slice(openai.indexOf('\r\n\r\n') + 4)).error.type, 'invalid_request_error');
+    });
+
+    it("AzureOpenAI: an oversized body is 413 in Azure's format; an unknown path Azure's 404", { timeout: 30_000 }, async () => {
+      const { AzureOpenAI } = await import('openai');
+      const azure = new AzureOpenAI({ endpoint: suite.edgeURL, apiKey: suite.demoKey, apiVersion: '2024-10-21',
+        deployment: 'gpt-4o-mini', maxRetries: 0, timeout: 20_000 });
+      await assert.rejects(azure.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: BIG }] }), (err) => {
+        assert.ok(err instanceof OpenAI.APIError, String(err));
+        assert.equal(err.status, 413);
+        assert.equal(err.code, 'BadRequest', JSON.stringify(err.error));
+        assert.equal(err.error.type, 'invalid_request_error');
+        return true;
+      });
+      const res = await fetch(`${suite.edgeURL}/openai/deployments/gpt-4o-mini/nothing?api-version=2024-10-21`, {
+        method: 'POST', headers: { 'api-key': suite.demoKey },
+      });
+      assert.equal(res.status, 404);
+      const body = await res.json();
+      assert.equal(body.error.code, '404');
+      assert.equal(body.error.message, 'Resource not found');
+    });
+  });
 
   it('logs hold no upstream secret, admin token or master key', { timeout: 120_000 }, async () => {
     await suite.stop();

@@ -5,7 +5,10 @@
 // edge.passthrough.allowed_prefixes is 404; authentication comes before any of the body; every
 // catch-all call leaves a zero-token usage record; a 50 MB upload (and a chunked one) passes with
 // the edge's memory bounded (VmHWM of its process before and after); the catch-all turned off is
-// 404 while the known routes still answer.
+// 404 while the known routes still answer. Billing: a prepaid user with nothing left is refused
+// (429 insufficient_quota) before any upstream byte, a funded one's hold ends with the record; a
+// JSON body naming a model is held for its token worst case and charged the usage its answer
+// reports; answers carry x-ratelimit-*; the field policy applies to JSON bodies.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -52,7 +55,9 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
     suite = await startSuite({
       env: {
         TOLLGATE_EDGE__PASSTHROUGH__DEFAULT_MODEL: 'gpt-4o-mini',
-        TOLLGATE_EDGE__PASSTHROUGH__ALLOWED_PREFIXES: '/v1/files,/v1/batches,/v1/fine_tuning',
+        TOLLGATE_EDGE__PASSTHROUGH__ALLOWED_PREFIXES: '/v1/files,/v1/batches,/v1/fine_tuning,/v1/experimental',
+        // A request window, so every answer carries x-ratelimit-*.
+        TOLLGATE_QUOTA__DEFAULT_KEY_RPM: '100000',
       },
     });
     client = await openaiClient(suite, { timeout: 120_000 });
@@ -245,6 +250,112 @@ describe('the /v1 catch-all', { timeout: 400_000 }, () => {
     assert.equal(last.headers['transfer-encoding'], 'chunked', 'a body of unknown length goes upstream chunked');
     await client.files.delete(file.id);
     catchAllCalls++;
+  });
+
+  /** A new user with a prepaid account of `micros` and an API key; {user, key, client}. */
+  async function prepaidUser(name, micros) {
+    const user = (await suite.ctlJson(['auth', 'create-user', `--name=${name}`])).user.id;
+    const { api_key: key } = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${user}`, `--name=${name}`]);
+    await suite.ctl(['billing', 'create-account', `--user-id=${user}`]);
+    if (micros > 0) await suite.ctl(['billing', 'top-up', `--user-id=${user}`, `--amount-micros=${micros}`]);
+    return { user, key, client: await openaiClient(suite, { apiKey: key, timeout: 60_000 }) };
+  }
+
+  const account = async (user) => (await suite.ctlJson(['billing', 'get-balance', `--user-id=${user}`])).account;
+
+  function rateLimitHeaders(headers) {
+    assert.equal(headers.get('x-ratelimit-limit-requests'), '100000');
+    assert.ok(Number(headers.get('x-ratelimit-remaining-requests')) < 100000, headers.get('x-ratelimit-remaining-requests'));
+    assert.match(headers.get('x-ratelimit-reset-requests') ?? '', /^(\d+m)?\d+(\.\d+)?s$|^\d+ms$/);
+  }
+
+  it('a prepaid user with nothing left is refused files.create before any upstream byte; a funded one passes and its hold ends', { timeout: 60_000 }, async () => {
+    const { default: OpenAI } = await import('openai');
+    const { user, client: broke } = await prepaidUser('catchall-broke', 0);
+    const before = (await suite.stats()).total;
+    await assert.rejects(broke.files.create({ file: await toFile(Buffer.from('{}\n'), 'x.jsonl'), purpose: 'batch' }), (err) => {
+      assert.ok(err instanceof OpenAI.RateLimitError, `got ${err?.constructor?.name}: ${err?.message}`);
+      assert.equal(err.status, 429);
+      assert.equal(err.code, 'insufficient_quota');
+      assert.equal(err.error.type, 'insufficient_quota');
+      rateLimitHeaders(err.headers);
+      return true;
+    });
+    assert.equal((await suite.stats()).total, before, 'nothing reached the upstream');
+
+    // Funded: the call passes (with x-ratelimit-*), its hold is gone once its record is in, and a
+    // model-less call costs nothing (its record has zero tokens).
+    await suite.ctl(['billing', 'top-up', `--user-id=${user}`, '--amount-micros=1000']);
+    const { data: made, response } = await broke.files
+      .create({ file: await toFile(Buffer.from('{}\n'), 'x.jsonl'), purpose: 'batch' }).withResponse();
+    rateLimitHeaders(response.headers);
+    assert.equal(made.object, 'file');
+    const records = await waitFor(async () => {
+      const r = await suite.ctlJson(['billing', 'list-usage-records', `--user-id=${user}`, '--limit=100']);
+      return (r.records ?? []).length >= 1 ? r.records : null;
+    }, { timeoutMs: 15_000, what: 'the usage record' });
+    assert.equal(records.length, 1, 'the refused call left no record');
+    assert.equal(Number(records[0].record.status), 200);
+    assert.equal(Number(records[0].cost_micros ?? 0), 0);
+    const after = await waitFor(async () => {
+      const a = await account(user);
+      return Number(a.held_micros ?? 0) === 0 ? a : null;
+    }, { timeoutMs: 15_000, what: 'the hold to end' });
+    assert.equal(Number(after.balance_micros), 1000);
+    await client.files.delete(made.id);
+    catchAllCalls++;
+  });
+
+  it('a JSON body naming a model: held for its token worst case, charged the usage its answer reports', { timeout: 60_000 }, async () => {
+    // The mock answers any path ending in /chat/completions (OpenAI-compatible prefixes): here an
+    // inference call the edge has no route for, relayed by the catch-all.
+    const post = (key, body) => fetch(`${suite.baseURL}/experimental/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello there' }] };
+    // 100 micros: enough for a small answer, not for a million output tokens at 0.60 USD/M.
+    const { user, key } = await prepaidUser('catchall-priced', 100);
+    const before = (await suite.stats()).total;
+    const refused = await post(key, { ...ask, max_completion_tokens: 1_000_000 });
+    assert.equal(refused.status, 429);
+    assert.equal((await refused.json()).error.code, 'insufficient_quota');
+    assert.equal((await suite.stats()).total, before, 'nothing reached the upstream');
+
+    const res = await post(key, { ...ask, max_tokens: 20, store: true });
+    assert.equal(res.status, 200);
+    rateLimitHeaders(res.headers);
+    const answer = await res.json();
+    assert.equal(answer.object, 'chat.completion');
+    assert.ok(answer.usage.prompt_tokens > 0 && answer.usage.completion_tokens > 0, JSON.stringify(answer.usage));
+    // The field policy applies to a JSON body: edge.strip_fields' default `store` never reaches the upstream.
+    const last = await suite.mockLast();
+    assert.equal(last.target, '/v1/experimental/chat/completions');
+    assert.equal(last.body.max_tokens, 20);
+    assert.ok(!('store' in last.body), JSON.stringify(last.body));
+    // And refuses what it refuses: a service tier the operator does not allow.
+    const tier = await post(key, { ...ask, service_tier: 'priority' });
+    assert.equal(tier.status, 400);
+    const tierBody = await tier.json();
+    assert.equal(tierBody.error.param, 'service_tier');
+
+    const records = await waitFor(async () => {
+      const r = await suite.ctlJson(['billing', 'list-usage-records', `--user-id=${user}`, '--limit=100']);
+      return (r.records ?? []).some((x) => Number(x.record.status) === 200) ? r.records : null;
+    }, { timeoutMs: 15_000, what: 'the usage record' });
+    const billed = records.find((x) => Number(x.record.status) === 200);
+    assert.equal(billed.record.model, 'gpt-4o-mini');
+    assert.equal(Number(billed.record.prompt_tokens), answer.usage.prompt_tokens);
+    assert.equal(Number(billed.record.completion_tokens), answer.usage.completion_tokens);
+    // gpt-4o-mini as the launcher prices it: 0.15 USD/M input, 0.60 USD/M output.
+    const cost = Math.ceil((answer.usage.prompt_tokens * 150_000 + answer.usage.completion_tokens * 600_000) / 1e6);
+    assert.equal(Number(billed.cost_micros), cost);
+    const after = await waitFor(async () => {
+      const a = await account(user);
+      return Number(a.held_micros ?? 0) === 0 && Number(a.balance_micros) === 100 - cost ? a : null;
+    }, { timeoutMs: 15_000, what: 'the charge in the balance and the hold ended' });
+    assert.ok(after);
   });
 
   it('every catch-all call has a zero-token usage record', { timeout: 30_000 }, async () => {

@@ -63,6 +63,7 @@ std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_blo
   HoldDecision d;
   d.amount_micros = HoldMicros(rates, input.estimated_prompt_tokens, input.max_completion_tokens,
                                input.units, *multiplier, *tier_multiplier);
+  d.amount_micros = std::max(d.amount_micros, input.min_amount_micros);
   d.expires_at_ms = now + options_.hold_ttl.count();
   const std::string request_id = Bounded(input.request_id, 256);
   // Not loaded (first hold, or after an admin change on this replica): load, then place.

@@ -171,6 +171,7 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     in.units.images = request->images();
     in.units.audio_ms = request->audio_milliseconds();
     in.units.characters = request->characters();
+    in.min_amount_micros = std::max<int64_t>(0, request->min_amount_micros());
     auto answer = [this, response](const HoldDecision& d) {
       metrics_.CountHold(d.granted);
       if (!d.granted)

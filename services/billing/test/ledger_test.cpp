@@ -428,6 +428,34 @@ TEST_F(LedgerTest, InsufficientBalanceRefusesTheHold) {
   EXPECT_TRUE(billing_->Hold(free).granted);
 }
 
+TEST_F(LedgerTest, AHoldIsAtLeastItsFloorSoASpentBalanceIsRefusedWhateverThePrice) {
+  // The edge's catch-all: nothing priced (an unpriced model, no tokens), but a floor.
+  auto files = [this](int64_t floor) {
+    HoldInput h = HoldFor(8, 0, 0);
+    h.model = "no-such-price";
+    h.min_amount_micros = floor;
+    return h;
+  };
+  EXPECT_FALSE(billing_->Hold(files(1)).granted) << "no account: 0 available";
+  billing_->CreateAccount("ops", 8, 0);
+  EXPECT_FALSE(billing_->Hold(files(1)).granted) << "a prepaid account with nothing on it";
+  EXPECT_TRUE(billing_->Hold(files(0)).granted) << "no floor: only an overdrawn account is refused";
+  billing_->TopUp("ops", 8, 1000, "");
+  HoldDecision floor = billing_->Hold(files(1));
+  ASSERT_TRUE(floor.granted);
+  EXPECT_EQ(floor.amount_micros, 1);
+  // Priced above the floor, the price holds; below it, the floor.
+  HoldInput priced = HoldFor(8);
+  priced.min_amount_micros = 10;
+  HoldDecision d = billing_->Hold(priced);
+  ASSERT_TRUE(d.granted);
+  EXPECT_EQ(d.amount_micros, 450);
+  priced = HoldFor(8);
+  priced.min_amount_micros = 500;
+  EXPECT_EQ(billing_->Hold(priced).amount_micros, 500);
+  EXPECT_EQ(billing_->GetBalance(8).held_micros, 1 + 450 + 500);
+}
+
 TEST_F(LedgerTest, ARetriedHoldGetsTheSameHoldBack) {
   billing_->CreateAccount("ops", 6, 0);
   billing_->TopUp("ops", 6, 1000, "");

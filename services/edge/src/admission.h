@@ -14,6 +14,7 @@
 #include <string>
 
 #include "src/clients.h"
+#include "src/http.h"
 #include "src/openai.h"
 
 namespace tollgate::edge {
@@ -25,6 +26,22 @@ class Exchange;
 // refusal itself and return false. May be empty.
 using PlanPin = std::function<boost::asio::awaitable<bool>(Exchange&, const Principal&,
                                                            ParsedRequest&, RouteResult&)>;
+
+// Billing's idempotency key for the request: an id the edge made itself, never the client's
+// x-request-id.
+std::string BillingId(const HttpRequest& request);
+
+// What AdmitAndHold granted: the quota reservation and the billing hold.
+struct Admission {
+  std::string reservation_id;
+  std::string hold_id;
+};
+
+// Quota admission and the billing hold, concurrently (x-ratelimit-* set on `x` from quota's
+// answer, denial or not); either denial gives back what the other granted and is sent (nullopt).
+// AdmitInference's step, and the /v1 catch-all's (passthrough.cpp).
+boost::asio::awaitable<std::optional<Admission>> AdmitAndHold(Exchange& x, AdmitRequest admit,
+                                                              HoldRequest hold);
 
 // The field policy (field_policy.h) on a JSON body, then AdmitInference.
 boost::asio::awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request,

@@ -8,13 +8,8 @@ namespace tollgate::edge::anthropic {
 namespace {
 
 // Raised inside the request translation, caught once at its top.
-struct Refusal {
-  std::string message;
-  std::string param;
-};
-
 [[noreturn]] void Refuse(std::string message, std::string param) {
-  throw Refusal{std::move(message), std::move(param)};
+  throw TranslationRefusal{std::move(message), std::move(param)};
 }
 
 std::string Dump(const Json& json) {
@@ -392,20 +387,25 @@ const ErrorRow& RowForStatus(int status) {
 
 }  // namespace
 
-std::variant<Json, TranslationError> ToMessagesRequest(const Json& openai_chat_body,
-                                                       std::string upstream_model,
-                                                       int64_t default_max_tokens) {
+std::variant<Json, TranslationError> TranslateOrRefuse(const std::function<Json()>& translate) {
   try {
-    return TranslateRequest(openai_chat_body, std::move(upstream_model), default_max_tokens);
-  } catch (Refusal& refusal) {
+    return translate();
+  } catch (TranslationRefusal& refusal) {
     return TranslationError{ErrorCode::kInvalidRequest, std::move(refusal.message),
                             std::move(refusal.param)};
   } catch (const Json::exception& e) {
-    // A shape no check above expected (a wrong type deep in a message).
     return TranslationError{
         ErrorCode::kInvalidRequest,
         std::string("The request cannot be translated for this model: ") + e.what(), ""};
   }
+}
+
+std::variant<Json, TranslationError> ToMessagesRequest(const Json& openai_chat_body,
+                                                       std::string upstream_model,
+                                                       int64_t default_max_tokens) {
+  return TranslateOrRefuse([&] {
+    return TranslateRequest(openai_chat_body, std::move(upstream_model), default_max_tokens);
+  });
 }
 
 MessagesUsage UsageFromMessages(const Json& usage) {

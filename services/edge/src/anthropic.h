@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,6 +42,17 @@ struct TranslationError {
   std::string message;
   std::string param;  // empty: null
 };
+
+// Thrown by a translation's checks (both directions: this file's and anthropic_front.h's) for
+// what does not translate; TranslateOrRefuse turns it into a TranslationError.
+struct TranslationRefusal {
+  std::string message;
+  std::string param;
+};
+
+// Runs one request translation: a TranslationRefusal, or a JSON shape no check expected (a wrong
+// type deep in a message), becomes a 400 TranslationError instead of an exception.
+std::variant<Json, TranslationError> TranslateOrRefuse(const std::function<Json()>& translate);
 
 // The body of `POST /v1/messages` for an OpenAI chat request (already validated by ParseRequest):
 // - `system` and `developer` messages, wherever they are, become `system` (a string when there is

@@ -9,13 +9,8 @@ namespace {
 using OrderedJson = nlohmann::ordered_json;
 
 // Raised inside the request translation, caught once at its top.
-struct Refusal {
-  std::string message;
-  std::string param;
-};
-
 [[noreturn]] void Refuse(std::string message, std::string param = "") {
-  throw Refusal{std::move(message), std::move(param)};
+  throw TranslationRefusal{std::move(message), std::move(param)};
 }
 
 std::string Dump(const Json& json) {
@@ -354,16 +349,9 @@ std::variant<ParsedRequest, RequestError> ParseMessagesRequest(Endpoint endpoint
 std::variant<Json, TranslationError> ToChatRequest(const Json& messages_body,
                                                    std::string upstream_model,
                                                    bool max_completion_tokens) {
-  try {
+  return TranslateOrRefuse([&] {
     return TranslateRequest(messages_body, std::move(upstream_model), max_completion_tokens);
-  } catch (Refusal& refusal) {
-    return TranslationError{ErrorCode::kInvalidRequest, std::move(refusal.message),
-                            std::move(refusal.param)};
-  } catch (const Json::exception& e) {
-    return TranslationError{
-        ErrorCode::kInvalidRequest,
-        std::string("The request cannot be translated for this model: ") + e.what(), ""};
-  }
+  });
 }
 
 Json StopReason(const Json& finish_reason, const Json& matched_stop, const Json& stop_sequences) {

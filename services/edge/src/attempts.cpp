@@ -69,11 +69,19 @@ awaitable<void> SendLastFailure(Exchange& x, OutcomeKind last_kind, int last_sta
       message = last_status > 0 ? "The upstream provider answered with HTTP " +
                                       std::to_string(last_status) + "."
                                 : "The upstream provider sent a malformed answer.";
+      // Anthropic's API answers overload with 529 overloaded_error (an Anthropic key's 529 is
+      // counted as 503): a plan that ran out on overloaded or unavailable keys says so to
+      // Anthropic's clients, whose SDKs retry it. OpenAI's clients keep the 502.
+      if (x.dialect == ErrorDialect::kAnthropic && last_kind == OutcomeKind::kServerError &&
+          (last_status == 503 || last_status == 529)) {
+        code = ErrorCode::kOverloaded;
+        message = "The upstream providers for this model are overloaded. Retry later.";
+      }
       break;
   }
   co_await x.SendError(code, message, {}, std::move(extra));
   x.record.upstream_key_id = 0;  // nothing was generated: the record settles at zero
-  x.Finish(Describe(code).http);
+  x.Finish(x.ErrorStatus(code));
 }
 
 }  // namespace

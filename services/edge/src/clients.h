@@ -103,6 +103,9 @@ struct HoldRequest {
   int64_t images = 0;
   int64_t audio_ms = 0;
   int64_t characters = 0;
+  // The least the hold may be, in micro-units (the /v1 catch-all: edge.passthrough.hold_micros,
+  // so an exhausted balance is refused even for a call no token count prices); 0: none.
+  int64_t min_amount_micros = 0;
 };
 
 struct HoldResult {

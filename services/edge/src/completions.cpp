@@ -66,6 +66,33 @@ awaitable<void> Complete(Exchange& x, Endpoint endpoint, PlanPin pin = {}) {
 
 }  // namespace
 
+std::string BillingId(const HttpRequest& request) {
+  return request.Header("x-request-id") == request.request_id ? AcceptOrMakeRequestId("")
+                                                              : request.request_id;
+}
+
+awaitable<std::optional<Admission>> AdmitAndHold(Exchange& x, AdmitRequest admit_request,
+                                                 HoldRequest hold_request) {
+  EdgeContext& edge = x.edge;
+  auto executor = co_await asio::this_coro::executor;
+  Eventual<AdmitResult> admit(executor);
+  edge.clients.quota.Admit(std::move(admit_request), admit.Setter());
+  Eventual<HoldResult> hold(executor);
+  edge.clients.billing.Hold(std::move(hold_request), hold.Setter());
+  AdmitResult admitted = co_await admit.Wait();
+  x.rate_limit_headers = RateLimitHeaders(admitted);
+  HoldResult held = co_await hold.Wait();
+  if (admitted.failure || held.failure) {
+    // Any denial gives back what the other check granted.
+    if (!admitted.failure && !admitted.reservation_id.empty())
+      edge.clients.quota.Release(admitted.reservation_id);
+    if (!held.failure && !held.hold_id.empty()) edge.clients.billing.Release(held.hold_id);
+    co_await x.SendDenied(admitted.failure ? *admitted.failure : *held.failure);
+    co_return std::nullopt;
+  }
+  co_return Admission{std::move(admitted.reservation_id), std::move(held.hold_id)};
+}
+
 // `pin` by value: a coroutine keeps a reference parameter, not the temporary it named.
 awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest& request,
                                                      const std::string& service_tier, PlanPin pin) {
@@ -108,36 +135,28 @@ awaitable<std::optional<RouteResult>> AdmitInference(Exchange& x, ParsedRequest&
     co_return std::nullopt;
   }
   const HoldUnits units = WorstCaseUnits(request);
-  Eventual<AdmitResult> admit(executor);
-  edge.clients.quota.Admit(
-      {x.request.request_id, *who, plan.model, WorstCaseTokens(request), x.request.client_ip},
-      admit.Setter());
-  // Billing's idempotency key is an id the edge made itself, never the client's x-request-id.
-  std::string billing_id = x.request.Header("x-request-id") == x.request.request_id
-                               ? AcceptOrMakeRequestId("")
-                               : x.request.request_id;
-  Eventual<HoldResult> hold(executor);
-  edge.clients.billing.Hold(
-      {billing_id, *who, plan.model, request.prompt_estimate, WorstCaseCompletionTokens(request),
-       service_tier, units.images, units.audio_ms, units.characters},
-      hold.Setter());
-  AdmitResult admitted = co_await admit.Wait();
-  x.rate_limit_headers = RateLimitHeaders(admitted);
-  HoldResult held = co_await hold.Wait();
-  if (admitted.failure || held.failure) {
-    // Any denial gives back what the other check granted.
-    if (!admitted.failure && !admitted.reservation_id.empty())
-      edge.clients.quota.Release(admitted.reservation_id);
-    if (!held.failure && !held.hold_id.empty()) edge.clients.billing.Release(held.hold_id);
-    co_await x.SendDenied(admitted.failure ? *admitted.failure : *held.failure);
-    co_return std::nullopt;
-  }
+  std::string billing_id = BillingId(x.request);
+  // Named, then moved: GCC 12 destroys a braced temporary passed by value to a coroutine in a
+  // co_await expression twice.
+  AdmitRequest admit{x.request.request_id, *who, plan.model, WorstCaseTokens(request),
+                     x.request.client_ip};
+  HoldRequest hold{billing_id,
+                   *who,
+                   plan.model,
+                   request.prompt_estimate,
+                   WorstCaseCompletionTokens(request),
+                   service_tier,
+                   units.images,
+                   units.audio_ms,
+                   units.characters};
+  std::optional<Admission> admission = co_await AdmitAndHold(x, std::move(admit), std::move(hold));
+  if (!admission) co_return std::nullopt;
 
   auto& record = x.record;
   record.request_id = x.request.request_id;
   record.principal = *who;
-  record.reservation_id = admitted.reservation_id;
-  record.hold_id = held.hold_id;
+  record.reservation_id = std::move(admission->reservation_id);
+  record.hold_id = std::move(admission->hold_id);
   record.billing_id = std::move(billing_id);
   record.client_ip = x.request.client_ip;
   record.model = plan.model.empty() ? request.model : plan.model;

@@ -33,6 +33,8 @@ boost::asio::awaitable<void> Messages(Exchange& x);     // POST /v1/messages
 boost::asio::awaitable<void> CountTokens(Exchange& x);  // POST /v1/messages/count_tokens
 // Any other method on those two paths: Anthropic's 405 (before the catch-all sends it upstream).
 boost::asio::awaitable<void> MessagesMethodNotAllowed(Exchange& x);
+// Any other path under /v1/messages/: 404 not_found_error.
+boost::asio::awaitable<void> MessagesNotFound(Exchange& x);
 
 // media.cpp: images, audio and moderations (the same admission, attempts and relay; what each
 // bills by: endpoint_kinds.h).

@@ -99,8 +99,8 @@ std::string AzureErrorBody(ErrorCode code, std::string_view message, std::string
 
 }  // namespace
 
-std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
-                                std::string_view param) const {
+std::string DialectErrorBody(ErrorDialect dialect, ErrorCode code, std::string_view message,
+                             std::string_view param) {
   switch (dialect) {
     case ErrorDialect::kOpenAi:
       return OpenAiErrorBody(code, message, param);
@@ -112,7 +112,7 @@ std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
   return OpenAiErrorBody(code, message, param);  // not reached: every dialect has its case
 }
 
-int Exchange::ErrorStatus(ErrorCode code) const {
+int DialectErrorStatus(ErrorDialect dialect, ErrorCode code) {
   switch (dialect) {
     case ErrorDialect::kOpenAi:
     case ErrorDialect::kAzure:
@@ -122,6 +122,13 @@ int Exchange::ErrorStatus(ErrorCode code) const {
   }
   return Describe(code).http;
 }
+
+std::string Exchange::ErrorBody(ErrorCode code, std::string_view message,
+                                std::string_view param) const {
+  return DialectErrorBody(dialect, code, message, param);
+}
+
+int Exchange::ErrorStatus(ErrorCode code) const { return DialectErrorStatus(dialect, code); }
 
 awaitable<void> Exchange::SendError(ErrorCode code, std::string_view message,
                                     std::string_view param, HttpHeaders extra) {

@@ -101,6 +101,11 @@ class Exchange final {
   void StoreBodies();
 };
 
+// An error body in `dialect`'s format (Exchange::ErrorBody's), and the status it goes with.
+std::string DialectErrorBody(ErrorDialect dialect, ErrorCode code, std::string_view message,
+                             std::string_view param = {});
+int DialectErrorStatus(ErrorDialect dialect, ErrorCode code);
+
 // The API key the request presents: Authorization: Bearer, else api-key (Azure's form), else
 // x-api-key (Anthropic's).
 std::string_view ApiKey(const HttpRequest& request);

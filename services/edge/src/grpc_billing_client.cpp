@@ -244,6 +244,7 @@ void GrpcBillingClient::Hold(HoldRequest request, std::function<void(HoldResult)
   hold.set_images(request.images);
   hold.set_audio_milliseconds(request.audio_ms);
   hold.set_characters(request.characters);
+  hold.set_min_amount_micros(std::max<int64_t>(0, request.min_amount_micros));
   Impl* impl = impl_.get();
   CallUnary<pb::HoldResponse>(
       impl->calls, impl->options.timeout, std::move(hold),

@@ -34,4 +34,12 @@ std::string FormatMillis(std::chrono::nanoseconds duration) {
   return text;
 }
 
+RequestHandler::ErrorReply RequestHandler::ServerError(std::string_view method,
+                                                       std::string_view path, ErrorCode code,
+                                                       std::string_view message) const {
+  (void)method;
+  (void)path;
+  return {Describe(code).http, OpenAiErrorBody(code, message)};
+}
+
 }  // namespace tollgate::edge

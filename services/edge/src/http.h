@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "tollgate/errors.h"
+
 namespace boost::asio {
 class io_context;
 }
@@ -101,6 +103,15 @@ class RequestHandler {
     (void)path;
     return false;
   }
+  // An error the server answers itself, before or instead of Handle (a body too large, bad
+  // framing, a handler that failed), in the format the clients of `method` `path` expect; the
+  // path is empty when the head could not be read. The default is OpenAI's.
+  struct ErrorReply {
+    int status = 0;
+    std::string body;
+  };
+  virtual ErrorReply ServerError(std::string_view method, std::string_view path, ErrorCode code,
+                                 std::string_view message) const;
 };
 
 // One handler per io_context (per I/O thread), so handlers keep per-thread state such as

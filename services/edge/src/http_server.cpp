@@ -385,10 +385,25 @@ struct HttpServer::Impl {
       }
       co_return "readyz";
     }
-    co_await writer.Send(
-        404, Head(req.request_id, req.received),
-        OpenAiErrorBody(ErrorCode::kNotFound, "Invalid URL (" + req.method + " " + req.path + ")"));
+    co_await SendServerError(writer, req, ErrorCode::kNotFound,
+                             "Invalid URL (" + req.method + " " + req.path + ")", nullptr);
     co_return "unknown";
+  }
+
+  // An error the server answers itself, in the dialect of the request's path (the handler's
+  // RequestHandler::ServerError: Anthropic's on /v1/messages*, Azure's on /openai/...).
+  static RequestHandler::ErrorReply RenderError(const RequestHandler* handler,
+                                                std::string_view method, std::string_view path,
+                                                ErrorCode code, std::string_view message) {
+    if (handler != nullptr) return handler->ServerError(method, path, code, message);
+    return {Describe(code).http, OpenAiErrorBody(code, message)};
+  }
+
+  static awaitable<void> SendServerError(ResponseWriter& writer, const HttpRequest& req,
+                                         ErrorCode code, std::string_view message,
+                                         const RequestHandler* handler) {
+    auto reply = RenderError(handler, req.method, req.path, code, message);
+    co_await writer.Send(reply.status, Head(req.request_id, req.received), std::move(reply.body));
   }
 
   // Reads and drops what the client still sends, for a moment and up to a bound, after our
@@ -408,13 +423,16 @@ struct HttpServer::Impl {
   }
 
   // Answers a request that could not be read (too large, malformed) and closes.
+  // `method` and `path` (empty when the head could not be read) choose the error's dialect.
   awaitable<void> Reject(beast::tcp_stream& stream, ErrorCode code, std::string_view message,
-                         const std::string& route) {
+                         const std::string& route, const RequestHandler* handler,
+                         std::string_view method, std::string_view path) {
     auto request_id = AcceptOrMakeRequestId("");
     ClientWriter writer(stream, 11, false, options.write_timeout);
-    co_await writer.Send(Describe(code).http, Head(request_id, Clock::now()),
-                         OpenAiErrorBody(code, message));
-    Count(route, Describe(code).http);
+    auto reply = RenderError(handler, method, path, code, message);
+    const int status = reply.status;
+    co_await writer.Send(status, Head(request_id, Clock::now()), std::move(reply.body));
+    Count(route, status);
     co_await DrainAndClose(stream);
   }
 
@@ -555,7 +573,10 @@ struct HttpServer::Impl {
       std::string framing;
       if (!ec) framing = FramingError(parser.get());
       if (!framing.empty()) {
-        co_await Reject(stream, ErrorCode::kInvalidRequest, framing, "malformed");
+        const std::string target(parser.get().target());
+        co_await Reject(stream, ErrorCode::kInvalidRequest, framing, "malformed", handler,
+                        std::string(parser.get().method_string()),
+                        target.substr(0, target.find('?')));
         co_return;
       }
       HttpRequest req;
@@ -593,8 +614,17 @@ struct HttpServer::Impl {
         if (!ec && TrailerTooLong(parser, head_fields)) ec = kChunkMetaTooLong;
       }
       if (ec) {
-        if (auto failure = DescribeReadError(ec, body_limit))
-          co_await Reject(stream, failure->code, failure->message, failure->route);
+        if (auto failure = DescribeReadError(ec, body_limit)) {
+          // A head refused while parsed (Content-Length next to Transfer-Encoding) still has its
+          // request line, which says the dialect.
+          if (req.path.empty()) {
+            req.method = std::string(parser.get().method_string());
+            req.target = std::string(parser.get().target());
+            req.path = req.target.substr(0, req.target.find('?'));
+          }
+          co_await Reject(stream, failure->code, failure->message, failure->route, handler,
+                          req.method, req.path);
+        }
         break;
       }
 
@@ -626,10 +656,8 @@ struct HttpServer::Impl {
       } else {
         route = co_await Builtin(req, writer);
       }
-      if (!writer.started()) {
-        co_await writer.Send(500, Head(req.request_id, req.received),
-                             OpenAiErrorBody(ErrorCode::kInternal, "Internal error."));
-      }
+      if (!writer.started())
+        co_await SendServerError(writer, req, ErrorCode::kInternal, "Internal error.", handler);
       Count(route, writer.status());
       --in_flight;
       if (body && !body->done()) {

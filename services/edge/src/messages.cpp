@@ -71,4 +71,11 @@ awaitable<void> MessagesMethodNotAllowed(Exchange& x) {
   co_await x.SendNoRoute(match);
 }
 
+awaitable<void> MessagesNotFound(Exchange& x) {
+  RouteMatch match;
+  match.result = RouteMatch::Result::kNotFound;
+  match.dialect = ErrorDialect::kAnthropic;
+  co_await x.SendNoRoute(match);
+}
+
 }  // namespace tollgate::edge

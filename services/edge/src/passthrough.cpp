@@ -6,32 +6,42 @@
 // 1. Off (edge.passthrough.enabled), outside edge.passthrough.allowed_prefixes, or with a "." or
 //    ".." segment: 404, as for a path no route has, before anything else.
 // 2. Authentication, before any byte of the body is read.
-// 3. The upstream: a JSON body (content-type application/json) is read whole (edge.max_body_bytes)
-//    and, when it names a `model`, routed like a chat completion (the key's model allowlist, the
-//    model's route; failover while nothing reached the client). Any other request (no body,
+// 3. The upstream: a JSON body (content-type application/json) is read whole (edge.max_body_bytes),
+//    put through the field policy when it is an object (field_policy.h: refused fields and
+//    service tiers are a 400, stripped fields removed) and, when it names a `model`, routed like
+//    a chat completion (the key's model allowlist, the model's route; failover while nothing
+//    reached the client). Any other body (multipart, binary) is a file's content, streamed and
+//    never parsed, so it is passed as it is. Any other request (no body,
 //    multipart, binary, JSON without a model) goes to edge.passthrough.default_model's route,
 //    always to its lowest-id healthy upstream key, so every file call of every user lands on one
 //    upstream account (a file uploaded through one Tollgate key is usable through another); its
 //    body is streamed, so it gets one attempt (a connect failure before any byte of it was read
 //    tries the next key).
-// 4. Admission by request count: quota is asked for the request with zero tokens; no billing
-//    hold (nothing is priced ahead).
+// 4. Admission by request count and the billing hold, concurrently (AdmitAndHold, admission.h,
+//    as for every inference endpoint): quota is asked for the request with zero tokens; billing
+//    holds the call's worst case (HoldFor below): at least edge.passthrough.hold_micros, so a
+//    user whose balance and credit are spent gets 429 insufficient_quota before any upstream
+//    byte, and for a body naming a model at least its token worst case. The answers carry the
+//    x-ratelimit-* headers.
 // 5. The upstream request: {base_url}{path after /v1}?{query}, the method, content-type, accept,
 //    openai-beta and idempotency-key of the client, the attempt's credential (OpenAI and
 //    OpenAI-compatible providers only: Azure and Anthropic have no such paths). The answer's
 //    status, content-type, content-disposition and cache-control go back with its body as it
 //    arrives.
-// 6. The usage record: the usage of a JSON answer that carries one, else zero tokens.
+// 6. The usage record: the usage of a JSON answer that carries one, else zero tokens; charged
+//    at the model's prices (the default model's for a model-less call), ending the hold.
 #include <boost/asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 
+#include "src/admission.h"
 #include "src/async.h"
 #include "src/attempts.h"
 #include "src/edge_metrics.h"
 #include "src/endpoints.h"
 #include "src/exchange.h"
+#include "src/openai.h"
 #include "src/provider.h"
 #include "tollgate/auth/policy.h"
 #include "tollgate/log.h"
@@ -42,7 +52,7 @@ namespace {
 namespace asio = boost::asio;
 using asio::awaitable;
 using Clock = std::chrono::steady_clock;
-using Json = nlohmann::json;
+using Json = nlohmann::ordered_json;  // ordered: the upstream sees the client's field order
 
 // Routing needs every healthy key of the default model to pick the lowest id.
 constexpr int32_t kAllKeys = 1000;
@@ -86,6 +96,43 @@ constexpr std::string_view kAnswerHeaders[] = {"content-type", "content-disposit
 
 bool Failover(int status) {
   return status == 429 || status == 401 || status == 403 || status >= 500;
+}
+
+// The client's completion limit in a JSON body (max_tokens, max_completion_tokens or the
+// Responses API's max_output_tokens: the largest positive integer), else 0.
+int64_t ClientBudget(const Json& body) {
+  int64_t budget = 0;
+  for (const char* name : {"max_tokens", "max_completion_tokens", "max_output_tokens"}) {
+    auto it = body.find(name);
+    if (it != body.end() && it->is_number_integer() && it->get<int64_t>() > 0)
+      budget = std::max(budget, std::min(it->get<int64_t>(), kMaxCompletionTokens));
+  }
+  return budget;
+}
+
+// The worst case a catch-all call is held for. What the upstream charges for a model-less call
+// (a file's storage, a batch run later, a fine-tuning job) is never seen by the edge, whose record
+// for it carries the answer's usage or zero tokens, so no token count bounds it: the hold is the
+// operator's floor (edge.passthrough.hold_micros) and does what the best gateways do for such
+// calls (OpenRouter and LiteLLM refuse a spent balance or budget up front and charge what the
+// answer reports afterwards): a user with nothing left is refused before any upstream byte. A JSON
+// body naming a model may be an inference call the edge does not know: it is also held for its
+// token worst case, the body's bytes / 3 (openai.h) plus its completion limit, else the model's
+// default, else edge.quota_default_max_tokens, capped by the model's max_output_tokens.
+HoldRequest HoldFor(const EdgeContext& edge, const Json* body, size_t body_bytes,
+                    const RouteResult& plan) {
+  HoldRequest hold;
+  hold.model = plan.model;
+  hold.min_amount_micros = edge.options.passthrough.hold_micros;
+  if (body == nullptr) return hold;
+  hold.estimated_prompt_tokens = PromptUpperBound(static_cast<int64_t>(body_bytes), 0, 0);
+  int64_t budget = ClientBudget(*body);
+  if (budget == 0)
+    budget = plan.limits.default_max_tokens > 0 ? plan.limits.default_max_tokens
+                                                : edge.options.default_max_tokens;
+  if (plan.limits.max_output_tokens > 0) budget = std::min(budget, plan.limits.max_output_tokens);
+  hold.max_completion_tokens = budget;
+  return hold;
 }
 
 }  // namespace
@@ -135,11 +182,25 @@ awaitable<void> Passthrough(Exchange& x) {
     }
     buffered = true;
   }
+  // A JSON object is parsed (never deeper than kMaxJsonDepth) and put through the field policy;
+  // anything else that claims to be JSON goes as it is and the upstream judges it.
   std::optional<Json> json;
+  bool rewrite = false;  // the body changed: sent as dumped from `json`
+  std::string service_tier;
   if (buffered && IsJson(request.Header("content-type")) && !request.body.empty()) {
-    Json parsed = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
-    if (parsed.is_object() && parsed.contains("model") && parsed["model"].is_string()) {
-      model = parsed["model"].get<std::string>();
+    Json parsed;
+    if (!ParseJsonObject(request.body, parsed)) {
+      const size_t fields = parsed.size();
+      FieldDecision decision = edge.field_policy.Apply(parsed);
+      if (decision.refusal) {
+        co_await x.SendError(ErrorCode::kInvalidRequest, decision.refusal->message,
+                             decision.refusal->param);
+        co_return;
+      }
+      service_tier = std::move(decision.service_tier);
+      rewrite = parsed.size() != fields;
+      if (auto it = parsed.find("model"); it != parsed.end() && it->is_string())
+        model = it->get<std::string>();
       json = std::move(parsed);
     }
   }
@@ -182,34 +243,37 @@ awaitable<void> Passthrough(Exchange& x) {
     co_return;
   }
 
-  // Admitted by request count: the request counts in the key's windows, with zero tokens.
-  Eventual<AdmitResult> admit(executor);
-  edge.clients.quota.Admit({request.request_id, *who, plan.model, 0, request.client_ip},
-                           admit.Setter());
-  AdmitResult admitted = co_await admit.Wait();
-  if (admitted.failure) {
-    co_await x.SendDenied(*admitted.failure);
-    co_return;
-  }
+  // Admitted by request count (the request counts in the key's windows, with zero tokens) and
+  // held for its worst case, together.
+  std::string billing_id = BillingId(request);
+  HoldRequest hold = HoldFor(edge, by_model ? &*json : nullptr, request.body.size(), plan);
+  hold.request_id = billing_id;
+  hold.principal = *who;
+  hold.service_tier = service_tier;
+  // Named, then moved (GCC 12 destroys a braced temporary given to a coroutine twice).
+  AdmitRequest admit{request.request_id, *who, plan.model, 0, request.client_ip};
+  std::optional<Admission> admission = co_await AdmitAndHold(x, std::move(admit), std::move(hold));
+  if (!admission) co_return;
   auto& record = x.record;
   record.request_id = request.request_id;
   record.principal = *who;
-  record.reservation_id = admitted.reservation_id;
-  record.billing_id = request.Header("x-request-id") == request.request_id
-                          ? AcceptOrMakeRequestId("")
-                          : request.request_id;
+  record.reservation_id = std::move(admission->reservation_id);
+  record.hold_id = std::move(admission->hold_id);
+  record.billing_id = std::move(billing_id);
   record.client_ip = request.client_ip;
+  record.service_tier = service_tier;
   record.model = plan.model;
   x.keep_bodies = who->store_bodies;
 
   // The model the upstream knows it by, when the route names another.
-  if (json && !plan.attempts.empty()) {
+  if (json && by_model && !plan.attempts.empty()) {
     const std::string& upstream_model = plan.attempts.front().upstream_model;
     if (!upstream_model.empty() && upstream_model != model) {
       (*json)["model"] = upstream_model;
-      request.body = json->dump(-1, ' ', false, Json::error_handler_t::replace);
+      rewrite = true;
     }
   }
+  if (rewrite) request.body = json->dump(-1, ' ', false, Json::error_handler_t::replace);
 
   auto slot = std::make_shared<CancelSlot>();
   const std::string_view suffix = std::string_view(request.target).substr(3);  // after "/v1"

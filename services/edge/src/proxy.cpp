@@ -21,6 +21,9 @@ class Proxy final : public RequestHandler {
 
   asio::awaitable<std::string> Handle(HttpRequest& request, ResponseWriter& writer) override {
     RouteMatch match = routes_.Match(request.method, request.path);
+    // A path no route has is answered in the dialect its prefix says (Azure's 404 under
+    // /openai/...).
+    if (match.result == RouteMatch::Result::kNotFound) match.dialect = DialectOfPath(request.path);
     Exchange x(edge_, request, writer, match.dialect, std::move(match.params));
     if (match.result != RouteMatch::Result::kFound) {
       co_await x.SendNoRoute(match);
@@ -33,6 +36,15 @@ class Proxy final : public RequestHandler {
   bool StreamsBody(std::string_view method, std::string_view path) const override {
     RouteMatch match = routes_.Match(method, path);
     return match.result == RouteMatch::Result::kFound && match.route->streams_body;
+  }
+
+  // The route's dialect (Anthropic's on /v1/messages*, Azure's on its routes), else the path's.
+  ErrorReply ServerError(std::string_view method, std::string_view path, ErrorCode code,
+                         std::string_view message) const override {
+    RouteMatch match = routes_.Match(method, path);
+    const ErrorDialect dialect =
+        match.result == RouteMatch::Result::kNotFound ? DialectOfPath(path) : match.dialect;
+    return {DialectErrorStatus(dialect, code), DialectErrorBody(dialect, code, message)};
   }
 
  private:

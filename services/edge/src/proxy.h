@@ -28,6 +28,8 @@ struct PassthroughOptions {
   std::string default_model;
   // A JSON body is read whole to find its `model` (edge.max_body_bytes; 413 above).
   uint64_t max_json_body_bytes = 4 * 1024 * 1024;
+  // The least billing hold of a catch-all call (edge.passthrough.hold_micros), micro-units.
+  int64_t hold_micros = 1;
 };
 
 struct ProxyOptions {

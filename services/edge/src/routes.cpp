@@ -8,6 +8,12 @@
 
 namespace tollgate::edge {
 
+ErrorDialect DialectOfPath(std::string_view path) {
+  if (path == "/v1/messages" || path.starts_with("/v1/messages/")) return ErrorDialect::kAnthropic;
+  if (path.starts_with("/openai/")) return ErrorDialect::kAzure;
+  return ErrorDialect::kOpenAi;
+}
+
 const RouteTable& EdgeRoutes() {
   constexpr auto kOpenAi = ErrorDialect::kOpenAi;
   constexpr auto kAnthropic = ErrorDialect::kAnthropic;
@@ -21,6 +27,9 @@ const RouteTable& EdgeRoutes() {
       {"POST", "/v1/messages/count_tokens", "count_tokens", kAnthropic, CountTokens},
       {"*", "/v1/messages", "unknown", kAnthropic, MessagesMethodNotAllowed},
       {"*", "/v1/messages/count_tokens", "unknown", kAnthropic, MessagesMethodNotAllowed},
+      // Anthropic's other Messages paths (batches) are not served: 404 in Anthropic's form, never
+      // the /v1 catch-all (an OpenAI upstream has no such path).
+      {"*", "/v1/messages/{path...}", "unknown", kAnthropic, MessagesNotFound},
       {"POST", "/v1/images/generations", "images_generations", kOpenAi, ImagesGenerations},
       {"POST", "/v1/images/edits", "images_edits", kOpenAi, ImagesEdits},
       {"POST", "/v1/images/variations", "images_variations", kOpenAi, ImagesVariations},

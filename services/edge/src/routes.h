@@ -30,6 +30,11 @@ class Exchange;
 // it).
 enum class ErrorDialect { kOpenAi, kAnthropic, kAzure };
 
+// The dialect a path's clients speak, by its prefix alone (for a path no route has, and errors
+// answered before any route is known): Anthropic's for /v1/messages and below, Azure's for
+// /openai/..., else OpenAI's.
+ErrorDialect DialectOfPath(std::string_view path);
+
 using RouteHandler = boost::asio::awaitable<void> (*)(Exchange&);
 
 struct Route {

@@ -156,12 +156,30 @@ TEST(EdgeRoutesTest, EveryEndpointHasItsRouteAndLabel) {
   EXPECT_EQ(Label(table, "GET", "/v1/messages"), "unknown");
   EXPECT_EQ(Label(table, "DELETE", "/v1/messages/count_tokens"), "unknown");
   EXPECT_EQ(table.Match("GET", "/v1/messages").dialect, ErrorDialect::kAnthropic);
+  // Anthropic's other Messages paths (batches) are Anthropic's 404, never the catch-all's.
+  EXPECT_EQ(Label(table, "POST", "/v1/messages/batches"), "unknown");
+  EXPECT_EQ(table.Match("GET", "/v1/messages/batches/b1").dialect, ErrorDialect::kAnthropic);
+  EXPECT_EQ(Label(table, "POST", "/v1/messagesx"), "passthrough");
   for (const Route& route : table.routes()) {
     ErrorDialect expected = route.pattern.starts_with("/v1/messages") ? ErrorDialect::kAnthropic
                             : route.pattern.starts_with("/openai/")   ? ErrorDialect::kAzure
                                                                       : ErrorDialect::kOpenAi;
     EXPECT_EQ(route.dialect, expected) << route.pattern;
+    // The dialect of a route's own paths is the one its prefix says (the server's own errors,
+    // answered before any route, go by the prefix).
+    EXPECT_EQ(DialectOfPath(route.pattern), expected) << route.pattern;
   }
+}
+
+TEST(EdgeRoutesTest, APathsPrefixSaysItsDialect) {
+  EXPECT_EQ(DialectOfPath("/v1/messages"), ErrorDialect::kAnthropic);
+  EXPECT_EQ(DialectOfPath("/v1/messages/count_tokens"), ErrorDialect::kAnthropic);
+  EXPECT_EQ(DialectOfPath("/v1/messages/batches/x"), ErrorDialect::kAnthropic);
+  EXPECT_EQ(DialectOfPath("/v1/messagesx"), ErrorDialect::kOpenAi);
+  EXPECT_EQ(DialectOfPath("/openai/deployments/d/chat/completions"), ErrorDialect::kAzure);
+  EXPECT_EQ(DialectOfPath("/openai"), ErrorDialect::kOpenAi);
+  EXPECT_EQ(DialectOfPath("/v1/chat/completions"), ErrorDialect::kOpenAi);
+  EXPECT_EQ(DialectOfPath(""), ErrorDialect::kOpenAi);
 }
 
 TEST(EdgeRoutesTest, AzureRoutesTakeTheDeploymentAndAnswerInAzuresFormat) {

@@ -44,6 +44,9 @@ struct HoldInput {
   std::string service_tier;
   // Endpoints billed by units (images, audio, speech): the most the request can use of each.
   UnitCounts units;
+  // The least the hold may be (micro-units), whatever the above price at: a request whose cost
+  // no token count bounds (the edge's /v1 catch-all) still needs that much available.
+  int64_t min_amount_micros = 0;
 };
 
 struct HoldDecision {
