@@ -1,5 +1,7 @@
 #include "src/answer_scan.h"
 
+#include <simdjson.h>
+
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -241,9 +243,151 @@ class Scanner {
   bool root_object_ = false;
 };
 
+// The fast path: simdjson's DOM (a tape, no allocation per value once the thread's parser has
+// grown), read with the same rules: every field is visited in order, so a repeated key's last
+// value is the one that counts. Texts it refuses (also some nlohmann takes: integers beyond 64
+// bits, nesting beyond 1024, ...) go to the SAX path, which decides exactly as before.
+namespace dom = simdjson::dom;
+
+// Answers larger than this skip the fast path: each I/O thread's parser keeps its capacity.
+constexpr size_t kFastPathMaxBytes = 256 * 1024;
+
+int64_t TextLength(dom::element v) {
+  std::string_view s;
+  return v.get_string().get(s) == simdjson::SUCCESS ? Utf8Length(s) : 0;
+}
+
+int64_t Integer(dom::element v) {  // as nlohmann's get<int64_t>() of a number; 0 otherwise
+  switch (v.type()) {
+    case dom::element_type::INT64:
+      return v.get_int64().value_unsafe();
+    case dom::element_type::UINT64:
+      return static_cast<int64_t>(v.get_uint64().value_unsafe());
+    case dom::element_type::DOUBLE:
+      return static_cast<int64_t>(v.get_double().value_unsafe());
+    default:
+      return 0;
+  }
+}
+
+int64_t FunctionChars(dom::element v) {
+  dom::object fn;
+  if (v.get_object().get(fn) != simdjson::SUCCESS) return 0;
+  int64_t arguments = 0, name = 0;
+  for (auto field : fn) {
+    if (field.key == "arguments") arguments = TextLength(field.value);
+    if (field.key == "name") name = TextLength(field.value);
+  }
+  return arguments + name;
+}
+
+int64_t MessageChars(dom::element v) {
+  dom::object message;
+  if (v.get_object().get(message) != simdjson::SUCCESS) return 0;
+  int64_t slot[5] = {};
+  for (auto field : message) {
+    const std::string_view k = field.key;
+    if (k == "content") {
+      slot[0] = TextLength(field.value);
+    } else if (k == "reasoning_content") {
+      slot[1] = TextLength(field.value);
+    } else if (k == "refusal") {
+      slot[2] = TextLength(field.value);
+    } else if (k == "tool_calls") {
+      slot[3] = 0;
+      dom::array calls;
+      if (field.value.get_array().get(calls) != simdjson::SUCCESS) continue;
+      for (dom::element call : calls) {
+        dom::object c;
+        if (call.get_object().get(c) != simdjson::SUCCESS) continue;
+        int64_t function = 0;
+        for (auto f : c)
+          if (f.key == "function") function = FunctionChars(f.value);
+        slot[3] += function;
+      }
+    } else if (k == "function_call") {
+      slot[4] = FunctionChars(field.value);
+    }
+  }
+  return slot[0] + slot[1] + slot[2] + slot[3] + slot[4];
+}
+
+int64_t ChoiceChars(dom::element v) {
+  dom::object choice;
+  if (v.get_object().get(choice) != simdjson::SUCCESS) return 0;
+  int64_t text = 0, message = 0, delta = 0;
+  for (auto field : choice) {
+    if (field.key == "text") text = TextLength(field.value);
+    if (field.key == "message") message = MessageChars(field.value);
+    if (field.key == "delta") delta = MessageChars(field.value);
+  }
+  return text + message + delta;
+}
+
+void ReadUsageObject(dom::element v, AnswerScan& out) {
+  dom::object usage;
+  out.usage_present = v.get_object().get(usage) == simdjson::SUCCESS;
+  out.prompt_tokens = out.completion_tokens = out.cached_tokens = out.cache_write_tokens = 0;
+  out.details_present = false;
+  if (!out.usage_present) return;
+  for (auto field : usage) {
+    const std::string_view k = field.key;
+    if (k == "prompt_tokens") {
+      out.prompt_tokens = Integer(field.value);
+    } else if (k == "completion_tokens") {
+      out.completion_tokens = Integer(field.value);
+    } else if (k == "prompt_tokens_details") {
+      dom::object details;
+      out.details_present = field.value.get_object().get(details) == simdjson::SUCCESS;
+      out.cached_tokens = out.cache_write_tokens = 0;
+      if (!out.details_present) continue;
+      for (auto d : details) {
+        if (d.key == "cached_tokens") out.cached_tokens = Integer(d.value);
+        if (d.key == "cache_write_tokens") out.cache_write_tokens = Integer(d.value);
+      }
+    }
+  }
+}
+
+// nullopt: simdjson refused the text (the SAX path decides).
+std::optional<bool> FastScan(std::string_view text, AnswerScan& out) {
+  if (text.size() > kFastPathMaxBytes) return std::nullopt;
+  thread_local dom::parser parser;
+  dom::element root;
+  if (parser.parse(text.data(), text.size()).get(root) != simdjson::SUCCESS) return std::nullopt;
+  dom::object object;
+  if (root.get_object().get(object) != simdjson::SUCCESS) return false;
+  for (auto field : object) {
+    const std::string_view k = field.key;
+    if (k == "choices") {
+      dom::array choices;
+      out.choices_present = true;
+      out.choices_array = field.value.get_array().get(choices) == simdjson::SUCCESS;
+      out.choices_count = 0;
+      out.choices_chars = 0;
+      if (!out.choices_array) continue;
+      for (dom::element choice : choices) {
+        ++out.choices_count;
+        out.choices_chars += ChoiceChars(choice);
+      }
+    } else if (k == "usage") {
+      ReadUsageObject(field.value, out);
+    } else if (k == "service_tier") {
+      std::string_view tier;
+      if (field.value.get_string().get(tier) == simdjson::SUCCESS && !tier.empty())
+        out.service_tier = std::string(tier.substr(0, 64));
+      else
+        out.service_tier.reset();
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 bool ScanAnswer(std::string_view text, AnswerScan& out) {
+  if (auto fast = FastScan(text, out)) return *fast;
+  out = AnswerScan{};
   Scanner scanner(out);
   if (!Json::sax_parse(text, &scanner)) return false;
   return scanner.root_object();

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "src/openai.h"
 
@@ -112,34 +114,39 @@ void ExpectSame(const std::string& text) {
 }
 
 TEST(AnswerScan, ReadsWhatTheParsedTreeGave) {
-  for (
-      const char* text :
-      {R"({"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"héllo"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13},"service_tier":"default"})",
-       R"({"choices":[{"message":{"content":"a","tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}},7,{"function":[]}],"function_call":{"name":"gg","arguments":"z"}},"text":"t"}]})",
-       R"({"choices":[],"usage":{"prompt_tokens":2048,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1024,"cache_write_tokens":4000}}})",
-       R"({"choices":{"0":{"text":"no"}},"usage":{"prompt_tokens":1.9,"completion_tokens":18446744073709551615}})",
-       R"({"usage":{"prompt_tokens":1},"usage":5})",
-       R"({"usage":5,"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":2},"prompt_tokens_details":null}})",
-       R"({"service_tier":"flex","service_tier":""})",
-       R"({"service_tier":"a","service_tier":["b"]})",
-       R"({"choices":[{"delta":{"content":"x"},"delta":{"content":"yy"}}],"choices":[{"text":"zzz"}]})",
-       R"({"choices":[{"message":{"content":"\u00e9\ud83d\ude00"}}]})",
-       R"({"usage":{"prompt_tokens":-5,"prompt_tokens_details":{"cached_tokens":3}}})",
-       R"({"a":{"choices":[{"text":"deep"}],"usage":{"prompt_tokens":1}},"b":[[[{"usage":1}]]]})",
-       R"({"us\u0061ge":{"prompt_tokens":4},"choices":null})",
-       R"([{"usage":{"prompt_tokens":1}}])",
-       R"("usage")",
-       R"(12)",
-       R"({"usage":{"prompt_tokens":1}})",
-       R"({"usage":{"prompt_tokens":1}} x)",
-       R"({"usage":{"prompt_tokens":1})",
-       "",
-       "garbage",
-       "[DONE]",
-       R"({"choices":[{"text":"\xff"}]})",
-       R"({"choices":[{"text":"a"}],})"}) {
-    ExpectSame(text);
-  }
+  std::vector<std::string> texts = {
+      R"({"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"héllo"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13},"service_tier":"default"})",
+      R"({"choices":[{"message":{"content":"a","tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}},7,{"function":[]}],"function_call":{"name":"gg","arguments":"z"}},"text":"t"}]})",
+      R"({"choices":[],"usage":{"prompt_tokens":2048,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1024,"cache_write_tokens":4000}}})",
+      R"({"choices":{"0":{"text":"no"}},"usage":{"prompt_tokens":1.9,"completion_tokens":18446744073709551615}})",
+      R"({"usage":{"prompt_tokens":1},"usage":5})",
+      R"({"usage":5,"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":2},"prompt_tokens_details":null}})",
+      R"({"service_tier":"flex","service_tier":""})",
+      R"({"service_tier":"a","service_tier":["b"]})",
+      R"({"choices":[{"delta":{"content":"x"},"delta":{"content":"yy"}}],"choices":[{"text":"zzz"}]})",
+      R"({"choices":[{"message":{"content":"\u00e9\ud83d\ude00"}}]})",
+      R"({"usage":{"prompt_tokens":-5,"prompt_tokens_details":{"cached_tokens":3}}})",
+      R"({"a":{"choices":[{"text":"deep"}],"usage":{"prompt_tokens":1}},"b":[[[{"usage":1}]]]})",
+      R"({"us\u0061ge":{"prompt_tokens":4},"choices":null})", R"([{"usage":{"prompt_tokens":1}}])",
+      R"("usage")", R"(12)", R"({"usage":{"prompt_tokens":1}})",
+      R"({"usage":{"prompt_tokens":1}} x)", R"({"usage":{"prompt_tokens":1})", "", "garbage",
+      "[DONE]", R"({"choices":[{"text":"\xff"}]})", R"({"choices":[{"text":"a"}],})",
+      // Texts the fast path leaves to the exact one (or must refuse as it does): escapes,
+      // surrogates, bytes that are not UTF-8, huge numbers, a BOM, deep nesting, a large body.
+      R"({"choices":[{"text":"\ud800"}]})", R"({"choices":[{"text":"\udc00x"}]})",
+      R"({"choices":[{"text":"\ud83d\u0041"}]})", "{\"choices\":[{\"text\":\"\xff\"}]}",
+      "{\"choices\":[{\"text\":\"a\tb\"}]}", R"({"service_tier":"a\u0000b"})",
+      R"({"usage":{"prompt_tokens":123456789012345678901234567890,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1e400,"completion_tokens":-1e3}})",
+      R"({"usage":{"prompt_tokens":-9223372036854775808,"completion_tokens":01}})",
+      R"({"usage":{"prompt_tokens":-9223372036854775809,"completion_tokens":2.5e1}})",
+      "\xEF\xBB\xBF{\"usage\":{\"prompt_tokens\":3}}", " \r\n\t{\"usage\":{}} \n"};
+  texts.push_back(std::string(2000, '[') + std::string(2000, ']'));
+  texts.push_back(R"({"choices":[{"text":"x"}],"deep":)" + std::string(1500, '[') +
+                  std::string(1500, ']') + R"(,"usage":{"prompt_tokens":6}})");
+  texts.push_back(R"({"usage":{"prompt_tokens":8},"choices":[{"text":")" +
+                  std::string(300000, 'y') + R"("}]})");
+  for (const auto& text : texts) ExpectSame(text);
 }
 
 // Random answers from the keys that count and some that do not, with repeats, every JSON type
