@@ -3,6 +3,7 @@
 # noisy box where req/s is not.
 #
 #   bench/callgrind.sh [--targets=edge,quota] [--requests=N] [--rate=R] [--label=NAME]
+#   bench/callgrind.sh --streams=N [--label=NAME]    the edge's heap while N streams are held
 #
 # Starts the split suite (scripts/run.sh up --split, private ports and state), restarts each of
 # --targets under `valgrind --tool=callgrind` with instrumentation off, warms up, turns it
@@ -11,6 +12,9 @@
 # the top functions (self) into $BENCH_OUT (default build/bench-results/callgrind-<time>/).
 # Extra environment (TOLLGATE_*) reaches every service, e.g. TOLLGATE_QUOTA__LEASE_TTL=0 to put
 # every admission on quota's central path. Bounded: N requests, 10 s per request.
+# --streams=N: the edge under `valgrind --tool=massif` instead, N streaming requests held open
+# at once (tollgate-bench-load --mode=hold, the mock's two-minute streams); ms_print's report of
+# the heap's peak, by allocation site, goes to $BENCH_OUT/LABEL.massif.txt.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD_DIR:-$ROOT/build}
@@ -18,12 +22,14 @@ TARGETS=edge,quota
 REQUESTS=2000
 RATE=50
 LABEL=run
+STREAMS=0
 for a in "$@"; do
   case $a in
     --targets=*) TARGETS=${a#*=} ;;
     --requests=*) REQUESTS=${a#*=} ;;
     --rate=*) RATE=${a#*=} ;;
     --label=*) LABEL=${a#*=} ;;
+    --streams=*) STREAMS=${a#*=}; TARGETS=edge ;;
     *) echo "usage: bench/callgrind.sh [--targets=edge,quota] [--requests=N] [--rate=R] [--label=NAME]" >&2; exit 2 ;;
   esac
 done
@@ -77,16 +83,38 @@ chat() { curl -fsS -o /dev/null "http://$TG_EDGE_LISTEN/v1/chat/completions" -H 
 # Each target again, under callgrind (collection off until the measured part).
 declare -A VG
 for t in ${TARGETS//,/ }; do
+  TOOL=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.$LABEL.$t")
+  [ "$STREAMS" -gt 0 ] && TOOL=(valgrind --tool=massif --massif-out-file="$OUT/massif.$LABEL.edge")
   pid=$(cat "$TG_STATE_DIR/$t.pid")
   kill -TERM "$pid"; for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   env "TOLLGATE_METRICS__LISTEN=$(metrics_of "$t")" "$TOKEN_ENV" \
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.$LABEL.$t" \
+    "${TOOL[@]}" \
     "$TOLLGATE" serve --config="$TG_STATE_DIR/tollgate.yaml" --target="$t" >"$OUT/$LABEL.$t.log" 2>&1 &
   VG[$t]=$!; PIDS+=($!)
   for _ in $(seq 1 600); do healthy "$t" && break; sleep 0.2; done
   healthy "$t" || { tail -n 20 "$OUT/$LABEL.$t.log" >&2; echo "bench: $t under valgrind not healthy" >&2; exit 1; }
 done
 for _ in $(seq 1 100); do chat 2>/dev/null && break; sleep 0.3; done
+if [ "$STREAMS" -gt 0 ]; then
+  # A model whose streams outlive the measurement (the mock's knobs in its name), as bench/run.sh.
+  HOLD_MODEL=mock-chunks-240-delay-500
+  CTL=("$BUILD/cmd/tollgate/tollgatectl" --admin-token-file="$TG_STATE_DIR/secrets/admin_token")
+  id=$("${CTL[@]}" --addr=127.0.0.1:$((base + 2)) router list-providers | awk 'NR>1 && $2=="mock" {print $1}')
+  "${CTL[@]}" --addr=127.0.0.1:$((base + 2)) router create-model --name="$HOLD_MODEL" --owned-by=mock --max-output-tokens=0 >/dev/null
+  "${CTL[@]}" --addr=127.0.0.1:$((base + 2)) router set-model-route --model="$HOLD_MODEL" --provider-id="$id" >/dev/null
+  "${CTL[@]}" --addr=127.0.0.1:$((base + 3)) billing set-price --model="$HOLD_MODEL" --input-micros-per-mtok=1000 \
+    --output-micros-per-mtok=1000 --cached-input-micros-per-mtok=1000 >/dev/null
+  BODY="{\"model\":\"$HOLD_MODEL\",\"stream\":true,\"max_tokens\":300,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in five words.\"}]}"
+  for _ in $(seq 1 100); do chat 2>/dev/null && break; sleep 0.3; done  # routable (the whole stream)
+  "$LOAD" --url="http://$TG_EDGE_LISTEN/v1/chat/completions" --header='Authorization: Bearer ${BENCH_API_KEY}' \
+    --mode=hold --streams="$STREAMS" --open-rate=200 --timeout=60 --body="$BODY" \
+    --pid="${VG[edge]}" --label="$LABEL" >"$OUT/$LABEL.hold.json"
+  kill -TERM "${VG[edge]}"; wait "${VG[edge]}" 2>/dev/null || true
+  ms_print "$OUT/massif.$LABEL.edge" >"$OUT/$LABEL.massif.txt"
+  peak=$(awk '/^ *[0-9]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+$/ {gsub(",", "", $3); if ($3 + 0 > m + 0) m = $3 + 0} END {print m}' "$OUT/$LABEL.massif.txt")
+  echo "{\"label\":\"$LABEL\",\"streams\":$STREAMS,\"hold\":$(cat "$OUT/$LABEL.hold.json"),\"heap_peak_bytes\":${peak:-0}}" | tee -a "$OUT/massif.jsonl"
+  exit 0
+fi
 # Warm-up: caches, connection pools, leases, the spool's first file.
 "$LOAD" --url="http://$TG_EDGE_LISTEN/v1/chat/completions" --header='Authorization: Bearer ${BENCH_API_KEY}' \
   --body="$BODY" --rate="$RATE" --duration=3 --max-conns=16 >/dev/null
