@@ -341,7 +341,9 @@ struct UpstreamCall::Impl {
     } else {
       http::request<http::string_body> req;
       SetHead(req);
-      if (!request.body.empty() || request.method == "POST") req.body() = request.body;
+      // On a fresh connection there is no second try (Start): the body moves, not copied.
+      if (!request.body.empty() || request.method == "POST")
+        req.body() = reused ? request.body : std::move(request.body);
       req.prepare_payload();
       conn->lowest().expires_at(Until(timeouts.first_byte));
       co_await WithStream(*conn, [&](auto& stream) {
@@ -407,7 +409,13 @@ awaitable<UpstreamStatus> UpstreamCall::Start() {
       if (status != UpstreamStatus::kOk) co_return status;
     }
     auto status = co_await d.Exchange(reused);
-    if (status) co_return *status;
+    if (status) {
+      // Sent (or failed for good): the rendered body and headers are not needed again, and a
+      // stream would otherwise hold them for as long as it lasts.
+      std::string().swap(d.request.body);
+      decltype(d.request.headers)().swap(d.request.headers);
+      co_return *status;
+    }
     // The server had closed the idle connection: once more on a fresh one.
     d.conn->Close();
     d.conn.reset();
