@@ -56,7 +56,7 @@ RUN apt-get update \
       libgrpc++1.51 libgrpc29 libabsl20220623 libprotobuf32 \
       libpqxx-6.4 libpq5 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
-      libyaml-cpp0.7 libssl3 \
+      libyaml-cpp0.7 libssl3 libsimdjson14 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed, non-root uid/gid so Kubernetes' runAsNonRoot can verify it and volumes can be chowned.

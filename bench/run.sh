@@ -203,6 +203,9 @@ if want startup || want streams || { want throughput && has split; }; then
     note "holding $STREAMS streams through the split edge (pid $EDGE_PID)"
     load streams split --mode=hold --streams="$STREAMS" --open-rate=1000 --timeout=30 \
       --body="$(stream_body "$HOLD_MODEL")" --pid="$EDGE_PID" --pid="$(cat "$TG_STATE_DIR/mock.pid")" >/dev/null
+    # Why a stream was refused, if one was: the edge's and the mock's logs (warnings and up).
+    cp "$TG_STATE_DIR/logs/edge.log" "$OUT/streams-edge.log" 2>/dev/null || true
+    cp "$TG_STATE_DIR/logs/mock.log" "$OUT/streams-mock.log" 2>/dev/null || true
   fi
   suite_down
 fi

@@ -641,6 +641,9 @@ struct HttpServer::Impl {
       req.client_ip = ClientIp(peer_ip, req.headers, options.trusted_proxies);
       req.received = Clock::now();
       const bool keep_alive = msg.keep_alive();
+      // Nothing of the next request is here yet: the read buffer is not held for as long as the
+      // answer takes (a held stream would keep its 4 KB), and the next read allocates it again.
+      if (!body && buffer.size() == 0) buffer.shrink_to_fit();
 
       ClientWriter writer(stream, msg.version(), keep_alive && accepting, options.write_timeout,
                           body ? &*body : nullptr);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "src/answer_scan.h"
 #include "tollgate/saturating.h"
 
 namespace tollgate::edge {
@@ -13,20 +14,6 @@ using OrderedJson = nlohmann::ordered_json;
 
 // Azure's GA data-plane version, used when the router's attempt names none.
 constexpr std::string_view kDefaultAzureApiVersion = "2024-10-21";
-
-template <typename J>
-int64_t IntField(const J& object, const char* name) {
-  auto it = object.find(name);
-  if (it == object.end() || !it->is_number()) return 0;
-  return it->template get<int64_t>();
-}
-
-template <typename J>
-int64_t StringLength(const J& object, const char* name) {
-  auto it = object.find(name);
-  if (it == object.end() || !it->is_string()) return 0;
-  return Utf8Length(it->template get_ref<const std::string&>());
-}
 
 // Inline image data in a chat body's content parts (data: URLs), which the prompt estimate
 // counts per image rather than per byte, and the number of image parts.
@@ -117,57 +104,21 @@ std::optional<RequestError> PositiveInt(const OrderedJson& body, const char* nam
   return std::nullopt;
 }
 
-// Generated characters in one choice of a response (`message`) or of a chunk (`delta`).
-int64_t ChoiceChars(const Json& choice) {
-  if (!choice.is_object()) return 0;
-  int64_t n = StringLength(choice, "text");  // completions
-  for (const char* part : {"message", "delta"}) {
-    auto it = choice.find(part);
-    if (it == choice.end() || !it->is_object()) continue;
-    n += StringLength(*it, "content") + StringLength(*it, "reasoning_content") +
-         StringLength(*it, "refusal");
-    if (auto calls = it->find("tool_calls"); calls != it->end() && calls->is_array()) {
-      for (const auto& call : *calls) {
-        if (!call.is_object()) continue;
-        if (auto fn = call.find("function"); fn != call.end() && fn->is_object())
-          n += StringLength(*fn, "arguments") + StringLength(*fn, "name");
-      }
-    }
-    if (auto fn = it->find("function_call"); fn != it->end() && fn->is_object())
-      n += StringLength(*fn, "arguments") + StringLength(*fn, "name");
-  }
-  return n;
-}
-
-int64_t ChoicesChars(const Json& object) {
-  int64_t n = 0;
-  if (auto it = object.find("choices"); it != object.end() && it->is_array())
-    for (const auto& choice : *it) n += ChoiceChars(choice);
-  return n;
-}
-
-void ReadUsage(const Json& usage, Usage& out) {
+// `usage` of a scanned answer (answer_scan.h); nothing when it had no usage object.
+void ReadUsage(const AnswerScan& scan, Usage& out) {
+  if (!scan.usage_present) return;
   out.present = true;
-  out.prompt_tokens = IntField(usage, "prompt_tokens");
-  out.completion_tokens = IntField(usage, "completion_tokens");
+  out.prompt_tokens = scan.prompt_tokens;
+  out.completion_tokens = scan.completion_tokens;
   out.cached_tokens = 0;
   out.cache_write_tokens = 0;
-  if (auto details = usage.find("prompt_tokens_details");
-      details != usage.end() && details->is_object()) {
-    out.cached_tokens = std::clamp<int64_t>(IntField(*details, "cached_tokens"), 0,
-                                            std::max<int64_t>(0, out.prompt_tokens));
+  if (scan.details_present) {
     // Reads and writes are disjoint parts of the prompt.
-    out.cache_write_tokens =
-        std::clamp<int64_t>(IntField(*details, "cache_write_tokens"), 0,
-                            std::max<int64_t>(0, out.prompt_tokens - out.cached_tokens));
+    out.cached_tokens =
+        std::clamp<int64_t>(scan.cached_tokens, 0, std::max<int64_t>(0, out.prompt_tokens));
+    out.cache_write_tokens = std::clamp<int64_t>(
+        scan.cache_write_tokens, 0, std::max<int64_t>(0, out.prompt_tokens - out.cached_tokens));
   }
-}
-
-// The answer's service_tier, bounded (it travels in the usage record); unchanged when absent.
-void ReadServiceTier(const Json& answer, Usage& out) {
-  auto it = answer.find("service_tier");
-  if (it != answer.end() && it->is_string() && !it->get_ref<const std::string&>().empty())
-    out.service_tier = it->get_ref<const std::string&>().substr(0, 64);
 }
 
 // Applies the SSE field of one line to `event`.
@@ -406,11 +357,11 @@ int64_t Utf8Length(std::string_view text) {
 
 Usage UsageFromBody(std::string_view body, int64_t* completion_chars) {
   Usage usage;
-  auto json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) return usage;
-  if (auto it = json.find("usage"); it != json.end() && it->is_object()) ReadUsage(*it, usage);
-  ReadServiceTier(json, usage);
-  if (completion_chars != nullptr) *completion_chars = ChoicesChars(json);
+  AnswerScan scan;  // one pass, no tree (answer_scan.h)
+  if (!ScanAnswer(body, scan)) return usage;
+  ReadUsage(scan, usage);
+  if (scan.service_tier) usage.service_tier = std::move(*scan.service_tier);
+  if (completion_chars != nullptr) *completion_chars = scan.choices_chars;
   return usage;
 }
 
@@ -455,19 +406,18 @@ StreamRelay::Action StreamRelay::OnEvent(const SseEvent& event) {
     return Action::kForward;
   }
   if (event.data == "[DONE]") return Action::kDone;
-  auto json = Json::parse(event.data, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
+  AnswerScan scan;  // one pass, no tree (answer_scan.h)
+  if (!ScanAnswer(event.data, scan)) {
     ++forwarded_;
     return Action::kForward;
   }
-  ReadServiceTier(json, usage_);
+  if (scan.service_tier) usage_.service_tier = std::move(*scan.service_tier);
   bool usage_only = false;
-  if (auto usage = json.find("usage"); usage != json.end() && usage->is_object()) {
-    ReadUsage(*usage, usage_);
-    auto choices = json.find("choices");
-    usage_only = choices == json.end() || (choices->is_array() && choices->empty());
+  if (scan.usage_present) {
+    ReadUsage(scan, usage_);
+    usage_only = !scan.choices_present || (scan.choices_array && scan.choices_count == 0);
   }
-  relayed_chars_ += ChoicesChars(json);
+  relayed_chars_ += scan.choices_chars;
   if (usage_only && !client_wants_usage_) return Action::kDrop;
   ++forwarded_;
   return Action::kForward;

@@ -27,6 +27,10 @@ using asio::use_awaitable;
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kResponseHeaderLimit = 64 * 1024;
+// Body bytes per read: the first read of a call asks for kFirstReadChunk (a streamed event is a
+// few hundred bytes, and every held stream keeps its buffer), and a read that fills the buffer
+// doubles it up to kReadChunk (a large answer).
+constexpr size_t kFirstReadChunk = 2 * 1024;
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr std::string_view kUserAgent = "tollgate/0.1";
 
@@ -170,7 +174,8 @@ struct UpstreamCall::Impl {
   bool finished = false;
   bool sent = false;  // the whole request reached the socket: the provider may be working on it
   std::string error;
-  std::array<char, kReadChunk> buffer;
+  std::unique_ptr<char[]> buffer;  // body bytes of one read (kFirstReadChunk..kReadChunk)
+  size_t buffer_size = 0;
 
   Impl(std::weak_ptr<UpstreamPool::Shared> p, asio::io_context& i, UpstreamRequest r,
        UpstreamTimeouts t, size_t max_body)
@@ -336,7 +341,9 @@ struct UpstreamCall::Impl {
     } else {
       http::request<http::string_body> req;
       SetHead(req);
-      if (!request.body.empty() || request.method == "POST") req.body() = request.body;
+      // On a fresh connection there is no second try (Start): the body moves, not copied.
+      if (!request.body.empty() || request.method == "POST")
+        req.body() = reused ? request.body : std::move(request.body);
       req.prepare_payload();
       conn->lowest().expires_at(Until(timeouts.first_byte));
       co_await WithStream(*conn, [&](auto& stream) {
@@ -402,7 +409,13 @@ awaitable<UpstreamStatus> UpstreamCall::Start() {
       if (status != UpstreamStatus::kOk) co_return status;
     }
     auto status = co_await d.Exchange(reused);
-    if (status) co_return *status;
+    if (status) {
+      // Sent (or failed for good): the rendered body and headers are not needed again, and a
+      // stream would otherwise hold them for as long as it lasts.
+      std::string().swap(d.request.body);
+      decltype(d.request.headers)().swap(d.request.headers);
+      co_return *status;
+    }
     // The server had closed the idle connection: once more on a fresh one.
     d.conn->Close();
     d.conn.reset();
@@ -425,10 +438,14 @@ awaitable<UpstreamStatus> UpstreamCall::Read(std::string& out) {
   auto& d = *impl_;
   if (d.cancelled) co_return UpstreamStatus::kCancelled;
   if (d.finished || !d.conn) co_return UpstreamStatus::kOk;
+  if (!d.buffer) {
+    d.buffer_size = kFirstReadChunk;
+    d.buffer.reset(new char[d.buffer_size]);  // not value-initialized: no page touched for nothing
+  }
   for (;;) {
     auto& body = d.parser->get().body();
-    body.data = d.buffer.data();
-    body.size = d.buffer.size();
+    body.data = d.buffer.get();
+    body.size = d.buffer_size;
     beast::error_code ec;
     d.conn->lowest().expires_at(d.Until(d.timeouts.idle));
     co_await WithStream(*d.conn, [&](auto& stream) {
@@ -437,8 +454,12 @@ awaitable<UpstreamStatus> UpstreamCall::Read(std::string& out) {
     });
     if (d.cancelled) co_return UpstreamStatus::kCancelled;
     if (ec == http::error::need_buffer) ec = {};
-    size_t n = d.buffer.size() - d.parser->get().body().size;
-    out.append(d.buffer.data(), n);
+    size_t n = d.buffer_size - d.parser->get().body().size;
+    out.append(d.buffer.get(), n);
+    if (n == d.buffer_size && d.buffer_size < kReadChunk) {  // more is coming at once
+      d.buffer_size = std::min(d.buffer_size * 2, kReadChunk);
+      d.buffer.reset(new char[d.buffer_size]);
+    }
     if (ec == beast::error::timeout) {
       d.error = "no body data in time";
       d.conn->Close();

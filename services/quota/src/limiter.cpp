@@ -152,12 +152,22 @@ Limiter::Window& Limiter::WindowLocked(const SubjectRef& ref, Clock::SteadyTime 
   return w;
 }
 
-Limiter::Entry* Limiter::FindEntryLocked(const SubjectRef& ref, uint64_t seq) {
+std::deque<Limiter::Entry>::iterator Limiter::FindEntryLocked(Window& w, Clock::SteadyTime at,
+                                                              uint64_t seq) {
+  // Entries are in time order: a binary search to the entry's time, then its ties (usually none).
+  auto e = std::lower_bound(w.entries.begin(), w.entries.end(), at,
+                            [](const Entry& x, Clock::SteadyTime t) { return x.at < t; });
+  for (; e != w.entries.end() && e->at == at; ++e)
+    if (e->seq == seq) return e;
+  return w.entries.end();  // already aged out
+}
+
+Limiter::Entry* Limiter::FindEntryLocked(const SubjectRef& ref, Clock::SteadyTime at,
+                                         uint64_t seq) {
   auto w = windows_.find(ref);
   if (w == windows_.end()) return nullptr;
-  for (auto& e : w->second.entries)
-    if (e.seq == seq) return &e;
-  return nullptr;  // already aged out
+  auto e = FindEntryLocked(w->second, at, seq);
+  return e == w->second.entries.end() ? nullptr : &*e;
 }
 
 void Limiter::InsertEntryLocked(Window& w, Entry e) {
@@ -212,8 +222,7 @@ void Limiter::DropReservationLocked(std::unordered_map<std::string, Reservation>
       auto w = windows_.find(ref);
       if (w == windows_.end()) continue;
       auto& entries = w->second.entries;
-      auto e = std::find_if(entries.begin(), entries.end(),
-                            [&](const Entry& x) { return x.seq == r.seq; });
+      auto e = FindEntryLocked(w->second, r.at, r.seq);
       if (e == entries.end()) continue;  // already aged out
       if (remove_window_entries) {
         w->second.tokens -= e->tokens;
@@ -356,6 +365,7 @@ AdmitDecision Limiter::Admit(const AdmitInput& input) {
   Reservation r;
   r.request_id = input.request_id;
   r.seq = seq;
+  r.at = now;
   r.tokens = cost;
   for (const auto& ref : window_subjects) {
     InsertEntryLocked(windows_[ref], {now, seq, cost, 1});
@@ -450,7 +460,7 @@ void Limiter::ApplySettled(const std::vector<SettleInput>& inputs,
       const int64_t give_back = std::max<int64_t>(
           0, inputs[i].lease_estimate - std::max<int64_t>(0, inputs[i].actual_tokens));
       if (l.windowed && give_back > 0) {
-        if (Entry* e = FindEntryLocked(l.subject, l.seq)) {
+        if (Entry* e = FindEntryLocked(l.subject, l.at, l.seq)) {
           const int64_t d = std::min(give_back, e->tokens);
           e->tokens -= d;
           windows_[l.subject].tokens -= d;
@@ -570,6 +580,7 @@ LeaseGrant Limiter::Lease(const LeaseAsk& ask) {
   l.unlimited_requests = requests == kLeaseUnlimited;
   l.unlimited_tokens = tokens == kLeaseUnlimited;
   const Clock::SteadyTime until = now + options_.lease_ttl;
+  l.at = until;
   const int64_t entry_requests = l.unlimited_requests ? 0 : requests;
   const int64_t entry_tokens = l.unlimited_tokens ? 0 : tokens;
   if (w && (entry_requests > 0 || entry_tokens > 0))
@@ -613,7 +624,7 @@ void Limiter::ReturnLease(const LeaseReturn& ret) {
   if (!ret.final || l.returned) return;
   l.returned = true;
   if (l.windowed) {
-    if (Entry* e = FindEntryLocked(l.subject, l.seq)) {
+    if (Entry* e = FindEntryLocked(l.subject, l.at, l.seq)) {
       Window& w = windows_[l.subject];
       const int64_t r =
           l.unlimited_requests ? 0 : std::clamp<int64_t>(ret.unused_requests, 0, e->requests);

@@ -224,6 +224,7 @@ class Limiter final {
   struct Reservation {
     std::string request_id;
     uint64_t seq = 0;
+    Clock::SteadyTime at;  // its window entries' time (the search key)
     int64_t tokens = 0;
     std::vector<SubjectRef> windows;
     std::vector<UsageKey> cells;
@@ -232,6 +233,7 @@ class Limiter final {
   struct LeaseState {
     SubjectRef subject;
     uint64_t seq = 0;
+    Clock::SteadyTime at;   // its window entry's time (the lease's end)
     bool windowed = false;  // has an entry (key, IP)
     bool unlimited_requests = false;
     bool unlimited_tokens = false;
@@ -248,7 +250,9 @@ class Limiter final {
   void DropReservationLocked(std::unordered_map<std::string, Reservation>::iterator it,
                              bool remove_window_entries, std::optional<int64_t> actual_tokens);
   Window& WindowLocked(const SubjectRef& ref, Clock::SteadyTime now);
-  Entry* FindEntryLocked(const SubjectRef& ref, uint64_t seq);
+  // The entry of `seq` at `at`, found by a binary search on time (entries are in time order).
+  std::deque<Entry>::iterator FindEntryLocked(Window& w, Clock::SteadyTime at, uint64_t seq);
+  Entry* FindEntryLocked(const SubjectRef& ref, Clock::SteadyTime at, uint64_t seq);
   void InsertEntryLocked(Window& w, Entry e);
   void DropLeaseLocked(std::unordered_map<std::string, LeaseState>::iterator it);
   void UnreserveLocked(const std::vector<UsageKey>& cells, int64_t tokens);
