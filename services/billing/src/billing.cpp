@@ -56,11 +56,13 @@ std::vector<BudgetGrant> Billing::Budgets(const std::vector<BudgetAsk>& asks) {
     // added, so a new ask gets none).
     const int64_t want = quiet ? 0 : a.want_micros;
     auto placed = book_.PlaceBudget(a.user_id, a.budget_id, want, a.min_micros, sizing, now,
-                                    now + options_.budget_ttl.count() + options_.hold_ttl.count());
+                                    now + options_.budget_ttl.count() + options_.hold_ttl.count(),
+                                    a.left_micros);
     if (!placed) {
       LoadAccounts({a.user_id});  // invalidated by an admin change meanwhile
       placed = book_.PlaceBudget(a.user_id, a.budget_id, want, a.min_micros, sizing, now,
-                                 now + options_.budget_ttl.count() + options_.hold_ttl.count());
+                                 now + options_.budget_ttl.count() + options_.hold_ttl.count(),
+                                 a.left_micros);
     }
     if (!placed) continue;  // nothing granted
     g.found = placed->found;
@@ -277,9 +279,9 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
   std::vector<Settlement> settled;
   settled.reserve(records.size());
   for (size_t i = 0; i < records.size(); ++i)
-    settled.push_back({records[i].user_id, records[i].hold_id, records[i].budget_id,
-                       stored[i] ? costs[i] : 0,
-                       stored[i] && costs[i] != 0 ? versions[records[i].user_id] : 0});
+    settled.push_back({records[i].user_id, records[i].hold_id, stored[i] ? costs[i] : 0,
+                       stored[i] && costs[i] != 0 ? versions[records[i].user_id] : 0,
+                       records[i].budget_id});
   book_.Settle(settled);
   return stored;
 }

@@ -285,7 +285,8 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
       std::vector<BudgetAsk> asks;
       asks.reserve(request->asks_size());
       for (const auto& a : request->asks())
-        asks.push_back({a.user_id(), a.budget_id(), a.micros(), a.min_micros()});
+        asks.push_back({a.user_id(), a.budget_id(), a.micros(), a.min_micros(),
+                        a.budget_id() != 0 ? a.left_micros() : -1});
       for (const BudgetGrant& g : billing_.Budgets(asks)) {
         auto* out = response->add_grants();
         out->set_found(g.found);

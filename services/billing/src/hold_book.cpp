@@ -136,7 +136,7 @@ void HoldBook::Release(int64_t hold_id) {
 std::optional<BookBudget> HoldBook::PlaceBudget(int64_t user_id, int64_t budget_id,
                                                 int64_t want_micros, int64_t min_micros,
                                                 const BudgetSizing& sizing, int64_t now_ms,
-                                                int64_t expires_at_ms) {
+                                                int64_t expires_at_ms, int64_t left_micros) {
   Shard& shard = ShardOf(user_id);
   std::lock_guard lock(shard.mu);
   auto u = shard.users.find(user_id);
@@ -154,10 +154,16 @@ std::optional<BookBudget> HoldBook::PlaceBudget(int64_t user_id, int64_t budget_
     }
   }
   const int64_t headroom = user.balance_micros + user.credit_limit_micros - user.held_micros;
+  // Held for it and not spent yet at the edge (what it spent and billing has not charged yet
+  // stays held, but is no longer the edge's to spend).
+  const int64_t held_for = it == user.holds.end() ? 0 : it->second.amount_micros;
+  const int64_t amount = left_micros < 0 ? held_for : std::min(left_micros, held_for);
   int64_t add = 0;
   if (headroom >= sizing.min_headroom_micros && headroom > 0) {
-    add = std::min(std::max<int64_t>(want_micros, 0),
-                   headroom / std::max<int64_t>(sizing.share_divisor, 1));
+    // The budget, this grant included, is at most a share of the headroom it was granted from
+    // (what is free plus what the budget already holds).
+    const int64_t cap = (headroom + amount) / std::max<int64_t>(sizing.share_divisor, 1) - amount;
+    add = std::clamp<int64_t>(want_micros, 0, std::max<int64_t>(cap, 0));
     if (add < std::max<int64_t>(min_micros, 1)) add = 0;
   }
   if (it == user.holds.end()) {

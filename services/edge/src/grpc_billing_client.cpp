@@ -203,13 +203,14 @@ struct GrpcBillingClient::Impl {
     int64_t id = 0;
     int64_t user_id = 0;
     uint64_t incarnation = 0;
-    int64_t granted = 0;    // added by billing in all
-    int64_t left = 0;       // granted - worst cases in flight - costs of finished requests
-    int64_t spent = 0;      // costs of finished requests, priced here
-    int64_t used = 0;       // worst cases held since the last refill (the size of the next ask)
-    int64_t full = 0;       // left just after the last refill
-    int64_t in_flight = 0;  // requests held from it and not finished
-    int64_t max_worst = 0;  // the largest worst case held from it
+    int64_t granted = 0;  // added by billing in all
+    int64_t left = 0;     // granted - worst cases in flight - costs of finished requests
+    int64_t spent = 0;    // costs of finished requests, priced here
+    int64_t used = 0;     // worst cases held since the last refill (the size of the next ask)
+    int64_t full = 0;     // left just after the last refill
+    std::chrono::steady_clock::time_point filled_at;  // the last refill's answer
+    int64_t in_flight = 0;                            // requests held from it and not finished
+    int64_t max_worst = 0;                            // the largest worst case held from it
     int64_t multiplier_ppm = billing::kMultiplierOne;
     bool open = true;  // spendable; closed ones are returned once nothing is in flight
     std::chrono::steady_clock::time_point use_until;
@@ -358,11 +359,12 @@ struct GrpcBillingClient::Impl {
           continue;
         }
         const bool low =
-            b.use_until - now < b.ttl / 2 || b.left < SatMul(4, b.max_worst) || b.left < b.full / 4;
+            b.use_until - now < b.ttl / 2 || b.left < SatMul(4, b.max_worst) || b.left < b.full / 2;
         if (low) NoteDemand(b.user_id, b.max_worst, now);
         ++it;
       }
-      if (!budget_stopping && !budget_in_flight) {
+      // Without prices the edge cannot size an ask: the first call only fetches them.
+      if (!budget_stopping && !budget_in_flight && pricing) {
         for (auto it = demand.begin(); it != demand.end();) {
           BudgetDemand& d = it->second;
           if (d.asking || now < d.next_ask) {
@@ -379,10 +381,20 @@ struct GrpcBillingClient::Impl {
           auto* ask = request.add_asks();
           ask->set_user_id(it->first);
           ask->set_budget_id(b ? b->id : 0);
-          // Twice what the last period used, at least 16 of the largest request.
+          // Enough for a whole ttl at the rate the budget was used since its last refill (twice
+          // what it used, at least), at least 16 of the largest request.
           const int64_t worst = std::max<int64_t>(d.worst, b ? b->max_worst : 0);
-          ask->set_micros(std::max({SatMul(2, b ? b->used : 0), SatMul(16, worst), int64_t{1}}));
+          int64_t for_ttl = 0;
+          if (b) {
+            const auto elapsed = std::max<std::chrono::steady_clock::duration>(
+                now - b->filled_at, options.budget_interval);
+            for_ttl = static_cast<int64_t>(static_cast<double>(b->used) *
+                                           std::chrono::duration<double>(b->ttl) / elapsed);
+          }
+          ask->set_micros(
+              std::max({for_ttl, SatMul(2, b ? b->used : 0), SatMul(16, worst), int64_t{1}}));
           ask->set_min_micros(worst);
+          if (b) ask->set_left_micros(std::max<int64_t>(0, b->left));
           asked.emplace_back(it->first, b ? b->id : 0);
           d.asking = true;
           d.touched = false;
@@ -397,7 +409,9 @@ struct GrpcBillingClient::Impl {
         for (auto& r : *request.mutable_returns()) pending_returns.push_back(std::move(r));
         continue;
       }
-      if (request.asks_size() == 0 && request.returns_size() == 0) {
+      const bool fetch_prices =
+          !pricing && !demand.empty() && !budget_stopping && now >= next_fetch;
+      if (request.asks_size() == 0 && request.returns_size() == 0 && !fetch_prices) {
         if (budget_stopping) return;  // everything returned (or still running: expires there)
         continue;
       }
@@ -424,6 +438,7 @@ struct GrpcBillingClient::Impl {
     const bool ok = status.ok() && response.grants_size() == static_cast<int>(asked.size());
     if (ok ? budget_calls_ok : budget_calls_failed)
       (ok ? budget_calls_ok : budget_calls_failed)->Increment();
+    if (!ok) next_fetch = now + std::chrono::seconds(1);
     if (!ok) {
       // Unreachable (or restarting): spend none of them again; each goes back once its requests
       // finished (if billing still has it; else it expires there).
@@ -495,6 +510,7 @@ struct GrpcBillingClient::Impl {
       b.left = SatAdd(b.left, g->added_micros());
       b.used = 0;
       b.full = b.left;
+      b.filled_at = now;
       b.multiplier_ppm = g->multiplier_ppm();
       b.ttl = std::chrono::milliseconds(g->ttl_ms());
       // From when the call was sent: never past billing's own deadline for it.
@@ -648,6 +664,7 @@ struct GrpcBillingClient::Impl {
   bool budget_in_flight = false;
   uint64_t incarnation = 0;
   std::shared_ptr<const Pricing> pricing;
+  std::chrono::steady_clock::time_point next_fetch;   // of the prices, after a failed call
   std::map<int64_t, Budget> budgets;                  // by id: open and closing
   std::unordered_map<int64_t, int64_t> open_by_user;  // user -> its open budget
   std::unordered_map<int64_t, BudgetDemand> demand;

@@ -43,8 +43,9 @@ struct BillingOptions {
 struct BudgetAsk {
   int64_t user_id = 0;
   int64_t budget_id = 0;
-  int64_t want_micros = 0;  // to add
-  int64_t min_micros = 0;   // less than this is not worth adding (one request's worst case)
+  int64_t want_micros = 0;   // to add
+  int64_t min_micros = 0;    // less than this is not worth adding (one request's worst case)
+  int64_t left_micros = -1;  // what the edge has not spent of it (-1: unknown, all of it)
 };
 struct BudgetGrant {
   bool found = true;  // false: the budget named is gone here (expired, restarted): drop it

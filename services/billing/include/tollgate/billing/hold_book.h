@@ -53,9 +53,9 @@ struct BookHold {
 struct Settlement {
   int64_t user_id = 0;
   int64_t hold_id = 0;      // 0: none
-  int64_t budget_id = 0;    // 0: none
   int64_t cost_micros = 0;  // 0 for a record stored before (a redelivery)
   int64_t version = 0;      // the account's version after the charge (0: no charge)
+  int64_t budget_id = 0;    // the budget the record was admitted under; 0: none
 };
 
 // What PlaceBudget did.
@@ -93,9 +93,12 @@ class HoldBook final {
   // headroom's share, nothing when that is below `min_micros` or the headroom below the minimum)
   // and extends its expiry to `expires_at_ms` (also when nothing is added). nullopt: the user's
   // account is not loaded.
+  // `left_micros`: what the edge has not spent of it yet (-1: all of it); the unspent part is at
+  // most a share of the headroom it is granted from.
   std::optional<BookBudget> PlaceBudget(int64_t user_id, int64_t budget_id, int64_t want_micros,
                                         int64_t min_micros, const BudgetSizing& sizing,
-                                        int64_t now_ms, int64_t expires_at_ms);
+                                        int64_t now_ms, int64_t expires_at_ms,
+                                        int64_t left_micros = -1);
   // The edge is done with the budget, having spent `spent_micros` from it in all: what records
   // have not charged of that yet stays held (until they arrive or the budget expires).
   void ReturnBudget(int64_t budget_id, int64_t spent_micros);
