@@ -224,7 +224,8 @@ TEST(BillingBudgetTest, UnevenTrafficOverTwoEdgesSpendsASmallBalanceAndNeverOver
     sent = e1.holds_sent() + e2.holds_sent();
   }  // shut down: records delivered, budgets returned
   const int64_t total = admitted[0] + admitted[1];
-  EXPECT_GT(admitted[0], admitted[1]);
+  EXPECT_GT(admitted[0], 0);
+  EXPECT_GT(admitted[1], 0);
   EXPECT_LE(total * kCost, kTopUp) << "never more than the user has";
   pb::Account a = billing.Settled(kTopUp, total * kCost);
   EXPECT_EQ(a.balance_micros(), kTopUp - total * kCost) << "every record charged once";
@@ -336,7 +337,10 @@ TEST(BillingBudgetTest, ABillingRestartedWhileAnEdgeHoldsBudgetsChargesEverythin
   const int64_t from_budgets_before = edge.held_from_budgets();
   run("away-", 20);  // refused: nobody can hold
   billing = std::make_unique<BillingProcess>(db.dsn(), target, env);
-  run("after-", 600);
+  run("after-", 300);
+  // Budgets again once the new process's quiet second is over (asked for every 100 ms).
+  for (int i = 0; i < 50 && edge.held_from_budgets() == from_budgets_before; ++i)
+    run("later-" + std::to_string(i) + "-", 20);
   EXPECT_GT(edge.held_from_budgets(), from_budgets_before) << "budgets again";
   for (int i = 0; i < 400 && edge.spooled() > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
