@@ -338,9 +338,15 @@ TEST(BillingBudgetTest, ABillingRestartedWhileAnEdgeHoldsBudgetsChargesEverythin
   run("away-", 20);  // refused: nobody can hold
   billing = std::make_unique<BillingProcess>(db.dsn(), target, env);
   run("after-", 300);
-  // Budgets again once the new process's quiet second is over (asked for every 100 ms).
-  for (int i = 0; i < 50 && edge.held_from_budgets() == from_budgets_before; ++i)
-    run("later-" + std::to_string(i) + "-", 20);
+  // Budgets again once the new process's quiet second is over (asked for every 100 ms; the
+  // edge's channel may still be backing off from the outage).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  for (int i = 0; edge.held_from_budgets() == from_budgets_before &&
+                  std::chrono::steady_clock::now() < deadline;
+       ++i) {
+    run("later-" + std::to_string(i) + "-", 10);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   EXPECT_GT(edge.held_from_budgets(), from_budgets_before) << "budgets again";
   for (int i = 0; i < 400 && edge.spooled() > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
