@@ -114,6 +114,15 @@ std::vector<ConfigKey> BuildSchema() {
       {"billing.hold_ttl", T::kDuration, "10m",
        "a hold neither settled by its usage record nor released stops counting after this", false,
        1000, 86400000},
+      {"billing.budget_ttl", T::kDuration, "1s",
+       "an edge spends a budget (money of a user granted in advance) until it asked + this; "
+       "billing counts it until its last renewal + this + billing.hold_ttl, and a restarted "
+       "replica grants no hold or budget for this long after start",
+       false, 100, 60000},
+      {"billing.budget_min_headroom", T::kInt, "1000000",
+       "micro-units: a user whose balance + credit limit - held is below this gets no budget, so "
+       "the last money is held request by request",
+       false, 0, 1000000000000000},
       {"billing.ingest_max_records", T::kInt, "2000",
        "usage records written in one transaction at most (RecordUsage calls queued meanwhile "
        "share one commit)",
@@ -190,6 +199,14 @@ std::vector<ConfigKey> BuildSchema() {
       {"edge.quota_lease_interval", T::kDuration, "10ms",
        "how often the edge asks for, renews and returns leases (one Lease call per replica)", false,
        1, 1000},
+      {"edge.billing_budgets", T::kBool, "true",
+       "hold from budgets (money of a user billing grants the edge in advance, one hold for the "
+       "sum) instead of a Hold call per request; close to the end of a user's money billing "
+       "grants none and requests are held one at a time as without budgets"},
+      {"edge.billing_budget_interval", T::kDuration, "10ms",
+       "how often the edge asks for, refills and returns budgets (one Budget call for every "
+       "user)",
+       false, 1, 1000},
       {"edge.quota_default_max_tokens", T::kInt, "4096",
        "completion budget of a request that sets no max_tokens when its model has no "
        "default_max_tokens (tollgatectl router set-model-limits): quota admits and billing holds "

@@ -80,6 +80,7 @@ constexpr auto kTable = std::to_array<MethodRule>({
     Edge("/tollgate.billing.v1.BillingService/RecordUsage"),
     Edge("/tollgate.billing.v1.BillingService/GetAccount"),
     Edge("/tollgate.billing.v1.BillingService/GetUsage"),
+    Edge("/tollgate.billing.v1.BillingService/Budget"),
     Admin("/tollgate.billing.v1.BillingAdminService/GetStatus"),
     Admin("/tollgate.billing.v1.BillingAdminService/SetPrice"),
     Admin("/tollgate.billing.v1.BillingAdminService/ListPrices"),

@@ -28,8 +28,13 @@ class BillingModule final : public DbServiceModule {
  protected:
   void RegisterServices(GrpcServer& server) override {
     repo_ = std::make_unique<PgBillingRepository>(pool());
-    billing_ = std::make_unique<Billing>(*repo_, clock_,
-                                         BillingOptions{config().GetDuration("billing.hold_ttl")});
+    BillingOptions options;
+    options.hold_ttl = config().GetDuration("billing.hold_ttl");
+    options.budget_ttl = config().GetDuration("billing.budget_ttl");
+    options.budget_min_headroom_micros = config().GetInt("billing.budget_min_headroom");
+    // Budgets of an earlier incarnation may still be spent at the edges for one budget_ttl.
+    options.quiet_after_start = options.budget_ttl;
+    billing_ = std::make_unique<Billing>(*repo_, clock_, options);
     billing_metrics_ = std::make_unique<BillingMetrics>(metrics().registry());
     ingestor_ = std::make_unique<Ingestor>(
         [this](std::vector<UsageInput> records) {

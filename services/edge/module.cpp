@@ -106,6 +106,8 @@ class EdgeModule final : public Module {
     billing.timeout = config.GetDuration("edge.grpc_timeout");
     billing.spool_dir = config.GetString("edge.spool_dir");
     billing.spool_max_bytes = static_cast<uint64_t>(config.GetInt("edge.spool_max_bytes"));
+    billing.budgets = config.GetBool("edge.billing_budgets");
+    billing.budget_interval = config.GetDuration("edge.billing_budget_interval");
     billing.registry = &deps_.metrics.registry();
     billing_ = std::make_unique<GrpcBillingClient>(billing);
 

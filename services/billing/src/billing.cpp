@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "tollgate/civil_date.h"
 #include "tollgate/redact.h"
@@ -25,17 +26,84 @@ std::string Bounded(const std::string& s, size_t max) { return SanitizeText(s, m
 
 constexpr size_t kMaxBody = 1 << 20;  // per body; the edge cuts at edge.store_bodies_max_bytes
 
-// A hold's tier multiplier: the upstream serves the tier asked for or falls back to its default
-// one (OpenAI answers a priority request it cannot serve as default), so the larger of the two
-// keeps the hold at or above the record's cost for the same tokens.
-int64_t HoldTierMultiplier(const std::map<std::string, int64_t>& tiers, const std::string& tier) {
-  return std::max(TierMultiplier(tiers, tier), TierMultiplier(tiers, ""));
-}
-
 }  // namespace
 
 Billing::Billing(BillingRepository& repo, const Clock& clock, BillingOptions options)
-    : repo_(repo), clock_(clock), options_(options) {}
+    : repo_(repo),
+      clock_(clock),
+      options_(options),
+      quiet_until_ms_(options.quiet_after_start.count() > 0
+                          ? clock.UnixMillis() + options.quiet_after_start.count()
+                          : 0) {}
+
+std::vector<BudgetGrant> Billing::Budgets(const std::vector<BudgetAsk>& asks) {
+  int64_t now = clock_.UnixMillis();
+  std::vector<BudgetGrant> out(asks.size());
+  std::vector<int64_t> load;
+  for (const BudgetAsk& a : asks) {
+    RequireUser(a.user_id);
+    if (book_.NeedsLoad(a.user_id)) load.push_back(a.user_id);
+  }
+  if (!load.empty()) LoadAccounts(load);
+  const BudgetSizing sizing{options_.budget_min_headroom_micros, 8};
+  const bool quiet = now < quiet_until_ms_;
+  for (size_t i = 0; i < asks.size(); ++i) {
+    const BudgetAsk& a = asks[i];
+    BudgetGrant& g = out[i];
+    g.ttl_ms = options_.budget_ttl.count();
+    g.multiplier_ppm = CachedMultiplier(a.user_id, now);
+    // Quiet after a start: budgets of the previous incarnation may still be in use (nothing is
+    // added, so a new ask gets none).
+    const int64_t want = quiet ? 0 : a.want_micros;
+    auto placed = book_.PlaceBudget(a.user_id, a.budget_id, want, a.min_micros, sizing, now,
+                                    now + options_.budget_ttl.count() + options_.hold_ttl.count(),
+                                    a.left_micros);
+    if (!placed) {
+      LoadAccounts({a.user_id});  // invalidated by an admin change meanwhile
+      placed = book_.PlaceBudget(a.user_id, a.budget_id, want, a.min_micros, sizing, now,
+                                 now + options_.budget_ttl.count() + options_.hold_ttl.count(),
+                                 a.left_micros);
+    }
+    if (!placed) continue;  // nothing granted
+    g.found = placed->found;
+    g.budget_id = placed->budget_id;
+    g.added_micros = placed->added_micros;
+    g.amount_micros = placed->amount_micros;
+  }
+  return out;
+}
+
+PriceSnapshot Billing::Prices() {
+  const int64_t now = clock_.UnixMillis();
+  {
+    std::lock_guard lock(cache_mu_);
+    if (snapshot_.loaded_at_ms != 0 &&
+        now - snapshot_.loaded_at_ms < options_.price_cache_ttl.count())
+      return snapshot_.value;
+  }
+  PriceSnapshot snap;
+  // Newest first: per (model, provider) every price not in effect yet, then the one in effect.
+  std::map<std::pair<std::string, std::string>, bool> current_seen;
+  for (auto& p : repo_.ListPrices("")) {
+    bool& seen = current_seen[{p.model, p.provider}];
+    if (seen) continue;
+    if (p.effective_from_ms <= now) seen = true;
+    snap.prices.push_back(std::move(p));
+  }
+  snap.tiers = repo_.ServiceTierMultipliers();
+  // The version names the content, so an edge holding the same prices is sent none.
+  std::string text;
+  for (const auto& p : snap.prices) {
+    text += p.model + '\x1f' + p.provider + '\x1f' + std::to_string(p.id) + '\x1f' +
+            std::to_string(p.effective_from_ms) + '\x1e';
+  }
+  for (const auto& [tier, ppm] : snap.tiers) text += tier + '\x1f' + std::to_string(ppm) + '\x1e';
+  snap.version =
+      std::to_string(std::hash<std::string>{}(text)) + "." + std::to_string(snap.prices.size());
+  std::lock_guard lock(cache_mu_);
+  snapshot_ = {snap, std::max<int64_t>(now, 1)};
+  return snap;
+}
 
 HoldDecision Billing::Hold(const HoldInput& input) {
   if (auto d = Decide(input, /*may_block=*/true)) return *d;
@@ -49,7 +117,15 @@ std::optional<HoldDecision> Billing::TryHold(const HoldInput& input) {
 std::optional<HoldDecision> Billing::Decide(const HoldInput& input, bool may_block) {
   RequireUser(input.user_id);
   Require(!input.model.empty(), "model is required");
-  const int64_t now = clock_.UnixMillis();
+  int64_t now = clock_.UnixMillis();
+  if (now < quiet_until_ms_) {
+    // Budgets of the previous incarnation may still be spent: wait them out (bounded in real
+    // time, so a clock that does not move cannot hang a call).
+    if (!may_block) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(
+        std::min<int64_t>(quiet_until_ms_ - now, options_.quiet_after_start.count())));
+    now = clock_.UnixMillis();
+  }
   auto prices =
       may_block ? std::optional(CachedPrices(input.model, now)) : PeekPrices(input.model, now);
   auto multiplier = may_block ? std::optional(CachedMultiplier(input.user_id, now))
@@ -205,7 +281,8 @@ std::vector<bool> Billing::Record(std::vector<UsageInput> records) {
   settled.reserve(records.size());
   for (size_t i = 0; i < records.size(); ++i)
     settled.push_back({records[i].user_id, records[i].hold_id, stored[i] ? costs[i] : 0,
-                       stored[i] && costs[i] != 0 ? versions[records[i].user_id] : 0});
+                       stored[i] && costs[i] != 0 ? versions[records[i].user_id] : 0,
+                       records[i].budget_id});
   book_.Settle(settled);
   return stored;
 }
@@ -268,6 +345,7 @@ PriceRecord Billing::SetPrice(const std::string& actor, const NewPrice& in) {
       repo_.AddPrice(p, Audit(actor, "set_price", "model:" + p.model, details.dump()));
   std::lock_guard lock(cache_mu_);
   prices_.erase(p.model);
+  snapshot_.loaded_at_ms = 0;  // edges get the new price with their next budget call
   return added;
 }
 
@@ -305,6 +383,7 @@ ServiceTierMultiplier Billing::SetServiceTierMultiplier(const std::string& actor
       m, Audit(actor, "set_service_tier_multiplier", "service_tier:" + tier, details.dump()));
   std::lock_guard lock(cache_mu_);
   tier_multipliers_.loaded_at_ms = 0;  // this replica's next hold reads the new multiplier
+  snapshot_.loaded_at_ms = 0;
   return m;
 }
 

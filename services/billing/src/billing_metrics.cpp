@@ -5,6 +5,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <string>
+
 namespace tollgate::billing {
 
 BillingMetrics::BillingMetrics(prometheus::Registry& registry) {
@@ -15,6 +17,15 @@ BillingMetrics::BillingMetrics(prometheus::Registry& registry) {
   holds_granted_ = &holds.Add({{"result", "granted"}});
   holds_refused_ = &holds.Add({{"result", "refused"}});
   holds_error_ = &holds.Add({{"result", "error"}});
+  auto& budgets = prometheus::BuildCounter()
+                      .Name("tollgate_billing_budgets_total")
+                      .Help(
+                          "Edge budgets asked for or given back, by result (granted: money "
+                          "added, refused: none added, returned)")
+                      .Register(registry);
+  budgets_granted_ = &budgets.Add({{"result", "granted"}});
+  budgets_refused_ = &budgets.Add({{"result", "refused"}});
+  budgets_returned_ = &budgets.Add({{"result", "returned"}});
   auto& records = prometheus::BuildCounter()
                       .Name("tollgate_billing_usage_records_total")
                       .Help(
@@ -43,6 +54,14 @@ void BillingMetrics::CountHold(bool granted) {
 }
 
 void BillingMetrics::CountHoldError() { holds_error_->Increment(); }
+
+void BillingMetrics::CountBudget(const char* result) {
+  const std::string r = result;
+  (r == "granted"   ? budgets_granted_
+   : r == "refused" ? budgets_refused_
+                    : budgets_returned_)
+      ->Increment();
+}
 
 void BillingMetrics::CountRecords(size_t recorded, size_t duplicates) {
   records_recorded_->Increment(static_cast<double>(recorded));

@@ -18,6 +18,8 @@ class BillingMetrics final {
 
   void CountHold(bool granted);
   void CountHoldError();
+  // A budget granted (something added), refused (nothing added) or returned.
+  void CountBudget(const char* result);
   void CountRecords(size_t recorded, size_t duplicates);
   void CountRecordUsageError();
   // One ingesting transaction committed with `records` records.
@@ -27,6 +29,9 @@ class BillingMetrics final {
   prometheus::Counter* holds_granted_;
   prometheus::Counter* holds_refused_;
   prometheus::Counter* holds_error_;
+  prometheus::Counter* budgets_granted_;
+  prometheus::Counter* budgets_refused_;
+  prometheus::Counter* budgets_returned_;
   prometheus::Counter* records_recorded_;
   prometheus::Counter* records_duplicate_;
   prometheus::Counter* record_usage_error_;

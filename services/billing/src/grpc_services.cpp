@@ -1,6 +1,7 @@
 #include "src/grpc_services.h"
 
 #include <algorithm>
+#include <random>
 #include <string>
 #include <utility>
 
@@ -93,6 +94,7 @@ UsageInput FromProto(const pb::UsageRecord& r) {
   u.upstream_key_id = r.upstream_key_id();
   u.provider = r.provider();
   u.hold_id = r.hold_id();
+  u.budget_id = r.budget_id();
   u.tokens = {r.prompt_tokens(), r.completion_tokens(), r.cached_tokens(), r.cache_write_tokens()};
   u.usage_estimated = r.usage_estimated();
   u.streamed = r.streamed();
@@ -272,7 +274,49 @@ class BillingServiceImpl final : public pb::BillingService::CallbackService {
     });
   }
 
+  grpc::ServerUnaryReactor* Budget(grpc::CallbackServerContext* context,
+                                   const pb::BudgetRequest* request,
+                                   pb::BudgetResponse* response) override {
+    // On a worker: a user's first budget loads its account, a stale price snapshot the prices.
+    return OnWorker(context, workers_, "Budget", [=, this] {
+      for (const auto& r : request->returns()) {
+        billing_.ReturnBudget(r.budget_id(), r.spent_micros());
+        metrics_.CountBudget("returned");
+      }
+      std::vector<BudgetAsk> asks;
+      asks.reserve(request->asks_size());
+      for (const auto& a : request->asks())
+        asks.push_back({a.user_id(), a.budget_id(), a.micros(), a.min_micros(),
+                        a.budget_id() != 0 ? a.left_micros() : -1});
+      for (const BudgetGrant& g : billing_.Budgets(asks)) {
+        auto* out = response->add_grants();
+        out->set_found(g.found);
+        out->set_budget_id(g.budget_id);
+        out->set_added_micros(g.added_micros);
+        out->set_amount_micros(g.amount_micros);
+        out->set_multiplier_ppm(g.multiplier_ppm);
+        out->set_ttl_ms(g.ttl_ms);
+        metrics_.CountBudget(g.added_micros > 0 ? "granted" : "refused");
+      }
+      response->set_incarnation(incarnation_);
+      PriceSnapshot snapshot = billing_.Prices();
+      if (snapshot.version != request->price_version()) {
+        auto* prices = response->mutable_prices();
+        prices->set_version(snapshot.version);
+        for (const auto& p : snapshot.prices) Fill(p, prices->add_prices());
+        for (const auto& [tier, ppm] : snapshot.tiers)
+          Fill(ServiceTierMultiplier{tier, ppm}, prices->add_tier_multipliers());
+      }
+      return grpc::Status::OK;
+    });
+  }
+
  private:
+  // Random per process: edges drop the budgets of an earlier one.
+  const uint64_t incarnation_ = [] {
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32 | rd()) | 1;
+  }();
   Billing& billing_;
   Ingestor& ingestor_;
   WorkerPool& workers_;

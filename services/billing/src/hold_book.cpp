@@ -27,18 +27,28 @@ void HoldBook::Drop(Shard& shard, User& user, std::map<int64_t, Hold>::iterator 
     r.holds.erase(it->second.request_id);
   }
   shard.hold_user.erase(it->first);
+  user.by_expiry.erase(it->second.expiry);
   user.holds.erase(it);
 }
 
 void HoldBook::ExpireUser(Shard& shard, User& user, int64_t now_ms, int64_t* expired) {
-  for (auto it = user.holds.begin(); it != user.holds.end();) {
-    auto next = std::next(it);
-    if (it->second.expires_at_ms <= now_ms) {
-      Drop(shard, user, it);
-      if (expired) ++*expired;
+  // Earliest expiry first: only the holds that expired are visited.
+  while (!user.by_expiry.empty() && user.by_expiry.begin()->first <= now_ms) {
+    auto it = user.holds.find(user.by_expiry.begin()->second);
+    if (it == user.holds.end()) {  // cannot happen: the index follows the holds
+      user.by_expiry.erase(user.by_expiry.begin());
+      continue;
     }
-    it = next;
+    Drop(shard, user, it);
+    if (expired) ++*expired;
   }
+}
+
+void HoldBook::Shrink(Shard& shard, User& user, std::map<int64_t, Hold>::iterator it, int64_t by) {
+  const int64_t cut = std::clamp<int64_t>(by, 0, it->second.amount_micros);
+  it->second.amount_micros -= cut;
+  user.held_micros -= cut;
+  if (it->second.returned && it->second.amount_micros == 0) Drop(shard, user, it);
 }
 
 bool HoldBook::NeedsLoad(int64_t user_id) {
@@ -81,7 +91,9 @@ std::optional<BookHold> HoldBook::Place(int64_t user_id, const std::string& requ
   if (amount_micros > out.available_micros) return out;
   out.granted = true;
   out.hold_id = NewHoldId(user_id);
-  user->holds[out.hold_id] = Hold{user_id, amount_micros, expires_at_ms, request_id};
+  Hold& hold = user->holds[out.hold_id];
+  hold = Hold{user_id, amount_micros, expires_at_ms, request_id};
+  hold.expiry = user->by_expiry.emplace(expires_at_ms, out.hold_id);
   user->held_micros += amount_micros;
   shard.hold_user[out.hold_id] = user_id;
   if (requests) requests->holds[request_id] = {out.hold_id, user_id};
@@ -121,6 +133,78 @@ void HoldBook::Release(int64_t hold_id) {
   if (auto it = user.holds.find(hold_id); it != user.holds.end()) Drop(shard, user, it);
 }
 
+std::optional<BookBudget> HoldBook::PlaceBudget(int64_t user_id, int64_t budget_id,
+                                                int64_t want_micros, int64_t min_micros,
+                                                const BudgetSizing& sizing, int64_t now_ms,
+                                                int64_t expires_at_ms, int64_t left_micros) {
+  Shard& shard = ShardOf(user_id);
+  std::lock_guard lock(shard.mu);
+  auto u = shard.users.find(user_id);
+  if (u == shard.users.end() || !u->second.loaded) return std::nullopt;
+  User& user = u->second;
+  user.last_used_ms = now_ms;
+  ExpireUser(shard, user, now_ms, nullptr);
+  BookBudget out;
+  std::map<int64_t, Hold>::iterator it = user.holds.end();
+  if (budget_id != 0) {
+    it = user.holds.find(budget_id);
+    if (it == user.holds.end() || !it->second.budget || it->second.returned) {
+      out.found = false;  // expired, returned, or granted by an earlier incarnation
+      return out;
+    }
+  }
+  const int64_t headroom = user.balance_micros + user.credit_limit_micros - user.held_micros;
+  // Held for it and not spent yet at the edge (what it spent and billing has not charged yet
+  // stays held, but is no longer the edge's to spend).
+  const int64_t held_for = it == user.holds.end() ? 0 : it->second.amount_micros;
+  const int64_t amount = left_micros < 0 ? held_for : std::min(left_micros, held_for);
+  int64_t add = 0;
+  if (headroom >= sizing.min_headroom_micros && headroom > 0) {
+    // The budget, this grant included, is at most a share of the headroom it was granted from
+    // (what is free plus what the budget already holds).
+    const int64_t cap = (headroom + amount) / std::max<int64_t>(sizing.share_divisor, 1) - amount;
+    add = std::clamp<int64_t>(want_micros, 0, std::max<int64_t>(cap, 0));
+    if (add < std::max<int64_t>(min_micros, 1)) add = 0;
+  }
+  if (it == user.holds.end()) {
+    if (add == 0) {
+      out.available_micros = headroom;
+      return out;  // close to the end of the money: no budget, per-request holds decide
+    }
+    const int64_t id = NewHoldId(user_id);
+    it = user.holds.emplace(id, Hold{user_id, 0, expires_at_ms, ""}).first;
+    it->second.budget = true;
+    it->second.expiry = user.by_expiry.emplace(expires_at_ms, id);
+    shard.hold_user[id] = user_id;
+  } else if (expires_at_ms > it->second.expires_at_ms) {
+    user.by_expiry.erase(it->second.expiry);
+    it->second.expires_at_ms = expires_at_ms;
+    it->second.expiry = user.by_expiry.emplace(expires_at_ms, it->first);
+  }
+  it->second.amount_micros += add;
+  user.held_micros += add;
+  out.budget_id = it->first;
+  out.added_micros = add;
+  out.amount_micros = it->second.amount_micros;
+  out.available_micros = headroom - add;
+  return out;
+}
+
+void HoldBook::ReturnBudget(int64_t budget_id, int64_t spent_micros) {
+  if (budget_id <= 0) return;
+  Shard& shard = ShardOfHold(budget_id);
+  std::lock_guard lock(shard.mu);
+  auto h = shard.hold_user.find(budget_id);
+  if (h == shard.hold_user.end()) return;
+  User& user = shard.users[h->second];
+  auto it = user.holds.find(budget_id);
+  if (it == user.holds.end() || !it->second.budget) return;
+  it->second.returned = true;
+  // Records not here yet may still charge spent - charged: that much stays held for them.
+  const int64_t owed = std::max<int64_t>(0, spent_micros - it->second.charged_micros);
+  Shrink(shard, user, it, it->second.amount_micros - owed);
+}
+
 void HoldBook::Settle(const std::vector<Settlement>& settled) {
   for (const Settlement& s : settled) {
     Shard& shard = ShardOf(s.user_id);
@@ -128,6 +212,13 @@ void HoldBook::Settle(const std::vector<Settlement>& settled) {
     User& user = shard.users[s.user_id];
     if (s.hold_id > 0)
       if (auto it = user.holds.find(s.hold_id); it != user.holds.end()) Drop(shard, user, it);
+    // A record spent from a budget: the money moves from the budget to the charges, so
+    // balance - held stays where the budget put it. A redelivery (cost 0) changes nothing.
+    if (s.budget_id > 0 && s.cost_micros > 0)
+      if (auto it = user.holds.find(s.budget_id); it != user.holds.end() && it->second.budget) {
+        it->second.charged_micros += s.cost_micros;
+        Shrink(shard, user, it, s.cost_micros);
+      }
     // A charge the last load already read (its version is not newer) is in the balance.
     if (s.cost_micros != 0 && s.version > user.version) {
       user.balance_micros -= s.cost_micros;

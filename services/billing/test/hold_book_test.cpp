@@ -73,5 +73,81 @@ TEST(HoldBook, ParallelHoldsOfOneUserNeverSpendTheSameMoneyTwice) {
   EXPECT_EQ(book.HeldMicros(7, 0), (1500 / 7) * 7);
 }
 
+// Holds expire in expiry order whatever order they were placed in, and one Place costs only the
+// holds that expired (the expiry index), not a scan of all the user's holds.
+TEST(HoldBook, HoldsExpireInExpiryOrderThroughTheIndex) {
+  HoldBook book;
+  book.Load({{1, true, 1'000'000, 0, 1}});
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_TRUE(book.Place(1, "r" + std::to_string(i), 10, 0, 1000 + (i * 7919) % 1000)->granted);
+  EXPECT_EQ(book.HeldMicros(1, 0), 10'000);
+  EXPECT_EQ(book.HeldMicros(1, 1499), 10 * 500) << "those expiring at 1000..1499 are gone";
+  EXPECT_EQ(book.Available(1, 1499), 1'000'000 - 5000);
+  EXPECT_EQ(book.Expire(2000, 60'000), 500);
+  EXPECT_EQ(book.live_holds(), 0);
+}
+
+// A budget is one hold for the sum: records naming it move their cost from it to the charges (so
+// balance - held does not move), a return keeps what records still owe, and it is sized from the
+// headroom (none close to the end of the money).
+TEST(HoldBook, BudgetsAreSizedFromTheHeadroomAndShrinkByTheirRecords) {
+  HoldBook book;
+  const BudgetSizing sizing{100, 8};
+  EXPECT_FALSE(book.PlaceBudget(1, 0, 500, 10, sizing, 0, 1000).has_value()) << "not loaded";
+  book.Load({{1, true, 8000, 0, 1}});
+  auto b = book.PlaceBudget(1, 0, 5000, 10, sizing, 0, 1000);
+  ASSERT_TRUE(b && b->found);
+  EXPECT_EQ(b->added_micros, 1000) << "an eighth of the headroom at most";
+  EXPECT_EQ(book.Available(1, 0), 7000);
+  // At its share already: a refill adds nothing, but extends the expiry.
+  auto more = book.PlaceBudget(1, b->budget_id, 500, 10, sizing, 0, 3000);
+  EXPECT_EQ(more->added_micros, 0);
+  EXPECT_EQ(more->amount_micros, 1000);
+  EXPECT_EQ(book.HeldMicros(1, 2000), 1000) << "extended to 3000";
+  // Two records spent from it (a batch at version 2): charged, and the budget shrinks by them.
+  book.Settle({{1, 0, 300, 2, b->budget_id}, {1, 0, 200, 2, b->budget_id}});
+  EXPECT_EQ(book.HeldMicros(1, 0), 500);
+  EXPECT_EQ(book.Available(1, 0), 8000 - 500 - 500);
+  // Refilled up to an eighth of what it was granted from (7000 free + its 500).
+  more = book.PlaceBudget(1, b->budget_id, 500, 10, sizing, 0, 3000);
+  EXPECT_EQ(more->added_micros, 7500 / 8 - 500);
+  EXPECT_EQ(more->amount_micros, 7500 / 8);
+  // A redelivery (cost 0) changes nothing.
+  book.Settle({{1, 0, 0, 0, b->budget_id}});
+  EXPECT_EQ(book.HeldMicros(1, 0), 7500 / 8);
+  // Returned having spent 700: the 200 whose record is still on its way stay held.
+  book.ReturnBudget(b->budget_id, 700);
+  EXPECT_EQ(book.HeldMicros(1, 0), 200);
+  EXPECT_FALSE(book.PlaceBudget(1, b->budget_id, 10, 1, sizing, 0, 3000)->found)
+      << "a returned budget grows no more";
+  book.Settle({{1, 0, 200, 3, b->budget_id}});
+  EXPECT_EQ(book.HeldMicros(1, 0), 0);
+  EXPECT_EQ(book.live_holds(), 0) << "a returned budget ends with its last record";
+  EXPECT_EQ(book.Available(1, 0), 8000 - 700);
+  // Close to the end of the money: no budget (per-request holds decide).
+  book.Load({{1, true, 90, 0, 4}});
+  auto none = book.PlaceBudget(1, 0, 50, 1, sizing, 0, 1000);
+  EXPECT_EQ(none->budget_id, 0);
+  EXPECT_EQ(none->added_micros, 0);
+  // Nor when an eighth of the headroom is less than one request's worst case.
+  book.Load({{1, true, 1000, 0, 5}});
+  EXPECT_EQ(book.PlaceBudget(1, 0, 500, 126, sizing, 0, 1000)->added_micros, 0);
+  EXPECT_EQ(book.PlaceBudget(1, 0, 500, 125, sizing, 0, 1000)->added_micros, 125);
+}
+
+// An edge that dies keeps its budget held until it expires: nobody else spends that money; then
+// it is free again, and a late record is still charged.
+TEST(HoldBook, ABudgetNobodyReturnsExpires) {
+  HoldBook book;
+  book.Load({{1, true, 8000, 0, 1}});
+  auto b = book.PlaceBudget(1, 0, 1000, 1, {0, 8}, 0, 1000);
+  ASSERT_EQ(b->added_micros, 1000);
+  EXPECT_FALSE(book.Place(1, "r", 7001, 10, 2000)->granted);
+  EXPECT_EQ(book.Expire(1000, 60'000), 1);
+  EXPECT_TRUE(book.Place(1, "r", 7001, 1000, 2000)->granted);
+  book.Settle({{1, 0, 100, 2, b->budget_id}});  // late: charged all the same
+  EXPECT_EQ(book.Available(1, 1000), 8000 - 100 - 7001);
+}
+
 }  // namespace
 }  // namespace tollgate::billing

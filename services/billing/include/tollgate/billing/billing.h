@@ -28,6 +28,39 @@ struct BillingOptions {
   std::chrono::milliseconds price_cache_ttl{std::chrono::seconds(5)};
   // A user without holds is dropped from the hold book after this long idle.
   std::chrono::milliseconds idle_account{std::chrono::minutes(10)};
+  // Budgets (issue #13): an edge spends a budget until the call that got it was sent + budget_ttl;
+  // the book counts it until its last extension + budget_ttl + hold_ttl (requests admitted from
+  // it may still be running, and their records on their way).
+  std::chrono::milliseconds budget_ttl{std::chrono::seconds(1)};
+  // Headroom (balance + credit - held) below which no budget grows: per-request holds decide.
+  int64_t budget_min_headroom_micros = 1'000'000;
+  // After start, no hold or budget is granted for this long: budgets of the previous incarnation
+  // may still be spent by edges until then (0: none; the module sets budget_ttl).
+  std::chrono::milliseconds quiet_after_start{0};
+};
+
+// An edge's ask for a user's budget (budget_id 0: a new one), and the answer.
+struct BudgetAsk {
+  int64_t user_id = 0;
+  int64_t budget_id = 0;
+  int64_t want_micros = 0;   // to add
+  int64_t min_micros = 0;    // less than this is not worth adding (one request's worst case)
+  int64_t left_micros = -1;  // what the edge has not spent of it (-1: unknown, all of it)
+};
+struct BudgetGrant {
+  bool found = true;  // false: the budget named is gone here (expired, restarted): drop it
+  int64_t budget_id = 0;
+  int64_t added_micros = 0;
+  int64_t amount_micros = 0;
+  int64_t multiplier_ppm = 1'000'000;  // the user's, for the edge's worst cases and costs
+  int64_t ttl_ms = 0;
+};
+// What an edge needs to price requests itself (cost.h): the prices in effect now and those that
+// take effect later, per model, and the service tiers' multipliers. `version` names the content.
+struct PriceSnapshot {
+  std::string version;
+  std::vector<PriceRecord> prices;
+  std::map<std::string, int64_t> tiers;
 };
 
 struct HoldInput {
@@ -83,6 +116,13 @@ class Billing final {
   // or the account are not cached); then call Hold from a thread that may wait.
   std::optional<HoldDecision> TryHold(const HoldInput& input);
   void Release(int64_t hold_id);
+  // Budgets, in one batch per edge call. May read the database (accounts not loaded, prices).
+  std::vector<BudgetGrant> Budgets(const std::vector<BudgetAsk>& asks);
+  void ReturnBudget(int64_t budget_id, int64_t spent_micros) {
+    book_.ReturnBudget(budget_id, spent_micros);
+  }
+  // Cached like the prices Hold reads (price_cache_ttl; changes on this replica at once).
+  PriceSnapshot Prices();
   // Drops expired holds and idle users (housekeeping: an expired hold stops counting at once
   // whether or not this ran); returns how many holds expired.
   int64_t ExpireHolds();
@@ -147,6 +187,8 @@ class Billing final {
   std::map<int64_t, Cached<int64_t>> multipliers_;
   // The whole (small) service_tier_multipliers table; loaded_at_ms 0: not loaded.
   Cached<std::map<std::string, int64_t>> tier_multipliers_;
+  Cached<PriceSnapshot> snapshot_;  // loaded_at_ms 0: not loaded
+  int64_t quiet_until_ms_ = 0;
   HoldBook book_;
 };
 

@@ -12,6 +12,13 @@
 // at version V is completed with exactly the charges after V: a reload never counts a commit
 // twice nor misses one, however the read and the commits interleave. A crash loses only
 // reservations: the records, and so every balance, stay exact.
+//
+// Budgets (issue #13): an edge's budget for a user is one hold in the book for the sum, which the
+// edge spends request by request without a call. Records that name the budget charge their cost
+// and shrink the budget by it in the same step, so balance - held never moves under the edge: the
+// money the edge may still spend stays held. A returned budget keeps what the edge spent and
+// billing has not been told of yet (records still on their way) until those records arrive or the
+// budget expires.
 #pragma once
 
 #include <cstdint>
@@ -41,12 +48,29 @@ struct BookHold {
   int64_t available_micros = 0;  // before this hold
 };
 
-// A committed record's effect on the book: its hold ends, and its cost leaves the balance.
+// A committed record's effect on the book: its hold ends (or its budget shrinks by its cost), and
+// its cost leaves the balance.
 struct Settlement {
   int64_t user_id = 0;
   int64_t hold_id = 0;      // 0: none
   int64_t cost_micros = 0;  // 0 for a record stored before (a redelivery)
   int64_t version = 0;      // the account's version after the charge (0: no charge)
+  int64_t budget_id = 0;    // the budget the record was admitted under; 0: none
+};
+
+// What PlaceBudget did.
+struct BookBudget {
+  bool found = true;  // false: the budget named is not (or no longer) in this book
+  int64_t budget_id = 0;
+  int64_t added_micros = 0;      // 0: nothing added (refused: close to the end of the money)
+  int64_t amount_micros = 0;     // held for it now
+  int64_t available_micros = 0;  // balance + credit - held, after this
+};
+
+// How budgets are sized from a user's headroom (balance + credit - held).
+struct BudgetSizing {
+  int64_t min_headroom_micros = 0;  // below this no budget grows: per-request holds decide
+  int64_t share_divisor = 8;        // a grant is at most headroom / this
 };
 
 class HoldBook final {
@@ -65,6 +89,19 @@ class HoldBook final {
   void Invalidate(int64_t user_id);
 
   void Release(int64_t hold_id);
+  // A new budget (budget_id 0) or more for an existing one: adds up to `want_micros` (at most the
+  // headroom's share, nothing when that is below `min_micros` or the headroom below the minimum)
+  // and extends its expiry to `expires_at_ms` (also when nothing is added). nullopt: the user's
+  // account is not loaded.
+  // `left_micros`: what the edge has not spent of it yet (-1: all of it); the unspent part is at
+  // most a share of the headroom it is granted from.
+  std::optional<BookBudget> PlaceBudget(int64_t user_id, int64_t budget_id, int64_t want_micros,
+                                        int64_t min_micros, const BudgetSizing& sizing,
+                                        int64_t now_ms, int64_t expires_at_ms,
+                                        int64_t left_micros = -1);
+  // The edge is done with the budget, having spent `spent_micros` from it in all: what records
+  // have not charged of that yet stays held (until they arrive or the budget expires).
+  void ReturnBudget(int64_t budget_id, int64_t spent_micros);
   // After records committed on this replica: their holds end, their costs leave the balances.
   void Settle(const std::vector<Settlement>& settled);
   // Holds settled elsewhere (another replica ingested their records) end too.
@@ -81,11 +118,16 @@ class HoldBook final {
   int64_t live_holds();
 
  private:
+  using ExpiryIndex = std::multimap<int64_t, int64_t>;  // expires_at_ms -> hold id
   struct Hold {
     int64_t user_id;
     int64_t amount_micros;
     int64_t expires_at_ms;
     std::string request_id;
+    ExpiryIndex::iterator expiry;
+    bool budget = false;
+    bool returned = false;       // a budget the edge gave back (only records may still come)
+    int64_t charged_micros = 0;  // a budget's: what records naming it charged here
   };
   struct User {
     bool loaded = false;
@@ -93,6 +135,7 @@ class HoldBook final {
     int64_t credit_limit_micros = 0;
     int64_t held_micros = 0;  // sum of the live holds below
     std::map<int64_t, Hold> holds;
+    ExpiryIndex by_expiry;  // the holds above by expiry: expiring costs O(expired), not O(holds)
     int64_t last_used_ms = 0;
     int64_t version = 0;                 // the newest account version the balance includes
     std::map<int64_t, int64_t> charges;  // version -> cost, for charges after the last load
@@ -117,6 +160,7 @@ class HoldBook final {
   Shard& ShardOfHold(int64_t hold_id) { return shards_[static_cast<uint64_t>(hold_id) % kShards]; }
   void Drop(Shard& shard, User& user, std::map<int64_t, Hold>::iterator it);
   void ExpireUser(Shard& shard, User& user, int64_t now_ms, int64_t* expired);
+  void Shrink(Shard& shard, User& user, std::map<int64_t, Hold>::iterator it, int64_t by);
   int64_t NewHoldId(int64_t user_id);
 
   Shard shards_[kShards];

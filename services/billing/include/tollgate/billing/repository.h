@@ -46,6 +46,9 @@ struct UsageInput {
   int64_t upstream_key_id = 0;
   std::string provider;
   int64_t hold_id = 0;
+  // The edge budget the request was admitted under (0: none); its cost shrinks that budget in
+  // the hold book. Not stored.
+  int64_t budget_id = 0;
   TokenCounts tokens;
   bool usage_estimated = false;
   bool streamed = false;

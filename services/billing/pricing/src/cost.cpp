@@ -165,6 +165,11 @@ int64_t TierMultiplier(const std::map<std::string, int64_t>& multipliers, const 
   return it == multipliers.end() ? kMultiplierOne : it->second;
 }
 
+int64_t HoldTierMultiplier(const std::map<std::string, int64_t>& multipliers,
+                           const std::string& tier) {
+  return std::max(TierMultiplier(multipliers, tier), TierMultiplier(multipliers, ""));
+}
+
 std::optional<PriceRecord> SelectPrice(const std::vector<PriceRecord>& prices,
                                        const std::string& provider, int64_t at_ms) {
   const PriceRecord* exact = nullptr;

@@ -1,4 +1,7 @@
-// Cost arithmetic: integers only, one rounding.
+// Cost arithmetic: integers only, one rounding. The one implementation of pricing (price lookup,
+// worst case, actual cost): billing links it, and so does the edge, which prices the requests it
+// admits from budgets itself with the prices billing sends it (tollgate_billing_pricing: pure
+// logic, no I/O).
 //
 // Prices are micro-units per 1,000,000 tokens; the multipliers (the user's and
 // the service tier's) are in parts per million (1,000,000 = x1). For a record
@@ -113,6 +116,12 @@ std::string PricingTier(const std::string& tier);
 
 // A tier's multiplier among `multipliers` (tier -> ppm); a tier without one is x1.
 int64_t TierMultiplier(const std::map<std::string, int64_t>& multipliers, const std::string& tier);
+
+// The tier multiplier a hold (a worst case) for `tier` is priced with: the larger of its own and
+// the default tier's, since the upstream serves the tier asked for or falls back to its default
+// one, so the hold is never below the record's cost for the same tokens.
+int64_t HoldTierMultiplier(const std::map<std::string, int64_t>& multipliers,
+                           const std::string& tier);
 
 // "SIZE/QUALITY=MICROS" ("1024x1024/hd=80000"; "*" or an omitted "/QUALITY" is any): one
 // per-image price as tollgatectl sets it; nullopt when malformed or out of bounds.
