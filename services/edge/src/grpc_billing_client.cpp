@@ -257,10 +257,12 @@ struct GrpcBillingClient::Impl {
     units.images = request.images;
     units.audio_ms = request.audio_ms;
     units.characters = request.characters;
-    return billing::HoldMicros(rates, std::max<int64_t>(0, request.estimated_prompt_tokens),
-                               std::max<int64_t>(0, request.max_completion_tokens), units,
-                               multiplier_ppm,
-                               billing::HoldTierMultiplier(pricing.tiers, request.service_tier));
+    const int64_t priced = billing::HoldMicros(
+        rates, std::max<int64_t>(0, request.estimated_prompt_tokens),
+        std::max<int64_t>(0, request.max_completion_tokens), units, multiplier_ppm,
+        billing::HoldTierMultiplier(pricing.tiers, request.service_tier));
+    // Billing's Hold holds at least the request's floor (the catch-all's); so does a budget.
+    return std::max(priced, request.min_amount_micros);
   }
 
   // Holds the request from the user's budget when it has the worst case left; else notes the
