@@ -3,8 +3,10 @@
 // process per target, as docker-compose.yml runs them), so billing can die alone.
 //
 // A fresh user with a known top-up sends a bounded load of slow streamed chat completions; while
-// streams are in flight, billing is SIGKILLed. The load goes on for a while (new requests are
-// refused with 503 while billing is down: billing's Hold fails closed, so they are not admitted),
+// streams are in flight, billing is SIGKILLed. The load goes on for a while: the edge may still
+// spend what billing granted it before it died (its budget for the user, docs/architecture.md
+// "Billing", Budgets) until that runs out, at most BUDGET_TTL_MS after the grant; after that new
+// requests are refused with 503 while billing is down (billing's Hold fails closed),
 // then billing is restarted and the edge's spool redelivers what billing had not acknowledged.
 // Afterwards: usage records of the user = admitted requests (a stream the SDK returned; one that
 // failed half-way would count too), and the balance = top-up − the sum of the recorded costs.
@@ -23,6 +25,7 @@ const MAX_ATTEMPTS = 400; // refused attempts included
 const KILL_AFTER_DONE = 20; // billing dies once this many streams finished (and others run)
 const REFUSED_PAUSE_MS = 500; // a refused worker waits this long before its next request
 const LOAD_DEADLINE_MS = 60_000;
+const BUDGET_TTL_MS = 1_000; // billing.budget_ttl: how long an edge may spend a budget it was granted
 const REDELIVERY_TIMEOUT_MS = 30_000;
 
 const day = (offsetDays) => new Date(Date.now() + offsetDays * 86_400_000).toISOString().slice(0, 10);
@@ -32,7 +35,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
   let OpenAI;
 
   before(async () => {
-    suite = await startSuite({ split: true });
+    suite = await startSuite({ split: true, env: { TOLLGATE_BILLING__BUDGET_TTL: `${BUDGET_TTL_MS / 1000}s` } });
     ({ default: OpenAI } = await import('openai'));
   }, { timeout: 240_000 });
 
@@ -97,14 +100,16 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
     let killTime = Infinity; // when billing was dead for sure
     let restartTime = Infinity; // when its restart began
     let refusedWhileDown = 0;
-    let admittedWhileDown = 0; // sent after the kill and before the restart, yet admitted
+    let admittedWhileDown = 0; // sent after the kill and the edge's last budget, yet admitted
+    let admittedFromBudget = 0; // sent after the kill, within the life of a budget granted before it
     let admittedAfter = 0;
     const loadDeadline = Date.now() + LOAD_DEADLINE_MS;
 
     const one = async () => {
       const id = ++c.attempts;
       const sentAt = Date.now();
-      const down = () => sentAt > killTime && Date.now() < restartTime;
+      const down = () => sentAt > killTime + BUDGET_TTL_MS && Date.now() < restartTime;
+      const budgetLife = () => sentAt > killTime && sentAt <= killTime + BUDGET_TTL_MS;
       let stream;
       try {
         stream = await client.chat.completions.create({ model: MODEL, messages: MESSAGES, stream: true, max_tokens: 50 });
@@ -121,6 +126,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
       }
       c.admitted++;
       if (down()) admittedWhileDown++;
+      if (budgetLife()) admittedFromBudget++;
       if (sentAt > restartTime) admittedAfter++;
       c.inFlight++;
       active.add(id);
@@ -157,7 +163,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
       killTime = Date.now();
       await waitFor(() => [...running].every((id) => !active.has(id)),
         { timeoutMs: 30_000, intervalMs: 20, what: 'the streams in flight at the kill to end' });
-      await sleep(1000);
+      await sleep(BUDGET_TTL_MS + 1000); // past the budgets granted before the kill: then refused
       spoolWhileDown = await edgeMetric('tollgate_edge_billing_spool', 'what="records"');
       restartTime = Date.now();
       await suite.restart('billing');
@@ -191,7 +197,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
 
     const summary = {
       loadMs, ...c, killedAt, refusedStatus: Object.fromEntries(refusedStatus), refusedWhileDown,
-      admittedWhileDown, admittedAfter, downMs: restartTime - killTime, spoolWhileDown, records: rep.requests, dbRecords, cost: rep.cost,
+      admittedWhileDown, admittedFromBudget, admittedAfter, downMs: restartTime - killTime, spoolWhileDown, records: rep.requests, dbRecords, cost: rep.cost,
       balance: Number(account.balance_micros), held: Number(account.held_micros),
       available: Number(account.available_micros), delivered, dropped,
     };
@@ -209,7 +215,7 @@ describe('kill -9 of billing during streamed load, through the edge', { timeout:
     assert.equal(c.noChunk, 0, 'an admitted stream yielded no chunk');
     // Refusals: only billing's fail-closed 503 (the hold cannot be placed while it is down).
     assert.deepEqual([...refusedStatus.keys()].filter((s) => s !== 503), [], 'refusals other than 503');
-    assert.equal(admittedWhileDown, 0, 'a request sent while billing was down was admitted (fail closed)');
+    assert.equal(admittedWhileDown, 0, "a request sent while billing was down, after the edge's budgets ran out, was admitted (fail closed)");
 
     // Records = admitted, exactly: none lost, none counted twice.
     assert.equal(rep.requests, c.admitted + WARM_UP, 'usage-report requests vs admitted');
