@@ -9,6 +9,7 @@
 #include <set>
 
 #include "test/fake_clock.h"
+#include "test/memory_quota_repository.h"
 #include "tollgate/quota/limiter.h"
 
 namespace tollgate::quota {
@@ -18,31 +19,6 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 constexpr std::time_t kT0 = 1795348800;  // 2026-11-22 12:00:00 UTC
-
-class MemoryRepository final : public QuotaRepository {
- public:
-  std::vector<PolicyOverride> LoadPolicies() override { return {}; }
-  void UpsertPolicy(const PolicyOverride&, const AuditEntry&) override {}
-  bool DeletePolicy(SubjectKind, const std::string&, const AuditEntry&) override { return true; }
-  std::vector<AuditEntry> ListAudit(int32_t) override { return {}; }
-  int64_t LoadUsage(const UsageKey& key) override {
-    auto it = usage.find(key);
-    return it == usage.end() ? 0 : it->second;
-  }
-  std::vector<size_t> CommitSettlements(const std::vector<SettledRequest>& batch) override {
-    std::vector<size_t> fresh;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      if (!settled.insert(batch[i].request_id).second) continue;
-      fresh.push_back(i);
-      for (const auto& d : batch[i].deltas) usage[d.key] += d.tokens;
-    }
-    return fresh;
-  }
-  void PruneSettled(int) override {}
-
-  std::map<UsageKey, int64_t> usage;
-  std::set<std::string> settled;
-};
 
 class LeaseTest : public ::testing::Test {
  protected:
@@ -67,7 +43,7 @@ class LeaseTest : public ::testing::Test {
   }
 
   testing::FakeClock clock_{std::chrono::system_clock::from_time_t(kT0)};
-  MemoryRepository repo_;
+  MemoryQuotaRepository repo_;
   std::unique_ptr<Limiter> limiter_;
   int n_ = 0;
 };
