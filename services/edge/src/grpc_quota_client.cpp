@@ -738,7 +738,11 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
         q.pop_front();
         impl_->CountDropped(1);
       }
-      wake = wake || q.size() >= impl_->options.batch_size;
+      // Only a flusher that can send is woken: while the replica's batch is in flight its
+      // answer wakes the flusher, and a wake per settlement would cost a futex and a context
+      // switch for every request under load.
+      wake = wake ||
+             (q.size() >= impl_->options.batch_size && !impl_->replicas[replica]->batch_in_flight);
     };
     for (auto& [replica, id] : ParseReservation(record.reservation_id, n)) {
       pb::Settlement s;

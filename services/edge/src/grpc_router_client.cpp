@@ -234,7 +234,8 @@ void GrpcRouterClient::Report(AttemptOutcome outcome) {
     std::lock_guard lock(impl_->mu);
     impl_->queue.push_back(outcome);
     if (impl_->queue.size() > impl_->options.max_queued) impl_->queue.pop_front();
-    wake = impl_->queue.size() >= impl_->options.batch_size;
+    // The flusher is woken when a batch fills up, once; a batch's answer wakes it for the rest.
+    wake = impl_->queue.size() == impl_->options.batch_size;
   }
   if (wake) impl_->cv.notify_all();
 }
