@@ -135,7 +135,7 @@ for t in ${TARGETS//,/ }; do
   callgrind_annotate --inclusive=yes "$f" >"$OUT/$LABEL.$t.inclusive.txt" 2>/dev/null || true
   total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$OUT/$LABEL.$t.self.txt")
   per=$(awk -v t="$total" -v n="${ok:-$REQUESTS}" 'BEGIN { if (n > 0) printf "%.0f", t / n; else print "?" }')
-  rm -f "$f"  # large; the annotations stay
+  [ -n "${BENCH_KEEP_RAW:-}" ] || rm -f "$f"  # large; the annotations stay (BENCH_KEEP_RAW=1 keeps it)
   echo "{\"label\":\"$LABEL\",\"target\":\"$t\",\"requests\":${ok:-0},\"instructions\":$total,\"per_request\":$per}" | tee -a "$OUT/callgrind.jsonl"
 done
 echo "bench: files in $OUT" >&2

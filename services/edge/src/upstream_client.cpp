@@ -174,8 +174,10 @@ struct UpstreamCall::Impl {
   bool finished = false;
   bool sent = false;  // the whole request reached the socket: the provider may be working on it
   std::string error;
-  std::unique_ptr<char[]> buffer;  // body bytes of one read (kFirstReadChunk..kReadChunk)
+  std::unique_ptr<char[]> buffer;  // body bytes of one Read (kFirstReadChunk..kReadChunk)
   size_t buffer_size = 0;
+
+  awaitable<UpstreamStatus> ReadInto(char* data, size_t size, size_t& n);
 
   Impl(std::weak_ptr<UpstreamPool::Shared> p, asio::io_context& i, UpstreamRequest r,
        UpstreamTimeouts t, size_t max_body)
@@ -434,6 +436,32 @@ std::string UpstreamCall::Header(std::string_view name) const {
   return it == head.end() ? std::string() : std::string(it->value());
 }
 
+// One read of body bytes into [data, data + size): how many arrived, in `n`. kOk with
+// `finished` set at the end of the body.
+awaitable<UpstreamStatus> UpstreamCall::Impl::ReadInto(char* data, size_t size, size_t& n) {
+  n = 0;
+  auto& body = parser->get().body();
+  body.data = data;
+  body.size = size;
+  beast::error_code ec;
+  conn->lowest().expires_at(Until(timeouts.idle));
+  co_await WithStream(*conn, [&](auto& stream) {
+    return http::async_read_some(stream, conn->buffer, *parser,
+                                 asio::redirect_error(use_awaitable, ec));
+  });
+  if (cancelled) co_return UpstreamStatus::kCancelled;
+  if (ec == http::error::need_buffer) ec = {};
+  n = size - parser->get().body().size;
+  if (ec == beast::error::timeout) {
+    error = "no body data in time";
+    conn->Close();
+    co_return UpstreamStatus::kTimeout;
+  }
+  if (ec) co_return Fail(UpstreamStatus::kBroken, "body cut off", ec);
+  if (parser->is_done()) finished = true;
+  co_return UpstreamStatus::kOk;
+}
+
 awaitable<UpstreamStatus> UpstreamCall::Read(std::string& out) {
   auto& d = *impl_;
   if (d.cancelled) co_return UpstreamStatus::kCancelled;
@@ -443,46 +471,42 @@ awaitable<UpstreamStatus> UpstreamCall::Read(std::string& out) {
     d.buffer.reset(new char[d.buffer_size]);  // not value-initialized: no page touched for nothing
   }
   for (;;) {
-    auto& body = d.parser->get().body();
-    body.data = d.buffer.get();
-    body.size = d.buffer_size;
-    beast::error_code ec;
-    d.conn->lowest().expires_at(d.Until(d.timeouts.idle));
-    co_await WithStream(*d.conn, [&](auto& stream) {
-      return http::async_read_some(stream, d.conn->buffer, *d.parser,
-                                   asio::redirect_error(use_awaitable, ec));
-    });
-    if (d.cancelled) co_return UpstreamStatus::kCancelled;
-    if (ec == http::error::need_buffer) ec = {};
-    size_t n = d.buffer_size - d.parser->get().body().size;
+    size_t n = 0;
+    auto status = co_await d.ReadInto(d.buffer.get(), d.buffer_size, n);
     out.append(d.buffer.get(), n);
-    if (n == d.buffer_size && d.buffer_size < kReadChunk) {  // more is coming at once
-      d.buffer_size = std::min(d.buffer_size * 2, kReadChunk);
-      d.buffer.reset(new char[d.buffer_size]);
+    if (status != UpstreamStatus::kOk || d.finished || n > 0) {
+      if (n == d.buffer_size && d.buffer_size < kReadChunk) {  // more is coming at once
+        d.buffer_size = std::min(d.buffer_size * 2, kReadChunk);
+        d.buffer.reset(new char[d.buffer_size]);
+      }
+      co_return status;
     }
-    if (ec == beast::error::timeout) {
-      d.error = "no body data in time";
-      d.conn->Close();
-      co_return UpstreamStatus::kTimeout;
-    }
-    if (ec) co_return d.Fail(UpstreamStatus::kBroken, "body cut off", ec);
-    if (d.parser->is_done()) {
-      d.finished = true;
-      co_return UpstreamStatus::kOk;
-    }
-    if (n > 0) co_return UpstreamStatus::kOk;
   }
 }
 
+// Straight into `out`, sized by the Content-Length when there is one: a whole answer needs no
+// read buffer of the call's own and no copy out of it.
 awaitable<UpstreamStatus> UpstreamCall::ReadAll(std::string& out) {
-  while (!impl_->finished) {
-    auto status = co_await Read(out);
+  auto& d = *impl_;
+  if (d.cancelled) co_return UpstreamStatus::kCancelled;
+  size_t chunk = kFirstReadChunk;
+  while (!d.finished && d.conn) {
+    size_t room = chunk;
+    if (auto left = d.parser->content_length_remaining())
+      room = static_cast<size_t>(std::min<uint64_t>(*left, 4 * kReadChunk));  // not all at once
+    room = std::max<size_t>(room, 1);
+    const size_t old = out.size();
+    out.resize(old + room);
+    size_t n = 0;
+    auto status = co_await d.ReadInto(out.data() + old, room, n);
+    out.resize(old + n);
     if (status != UpstreamStatus::kOk) co_return status;
-    if (out.size() > impl_->max_buffered_body) {
-      impl_->error = "response body over the buffering limit";
-      impl_->conn->Close();
+    if (out.size() > d.max_buffered_body) {
+      d.error = "response body over the buffering limit";
+      d.conn->Close();
       co_return UpstreamStatus::kBroken;
     }
+    if (n == room) chunk = std::min(chunk * 2, kReadChunk);
   }
   co_return UpstreamStatus::kOk;
 }
