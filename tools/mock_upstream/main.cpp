@@ -7,8 +7,6 @@
 #include <string>
 #include <string_view>
 
-#include <sys/resource.h>
-
 #include "mock_upstream.h"
 
 namespace {
@@ -146,12 +144,6 @@ bool ParseCommandLine(int argc, char** argv, Options* options, std::string* erro
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
-  // A connection is a descriptor: take every one the hard limit allows (a benchmark holds
-  // 10,000 streams here; a shell's soft limit is often 1,024).
-  if (rlimit fds{}; getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
-    fds.rlim_cur = fds.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &fds);
-  }
   Options options;
   std::string error;
   if (!ParseCommandLine(argc, argv, &options, &error)) {

@@ -1,8 +1,6 @@
 // The mock upstream's HTTP side: one io_context run by N threads, one coroutine per connection on
-// its own strand; connections are accepted on a thread of their own, so a mock busy writing the
-// events of thousands of open streams still accepts new ones at once. Responses are framed by hand
-// (head + body in one gathered write, chunked events one write each) so the hot path is a parse, a
-// few appends and a writev.
+// its own strand. Responses are framed by hand (head + body in one gathered write, chunked events
+// one write each) so the hot path is a parse, a few appends and a writev.
 #include <array>
 #include <cerrno>
 #include <charconv>
@@ -389,9 +387,6 @@ class Server final {
   const std::unordered_set<std::string> models_;
   const std::string models_json_;
   asio::io_context ioc_;
-  // The acceptor's own io_context and thread: accepting never waits behind the sessions' work
-  // (10,000 held streams are 20,000 writes a second on ioc_'s threads).
-  asio::io_context accept_ioc_;
   std::atomic<uint64_t> seq_{0};
   mutable std::mutex recent_mu_;
   std::deque<Request> recent_;
@@ -1124,14 +1119,13 @@ void Session::ResetConnection() {
 
 awaitable<void> Server::Accept(tcp::acceptor& acceptor) {
   for (;;) {
+    tcp::socket socket(asio::make_strand(ioc_));
     beast::error_code ec;
-    // Runs on accept_ioc_'s thread; each socket is handed to a strand of ioc_ as it is accepted.
-    tcp::socket socket = co_await acceptor.async_accept(asio::make_strand(ioc_),
-                                                        asio::redirect_error(use_awaitable, ec));
+    co_await acceptor.async_accept(socket, asio::redirect_error(use_awaitable, ec));
     if (ec == asio::error::operation_aborted) co_return;
     if (ec) {  // e.g. out of file descriptors: back off instead of spinning
       std::fprintf(stderr, "mock-upstream: accept: %s\n", ec.message().c_str());
-      asio::steady_timer pause(accept_ioc_, std::chrono::milliseconds(50));
+      asio::steady_timer pause(ioc_, std::chrono::milliseconds(50));
       co_await pause.async_wait(asio::redirect_error(use_awaitable, ec));
       continue;
     }
@@ -1148,7 +1142,7 @@ int Server::Run() {
     std::fprintf(stderr, "mock-upstream: bad listen address '%s'\n", options_.host.c_str());
     return 2;
   }
-  tcp::acceptor acceptor(accept_ioc_);
+  tcp::acceptor acceptor(ioc_);
   const tcp::endpoint endpoint(address, options_.port);
   acceptor.open(endpoint.protocol(), ec);
   if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
@@ -1179,17 +1173,12 @@ int Server::Run() {
   std::fflush(stdout);
 
   asio::signal_set signals(ioc_, SIGINT, SIGTERM);
-  signals.async_wait([this](const beast::error_code&, int) {
-    accept_ioc_.stop();
-    ioc_.stop();
-  });
-  asio::co_spawn(accept_ioc_, Accept(acceptor), asio::detached);
+  signals.async_wait([this](const beast::error_code&, int) { ioc_.stop(); });
+  asio::co_spawn(ioc_, Accept(acceptor), asio::detached);
 
   std::vector<std::thread> threads;
-  threads.emplace_back([this] { accept_ioc_.run(); });
   for (int32_t i = 1; i < options_.threads; ++i) threads.emplace_back([this] { ioc_.run(); });
   ioc_.run();
-  accept_ioc_.stop();
   for (auto& thread : threads) thread.join();
   return 0;
 }
