@@ -156,21 +156,27 @@ add_model() {
 
 # start_edge N: one more split edge beside the launcher's, with the same generated config and
 # services but its own listen and metrics ports and spool; sets EDGE_LISTEN_N once it is ready.
+# Ports are probed, not reserved (one may be taken before the edge binds it): 3 tries.
 start_edge() {
-  local n=$1 listen pid i
-  listen=127.0.0.1:$(free_port)
-  env "TOLLGATE_EDGE__LISTEN=$listen" "TOLLGATE_METRICS__LISTEN=127.0.0.1:$(free_port)" \
-    "TOLLGATE_EDGE__SPOOL_DIR=$TG_STATE_DIR/spool-edge$n" \
-    "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE=$TG_STATE_DIR/secrets/edge_token" \
-    "$TOLLGATE" serve --config="$TG_STATE_DIR/tollgate.yaml" --target=edge >>"$TG_STATE_DIR/logs/edge$n.log" 2>&1 &
-  pid=$!; EXTRA_EDGE_PIDS+=("$pid")
-  for i in $(seq 1 300); do
-    curl -fsS -o /dev/null "http://$listen/readyz" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TG_STATE_DIR/logs/edge$n.log" >&2; echo "bench: edge $n exited" >&2; exit 1; }
-    sleep 0.1
+  local n=$1 listen metrics pid attempt log="$TG_STATE_DIR/logs/edge$n.log"
+  for attempt in 1 2 3; do
+    listen=127.0.0.1:$(free_port); metrics=127.0.0.1:$(free_port)
+    [ "$listen" != "$metrics" ] || continue
+    env "TOLLGATE_EDGE__LISTEN=$listen" "TOLLGATE_METRICS__LISTEN=$metrics" \
+      "TOLLGATE_EDGE__SPOOL_DIR=$TG_STATE_DIR/spool-edge$n" \
+      "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE=$TG_STATE_DIR/secrets/edge_token" \
+      "$TOLLGATE" serve --config="$TG_STATE_DIR/tollgate.yaml" --target=edge >>"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do
+      curl -fsS -o /dev/null "http://$listen/readyz" 2>/dev/null && { EXTRA_EDGE_PIDS+=("$pid"); EDGE_LISTEN_N=$listen; return 0; }
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+    tail -n 5 "$log" >&2
+    note "edge $n did not start on $listen (metrics $metrics), attempt $attempt of 3"
   done
-  curl -fsS -o /dev/null "http://$listen/readyz" || { echo "bench: edge $n not ready after 30 s" >&2; exit 1; }
-  EDGE_LISTEN_N=$listen
+  echo "bench: edge $n did not start (log: $log)" >&2; exit 1
 }
 
 # wrk, closed loop: run CONTENDER URL [extra wrk args] → a throughput record; prints "rps p50 p99".
