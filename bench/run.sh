@@ -158,7 +158,8 @@ add_model() {
 # services but its own listen and metrics ports and spool; sets EDGE_LISTEN_N once it is ready.
 # Ports are probed, not reserved (one may be taken before the edge binds it): 3 tries.
 start_edge() {
-  local n=$1 listen metrics pid attempt log="$TG_STATE_DIR/logs/edge$n.log"
+  local n=$1 listen metrics pid attempt log
+  log=$TG_STATE_DIR/logs/edge$n.log
   for attempt in 1 2 3; do
     listen=127.0.0.1:$(free_port); metrics=127.0.0.1:$(free_port)
     [ "$listen" != "$metrics" ] || continue
