@@ -76,14 +76,31 @@ if (st.length) {
 
 const hold = by('streams')[0];
 if (hold) {
+  // The processes are the edges, in the order of the targets (one URL each), then the mock;
+  // a record from before several edges has one edge and no targets.
   const x = hold.result;
-  const [edge, mock] = x.processes;
-  const per = edge ? edge.per_stream_kb : 0;
-  results.streams = { ...x, edge_extrapolated_10k_mb: +(((edge?.rss_before_kb || 0) + per * 10000) / 1024).toFixed(1) };
-  md.push('### Concurrent open streams (split mode: the edge process alone)', '',
-    '| streams asked | established | failed | time to open all s | edge RSS before MB | edge RSS held MB | per stream KB | edge at 10,000 streams (extrapolated) MB | mock per stream KB |',
-    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    `| ${x.streams} | ${x.established} | ${x.failed} | ${f(x.open_s)} | ${f(edge?.rss_before_kb / 1024, 1)} | ${f(edge?.rss_held_kb / 1024, 1)} | ${f(per, 1)} | ${f(results.streams.edge_extrapolated_10k_mb, 0)} | ${f(mock?.per_stream_kb, 1)} |`, '');
+  const nEdges = hold.edges || 1;
+  const targets = x.targets || [{ established: x.established, failed: x.failed }];
+  const edges = x.processes.slice(0, nEdges).map((p, i) => {
+    const held = targets[i]?.established ?? 0;
+    return { ...p, established: held, failed: targets[i]?.failed ?? 0,
+      per_stream_kb: held ? (p.rss_held_kb - p.rss_before_kb) / held : 0 };
+  });
+  const mock = x.processes[nEdges];
+  const sum = (k) => edges.reduce((t, e) => t + e[k], 0);
+  const total = { rss_before_kb: sum('rss_before_kb'), rss_held_kb: sum('rss_held_kb'),
+    per_stream_kb: x.established ? (sum('rss_held_kb') - sum('rss_before_kb')) / x.established : 0 };
+  results.streams = { ...x, model: hold.model, open_rate: hold.open_rate, edges, edges_total: total, mock };
+  md.push(`### Concurrent open streams (split mode: ${nEdges} edge process${nEdges > 1 ? 'es' : ''}, measured)`, '',
+    `${x.established} of ${x.streams} streams established (${x.failed} failed), all opened in ${f(x.open_s)} s` +
+      `${hold.open_rate ? ` at ${hold.open_rate}/s` : ''}${hold.model ? `, model \`${hold.model}\`` : ''}; RSS once every stream had its first event.`, '',
+    '| process | streams held | RSS before MB | RSS held MB | held − before MB | per stream KB |',
+    '|---|---:|---:|---:|---:|---:|');
+  edges.forEach((e, i) => md.push(`| edge ${i + 1} (pid ${e.pid}) | ${e.established} | ${f(e.rss_before_kb / 1024, 1)} | ${f(e.rss_held_kb / 1024, 1)} | ${f((e.rss_held_kb - e.rss_before_kb) / 1024, 1)} | ${f(e.per_stream_kb, 1)} |`));
+  if (nEdges > 1) md.push(`| **edges, sum** | ${x.established} | ${f(total.rss_before_kb / 1024, 1)} | **${f(total.rss_held_kb / 1024, 1)}** | ${f((total.rss_held_kb - total.rss_before_kb) / 1024, 1)} | **${f(total.per_stream_kb, 1)}** |`);
+  if (mock) md.push(`| mock upstream (pid ${mock.pid}) | ${x.established} | ${f(mock.rss_before_kb / 1024, 1)} | ${f(mock.rss_held_kb / 1024, 1)} | ${f((mock.rss_held_kb - mock.rss_before_kb) / 1024, 1)} | ${f(mock.per_stream_kb, 1)} |`);
+  if (x.first_error) md.push('', `First error: ${x.first_error}`);
+  md.push('');
 }
 
 const bill = by('billing')[0];

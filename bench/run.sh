@@ -17,7 +17,10 @@ RATE_LEVELS=${BENCH_RATE_LEVELS:-25 50 75}  # % of Tollgate's (--target=all) mea
 STREAM_RATE=${BENCH_STREAM_RATE:-50}    # streaming requests/s in the TTFB phase
 STREAM_CHUNKS=${BENCH_STREAM_CHUNKS:-20}
 STREAM_DELAY_MS=${BENCH_STREAM_DELAY_MS:-10}
-STREAMS=${BENCH_STREAMS:-2000}          # concurrently held streams (edge RSS)
+STREAMS=${BENCH_STREAMS:-10000}         # concurrently held streams (edges' RSS)
+STREAM_EDGES=${BENCH_STREAM_EDGES:-2}   # split edges they are spread over (2 fds a stream each)
+STREAM_OPEN_RATE=${BENCH_STREAM_OPEN_RATE:-1000}  # streams opened per second
+HOLD_MODEL=${BENCH_HOLD_MODEL:-mock-chunks-240-delay-500}  # 2 minutes of events: outlives the measurement
 BILLING_RECORDS=${BENCH_BILLING_RECORDS:-20000}
 BILLING_BATCH=${BENCH_BILLING_BATCH:-200}
 PROFILE_SECS=${BENCH_PROFILE_SECONDS:-8}
@@ -57,6 +60,18 @@ if has portkey && [ ! -f "$ROOT/bench/node_modules/@portkey-ai/gateway/build/sta
     { echo "bench: npm ci in bench/ failed; Portkey left out" >&2; CONTENDERS=${CONTENDERS//portkey/}; }
 fi
 
+# Descriptors: every process started from here inherits the hard limit as its soft one. A held
+# stream is one socket in the load generator and the mock, two in the edge that proxies it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if want streams; then
+  [[ $STREAM_EDGES =~ ^[1-9][0-9]?$ ]] || { echo "bench: BENCH_STREAM_EDGES must be 1..99" >&2; exit 2; }
+  per_edge=$(( (STREAMS + STREAM_EDGES - 1) / STREAM_EDGES ))
+  if [ $((2 * per_edge + 512)) -gt "$(ulimit -n)" ] || [ $((STREAMS + 512)) -gt "$(ulimit -n)" ]; then
+    echo "bench: $STREAMS streams over $STREAM_EDGES edge(s) need $((2 * per_edge + 512)) fds per edge and $((STREAMS + 512)) for the mock and the load generator; the limit is $(ulimit -n) (raise BENCH_STREAM_EDGES or ulimit -Hn)" >&2
+    exit 2
+  fi
+fi
+
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX); chmod 755 "$WORK"
 free_port() { local p; for _ in $(seq 1 50); do p=$((20000 + RANDOM % 20000)); (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; return 1; }
 pick_ports() {
@@ -69,7 +84,18 @@ pick_ports() {
 }
 export TOLLGATE_LOG__LEVEL=warn
 PORTKEY_PID=
+EXTRA_EDGE_PIDS=()  # streams: the edges started beside the launcher's (it does not know them)
+stop_extra_edges() {
+  local p
+  for p in "${EXTRA_EDGE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${EXTRA_EDGE_PIDS[@]}"; do
+    for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  EXTRA_EDGE_PIDS=()
+}
 cleanup() {
+  stop_extra_edges
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   [ -n "$PORTKEY_PID" ] && kill "$PORTKEY_PID" 2>/dev/null || true
   [ -n "${TG_STATE_DIR:-}" ] && "$ROOT/scripts/run.sh" down >/dev/null 2>&1 || true
@@ -103,8 +129,18 @@ suite_down() { "$ROOT/scripts/run.sh" down >/dev/null 2>&1 || true; }
 
 CHAT_BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
 STREAM_MODEL=mock-chunks-$STREAM_CHUNKS-delay-$STREAM_DELAY_MS
-HOLD_MODEL=mock-chunks-240-delay-500  # 2 minutes of events: outlives the measurement
 stream_body() { echo "{\"model\":\"$1\",\"stream\":true,\"max_tokens\":300,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in five words.\"}]}"; }
+
+# routable EDGE_LISTEN MODEL: a small request for MODEL answered 200 through that edge (20 s at most).
+routable() {
+  local i
+  for i in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://$1/v1/chat/completions" -H "Authorization: Bearer $BENCH_API_KEY" \
+      -H 'Content-Type: application/json' -d "{\"model\":\"$2\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "bench: model $2 not routable through the edge on $1 after 20 s" >&2; exit 1
+}
 
 # A model the mock reads its knobs from (mock-chunks-N-delay-MS), routed, priced, and usable
 # through the edge before this returns.
@@ -115,12 +151,33 @@ add_model() {
   "${CTL[@]}" --addr=127.0.0.1:$grpc3 router set-model-route --model="$m" --provider-id="$id" >/dev/null
   "${CTL[@]}" --addr=127.0.0.1:$grpc4 billing set-price --model="$m" --input-micros-per-mtok=1000 \
     --output-micros-per-mtok=1000 --cached-input-micros-per-mtok=1000 >/dev/null
-  for i in $(seq 1 100); do
-    curl -fsS -o /dev/null "http://$TG_EDGE_LISTEN/v1/chat/completions" -H "Authorization: Bearer $BENCH_API_KEY" \
-      -H 'Content-Type: application/json' -d "{\"model\":\"$m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}" 2>/dev/null && return 0
-    sleep 0.2
+  routable "$TG_EDGE_LISTEN" "$m"
+}
+
+# start_edge N: one more split edge beside the launcher's, with the same generated config and
+# services but its own listen and metrics ports and spool; sets EDGE_LISTEN_N once it is ready.
+# Ports are probed, not reserved (one may be taken before the edge binds it): 3 tries.
+start_edge() {
+  local n=$1 listen metrics pid attempt log
+  log=$TG_STATE_DIR/logs/edge$n.log
+  for attempt in 1 2 3; do
+    listen=127.0.0.1:$(free_port); metrics=127.0.0.1:$(free_port)
+    [ "$listen" != "$metrics" ] || continue
+    env "TOLLGATE_EDGE__LISTEN=$listen" "TOLLGATE_METRICS__LISTEN=$metrics" \
+      "TOLLGATE_EDGE__SPOOL_DIR=$TG_STATE_DIR/spool-edge$n" \
+      "TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE=$TG_STATE_DIR/secrets/edge_token" \
+      "$TOLLGATE" serve --config="$TG_STATE_DIR/tollgate.yaml" --target=edge >>"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do
+      curl -fsS -o /dev/null "http://$listen/readyz" 2>/dev/null && { EXTRA_EDGE_PIDS+=("$pid"); EDGE_LISTEN_N=$listen; return 0; }
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+    tail -n 5 "$log" >&2
+    note "edge $n did not start on $listen (metrics $metrics), attempt $attempt of 3"
   done
-  echo "bench: model $m not routable through the edge after 20 s" >&2; exit 1
+  echo "bench: edge $n did not start (log: $log)" >&2; exit 1
 }
 
 # wrk, closed loop: run CONTENDER URL [extra wrk args] → a throughput record; prints "rps p50 p99".
@@ -199,13 +256,28 @@ if want startup || want streams || { want throughput && has split; }; then
   fi
   if want streams; then
     add_model "$HOLD_MODEL"
-    EDGE_PID=$(cat "$TG_STATE_DIR/edge.pid")
-    note "holding $STREAMS streams through the split edge (pid $EDGE_PID)"
-    load streams split --mode=hold --streams="$STREAMS" --open-rate=1000 --timeout=30 \
-      --body="$(stream_body "$HOLD_MODEL")" --pid="$EDGE_PID" --pid="$(cat "$TG_STATE_DIR/mock.pid")" >/dev/null
-    # Why a stream was refused, if one was: the edge's and the mock's logs (warnings and up).
+    # STREAM_EDGES split edges in front of the same services (the launcher's and more), the
+    # streams spread round-robin over them; each edge's RSS is its own, their sum the figure.
+    EDGE_URLS=("http://$TG_EDGE_LISTEN/v1/chat/completions")
+    EDGE_PID_ARGS=(--pid="$(cat "$TG_STATE_DIR/edge.pid")")
+    for n in $(seq 2 "$STREAM_EDGES"); do
+      start_edge "$n"
+      routable "$EDGE_LISTEN_N" "$HOLD_MODEL"
+      EDGE_URLS+=("http://$EDGE_LISTEN_N/v1/chat/completions")
+      EDGE_PID_ARGS+=(--pid="${EXTRA_EDGE_PIDS[-1]}")
+    done
+    sleep 2  # the new edges' first lease and budget rounds, and their RSS settle
+    note "holding $STREAMS streams through $STREAM_EDGES split edge(s) (${EDGE_PID_ARGS[*]}), opened at $STREAM_OPEN_RATE/s"
+    json=$("$LOAD" "${EDGE_URLS[@]/#/--url=}" --label=split --header='Authorization: Bearer ${BENCH_API_KEY}' \
+      --mode=hold --streams="$STREAMS" --open-rate="$STREAM_OPEN_RATE" --timeout=30 \
+      --body="$(stream_body "$HOLD_MODEL")" "${EDGE_PID_ARGS[@]}" --pid="$(cat "$TG_STATE_DIR/mock.pid")")
+    # The processes are the edges in the order of the targets, then the mock (report.mjs).
+    emit "{\"scenario\":\"streams\",\"contender\":\"split\",\"edges\":$STREAM_EDGES,\"model\":\"$HOLD_MODEL\",\"open_rate\":$STREAM_OPEN_RATE,\"result\":$json}"
+    # Why a stream was refused, if one was: the edges' and the mock's logs (warnings and up).
     cp "$TG_STATE_DIR/logs/edge.log" "$OUT/streams-edge.log" 2>/dev/null || true
+    for n in $(seq 2 "$STREAM_EDGES"); do cp "$TG_STATE_DIR/logs/edge$n.log" "$OUT/streams-edge$n.log" 2>/dev/null || true; done
     cp "$TG_STATE_DIR/logs/mock.log" "$OUT/streams-mock.log" 2>/dev/null || true
+    stop_extra_edges
   fi
   suite_down
 fi
@@ -315,7 +387,7 @@ cat >"$OUT/machine.json" <<JSON
  "cpu":"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)","mem_gb":$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
  "kernel":"$(uname -r)","load_start":"$START_LOAD","load_end":"$(cut -d' ' -f1-3 /proc/loadavg)",
  "command":"bench/run.sh $*","seconds":$SECS,"connections":$CONNS,"threads":$THREADS,"rate_seconds":$RATE_SECS,
- "streams":$STREAMS,"stream_model":"$STREAM_MODEL","commit":"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
+ "streams":$STREAMS,"stream_edges":$STREAM_EDGES,"stream_model":"$STREAM_MODEL","commit":"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 JSON
 node "$ROOT/bench/report.mjs" "$OUT"
 

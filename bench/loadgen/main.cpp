@@ -8,7 +8,9 @@
 //                 (TTFB) and the gaps between the streamed events.
 //   --mode=hold   opens --streams streaming requests (--open-rate per second), waits until each
 //                 has its first event, then reads VmRSS of every --pid (before and while held)
-//                 and exits, which closes them all.
+//                 and exits, which closes them all. --url may be given more than once: stream i
+//                 goes to URL i mod count (several edges in front of the same services), and
+//                 each URL's established and failed streams are reported.
 // Prints one JSON object on stdout. Bounded: every request has --timeout, the run --duration
 // plus one --timeout of draining. Only 127.0.0.1 / localhost targets are accepted.
 #include <boost/asio.hpp>
@@ -25,7 +27,10 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "stats.h"
+#include "url.h"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -34,6 +39,7 @@ using asio::awaitable;
 using asio::use_awaitable;
 using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
+using tollgate::bench::LocalUrl;
 using tollgate::bench::OpenLoopSchedule;
 using tollgate::bench::Summarize;
 using tollgate::bench::ToJson;
@@ -43,9 +49,8 @@ namespace {
 struct Options {
   std::string mode = "rate";
   std::string label;
-  std::string host;
-  std::string port;
-  std::string target;
+  std::vector<std::string> urls;  // as given, for the report
+  std::vector<LocalUrl> targets;  // parsed; rate mode takes exactly one
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   double rate = 100;
@@ -63,7 +68,8 @@ struct Options {
             << "\nusage: tollgate-bench-load --url=http://127.0.0.1:PORT/PATH [--mode=rate|hold]\n"
                "  [--header='Name: value']... [--body=JSON | --body-file=PATH] [--label=NAME]\n"
                "  rate: [--rate=N] [--duration=S] [--max-conns=N] [--timeout=S] [--stream]\n"
-               "  hold: [--streams=N] [--open-rate=N] [--timeout=S] [--pid=PID]...\n";
+               "  hold: [--streams=N] [--open-rate=N] [--timeout=S] [--pid=PID]...\n"
+               "        (--url repeatable in hold mode: streams spread round-robin)\n";
   std::exit(2);
 }
 
@@ -90,17 +96,11 @@ Options Parse(int argc, char** argv) {
     std::string name = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
     try {
       if (name == "url") {
-        const std::string scheme = "http://";
-        if (!value.starts_with(scheme)) Usage("--url must be http://");
-        std::string rest = value.substr(scheme.size());
-        size_t slash = rest.find('/');
-        std::string hostport = rest.substr(0, slash);
-        o.target = slash == std::string::npos ? "/" : rest.substr(slash);
-        size_t colon = hostport.rfind(':');
-        if (colon == std::string::npos) Usage("--url needs a port");
-        o.host = hostport.substr(0, colon);
-        o.port = hostport.substr(colon + 1);
-        if (o.host != "127.0.0.1" && o.host != "localhost") Usage("only 127.0.0.1 is benchmarked");
+        std::string error;
+        auto url = tollgate::bench::ParseLocalUrl(value, &error);
+        if (!url) Usage(error);
+        o.urls.push_back(value);
+        o.targets.push_back(std::move(*url));
       } else if (name == "mode") {
         if (value != "rate" && value != "hold") Usage("--mode is rate or hold");
         o.mode = value;
@@ -141,7 +141,8 @@ Options Parse(int argc, char** argv) {
       Usage("bad value for --" + name);
     }
   }
-  if (o.host.empty()) Usage("--url is required");
+  if (o.targets.empty()) Usage("--url is required");
+  if (o.mode == "rate" && o.targets.size() > 1) Usage("--mode=rate takes one --url");
   if (o.rate <= 0 || o.duration <= 0 || o.duration > 3600 || o.max_conns < 1 || o.timeout <= 0 ||
       o.streams < 1 || o.open_rate <= 0)
     Usage("rate, duration (<= 3600), max-conns, timeout, streams and open-rate must be positive");
@@ -165,11 +166,27 @@ struct Conn {
 };
 using ConnPtr = std::unique_ptr<Conn>;
 
+// Hold mode needs a descriptor per stream: the soft limit is raised to the hard one if short.
+void EnsureFds(size_t needed) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= needed) return;
+  lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, needed);
+  setrlimit(RLIMIT_NOFILE, &lim);
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < needed)
+    Usage("needs " + std::to_string(needed) + " file descriptors, the hard limit is " +
+          std::to_string(lim.rlim_max) + " (ulimit -Hn)");
+}
+
 struct Run {
+  // One URL: where it connects, what it sends, and (hold mode) how its streams fared.
+  struct Target {
+    tcp::endpoint endpoint;
+    http::request<http::string_body> request;
+    size_t established = 0, failed = 0;
+  };
   Options options;
   asio::io_context io;
-  tcp::endpoint endpoint;
-  http::request<http::string_body> request;
+  std::vector<Target> targets;
   std::chrono::nanoseconds timeout{};
 
   // Connection pool (one thread: no locks).
@@ -192,13 +209,16 @@ struct Run {
   explicit Run(Options o) : options(std::move(o)) {
     timeout = std::chrono::nanoseconds(static_cast<int64_t>(options.timeout * 1e9));
     tcp::resolver resolver(io);
-    endpoint = *resolver.resolve(options.host, options.port).begin();
-    request = {http::verb::post, options.target, 11};
-    request.set(http::field::host, options.host + ":" + options.port);
-    request.set(http::field::content_type, "application/json");
-    for (auto& [k, v] : options.headers) request.set(k, v);
-    request.body() = options.body;
-    request.prepare_payload();
+    for (const LocalUrl& url : options.targets) {
+      Target& t = targets.emplace_back();
+      t.endpoint = *resolver.resolve(url.host, url.port).begin();
+      t.request = {http::verb::post, url.target, 11};
+      t.request.set(http::field::host, url.host + ":" + url.port);
+      t.request.set(http::field::content_type, "application/json");
+      for (auto& [k, v] : options.headers) t.request.set(k, v);
+      t.request.body() = options.body;
+      t.request.prepare_payload();
+    }
   }
 
   void Error(const std::string& what) {
@@ -226,7 +246,7 @@ struct Run {
     auto c = std::make_unique<Conn>(io.get_executor());
     c->stream.expires_after(timeout);
     boost::system::error_code ec;
-    co_await c->stream.async_connect(endpoint, asio::redirect_error(use_awaitable, ec));
+    co_await c->stream.async_connect(targets[0].endpoint, asio::redirect_error(use_awaitable, ec));
     if (ec) {
       ++io_errors;
       Error("connect: " + ec.message());
@@ -259,7 +279,8 @@ struct Run {
       boost::system::error_code ec;
       bool reusable = false;
       c->stream.expires_at(due + timeout);
-      co_await http::async_write(c->stream, request, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_write(c->stream, targets[0].request,
+                                 asio::redirect_error(use_awaitable, ec));
       http::response_parser<http::string_body> parser;
       parser.body_limit(64u << 20);
       if (!ec)
@@ -346,19 +367,21 @@ struct Run {
 
   // Hold mode: one long stream; `established` once its first event arrived.
   size_t established = 0, failed = 0;
-  awaitable<void> HoldOne() {
+  awaitable<void> HoldOne(Target& target) {
     auto c = std::make_unique<Conn>(io.get_executor());
     boost::system::error_code ec;
     c->stream.expires_after(timeout);
-    co_await c->stream.async_connect(endpoint, asio::redirect_error(use_awaitable, ec));
+    co_await c->stream.async_connect(target.endpoint, asio::redirect_error(use_awaitable, ec));
     if (!ec)
-      co_await http::async_write(c->stream, request, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_write(c->stream, target.request,
+                                 asio::redirect_error(use_awaitable, ec));
     http::response_parser<http::string_body> parser;
     if (!ec)
       co_await http::async_read_header(c->stream, c->buffer, parser,
                                        asio::redirect_error(use_awaitable, ec));
     if (!ec && parser.get().result_int() / 100 != 2) {
       ++failed;
+      ++target.failed;
       co_await http::async_read(c->stream, c->buffer, parser,
                                 asio::redirect_error(use_awaitable, ec));
       Error("HTTP " + std::to_string(parser.get().result_int()) + ": " +
@@ -370,10 +393,12 @@ struct Run {
                                      asio::redirect_error(use_awaitable, ec));
     if (ec || parser.is_done()) {
       ++failed;
+      ++target.failed;
       Error(ec ? ec.message() : std::string("the stream ended before the measurement"));
       co_return;
     }
     ++established;
+    ++target.established;
     c->stream.expires_never();
     while (!ec && !parser.is_done()) {  // keep reading (and discarding) until the exit
       parser.get().body().clear();
@@ -391,7 +416,7 @@ struct Run {
     for (size_t i = 0; i < schedule.count(); ++i) {
       timer.expires_at(start + schedule.Offset(i));
       co_await timer.async_wait(use_awaitable);
-      asio::co_spawn(io, HoldOne(), asio::detached);
+      asio::co_spawn(io, HoldOne(targets[i % targets.size()]), asio::detached);
     }
     const auto deadline = Clock::now() + timeout + std::chrono::seconds(1);
     while (established + failed < schedule.count() && Clock::now() < deadline) {
@@ -413,6 +438,10 @@ struct Run {
           i ? "," : "", options.pids[i], before[i], held,
           established ? static_cast<double>(held - before[i]) / established : 0.0);
     }
+    std::printf("],\"targets\":[");
+    for (size_t i = 0; i < targets.size(); ++i)
+      std::printf("%s{\"url\":\"%s\",\"established\":%zu,\"failed\":%zu}", i ? "," : "",
+                  JsonEscape(options.urls[i]).c_str(), targets[i].established, targets[i].failed);
     std::printf("],\"first_error\":\"%s\"}\n", JsonEscape(first_error).c_str());
     std::fflush(stdout);
     std::_Exit(0);  // closes every stream at once
@@ -437,7 +466,10 @@ struct Run {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Run run(Parse(argc, argv));
+  Options options = Parse(argc, argv);
+  // Hold mode: a socket per stream, plus a few (stdio, epoll, the /proc reads).
+  if (options.mode == "hold") EnsureFds(static_cast<size_t>(options.streams) + 64);
+  Run run(std::move(options));
   if (run.options.mode == "rate")
     asio::co_spawn(run.io, run.RateLoop(), asio::detached);
   else
