@@ -359,7 +359,7 @@ std::vector<ConfigKey> BuildSchema() {
        86400000},
       {"edge.upstream.pool_idle_timeout", T::kDuration, "30s",
        "an idle keep-alive upstream connection older than this is closed", false, 0, 3600000},
-      {"edge.upstream.pool_max_idle_per_host", T::kInt, "32",
+      {"edge.upstream.pool_max_idle_per_host", T::kInt, "256",
        "idle keep-alive connections kept per upstream host and I/O thread", false, 0, 4096},
       {"edge.upstream.ca_file", T::kString, "",
        "PEM file of extra CAs trusted for upstream TLS (the system's are always trusted)"},

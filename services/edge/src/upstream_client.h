@@ -32,7 +32,7 @@ struct UpstreamTimeouts {
 
 struct UpstreamPoolOptions {
   std::string ca_file;  // extra trust anchors (PEM), on top of the system's
-  size_t max_idle_per_host = 32;
+  size_t max_idle_per_host = 256;
   std::chrono::milliseconds keepalive{30000};   // an idle connection older than this is closed
   size_t max_buffered_body = 64 * 1024 * 1024;  // ReadAll's limit
 };
