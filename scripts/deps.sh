@@ -12,8 +12,9 @@ PACKAGES=(cmake ninja-build g++ pkg-config ccache make
   postgresql curl openssl ca-certificates)
 if [ "${1:-}" = "--test" ]; then
   # deploy_lint: docker-compose validates docker-compose.yml (no engine needed); python3-yaml
-  # reads the rendered manifests; binutils' objdump checks the Dockerfile's runtime libraries.
-  PACKAGES+=(unzip python3 python3-yaml binutils docker-compose)
+  # reads the rendered manifests; binutils' objdump checks the Dockerfile's runtime libraries;
+  # gdb prints every thread's stack of a test that hangs (common/test/hang_watchdog.cpp).
+  PACKAGES+=(unzip python3 python3-yaml binutils docker-compose gdb)
   command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 

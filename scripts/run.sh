@@ -50,13 +50,26 @@ external_db() {
   done
 }
 
+dump_stacks() {  # dump_stacks PID: every thread's stack, where a shutdown hangs (needs gdb)
+  if command -v gdb >/dev/null; then
+    timeout 20 gdb -nx -batch -p "$1" -iex 'set debuginfod enabled off' -ex 'set pagination off' \
+      -ex 'thread apply all bt' </dev/null 2>&1 || true
+  else
+    echo "tollgate: no gdb to print the stacks of $1 (scripts/deps.sh --test installs it)"
+  fi
+}
+
 stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait for a clean exit, then SIGKILL
   local file=$1 name=$2 pid i
   alive "$file" || { rm -f "$file"; return 0; }
   pid=$(cat "$file")
   kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 1 150); do alive "$file" || break; sleep 0.1; done
-  if alive "$file"; then say "$name did not stop in 15 s; killing it"; kill -KILL "$pid" 2>/dev/null || true; fi
+  if alive "$file"; then
+    say "$name did not stop in 15 s; its threads' stacks follow (stderr), then it is killed"
+    dump_stacks "$pid" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   rm -f "$file"
 }
 

@@ -156,11 +156,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::WatchKeysResponse
     std::lock_guard lock(mu_);
     queue_.pop_front();
     writing_ = false;
-    if (!ok) {
-      // The client went away; the call is over.
-      FinishLocked(grpc::Status::CANCELLED);
-      return;
-    }
+    // A failed write: the client went away, or the call was cancelled; the call is over.
+    if (!ok) FinishLocked(grpc::Status::CANCELLED);
+    // Finishing (now, or asked for while this write was out): the status goes now. A call
+    // closed (shutdown, overload, OnCancel) while a write was stuck ends with a failed write,
+    // and without its Finish here it never ends: gRPC's Server::Shutdown waits for it forever.
     if (finishing_) {
       if (!finished_) DoFinish();
       return;

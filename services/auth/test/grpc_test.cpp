@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <future>
 #include <thread>
 
 #include "test/auth_service_fixture.h"
@@ -255,6 +257,71 @@ TEST_F(AuthGrpcTest, WatchKeysAnswersTheHeldKeysThenPushesChanges) {
   EXPECT_TRUE(pushed);
   context.TryCancel();
   reader->Finish();
+}
+
+// A watcher that stops reading (a wedged or dying edge) leaves the server's write stuck in flow
+// control. Its stream ended then (by shutdown, by the client's cancel, by the overload cut-off)
+// must still finish once that write fails: a call never finished kept gRPC's Server::Shutdown
+// waiting forever (a CI run of tests/cross hung in the auth module's Stop until ctest's timeout).
+class StuckWatcherTest : public AuthGrpcTest {
+ protected:
+  // The edge's service token, known to the test (process-wide) so its own channel can present it.
+  static constexpr char kEdgeToken[] = "a-test-edge-service-token-0123456789";
+  void SetUp() override {
+    ConfigureServiceToken(kEdgeToken);
+    AuthGrpcTest::SetUp();
+  }
+
+  // Opens a WatchKeys stream whose answers exceed its receive window and reads one message, so
+  // the server has a write out that cannot complete.
+  void OpenStuckWatcher() {
+    // A small, fixed receive window (MakeChannel's grows with the traffic).
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 * 1024);
+    stub_ = pb::AuthService::NewStub(
+        grpc::CreateCustomChannel(Target(), GrpcChannelCredentials(), args));
+    context_.AddMetadata("authorization", std::string("Bearer ") + kEdgeToken);
+    pb::WatchKeysRequest request;
+    // Megabytes of answers (one update per held key, known or not): far more than the window.
+    for (int i = 0; i < 50000; ++i) request.add_key_hashes(HashApiKey(GenerateApiKey()));
+    reader_ = stub_->WatchKeys(&context_, request);
+    pb::WatchKeysResponse message;
+    ASSERT_TRUE(reader_->Read(&message)) << "the server is writing";
+  }
+
+  // Stops the auth module; it must not take longer than its 5 s deadline and a margin.
+  void StopWithinItsDeadline() {
+    auto stopped = std::async(std::launch::async, [&] { process_->Stop(); });
+    if (stopped.wait_for(20s) != std::future_status::ready) {
+      ADD_FAILURE() << "the auth module's shutdown waits for a watch stream that never finishes";
+      std::abort();  // nothing to unwind: the shutdown thread is stuck for good
+    }
+  }
+
+  std::unique_ptr<pb::AuthService::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReader<pb::WatchKeysResponse>> reader_;
+};
+
+TEST_F(StuckWatcherTest, ShutdownEndsTheStreamWhenTheStuckWriteFails) {
+  OpenStuckWatcher();
+  // Stop ends the stream at once (the write still out) and cancels what is left at its deadline.
+  StopWithinItsDeadline();
+  context_.TryCancel();
+  reader_->Finish();
+}
+
+TEST_F(StuckWatcherTest, TheClientsCancelEndsTheStream) {
+  OpenStuckWatcher();
+  // As an edge's shutdown does: the cancel ends the stream and fails the write that is out.
+  // (Whether gRPC tells the reactor of the cancel or of the failed write first is its own
+  // business; the old code leaked the stream when the cancel came first, about 1 run in 6 here.)
+  context_.TryCancel();
+  EXPECT_EQ(reader_->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  auto t0 = std::chrono::steady_clock::now();
+  StopWithinItsDeadline();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s) << "no stream was left to wait for";
 }
 
 }  // namespace
