@@ -210,4 +210,33 @@ MigrationResult Migrate(pqxx::connection& conn, const std::string& service,
   return result;
 }
 
+std::vector<std::string> PgColumnArrays(const std::vector<std::string>& row_major, size_t columns) {
+  std::vector<std::string> out(columns, "{");
+  if (columns == 0) return out;
+  const size_t rows = row_major.size() / columns;
+  for (size_t c = 0; c < columns; ++c) {
+    std::string& a = out[c];
+    for (size_t r = 0; r < rows; ++r) {
+      const std::string& v = row_major[r * columns + c];
+      a += r ? ",\"" : "\"";
+      for (char ch : v) {
+        if (ch == '"' || ch == '\\') a += '\\';
+        a += ch;
+      }
+      a += '"';
+    }
+    a += '}';
+  }
+  return out;
+}
+
+std::string PgUnnest(const std::vector<const char*>& types, size_t first) {
+  std::string out = "unnest(";
+  for (size_t c = 0; c < types.size(); ++c) {
+    if (c) out += ", ";
+    out += "$" + std::to_string(first + c) + "::" + types[c] + "[]";
+  }
+  return out + ")";
+}
+
 }  // namespace tollgate

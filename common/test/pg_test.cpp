@@ -23,6 +23,34 @@ int64_t Count(pqxx::connection& c, const std::string& sql) {
   return tx.exec(sql)[0][0].as<int64_t>();
 }
 
+TEST(PgColumnArraysTest, RowsComeBackAsSentThroughUnnest) {
+  TestDatabase db;
+  pqxx::connection c(db.dsn());
+  // Text that an array literal must quote: empty, NULL-looking, commas, braces, quotes,
+  // backslashes, spaces, non-ASCII; and numbers and booleans in typed columns.
+  const std::vector<std::vector<std::string>> rows = {
+      {"", "0", "true"},
+      {"NULL", "-9223372036854775808", "false"},
+      {"a,b {c} \"d\" \\e\\", "9223372036854775807", "true"},
+      {"  spaced  ", "42", "false"},
+      {"\xc3\xa9t\xc3\xa9 \xe2\x82\xac", "7", "true"}};
+  std::vector<std::string> row_major;
+  for (const auto& r : rows) row_major.insert(row_major.end(), r.begin(), r.end());
+  pqxx::work tx(c);
+  auto result = tx.exec_params("SELECT t, n::TEXT, b::TEXT FROM " +
+                                   PgUnnest({"TEXT", "BIGINT", "BOOLEAN"}) + " AS v (t, n, b)",
+                               pqxx::prepare::make_dynamic_params(PgColumnArrays(row_major, 3)));
+  ASSERT_EQ(result.size(), rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_FALSE(result[i][0].is_null()) << i;
+    EXPECT_EQ(result[i][0].as<std::string>(), rows[i][0]) << i;
+    EXPECT_EQ(result[i][1].as<std::string>(), rows[i][1]) << i;
+    EXPECT_EQ(result[i][2].as<std::string>(), rows[i][2]) << i;
+  }
+  EXPECT_EQ(PgUnnest({"TEXT", "BIGINT"}, 3), "unnest($3::TEXT[], $4::BIGINT[])");
+  EXPECT_EQ(PgColumnArrays({}, 2), (std::vector<std::string>{"{}", "{}"}));
+}
+
 TEST(MigrateTest, AppliesOnceAndRecords) {
   TestDatabase db;
   pqxx::connection c(db.dsn());

@@ -129,4 +129,14 @@ MigrationResult Migrate(pqxx::connection& conn, const std::string& service,
 // Highest applied migration, or 0 on an empty database.
 int64_t SchemaVersion(pqxx::connection& conn);
 
+// Many rows in one statement of fixed text: one array parameter per column
+// (`INSERT ... SELECT ... FROM unnest($1::TEXT[], $2::BIGINT[]) AS v (a, b)`). A VALUES list of
+// rows x columns parameters is a new, large statement for PostgreSQL to parse and plan on every
+// batch (most of an ingesting backend's CPU); the arrays cost the same to parse at any size.
+// `row_major` holds `columns` values per row, as text; the result is one array literal per
+// column, every element quoted (so empty strings, commas and quotes are carried as they are).
+std::vector<std::string> PgColumnArrays(const std::vector<std::string>& row_major, size_t columns);
+// "unnest($first::T1[], $first+1::T2[], ...)" for columns of the SQL types `types`.
+std::string PgUnnest(const std::vector<const char*>& types, size_t first = 1);
+
 }  // namespace tollgate

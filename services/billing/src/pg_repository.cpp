@@ -391,7 +391,7 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
         "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT",  "TEXT",
         "BIGINT",  "BIGINT", "TEXT",    "BIGINT",  "TEXT",   "TEXT",   "BIGINT",  "BIGINT"};
-    constexpr size_t kChunk = 1000;  // 32 parameters a row; PostgreSQL allows 65535
+    constexpr size_t kChunk = 1000;  // rows per statement (one array parameter per column)
     for (size_t from = 0; from < unique.size(); from += kChunk) {
       const size_t to = std::min(unique.size(), from + kChunk);
       std::vector<std::string> params;
@@ -461,9 +461,9 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                    Ts("started_ms") + ", " + Ts("finished_ms") +
                    ", service_tier, tier_multiplier_ppm, cache_write_tokens, endpoint_kind, "
                    "images, "
-                   "image_size, image_quality, audio_milliseconds, characters FROM (VALUES " +
-                   Values(to - from, kCasts) +
-                   ") AS v (request_id, user_id, api_key_id, model, upstream_model, "
+                   "image_size, image_quality, audio_milliseconds, characters FROM " +
+                   PgUnnest(kCasts) +
+                   " AS v (request_id, user_id, api_key_id, model, upstream_model, "
                    "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
                    "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
                    "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
@@ -471,7 +471,7 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                    "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
                    "audio_milliseconds, characters) "
                    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-               pqxx::prepare::make_dynamic_params(params)))
+               pqxx::prepare::make_dynamic_params(PgColumnArrays(params, kCasts.size()))))
         inserted.insert(row[0].as<std::string>());
       for (size_t k = from; k < to; ++k) {
         const size_t i = unique[k];

@@ -96,17 +96,6 @@ int64_t PgQuotaRepository::LoadUsage(const UsageKey& key) {
 
 std::vector<size_t> PgQuotaRepository::CommitSettlements(const std::vector<SettledRequest>& batch) {
   if (batch.empty()) return {};
-  // "($1), ($2), ...": libpqxx 6 has no array parameters; rows travel as VALUES.
-  auto values = [](size_t rows, size_t columns, size_t first = 1) {
-    std::string out;
-    size_t n = first;
-    for (size_t r = 0; r < rows; ++r) {
-      out += r ? ", (" : "(";
-      for (size_t c = 0; c < columns; ++c) out += (c ? ", $" : "$") + std::to_string(n++);
-      out += ")";
-    }
-    return out;
-  };
   return pool_.Run([&](pqxx::connection& conn) {
     // One transaction and two statements for the whole batch (the group commit): the requests
     // not settled before, then every total they add to, summed per row and in key order, so
@@ -120,10 +109,12 @@ std::vector<size_t> PgQuotaRepository::CommitSettlements(const std::vector<Settl
     for (size_t from = 0; from < ids.size(); from += kChunk) {
       const size_t to = std::min(ids.size(), from + kChunk);
       std::vector<std::string> chunk(ids.begin() + from, ids.begin() + to);
-      for (const auto& row : tx.exec_params("INSERT INTO settled_requests (request_id) VALUES " +
-                                                values(chunk.size(), 1) +
-                                                " ON CONFLICT DO NOTHING RETURNING request_id",
-                                            pqxx::prepare::make_dynamic_params(chunk)))
+      // Rows travel as one array per column (tollgate/pg.h, PgColumnArrays): a statement of
+      // fixed text, cheap for PostgreSQL to parse at any batch size.
+      for (const auto& row : tx.exec_params(
+               "INSERT INTO settled_requests (request_id) SELECT r FROM " + PgUnnest({"TEXT"}) +
+                   " AS v (r) ON CONFLICT DO NOTHING RETURNING request_id",
+               pqxx::prepare::make_dynamic_params(PgColumnArrays(chunk, 1))))
         inserted.insert(row[0].as<std::string>());
     }
     std::vector<size_t> fresh;
@@ -140,18 +131,18 @@ std::vector<size_t> PgQuotaRepository::CommitSettlements(const std::vector<Settl
            {std::string(SubjectName(key.kind)), key.subject,
             std::string(PeriodName(key.period_kind)), key.period, std::to_string(tokens)})
         params.push_back(std::move(v));
-    constexpr size_t kRows = 2000;  // 5 parameters a row; PostgreSQL allows 65535
+    constexpr size_t kRows = 2000;  // rows per statement
     for (size_t from = 0; from < totals.size(); from += kRows) {
       const size_t rows = std::min(totals.size() - from, kRows);
       std::vector<std::string> chunk(params.begin() + from * 5, params.begin() + (from + rows) * 5);
       tx.exec_params(
           "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
-          "SELECT k, s, pk, p, t::BIGINT FROM (VALUES " +
-              values(rows, 5) +
-              ") AS v (k, s, pk, p, t) "
+          "SELECT k, s, pk, p, t FROM " +
+              PgUnnest({"TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"}) +
+              " AS v (k, s, pk, p, t) "
               "ON CONFLICT (subject_kind, subject, period_kind, period) "
               "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens",
-          pqxx::prepare::make_dynamic_params(chunk));
+          pqxx::prepare::make_dynamic_params(PgColumnArrays(chunk, 5)));
     }
     tx.commit();
     return fresh;
