@@ -1,0 +1,317 @@
+// kill -9 of an edge holding grants (issue #13, exactness), with real processes: the suite runs
+// split (one process per target) plus a second edge process, edge B (suite.startExtraEdge),
+// sharing auth, quota, router and billing with the suite's edge A. Edge B takes traffic until it
+// holds a quota lease (phase 1) or a billing budget (phase 2) and is SIGKILLed under that load,
+// then restarted (its spool replays), while edge A takes what is left. Requests go through the
+// openai SDK; every answer's x-request-id is billing's request id (the client sends none), so the
+// accounting is per request, not by counts alone.
+//
+// Phase 1, a key with RPM = N (one sliding minute; the whole phase is well inside 60 s):
+//   - 200s from A + 200s from B ≤ N: the dead edge's lease keeps counting in the window
+//     (docs/architecture.md "Quota", Leases: its entry counts until U + 60 s), so nothing is
+//     admitted twice;
+//   - the under-admission (N − every 200) is at most what B's leases held unused plus what it
+//     had in flight, each lease ≤ 1/8 of the headroom: measured and printed. RPM capacity comes
+//     back when the dead lease's entry leaves the window (U + 60 s, by design; not waited for).
+// Phase 2, a user whose prepaid balance covers exactly M requests (input price 0, max_tokens =
+// the mock's answer length, so every request's worst case = its cost = W):
+//   - B's dead budget stays held until it expires (billing.budget_ttl + billing.hold_ttl after
+//     its last refill; hold_ttl lowered to HOLD_TTL_MS here): A is refused while it counts, then
+//     spends the rest; at the end less than W is left and the balance never went below zero;
+//   - every 200 is charged at most once (usage_records unique per request id, the account's total
+//     cost = the sum of its records), every 200 from A is charged, and a 200 from B that is not
+//     charged was answered within the spool's documented loss window (docs/architecture.md,
+//     grpc_billing_client.cpp + spool.cpp: "lost only in the ≤ 50 ms between the response and its
+//     fsync"), asserted here with LOSS_WINDOW_MS of slack for a loaded machine and printed.
+// Both phases check the records after B's restart replayed its spool (B restarted within the
+// hold's life, so its late records are charged against money still held).
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { addMockModel, sleep, startSuite, waitFor } from './harness.mjs';
+
+const MODEL = 'mock-edge-kill'; // a plain mock model: 10 words, at once
+const MAX_TOKENS = 10; // = the mock's answer: cost = worst case
+const MESSAGES = [{ role: 'user', content: 'edge kill' }];
+const PRICE_OUT = 1_000_000_000; // micro-units per 1M completion tokens: 1,000 a token
+const W = MAX_TOKENS * PRICE_OUT / 1_000_000; // every request's worst case and cost: 10,000
+const CONC = 4; // requests in flight per edge
+const RPM = 200; // phase 1: leases need a headroom ≥ quota.lease_min_headroom (64)
+const KILL_AFTER_Q = 30; // phase 1: B dies after this many 200s
+const M = 150; // phase 2: the balance covers exactly M requests
+const KILL_AFTER_B = 15; // phase 2: B dies after this many 200s
+const BUDGET_MIN_HEADROOM = 200_000; // billing.budget_min_headroom: budgets until 20 requests are left
+const BUDGET_TTL_MS = 1_000;
+const HOLD_TTL_MS = 8_000; // how long billing counts a dead edge's budget after its last refill
+const LOSS_WINDOW_MS = 500; // the spool's 50 ms fsync window plus scheduling slack on 2 busy cores
+const REFUSALS_TO_STOP = 6; // an edge's concurrent load ends after this many refusals in a row
+const SETTLE_PAUSE_MS = 300; // then requests one at a time, this far apart, until 2 refusals in a row
+
+describe('kill -9 of an edge holding leases and budgets, two edge processes', { timeout: 300_000 }, () => {
+  let suite;
+  let edgeB;
+  let OpenAI;
+
+  before(async () => {
+    suite = await startSuite({
+      split: true,
+      env: {
+        TOLLGATE_BILLING__BUDGET_TTL: `${BUDGET_TTL_MS / 1000}s`,
+        TOLLGATE_BILLING__HOLD_TTL: `${HOLD_TTL_MS / 1000}s`,
+        TOLLGATE_BILLING__BUDGET_MIN_HEADROOM: String(BUDGET_MIN_HEADROOM),
+      },
+    });
+    edgeB = await suite.startExtraEdge('edge-b');
+    ({ default: OpenAI } = await import('openai'));
+    await suite.ctl(['billing', 'set-price', `--model=${MODEL}`, '--input-micros-per-mtok=0',
+      `--output-micros-per-mtok=${PRICE_OUT}`]);
+    await addMockModel(suite, MODEL);
+    for (const base of [suite.baseURL, edgeB.baseURL]) {
+      await waitFor(async () => {
+        const res = await fetch(`${base}/models`, { headers: { authorization: `Bearer ${suite.demoKey}` } });
+        return res.ok && (await res.json()).data.some((m) => m.id === MODEL);
+      }, { timeoutMs: 10_000, what: `${base} to serve ${MODEL}` });
+    }
+  }, { timeout: 240_000 });
+
+  after(async () => { await suite?.down(); }, { timeout: 120_000 });
+
+  async function metric(url, name, labels = '') {
+    const text = await (await fetch(url, { signal: AbortSignal.timeout(5000) })).text();
+    const line = text.split('\n').find((l) => l.startsWith(labels ? `${name}{${labels}}` : `${name} `));
+    return line ? Number(line.split(' ').pop()) : 0;
+  }
+  const serviceMetrics = (i) => `http://127.0.0.1:${suite.ports.metrics + i}/metrics`; // 2 quota, 4 billing
+
+  async function newUser(name, topUp) {
+    const userId = (await suite.ctlJson(['auth', 'create-user', `--name=${name}`])).user.id;
+    const r = await suite.ctlJson(['auth', 'create-api-key', `--user-id=${userId}`, `--name=${name}`]);
+    await suite.ctl(['billing', 'create-account', `--user-id=${userId}`]);
+    await suite.ctl(['billing', 'top-up', `--user-id=${userId}`, `--amount-micros=${topUp}`]);
+    return { userId, key: r.api_key, keyId: r.key.id };
+  }
+
+  /**
+   * Load through one edge: CONC requests at a time until stop() says so or REFUSALS_TO_STOP
+   * refusals in a row. Every attempt lands in `log`: {edge, status (0: no HTTP answer), code, id,
+   * sentAt, doneAt}.
+   */
+  async function load(edgeName, baseURL, key, log, stop) {
+    const client = new OpenAI({ baseURL, apiKey: key, maxRetries: 0, timeout: 20_000 });
+    let refusedInRow = 0;
+    const one = async () => {
+      const e = { edge: edgeName, sentAt: Date.now() };
+      log.push(e);
+      try {
+        const { data, response } = await client.chat.completions
+          .create({ model: MODEL, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
+        e.status = response.status;
+        e.id = response.headers.get('x-request-id');
+        e.tokens = data.usage.completion_tokens;
+        refusedInRow = 0;
+      } catch (err) {
+        e.status = err instanceof OpenAI.APIError && err.status ? err.status : 0;
+        e.code = err.code ?? err.cause?.code ?? err.message;
+        if (e.status === 429) refusedInRow++;
+      }
+      e.doneAt = Date.now();
+    };
+    const worker = async () => {
+      while (!stop() && refusedInRow < REFUSALS_TO_STOP) await one();
+    };
+    await Promise.all(Array.from({ length: CONC }, worker));
+    if (stop()) return;
+    // Then one at a time, each after a pause in which records land and idle leases and budgets
+    // go back: refusals of requests racing each other do not end the load while capacity is left.
+    for (refusedInRow = 0; refusedInRow < 2;) {
+      await sleep(SETTLE_PAUSE_MS);
+      await one();
+    }
+  }
+
+  async function records(userId) {
+    const out = await suite.psql('tollgate_billing',
+      `SELECT request_id || ' ' || cost_micros FROM usage_records WHERE user_id = ${userId}`);
+    return out.split('\n').slice(2).map((l) => l.trim()).filter((l) => /^\S+ -?\d+$/.test(l))
+      .map((l) => { const [id, cost] = l.split(' '); return { id, cost: Number(cost) }; });
+  }
+  const account = async (userId) => (await suite.ctlJson(['billing', 'get-balance', `--user-id=${userId}`])).account;
+
+  /**
+   * Kills edge B (SIGKILL) once `ready()` holds during its load, restarts it and waits until its
+   * spool is delivered. Returns {killAt, restartedAt}.
+   */
+  async function killAndRestartB(ready, logB, state) {
+    await waitFor(ready, { timeoutMs: 30_000, intervalMs: 5, what: 'edge B to hold its grants under load' });
+    state.killAt = Date.now();
+    state.inFlightAtKill = logB.filter((e) => e.doneAt === undefined).length;
+    await suite.kill9('edge-b');
+    state.killed = true;
+    await suite.restart('edge-b');
+    state.restartedAt = Date.now();
+    await waitFor(async () => (await metric(edgeB.metricsURL, 'tollgate_edge_billing_spool', 'what="records"')) === 0,
+      { timeoutMs: 10_000, intervalMs: 50, what: "edge B's replayed spool to drain" });
+  }
+
+  /** Records vs answers (part c): returns {lost, maxLostAgeMs, recs} after the checks every phase shares. */
+  async function checkRecords(label, user, log, state) {
+    const ok = log.filter((e) => e.status === 200);
+    const fromA = ok.filter((e) => e.edge === 'A');
+    const fromB = ok.filter((e) => e.edge === 'B');
+    let recs;
+    await waitFor(async () => {
+      recs = await records(user.userId);
+      const have = new Set(recs.map((r) => r.id));
+      return fromA.every((e) => have.has(e.id));
+    }, { timeoutMs: 15_000, intervalMs: 200, what: `${label}: a record for every 200 from edge A` });
+    await sleep(300); // a late duplicate or straggler would show by now
+    recs = await records(user.userId);
+    const ids = recs.map((r) => r.id);
+    const have = new Set(ids);
+    assert.equal(have.size, ids.length, `${label}: a request id recorded twice`);
+    const answered = new Set(ok.map((e) => e.id));
+    assert.equal(answered.size, ok.length, `${label}: two answers with one x-request-id`);
+    // A record without a 200 can only be a request B was running when it died (answered, then
+    // recorded, but the answer never reached the client).
+    const unanswered = recs.filter((r) => !answered.has(r.id));
+    assert.ok(unanswered.length <= state.inFlightAtKill,
+      `${label}: ${unanswered.length} records of requests never answered 200 (${state.inFlightAtKill} in flight at the kill)`);
+    // Every 200 from B not recorded was answered within the spool's loss window before the kill.
+    const lost = fromB.filter((e) => !have.has(e.id));
+    const maxLostAgeMs = Math.max(0, ...lost.map((e) => state.killAt - e.doneAt));
+    assert.ok(lost.every((e) => e.doneAt > state.killAt - LOSS_WINDOW_MS),
+      `${label}: a 200 from B answered ${maxLostAgeMs} ms before the kill has no record (spool guarantee: ≤ 50 ms)`);
+    // Charged once: the account's total cost is the sum of its records, each one request's cost.
+    const acc = await account(user.userId);
+    const sum = recs.reduce((s, r) => s + r.cost, 0);
+    assert.equal(Number(acc.total_cost_micros), sum, `${label}: total cost vs records`);
+    for (const r of recs) assert.equal(r.cost, W, `${label}: record ${r.id} cost`);
+    assert.equal(Number(acc.balance_micros), Number(acc.total_top_ups_micros) - sum, `${label}: balance`);
+    return { lost: lost.length, maxLostAgeMs, recs: recs.length, unanswered: unanswered.length, fromA: fromA.length, fromB: fromB.length };
+  }
+
+  it('phase 1: a key limited to N requests a minute never passes N across both edges', { timeout: 120_000 }, async () => {
+    const user = await newUser('edge-kill-rpm', 100_000_000);
+    await suite.ctl(['quota', 'set-policy', '--subject-kind=key', `--subject=${user.keyId}`, `--rpm=${RPM}`]);
+    const log = [];
+    const t0 = Date.now();
+    // The policy is in force once an answer says so (that request counts like any other).
+    const probe = new OpenAI({ baseURL: suite.baseURL, apiKey: user.key, maxRetries: 0, timeout: 20_000 });
+    await waitFor(async () => {
+      const e = { edge: 'A', sentAt: Date.now() };
+      const { data, response } = await probe.chat.completions
+        .create({ model: MODEL, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
+      Object.assign(e, { status: response.status, id: response.headers.get('x-request-id'), tokens: data.usage.completion_tokens, doneAt: Date.now() });
+      log.push(e);
+      return response.headers.get('x-ratelimit-limit-requests') === String(RPM);
+    }, { timeoutMs: 5_000, intervalMs: 200, what: 'the RPM policy to be in force' });
+
+    const leasesBefore = await metric(serviceMetrics(2), 'tollgate_quota_leases_total');
+    const admitsBefore = await metric(serviceMetrics(2), 'tollgate_quota_admissions_total', 'result="allowed"');
+    const state = { killed: false };
+    const logB = [];
+    const okB = () => logB.filter((e) => e.status === 200).length;
+    let leasesAtKill = 0;
+    let admitsAtKill = 0;
+    await Promise.all([
+      load('B', edgeB.baseURL, user.key, logB, () => state.killed),
+      killAndRestartB(() => okB() >= KILL_AFTER_Q, logB, state),
+    ]);
+    // Only B called quota meanwhile (A's probe came before the counts were taken).
+    leasesAtKill = (await metric(serviceMetrics(2), 'tollgate_quota_leases_total')) - leasesBefore;
+    admitsAtKill = (await metric(serviceMetrics(2), 'tollgate_quota_admissions_total', 'result="allowed"')) - admitsBefore;
+    log.push(...logB);
+    // Then A takes what is left of the minute, until it is refused REFUSALS_TO_STOP times in a row.
+    await load('A', suite.baseURL, user.key, log, () => false);
+    const span = Math.max(...log.map((e) => e.doneAt)) - t0;
+
+    const ok = log.filter((e) => e.status === 200);
+    const okA = ok.filter((e) => e.edge === 'A').length;
+    const refusals = log.filter((e) => e.status === 429);
+    const others = log.filter((e) => e.status !== 200 && e.status !== 429 && !(e.edge === 'B' && e.status === 0));
+    const under = RPM - ok.length;
+    const summary = { spanMs: span, okA, okB: okB(), limit: RPM, underAdmission: under, inFlightAtKill: state.inFlightAtKill,
+      leasesGranted: leasesAtKill, quotaAdmitsWhileB: admitsAtKill, restartMs: state.restartedAt - state.killAt,
+      refused: refusals.length, bErrorsAtKill: logB.filter((e) => e.status === 0).length };
+    console.log(`edge kill, RPM: ${JSON.stringify(summary)}`);
+
+    assert.ok(span < 55_000, `the phase took ${span} ms: no longer one minute's window`);
+    assert.deepEqual(others.map((e) => `${e.edge} ${e.status} ${e.code}`), [], 'answers other than 200 and 429');
+    assert.ok(refusals.every((e) => e.code === 'rate_limit_exceeded'), 'a refusal other than rate_limit_exceeded');
+    // B really admitted from leases: fewer Admit calls reached quota than B had answers.
+    assert.ok(leasesAtKill >= 1 && admitsAtKill < okB(), `B made ${admitsAtKill} Admit calls for ${okB()} answers: not from leases`);
+    // (a) never over the limit, and the capacity the dead edge held back is bounded.
+    assert.ok(ok.length <= RPM, `${ok.length} requests admitted across both edges in one minute, limit ${RPM}`);
+    assert.ok(under <= 2 * Math.ceil(RPM / 8) + CONC,
+      `under-admission ${under}: more than two leases (≤ 1/8 of the headroom each) and the requests in flight`);
+    const rec = await checkRecords('phase 1', user, log, state);
+    console.log(`edge kill, RPM records: ${JSON.stringify(rec)}`);
+  });
+
+  it('phase 2: a balance covering M requests is never overdrawn, spent to the end, charged once', { timeout: 120_000 }, async () => {
+    const user = await newUser('edge-kill-money', M * W);
+    const log = [];
+    const state = { killed: false };
+    const logB = [];
+    const okB = () => logB.filter((e) => e.status === 200).length;
+    const budgetsBefore = await metric(serviceMetrics(4), 'tollgate_billing_budgets_total', 'result="granted"');
+    let budgetsAtKill = 0;
+    let budgetHoldsAtKill = 0;
+    const holdsBefore = await metric(edgeB.metricsURL, 'tollgate_edge_billing_holds_total', 'result="budget"');
+    await Promise.all([
+      load('B', edgeB.baseURL, user.key, logB, () => state.killed),
+      killAndRestartB(async () => {
+        if (okB() < KILL_AFTER_B) return false;
+        budgetsAtKill = await metric(edgeB.metricsURL, 'tollgate_edge_billing_budgets');
+        budgetHoldsAtKill = (await metric(edgeB.metricsURL, 'tollgate_edge_billing_holds_total', 'result="budget"')) - holdsBefore;
+        return budgetsAtKill >= 1;
+      }, logB, state),
+    ]);
+    log.push(...logB);
+    const granted = (await metric(serviceMetrics(4), 'tollgate_billing_budgets_total', 'result="granted"')) - budgetsBefore;
+    const atRestart = await account(user.userId);
+    const heldAtRestart = Number(atRestart.held_micros);
+
+    // While the dead budget counts, A spends what is not held, then is refused.
+    const logA1 = [];
+    await load('A', suite.baseURL, user.key, logA1, () => false);
+    const a1End = Date.now();
+    const afterA1 = await account(user.userId);
+    log.push(...logA1);
+    // The dead budget expires (its last refill + budget_ttl + hold_ttl ≤ the kill + those).
+    await waitFor(async () => Number((await account(user.userId)).held_micros) === 0,
+      { timeoutMs: BUDGET_TTL_MS + HOLD_TTL_MS + 10_000, intervalMs: 100, what: "the dead edge's budget to expire" });
+    const freedAfterMs = Date.now() - state.killAt;
+    // Then A spends the rest.
+    const logA2 = [];
+    await load('A', suite.baseURL, user.key, logA2, () => false);
+    log.push(...logA2);
+    const end = await account(user.userId);
+
+    const ok = log.filter((e) => e.status === 200);
+    const okA1 = logA1.filter((e) => e.status === 200).length;
+    const okA2 = logA2.filter((e) => e.status === 200).length;
+    const rec = await checkRecords('phase 2', user, log, state);
+    const summary = { covers: M, okB: okB(), okA1, okA2, total200: ok.length, budgetsGranted: granted,
+      bBudgetsAtKill: budgetsAtKill, bHeldFromBudget: budgetHoldsAtKill, inFlightAtKill: state.inFlightAtKill,
+      restartMs: state.restartedAt - state.killAt, heldAtRestart, heldAfterA1: Number(afterA1.held_micros),
+      a1EndsAfterKillMs: a1End - state.killAt, underAdmissionRequests: Number(afterA1.held_micros) / W,
+      freedAfterMs, balanceEnd: Number(end.balance_micros), ...rec };
+    console.log(`edge kill, budget: ${JSON.stringify(summary)}`);
+
+    const others = log.filter((e) => e.status !== 200 && !(e.status === 429 && e.code === 'insufficient_quota') &&
+      !(e.edge === 'B' && e.status === 0));
+    assert.deepEqual(others.map((e) => `${e.edge} ${e.status} ${e.code}`), [], 'answers other than 200 and insufficient_quota');
+    assert.ok(granted >= 1 && budgetHoldsAtKill >= 1, 'B held requests from a budget before it died');
+    // The dead budget counted until it expired, and not longer than the documented bound.
+    assert.ok(a1End - state.killAt < BUDGET_TTL_MS + HOLD_TTL_MS, 'A spent before the dead budget could expire');
+    assert.ok(freedAfterMs <= BUDGET_TTL_MS + HOLD_TTL_MS + 2_000, `the dead budget was held ${freedAfterMs} ms after the kill`);
+    // (b) never overdrawn (no credit), and (a) spent to the end: less than one request left.
+    for (const a of [atRestart, afterA1, end]) assert.ok(Number(a.balance_micros) >= 0, `balance ${a.balance_micros} below zero`);
+    assert.equal(Number(end.held_micros), 0);
+    assert.ok(Number(end.balance_micros) < W, `${end.balance_micros} left after the dead budget expired: under-admission stuck`);
+    // Every 200 is paid for, except the ones whose record the kill lost (counted in checkRecords).
+    assert.equal(rec.recs, M - Number(end.balance_micros) / W, 'records vs the money spent');
+    assert.equal(ok.length, rec.recs - rec.unanswered + rec.lost,
+      `200s vs records (${rec.lost} answered and not recorded, ${rec.unanswered} recorded and not answered)`);
+  });
+});
