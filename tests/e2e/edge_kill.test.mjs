@@ -23,13 +23,26 @@
 //     charged was answered within the spool's documented loss window (docs/architecture.md,
 //     grpc_billing_client.cpp + spool.cpp: "lost only in the ≤ 50 ms between the response and its
 //     fsync"), asserted here with LOSS_WINDOW_MS of slack for a loaded machine and printed.
-// Both phases check the records after B's restart replayed its spool (B restarted within the
-// hold's life, so its late records are charged against money still held).
+// Phase 3, a key with a daily token quota D (quota.reservation_ttl lowered to
+// RESERVATION_TTL_MS):
+//   - settled + reserved ≤ D throughout; B's dead lease keeps its tokens reserved until
+//     U + reservation_ttl (U ≤ the kill + lease_ttl), A is refused meanwhile, then uses them: at
+//     the end less than one request's estimate is left;
+//   - quota's settled total = the tokens of the answers it settled (settled_requests), every
+//     answer of A among them; an answer never settled (its settlement was in the dead edge's
+//     memory) can only be one of B's last before the kill, and is printed.
+// In every phase B also has SLOW requests admitted and at the upstream when it dies: they end
+// without an answer and are never charged. Every phase checks the records after B's restart
+// replayed its spool (B restarted within the hold's life, so its late records are charged
+// against money still held).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { addMockModel, sleep, startSuite, waitFor } from './harness.mjs';
 
 const MODEL = 'mock-edge-kill'; // a plain mock model: 10 words, at once
+const SLOW_MODEL = 'mock-edge-kill-slow-ttfb-5000'; // answers after 5 s: in flight at the kill
+const SLOW = 2; // slow requests B has admitted and sent upstream when it dies
+const SLOW_AFTER = 10; // B sends them after this many attempts (its grants have come by then)
 const MAX_TOKENS = 10; // = the mock's answer: cost = worst case
 const MESSAGES = [{ role: 'user', content: 'edge kill' }];
 const PRICE_OUT = 1_000_000_000; // micro-units per 1M completion tokens: 1,000 a token
@@ -40,6 +53,10 @@ const KILL_AFTER_Q = 30; // phase 1: B dies after this many 200s
 const M = 150; // phase 2: the balance covers exactly M requests
 const KILL_AFTER_B = 15; // phase 2: B dies after this many 200s
 const BUDGET_MIN_HEADROOM = 200_000; // billing.budget_min_headroom: budgets until 20 requests are left
+const DAILY = 1_500; // phase 3: the key's daily tokens (a request's estimate is about 40, its actual 13)
+const KILL_AFTER_T = 15; // phase 3: B dies after this many 200s
+const RESERVATION_TTL_MS = 6_000; // quota.reservation_ttl: a dead lease's tokens count until U + this
+const LEASE_TTL_MS = 1_000; // quota.lease_ttl (the default)
 const BUDGET_TTL_MS = 1_000;
 const HOLD_TTL_MS = 8_000; // how long billing counts a dead edge's budget after its last refill
 const LOSS_WINDOW_MS = 500; // the spool's 50 ms fsync window plus scheduling slack on 2 busy cores
@@ -58,17 +75,21 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
         TOLLGATE_BILLING__BUDGET_TTL: `${BUDGET_TTL_MS / 1000}s`,
         TOLLGATE_BILLING__HOLD_TTL: `${HOLD_TTL_MS / 1000}s`,
         TOLLGATE_BILLING__BUDGET_MIN_HEADROOM: String(BUDGET_MIN_HEADROOM),
+        TOLLGATE_QUOTA__RESERVATION_TTL: `${RESERVATION_TTL_MS / 1000}s`,
       },
     });
     edgeB = await suite.startExtraEdge('edge-b');
     ({ default: OpenAI } = await import('openai'));
-    await suite.ctl(['billing', 'set-price', `--model=${MODEL}`, '--input-micros-per-mtok=0',
-      `--output-micros-per-mtok=${PRICE_OUT}`]);
-    await addMockModel(suite, MODEL);
+    for (const model of [MODEL, SLOW_MODEL]) {
+      await suite.ctl(['billing', 'set-price', `--model=${model}`, '--input-micros-per-mtok=0',
+        `--output-micros-per-mtok=${PRICE_OUT}`]);
+      await addMockModel(suite, model);
+    }
     for (const base of [suite.baseURL, edgeB.baseURL]) {
       await waitFor(async () => {
         const res = await fetch(`${base}/models`, { headers: { authorization: `Bearer ${suite.demoKey}` } });
-        return res.ok && (await res.json()).data.some((m) => m.id === MODEL);
+        const ids = res.ok ? (await res.json()).data.map((m) => m.id) : [];
+        return ids.includes(MODEL) && ids.includes(SLOW_MODEL);
       }, { timeoutMs: 10_000, what: `${base} to serve ${MODEL}` });
     }
   }, { timeout: 240_000 });
@@ -98,15 +119,15 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
   async function load(edgeName, baseURL, key, log, stop) {
     const client = new OpenAI({ baseURL, apiKey: key, maxRetries: 0, timeout: 20_000 });
     let refusedInRow = 0;
-    const one = async () => {
-      const e = { edge: edgeName, sentAt: Date.now() };
+    const one = async (model = MODEL) => {
+      const e = { edge: edgeName, model, sentAt: Date.now() };
       log.push(e);
       try {
         const { data, response } = await client.chat.completions
-          .create({ model: MODEL, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
+          .create({ model, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
         e.status = response.status;
         e.id = response.headers.get('x-request-id');
-        e.tokens = data.usage.completion_tokens;
+        e.tokens = data.usage.total_tokens;
         refusedInRow = 0;
       } catch (err) {
         e.status = err instanceof OpenAI.APIError && err.status ? err.status : 0;
@@ -118,7 +139,9 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
     const worker = async () => {
       while (!stop() && refusedInRow < REFUSALS_TO_STOP) await one();
     };
-    await Promise.all(Array.from({ length: CONC }, worker));
+    const slow = edgeName === 'B' ? waitFor(() => stop() || log.length >= SLOW_AFTER, { timeoutMs: 30_000, intervalMs: 5 })
+      .then(() => Promise.all(Array.from({ length: SLOW }, () => one(SLOW_MODEL)))) : null;
+    await Promise.all([...Array.from({ length: CONC }, worker), slow]);
     if (stop()) return;
     // Then one at a time, each after a pause in which records land and idle leases and budgets
     // go back: refusals of requests racing each other do not end the load while capacity is left.
@@ -142,6 +165,12 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
    */
   async function killAndRestartB(ready, logB, state) {
     await waitFor(ready, { timeoutMs: 30_000, intervalMs: 5, what: 'edge B to hold its grants under load' });
+    // B's slow requests were admitted (quota and billing) and reached the upstream.
+    await waitFor(async () => {
+      const slow = logB.filter((e) => e.model === SLOW_MODEL);
+      return slow.length === SLOW && Date.now() - Math.max(...slow.map((e) => e.sentAt)) >= 200 &&
+        (await suite.stats()).in_flight >= SLOW;
+    }, { timeoutMs: 10_000, intervalMs: 5, what: "B's slow requests upstream" });
     state.killAt = Date.now();
     state.inFlightAtKill = logB.filter((e) => e.doneAt === undefined).length;
     await suite.kill9('edge-b');
@@ -154,6 +183,10 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
 
   /** Records vs answers (part c): returns {lost, maxLostAgeMs, recs} after the checks every phase shares. */
   async function checkRecords(label, user, log, state) {
+    const slow = log.filter((e) => e.model === SLOW_MODEL);
+    assert.equal(slow.length, SLOW);
+    assert.ok(slow.every((e) => e.edge === 'B' && e.status === 0 && e.doneAt >= state.killAt),
+      `${label}: B's slow requests did not die with it: ${JSON.stringify(slow)}`);
     const ok = log.filter((e) => e.status === 200);
     const fromA = ok.filter((e) => e.edge === 'A');
     const fromB = ok.filter((e) => e.edge === 'B');
@@ -200,7 +233,7 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
       const e = { edge: 'A', sentAt: Date.now() };
       const { data, response } = await probe.chat.completions
         .create({ model: MODEL, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
-      Object.assign(e, { status: response.status, id: response.headers.get('x-request-id'), tokens: data.usage.completion_tokens, doneAt: Date.now() });
+      Object.assign(e, { status: response.status, id: response.headers.get('x-request-id'), tokens: data.usage.total_tokens, doneAt: Date.now() });
       log.push(e);
       return response.headers.get('x-ratelimit-limit-requests') === String(RPM);
     }, { timeoutMs: 5_000, intervalMs: 200, what: 'the RPM policy to be in force' });
@@ -313,5 +346,79 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
     assert.equal(rec.recs, M - Number(end.balance_micros) / W, 'records vs the money spent');
     assert.equal(ok.length, rec.recs - rec.unanswered + rec.lost,
       `200s vs records (${rec.lost} answered and not recorded, ${rec.unanswered} recorded and not answered)`);
+  });
+
+  it('phase 3: a daily token quota is never overshot by what quota settled, and is used to the end', { timeout: 120_000 }, async () => {
+    const user = await newUser('edge-kill-tokens', 100_000_000);
+    await suite.ctl(['quota', 'set-policy', '--subject-kind=key', `--subject=${user.keyId}`, `--daily-tokens=${DAILY}`]);
+    const usage = async () => {
+      const u = await suite.ctlJson(['quota', 'get-usage', '--subject-kind=key', `--subject=${user.keyId}`]);
+      return { settled: Number(u.daily_tokens ?? 0), reserved: Number(u.reserved_tokens ?? 0) };
+    };
+    // A request's estimate, as the edge makes it (the body the SDK sends / 3, plus max_tokens).
+    const body = JSON.stringify({ model: MODEL, messages: MESSAGES, max_tokens: MAX_TOKENS });
+    const estimate = Math.ceil(Buffer.byteLength(body) / 3) + MAX_TOKENS;
+    await waitFor(async () => Number((await suite.ctlJson(['quota', 'get-usage', '--subject-kind=key', `--subject=${user.keyId}`]))
+      .policy?.daily_tokens) === DAILY, { timeoutMs: 5_000, what: 'the daily quota to be in force' });
+    const log = [];
+    const state = { killed: false };
+    const logB = [];
+    const okB = () => logB.filter((e) => e.status === 200).length;
+    const leasesBefore = await metric(serviceMetrics(2), 'tollgate_quota_leases_total');
+    await Promise.all([
+      load('B', edgeB.baseURL, user.key, logB, () => state.killed),
+      killAndRestartB(() => okB() >= KILL_AFTER_T, logB, state),
+    ]);
+    log.push(...logB);
+    const leases = (await metric(serviceMetrics(2), 'tollgate_quota_leases_total')) - leasesBefore;
+    const atRestart = await usage();
+
+    // While the dead lease's tokens are reserved, A uses what is left, then is refused.
+    const logA1 = [];
+    await load('A', suite.baseURL, user.key, logA1, () => false);
+    log.push(...logA1);
+    const a1End = Date.now();
+    const afterA1 = await usage();
+    // The dead lease's reservation expires at U + reservation_ttl (U ≤ the kill + lease_ttl).
+    await waitFor(async () => (await usage()).reserved === 0,
+      { timeoutMs: LEASE_TTL_MS + RESERVATION_TTL_MS + 10_000, intervalMs: 100, what: "the dead edge's lease tokens to expire" });
+    const freedAfterMs = Date.now() - state.killAt;
+    const logA2 = [];
+    await load('A', suite.baseURL, user.key, logA2, () => false);
+    log.push(...logA2);
+    await sleep(300); // A's last settlements
+    const end = await usage();
+
+    // Which answers quota settled (settled_requests: "<request id>/<reservation>").
+    const out = await suite.psql('tollgate_quota', 'SELECT request_id FROM settled_requests');
+    const settledIds = new Set(out.split('\n').map((l) => l.trim().split('/')[0]).filter(Boolean));
+    const ok = log.filter((e) => e.status === 200);
+    const unsettled = ok.filter((e) => !settledIds.has(e.id));
+    const served = ok.reduce((s, e) => s + e.tokens, 0);
+    const summary = { daily: DAILY, estimate, okB: okB(), okA1: logA1.filter((e) => e.status === 200).length,
+      okA2: logA2.filter((e) => e.status === 200).length, leasesGranted: leases, inFlightAtKill: state.inFlightAtKill,
+      atRestart, afterA1, a1EndsAfterKillMs: a1End - state.killAt, freedAfterMs, end, served,
+      unsettled: unsettled.length, unsettledTokens: unsettled.reduce((s, e) => s + e.tokens, 0),
+      maxUnsettledAgeMs: Math.max(0, ...unsettled.map((e) => state.killAt - e.doneAt)) };
+    console.log(`edge kill, daily tokens: ${JSON.stringify(summary)}`);
+
+    const others = log.filter((e) => e.status !== 200 && !(e.status === 429 && e.code === 'insufficient_quota') &&
+      !(e.edge === 'B' && e.status === 0));
+    assert.deepEqual(others.map((e) => `${e.edge} ${e.status} ${e.code}`), [], 'answers other than 200 and insufficient_quota');
+    assert.ok(leases >= 1, 'no lease was granted while B ran');
+    // Never overshot: settled (and reserved) never above the quota.
+    for (const u of [atRestart, afterA1, end]) assert.ok(u.settled + u.reserved <= DAILY, `settled ${u.settled} + reserved ${u.reserved} > ${DAILY}`);
+    // The dead lease held tokens back until it expired, within the documented bound, and then
+    // A used them: at the end less than one request's estimate is left.
+    assert.ok(a1End - state.killAt < LEASE_TTL_MS + RESERVATION_TTL_MS, 'A finished before the dead lease could expire');
+    assert.ok(freedAfterMs <= LEASE_TTL_MS + RESERVATION_TTL_MS + 2_000, `the dead lease was reserved ${freedAfterMs} ms after the kill`);
+    assert.equal(end.reserved, 0);
+    assert.ok(DAILY - end.settled < estimate, `${DAILY - end.settled} tokens left unused (a request needs ${estimate})`);
+    // Every 200 from A settled once; quota's total is exactly the settled answers' tokens; the
+    // answers quota never settled are B's last ones before the kill (settlements travel from the
+    // edge's memory in batches, every edge.quota_lease_interval: a killed edge loses its queue).
+    assert.ok(unsettled.every((e) => e.edge === 'B' && e.doneAt > state.killAt - LOSS_WINDOW_MS),
+      `answers quota never settled: ${JSON.stringify(unsettled)}`);
+    assert.equal(end.settled, served - summary.unsettledTokens, 'settled tokens vs the settled answers');
   });
 });
