@@ -1,8 +1,9 @@
 // kill -9 of an edge holding grants (issue #13, exactness), with real processes: the suite runs
 // split (one process per target) plus a second edge process, edge B (suite.startExtraEdge),
-// sharing auth, quota, router and billing with the suite's edge A. Edge B takes traffic until it
-// holds a quota lease (phase 1) or a billing budget (phase 2) and is SIGKILLed under that load,
-// then restarted (its spool replays), while edge A takes what is left. Requests go through the
+// sharing auth, quota, router and billing with the suite's edge A. In each phase edge B takes
+// traffic until it holds its grants (quota leases in phases 1 and 3, a billing budget in phase 2)
+// and is SIGKILLed under that load, then restarted (its spool replays), while edge A takes what
+// is left. Requests go through the
 // openai SDK; every answer's x-request-id is billing's request id (the client sends none), so the
 // accounting is per request, not by counts alone.
 //
@@ -116,8 +117,9 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
 
   /**
    * Load through one edge: CONC requests at a time until stop() says so or REFUSALS_TO_STOP
-   * refusals in a row. Every attempt lands in `log`: {edge, status (0: no HTTP answer), code, id,
-   * sentAt, doneAt}.
+   * refusals in a row, then (unless stopped) one at a time until 2 refusals in a row; through B,
+   * also SLOW slow requests once SLOW_AFTER were sent. Every attempt lands in `log`: {edge,
+   * model, status (0: no HTTP answer), code, id (x-request-id), tokens, sentAt, doneAt}.
    */
   async function load(edgeName, baseURL, key, log, stop) {
     const client = new OpenAI({ baseURL, apiKey: key, maxRetries: 0, timeout: 20_000 });
