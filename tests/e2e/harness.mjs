@@ -143,7 +143,10 @@ function stopSync(suite) {
   // Also when an asynchronous stop() is under way: a second `run.sh down` is harmless.
   if (!suite.stopDone) {
     suite.stopped = true;
-    for (const name of suite.extraEdges.keys()) { const pid = suite.pidOf(name); if (pid) try { process.kill(pid, 'SIGKILL'); } catch {} }
+    for (const name of suite.extraEdges.keys()) {
+      const pid = suite.pidOf(name);
+      if (pid !== null) try { process.kill(pid, 'SIGKILL'); } catch {}
+    }
     spawnSync('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], {
       env: suite.env, cwd: repoRoot, stdio: 'ignore', timeout: DOWN_TIMEOUT_MS,
     });
@@ -393,14 +396,7 @@ function makeSuite(stateDir, ports, env, split = false) {
     async stop() {
       if (suite.stopped) return;
       suite.stopped = true;
-      for (const name of suite.extraEdges.keys()) {
-        const pid = suite.pidOf(name);
-        if (pid === null) continue;
-        try { process.kill(pid, 'SIGTERM'); } catch {}
-        try {
-          await waitFor(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 50, what: `${name} to stop` });
-        } catch { try { process.kill(pid, 'SIGKILL'); } catch {} }
-      }
+      for (const name of suite.extraEdges.keys()) await stopEdgeProcess(name);
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], { env, timeoutMs: DOWN_TIMEOUT_MS });
       suite.stopDone = true;
       if (r.code !== 0) process.stderr.write(`[harness] run.sh down: ${r.code} ${r.stderr}\n`);
@@ -418,11 +414,23 @@ function makeSuite(stateDir, ports, env, split = false) {
     },
   };
 
-  /** Starts (or restarts, after kill9) an extra edge; resolves with its pid once /readyz answers. */
+  /** An extra edge: SIGTERM, wait for its clean stop (spool drained), SIGKILL after 15 s. */
+  async function stopEdgeProcess(name) {
+    const pid = suite.pidOf(name);
+    if (pid === null) return;
+    try { process.kill(pid, 'SIGTERM'); } catch {}
+    try {
+      await waitFor(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 50, what: `${name} to stop` });
+    } catch {
+      try { process.kill(pid, 'SIGKILL'); } catch {}
+      await waitFor(() => !pidAlive(pid), { timeoutMs: 5_000, intervalMs: 20, what: `${name} to die` }).catch(() => {});
+    }
+  }
+
+  /** Starts (or restarts: stops it first, as run.sh restart) an extra edge; resolves with its pid once /readyz answers. */
   async function startEdgeProcess(e) {
     const pidFile = path.join(stateDir, `${e.name}.pid`);
-    const old = suite.pidOf(e.name);
-    if (old !== null) throw new Error(`${e.name} still runs (pid ${old})`);
+    await stopEdgeProcess(e.name);
     const logFile = path.join(stateDir, `logs/${e.name}.log`);
     const fd = fs.openSync(logFile, 'a');
     const child = spawn(path.join(buildDir, 'cmd/tollgate/tollgate'),
