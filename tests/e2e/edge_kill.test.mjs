@@ -45,7 +45,8 @@ import { addMockModel, sleep, startSuite, waitFor } from './harness.mjs';
 
 const MODEL = 'mock-edge-kill'; // a plain mock model: 10 words, at once
 const SLOW_MODEL = 'mock-edge-kill-slow-ttfb-5000'; // answers after 5 s: in flight at the kill
-const SLOW = 2; // slow requests B has admitted and sent upstream when it dies
+const SLOW = 2; // slow requests B has admitted and sent upstream when it dies (legacy completions,
+const SLOW_PATH = '/v1/completions'; // so the mock's count per path shows them arrive)
 const SLOW_AFTER = 10; // B sends them after this many attempts (its grants have come by then)
 const MAX_TOKENS = 10; // = the mock's answer: cost = worst case
 const MESSAGES = [{ role: 'user', content: 'edge kill' }];
@@ -128,8 +129,9 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
       const e = { edge: edgeName, model, sentAt: Date.now() };
       log.push(e);
       try {
-        const { data, response } = await client.chat.completions
-          .create({ model, messages: MESSAGES, max_tokens: MAX_TOKENS }).withResponse();
+        const { data, response } = await (model === SLOW_MODEL
+          ? client.completions.create({ model, prompt: 'edge kill', max_tokens: MAX_TOKENS })
+          : client.chat.completions.create({ model, messages: MESSAGES, max_tokens: MAX_TOKENS })).withResponse();
         e.status = response.status;
         e.id = response.headers.get('x-request-id');
         e.tokens = data.usage.total_tokens;
@@ -169,13 +171,11 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
    * spool is delivered. Returns {killAt, restartedAt}.
    */
   async function killAndRestartB(ready, logB, state) {
+    const slowBefore = (await suite.stats()).by_path?.[SLOW_PATH] ?? 0;
     await waitFor(ready, { timeoutMs: 30_000, intervalMs: 5, what: 'edge B to hold its grants under load' });
     // B's slow requests were admitted (quota and billing) and reached the upstream.
-    await waitFor(async () => {
-      const slow = logB.filter((e) => e.model === SLOW_MODEL);
-      return slow.length === SLOW && Date.now() - Math.max(...slow.map((e) => e.sentAt)) >= 200 &&
-        (await suite.stats()).in_flight >= SLOW;
-    }, { timeoutMs: 10_000, intervalMs: 5, what: "B's slow requests upstream" });
+    await waitFor(async () => ((await suite.stats()).by_path?.[SLOW_PATH] ?? 0) >= slowBefore + SLOW,
+      { timeoutMs: 10_000, intervalMs: 5, what: "B's slow requests upstream" });
     state.killAt = Date.now();
     state.inFlightAtKill = logB.filter((e) => e.doneAt === undefined).length;
     await suite.kill9('edge-b');
