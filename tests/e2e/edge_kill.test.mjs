@@ -66,7 +66,7 @@ const BUDGET_TTL_MS = 1_000;
 const HOLD_TTL_MS = 8_000; // how long billing counts a dead edge's budget after its last refill
 const LOSS_WINDOW_MS = 500; // the spool's 50 ms fsync window plus scheduling slack on 2 busy cores
 const REFUSALS_TO_STOP = 6; // an edge's concurrent load ends after this many refusals in a row
-const SETTLE_PAUSE_MS = 300; // then requests one at a time, this far apart, until 2 refusals in a row
+const SETTLE_PAUSE_MS = 300; // then more such rounds, this far apart, until one admits nothing
 
 describe('kill -9 of an edge holding leases and budgets, two edge processes', { timeout: 300_000 }, () => {
   let suite;
@@ -118,7 +118,7 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
 
   /**
    * Load through one edge: CONC requests at a time until stop() says so or REFUSALS_TO_STOP
-   * refusals in a row, then (unless stopped) one at a time until 2 refusals in a row; through B,
+   * refusals in a row, then (unless stopped) such rounds until one admits nothing; through B,
    * also SLOW slow requests once SLOW_AFTER were sent. Every attempt lands in `log`: {edge,
    * model, status (0: no HTTP answer), code, id (x-request-id), tokens, sentAt, doneAt}.
    */
@@ -142,19 +142,25 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
         if (e.status === 429) refusedInRow++;
       }
       e.doneAt = Date.now();
+      return e;
     };
+    let admitted = 0;
     const worker = async () => {
-      while (!stop() && refusedInRow < REFUSALS_TO_STOP) await one();
+      while (!stop() && refusedInRow < REFUSALS_TO_STOP) {
+        if ((await one()).status === 200) admitted++;
+      }
     };
     const slow = edgeName === 'B' ? waitFor(() => stop() || log.length >= SLOW_AFTER, { timeoutMs: 30_000, intervalMs: 5 })
       .then(() => Promise.all(Array.from({ length: SLOW }, () => one(SLOW_MODEL)))) : null;
     await Promise.all([...Array.from({ length: CONC }, worker), slow]);
-    if (stop()) return;
-    // Then one at a time, each after a pause in which records land and idle leases and budgets
-    // go back: refusals of requests racing each other do not end the load while capacity is left.
-    for (refusedInRow = 0; refusedInRow < 2;) {
+    // Rounds until one admits nothing: each after a pause in which records land and idle leases
+    // and budgets go back, so refusals of requests racing each other (or this edge's own lease
+    // or budget) do not end the load while capacity is left.
+    while (!stop() && admitted > 0) {
       await sleep(SETTLE_PAUSE_MS);
-      await one();
+      admitted = 0;
+      refusedInRow = 0;
+      await Promise.all(Array.from({ length: CONC }, worker));
     }
   }
 
