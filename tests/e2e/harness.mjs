@@ -18,6 +18,11 @@
 //   await suite.kill9('billing')    SIGKILL it and wait until it is gone
 //   await suite.restart('billing')  scripts/run.sh restart billing: start it, wait for its health
 //   await suite.restart('edge', { env: { TOLLGATE_EDGE__X: 'y' } })  with more config from now on
+//   const b = await suite.startExtraEdge('edge-b')  a second edge process (the suite's generated
+//                            config, its own listen and metrics ports and spool dir, the same auth,
+//                            quota, router and billing): b.baseURL, b.edgeURL, b.metricsURL; pid
+//                            edge-b.pid, log logs/edge-b.log; pidOf, kill9 and restart take its
+//                            name; stop() stops it (SIGTERM, SIGKILL after 15 s)
 //
 // Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
 // Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir; TG_E2E_SPLIT=1
@@ -116,6 +121,15 @@ export async function freePorts() {
   return { grpcBase: await pick(4), pg: await pick(1), edge: await pick(1), metrics: await pick(5) };
 }
 
+/** One free 127.0.0.1 port below the ephemeral range. */
+async function freePort() {
+  for (let i = 0; i < 200; i++) {
+    const p = 20000 + Math.floor(Math.random() * 12000);
+    if (await isFree(p)) return p;
+  }
+  throw new Error('no free port found');
+}
+
 async function http(url, init = {}) {
   const res = await fetch(url, { ...init, signal: init.signal ?? AbortSignal.timeout(HTTP_TIMEOUT_MS) });
   const text = await res.text();
@@ -129,6 +143,10 @@ function stopSync(suite) {
   // Also when an asynchronous stop() is under way: a second `run.sh down` is harmless.
   if (!suite.stopDone) {
     suite.stopped = true;
+    for (const name of suite.extraEdges.keys()) {
+      const pid = suite.pidOf(name);
+      if (pid !== null) try { process.kill(pid, 'SIGKILL'); } catch {}
+    }
     spawnSync('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], {
       env: suite.env, cwd: repoRoot, stdio: 'ignore', timeout: DOWN_TIMEOUT_MS,
     });
@@ -228,6 +246,7 @@ function makeSuite(stateDir, ports, env, split = false) {
     stopped: false,
     stopDone: false,
     removed: false,
+    extraEdges: new Map(), // name -> {name, env, baseURL, edgeURL, metricsURL} (startExtraEdge)
 
     get adminToken() { return fs.readFileSync(path.join(stateDir, 'secrets/admin_token'), 'utf8').trim(); },
     get demoKey() { return fs.readFileSync(path.join(stateDir, 'secrets/demo_api_key'), 'utf8').trim(); },
@@ -241,12 +260,12 @@ function makeSuite(stateDir, ports, env, split = false) {
         } catch { return ''; }
       };
       if (!split) return tail('tollgate', n);
-      return TARGETS.map((t) => tail(t, Math.ceil(n / 2))).filter(Boolean).join('\n');
+      return [...TARGETS, ...suite.extraEdges.keys()].map((t) => tail(t, Math.ceil(n / 2))).filter(Boolean).join('\n');
     },
 
     /** Split mode: the pid of one target's process, or null when it is not running. */
     pidOf(target) {
-      if (!TARGETS.includes(target)) throw new Error(`unknown target ${target}`);
+      if (!TARGETS.includes(target) && !suite.extraEdges.has(target)) throw new Error(`unknown target ${target}`);
       const pid = readPid(path.join(stateDir, split ? `${target}.pid` : 'tollgate.pid'));
       return pid !== null && pidAlive(pid) ? pid : null;
     },
@@ -268,12 +287,38 @@ function makeSuite(stateDir, ports, env, split = false) {
     async restart(target, { env: extra = {} } = {}) {
       if (!split) throw new Error('restart needs startSuite({ split: true })');
       Object.assign(env, extra);
+      if (suite.extraEdges.has(target)) return startEdgeProcess(suite.extraEdges.get(target));
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'restart', target],
         { env, timeoutMs: UP_TIMEOUT_MS });
       if (r.code !== 0) throw new Error(`run.sh restart ${target} (${r.code}):\n${r.stdout}\n${r.stderr}\n${suite.logTail()}`);
       const pid = suite.pidOf(target);
       if (pid === null) throw new Error(`${target} not running after restart\n${suite.logTail()}`);
       return pid;
+    },
+
+    /**
+     * Split mode: starts one more edge process NAME sharing the suite's services (see the header);
+     * `env` adds config overrides for this edge only. Resolves once its /readyz answers.
+     */
+    async startExtraEdge(name = 'edge-b', { env: extra = {} } = {}) {
+      if (!split) throw new Error('startExtraEdge needs startSuite({ split: true })');
+      if (TARGETS.includes(name) || suite.extraEdges.has(name) || !/^[a-z0-9-]+$/.test(name)) throw new Error(`bad edge name ${name}`);
+      const port = await freePort();
+      const metricsPort = await freePort();
+      const e = {
+        name, baseURL: `http://127.0.0.1:${port}/v1`, edgeURL: `http://127.0.0.1:${port}`,
+        metricsURL: `http://127.0.0.1:${metricsPort}/metrics`,
+        env: {
+          ...extra,
+          TOLLGATE_EDGE__LISTEN: `127.0.0.1:${port}`,
+          TOLLGATE_METRICS__LISTEN: `127.0.0.1:${metricsPort}`,
+          TOLLGATE_EDGE__SPOOL_DIR: path.join(stateDir, `spool-${name}`),
+          TOLLGATE_GRPC__SERVICE_TOKENS__EDGE_FILE: path.join(stateDir, 'secrets/edge_token'),
+        },
+      };
+      suite.extraEdges.set(name, e);
+      await startEdgeProcess(e);
+      return e;
     },
 
     /** The whole text of every log of the suite (logs/*.log and PostgreSQL's): {file: text}. */
@@ -351,6 +396,7 @@ function makeSuite(stateDir, ports, env, split = false) {
     async stop() {
       if (suite.stopped) return;
       suite.stopped = true;
+      for (const name of suite.extraEdges.keys()) await stopEdgeProcess(name);
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], { env, timeoutMs: DOWN_TIMEOUT_MS });
       suite.stopDone = true;
       if (r.code !== 0) process.stderr.write(`[harness] run.sh down: ${r.code} ${r.stderr}\n`);
@@ -367,6 +413,40 @@ function makeSuite(stateDir, ports, env, split = false) {
       live.delete(suite);
     },
   };
+
+  /** An extra edge: SIGTERM, wait for its clean stop (spool drained), SIGKILL after 15 s. */
+  async function stopEdgeProcess(name) {
+    const pid = suite.pidOf(name);
+    if (pid === null) return;
+    try { process.kill(pid, 'SIGTERM'); } catch {}
+    try {
+      await waitFor(() => !pidAlive(pid), { timeoutMs: 15_000, intervalMs: 50, what: `${name} to stop` });
+    } catch {
+      try { process.kill(pid, 'SIGKILL'); } catch {}
+      await waitFor(() => !pidAlive(pid), { timeoutMs: 5_000, intervalMs: 20, what: `${name} to die` }).catch(() => {});
+    }
+  }
+
+  /** Starts (or restarts: stops it first, as run.sh restart) an extra edge; resolves with its pid once /readyz answers. */
+  async function startEdgeProcess(e) {
+    const pidFile = path.join(stateDir, `${e.name}.pid`);
+    await stopEdgeProcess(e.name);
+    const logFile = path.join(stateDir, `logs/${e.name}.log`);
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(path.join(buildDir, 'cmd/tollgate/tollgate'),
+      ['serve', `--config=${path.join(stateDir, 'tollgate.yaml')}`, '--target=edge'],
+      { env: { ...env, ...e.env }, cwd: repoRoot, stdio: ['ignore', fd, fd], detached: true });
+    fs.closeSync(fd);
+    child.on('error', () => {});
+    child.unref();
+    fs.writeFileSync(pidFile, String(child.pid));
+    await waitFor(async () => {
+      if (!pidAlive(child.pid)) throw new Error(`${e.name} exited during start-up\n${suite.logTail()}`);
+      try { return (await fetch(`${e.edgeURL}/readyz`, { signal: AbortSignal.timeout(2000) })).ok; } catch { return false; }
+    }, { timeoutMs: 60_000, intervalMs: 100, what: `${e.name} /readyz` });
+    return child.pid;
+  }
+
   return suite;
 }
 
