@@ -21,9 +21,11 @@
 //     spends the rest; at the end less than W is left and the balance never went below zero;
 //   - every 200 is charged at most once (usage_records unique per request id, the account's total
 //     cost = the sum of its records), every 200 from A is charged, and a 200 from B that is not
-//     charged was answered within the spool's documented loss window (docs/architecture.md,
-//     grpc_billing_client.cpp + spool.cpp: "lost only in the ≤ 50 ms between the response and its
-//     fsync"), asserted here with LOSS_WINDOW_MS of slack for a loaded machine and printed.
+//     charged was answered at the kill: the record is written into the spool (page cache, which
+//     a SIGKILL does not lose) as the answer ends, so only an answer whose last bytes left in
+//     the microseconds before that write can lose it (docs/architecture.md, grpc_billing_client.cpp
+//     + spool.cpp), asserted with RECORD_LOSS_WINDOW_MS of slack for the test's own clock and
+//     printed.
 // Phase 3, a key with a daily token quota D (quota.reservation_ttl lowered to
 // RESERVATION_TTL_MS):
 //   - settled + reserved ≤ D throughout; B's dead lease keeps its tokens reserved until
@@ -64,7 +66,8 @@ const RESERVATION_TTL_MS = 9_000; // quota.reservation_ttl: a dead lease's token
 const LEASE_TTL_MS = 1_000; // quota.lease_ttl (the default)
 const BUDGET_TTL_MS = 1_000;
 const HOLD_TTL_MS = 8_000; // how long billing counts a dead edge's budget after its last refill
-const LOSS_WINDOW_MS = 500; // the spool's 50 ms fsync window plus scheduling slack on 2 busy cores
+const LOSS_WINDOW_MS = 500; // quota settlements' 50 ms flush plus scheduling slack on 2 busy cores
+const RECORD_LOSS_WINDOW_MS = 25; // a record is written as its answer ends: slack for node's clock
 const REFUSALS_TO_STOP = 6; // an edge's concurrent load ends after this many refusals in a row
 const SETTLE_PAUSE_MS = 300; // then more such rounds, this far apart, until one admits nothing
 
@@ -219,11 +222,11 @@ describe('kill -9 of an edge holding leases and budgets, two edge processes', { 
     const unanswered = recs.filter((r) => !answered.has(r.id));
     assert.ok(unanswered.length <= state.inFlightAtKill,
       `${label}: ${unanswered.length} records of requests never answered 200 (${state.inFlightAtKill} in flight at the kill)`);
-    // Every 200 from B not recorded was answered within the spool's loss window before the kill.
+    // Every 200 from B not recorded was answered at the kill (its record not yet written).
     const lost = fromB.filter((e) => !have.has(e.id));
     const maxLostAgeMs = Math.max(0, ...lost.map((e) => state.killAt - e.doneAt));
-    assert.ok(lost.every((e) => e.doneAt > state.killAt - LOSS_WINDOW_MS),
-      `${label}: a 200 from B answered ${maxLostAgeMs} ms before the kill has no record (spool guarantee: ≤ 50 ms)`);
+    assert.ok(lost.every((e) => e.doneAt > state.killAt - RECORD_LOSS_WINDOW_MS),
+      `${label}: a 200 from B answered ${maxLostAgeMs} ms before the kill has no record (written as the answer ends)`);
     // Charged once: the account's total cost is the sum of its records, each one request's cost.
     const acc = await account(user.userId);
     const sum = recs.reduce((s, r) => s + r.cost, 0);

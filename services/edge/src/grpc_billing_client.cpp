@@ -162,9 +162,8 @@ struct GrpcBillingClient::Impl {
       if (stopping) return;
       wake_sender = true;
       cv.notify_all();
-      cv.wait_for(lock, options.timeout, [&] {
-        return failing || (incoming.empty() && !batch_in_flight && spool.records() == 0);
-      });
+      cv.wait_for(lock, options.timeout,
+                  [&] { return failing || (!batch_in_flight && spool.records() == 0); });
       stopping = true;
     }
     {
@@ -185,8 +184,7 @@ struct GrpcBillingClient::Impl {
     calls.Stop();
     {
       std::lock_guard lock(mu);
-      stopping = true;
-      incoming.clear();  // not spooled yet: lost, as in a crash
+      stopping = true;  // records already written stay in the spool, as after a SIGKILL
     }
     {
       std::lock_guard lock(budget_mu);
@@ -534,21 +532,11 @@ struct GrpcBillingClient::Impl {
     if (dropped_counter) dropped_counter->Increment(static_cast<double>(n));
   }
 
-  // Moves the records queued in memory into the spool (one write, one fsync). Sender thread.
-  void SpoolQueued() {
-    std::vector<std::string> batch;
-    {
-      std::lock_guard lock(mu);
-      batch.assign(std::make_move_iterator(incoming.begin()),
-                   std::make_move_iterator(incoming.end()));
-      incoming.clear();
-    }
-    if (batch.empty()) return;
-    auto r = spool.Append(batch);
+  // Counts an append of records and logs the spool turning full (or failing) and back.
+  void NoteAppend(const Spool::AppendResult& r) {
     if (spooled_counter) spooled_counter->Increment(static_cast<double>(r.appended));
     CountDropped(r.rejected);
-    if (r.rejected > 0 && !full_logged) {
-      full_logged = true;
+    if (r.rejected > 0 && !full_logged.exchange(true)) {
       log::Error("edge",
                  "billing spool full (or its disk failing): usage records are being dropped "
                  "until billing catches up",
@@ -556,10 +544,15 @@ struct GrpcBillingClient::Impl {
                   {"spool_bytes", spool.bytes()},
                   {"spool_max_bytes", options.spool_max_bytes},
                   {"dropped", r.rejected}});
-    } else if (r.rejected == 0 && full_logged) {
-      full_logged = false;
+    } else if (r.rejected == 0 && full_logged.load(std::memory_order_relaxed) &&
+               full_logged.exchange(false)) {
       log::Info("edge", "billing spool accepts records again", {{"dir", spool.dir()}});
     }
+  }
+
+  // Makes the records written on the requests' threads durable (one fsync). Sender thread.
+  void SyncSpool() {
+    spool.Sync();
     UpdateGauges();
   }
 
@@ -568,17 +561,15 @@ struct GrpcBillingClient::Impl {
     for (;;) {
       {
         std::unique_lock lock(mu);
-        cv.wait_for(lock, options.flush_interval, [&] {
-          return stopping || incoming.size() >= options.batch_size ||
-                 (wake_sender && !batch_in_flight);
-        });
+        cv.wait_for(lock, options.flush_interval,
+                    [&] { return stopping || (wake_sender && !batch_in_flight); });
         wake_sender = false;
       }
-      SpoolQueued();
+      SyncSpool();
       std::unique_lock lock(mu);
       if (stopping) {
         lock.unlock();
-        SpoolQueued();  // a Record that raced with the stop
+        SyncSpool();  // a Record that raced with the stop
         return;
       }
       if (batch_in_flight || std::chrono::steady_clock::now() < next_try) continue;
@@ -636,12 +627,11 @@ struct GrpcBillingClient::Impl {
   CallTracker calls;
   std::mutex mu;  // everything below but the atomics
   std::condition_variable cv;
-  std::deque<std::string> incoming;  // serialized pb::UsageRecord, not spooled yet
   bool batch_in_flight = false;
   bool wake_sender = false;
   std::chrono::steady_clock::time_point next_try;
   bool stopping = false;
-  bool full_logged = false;  // sender thread only
+  std::atomic<bool> full_logged{false};  // the spool refused records; logged once
   std::atomic<bool> failing{false};
   std::atomic<int64_t> delivered{0};
   prometheus::Counter* spooled_counter = nullptr;
@@ -804,19 +794,20 @@ void GrpcBillingClient::Record(UsageRecord record) {
   const int64_t now_ms = UnixMillisNow();
   r.set_finished_at_ms(now_ms);
   r.set_started_at_ms(now_ms - record.latency.count());
-  std::string payload = r.SerializeAsString();
-  bool wake = false;
-  {
-    std::lock_guard lock(impl_->mu);
-    // The spool bounds what waits for billing; this only bounds a sender stuck on its disk.
-    if (impl_->incoming.size() >= 100000) {
-      impl_->CountDropped(1);
-      return;
+  // Written into the spool here, before the caller moves on (one write() into the page cache,
+  // no fsync: the sender thread syncs every flush interval), so a process killed after an
+  // answer ended still has its record on disk for the next start to deliver.
+  std::vector<std::string> one;
+  one.push_back(r.SerializeAsString());
+  const auto appended = impl_->spool.Append(one, Spool::Durability::kWritten);
+  impl_->NoteAppend(appended);
+  if (appended.appended > 0 && impl_->spool.records() % impl_->options.batch_size == 0) {
+    {
+      std::lock_guard lock(impl_->mu);
+      impl_->wake_sender = true;  // a batch is waiting: no need to wait for the tick
     }
-    impl_->incoming.push_back(std::move(payload));
-    wake = impl_->incoming.size() >= impl_->options.batch_size;
+    impl_->cv.notify_all();
   }
-  if (wake) impl_->cv.notify_all();
 }
 
 void GrpcBillingClient::GetAccount(const Principal& principal,

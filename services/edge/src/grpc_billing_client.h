@@ -3,13 +3,15 @@
 // Hold and ReleaseHold are unary calls with the edge's gRPC deadline. A hold that billing refuses
 // is 429 insufficient_quota; a billing service that cannot be reached fails closed (503
 // service_unavailable): billing cannot tell the edge ahead of time which accounts are unlimited,
-// so the edge never lets a request run that nobody could charge. The UsageRecord does not travel
-// on the request path: Record queues it in memory, a background sender appends what is queued to
-// the on-disk spool (edge.spool_dir; one write and one fsync per batch), then delivers the oldest
-// spooled records to RecordUsage in batches and drops them from the spool only once acknowledged
-// (billing answers after its commit). A failed batch is sent again after a pause; records spooled
-// by an earlier run are delivered after a restart. Redelivery is harmless: billing is idempotent
-// on the request id. A full spool (edge.spool_max_bytes) drops new records, logged and counted.
+// so the edge never lets a request run that nobody could charge. The UsageRecord does not wait for
+// billing: Record writes it into the on-disk spool (edge.spool_dir) on the caller's thread, one
+// write() into the page cache and no fsync, so a killed process loses no record of an answer
+// that ended; a background sender makes the spool durable (one fsync per flush interval), then
+// delivers the oldest spooled records to RecordUsage in batches and drops them from the spool
+// only once acknowledged (billing answers after its commit). A failed batch is sent again after a
+// pause; records spooled by an earlier run are delivered after a restart. Redelivery is harmless:
+// billing is idempotent on the request id. A full spool (edge.spool_max_bytes) drops new records,
+// logged and counted.
 //
 // Budgets (`budgets`, on by default; issue #13): billing grants the edge money of a user in
 // advance, one hold in its hold book for the sum, and the edge holds each request from it in
@@ -47,7 +49,7 @@ struct GrpcBillingClientOptions {
   std::chrono::milliseconds timeout{2000};  // deadline of Hold, ReleaseHold, Get*
   std::string spool_dir;                    // required
   uint64_t spool_max_bytes = 256ull << 20;
-  std::chrono::milliseconds flush_interval{50};      // spool append + delivery at least this often
+  std::chrono::milliseconds flush_interval{50};      // spool fsync + delivery at least this often
   size_t batch_size = 500;                           // records per RecordUsage at most
   std::chrono::milliseconds retry_pause{1000};       // after a failed delivery
   std::chrono::milliseconds deliver_timeout{10000};  // deadline of one RecordUsage
@@ -62,9 +64,9 @@ class GrpcBillingClient final : public BillingClient {
   explicit GrpcBillingClient(GrpcBillingClientOptions options);
   ~GrpcBillingClient() override;  // Shutdown()
 
-  // Spools what is still queued in memory, cancels the calls in flight and waits for their
-  // callbacks. Undelivered records stay in the spool for the next start. Calls made afterwards
-  // are answered at once as if billing were unreachable. Idempotent.
+  // Gives what is spooled one bounded chance to reach billing, cancels the calls in flight and
+  // waits for their callbacks. Undelivered records stay in the spool for the next start. Calls made
+  // afterwards are answered at once as if billing were unreachable. Idempotent.
   void Shutdown();
 
   void Hold(HoldRequest request, std::function<void(HoldResult)> done) override;
@@ -81,7 +83,7 @@ class GrpcBillingClient final : public BillingClient {
   size_t live_budgets() const;        // budgets open for spending
 
   // Tests only: stops every background call at once, as if the process were killed: budgets are
-  // not returned, records not spooled yet are lost, spooled ones stay for the next start.
+  // not returned, recorded ones stay in the spool for the next start.
   void SimulateCrashForTest();
 
  private:

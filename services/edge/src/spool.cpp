@@ -160,6 +160,12 @@ void Spool::RemoveSegment(const Segment& s) {
 void Spool::OpenForAppend() {
   if (fd_ >= 0 && !segments_.empty() && segments_.back().size < options_.segment_bytes) return;
   if (fd_ >= 0) {
+    // A full segment's written-only records become durable before it is let go (rare: once
+    // per segment_bytes).
+    if (unsynced_ && ::fdatasync(fd_) != 0)
+      log::Error("edge", "spool: fsync failed",
+                 {{"segment", segments_.back().path}, {"errno", errno}});
+    unsynced_ = false;
     ::close(fd_);
     fd_ = -1;
   }
@@ -172,7 +178,7 @@ void Spool::OpenForAppend() {
   segments_.push_back(std::move(s));
 }
 
-Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads) {
+Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads, Durability durability) {
   AppendResult result;
   if (payloads.empty()) return result;
   std::lock_guard lock(mu_);
@@ -206,16 +212,20 @@ Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads) {
     if (w <= 0) break;
     written += static_cast<size_t>(w);
   }
-  if (written != frame.size() || ::fdatasync(fd_) != 0) {
+  const bool sync = durability == Durability::kSynced;
+  if (written != frame.size() || (sync && ::fdatasync(fd_) != 0)) {
     // Leave no half batch behind: cut the file back and start a new segment next time.
     log::Error("edge", "spool: write failed", {{"segment", seg.path}, {"errno", errno}});
     // If even that fails, the next replay stops at the torn record.
     (void)!::ftruncate(fd_, static_cast<off_t>(seg.size));
+    if (unsynced_) (void)!::fdatasync(fd_);  // what was written before this batch
+    unsynced_ = false;
     ::close(fd_);
     fd_ = -1;
     result.rejected = payloads.size();
     return result;
   }
+  if (!sync) unsynced_ = true;
   seg.size += frame.size();
   seg.unacked += n;
   bytes_ += frame.size();
@@ -223,6 +233,27 @@ Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads) {
   result.appended = n;
   result.rejected = payloads.size() - n;
   return result;
+}
+
+bool Spool::Sync() {
+  int fd = -1;
+  {
+    std::lock_guard lock(mu_);
+    if (!unsynced_ || fd_ < 0) return true;
+    // A duplicate of the descriptor: appends go on while this waits for the disk, and a
+    // segment closed meanwhile (its own fsync above) does not take this one's file away.
+    fd = ::dup(fd_);
+    if (fd < 0) return false;
+    unsynced_ = false;
+  }
+  const bool ok = ::fdatasync(fd) == 0;
+  ::close(fd);
+  if (!ok) {
+    log::Error("edge", "spool: fsync failed", {{"dir", options_.dir}, {"errno", errno}});
+    std::lock_guard lock(mu_);
+    unsynced_ = true;
+  }
+  return ok;
 }
 
 std::vector<std::string> Spool::Front(size_t max, uint64_t max_bytes) const {

@@ -8,7 +8,11 @@
 // there). Acknowledged records of a segment still on disk are delivered again after a restart:
 // the consumer must be idempotent (billing is, on request_id).
 //
-// Thread-safe; every call may do disk I/O, so none belongs on a request path.
+// Thread-safe. A record can be appended durable at once (written and fsynced: Append's default)
+// or written only (kWritten: one write() into the page cache, which survives the process being
+// killed; the next Sync makes it survive the machine). The edge appends each usage record
+// written-only as its answer ends, on the request's thread, and syncs in the background, so a
+// SIGKILL loses no finished answer's record. Everything else may wait on the disk.
 #pragma once
 
 #include <cstdint>
@@ -37,11 +41,19 @@ class Spool final {
   Spool& operator=(const Spool&) = delete;
 
   struct AppendResult {
-    size_t appended = 0;  // the first `appended` payloads are durable (written and fsynced)
+    size_t appended = 0;  // the first `appended` payloads are written (and fsynced if kSynced)
     size_t rejected = 0;  // the rest: the spool is full (max_bytes) or the disk failed
   };
-  // Appends in order as many payloads as fit, as one write and one fsync.
-  AppendResult Append(const std::vector<std::string>& payloads);
+  enum class Durability {
+    kSynced,   // written and fsynced before Append returns
+    kWritten,  // written (the page cache: survives the process, not the machine) until Sync
+  };
+  // Appends in order as many payloads as fit, as one write (and one fsync when kSynced).
+  AppendResult Append(const std::vector<std::string>& payloads,
+                      Durability durability = Durability::kSynced);
+  // Makes every record written so far durable (fsync, without holding up appends meanwhile).
+  // False when the disk failed.
+  bool Sync();
 
   // The oldest records not acknowledged yet: up to `max` of them (fewer bytes than `max_bytes`,
   // but at least one).
@@ -76,6 +88,7 @@ class Spool final {
   uint64_t bytes_ = 0;
   int fd_ = -1;  // of segments_.back(), when open for appending
   bool full_ = false;
+  bool unsynced_ = false;  // records written to fd_ since its last fsync
 };
 
 }  // namespace tollgate::edge

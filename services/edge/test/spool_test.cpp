@@ -89,6 +89,24 @@ TEST(Spool, ReplaysWhatWasNotAcknowledgedAfterARestart) {
   EXPECT_EQ(again.Front(100).back(), "record-20");
 }
 
+TEST(Spool, WrittenOnlyRecordsAreReplayedAndSyncedAcrossSegments) {
+  TempDir dir;
+  {
+    Spool spool({dir.str(), 1 << 20, /*segment_bytes=*/64});  // a new segment every few records
+    for (int i = 0; i < 10; ++i) {
+      auto r = spool.Append(Payloads(i, 1), Spool::Durability::kWritten);
+      EXPECT_EQ(r.appended, 1u);
+    }
+    EXPECT_EQ(spool.records(), 10u);
+    EXPECT_TRUE(spool.Sync());
+    EXPECT_TRUE(spool.Sync()) << "nothing new: a no-op";
+    spool.Append(Payloads(10, 2), Spool::Durability::kWritten);
+    // Gone without a Sync, as a killed process: what was written is in the files.
+  }
+  Spool again({dir.str(), 1 << 20, 64});
+  EXPECT_EQ(again.Front(100), Payloads(0, 12));
+}
+
 TEST(Spool, BoundRejectsWhatDoesNotFitUntilAcknowledged) {
   TempDir dir;
   Spool spool({dir.str(), /*max_bytes=*/200});
@@ -293,6 +311,20 @@ TEST_F(BillingClientTest, AnEdgeRestartReplaysTheSpool) {
   EXPECT_EQ(client->spooled(), 30u);
   ASSERT_TRUE(Eventually([&] { return fake_.Stored() == 30; }));
   ASSERT_TRUE(Eventually([&] { return client->spooled() == 0; }));
+}
+
+TEST_F(BillingClientTest, ARecordIsInTheSpoolWhenRecordReturnsAndSurvivesACrash) {
+  fake_.fail = true;
+  {
+    auto client = Client();
+    for (int i = 0; i < 5; ++i) client->Record(Rec(i));
+    EXPECT_EQ(client->spooled(), 5u) << "written on the caller's thread, not queued in memory";
+    client->SimulateCrashForTest();  // no flush, no fsync, no last delivery
+  }
+  fake_.fail = false;
+  auto client = Client();
+  EXPECT_EQ(client->spooled(), 5u);
+  ASSERT_TRUE(Eventually([&] { return fake_.Stored() == 5; }));
 }
 
 TEST_F(BillingClientTest, HoldsGrantedRefusedAndFailClosed) {
