@@ -399,7 +399,10 @@ function makeSuite(stateDir, ports, env, split = false) {
       for (const name of suite.extraEdges.keys()) await stopEdgeProcess(name);
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'down'], { env, timeoutMs: DOWN_TIMEOUT_MS });
       suite.stopDone = true;
-      if (r.code !== 0) process.stderr.write(`[harness] run.sh down: ${r.code} ${r.stderr}\n`);
+      // A process that did not stop on SIGTERM had its threads' stacks printed by run.sh before
+      // it was killed: shown even though `down` then succeeded, so a hung shutdown is visible.
+      if (r.code !== 0 || /did not stop/.test(r.stdout ?? ''))
+        process.stderr.write(`[harness] run.sh down: ${r.code} ${r.stdout} ${r.stderr}\n`);
     },
 
     /** stop() and remove the state dir (unless TG_E2E_KEEP is set). Idempotent. */
