@@ -100,6 +100,7 @@ class EdgeModule final : public Module {
     quota.leases = config.GetBool("edge.quota_leases");
     quota.lease_interval = config.GetDuration("edge.quota_lease_interval");
     quota.registry = &deps_.metrics.registry();
+    quota.journal_dir = config.GetString("edge.spool_dir") + "/quota";
     quota_ = std::make_unique<GrpcQuotaClient>(quota);
     GrpcBillingClientOptions billing;
     billing.target = config.GetString("edge.billing_target");

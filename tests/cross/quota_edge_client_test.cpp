@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -535,6 +536,55 @@ TEST(QuotaLeaseTest, AnEdgeKilledWhileHoldingLeasesLosesNothingAndCountsNothingT
   EXPECT_EQ(usage.reserved_tokens(), 0);
   EXPECT_EQ(usage.monthly_tokens(), 60 * other_allowed);
   EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).monthly_tokens(), 60 * other_allowed);
+}
+
+// An edge killed before its settlements left it: they were written into its settlement journal
+// as Settle was called, and its next start (the same journal) sends them; quota counts each once.
+TEST(QuotaLeaseTest, AKilledEdgesSettlementsAreSentByItsNextStart) {
+  Config::Environment env = {{"TOLLGATE_QUOTA__DEFAULT_KEY_RPM", "100000"},
+                             {"TOLLGATE_QUOTA__DEFAULT_USER_MONTHLY_TOKENS", "100000000"}};
+  ReplicaProcess a(env), b(env);
+  const std::string key = OwnedBy("key", 0, "jkey-");
+  const std::string user = OwnedBy("user", 1, "juser-");
+  const std::string ip = OwnedBy("ip", 1, "10.0.1.");
+  const std::string journal = std::filesystem::temp_directory_path() /
+                              ("tollgate-quota-journal-" + std::to_string(getpid()));
+  std::filesystem::remove_all(journal);
+  constexpr int kRequests = 40;
+  {
+    auto options = Options({a.target(), b.target()});
+    options.journal_dir = journal;
+    options.flush_interval = std::chrono::seconds(30);  // nothing leaves before the kill
+    GrpcQuotaClient dying(options);
+    for (int i = 0; i < kRequests; ++i) {
+      auto request = Request("journal-" + std::to_string(i), key, user, ip, 100);
+      auto r = AdmitNow(dying, request);
+      ASSERT_FALSE(r.failure) << i;
+      dying.Settle(RecordOf(request, r, 25));
+    }
+    dying.SimulateCrashForTest();  // nothing settled, nothing returned
+  }
+  EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens(), 0) << "settled before the kill";
+  {
+    auto options = Options({a.target(), b.target()});
+    options.journal_dir = journal;
+    GrpcQuotaClient restarted(options);
+    for (int i = 0;
+         i < 100 && b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens() < 25 * kRequests; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens(), 25 * kRequests);
+  EXPECT_EQ(a.Usage(pb::SUBJECT_KIND_KEY, key).monthly_tokens(), 25 * kRequests);
+  {
+    // Acknowledged entries left the journal: a third start sends nothing again (and if it did,
+    // quota would count nothing twice).
+    auto options = Options({a.target(), b.target()});
+    options.journal_dir = journal;
+    GrpcQuotaClient again(options);
+    EXPECT_EQ(again.settlements_sent(), 0);
+  }
+  EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens(), 25 * kRequests);
+  std::filesystem::remove_all(journal);
 }
 
 // A replica restarts while an edge holds its leases: the edge drops them, the new incarnation

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "src/grpc_call.h"
+#include "src/spool.h"
 #include "tollgate/log.h"
 #include "tollgate/quota/v1/quota.grpc.pb.h"
 #include "tollgate/saturating.h"
@@ -107,11 +108,16 @@ size_t QuotaOwner(std::string_view kind, std::string_view subject, size_t replic
 }
 
 struct GrpcQuotaClient::Impl {
+  static constexpr uint64_t kNotJournaled = UINT64_MAX;
+  struct Queued {
+    pb::Settlement settlement;
+    uint64_t seq = kNotJournaled;  // its entry in the journal
+  };
   struct Replica {
     std::string target;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<pb::QuotaService::Stub> stub;
-    std::deque<pb::Settlement> queue;
+    std::deque<Queued> queue;
     bool batch_in_flight = false;
     // After a failed batch the replica is left alone for a second (no retry storm, no log flood).
     std::chrono::steady_clock::time_point next_try;
@@ -141,6 +147,7 @@ struct GrpcQuotaClient::Impl {
       sent_counter = &settle_family.Add({{"result", "acknowledged"}});
       dropped_counter = &settle_family.Add({{"result", "dropped"}});
     }
+    if (!options.journal_dir.empty()) OpenJournal();
     flusher = std::thread([this] { FlushLoop(); });
     if (options.leases) {
       lease_replicas.resize(replicas.size());
@@ -488,20 +495,93 @@ struct GrpcQuotaClient::Impl {
         });
   }
 
+  // ---- The settlement journal -------------------------------------------------------------
+  // Entries are "<replica byte><pb::Settlement>", in the order Settle queued them; an entry
+  // leaves the journal once it and every older one were acknowledged (or dropped for good).
+
+  // Replays what an earlier run left (settlements it never had acknowledged) into the queues.
+  void OpenJournal() {
+    journal = std::make_unique<Spool>(SpoolOptions{options.journal_dir, 64ull << 20, 8ull << 20});
+    const auto entries = journal->Front(SIZE_MAX);
+    size_t replayed = 0;
+    std::lock_guard lock(mu);
+    for (const auto& e : entries) {
+      const uint64_t seq = journal_front + journal_done.size();
+      journal_done.push_back(false);
+      pb::Settlement s;
+      const size_t replica = e.empty() ? SIZE_MAX : static_cast<unsigned char>(e[0]);
+      if (replica >= replicas.size() ||
+          !s.ParseFromArray(e.data() + 1, static_cast<int>(e.size() - 1))) {
+        MarkDoneLocked(seq);  // another replica count, or not ours: nothing to send it to
+        continue;
+      }
+      replicas[replica]->queue.push_back({std::move(s), seq});
+      ++replayed;
+    }
+    if (replayed > 0)
+      log::Info("edge", "quota settlements left by an earlier run are sent again",
+                {{"settlements", replayed}, {"dir", journal->dir()}});
+  }
+
+  // Queues a settlement for `replica`, in the journal first. `mu` held.
+  void EnqueueLocked(size_t replica, pb::Settlement s) {
+    uint64_t seq = kNotJournaled;
+    if (journal) {
+      std::vector<std::string> entry(1);
+      entry[0].push_back(static_cast<char>(replica));
+      s.AppendToString(&entry[0]);
+      if (journal->Append(entry, Spool::Durability::kWritten).appended == 1) {
+        seq = journal_front + journal_done.size();
+        journal_done.push_back(false);
+      }
+    }
+    auto& q = replicas[replica]->queue;
+    q.push_back({std::move(s), seq});
+    if (q.size() > options.max_queued) {
+      MarkDoneLocked(q.front().seq);
+      q.pop_front();
+      CountDropped(1);
+    }
+  }
+
+  // The entry `seq` needs no sending any more; the journal lets go of the acknowledged prefix.
+  void MarkDoneLocked(uint64_t seq) {
+    if (!journal || seq == kNotJournaled || seq < journal_front) return;
+    const uint64_t i = seq - journal_front;
+    if (i >= journal_done.size()) return;
+    journal_done[i] = true;
+    size_t n = 0;
+    while (!journal_done.empty() && journal_done.front()) {
+      journal_done.pop_front();
+      ++journal_front;
+      ++n;
+    }
+    if (n > 0) journal->Ack(n);
+  }
+
   // One batch per replica in flight at a time; a failed batch goes back to the front of its
-  // queue (the quota service is idempotent on request_id), except on the way out.
+  // queue (the quota service is idempotent on request_id), except on the way out (where what
+  // was not acknowledged stays in the journal for the next start).
   void FlushLoop() {
     std::unique_lock lock(mu);
     for (;;) {
       cv.wait_for(lock, options.flush_interval);
+      if (journal) {  // what Settle wrote since the last cycle becomes durable
+        lock.unlock();
+        journal->Sync();
+        lock.lock();
+      }
       for (size_t i = 0; i < replicas.size(); ++i) {
         Replica& r = *replicas[i];
         if (r.queue.empty() || r.batch_in_flight) continue;
         if (!stopping && std::chrono::steady_clock::now() < r.next_try) continue;
         pb::SettleRequest request;
         size_t n = std::min(r.queue.size(), options.batch_size);
+        std::vector<uint64_t> seqs;
+        seqs.reserve(n);
         for (size_t k = 0; k < n; ++k) {
-          *request.add_settlements() = std::move(r.queue.front());
+          *request.add_settlements() = std::move(r.queue.front().settlement);
+          seqs.push_back(r.queue.front().seq);
           r.queue.pop_front();
         }
         r.batch_in_flight = true;
@@ -509,13 +589,14 @@ struct GrpcQuotaClient::Impl {
         CallUnary<pb::SettleResponse>(
             calls, options.timeout, std::move(request),
             [stub = r.stub.get()](auto... a) { stub->async()->Settle(a...); },
-            [this, i, n](const grpc::Status& status, pb::SettleResponse&,
-                         pb::SettleRequest& sent_request) {
+            [this, i, n, seqs = std::move(seqs)](const grpc::Status& status, pb::SettleResponse&,
+                                                 pb::SettleRequest& sent_request) {
               std::lock_guard guard(mu);
               Replica& rep = *replicas[i];
               if (status.ok()) {
                 sent.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
                 if (sent_counter) sent_counter->Increment(static_cast<double>(n));
+                for (uint64_t seq : seqs) MarkDoneLocked(seq);
               } else if (stopping) {
                 CountDropped(n);
                 log::Warn("edge", "quota Settle failed while stopping; settlements dropped",
@@ -530,8 +611,9 @@ struct GrpcQuotaClient::Impl {
                 rep.next_try = std::chrono::steady_clock::now() + std::chrono::seconds(1);
                 auto& items = *sent_request.mutable_settlements();
                 for (int k = items.size() - 1; k >= 0; --k)
-                  rep.queue.push_front(std::move(items[k]));
+                  rep.queue.push_front({std::move(items[k]), seqs[static_cast<size_t>(k)]});
                 while (rep.queue.size() > options.max_queued) {
+                  MarkDoneLocked(rep.queue.back().seq);
                   rep.queue.pop_back();
                   CountDropped(1);
                 }
@@ -552,7 +634,10 @@ struct GrpcQuotaClient::Impl {
   GrpcQuotaClientOptions options;
   std::vector<std::unique_ptr<Replica>> replicas;
   CallTracker calls;
-  std::mutex mu;  // the settlement queues and the flusher's state
+  std::mutex mu;  // the settlement queues, the journal's bookkeeping and the flusher's state
+  std::unique_ptr<Spool> journal;  // when options.journal_dir is set
+  uint64_t journal_front = 0;      // the seq of the journal's oldest entry
+  std::deque<bool> journal_done;   // per entry from the oldest: acknowledged or dropped
   std::condition_variable cv;
   bool stopping = false;
   std::atomic<int64_t> sent{0};
@@ -732,12 +817,8 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
     std::lock_guard lock(impl_->mu);
     std::map<size_t, pb::Settlement> lease_settlements;
     auto enqueue = [&](size_t replica, pb::Settlement s) {
-      auto& q = impl_->replicas[replica]->queue;
-      q.push_back(std::move(s));
-      if (q.size() > impl_->options.max_queued) {
-        q.pop_front();
-        impl_->CountDropped(1);
-      }
+      impl_->EnqueueLocked(replica, std::move(s));
+      const auto& q = impl_->replicas[replica]->queue;
       // Only a flusher that can send is woken: while the replica's batch is in flight its
       // answer wakes the flusher, and a wake per settlement would cost a futex and a context
       // switch for every request under load.

@@ -6,7 +6,8 @@
 // are released, so the limits stay exact across replicas (they can briefly under-admit, never
 // over-admit). The reservation id handed to the request path names every part ("i:id,j:id").
 // Settle is queued per replica and sent in batches by a background flusher, off the request path,
-// and retried until acknowledged.
+// and retried until acknowledged; with a journal (journal_dir) it is also written to disk first,
+// so the settlements of a killed edge are sent by its next start.
 //
 // Leases (`leases`, on by default): a request whose every subject holds a usable lease (capacity
 // its owner granted this edge in advance: requests and worst-case tokens, until a deadline) is
@@ -45,6 +46,10 @@ struct GrpcQuotaClientOptions {
   std::chrono::milliseconds flush_interval{50};
   size_t batch_size = 256;
   size_t max_queued = 100000;  // per replica; beyond this the oldest settlements are dropped
+  // Where settlements also wait on disk until quota acknowledged them (a Spool, spool.h: written
+  // as Settle is called, fsynced every flush interval), so the settlements of an edge killed
+  // before it sent them are sent by its next start (Settle is idempotent). Empty: memory only.
+  std::string journal_dir;
   bool leases = true;
   std::chrono::milliseconds lease_interval{10};
   prometheus::Registry* registry = nullptr;
