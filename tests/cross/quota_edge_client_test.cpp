@@ -581,6 +581,8 @@ TEST(QuotaLeaseTest, AKilledEdgesSettlementsAreSentByItsNextStart) {
     auto options = Options({a.target(), b.target()});
     options.journal_dir = journal;
     GrpcQuotaClient again(options);
+    // Twenty flush intervals: a replayed entry would have been sent (and counted) by now.
+    std::this_thread::sleep_for(20 * options.flush_interval);
     EXPECT_EQ(again.settlements_sent(), 0);
   }
   EXPECT_EQ(b.Usage(pb::SUBJECT_KIND_USER, user).monthly_tokens(), 25 * kRequests);
