@@ -680,44 +680,51 @@ void GrpcQuotaClient::Admit(AdmitRequest request, std::function<void(AdmitResult
   };
   Impl* impl = impl_.get();
   const size_t n = impl->replicas.size();
-  auto fanout = std::make_shared<Fanout>();
-  fanout->done = std::move(done);
-  auto part_for = [&](size_t replica) -> pb::AdmitRequest& {
-    for (auto& p : fanout->parts)
-      if (p.replica == replica) return p.request;
-    Part& p = fanout->parts.emplace_back();
-    p.replica = replica;
-    p.request.set_request_id(request.request_id);
-    p.request.set_model(request.model);
-    p.request.set_estimated_tokens(request.estimated_tokens);
-    return p.request;
-  };
+  // The subjects and their owning replicas; the usual request is admitted from leases in memory
+  // before any of the replicas' call state is built.
+  std::vector<std::pair<Impl::SubjectKey, size_t>> subjects;
   if (!request.principal.api_key_id.empty())
-    part_for(QuotaOwner("key", request.principal.api_key_id, n))
-        .set_api_key_id(request.principal.api_key_id);
+    subjects.push_back(
+        {{'k', request.principal.api_key_id}, QuotaOwner("key", request.principal.api_key_id, n)});
   if (!request.principal.user_id.empty())
-    part_for(QuotaOwner("user", request.principal.user_id, n))
-        .set_user_id(request.principal.user_id);
+    subjects.push_back(
+        {{'u', request.principal.user_id}, QuotaOwner("user", request.principal.user_id, n)});
   if (!request.client_ip.empty())
-    part_for(QuotaOwner("ip", request.client_ip, n)).set_client_ip(request.client_ip);
-  if (fanout->parts.empty()) {
-    fanout->done(AdmitResult{});  // nobody to limit
+    subjects.push_back({{'i', request.client_ip}, QuotaOwner("ip", request.client_ip, n)});
+  if (subjects.empty()) {
+    done(AdmitResult{});  // nobody to limit
     return;
   }
   if (impl->options.leases) {
-    std::vector<std::pair<Impl::SubjectKey, size_t>> subjects;
-    if (!request.principal.api_key_id.empty())
-      subjects.push_back({{'k', request.principal.api_key_id},
-                          QuotaOwner("key", request.principal.api_key_id, n)});
-    if (!request.principal.user_id.empty())
-      subjects.push_back(
-          {{'u', request.principal.user_id}, QuotaOwner("user", request.principal.user_id, n)});
-    if (!request.client_ip.empty())
-      subjects.push_back({{'i', request.client_ip}, QuotaOwner("ip", request.client_ip, n)});
     if (auto admitted =
             impl->AdmitFromLeases(subjects, std::max<int64_t>(1, request.estimated_tokens))) {
-      fanout->done(std::move(*admitted));
+      done(std::move(*admitted));
       return;
+    }
+  }
+  auto fanout = std::make_shared<Fanout>();
+  fanout->done = std::move(done);
+  for (const auto& [key, replica] : subjects) {
+    Part* part = nullptr;
+    for (auto& p : fanout->parts)
+      if (p.replica == replica) part = &p;
+    if (part == nullptr) {
+      part = &fanout->parts.emplace_back();
+      part->replica = replica;
+      part->request.set_request_id(request.request_id);
+      part->request.set_model(request.model);
+      part->request.set_estimated_tokens(request.estimated_tokens);
+    }
+    switch (key.first) {
+      case 'k':
+        part->request.set_api_key_id(key.second);
+        break;
+      case 'u':
+        part->request.set_user_id(key.second);
+        break;
+      default:
+        part->request.set_client_ip(key.second);
+        break;
     }
   }
   // Runs once, after the last part's answer: every part has its status and response.
