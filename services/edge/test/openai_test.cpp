@@ -136,7 +136,9 @@ TEST(RenderUpstreamBody, SplicesAModelNameThatNeedsEscapes) {
     const std::string out = RenderUpstreamBody(request, model);
     EXPECT_EQ(out, TreeRendering(request, model)) << model;
     auto sent = Json::parse(out);
-    if (model.find('\xff') == std::string::npos) EXPECT_EQ(sent["model"], model);
+    if (model.find('\xff') == std::string::npos) {
+      EXPECT_EQ(sent["model"], model);
+    }
     EXPECT_TRUE(out.starts_with(R"({"messages":[],"model":")"));
     EXPECT_TRUE(out.ends_with(R"(,"n":1})"));
   }
