@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cmath>
 
 #include "src/answer_scan.h"
 #include "tollgate/saturating.h"
