@@ -351,10 +351,8 @@ void ReadUsageObject(dom::element v, AnswerScan& out) {
 
 // nullopt: simdjson refused the text (the SAX path decides).
 std::optional<bool> FastScan(std::string_view text, AnswerScan& out) {
-  if (text.size() > kFastPathMaxBytes) return std::nullopt;
-  thread_local dom::parser parser;
   dom::element root;
-  if (parser.parse(text.data(), text.size()).get(root) != simdjson::SUCCESS) return std::nullopt;
+  if (!ParseDom(text, root)) return std::nullopt;
   dom::object object;
   if (root.get_object().get(object) != simdjson::SUCCESS) return false;
   for (auto field : object) {
@@ -384,6 +382,12 @@ std::optional<bool> FastScan(std::string_view text, AnswerScan& out) {
 }
 
 }  // namespace
+
+bool ParseDom(std::string_view text, dom::element& root) {
+  if (text.size() > kFastPathMaxBytes) return false;
+  thread_local dom::parser parser;
+  return parser.parse(text.data(), text.size()).get(root) == simdjson::SUCCESS;
+}
 
 bool ScanAnswer(std::string_view text, AnswerScan& out) {
   if (auto fast = FastScan(text, out)) return *fast;

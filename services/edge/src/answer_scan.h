@@ -10,6 +10,10 @@
 #include <string>
 #include <string_view>
 
+namespace simdjson::dom {
+class element;
+}
+
 namespace tollgate::edge {
 
 struct AnswerScan {
@@ -34,5 +38,11 @@ struct AnswerScan {
 
 // False when `text` is not one JSON object (`out` is then unspecified).
 bool ScanAnswer(std::string_view text, AnswerScan& out);
+
+// `text` parsed by this thread's simdjson DOM parser (one per thread, shared by the answer scan
+// and the request parse, openai.cpp); `root` is valid until the thread's next parse. False when
+// simdjson refuses the text or it is larger than 256 KiB (the parser's capacity stays bounded):
+// the caller then decides with nlohmann's parser.
+bool ParseDom(std::string_view text, simdjson::dom::element& root);
 
 }  // namespace tollgate::edge

@@ -176,6 +176,7 @@ awaitable<std::optional<RouteResult>> Admit(Exchange& x, ParsedRequest& request,
                          fields.refusal->param);
     co_return std::nullopt;
   }
+  if (fields.stripped) request.BodyChanged();
   co_return co_await AdmitInference(x, request, fields.service_tier, std::move(pin));
 }
 

@@ -92,7 +92,7 @@ FieldDecision FieldPolicy::Apply(nlohmann::ordered_json& body,
     }
   }
   for (const auto& name : options_.strip_fields)
-    if (stripped(name)) body.erase(name);
+    if (stripped(name) && body.erase(name) > 0) decision.stripped = true;
   return decision;
 }
 

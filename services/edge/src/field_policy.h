@@ -41,6 +41,8 @@ struct FieldDecision {
   // The tier the client asked for (as sent, when it reaches the upstream); empty: none, so the
   // upstream's default. Billing prices the hold with it.
   std::string service_tier;
+  // Whether a field was removed from the body (the body then no longer says what the client sent).
+  bool stripped = false;
 };
 
 class FieldPolicy final {

@@ -1,6 +1,9 @@
 #include "src/openai.h"
 
+#include <simdjson.h>
+
 #include <algorithm>
+#include <array>
 #include <cctype>
 
 #include "src/answer_scan.h"
@@ -145,6 +148,209 @@ int HexValue(char c) {
   return -1;
 }
 
+// What one linear pass over a request body's bytes tells before it is parsed (BodyShape): the
+// nesting (as JsonDepthWithin), the keys of every object, where the top-level `model`'s string
+// value is, and whether simdjson would read the text exactly as nlohmann does.
+struct BodyShape {
+  bool too_deep = false;
+  // False for the two things simdjson reads differently from nlohmann: a \u escape of a
+  // surrogate that is not a high one followed by a low one (nlohmann refuses it), and an
+  // integer -0 (nlohmann: a signed integer; simdjson cannot tell it from 0).
+  bool simdjson_exact = true;
+  bool bom = false;  // a UTF-8 byte-order mark first (nlohmann skips it)
+  int64_t keys = 0;  // of every object, repeats included
+  // The top-level "model" key (written without escapes) and its string value, quotes included.
+  size_t model_at = 0;
+  size_t model_len = 0;
+};
+
+bool Hex4(std::string_view text, size_t at, uint32_t& out) {
+  if (at + 4 > text.size()) return false;
+  out = 0;
+  for (size_t k = at; k < at + 4; ++k) {
+    const int v = HexValue(text[k]);
+    if (v < 0) return false;
+    out = out << 4 | static_cast<uint32_t>(v);
+  }
+  return true;
+}
+
+// The length of the \u escape at `at` (6, or 12 for a surrogate pair); clears `exact` for one
+// simdjson and nlohmann may decode differently (nlohmann then decides).
+size_t UnicodeEscape(std::string_view text, size_t at, bool& exact) {
+  uint32_t unit = 0;
+  if (!Hex4(text, at + 2, unit)) {
+    exact = false;
+    return 2;
+  }
+  if (unit < 0xD800 || unit > 0xDFFF) return 6;
+  uint32_t low = 0;
+  if (unit <= 0xDBFF && at + 12 <= text.size() && text[at + 6] == '\\' && text[at + 7] == 'u' &&
+      Hex4(text, at + 8, low) && low >= 0xDC00 && low <= 0xDFFF)
+    return 12;
+  exact = false;
+  return 6;
+}
+
+BodyShape ScanBody(std::string_view text) {
+  constexpr int max_depth = kMaxJsonDepth;
+  BodyShape out;
+  out.bom = text.starts_with("\xEF\xBB\xBF");
+  const size_t n = text.size();
+  // Which open containers are objects; depth counts as JsonDepthWithin does (it may go below
+  // zero in a text that is not JSON, which the parse then refuses).
+  std::array<bool, max_depth + 1> object{};
+  int depth = 0;
+  bool expect_key = false;  // the next string is a key
+  bool model_next = false;  // the top-level "model" key was just read: its value comes next
+  size_t i = 0;
+  while (i < n) {
+    const char c = text[i];
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == ':') {
+      ++i;
+      continue;
+    }
+    if (c == '"') {
+      const size_t start = i++;
+      bool escapes = false;
+      while (i < n && text[i] != '"') {
+        if (text[i] != '\\') {
+          ++i;
+        } else if (i + 1 < n && text[i + 1] == 'u') {
+          escapes = true;
+          i += UnicodeEscape(text, i, out.simdjson_exact);
+        } else {
+          escapes = true;
+          i += 2;  // the escaped character, whatever it is
+        }
+      }
+      i = std::min(i + 1, n);  // past the closing quote
+      const std::string_view token = text.substr(start, i - start);
+      if (expect_key) {
+        expect_key = false;
+        ++out.keys;
+        model_next = depth == 1 && !escapes && token == "\"model\"";
+        continue;
+      }
+      if (model_next) {
+        out.model_at = start;
+        out.model_len = token.size();
+      }
+      model_next = false;
+      continue;
+    }
+    model_next = false;
+    if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        out.too_deep = true;
+        return out;
+      }
+      expect_key = c == '{';
+      if (depth >= 1) object[static_cast<size_t>(depth)] = expect_key;
+    } else if (c == ']' || c == '}') {
+      --depth;
+      expect_key = false;
+    } else if (c == ',') {
+      expect_key = depth >= 1 && object[static_cast<size_t>(depth)];
+    } else if (c == '-' && i + 1 < n && text[i + 1] == '0' &&
+               (i + 2 >= n || (text[i + 2] != '.' && text[i + 2] != 'e' && text[i + 2] != 'E'))) {
+      out.simdjson_exact = false;
+    }
+    ++i;
+  }
+  return out;
+}
+
+// The tree nlohmann's parser builds, from simdjson's DOM: non-negative integers unsigned,
+// negative ones signed, a repeated key's last value in its first place.
+OrderedJson FromDom(simdjson::dom::element e) {
+  namespace dom = simdjson::dom;
+  switch (e.type()) {
+    case dom::element_type::OBJECT: {
+      OrderedJson out(OrderedJson::value_t::object);
+      auto& fields = *out.get_ptr<OrderedJson::object_t*>();
+      const dom::object object = e.get_object().value_unsafe();
+      fields.reserve(object.size());
+      for (dom::key_value_pair field : object) {
+        auto [it, inserted] = fields.emplace(std::string(field.key), OrderedJson());
+        it->second = FromDom(field.value);
+      }
+      return out;
+    }
+    case dom::element_type::ARRAY: {
+      OrderedJson out(OrderedJson::value_t::array);
+      auto& items = *out.get_ptr<OrderedJson::array_t*>();
+      const dom::array array = e.get_array().value_unsafe();
+      items.reserve(array.size());
+      for (dom::element item : array) items.push_back(FromDom(item));
+      return out;
+    }
+    case dom::element_type::STRING:
+      return OrderedJson(e.get_string().value_unsafe());
+    case dom::element_type::INT64: {
+      const int64_t v = e.get_int64().value_unsafe();
+      if (v < 0) return OrderedJson(static_cast<OrderedJson::number_integer_t>(v));
+      return OrderedJson(static_cast<OrderedJson::number_unsigned_t>(v));
+    }
+    case dom::element_type::UINT64:
+      return OrderedJson(
+          static_cast<OrderedJson::number_unsigned_t>(e.get_uint64().value_unsafe()));
+    case dom::element_type::DOUBLE:
+      return OrderedJson(static_cast<OrderedJson::number_float_t>(e.get_double().value_unsafe()));
+    case dom::element_type::BOOL:
+      return OrderedJson(e.get_bool().value_unsafe());
+    case dom::element_type::NULL_VALUE:
+      break;
+  }
+  return OrderedJson();
+}
+
+// Keys of every object in the tree (a repeated key of the text counts once here).
+int64_t KeysIn(const OrderedJson& json) {
+  int64_t n = 0;
+  if (json.is_object()) {
+    const auto& fields = *json.get_ptr<const OrderedJson::object_t*>();
+    n += static_cast<int64_t>(fields.size());
+    for (const auto& field : fields) n += KeysIn(field.second);
+  } else if (json.is_array()) {
+    for (const auto& value : json) n += KeysIn(value);
+  }
+  return n;
+}
+
+std::optional<RequestError> ParseObject(std::string_view body, OrderedJson& out,
+                                        std::string_view api, BodyShape& shape) {
+  shape = ScanBody(body);
+  if (shape.too_deep)
+    return RequestError{"The request body nests arrays or objects more than " +
+                            std::to_string(kMaxJsonDepth) + " levels deep.",
+                        ""};
+  simdjson::dom::element root;
+  if (shape.simdjson_exact && ParseDom(body, root)) {
+    out = FromDom(root);
+  } else {
+    out = OrderedJson::parse(body, nullptr, /*allow_exceptions=*/false);
+  }
+  if (out.is_discarded() || !out.is_object())
+    return RequestError{"We could not parse the JSON body of your request. The " +
+                            std::string(api) + " expects a JSON object as the request body.",
+                        ""};
+  return std::nullopt;
+}
+
+// A model name as a JSON string, as nlohmann renders it (invalid UTF-8 replaced).
+std::string JsonString(std::string_view text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= 0x20 && c < 0x7F && c != '"' && c != '\\';
+  });
+  if (!plain) return OrderedJson(text).dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
+  std::string out;
+  out.reserve(text.size() + 2);
+  out += '"';
+  out += text;
+  out += '"';
+  return out;
+}
 }  // namespace
 
 int64_t PromptUpperBound(int64_t body_bytes, int64_t images, int64_t image_data_bytes) {
@@ -187,24 +393,19 @@ std::string_view EndpointSuffix(Endpoint endpoint) {
 
 std::optional<RequestError> ParseJsonObject(std::string_view body, nlohmann::ordered_json& out,
                                             std::string_view api) {
-  if (!JsonDepthWithin(body, kMaxJsonDepth))
-    return RequestError{"The request body nests arrays or objects more than " +
-                            std::to_string(kMaxJsonDepth) + " levels deep.",
-                        ""};
-  out = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (out.is_discarded() || !out.is_object())
-    return RequestError{"We could not parse the JSON body of your request. The " +
-                            std::string(api) + " expects a JSON object as the request body.",
-                        ""};
-  return std::nullopt;
+  BodyShape shape;
+  return ParseObject(body, out, api, shape);
 }
 
 std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::string_view body,
                                                        std::string_view model_override) {
   ParsedRequest out;
   out.endpoint = endpoint;
-  if (auto error = ParseJsonObject(body, out.body)) return *error;
+  BodyShape shape;
+  if (auto error = ParseObject(body, out.body, "OpenAI API", shape)) return *error;
   auto& json = out.body;
+  // Whether the tree still says what the client's bytes say (apart from the model).
+  bool as_sent = !shape.bom && shape.model_len > 0;
   if (!model_override.empty()) json["model"] = std::string(model_override);
   auto model = json.find("model");
   if (model == json.end() || !model->is_string() || model->get_ref<const std::string&>().empty())
@@ -234,6 +435,7 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
     if (options == json.end() || options->is_null()) {
       json["stream_options"] = OrderedJson::object();
       options = json.find("stream_options");
+      as_sent = false;
     } else if (!options->is_object()) {
       return RequestError{"Invalid type for 'stream_options': expected an object.",
                           "stream_options"};
@@ -241,6 +443,7 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
     auto usage = options->find("include_usage");
     out.client_wants_usage = usage != options->end() && usage->is_boolean() && usage->get<bool>();
     // Usage is always asked for, so every stream can be billed from the provider's own count.
+    if (!out.client_wants_usage) as_sent = false;
     (*options)["include_usage"] = true;
   }
   out.prompt_estimate = PromptEstimate(endpoint, json, body.size());
@@ -263,6 +466,12 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
     if (endpoint == Endpoint::kCompletions)
       if (auto error = PositiveInt(json, "best_of", 20, best_of)) return *error;
     out.choices = std::max<int64_t>({1, n, best_of});
+  }
+  // A repeated key is one entry of the tree (its last value): the text is then rendered anew.
+  if (as_sent && shape.keys == KeysIn(json)) {
+    out.source.assign(body);
+    out.source_model_at = shape.model_at;
+    out.source_model_len = shape.model_len;
   }
   return out;
 }
@@ -311,7 +520,20 @@ std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream
     out.append(request.raw_body, request.model_at + request.model_len);
     return out;
   }
-  request.body["model"] = upstream_model.empty() ? request.model : std::string(upstream_model);
+  const std::string_view model_name =
+      upstream_model.empty() ? std::string_view(request.model) : upstream_model;
+  request.body["model"] = std::string(model_name);
+  if (!request.source.empty() && !request.send_max_tokens) {
+    // Nothing but the model changed: the client's bytes, the model's value spliced in.
+    const std::string model = JsonString(model_name);
+    const std::string_view source = request.source;
+    std::string out;
+    out.reserve(source.size() - request.source_model_len + model.size());
+    out.append(source.substr(0, request.source_model_at));
+    out.append(model);
+    out.append(source.substr(request.source_model_at + request.source_model_len));
+    return out;
+  }
   if (request.send_max_tokens && request.endpoint == Endpoint::kResponses) {
     request.body["max_output_tokens"] = request.max_tokens;
   } else if (request.send_max_tokens) {

@@ -39,7 +39,8 @@ enum class Endpoint {
 std::string_view EndpointSuffix(Endpoint endpoint);
 
 // A client request, parsed once. `body` is already in its upstream form except for `model`,
-// which each attempt replaces (see RenderUpstreamBody).
+// which each attempt replaces (see RenderUpstreamBody; the client's own bytes go when nothing
+// else changed, ParsedRequest::source).
 struct RequestError {
   std::string message;
   std::string param;  // empty: null
@@ -90,6 +91,15 @@ struct ParsedRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   nlohmann::ordered_json body;  // ordered: the upstream sees the client's field order
   std::string model;            // as the client sent it
+  // The client's JSON bytes, kept by ParseRequest while `body` says exactly what they say apart
+  // from `model` (no repeated key, `model` a string under its plain key, nothing added or
+  // changed): RenderUpstreamBody then sends them with only the model's JSON string
+  // [source_model_at, source_model_at + source_model_len) replaced, instead of rendering the
+  // tree. Whatever changes `body` after parsing calls BodyChanged(), so the tree is rendered.
+  std::string source;
+  size_t source_model_at = 0;
+  size_t source_model_len = 0;
+  void BodyChanged() { std::string().swap(source); }
   bool stream = false;
   // The client's own stream_options.include_usage; upstream always gets true.
   bool client_wants_usage = false;
@@ -162,7 +172,8 @@ std::variant<ParsedRequest, RequestError> ParseRequest(Endpoint endpoint, std::s
 enum class ProviderKind { kOpenAi, kAzureOpenAi, kOpenAiCompatible, kAnthropic };
 
 // The body for one attempt: every client field untouched except `model` (and the completion
-// budget when the edge decided it, in the field the provider knows).
+// budget when the edge decided it, in the field the provider knows). With `source` kept and no
+// budget to send, the client's bytes with the model's value spliced in; else `body` rendered.
 std::string RenderUpstreamBody(ParsedRequest& request, std::string_view upstream_model,
                                ProviderKind provider = ProviderKind::kOpenAi);
 

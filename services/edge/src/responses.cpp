@@ -72,6 +72,7 @@ awaitable<bool> PinToPrevious(Exchange& x, const Principal& who, ParsedRequest& 
   }
   plan.attempts = std::move(pinned.attempts);
   *previous = binding->upstream_id;
+  request.BodyChanged();  // the upstream gets its own id, not the client's bytes
   co_return true;
 }
 

@@ -29,6 +29,7 @@ TEST(FieldPolicyTest, DefaultsStripStoreAndKeepEverythingElseInOrder) {
   EXPECT_EQ(Keys(body), (std::vector<std::string>{"model", "messages", "metadata", "temperature"}));
   EXPECT_EQ(body["metadata"]["a"], "b");
   EXPECT_EQ(body.dump(), R"({"model":"m","messages":[],"metadata":{"a":"b"},"temperature":0.5})");
+  EXPECT_TRUE(d.stripped);  // the body no longer says what the client sent
 }
 
 // The policy is per endpoint kind: /v1/responses keeps `store` (its upstream default is true, so
@@ -56,6 +57,25 @@ TEST(FieldPolicyTest, ABodyWithoutThePolicysFieldsIsUntouched) {
   FieldDecision d = policy.Apply(body);
   EXPECT_FALSE(d.refusal);
   EXPECT_EQ(body.dump(), Body(text).dump()) << "same fields, same order, same values";
+  EXPECT_FALSE(d.stripped);  // so the client's own bytes may go upstream
+}
+
+// What the edge does with the decision: a request whose body lost a field is rendered anew,
+// one whose body is untouched goes upstream as the client's bytes (openai.h, ParsedRequest).
+TEST(FieldPolicyTest, AStrippedFieldMakesTheEdgeRenderTheBody) {
+  FieldPolicy policy;
+  auto parsed =
+      ParseRequest(Endpoint::kChatCompletions, R"({"model":"m", "store":true, "messages":[]})");
+  auto& request = std::get<ParsedRequest>(parsed);
+  FieldDecision d = policy.Apply(request.body, KindOf(request.endpoint).kept_fields);
+  ASSERT_TRUE(d.stripped);
+  if (d.stripped) request.BodyChanged();  // as completions.cpp's Admit does
+  EXPECT_EQ(RenderUpstreamBody(request, "u"), R"({"model":"u","messages":[]})");
+  const std::string untouched = R"({"model":"m", "messages":[]})";
+  auto kept = ParseRequest(Endpoint::kChatCompletions, untouched);
+  auto& same = std::get<ParsedRequest>(kept);
+  EXPECT_FALSE(policy.Apply(same.body, KindOf(same.endpoint).kept_fields).stripped);
+  EXPECT_EQ(RenderUpstreamBody(same, "m"), untouched);
 }
 
 TEST(FieldPolicyTest, ARefusedFieldIsA400NamingIt) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <variant>
 
@@ -88,6 +89,171 @@ TEST(RenderUpstreamBody, ReplacesOnlyTheModelAndKeepsEverythingElse) {
   EXPECT_LT(out.find("\"tools\""), out.find("\"x_vendor_field\""));
   // A second attempt renders for its own upstream model.
   EXPECT_EQ(Json::parse(RenderUpstreamBody(request, "other"))["model"], "other");
+}
+
+// The body the tree renders (what every attempt sent before the client's bytes were kept).
+std::string TreeRendering(ParsedRequest request, std::string_view upstream_model,
+                          ProviderKind provider = ProviderKind::kOpenAi) {
+  request.BodyChanged();
+  return RenderUpstreamBody(request, upstream_model, provider);
+}
+
+TEST(RenderUpstreamBody, SendsTheClientsOwnBytesWhenNothingChanges) {
+  // Spacing, escapes, number spellings and field order as the client wrote them.
+  const std::string body =
+      "{ \"model\" : \"gpt-4o-mini\",\n  \"messages\": [{\"role\":\"user\",\"content\":"
+      "\"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\" \\/ \xc3\xa9\"}],\n  \"temperature\": 1.0e0,"
+      " \"top_p\": 0.50, \"seed\": 18446744073709551615, \"max_tokens\": 16,"
+      " \"stream\": false, \"metadata\": {\"a\": [1, -2, 3.25e-3, true, null]} }\n";
+  auto request = MustParse(Endpoint::kChatCompletions, body);
+  ASSERT_FALSE(request.source.empty());
+  EXPECT_EQ(RenderUpstreamBody(request, ""), body);
+  EXPECT_EQ(RenderUpstreamBody(request, "gpt-4o-mini"), body);
+  // Every attempt gets its own model in the same place, nothing else touched.
+  std::string expected = body;
+  expected.replace(expected.find("\"gpt-4o-mini\""), 13, "\"gpt-4o-2024-08-06\"");
+  EXPECT_EQ(RenderUpstreamBody(request, "gpt-4o-2024-08-06"), expected);
+  EXPECT_EQ(request.body["model"], "gpt-4o-2024-08-06");
+  // It says what the tree's rendering says.
+  EXPECT_EQ(Json::parse(RenderUpstreamBody(request, "u")),
+            Json::parse(TreeRendering(request, "u")));
+  // A stream that asked for usage itself is forwarded as sent as well.
+  const std::string streamed =
+      R"({"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]})";
+  auto s = MustParse(Endpoint::kChatCompletions, streamed);
+  EXPECT_EQ(RenderUpstreamBody(s, ""), streamed);
+  // Azure: the deployment replaces the body's model in its place.
+  auto azure = ParseRequest(Endpoint::kChatCompletions, R"({"messages":[],"model":"x"})", "dep");
+  auto& a = std::get<ParsedRequest>(azure);
+  EXPECT_EQ(RenderUpstreamBody(a, ""), R"({"messages":[],"model":"dep"})");
+}
+
+TEST(RenderUpstreamBody, SplicesAModelNameThatNeedsEscapes) {
+  const std::string body = R"({"messages":[],"model":"m","n":1})";
+  auto request = MustParse(Endpoint::kChatCompletions, body);
+  for (std::string model : {std::string("we\"ird\\name\n\t\x01/x"), std::string("caf\xc3\xa9"),
+                            std::string("bad\xff utf8"), std::string("org/model:v1")}) {
+    const std::string out = RenderUpstreamBody(request, model);
+    EXPECT_EQ(out, TreeRendering(request, model)) << model;
+    auto sent = Json::parse(out);
+    if (model.find('\xff') == std::string::npos) {
+      EXPECT_EQ(sent["model"], model);
+    }
+    EXPECT_TRUE(out.starts_with(R"({"messages":[],"model":")"));
+    EXPECT_TRUE(out.ends_with(R"(,"n":1})"));
+  }
+}
+
+TEST(RenderUpstreamBody, RendersTheTreeWhenTheBodyChanges) {
+  auto rendered = [](std::string_view body, std::string_view deployment = {}) {
+    auto parsed = ParseRequest(Endpoint::kChatCompletions, body, deployment);
+    auto& request = std::get<ParsedRequest>(parsed);
+    EXPECT_TRUE(request.source.empty()) << body;
+    return RenderUpstreamBody(request, "u");
+  };
+  // stream_options added or changed by the edge.
+  EXPECT_EQ(rendered(R"({"model":"m", "stream":true,"messages":[]})"),
+            R"({"model":"u","stream":true,"messages":[],"stream_options":{"include_usage":true}})");
+  EXPECT_EQ(
+      rendered(
+          R"({"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[]})"),
+      R"({"model":"u","stream":true,"stream_options":{"include_usage":true},"messages":[]})");
+  // A repeated key, at the top or deeper: the tree (its last value) is what goes.
+  EXPECT_EQ(rendered(R"({"model":"a","model":"b","messages":[]})"),
+            R"({"model":"u","messages":[]})");
+  EXPECT_EQ(rendered(R"({"model":"m","messages":[{"role":"user","role":"system"}]})"),
+            R"({"model":"u","messages":[{"role":"system"}]})");
+  // The model's key written with an escape, a byte-order mark, no model but the deployment's.
+  EXPECT_EQ(rendered(R"({"mod\u0065l":"m","messages":[]})"), R"({"model":"u","messages":[]})");
+  EXPECT_EQ(rendered("\xEF\xBB\xBF{\"model\":\"m\",\"messages\":[]}"),
+            R"({"model":"u","messages":[]})");
+  EXPECT_EQ(rendered(R"({"messages":[]})", "dep"), R"({"messages":[],"model":"u"})");
+  // A budget the edge decided.
+  auto budget = MustParse(Endpoint::kChatCompletions, R"({"model":"m", "messages":[]})");
+  ASSERT_FALSE(budget.source.empty());
+  ASSERT_FALSE(ApplyCompletionBudget(budget, {}, 64));
+  EXPECT_EQ(RenderUpstreamBody(budget, "u"),
+            R"({"model":"u","messages":[],"max_completion_tokens":64})");
+  // Whatever changes the tree afterwards says so (the field policy, a previous response's id).
+  auto later =
+      MustParse(Endpoint::kChatCompletions, R"({"model":"m", "messages":[],"store":true})");
+  later.body.erase("store");
+  later.BodyChanged();
+  EXPECT_EQ(RenderUpstreamBody(later, "u"), R"({"model":"u","messages":[]})");
+}
+
+// Exactly the same tree: the same types (signed, unsigned, float) and values everywhere.
+void ExpectSameTree(const nlohmann::ordered_json& a, const nlohmann::ordered_json& b,
+                    std::string_view text) {
+  ASSERT_EQ(a.type(), b.type()) << text;
+  ASSERT_EQ(a.dump(), b.dump()) << text;
+  if (a.is_object()) {
+    auto ib = b.begin();
+    for (auto ia = a.begin(); ia != a.end(); ++ia, ++ib) {
+      ASSERT_EQ(ia.key(), ib.key()) << text;
+      ExpectSameTree(ia.value(), ib.value(), text);
+    }
+  } else if (a.is_array()) {
+    for (size_t i = 0; i < a.size(); ++i) ExpectSameTree(a[i], b[i], text);
+  } else if (a.is_number_float()) {
+    ASSERT_EQ(std::signbit(a.get<double>()), std::signbit(b.get<double>())) << text;
+  }
+}
+
+TEST(ParseJsonObject, BuildsTheTreeNlohmannBuildsAndRefusesWhatItRefuses) {
+  const std::vector<std::string> texts = {
+      R"({"a":1,"b":-1,"c":0,"d":-0,"e":0.0,"f":-0.0,"g":1e5,"h":1E-400,"i":-1e-400})",
+      R"({"big":18446744073709551615,"bigger":18446744073709551616,"neg":-9223372036854775808})",
+      R"({"negbig":-9223372036854775809,"max":9223372036854775807,"over":9223372036854775808})",
+      R"({"inf":1e400,"pi":3.141592653589793238462643383279,"tiny":4.9e-324,"x":[-0,[-0.5]]})",
+      R"({"s":"\u0000\u001f\"\\\/\b\f\n\r\t","e":"\ud83d\ude00","l":"\uD83D\uDE00","k":"é€😀"})",
+      R"({"lone":"\ud800"})",
+      R"({"low":"\udc00"})",
+      R"({"bad":"\ud800\u0041"})",
+      R"({"pair":"\ud800\udc00\udbff\udfff"})",
+      R"({"hex":"\u12G4"})",
+      R"({"short":"\u12"})",
+      "{\"ctl\":\"a\x01b\"}",
+      "{\"utf\":\"\xff\"}",
+      "{\"utf\":\"\xed\xa0\x80\"}",
+      "{\"over\":\"\xc0\xaf\"}",
+      "\xEF\xBB\xBF{\"bom\":1}",
+      R"({"dup":1,"dup":{"x":2},"y":3})",
+      R"({"a":{"k":1,"k":2}})",
+      R"({} {})",
+      R"({}x)",
+      "",
+      "   ",
+      R"([1])",
+      R"("s")",
+      R"({"a":})",
+      R"({"a":01})",
+      R"({"a":1.})",
+      R"({"a":.5})",
+      R"({"a":+1})",
+      R"({"a":tru})",
+      R"({"a":nul})",
+      R"({"a":[1,]})",
+      R"({"a":1,})",
+      R"({'a':1})",
+      R"({"a":1}   )",
+      "\t{\n\"a\" :\r[ ]}\n",
+      R"({"a":-})",
+      R"({"a":-0.})",
+      R"({"a":-01})",
+      R"({"a":1e})",
+      R"({"a":1e+})",
+      R"({"a":"\x"})",
+      R"({"":{"":[]}})",
+      R"({"a":"unterminated)"};
+  for (const auto& text : texts) {
+    nlohmann::ordered_json fast;
+    auto error = ParseJsonObject(text, fast);
+    auto slow = nlohmann::ordered_json::parse(text, nullptr, false);
+    const bool slow_ok = !slow.is_discarded() && slow.is_object();
+    ASSERT_EQ(!error, slow_ok) << text;
+    if (slow_ok) ExpectSameTree(fast, slow, text);
+  }
 }
 
 TEST(ParseRequest, EstimatesThePromptFromTheWholeBodyAndReadsMaxTokens) {
