@@ -204,6 +204,15 @@ std::string FramingError(const RequestParser::value_type& msg) {
   return "";
 }
 
+// The state of a disconnect watch, shared with the operation it has pending on the socket,
+// whose handler may run after the writer (or the whole session) is gone. A session keeps one
+// for all its requests (ClientWriter's `reuse`): reused whenever no operation holds it.
+struct Watch {
+  bool active = false;
+  char peeked = 0;  // where a peek puts the byte it saw (and leaves in the socket)
+  std::function<void()> on_gone;
+};
+
 // Writes one response on a client connection, whole or as a chunked stream, and watches for the
 // client hanging up while the handler waits on an upstream.
 class ClientWriter final : public ResponseWriter {
@@ -213,14 +222,18 @@ class ClientWriter final : public ResponseWriter {
   // next request on the connection, which saves an allocation per request).
   ClientWriter(beast::tcp_stream& stream, unsigned version, bool keep_alive,
                std::chrono::milliseconds write_timeout, const BodyStream* body = nullptr,
-               beast::flat_buffer* idle_buffer = nullptr)
+               beast::flat_buffer* idle_buffer = nullptr, std::shared_ptr<Watch>* reuse = nullptr)
       : stream_(stream),
         version_(version),
         keep_alive_(keep_alive),
         write_timeout_(write_timeout),
         body_(body),
-        idle_buffer_(idle_buffer) {}
-  ~ClientWriter() override { StopWatching(); }
+        idle_buffer_(idle_buffer),
+        reuse_(reuse) {}
+  ~ClientWriter() override {
+    StopWatching();
+    if (watch_) watch_->on_gone = nullptr;  // what it holds (the handler's state) goes now
+  }
 
   awaitable<bool> Send(int status, HttpHeaders headers, std::string body) override {
     StopWatching();
@@ -279,7 +292,13 @@ class ClientWriter final : public ResponseWriter {
   void WatchDisconnect(std::function<void()> on_gone) override {
     StopWatching();
     if (gone_) return;
-    watch_ = std::make_shared<Watch>();
+    if (reuse_ != nullptr && *reuse_ && reuse_->use_count() == 1) {
+      watch_ = *reuse_;  // no operation of an earlier watch still holds it
+    } else {
+      watch_ = std::make_shared<Watch>();
+      if (reuse_ != nullptr) *reuse_ = watch_;
+    }
+    watch_->active = true;
     watch_->on_gone = std::move(on_gone);
     ArmWatch(watch_);
   }
@@ -291,15 +310,35 @@ class ClientWriter final : public ResponseWriter {
   bool complete() const { return complete_; }
 
  private:
-  struct Watch {
-    bool active = true;
-    std::function<void()> on_gone;
-  };
-
-  // Waits for the client's socket to turn readable, then peeks without blocking: end of stream
-  // or a reset means the client left; bytes are its next (pipelined) request, which the session
-  // reads later. Readiness can be spurious (nothing to peek): then it waits again.
+  // Learns that the client left while the answer is not being written. A read-side operation
+  // on the socket, so that arming it costs no system call: a peek (MSG_PEEK) of one byte, which
+  // Asio's reactor queues behind the socket's edge-triggered EPOLLIN registration (a
+  // `wait_read`, being non-speculative, costs an epoll_ctl(MOD) each time) and performs when
+  // the socket turns readable, retrying by itself after a spurious wake-up. End of stream or a
+  // reset: the client left. A byte: its next (pipelined) request, left in the socket for the
+  // session to read later; the watch ends there. While a streamed body is still being read the
+  // body's reads share the socket: then a readiness wait, whose peek runs after they took their
+  // bytes (ArmWaitWatch).
   void ArmWatch(const std::shared_ptr<Watch>& watch) {
+    if (body_ != nullptr && !body_->done()) {
+      ArmWaitWatch(watch);
+      return;
+    }
+    stream_.socket().async_receive(asio::buffer(&watch->peeked, 1), tcp::socket::message_peek,
+                                   [this, watch](const beast::error_code& ec, size_t n) {
+                                     if (!watch->active) return;  // stopped: `this` may be gone
+                                     watch->active = false;
+                                     if (ec == asio::error::operation_aborted || (!ec && n > 0))
+                                       return;
+                                     gone_ = true;
+                                     watch->on_gone();
+                                   });
+  }
+
+  // Waits for the socket to turn readable, then peeks without blocking. Readiness can be
+  // spurious, or the body's read may have taken the bytes (nothing to peek): then it waits
+  // again.
+  void ArmWaitWatch(const std::shared_ptr<Watch>& watch) {
     int fd = stream_.socket().native_handle();
     stream_.socket().async_wait(tcp::socket::wait_read,
                                 [this, watch, fd](const beast::error_code& ec) {
@@ -311,7 +350,7 @@ class ClientWriter final : public ResponseWriter {
                                   char c;
                                   ssize_t n = ec ? -1 : ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
                                   if (n < 0 && !ec && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                                    ArmWatch(watch);
+                                    ArmWaitWatch(watch);
                                     return;
                                   }
                                   watch->active = false;
@@ -346,6 +385,7 @@ class ClientWriter final : public ResponseWriter {
   std::chrono::milliseconds write_timeout_;
   const BodyStream* body_;
   beast::flat_buffer* idle_buffer_;
+  std::shared_ptr<Watch>* reuse_;
   bool started_ = false;
   bool complete_ = false;
   bool gone_ = false;
@@ -576,6 +616,7 @@ struct HttpServer::Impl {
     const std::string peer_ip = socket.remote_endpoint(ec).address().to_string();
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    std::shared_ptr<Watch> watch;  // the requests' disconnect watch (ClientWriter)
     // Extensions are of no use to us; one longer than the metadata bound is refused.
     auto on_chunk_header = [](std::uint64_t, beast::string_view extensions,
                               beast::error_code& chunk_ec) {
@@ -679,7 +720,7 @@ struct HttpServer::Impl {
       req.received = Clock::now();
 
       ClientWriter writer(stream, version, keep_alive && accepting, options.write_timeout,
-                          body ? &*body : nullptr, body ? nullptr : &buffer);
+                          body ? &*body : nullptr, body ? nullptr : &buffer, &watch);
       std::string route;
       if (handler != nullptr && req.path != "/healthz" && req.path != "/readyz") {
         try {
