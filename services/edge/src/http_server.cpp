@@ -209,7 +209,6 @@ std::string FramingError(const RequestParser::value_type& msg) {
 // for all its requests (ClientWriter's `reuse`): reused whenever no operation holds it.
 struct Watch {
   bool active = false;
-  char peeked = 0;  // where a peek puts the byte it saw (and leaves in the socket)
   std::function<void()> on_gone;
 };
 
@@ -310,35 +309,13 @@ class ClientWriter final : public ResponseWriter {
   bool complete() const { return complete_; }
 
  private:
-  // Learns that the client left while the answer is not being written. A read-side operation
-  // on the socket, so that arming it costs no system call: a peek (MSG_PEEK) of one byte, which
-  // Asio's reactor queues behind the socket's edge-triggered EPOLLIN registration (a
-  // `wait_read`, being non-speculative, costs an epoll_ctl(MOD) each time) and performs when
-  // the socket turns readable, retrying by itself after a spurious wake-up. End of stream or a
-  // reset: the client left. A byte: its next (pipelined) request, left in the socket for the
-  // session to read later; the watch ends there. While a streamed body is still being read the
-  // body's reads share the socket: then a readiness wait, whose peek runs after they took their
-  // bytes (ArmWaitWatch).
+  // Waits for the client's socket to turn readable, then peeks without blocking: end of stream
+  // or a reset means the client left; bytes are its next (pipelined) request, which the session
+  // reads later. Readiness can be spurious (nothing to peek): then it waits again.
+  // (A pending one-byte MSG_PEEK receive instead of the wait saves Asio 1.74's epoll_ctl(MOD)
+  // for a non-speculative operation, but Asio then tries the receive at once, an EAGAIN recv
+  // as costly as the epoll_ctl: measured, not worth a second way of watching.)
   void ArmWatch(const std::shared_ptr<Watch>& watch) {
-    if (body_ != nullptr && !body_->done()) {
-      ArmWaitWatch(watch);
-      return;
-    }
-    stream_.socket().async_receive(asio::buffer(&watch->peeked, 1), tcp::socket::message_peek,
-                                   [this, watch](const beast::error_code& ec, size_t n) {
-                                     if (!watch->active) return;  // stopped: `this` may be gone
-                                     watch->active = false;
-                                     if (ec == asio::error::operation_aborted || (!ec && n > 0))
-                                       return;
-                                     gone_ = true;
-                                     watch->on_gone();
-                                   });
-  }
-
-  // Waits for the socket to turn readable, then peeks without blocking. Readiness can be
-  // spurious, or the body's read may have taken the bytes (nothing to peek): then it waits
-  // again.
-  void ArmWaitWatch(const std::shared_ptr<Watch>& watch) {
     int fd = stream_.socket().native_handle();
     stream_.socket().async_wait(tcp::socket::wait_read,
                                 [this, watch, fd](const beast::error_code& ec) {
@@ -350,7 +327,7 @@ class ClientWriter final : public ResponseWriter {
                                   char c;
                                   ssize_t n = ec ? -1 : ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
                                   if (n < 0 && !ec && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                                    ArmWaitWatch(watch);
+                                    ArmWatch(watch);
                                     return;
                                   }
                                   watch->active = false;
