@@ -56,8 +56,11 @@ HttpHeaders Exchange::CommonHeaders() {
     overhead_observed = true;
     edge.metrics->ObserveOverhead(overhead);
   }
-  HttpHeaders headers = {{"x-request-id", request.request_id},
-                         {"x-tollgate-overhead-ms", FormatMillis(overhead)}};
+  HttpHeaders headers;
+  // Room for what callers add (content-type; a stream's three), so the list never regrows.
+  headers.reserve(2 + rate_limit_headers.size() + 3);
+  headers.emplace_back("x-request-id", request.request_id);
+  headers.emplace_back("x-tollgate-overhead-ms", FormatMillis(overhead));
   headers.insert(headers.end(), rate_limit_headers.begin(), rate_limit_headers.end());
   return headers;
 }

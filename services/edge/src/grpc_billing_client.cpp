@@ -757,7 +757,11 @@ void GrpcBillingClient::Release(std::string hold_id) {
 void GrpcBillingClient::Record(UsageRecord record) {
   const int64_t user_id = ParseId(record.principal.user_id);
   if (user_id == 0) return;  // not one of auth's users: nobody to charge
-  pb::UsageRecord r;
+  // One message per thread, cleared and filled again: its string fields keep their buffers, so
+  // building a record allocates nothing but its serialized form (a fresh message costs one
+  // allocation per string field).
+  thread_local pb::UsageRecord r;
+  r.Clear();
   r.set_request_id(record.billing_id.empty() ? record.request_id : record.billing_id);
   r.set_user_id(user_id);
   r.set_api_key_id(ParseId(record.principal.api_key_id));
@@ -797,9 +801,11 @@ void GrpcBillingClient::Record(UsageRecord record) {
   // Written into the spool here, before the caller moves on (one write() into the page cache,
   // no fsync: the sender thread syncs every flush interval), so a process killed after an
   // answer ended still has its record on disk for the next start to deliver.
-  std::vector<std::string> one;
-  one.push_back(r.SerializeAsString());
-  const auto appended = impl_->spool.Append(one, Spool::Durability::kWritten);
+  std::string payload = r.SerializeAsString();
+  // Stored bodies can be large: the thread's message does not keep them.
+  if (r.request_body().capacity() > 4096) std::string().swap(*r.mutable_request_body());
+  if (r.response_body().capacity() > 4096) std::string().swap(*r.mutable_response_body());
+  const auto appended = impl_->spool.AppendOne(std::move(payload), Spool::Durability::kWritten);
   impl_->NoteAppend(appended);
   if (appended.appended > 0 && impl_->spool.records() % impl_->options.batch_size == 0) {
     {

@@ -4,6 +4,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -38,6 +39,7 @@ void Tighten(RateLimitWindow& into, const RateLimitWindow& w) {
 std::vector<std::pair<size_t, std::string>> ParseReservation(const std::string& text,
                                                              size_t replicas) {
   std::vector<std::pair<size_t, std::string>> out;
+  out.reserve(static_cast<size_t>(std::count(text.begin(), text.end(), ',')) + 1);
   size_t pos = 0;
   while (pos < text.size()) {
     size_t end = text.find(',', pos);
@@ -527,10 +529,11 @@ struct GrpcQuotaClient::Impl {
   void EnqueueLocked(size_t replica, pb::Settlement s) {
     uint64_t seq = kNotJournaled;
     if (journal) {
-      std::vector<std::string> entry(1);
-      entry[0].push_back(static_cast<char>(replica));
-      s.AppendToString(&entry[0]);
-      if (journal->Append(entry, Spool::Durability::kWritten).appended == 1) {
+      std::string entry;
+      entry.reserve(1 + s.ByteSizeLong());
+      entry.push_back(static_cast<char>(replica));
+      s.AppendToString(&entry);
+      if (journal->AppendOne(std::move(entry), Spool::Durability::kWritten).appended == 1) {
         seq = journal_front + journal_done.size();
         journal_done.push_back(false);
       }
@@ -819,6 +822,7 @@ void GrpcQuotaClient::Release(std::string reservation_id) {
 void GrpcQuotaClient::Settle(const UsageRecord& record) {
   if (record.reservation_id.empty() || record.request_id.empty()) return;
   const size_t n = impl_->replicas.size();
+  auto parts = ParseReservation(record.reservation_id, n);
   bool wake = false;
   {
     std::lock_guard lock(impl_->mu);
@@ -832,10 +836,7 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
       wake = wake ||
              (q.size() >= impl_->options.batch_size && !impl_->replicas[replica]->batch_in_flight);
     };
-    for (auto& [replica, id] : ParseReservation(record.reservation_id, n)) {
-      pb::Settlement s;
-      s.set_request_id(record.request_id);
-      s.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
+    for (auto& [replica, id] : parts) {
       if (auto lease = ParseLeasePart(id)) {
         // The leases of one replica settle together ("l1+l2"), naming exactly their subjects.
         if (lease->kind == 'j') continue;  // an IP's unlimited tokens: nothing to settle
@@ -848,7 +849,10 @@ void GrpcQuotaClient::Settle(const UsageRecord& record) {
         if (lease->kind == 'i') ls.set_client_ip(record.client_ip);
         continue;
       }
-      s.set_reservation_id(id);
+      pb::Settlement s;
+      s.set_request_id(record.request_id);
+      s.set_actual_tokens(std::max<int64_t>(0, record.prompt_tokens + record.completion_tokens));
+      s.set_reservation_id(std::move(id));
       // The subjects this replica owns: charged even if the reservation expired meanwhile.
       if (!record.principal.api_key_id.empty() &&
           QuotaOwner("key", record.principal.api_key_id, n) == replica)

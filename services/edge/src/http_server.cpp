@@ -204,6 +204,14 @@ std::string FramingError(const RequestParser::value_type& msg) {
   return "";
 }
 
+// The state of a disconnect watch, shared with the operation it has pending on the socket,
+// whose handler may run after the writer (or the whole session) is gone. A session keeps one
+// for all its requests (ClientWriter's `reuse`): reused whenever no operation holds it.
+struct Watch {
+  bool active = false;
+  std::function<void()> on_gone;
+};
+
 // Writes one response on a client connection, whole or as a chunked stream, and watches for the
 // client hanging up while the handler waits on an upstream.
 class ClientWriter final : public ResponseWriter {
@@ -213,14 +221,18 @@ class ClientWriter final : public ResponseWriter {
   // next request on the connection, which saves an allocation per request).
   ClientWriter(beast::tcp_stream& stream, unsigned version, bool keep_alive,
                std::chrono::milliseconds write_timeout, const BodyStream* body = nullptr,
-               beast::flat_buffer* idle_buffer = nullptr)
+               beast::flat_buffer* idle_buffer = nullptr, std::shared_ptr<Watch>* reuse = nullptr)
       : stream_(stream),
         version_(version),
         keep_alive_(keep_alive),
         write_timeout_(write_timeout),
         body_(body),
-        idle_buffer_(idle_buffer) {}
-  ~ClientWriter() override { StopWatching(); }
+        idle_buffer_(idle_buffer),
+        reuse_(reuse) {}
+  ~ClientWriter() override {
+    StopWatching();
+    if (watch_) watch_->on_gone = nullptr;  // what it holds (the handler's state) goes now
+  }
 
   awaitable<bool> Send(int status, HttpHeaders headers, std::string body) override {
     StopWatching();
@@ -279,7 +291,13 @@ class ClientWriter final : public ResponseWriter {
   void WatchDisconnect(std::function<void()> on_gone) override {
     StopWatching();
     if (gone_) return;
-    watch_ = std::make_shared<Watch>();
+    if (reuse_ != nullptr && *reuse_ && reuse_->use_count() == 1) {
+      watch_ = *reuse_;  // no operation of an earlier watch still holds it
+    } else {
+      watch_ = std::make_shared<Watch>();
+      if (reuse_ != nullptr) *reuse_ = watch_;
+    }
+    watch_->active = true;
     watch_->on_gone = std::move(on_gone);
     ArmWatch(watch_);
   }
@@ -291,14 +309,12 @@ class ClientWriter final : public ResponseWriter {
   bool complete() const { return complete_; }
 
  private:
-  struct Watch {
-    bool active = true;
-    std::function<void()> on_gone;
-  };
-
   // Waits for the client's socket to turn readable, then peeks without blocking: end of stream
   // or a reset means the client left; bytes are its next (pipelined) request, which the session
   // reads later. Readiness can be spurious (nothing to peek): then it waits again.
+  // (A pending one-byte MSG_PEEK receive instead of the wait saves Asio 1.74's epoll_ctl(MOD)
+  // for a non-speculative operation, but Asio then tries the receive at once, an EAGAIN recv
+  // as costly as the epoll_ctl: measured, not worth a second way of watching.)
   void ArmWatch(const std::shared_ptr<Watch>& watch) {
     int fd = stream_.socket().native_handle();
     stream_.socket().async_wait(tcp::socket::wait_read,
@@ -346,6 +362,7 @@ class ClientWriter final : public ResponseWriter {
   std::chrono::milliseconds write_timeout_;
   const BodyStream* body_;
   beast::flat_buffer* idle_buffer_;
+  std::shared_ptr<Watch>* reuse_;
   bool started_ = false;
   bool complete_ = false;
   bool gone_ = false;
@@ -576,6 +593,7 @@ struct HttpServer::Impl {
     const std::string peer_ip = socket.remote_endpoint(ec).address().to_string();
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    std::shared_ptr<Watch> watch;  // the requests' disconnect watch (ClientWriter)
     // Extensions are of no use to us; one longer than the metadata bound is refused.
     auto on_chunk_header = [](std::uint64_t, beast::string_view extensions,
                               beast::error_code& chunk_ec) {
@@ -679,7 +697,7 @@ struct HttpServer::Impl {
       req.received = Clock::now();
 
       ClientWriter writer(stream, version, keep_alive && accepting, options.write_timeout,
-                          body ? &*body : nullptr, body ? nullptr : &buffer);
+                          body ? &*body : nullptr, body ? nullptr : &buffer, &watch);
       std::string route;
       if (handler != nullptr && req.path != "/healthz" && req.path != "/readyz") {
         try {

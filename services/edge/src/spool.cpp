@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -189,14 +190,11 @@ Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads, Dura
     result.rejected = payloads.size();
     return result;
   }
-  std::string frame;
   size_t n = 0;
+  uint64_t framed = 0;
   for (const auto& p : payloads) {
-    uint64_t framed = kHeader + p.size();
-    if (p.size() > kMaxRecord || bytes_ + frame.size() + framed > options_.max_bytes) break;
-    PutU32(frame, static_cast<uint32_t>(p.size()));
-    PutU32(frame, Crc32(p));
-    frame += p;
+    if (p.size() > kMaxRecord || bytes_ + framed + kHeader + p.size() > options_.max_bytes) break;
+    framed += kHeader + p.size();
     ++n;
   }
   full_ = n < payloads.size();
@@ -204,16 +202,83 @@ Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads, Dura
     result.rejected = payloads.size();
     return result;
   }
+  std::string frame;
+  frame.reserve(framed);
+  for (size_t i = 0; i < n; ++i) {
+    PutU32(frame, static_cast<uint32_t>(payloads[i].size()));
+    PutU32(frame, Crc32(payloads[i]));
+    frame += payloads[i];
+  }
+  iovec piece{frame.data(), frame.size()};
+  if (!WriteLocked(&piece, 1, frame.size(), durability)) {
+    result.rejected = payloads.size();
+    return result;
+  }
+  Segment& seg = segments_.back();
+  seg.size += frame.size();
+  seg.unacked += n;
+  bytes_ += frame.size();
+  for (size_t i = 0; i < n; ++i) pending_.push_back({seg.seq, payloads[i]});
+  result.appended = n;
+  result.rejected = payloads.size() - n;
+  return result;
+}
+
+Spool::AppendResult Spool::AppendOne(std::string payload, Durability durability) {
+  AppendResult result;
+  char header[kHeader];
+  const uint32_t length = static_cast<uint32_t>(payload.size());
+  const uint32_t crc = Crc32(payload);  // outside the lock
+  for (int i = 0; i < 4; ++i) {
+    header[i] = static_cast<char>((length >> (8 * i)) & 0xFF);
+    header[4 + i] = static_cast<char>((crc >> (8 * i)) & 0xFF);
+  }
+  const uint64_t framed = kHeader + payload.size();
+  std::lock_guard lock(mu_);
+  OpenForAppend();
+  if (fd_ < 0) {
+    log::Error("edge", "spool: cannot open a segment for writing",
+               {{"dir", options_.dir}, {"errno", errno}});
+    result.rejected = 1;
+    return result;
+  }
+  full_ = payload.size() > kMaxRecord || bytes_ + framed > options_.max_bytes;
+  iovec pieces[2] = {{header, kHeader}, {payload.data(), payload.size()}};
+  if (full_ || !WriteLocked(pieces, 2, framed, durability)) {
+    result.rejected = 1;
+    return result;
+  }
+  Segment& seg = segments_.back();
+  seg.size += framed;
+  seg.unacked += 1;
+  bytes_ += framed;
+  pending_.push_back({seg.seq, std::move(payload)});
+  result.appended = 1;
+  return result;
+}
+
+bool Spool::WriteLocked(iovec* pieces, int count, size_t total, Durability durability) {
   Segment& seg = segments_.back();
   size_t written = 0;
-  while (written < frame.size()) {
-    ssize_t w = ::write(fd_, frame.data() + written, frame.size() - written);
+  while (written < total && count > 0) {
+    ssize_t w = ::writev(fd_, pieces, count);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) break;
     written += static_cast<size_t>(w);
+    // A short write: on from where it stopped.
+    size_t left = static_cast<size_t>(w);
+    while (count > 0 && left >= pieces->iov_len) {
+      left -= pieces->iov_len;
+      ++pieces;
+      --count;
+    }
+    if (count > 0) {
+      pieces->iov_base = static_cast<char*>(pieces->iov_base) + left;
+      pieces->iov_len -= left;
+    }
   }
   const bool sync = durability == Durability::kSynced;
-  if (written != frame.size() || (sync && ::fdatasync(fd_) != 0)) {
+  if (written != total || (sync && ::fdatasync(fd_) != 0)) {
     // Leave no half batch behind: cut the file back and start a new segment next time.
     log::Error("edge", "spool: write failed", {{"segment", seg.path}, {"errno", errno}});
     // If even that fails, the next replay stops at the torn record.
@@ -222,17 +287,10 @@ Spool::AppendResult Spool::Append(const std::vector<std::string>& payloads, Dura
     unsynced_ = false;
     ::close(fd_);
     fd_ = -1;
-    result.rejected = payloads.size();
-    return result;
+    return false;
   }
   if (!sync) unsynced_ = true;
-  seg.size += frame.size();
-  seg.unacked += n;
-  bytes_ += frame.size();
-  for (size_t i = 0; i < n; ++i) pending_.push_back({seg.seq, payloads[i]});
-  result.appended = n;
-  result.rejected = payloads.size() - n;
-  return result;
+  return true;
 }
 
 bool Spool::Sync() {

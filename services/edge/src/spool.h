@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+struct iovec;
+
 namespace tollgate::edge {
 
 struct SpoolOptions {
@@ -51,6 +53,9 @@ class Spool final {
   // Appends in order as many payloads as fit, as one write (and one fsync when kSynced).
   AppendResult Append(const std::vector<std::string>& payloads,
                       Durability durability = Durability::kSynced);
+  // One payload, as Append does, but taken over (not copied into the queue) and written with
+  // its frame header in one writev: no buffer is built. The edge's per-request appends.
+  AppendResult AppendOne(std::string payload, Durability durability = Durability::kSynced);
   // Makes every record written so far durable (fsync, without holding up appends meanwhile).
   // False when the disk failed.
   bool Sync();
@@ -78,6 +83,10 @@ class Spool final {
     std::string payload;
   };
   void OpenForAppend();  // mu_ held
+  // Writes `count` pieces (`total` bytes of whole frames) at the end of the open segment, and
+  // fsyncs when kSynced. On failure the segment is cut back to where it was and closed: false.
+  // mu_ held, fd_ open.
+  bool WriteLocked(iovec* pieces, int count, size_t total, Durability durability);
   void RemoveSegment(const Segment& s);
 
   SpoolOptions options_;

@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cerrno>
+#include <charconv>
 #include <limits>
 #include <stdexcept>
 #include <unordered_map>
@@ -69,8 +70,17 @@ auto WithStream(Connection& c, F&& f) {
   return f(*c.plain);
 }
 
+// Built in place (one allocation; the concatenation made a temporary per step): once a call.
 std::string PoolKey(const UpstreamUrl& url) {
-  return (url.tls ? "https://" : "http://") + url.host + ":" + std::to_string(url.port);
+  std::string key;
+  key.reserve(url.host.size() + 15);
+  key += url.tls ? "https://" : "http://";
+  key += url.host;
+  key += ':';
+  char port[8];
+  key.append(port,
+             static_cast<size_t>(std::to_chars(port, port + sizeof port, url.port).ptr - port));
+  return key;
 }
 
 bool IsIpLiteral(const std::string& host) {
@@ -120,7 +130,9 @@ struct UpstreamPool::Shared {
     SSL_CTX_set_min_proto_version(tls.native_handle(), TLS1_2_VERSION);
   }
 
-  std::unique_ptr<Connection> Take(const std::string& key) {
+  // `check`: peek at a connection idle for less than check_idle_after too (a request that
+  // could not be sent again on a fresh connection once it found this one closed).
+  std::unique_ptr<Connection> Take(const std::string& key, bool check) {
     auto it = idle.find(key);
     if (it == idle.end()) return nullptr;
     auto& list = it->second;
@@ -129,7 +141,10 @@ struct UpstreamPool::Shared {
       auto conn = std::move(list.back());  // most recently used first: the warmest
       list.pop_back();
       --idle_count;
-      if (now - conn->idle_since < options.keepalive && !conn->Stale()) return conn;
+      const auto idle_for = now - conn->idle_since;
+      if (idle_for < options.keepalive &&
+          ((!check && idle_for < options.check_idle_after) || !conn->Stale()))
+        return conn;
       conn->Close();
     }
     return nullptr;
@@ -341,11 +356,11 @@ struct UpstreamCall::Impl {
       // Once the body went, the request cannot be sent again: no retry below.
       reused = false;
     } else {
-      http::request<http::string_body> req;
+      // The body is written from the request's own string (kept for a second try on a fresh
+      // connection), not copied.
+      http::request<http::span_body<const char>> req;
       SetHead(req);
-      // On a fresh connection there is no second try (Start): the body moves, not copied.
-      if (!request.body.empty() || request.method == "POST")
-        req.body() = reused ? request.body : std::move(request.body);
+      req.body() = {request.body.data(), request.body.size()};
       req.prepare_payload();
       conn->lowest().expires_at(Until(timeouts.first_byte));
       co_await WithStream(*conn, [&](auto& stream) {
@@ -404,7 +419,9 @@ awaitable<UpstreamStatus> UpstreamCall::Start() {
   for (int round = 0; round < 2; ++round) {
     auto shared = d.pool.lock();
     if (!shared) co_return d.Fail(UpstreamStatus::kConnectError, "shutting down", {});
-    d.conn = round == 0 ? shared->Take(d.key) : nullptr;
+    // A streamed body is sent again only while none of it was read, which a closed connection
+    // found after the head went would spoil: such a request always checks first.
+    d.conn = round == 0 ? shared->Take(d.key, d.request.body_stream != nullptr) : nullptr;
     bool reused = d.conn != nullptr;
     if (!reused) {
       auto status = co_await d.Connect(shared);
@@ -418,9 +435,11 @@ awaitable<UpstreamStatus> UpstreamCall::Start() {
       decltype(d.request.headers)().swap(d.request.headers);
       co_return *status;
     }
-    // The server had closed the idle connection: once more on a fresh one.
+    // The server had closed the idle connection: once more on a fresh one. What was written
+    // to the closed one reached nobody.
     d.conn->Close();
     d.conn.reset();
+    d.sent = false;
   }
   co_return d.Fail(UpstreamStatus::kConnectError, "connection closed before an answer", {});
 }

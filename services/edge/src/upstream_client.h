@@ -33,7 +33,11 @@ struct UpstreamTimeouts {
 struct UpstreamPoolOptions {
   std::string ca_file;  // extra trust anchors (PEM), on top of the system's
   size_t max_idle_per_host = 256;
-  std::chrono::milliseconds keepalive{30000};   // an idle connection older than this is closed
+  std::chrono::milliseconds keepalive{30000};  // an idle connection older than this is closed
+  // A connection idle for less than this is reused without first checking that the server has
+  // not closed it (a non-blocking peek, one syscall): servers close idle connections after
+  // seconds, and one found closed anyway is retried on a fresh connection (UpstreamCall::Start).
+  std::chrono::milliseconds check_idle_after{500};
   size_t max_buffered_body = 64 * 1024 * 1024;  // ReadAll's limit
 };
 

@@ -701,6 +701,47 @@ TEST_F(EdgeTest, ClientDisconnectCancelsTheUpstreamAndStillRecordsUsage) {
   EXPECT_EQ(record->upstream_key_id, 41);
 }
 
+// A client that hangs up while a whole (not streamed) answer is awaited: nothing is being
+// written to it, so only the server's disconnect watch can tell, and the upstream call is
+// cancelled at once rather than at the first-byte timeout (1.5 s here). The same connection
+// kept alive for a second request first: the watch of the first request must not take (or
+// lose) the bytes of the next.
+TEST_F(EdgeTest, ClientLeavingBeforeAWholeAnswerCancelsTheUpstream) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port_)));
+  beast::flat_buffer buffer;
+  for (int i = 0; i < 2; ++i) {
+    http::write(stream,
+                MakeRequest(http::verb::post, "/v1/chat/completions", Chat("chat").dump(), {}));
+    http::response<http::string_body> res;
+    http::read(stream, buffer, res);
+    ASSERT_EQ(res.result_int(), 200) << res.body();
+  }
+  auto before = mock_->Stats()["cancelled"].get<int64_t>();
+  http::write(stream, MakeRequest(http::verb::post, "/v1/chat/completions", Chat("hang").dump(),
+                                  {{"x-request-id", "test-leave-whole-1"}}));
+  // The upstream has the request (the mock holds "hang" until its client leaves).
+  for (int i = 0; i < 100 && mock_->Last()["body"]["model"] != "mock-hang"; ++i)
+    std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(mock_->Last()["body"]["model"], "mock-hang");
+  stream.socket().close();
+  auto closed = Clock::now();
+  int64_t cancelled = before;
+  while (cancelled == before && MsSince(closed) < 2000) {
+    std::this_thread::sleep_for(10ms);
+    cancelled = mock_->Stats()["cancelled"].get<int64_t>();
+  }
+  double cancel_ms = MsSince(closed);
+  std::cout << "[ measured ] upstream cancelled " << cancel_ms << " ms after the client left\n";
+  EXPECT_EQ(cancelled, before + 1);
+  EXPECT_LT(cancel_ms, 700);  // the first-byte timeout would have been later
+  auto record = billing_.WaitFor("test-leave-whole-1");
+  ASSERT_TRUE(record);
+  EXPECT_TRUE(record->client_disconnected);
+  EXPECT_FALSE(record->streamed);
+}
+
 TEST_F(EdgeTest, AzureDeploymentFormUsesApiKeyHeader) {
   auto reply = Post(port_, "/v1/chat/completions", Chat("azure"));
   ASSERT_EQ(reply.status, 200) << reply.body;

@@ -121,6 +121,42 @@ TEST(Spool, BoundRejectsWhatDoesNotFitUntilAcknowledged) {
   EXPECT_EQ(spool.Append({big}).appended, 1u);
 }
 
+// AppendOne (the per-request append: the payload taken over, header and payload in one
+// writev) frames exactly as Append does: both replay as one sequence, and the bound holds.
+TEST(Spool, SingleAppendsFrameAsBatchesDoAndKeepTheBound) {
+  TempDir dir;
+  {
+    Spool spool({dir.str(), 1 << 20, /*segment_bytes=*/64});
+    for (int i = 0; i < 6; ++i) {
+      auto r = spool.AppendOne("record-" + std::to_string(i), Spool::Durability::kWritten);
+      EXPECT_EQ(r.appended, 1u);
+      EXPECT_EQ(r.rejected, 0u);
+    }
+    spool.Append(Payloads(6, 2), Spool::Durability::kWritten);
+    EXPECT_EQ(spool.AppendOne("", Spool::Durability::kWritten).appended, 1u);  // empty is a record
+    spool.AppendOne("record-9");
+    EXPECT_EQ(spool.records(), 10u);
+  }
+  Spool again({dir.str(), 1 << 20, 64});
+  auto want = Payloads(0, 8);
+  want.push_back("");
+  want.push_back("record-9");
+  EXPECT_EQ(again.Front(100), want);
+
+  TempDir small;
+  Spool bounded({small.str(), /*max_bytes=*/100});
+  std::string big(40, 'x');  // 48 bytes framed
+  EXPECT_EQ(bounded.AppendOne(big).appended, 1u);
+  EXPECT_EQ(bounded.AppendOne(big).appended, 1u);
+  EXPECT_FALSE(bounded.full());
+  EXPECT_EQ(bounded.AppendOne(big).rejected, 1u);
+  EXPECT_TRUE(bounded.full());
+  bounded.Ack(2);
+  EXPECT_FALSE(bounded.full());
+  EXPECT_EQ(bounded.AppendOne(big).appended, 1u);
+  EXPECT_EQ(bounded.records(), 1u);
+}
+
 TEST(Spool, ATornTailIsCutOffAtReplay) {
   TempDir dir;
   std::string segment;
