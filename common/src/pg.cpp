@@ -282,4 +282,14 @@ std::string PgUnnest(const std::vector<const char*>& types, size_t first) {
   return out + ")";
 }
 
+std::string PgUnnest(const std::vector<const char*>& types, const std::vector<const char*>& names,
+                     size_t first) {
+  std::string out = "(SELECT ";
+  for (size_t c = 0; c < types.size(); ++c) {
+    if (c) out += ", ";
+    out += "unnest($" + std::to_string(first + c) + "::" + types[c] + "[]) AS " + names.at(c);
+  }
+  return out + ") AS v";
+}
+
 }  // namespace tollgate

@@ -53,9 +53,10 @@ TEST(PgColumnArraysTest, RowsComeBackAsSentThroughUnnest) {
   for (const auto& r : rows) built.Text(r[0]).Int(std::stoll(r[1])).Bool(r[2] == "true");
   EXPECT_EQ(built.rows(), rows.size());
   auto arrays = built.Finish();
-  auto again = tx.exec_params("SELECT t, n::TEXT, b::TEXT FROM " +
-                                  PgUnnest({"TEXT", "BIGINT", "BOOLEAN"}) + " AS v (t, n, b)",
-                              pqxx::prepare::make_dynamic_params(arrays));
+  // ... and read through the select-list form.
+  auto again = tx.exec_params(
+      "SELECT t, n::TEXT, b::TEXT FROM " + PgUnnest({"TEXT", "BIGINT", "BOOLEAN"}, {"t", "n", "b"}),
+      pqxx::prepare::make_dynamic_params(arrays));
   ASSERT_EQ(again.size(), rows.size());
   for (size_t i = 0; i < rows.size(); ++i)
     for (int c = 0; c < 3; ++c)
@@ -63,6 +64,8 @@ TEST(PgColumnArraysTest, RowsComeBackAsSentThroughUnnest) {
   EXPECT_EQ(built.rows(), 0u);
   EXPECT_EQ(built.Int(1).Int(2).Int(3).Finish(), (std::vector<std::string>{"{1}", "{2}", "{3}"}));
   EXPECT_EQ(PgUnnest({"TEXT", "BIGINT"}, 3), "unnest($3::TEXT[], $4::BIGINT[])");
+  EXPECT_EQ(PgUnnest({"TEXT", "BIGINT"}, {"a", "b"}, 2),
+            "(SELECT unnest($2::TEXT[]) AS a, unnest($3::BIGINT[]) AS b) AS v");
   EXPECT_EQ(PgColumnArrays({}, 2), (std::vector<std::string>{"{}", "{}"}));
 }
 

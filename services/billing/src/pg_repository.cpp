@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <map>
-#include <numeric>
 #include <set>
+#include <string_view>
 #include <tuple>
 
 #include <nlohmann/json.hpp>
@@ -141,14 +141,38 @@ std::string InsertRecordsSql(bool skip_delivered) {
          Ts("started_ms") + ", " + Ts("finished_ms") +
          ", service_tier, tier_multiplier_ppm, cache_write_tokens, endpoint_kind, images, "
          "image_size, image_quality, audio_milliseconds, characters FROM " +
-         PgUnnest(kRecordCasts) +
-         " AS v (request_id, user_id, api_key_id, model, upstream_model, "
-         "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
-         "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
-         "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
-         "started_ms, finished_ms, service_tier, tier_multiplier_ppm, "
-         "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
-         "audio_milliseconds, characters)" +
+         PgUnnest(kRecordCasts, {"request_id",
+                                 "user_id",
+                                 "api_key_id",
+                                 "model",
+                                 "upstream_model",
+                                 "upstream_key_id",
+                                 "provider",
+                                 "hold_id",
+                                 "prompt_tokens",
+                                 "completion_tokens",
+                                 "cached_tokens",
+                                 "cost_micros",
+                                 "price_id",
+                                 "multiplier_ppm",
+                                 "usage_estimated",
+                                 "streamed",
+                                 "status",
+                                 "latency_ms",
+                                 "client_disconnected",
+                                 "attempts",
+                                 "client_ip",
+                                 "started_ms",
+                                 "finished_ms",
+                                 "service_tier",
+                                 "tier_multiplier_ppm",
+                                 "cache_write_tokens",
+                                 "endpoint_kind",
+                                 "images",
+                                 "image_size",
+                                 "image_quality",
+                                 "audio_milliseconds",
+                                 "characters"}) +
          (skip_delivered ? " ON CONFLICT (request_id) DO NOTHING RETURNING request_id" : "");
 }
 const PgStatement kInsertRecords{"billing_insert_records", InsertRecordsSql(false)};
@@ -157,8 +181,8 @@ const PgStatement kInsertNewRecords{"billing_insert_new_records", InsertRecordsS
 const PgStatement kChargeAccounts{
     "billing_charge_accounts",
     "INSERT INTO accounts (user_id, balance_micros, version) SELECT u, b, 1 FROM " +
-        PgUnnest({"BIGINT", "BIGINT"}) +
-        " AS v (u, b) ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
+        PgUnnest({"BIGINT", "BIGINT"}, {"u", "b"}) +
+        " ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
         "accounts.balance_micros + EXCLUDED.balance_micros, version = accounts.version + 1 "
         "RETURNING user_id, version"};
 
@@ -166,8 +190,8 @@ const PgStatement kInsertBodies{
     "billing_insert_bodies",
     "INSERT INTO usage_bodies (request_id, request_body, response_body, bodies_truncated) "
     "SELECT r, q, a, t FROM " +
-        PgUnnest({"TEXT", "TEXT", "TEXT", "BOOLEAN"}) +
-        " AS v (r, q, a, t) ON CONFLICT (request_id) DO NOTHING"};
+        PgUnnest({"TEXT", "TEXT", "TEXT", "BOOLEAN"}, {"r", "q", "a", "t"}) +
+        " ON CONFLICT (request_id) DO NOTHING"};
 
 const PgStatement kAddDaily{
     "billing_add_daily",
@@ -176,9 +200,10 @@ const PgStatement kAddDaily{
     "SELECT DATE '1970-01-01' + day, user_id, api_key_id, model, requests, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_micros, cache_write_tokens FROM " +
         PgUnnest({"INTEGER", "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
-                  "BIGINT", "BIGINT"}) +
-        " AS v (day, user_id, api_key_id, model, requests, prompt_tokens, "
-        "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
+                  "BIGINT", "BIGINT"},
+                 {"day", "user_id", "api_key_id", "model", "requests", "prompt_tokens",
+                  "completion_tokens", "cached_tokens", "cost_micros", "cache_write_tokens"}) +
+        " "
         "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
         "requests = usage_daily.requests + EXCLUDED.requests, "
         "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
@@ -401,19 +426,21 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                                               std::map<int64_t, int64_t>* versions_out) {
   if (records.empty()) return {};
   (void)now_ms;
-  // Rows are touched in a fixed order (request ids, then users and aggregate
-  // keys sorted) so concurrent ingesting transactions (other replicas) wait for
-  // each other instead of deadlocking. Stable: of two deliveries of one request
-  // in a batch, the first is the one stored.
-  std::vector<size_t> order(records.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return records[a].request_id < records[b].request_id;
-  });
+  // Of two deliveries of one request in a batch, the first is the one stored.
   std::vector<size_t> unique;
-  for (size_t i : order)
-    if (unique.empty() || records[unique.back()].request_id != records[i].request_id)
-      unique.push_back(i);
+  {
+    std::set<std::string_view> seen;
+    for (size_t i = 0; i < records.size(); ++i)
+      if (seen.insert(records[i].request_id).second) unique.push_back(i);
+  }
+  // Rows are touched in a fixed order (records by start time then request id, users and
+  // aggregate keys sorted) so concurrent ingesting transactions (other replicas) wait for each
+  // other instead of deadlocking. Start time first: the indexes on it (alone, per user, per key)
+  // then take their entries at their right end, as time goes, not scattered over the last pages.
+  std::sort(unique.begin(), unique.end(), [&](size_t a, size_t b) {
+    return std::tie(records[a].started_at_ms, records[a].request_id) <
+           std::tie(records[b].started_at_ms, records[b].request_id);
+  });
   std::string models, users;  // array literals
   {
     std::set<std::string> model_set;

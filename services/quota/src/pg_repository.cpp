@@ -34,19 +34,17 @@ struct Nullable {
 
 // The settlement statements: fixed text, prepared once per connection (tollgate/pg.h); rows as
 // one array per column.
-const PgStatement kSettle{
-    "quota_settle",
-    "INSERT INTO settled_requests (request_id) SELECT r FROM unnest($1::TEXT[]) AS v (r)"};
-const PgStatement kSettleNew{
-    "quota_settle_new",
-    "INSERT INTO settled_requests (request_id) SELECT r FROM "
-    "unnest($1::TEXT[]) AS v (r) ON CONFLICT DO NOTHING RETURNING request_id"};
+const PgStatement kSettle{"quota_settle",
+                          "INSERT INTO settled_requests (request_id) SELECT unnest($1::TEXT[])"};
+const PgStatement kSettleNew{"quota_settle_new",
+                             "INSERT INTO settled_requests (request_id) SELECT unnest($1::TEXT[]) "
+                             "ON CONFLICT DO NOTHING RETURNING request_id"};
 const PgStatement kAddUsage{
     "quota_add_usage",
     "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
     "SELECT k, s, pk, p, t FROM " +
-        PgUnnest({"TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"}) +
-        " AS v (k, s, pk, p, t) "
+        PgUnnest({"TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"}, {"k", "s", "pk", "p", "t"}) +
+        " "
         "ON CONFLICT (subject_kind, subject, period_kind, period) "
         "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens"};
 
