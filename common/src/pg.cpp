@@ -5,6 +5,7 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 
 #include "tollgate/log.h"
@@ -230,6 +231,48 @@ std::vector<std::string> PgColumnArrays(const std::vector<std::string>& row_majo
   return out;
 }
 
+std::string& PgArrays::Next() {
+  std::string& a = arrays_[column_];
+  if (rows_ > 0) a += ',';
+  if (++column_ == arrays_.size()) {
+    column_ = 0;
+    ++rows_;
+  }
+  return a;
+}
+
+PgArrays& PgArrays::Text(std::string_view value) {
+  std::string& a = Next();
+  a += '"';
+  for (char ch : value) {
+    if (ch == '"' || ch == '\\') a += '\\';
+    a += ch;
+  }
+  a += '"';
+  return *this;
+}
+
+PgArrays& PgArrays::Int(int64_t value) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
+  (void)ec;  // 24 characters hold every int64
+  Next().append(buf, end);
+  return *this;
+}
+
+PgArrays& PgArrays::Bool(bool value) {
+  Next() += value ? 't' : 'f';
+  return *this;
+}
+
+std::vector<std::string> PgArrays::Finish() {
+  for (auto& a : arrays_) a += '}';
+  std::vector<std::string> out = std::move(arrays_);
+  arrays_.assign(out.size(), "{");
+  column_ = rows_ = 0;
+  return out;
+}
+
 std::string PgUnnest(const std::vector<const char*>& types, size_t first) {
   std::string out = "unnest(";
   for (size_t c = 0; c < types.size(); ++c) {
@@ -237,6 +280,16 @@ std::string PgUnnest(const std::vector<const char*>& types, size_t first) {
     out += "$" + std::to_string(first + c) + "::" + types[c] + "[]";
   }
   return out + ")";
+}
+
+std::string PgUnnest(const std::vector<const char*>& types, const std::vector<const char*>& names,
+                     size_t first) {
+  std::string out = "(SELECT ";
+  for (size_t c = 0; c < types.size(); ++c) {
+    if (c) out += ", ";
+    out += "unnest($" + std::to_string(first + c) + "::" + types[c] + "[]) AS " + names.at(c);
+  }
+  return out + ") AS v";
 }
 
 }  // namespace tollgate

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <thread>
+#include <tuple>
 
 #include "test/pg_fixture.h"
 
@@ -47,7 +48,24 @@ TEST(PgColumnArraysTest, RowsComeBackAsSentThroughUnnest) {
     EXPECT_EQ(result[i][1].as<std::string>(), rows[i][1]) << i;
     EXPECT_EQ(result[i][2].as<std::string>(), rows[i][2]) << i;
   }
+  // The same rows built a value at a time.
+  PgArrays built(3);
+  for (const auto& r : rows) built.Text(r[0]).Int(std::stoll(r[1])).Bool(r[2] == "true");
+  EXPECT_EQ(built.rows(), rows.size());
+  auto arrays = built.Finish();
+  // ... and read through the select-list form.
+  auto again = tx.exec_params(
+      "SELECT t, n::TEXT, b::TEXT FROM " + PgUnnest({"TEXT", "BIGINT", "BOOLEAN"}, {"t", "n", "b"}),
+      pqxx::prepare::make_dynamic_params(arrays));
+  ASSERT_EQ(again.size(), rows.size());
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (int c = 0; c < 3; ++c)
+      EXPECT_EQ(again[i][c].as<std::string>(), rows[i][c]) << i << "," << c;
+  EXPECT_EQ(built.rows(), 0u);
+  EXPECT_EQ(built.Int(1).Int(2).Int(3).Finish(), (std::vector<std::string>{"{1}", "{2}", "{3}"}));
   EXPECT_EQ(PgUnnest({"TEXT", "BIGINT"}, 3), "unnest($3::TEXT[], $4::BIGINT[])");
+  EXPECT_EQ(PgUnnest({"TEXT", "BIGINT"}, {"a", "b"}, 2),
+            "(SELECT unnest($2::TEXT[]) AS a, unnest($3::BIGINT[]) AS b) AS v");
   EXPECT_EQ(PgColumnArrays({}, 2), (std::vector<std::string>{"{}", "{}"}));
 }
 
@@ -152,6 +170,48 @@ TEST(PgPoolTest, ReplacesConnectionsKilledByTheServer) {
   }
   EXPECT_LE(pool.open_connections(), 3);
   EXPECT_TRUE(pool.Ping());
+}
+
+TEST(PgPoolTest, APreparedStatementIsPreparedOncePerConnectionAndAgainAfterAReconnect) {
+  TestDatabase db;
+  PgPool pool({db.dsn(), 1, std::chrono::milliseconds(2000), "test"});
+  const PgStatement statement{"test_double",
+                              "SELECT v * 2 FROM unnest($1::BIGINT[]) AS t (v) ORDER BY v"};
+  // Doubles the values and reports the backend and how often it holds the statement.
+  auto run = [&](const std::string& values) {
+    return pool.Run([&](pqxx::connection& c) {
+      pqxx::work tx(c);
+      std::vector<int64_t> doubled;
+      for (const auto& row : PgExecPrepared(tx, statement, values))
+        doubled.push_back(row[0].as<int64_t>());
+      auto state = tx.exec(
+          "SELECT pg_backend_pid(), (SELECT count(*) FROM pg_prepared_statements "
+          "WHERE name = 'test_double')");
+      tx.commit();
+      return std::make_tuple(doubled, state[0][0].as<int>(), state[0][1].as<int64_t>());
+    });
+  };
+  auto [first, pid, prepared] = run("{1,2,3}");
+  EXPECT_EQ(first, (std::vector<int64_t>{2, 4, 6}));
+  EXPECT_EQ(prepared, 1);
+  auto [second, same_pid, still] = run("{5}");
+  EXPECT_EQ(second, (std::vector<int64_t>{10}));
+  EXPECT_EQ(same_pid, pid) << "the pool should have reused its one connection";
+  EXPECT_EQ(still, 1);
+  {
+    pqxx::connection admin(db.dsn());
+    pqxx::nontransaction tx(admin);
+    tx.exec("SELECT pg_terminate_backend(" + std::to_string(pid) + ")");
+  }
+  // The next call finds its connection dead; it must run on a new backend, prepared there again.
+  auto [third, new_pid, again] = run("{7,8}");
+  EXPECT_EQ(third, (std::vector<int64_t>{14, 16}));
+  EXPECT_NE(new_pid, pid);
+  EXPECT_EQ(again, 1);
+  auto [fourth, pid4, once] = run("{0}");
+  EXPECT_EQ(fourth, (std::vector<int64_t>{0}));
+  EXPECT_EQ(pid4, new_pid);
+  EXPECT_EQ(once, 1);
 }
 
 TEST(PgPoolTest, AcquireTimesOutWhenExhausted) {

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tollgate/migration.h"
@@ -136,7 +137,50 @@ int64_t SchemaVersion(pqxx::connection& conn);
 // `row_major` holds `columns` values per row, as text; the result is one array literal per
 // column, every element quoted (so empty strings, commas and quotes are carried as they are).
 std::vector<std::string> PgColumnArrays(const std::vector<std::string>& row_major, size_t columns);
+// The same arrays built a value at a time, row after row, with no row-major copy and numbers
+// written straight into their column: Text(a).Int(b).Bool(c) per row of three columns.
+class PgArrays final {
+ public:
+  explicit PgArrays(size_t columns) : arrays_(columns, "{") {}
+  PgArrays& Text(std::string_view value);
+  PgArrays& Int(int64_t value);
+  PgArrays& Bool(bool value);
+  size_t rows() const { return rows_; }
+  // The array literals, one per column; the builder starts again with no rows.
+  std::vector<std::string> Finish();
+
+ private:
+  std::string& Next();
+  std::vector<std::string> arrays_;
+  size_t column_ = 0;
+  size_t rows_ = 0;
+};
+
 // "unnest($first::T1[], $first+1::T2[], ...)" for columns of the SQL types `types`.
 std::string PgUnnest(const std::vector<const char*>& types, size_t first = 1);
+// The same rows as a subquery, "(SELECT unnest($first::T1[]) AS name1, ...) AS v", for
+// `... FROM <this>`. Cheaper for PostgreSQL at a few hundred rows and more: unnest() in a FROM
+// list is materialised into a tuplestore first, in the select list it streams (about half the
+// per-row cost of getting the rows out of the arrays).
+std::string PgUnnest(const std::vector<const char*>& types, const std::vector<const char*>& names,
+                     size_t first = 1);
+
+// A statement of fixed text that a hot path runs often: prepared once per connection (parsed,
+// analysed and planned by PostgreSQL once, not on every call; sent with its parameters only), as
+// `name`. The pool reuses connections, so the statement is prepared on a connection's first call;
+// a new connection (the pool replaced a broken one, libpqxx reconnected) prepares it again.
+struct PgStatement {
+  std::string name;
+  std::string sql;
+};
+
+// Runs `statement` prepared on the transaction's connection (see PgStatement). Declaring it
+// again with the same text is a lookup in libpqxx's table of the connection's statements.
+template <typename... Args>
+pqxx::result PgExecPrepared(pqxx::transaction_base& tx, const PgStatement& statement,
+                            Args&&... args) {
+  tx.conn().prepare(statement.name, statement.sql);
+  return tx.exec_prepared(statement.name, std::forward<Args>(args)...);
+}
 
 }  // namespace tollgate

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <map>
-#include <numeric>
 #include <set>
+#include <string_view>
 #include <tuple>
 
 #include <nlohmann/json.hpp>
@@ -93,22 +93,6 @@ struct DailySum {
   int64_t cache_write = 0;
 };
 
-// "($1::T1, $2::T2), ($3::T1, $4::T2)": `rows` tuples of the given casts, for
-// VALUES (or, as one tuple, for IN) with dynamic parameters.
-std::string Values(size_t rows, const std::vector<const char*>& casts) {
-  std::string out;
-  size_t n = 1;
-  for (size_t r = 0; r < rows; ++r) {
-    out += r ? ", (" : "(";
-    for (size_t c = 0; c < casts.size(); ++c) {
-      if (c) out += ", ";
-      out += "$" + std::to_string(n++) + "::" + casts[c];
-    }
-    out += ")";
-  }
-  return out;
-}
-
 const char* DimensionColumn(Dimension d) {
   switch (d) {
     case Dimension::kUser:
@@ -122,6 +106,111 @@ const char* DimensionColumn(Dimension d) {
   }
   return "user_id";
 }
+
+// The statements of Ingest: fixed text, prepared once per connection (tollgate/pg.h), so a batch
+// costs PostgreSQL no parsing or planning. Rows travel as one array per column.
+const PgStatement kIngestPrices{
+    "billing_ingest_prices",
+    "SELECT " + kPriceColumns +
+        " FROM prices WHERE model = ANY($1::TEXT[]) ORDER BY effective_from, id"};
+const PgStatement kIngestMultipliers{
+    "billing_ingest_multipliers",
+    "SELECT user_id, multiplier_ppm FROM multipliers WHERE user_id = ANY($1::BIGINT[])"};
+const PgStatement kIngestTiers{"billing_ingest_tiers",
+                               "SELECT tier, multiplier_ppm FROM service_tier_multipliers"};
+
+const std::vector<const char*> kRecordCasts = {
+    "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
+    "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
+    "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT",  "TEXT",
+    "BIGINT",  "BIGINT", "TEXT",    "BIGINT",  "TEXT",   "TEXT",   "BIGINT",  "BIGINT"};
+
+// `skip_delivered`: ON CONFLICT DO NOTHING, returning the request ids stored.
+std::string InsertRecordsSql(bool skip_delivered) {
+  return "INSERT INTO usage_records (request_id, user_id, api_key_id, model, "
+         "upstream_model, upstream_key_id, provider, hold_id, prompt_tokens, "
+         "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
+         "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
+         "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm, "
+         "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
+         "audio_milliseconds, characters) "
+         "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
+         "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
+         "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
+         "latency_ms, client_disconnected, attempts, client_ip, " +
+         Ts("started_ms") + ", " + Ts("finished_ms") +
+         ", service_tier, tier_multiplier_ppm, cache_write_tokens, endpoint_kind, images, "
+         "image_size, image_quality, audio_milliseconds, characters FROM " +
+         PgUnnest(kRecordCasts, {"request_id",
+                                 "user_id",
+                                 "api_key_id",
+                                 "model",
+                                 "upstream_model",
+                                 "upstream_key_id",
+                                 "provider",
+                                 "hold_id",
+                                 "prompt_tokens",
+                                 "completion_tokens",
+                                 "cached_tokens",
+                                 "cost_micros",
+                                 "price_id",
+                                 "multiplier_ppm",
+                                 "usage_estimated",
+                                 "streamed",
+                                 "status",
+                                 "latency_ms",
+                                 "client_disconnected",
+                                 "attempts",
+                                 "client_ip",
+                                 "started_ms",
+                                 "finished_ms",
+                                 "service_tier",
+                                 "tier_multiplier_ppm",
+                                 "cache_write_tokens",
+                                 "endpoint_kind",
+                                 "images",
+                                 "image_size",
+                                 "image_quality",
+                                 "audio_milliseconds",
+                                 "characters"}) +
+         (skip_delivered ? " ON CONFLICT (request_id) DO NOTHING RETURNING request_id" : "");
+}
+const PgStatement kInsertRecords{"billing_insert_records", InsertRecordsSql(false)};
+const PgStatement kInsertNewRecords{"billing_insert_new_records", InsertRecordsSql(true)};
+
+const PgStatement kChargeAccounts{
+    "billing_charge_accounts",
+    "INSERT INTO accounts (user_id, balance_micros, version) SELECT u, b, 1 FROM " +
+        PgUnnest({"BIGINT", "BIGINT"}, {"u", "b"}) +
+        " ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
+        "accounts.balance_micros + EXCLUDED.balance_micros, version = accounts.version + 1 "
+        "RETURNING user_id, version"};
+
+const PgStatement kInsertBodies{
+    "billing_insert_bodies",
+    "INSERT INTO usage_bodies (request_id, request_body, response_body, bodies_truncated) "
+    "SELECT r, q, a, t FROM " +
+        PgUnnest({"TEXT", "TEXT", "TEXT", "BOOLEAN"}, {"r", "q", "a", "t"}) +
+        " ON CONFLICT (request_id) DO NOTHING"};
+
+const PgStatement kAddDaily{
+    "billing_add_daily",
+    "INSERT INTO usage_daily (day, user_id, api_key_id, model, requests, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
+    "SELECT DATE '1970-01-01' + day, user_id, api_key_id, model, requests, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_micros, cache_write_tokens FROM " +
+        PgUnnest({"INTEGER", "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+                  "BIGINT", "BIGINT"},
+                 {"day", "user_id", "api_key_id", "model", "requests", "prompt_tokens",
+                  "completion_tokens", "cached_tokens", "cost_micros", "cache_write_tokens"}) +
+        " "
+        "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
+        "requests = usage_daily.requests + EXCLUDED.requests, "
+        "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
+        "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
+        "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
+        "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros, "
+        "cache_write_tokens = usage_daily.cache_write_tokens + EXCLUDED.cache_write_tokens"};
 
 }  // namespace
 
@@ -336,67 +425,65 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
                                               int64_t now_ms, std::vector<int64_t>* costs_out,
                                               std::map<int64_t, int64_t>* versions_out) {
   if (records.empty()) return {};
-  // Rows are touched in a fixed order (request ids, then users and aggregate
-  // keys sorted) so concurrent ingesting transactions (other replicas) wait for
-  // each other instead of deadlocking. Stable: of two deliveries of one request
-  // in a batch, the first is the one stored.
-  std::vector<size_t> order(records.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return records[a].request_id < records[b].request_id;
-  });
+  (void)now_ms;
+  // Of two deliveries of one request in a batch, the first is the one stored.
   std::vector<size_t> unique;
-  for (size_t i : order)
-    if (unique.empty() || records[unique.back()].request_id != records[i].request_id)
-      unique.push_back(i);
-  std::set<std::string> models;
-  std::set<int64_t> users;
-  for (size_t i : unique) {
-    models.insert(records[i].model);
-    users.insert(records[i].user_id);
+  {
+    std::set<std::string_view> seen;
+    for (size_t i = 0; i < records.size(); ++i)
+      if (seen.insert(records[i].request_id).second) unique.push_back(i);
   }
-  return pool_.Run([&](pqxx::connection& conn) {
+  // Rows are touched in a fixed order (records by start time then request id, users and
+  // aggregate keys sorted) so concurrent ingesting transactions (other replicas) wait for each
+  // other instead of deadlocking. Start time first: the indexes on it (alone, per user, per key)
+  // then take their entries at their right end, as time goes, not scattered over the last pages.
+  std::sort(unique.begin(), unique.end(), [&](size_t a, size_t b) {
+    return std::tie(records[a].started_at_ms, records[a].request_id) <
+           std::tie(records[b].started_at_ms, records[b].request_id);
+  });
+  std::string models, users;  // array literals
+  {
+    std::set<std::string> model_set;
+    std::set<int64_t> user_set;
+    for (size_t i : unique) {
+      model_set.insert(records[i].model);
+      user_set.insert(records[i].user_id);
+    }
+    PgArrays m(1), u(1);
+    for (const auto& model : model_set) m.Text(model);
+    for (int64_t user : user_set) u.Int(user);
+    models = std::move(m.Finish()[0]);
+    users = std::move(u.Finish()[0]);
+  }
+  std::vector<int64_t> costs(records.size(), 0);
+  std::map<int64_t, int64_t> versions;
+  // One transaction. `skip_delivered` false: the records go in with a plain INSERT, which a
+  // record stored before (a redelivery after a lost acknowledgement, the only way one arrives
+  // twice) fails with a unique violation, rolling everything back; true: ON CONFLICT DO NOTHING
+  // skips them, at the price of a pre-check of the unique index per row (a tenth of the
+  // backend's CPU when every batch paid it).
+  auto write = [&](pqxx::connection& conn, bool skip_delivered) {
     std::vector<bool> stored(records.size(), false);
     pqxx::work tx(conn);
     // Prices and multipliers as of this transaction: a cost is never computed from a cache.
     std::map<std::string, std::vector<PriceRecord>> prices;
-    {
-      std::vector<std::string> params(models.begin(), models.end());
-      for (const auto& row :
-           tx.exec_params("SELECT " + kPriceColumns + " FROM prices WHERE model IN " +
-                              Values(1, std::vector<const char*>(params.size(), "TEXT")) +
-                              " ORDER BY effective_from, id",
-                          pqxx::prepare::make_dynamic_params(params))) {
-        PriceRecord p = PriceFrom(row);
-        prices[p.model].push_back(std::move(p));
-      }
+    for (const auto& row : PgExecPrepared(tx, kIngestPrices, models)) {
+      PriceRecord p = PriceFrom(row);
+      prices[p.model].push_back(std::move(p));
     }
     std::map<int64_t, int64_t> multipliers;
-    {
-      std::vector<std::string> params;
-      for (int64_t u : users) params.push_back(std::to_string(u));
-      for (const auto& row :
-           tx.exec_params("SELECT user_id, multiplier_ppm FROM multipliers WHERE user_id IN " +
-                              Values(1, std::vector<const char*>(params.size(), "BIGINT")),
-                          pqxx::prepare::make_dynamic_params(params)))
-        multipliers[row[0].as<int64_t>()] = row[1].as<int64_t>();
-    }
-    const std::map<std::string, int64_t> tiers = LoadTierMultipliers(tx);
-    std::vector<int64_t> costs(records.size(), 0);
+    for (const auto& row : PgExecPrepared(tx, kIngestMultipliers, users))
+      multipliers[row[0].as<int64_t>()] = row[1].as<int64_t>();
+    std::map<std::string, int64_t> tiers;
+    for (const auto& row : PgExecPrepared(tx, kIngestTiers))
+      tiers[row[0].as<std::string>()] = row[1].as<int64_t>();
     std::map<int64_t, int64_t> charges;  // user -> cost
     std::vector<size_t> with_bodies;     // stored records whose key keeps bodies
     std::map<DailyKey, DailySum> daily;
-    static const std::vector<const char*> kCasts = {
-        "TEXT",    "BIGINT", "BIGINT",  "TEXT",    "TEXT",   "BIGINT", "TEXT",    "BIGINT",
-        "BIGINT",  "BIGINT", "BIGINT",  "BIGINT",  "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN",
-        "INTEGER", "BIGINT", "BOOLEAN", "INTEGER", "TEXT",   "BIGINT", "BIGINT",  "TEXT",
-        "BIGINT",  "BIGINT", "TEXT",    "BIGINT",  "TEXT",   "TEXT",   "BIGINT",  "BIGINT"};
     constexpr size_t kChunk = 1000;  // rows per statement (one array parameter per column)
     for (size_t from = 0; from < unique.size(); from += kChunk) {
       const size_t to = std::min(unique.size(), from + kChunk);
-      std::vector<std::string> params;
-      params.reserve((to - from) * kCasts.size());
-      auto b = [](bool v) { return std::string(v ? "true" : "false"); };
+      PgArrays rows(kRecordCasts.size());
       for (size_t k = from; k < to; ++k) {
         const size_t i = unique[k];
         const UsageInput& r = records[i];
@@ -409,74 +496,52 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
         costs[i] = price ? RecordCostMicros(price->rates, r.tokens, r.usage_estimated, r.units,
                                             multiplier, tier_multiplier)
                          : 0;
-        for (std::string v : {r.request_id,
-                              std::to_string(r.user_id),
-                              std::to_string(r.api_key_id),
-                              r.model,
-                              r.upstream_model,
-                              std::to_string(r.upstream_key_id),
-                              r.provider,
-                              std::to_string(r.hold_id),
-                              std::to_string(r.tokens.prompt),
-                              std::to_string(r.tokens.completion),
-                              std::to_string(r.tokens.cached),
-                              std::to_string(costs[i]),
-                              std::to_string(price ? price->id : 0),
-                              std::to_string(multiplier),
-                              b(r.usage_estimated),
-                              b(r.streamed),
-                              std::to_string(r.status),
-                              std::to_string(r.latency_ms),
-                              b(r.client_disconnected),
-                              std::to_string(r.attempts),
-                              r.client_ip,
-                              std::to_string(r.started_at_ms),
-                              std::to_string(r.finished_at_ms),
-                              r.service_tier,
-                              std::to_string(tier_multiplier),
-                              std::to_string(r.tokens.cache_write),
-
-                              r.endpoint_kind,
-                              std::to_string(r.units.images),
-                              r.units.image_size,
-                              r.units.image_quality,
-                              std::to_string(r.units.audio_ms),
-                              std::to_string(r.units.characters)})
-          params.push_back(std::move(v));
+        rows.Text(r.request_id)
+            .Int(r.user_id)
+            .Int(r.api_key_id)
+            .Text(r.model)
+            .Text(r.upstream_model)
+            .Int(r.upstream_key_id)
+            .Text(r.provider)
+            .Int(r.hold_id)
+            .Int(r.tokens.prompt)
+            .Int(r.tokens.completion)
+            .Int(r.tokens.cached)
+            .Int(costs[i])
+            .Int(price ? price->id : 0)
+            .Int(multiplier)
+            .Bool(r.usage_estimated)
+            .Bool(r.streamed)
+            .Int(r.status)
+            .Int(r.latency_ms)
+            .Bool(r.client_disconnected)
+            .Int(r.attempts)
+            .Text(r.client_ip)
+            .Int(r.started_at_ms)
+            .Int(r.finished_at_ms)
+            .Text(r.service_tier)
+            .Int(tier_multiplier)
+            .Int(r.tokens.cache_write)
+            .Text(r.endpoint_kind)
+            .Int(r.units.images)
+            .Text(r.units.image_size)
+            .Text(r.units.image_quality)
+            .Int(r.units.audio_ms)
+            .Int(r.units.characters);
       }
-      // One statement per chunk; a request delivered before conflicts and is skipped.
+      const std::vector<std::string> arrays = rows.Finish();
+      auto params = pqxx::prepare::make_dynamic_params(arrays);
+      // The first delivery of a request is the only one stored and charged.
       std::set<std::string> inserted;
-      for (const auto& row : tx.exec_params(
-               "INSERT INTO usage_records (request_id, user_id, api_key_id, model, "
-               "upstream_model, upstream_key_id, provider, hold_id, prompt_tokens, "
-               "completion_tokens, cached_tokens, cost_micros, price_id, multiplier_ppm, "
-               "usage_estimated, streamed, status, latency_ms, client_disconnected, attempts, "
-               "client_ip, started_at, finished_at, service_tier, service_tier_multiplier_ppm, "
-               "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
-               "audio_milliseconds, characters) "
-               "SELECT request_id, user_id, api_key_id, model, upstream_model, upstream_key_id, "
-               "provider, hold_id, prompt_tokens, completion_tokens, cached_tokens, cost_micros, "
-               "NULLIF(price_id, 0), multiplier_ppm, usage_estimated, streamed, status, "
-               "latency_ms, client_disconnected, attempts, client_ip, " +
-                   Ts("started_ms") + ", " + Ts("finished_ms") +
-                   ", service_tier, tier_multiplier_ppm, cache_write_tokens, endpoint_kind, "
-                   "images, "
-                   "image_size, image_quality, audio_milliseconds, characters FROM " +
-                   PgUnnest(kCasts) +
-                   " AS v (request_id, user_id, api_key_id, model, upstream_model, "
-                   "upstream_key_id, provider, hold_id, prompt_tokens, completion_tokens, "
-                   "cached_tokens, cost_micros, price_id, multiplier_ppm, usage_estimated, "
-                   "streamed, status, latency_ms, client_disconnected, attempts, client_ip, "
-                   "started_ms, finished_ms, service_tier, tier_multiplier_ppm, "
-                   "cache_write_tokens, endpoint_kind, images, image_size, image_quality, "
-                   "audio_milliseconds, characters) "
-                   "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-               pqxx::prepare::make_dynamic_params(PgColumnArrays(params, kCasts.size()))))
-        inserted.insert(row[0].as<std::string>());
+      if (skip_delivered)
+        for (const auto& row : PgExecPrepared(tx, kInsertNewRecords, params))
+          inserted.insert(row[0].as<std::string>());
+      else
+        PgExecPrepared(tx, kInsertRecords, params);
       for (size_t k = from; k < to; ++k) {
         const size_t i = unique[k];
         const UsageInput& r = records[i];
-        if (!inserted.count(r.request_id)) continue;  // delivered before: nothing changes
+        if (skip_delivered && !inserted.count(r.request_id)) continue;  // delivered before
         stored[i] = true;
         if (!r.request_body.empty() || !r.response_body.empty()) with_bodies.push_back(i);
         charges[r.user_id] += costs[i];
@@ -493,80 +558,63 @@ std::vector<bool> PgBillingRepository::Ingest(const std::vector<UsageInput>& rec
     // A record is charged even without an account (or after its hold expired):
     // the balance goes negative and the next hold is refused. One statement adds
     // to whatever each balance is at that moment (never read-modify-write).
-    std::vector<std::string> account_params;
-    for (const auto& [user_id, cost] : charges) {
-      if (cost == 0) continue;
-      account_params.push_back(std::to_string(user_id));
-      account_params.push_back(std::to_string(-cost));
-    }
+    PgArrays accounts(2);
+    for (const auto& [user_id, cost] : charges)
+      if (cost != 0) accounts.Int(user_id).Int(-cost);
     // Each charged account's new version tells the hold books which charges a balance includes.
-    std::map<int64_t, int64_t> versions;
-    if (!account_params.empty())
-      for (const auto& row :
-           tx.exec_params("INSERT INTO accounts (user_id, balance_micros, version) SELECT u, b, 1 "
-                          "FROM (VALUES " +
-                              Values(account_params.size() / 2, {"BIGINT", "BIGINT"}) +
-                              ") AS v (u, b) ON CONFLICT (user_id) DO UPDATE SET balance_micros = "
-                              "accounts.balance_micros + EXCLUDED.balance_micros, version = "
-                              "accounts.version + 1 "
-                              "RETURNING user_id, version",
-                          pqxx::prepare::make_dynamic_params(account_params)))
+    versions.clear();
+    if (accounts.rows() > 0)
+      for (const auto& row : PgExecPrepared(tx, kChargeAccounts,
+                                            pqxx::prepare::make_dynamic_params(accounts.Finish())))
         versions[row[0].as<int64_t>()] = row[1].as<int64_t>();
     // Bodies can be large: a few rows per statement.
     constexpr size_t kBodyChunk = 16;
     for (size_t from = 0; from < with_bodies.size(); from += kBodyChunk) {
       const size_t to = std::min(with_bodies.size(), from + kBodyChunk);
-      std::vector<std::string> params;
+      PgArrays bodies(4);
       for (size_t k = from; k < to; ++k) {
         const UsageInput& r = records[with_bodies[k]];
-        for (std::string v : {r.request_id, r.request_body, r.response_body,
-                              std::string(r.bodies_truncated ? "true" : "false")})
-          params.push_back(std::move(v));
+        bodies.Text(r.request_id)
+            .Text(r.request_body)
+            .Text(r.response_body)
+            .Bool(r.bodies_truncated);
       }
-      tx.exec_params(
-          "INSERT INTO usage_bodies (request_id, request_body, response_body, "
-          "bodies_truncated) VALUES " +
-              Values(to - from, {"TEXT", "TEXT", "TEXT", "BOOLEAN"}) +
-              " ON CONFLICT (request_id) DO NOTHING",
-          pqxx::prepare::make_dynamic_params(params));
+      PgExecPrepared(tx, kInsertBodies, pqxx::prepare::make_dynamic_params(bodies.Finish()));
     }
     if (!daily.empty()) {
-      std::vector<std::string> params;
+      PgArrays sums(10);
       for (const auto& [k, d] : daily)
-        for (std::string v :
-             {std::to_string(k.day), std::to_string(k.user_id), std::to_string(k.api_key_id),
-              k.model, std::to_string(d.requests), std::to_string(d.prompt),
-              std::to_string(d.completion), std::to_string(d.cached), std::to_string(d.cost),
-              std::to_string(d.cache_write)})
-          params.push_back(std::move(v));
-      tx.exec_params(
-          "INSERT INTO usage_daily (day, user_id, api_key_id, model, requests, prompt_tokens, "
-          "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
-          "SELECT DATE '1970-01-01' + day, user_id, api_key_id, model, requests, prompt_tokens, "
-          "completion_tokens, cached_tokens, cost_micros, cache_write_tokens FROM (VALUES " +
-              Values(daily.size(), {"INTEGER", "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT",
-                                    "BIGINT", "BIGINT", "BIGINT", "BIGINT"}) +
-              ") AS v (day, user_id, api_key_id, model, requests, prompt_tokens, "
-              "completion_tokens, cached_tokens, cost_micros, cache_write_tokens) "
-              "ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET "
-              "requests = usage_daily.requests + EXCLUDED.requests, "
-              "prompt_tokens = usage_daily.prompt_tokens + EXCLUDED.prompt_tokens, "
-              "completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens, "
-              "cached_tokens = usage_daily.cached_tokens + EXCLUDED.cached_tokens, "
-              "cost_micros = usage_daily.cost_micros + EXCLUDED.cost_micros, "
-              "cache_write_tokens = usage_daily.cache_write_tokens + EXCLUDED.cache_write_tokens",
-          pqxx::prepare::make_dynamic_params(params));
+        sums.Int(k.day)
+            .Int(k.user_id)
+            .Int(k.api_key_id)
+            .Text(k.model)
+            .Int(d.requests)
+            .Int(d.prompt)
+            .Int(d.completion)
+            .Int(d.cached)
+            .Int(d.cost)
+            .Int(d.cache_write);
+      PgExecPrepared(tx, kAddDaily, pqxx::prepare::make_dynamic_params(sums.Finish()));
     }
-    (void)now_ms;
     tx.commit();
-    if (costs_out) {
-      costs_out->assign(records.size(), 0);
-      for (size_t i = 0; i < records.size(); ++i)
-        if (stored[i]) (*costs_out)[i] = costs[i];
-    }
-    if (versions_out) *versions_out = versions;
     return stored;
+  };
+  std::vector<bool> stored = pool_.Run([&](pqxx::connection& conn) {
+    try {
+      return write(conn, false);
+    } catch (const pqxx::unique_violation&) {
+      // A record of the batch was stored before; nothing of this attempt was. Again in a new
+      // transaction, skipping what is stored.
+    }
+    return write(conn, true);
   });
+  if (costs_out) {
+    costs_out->assign(records.size(), 0);
+    for (size_t i = 0; i < records.size(); ++i)
+      if (stored[i]) (*costs_out)[i] = costs[i];
+  }
+  if (versions_out) *versions_out = versions;
+  return stored;
 }
 
 std::vector<ReportRow> PgBillingRepository::Report(const ReportQuery& q) {

@@ -341,6 +341,67 @@ TEST_F(LedgerTest, ManyParallelSettlesForOneUserKeepTheBalanceExact) {
   EXPECT_EQ(a.balance_micros, a.total_top_ups_micros - a.total_cost_micros);
 }
 
+// A batch goes in with a plain INSERT; one holding a record stored before fails and is written
+// again in a new transaction, skipping it. Redeliveries mixed with new records, from several
+// writers at once (replicas, retried calls): every request stored, counted and charged once.
+TEST_F(LedgerTest, RedeliveriesMixedWithNewRecordsFromConcurrentWritersAreChargedOnce) {
+  for (int64_t user : {21, 22}) {
+    billing_->CreateAccount("ops", user, 0);
+    billing_->TopUp("ops", user, 1'000'000, "");
+  }
+  auto record = [&](int n) {
+    UsageInput u = Usage("mix-" + std::to_string(n), 21 + n % 2);
+    if (n % 5 == 0) {
+      u.request_body = "request " + std::to_string(n);
+      u.response_body = "response " + std::to_string(n);
+    }
+    return u;
+  };
+  // Requests 0..39 stored first; each writer then delivers 20..99 (20..39 again) in its own
+  // order of batches, so the writers' plain INSERTs collide with each other too.
+  std::vector<UsageInput> first;
+  for (int n = 0; n < 40; ++n) first.push_back(record(n));
+  EXPECT_EQ(billing_->Record(first), std::vector<bool>(40, true));
+  constexpr int kWriters = 4;
+  std::vector<std::map<std::string, int>> stored_by(kWriters);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w)
+    writers.emplace_back([&, w] {
+      for (int b = 0; b < 4; ++b) {
+        const int from = 20 + ((b + w) % 4) * 20;
+        std::vector<UsageInput> batch;
+        for (int n = from; n < from + 20; ++n) batch.push_back(record(n));
+        try {
+          auto stored = billing_->Record(batch);
+          for (size_t i = 0; i < batch.size(); ++i)
+            if (stored[i]) ++stored_by[w][batch[i].request_id];
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  for (auto& t : writers) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  // Each request the writers brought for the first time (40..99) was stored by exactly one.
+  std::map<std::string, int> stored;
+  for (const auto& m : stored_by)
+    for (const auto& [id, times] : m) stored[id] += times;
+  EXPECT_EQ(stored.size(), 60u);
+  for (const auto& [id, times] : stored) {
+    EXPECT_EQ(times, 1) << id;
+    EXPECT_GE(std::stoi(id.substr(4)), 40) << id << " was stored before";
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_records WHERE request_id LIKE 'mix-%'"), 100);
+  EXPECT_EQ(Count("SELECT count(*) FROM usage_bodies WHERE request_id LIKE 'mix-%'"), 20);
+  EXPECT_EQ(Count("SELECT sum(requests) FROM usage_daily WHERE user_id IN (21, 22)"), 100);
+  for (int64_t user : {21, 22}) {
+    Account a = billing_->GetBalance(user);
+    EXPECT_EQ(a.total_cost_micros, 50 * 450) << user;
+    EXPECT_EQ(a.balance_micros, 1'000'000 - 50 * 450) << user;
+  }
+}
+
 TEST_F(LedgerTest, UnitPricesAreStoredListedAndChargedWithTheirUnits) {
   billing_->CreateAccount("ops", 4, 0);
   billing_->TopUp("ops", 4, 300'000, "");

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <set>
+#include <string_view>
 
 #include "tollgate/audit_pg.h"
 #include "tollgate/pg.h"
@@ -30,6 +31,22 @@ struct Nullable {
   bool null;
   std::string text;
 };
+
+// The settlement statements: fixed text, prepared once per connection (tollgate/pg.h); rows as
+// one array per column.
+const PgStatement kSettle{"quota_settle",
+                          "INSERT INTO settled_requests (request_id) SELECT unnest($1::TEXT[])"};
+const PgStatement kSettleNew{"quota_settle_new",
+                             "INSERT INTO settled_requests (request_id) SELECT unnest($1::TEXT[]) "
+                             "ON CONFLICT DO NOTHING RETURNING request_id"};
+const PgStatement kAddUsage{
+    "quota_add_usage",
+    "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
+    "SELECT k, s, pk, p, t FROM " +
+        PgUnnest({"TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"}, {"k", "s", "pk", "p", "t"}) +
+        " "
+        "ON CONFLICT (subject_kind, subject, period_kind, period) "
+        "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens"};
 
 }  // namespace
 
@@ -96,56 +113,66 @@ int64_t PgQuotaRepository::LoadUsage(const UsageKey& key) {
 
 std::vector<size_t> PgQuotaRepository::CommitSettlements(const std::vector<SettledRequest>& batch) {
   if (batch.empty()) return {};
-  return pool_.Run([&](pqxx::connection& conn) {
-    // One transaction and two statements for the whole batch (the group commit): the requests
-    // not settled before, then every total they add to, summed per row and in key order, so
-    // concurrent replicas wait for each other instead of deadlocking.
+  // A request id twice in one batch: the first delivery counts.
+  std::vector<size_t> first;
+  {
+    std::set<std::string_view> seen;
+    for (size_t i = 0; i < batch.size(); ++i)
+      if (seen.insert(batch[i].request_id).second) first.push_back(i);
+  }
+  // One transaction and two statements for the whole batch (the group commit): the requests
+  // not settled before, then every total they add to, summed per row and in key order, so
+  // concurrent replicas wait for each other instead of deadlocking. `skip_settled` false: a
+  // plain INSERT of the request ids, which one settled before (a redelivery after a lost
+  // acknowledgement) fails with a unique violation, rolling everything back; true: ON CONFLICT
+  // DO NOTHING skips them, paying a pre-check of the index per row.
+  auto write = [&](pqxx::connection& conn, bool skip_settled) {
     pqxx::work tx(conn);
-    std::vector<std::string> ids;
-    ids.reserve(batch.size());
-    for (const auto& r : batch) ids.push_back(r.request_id);
     std::set<std::string> inserted;
     constexpr size_t kChunk = 5000;
-    for (size_t from = 0; from < ids.size(); from += kChunk) {
-      const size_t to = std::min(ids.size(), from + kChunk);
-      std::vector<std::string> chunk(ids.begin() + from, ids.begin() + to);
-      // Rows travel as one array per column (tollgate/pg.h, PgColumnArrays): a statement of
-      // fixed text, cheap for PostgreSQL to parse at any batch size.
-      for (const auto& row : tx.exec_params(
-               "INSERT INTO settled_requests (request_id) SELECT r FROM " + PgUnnest({"TEXT"}) +
-                   " AS v (r) ON CONFLICT DO NOTHING RETURNING request_id",
-               pqxx::prepare::make_dynamic_params(PgColumnArrays(chunk, 1))))
+    for (size_t from = 0; from < first.size(); from += kChunk) {
+      const size_t to = std::min(first.size(), from + kChunk);
+      PgArrays ids(1);
+      for (size_t k = from; k < to; ++k) ids.Text(batch[first[k]].request_id);
+      const std::vector<std::string> arrays = ids.Finish();
+      if (!skip_settled) {
+        PgExecPrepared(tx, kSettle, pqxx::prepare::make_dynamic_params(arrays));
+        continue;
+      }
+      for (const auto& row :
+           PgExecPrepared(tx, kSettleNew, pqxx::prepare::make_dynamic_params(arrays)))
         inserted.insert(row[0].as<std::string>());
     }
     std::vector<size_t> fresh;
     std::map<UsageKey, int64_t> totals;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      // A request id twice in one batch: the first delivery counts.
-      if (inserted.erase(batch[i].request_id) == 0) continue;
+    for (size_t i : first) {
+      if (skip_settled && !inserted.count(batch[i].request_id)) continue;
       fresh.push_back(i);
       for (const auto& d : batch[i].deltas) totals[d.key] += d.tokens;
     }
-    std::vector<std::string> params;
-    for (const auto& [key, tokens] : totals)
-      for (std::string v :
-           {std::string(SubjectName(key.kind)), key.subject,
-            std::string(PeriodName(key.period_kind)), key.period, std::to_string(tokens)})
-        params.push_back(std::move(v));
     constexpr size_t kRows = 2000;  // rows per statement
-    for (size_t from = 0; from < totals.size(); from += kRows) {
-      const size_t rows = std::min(totals.size() - from, kRows);
-      std::vector<std::string> chunk(params.begin() + from * 5, params.begin() + (from + rows) * 5);
-      tx.exec_params(
-          "INSERT INTO usage (subject_kind, subject, period_kind, period, tokens) "
-          "SELECT k, s, pk, p, t FROM " +
-              PgUnnest({"TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"}) +
-              " AS v (k, s, pk, p, t) "
-              "ON CONFLICT (subject_kind, subject, period_kind, period) "
-              "DO UPDATE SET tokens = usage.tokens + EXCLUDED.tokens",
-          pqxx::prepare::make_dynamic_params(PgColumnArrays(chunk, 5)));
+    auto it = totals.begin();
+    while (it != totals.end()) {
+      PgArrays rows(5);
+      for (; it != totals.end() && rows.rows() < kRows; ++it)
+        rows.Text(SubjectName(it->first.kind))
+            .Text(it->first.subject)
+            .Text(PeriodName(it->first.period_kind))
+            .Text(it->first.period)
+            .Int(it->second);
+      PgExecPrepared(tx, kAddUsage, pqxx::prepare::make_dynamic_params(rows.Finish()));
     }
     tx.commit();
     return fresh;
+  };
+  return pool_.Run([&](pqxx::connection& conn) {
+    try {
+      return write(conn, false);
+    } catch (const pqxx::unique_violation&) {
+      // A request of the batch was settled before; nothing of this attempt was. Again in a new
+      // transaction, skipping what is settled.
+    }
+    return write(conn, true);
   });
 }
 
