@@ -184,6 +184,7 @@ start_edge() {
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'; }
 wrk_run() {
   local name=$1 url=$2; shift 2
+  quiesce
   wrk -t1 -c4 -d1s -s "$ROOT/bench/chat.lua" "$@" "$url/v1/chat/completions" >/dev/null  # warm-up
   local out rps p50 p90 p99 errors
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/chat.lua" "$@" "$url/v1/chat/completions")
@@ -208,8 +209,23 @@ url_of() {
     split|all) echo "http://$TG_EDGE_LISTEN" ;;
   esac
 }
+# Waits (at most 15 s) until the machine's CPUs are mostly idle, so one contender's backlog (an
+# overloaded Portkey still working off its queue, a suite's last batches) does not load the next
+# contender's run.
+quiesce() {
+  local _i a b
+  for _i in $(seq 1 30); do
+    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    sleep 0.5
+    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+      exit !((y[2] - x[2]) > 0 && (y[1] - x[1]) * 100 < 25 * (y[2] - x[2])) }' && return 0
+  done
+  return 0
+}
 load() {  # load SCENARIO CONTENDER [tollgate-bench-load args]: one open-loop run, recorded
   local scenario=$1 name=$2 hdrs=(); shift 2
+  quiesce
   [ "$name" = portkey ] && hdrs=("${PORTKEY_HEADERS[@]/#/--header=}")
   local json
   json=$("$LOAD" --url="$(url_of "$name")/v1/chat/completions" --label="$name" \
