@@ -430,24 +430,46 @@ function makeSuite(stateDir, ports, env, split = false) {
     }
   }
 
-  /** Starts (or restarts: stops it first, as run.sh restart) an extra edge; resolves with its pid once /readyz answers. */
+  /**
+   * Starts (or restarts: stops it first, as run.sh restart) an extra edge; resolves with its pid
+   * once /readyz answers. Its ports were free when picked, but a restart finds them free only
+   * once the killed process's sockets are gone and if nothing took them meanwhile (tests run two
+   * at a time): an edge that cannot bind tries its ports once more, then new ones (e.baseURL,
+   * e.edgeURL and e.metricsURL change), four starts at most.
+   */
   async function startEdgeProcess(e) {
     const pidFile = path.join(stateDir, `${e.name}.pid`);
     await stopEdgeProcess(e.name);
     const logFile = path.join(stateDir, `logs/${e.name}.log`);
-    const fd = fs.openSync(logFile, 'a');
-    const child = spawn(path.join(buildDir, 'cmd/tollgate/tollgate'),
-      ['serve', `--config=${path.join(stateDir, 'tollgate.yaml')}`, '--target=edge'],
-      { env: { ...env, ...e.env }, cwd: repoRoot, stdio: ['ignore', fd, fd], detached: true });
-    fs.closeSync(fd);
-    child.on('error', () => {});
-    child.unref();
-    fs.writeFileSync(pidFile, String(child.pid));
-    await waitFor(async () => {
-      if (!pidAlive(child.pid)) throw new Error(`${e.name} exited during start-up\n${suite.logTail()}`);
-      try { return (await fetch(`${e.edgeURL}/readyz`, { signal: AbortSignal.timeout(2000) })).ok; } catch { return false; }
-    }, { timeoutMs: 60_000, intervalMs: 100, what: `${e.name} /readyz` });
-    return child.pid;
+    for (let attempt = 1; ; attempt++) {
+      const logStart = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
+      const fd = fs.openSync(logFile, 'a');
+      const child = spawn(path.join(buildDir, 'cmd/tollgate/tollgate'),
+        ['serve', `--config=${path.join(stateDir, 'tollgate.yaml')}`, '--target=edge'],
+        { env: { ...env, ...e.env }, cwd: repoRoot, stdio: ['ignore', fd, fd], detached: true });
+      fs.closeSync(fd);
+      child.on('error', () => {});
+      child.unref();
+      fs.writeFileSync(pidFile, String(child.pid));
+      let exited = false;
+      await waitFor(async () => {
+        if (!pidAlive(child.pid)) { exited = true; return true; }
+        try { return (await fetch(`${e.edgeURL}/readyz`, { signal: AbortSignal.timeout(2000) })).ok; } catch { return false; }
+      }, { timeoutMs: 60_000, intervalMs: 100, what: `${e.name} /readyz` });
+      if (!exited) return child.pid;
+      const startLog = fs.readFileSync(logFile, 'utf8').slice(logStart);
+      const portTaken = /binding to port|[Aa]ddress already in use/.test(startLog);
+      if (!portTaken || attempt >= 4) throw new Error(`${e.name} exited during start-up\n${suite.logTail()}`);
+      await sleep(300);
+      if (attempt === 1) continue;  // the killed process's own sockets may take a moment to go
+      const port = await freePort();
+      const metricsPort = await freePort();
+      Object.assign(e, {
+        baseURL: `http://127.0.0.1:${port}/v1`, edgeURL: `http://127.0.0.1:${port}`,
+        metricsURL: `http://127.0.0.1:${metricsPort}/metrics`,
+      });
+      Object.assign(e.env, { TOLLGATE_EDGE__LISTEN: `127.0.0.1:${port}`, TOLLGATE_METRICS__LISTEN: `127.0.0.1:${metricsPort}` });
+    }
   }
 
   return suite;
