@@ -212,23 +212,11 @@ MigrationResult Migrate(pqxx::connection& conn, const std::string& service,
 }
 
 std::vector<std::string> PgColumnArrays(const std::vector<std::string>& row_major, size_t columns) {
-  std::vector<std::string> out(columns, "{");
-  if (columns == 0) return out;
-  const size_t rows = row_major.size() / columns;
-  for (size_t c = 0; c < columns; ++c) {
-    std::string& a = out[c];
-    for (size_t r = 0; r < rows; ++r) {
-      const std::string& v = row_major[r * columns + c];
-      a += r ? ",\"" : "\"";
-      for (char ch : v) {
-        if (ch == '"' || ch == '\\') a += '\\';
-        a += ch;
-      }
-      a += '"';
-    }
-    a += '}';
-  }
-  return out;
+  PgArrays arrays(columns);
+  if (columns == 0) return arrays.Finish();
+  const size_t values = row_major.size() / columns * columns;  // whole rows only
+  for (size_t i = 0; i < values; ++i) arrays.Text(row_major[i]);
+  return arrays.Finish();
 }
 
 std::string& PgArrays::Next() {

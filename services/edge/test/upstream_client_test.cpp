@@ -32,7 +32,8 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using ::tollgate::testing::ChildProcess;
 
-int FreePort() {
+// A TCP socket bound to a free loopback port; `port` is set to it.
+int BindLoopback(int& port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -40,8 +41,14 @@ int FreePort() {
   bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   socklen_t len = sizeof addr;
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  port = ntohs(addr.sin_port);
+  return fd;
+}
+
+int FreePort() {
+  int port = 0;
+  close(BindLoopback(port));
+  return port;
 }
 
 bool CanConnect(int port) {
@@ -147,14 +154,7 @@ TEST(UpstreamTls, VerifiesTheCertificateAndTheHostName) {
 class KeepAliveServer {
  public:
   explicit KeepAliveServer(bool close_after_answer) : close_after_answer_(close_after_answer) {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    listener_ = BindLoopback(port_);
     listen(listener_, 16);
     thread_ = std::thread([this] { Serve(); });
   }
