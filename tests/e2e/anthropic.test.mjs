@@ -119,6 +119,25 @@ describe('anthropic upstream', { timeout: 300_000 }, () => {
     assert.equal(Number(row.cost_micros), cost);
   });
 
+  it('cache_control breakpoints reach Anthropic: a cache write, then a read, in OpenAI usage', { timeout: 30_000 }, async () => {
+    // The form LiteLLM and OpenRouter take (a part's cache_control): the openai SDK sends it as given.
+    const ask = () => client.chat.completions.create({
+      model: 'claude-e2e', max_tokens: 50,
+      messages: [
+        { role: 'system', content: [{ type: 'text', text: 'A long and stable rule book. '.repeat(30), cache_control: { type: 'ephemeral' } }] },
+        { role: 'user', content: 'hello', cache_control: { type: 'ephemeral' } },
+      ],
+    });
+    const first = await ask();
+    const sent = (await suite.mockLast()).body;
+    assert.deepEqual(sent.system.at(-1).cache_control, { type: 'ephemeral' }, JSON.stringify(sent));
+    assert.deepEqual(sent.messages.at(-1).content, [{ type: 'text', text: 'hello', cache_control: { type: 'ephemeral' } }]);
+    assert.ok(first.usage.prompt_tokens_details.cache_write_tokens > 0, JSON.stringify(first.usage));
+    const second = await ask();
+    assert.ok(second.usage.prompt_tokens_details.cached_tokens > 0, JSON.stringify(second.usage));
+    assert.equal(second.usage.prompt_tokens, first.usage.prompt_tokens);
+  });
+
   it('a key answering 529 (overloaded) fails over to the other key before the first byte', { timeout: 30_000 }, async () => {
     await suite.resetMock();
     await suite.setKeyBehavior('ant-key-a', { status: 529 });

@@ -56,6 +56,26 @@ Json ImageBlock(const Json& part, const std::string& param) {
   Refuse("An image URL must be https:// or a base64 data: URL for this model.", param);
 }
 
+// A prompt-caching breakpoint as Anthropic takes it (`{"type":"ephemeral","ttl":"1h"}`): the
+// `cache_control` of an OpenAI-shaped part, message or tool, as LiteLLM and OpenRouter accept
+// it, copied as given (Anthropic validates its fields). Absent or null: none.
+std::optional<Json> CacheControl(const Json& holder, const std::string& param) {
+  if (!holder.is_object()) return std::nullopt;
+  auto it = holder.find("cache_control");
+  if (it == holder.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object() || !it->contains("type") || !(*it)["type"].is_string()) {
+    Refuse("cache_control must be an object with a type, such as {\"type\":\"ephemeral\"}.",
+           param + ".cache_control");
+  }
+  return *it;
+}
+
+// `holder`'s cache_control, if any, on `block`.
+Json WithCacheControl(Json block, const Json& holder, const std::string& param) {
+  if (auto cache = CacheControl(holder, param)) block["cache_control"] = std::move(*cache);
+  return block;
+}
+
 // A message's content as Anthropic blocks. `images`: whether image parts are allowed.
 Json ContentBlocks(const Json& content, const std::string& param, bool images) {
   Json blocks = Json::array();
@@ -65,7 +85,9 @@ Json ContentBlocks(const Json& content, const std::string& param, bool images) {
     return blocks;
   }
   if (!content.is_array()) Refuse("content must be a string or an array of parts.", param);
-  for (const Json& part : content) {
+  for (size_t i = 0; i < content.size(); ++i) {
+    const Json& part = content[i];
+    const std::string part_param = param + "[" + std::to_string(i) + "]";
     std::string type = part.is_object() && part.contains("type") && part["type"].is_string()
                            ? part["type"].get<std::string>()
                            : "";
@@ -74,20 +96,16 @@ Json ContentBlocks(const Json& content, const std::string& param, bool images) {
       if (!part.contains(field) || !part[field].is_string()) {
         Refuse("A " + type + " part needs a string " + field + ".", param);
       }
+      // An empty text block is refused by Anthropic (and cannot carry a breakpoint): dropped.
       if (!part[field].get_ref<const std::string&>().empty())
-        blocks.push_back(TextBlock(part[field]));
+        blocks.push_back(WithCacheControl(TextBlock(part[field]), part, part_param));
     } else if (type == "image_url" && images) {
-      blocks.push_back(ImageBlock(part, param));
+      blocks.push_back(WithCacheControl(ImageBlock(part, param), part, part_param));
     } else {
       Refuse("Content parts of type '" + type + "' are not supported for this model.", param);
     }
   }
   return blocks;
-}
-
-// The text of a system / developer message, as blocks.
-void AppendSystem(const Json& content, const std::string& param, Json& system) {
-  for (Json& block : ContentBlocks(content, param, /*images=*/false)) system.push_back(block);
 }
 
 Json ToolUseBlock(const Json& call, const std::string& param) {
@@ -179,7 +197,7 @@ Json Tools(const Json& tools) {
         function.contains("parameters") && function["parameters"].is_object()
             ? function["parameters"]
             : Json{{"type", "object"}, {"properties", Json::object()}};
-    out.push_back(std::move(converted));
+    out.push_back(WithCacheControl(std::move(converted), tool, param));
   }
   return out;
 }
@@ -233,6 +251,12 @@ Json TranslateRequest(const Json& body, std::string upstream_model, int64_t defa
     }
   };
 
+  // A message's own cache_control (LiteLLM's form) marks its last block.
+  auto mark_last = [](Json& blocks, const Json& message, const std::string& param) {
+    if (auto cache = CacheControl(message, param); cache && !blocks.empty())
+      blocks.back()["cache_control"] = std::move(*cache);
+  };
+
   const Json& input = body["messages"];
   for (size_t i = 0; i < input.size(); ++i) {
     const Json& message = input[i];
@@ -245,9 +269,13 @@ Json TranslateRequest(const Json& body, std::string upstream_model, int64_t defa
     if (role == "system" || role == "developer") {
       ++system_messages;
       system_strings &= content.is_string();
-      AppendSystem(content, param + ".content", system);
+      Json blocks = ContentBlocks(content, param + ".content", /*images=*/false);
+      mark_last(blocks, message, param);
+      for (Json& block : blocks) system.push_back(std::move(block));
     } else if (role == "user") {
-      append("user", ContentBlocks(content, param + ".content", /*images=*/true));
+      Json blocks = ContentBlocks(content, param + ".content", /*images=*/true);
+      mark_last(blocks, message, param);
+      append("user", std::move(blocks));
     } else if (role == "assistant") {
       Json blocks = ContentBlocks(content, param + ".content", /*images=*/false);
       if (message.contains("tool_calls") && !message["tool_calls"].is_null()) {
@@ -258,21 +286,27 @@ Json TranslateRequest(const Json& body, std::string upstream_model, int64_t defa
               ToolUseBlock(calls[c], param + ".tool_calls[" + std::to_string(c) + "]"));
         }
       }
+      mark_last(blocks, message, param);
       append("assistant", std::move(blocks));
     } else if (role == "tool") {
-      append("user", Json::array({ToolResultBlock(message, param)}));
+      append("user",
+             Json::array({WithCacheControl(ToolResultBlock(message, param), message, param)}));
     } else {
       Refuse("Messages of role '" + role + "' are not supported for this model.", param + ".role");
     }
   }
-  // One text block is sent as a plain string.
+  // One text block is sent as a plain string, unless it carries a cache breakpoint.
+  auto plain = [](const Json& blocks) {
+    return blocks.size() == 1 && blocks[0]["type"] == "text" &&
+           !blocks[0].contains("cache_control");
+  };
   for (Json& message : messages) {
     Json& blocks = message["content"];
-    if (blocks.size() == 1 && blocks[0]["type"] == "text") blocks = blocks[0]["text"];
+    if (plain(blocks)) blocks = blocks[0]["text"];
   }
   if (!system.empty()) {
     out["system"] =
-        system_messages == 1 && system_strings && system.size() == 1 ? system[0]["text"] : system;
+        system_messages == 1 && system_strings && plain(system) ? system[0]["text"] : system;
   }
   out["messages"] = std::move(messages);
 

@@ -13,6 +13,9 @@
 // - dropped (Anthropic has no equivalent): frequency/presence penalties, `seed`, `logit_bias`,
 //   `store`, `metadata`, `service_tier`, `prediction`, `reasoning_effort`, a message's `name`,
 //   an image part's `detail`, a tool's `strict`;
+// - kept: `cache_control` (a prompt-caching breakpoint, in the form LiteLLM and OpenRouter take
+//   it) on a text or image part, on a message (its last block), on a tool message (its
+//   tool_result) and on a tool; a block carrying one is never collapsed into a plain string;
 // - `temperature` is clamped to Anthropic's 0..1 (OpenAI allows 0..2): a value above 1 asks for
 //   "as random as possible", which 1 is on Anthropic's scale; scaling by 1/2 would instead change
 //   the meaning of every common value (0.7 would become 0.35).

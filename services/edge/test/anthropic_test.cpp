@@ -199,6 +199,51 @@ TEST(AnthropicRequest, ToolCallsAndToolResultsKeepIds) {
         {"type":"tool_use","id":"toolu_03","name":"now","input":{}}]}]})"));
 }
 
+// Prompt-caching breakpoints in the form LiteLLM and OpenRouter take them: on a part, on a
+// message (its last block), on a tool message (its tool_result) and on a tool; a block with one
+// is never collapsed into a plain string.
+TEST(AnthropicRequest, CacheControlBreakpointsAreKept) {
+  EXPECT_EQ(MustTranslate(R"({"messages":[
+      {"role":"system","content":[{"type":"text","text":"Long rules.",
+                                   "cache_control":{"type":"ephemeral","ttl":"1h"}}]},
+      {"role":"user","content":[{"type":"text","text":"Read this."},
+                                {"type":"image_url","image_url":{"url":"https://x.test/a.png"},
+                                 "cache_control":{"type":"ephemeral"}}]},
+      {"role":"assistant","content":"Read.","cache_control":{"type":"ephemeral"}},
+      {"role":"tool","tool_call_id":"toolu_01","content":"42","cache_control":{"type":"ephemeral"}},
+      {"role":"user","content":"And now?","cache_control":{"type":"ephemeral"}}],
+      "tools":[{"type":"function","function":{"name":"now"},"cache_control":{"type":"ephemeral"}}]})"),
+            J(R"({"model":"claude-sonnet-4-5","max_tokens":4096,
+      "system":[{"type":"text","text":"Long rules.","cache_control":{"type":"ephemeral","ttl":"1h"}}],
+      "messages":[
+        {"role":"user","content":[{"type":"text","text":"Read this."},
+          {"type":"image","source":{"type":"url","url":"https://x.test/a.png"},
+           "cache_control":{"type":"ephemeral"}}]},
+        {"role":"assistant","content":[{"type":"text","text":"Read.","cache_control":{"type":"ephemeral"}}]},
+        {"role":"user","content":[
+          {"type":"tool_result","tool_use_id":"toolu_01","content":"42","cache_control":{"type":"ephemeral"}},
+          {"type":"text","text":"And now?","cache_control":{"type":"ephemeral"}}]}],
+      "tools":[{"name":"now","input_schema":{"type":"object","properties":{}},
+                "cache_control":{"type":"ephemeral"}}]})"));
+  // A system string with a message-level breakpoint stays a block; null is no breakpoint.
+  EXPECT_EQ(MustTranslate(R"({"messages":[{"role":"system","content":"Rules.",
+                                           "cache_control":{"type":"ephemeral"}},
+                                          {"role":"user","content":"hi","cache_control":null}]})"),
+            J(R"({"model":"claude-sonnet-4-5","max_tokens":4096,
+                  "system":[{"type":"text","text":"Rules.","cache_control":{"type":"ephemeral"}}],
+                  "messages":[{"role":"user","content":"hi"}]})"));
+  EXPECT_EQ(MustRefuse(R"({"messages":[{"role":"user","content":[
+                {"type":"text","text":"x","cache_control":"ephemeral"}]}]})")
+                .param,
+            "messages[0].content[0].cache_control");
+  EXPECT_EQ(MustRefuse(R"({"messages":[{"role":"user","content":"x","cache_control":{}}]})").param,
+            "messages[0].cache_control");
+  EXPECT_EQ(MustRefuse(R"({"messages":[],"tools":[{"type":"function","function":{"name":"f"},
+                                                    "cache_control":[1]}]})")
+                .param,
+            "tools[0].cache_control");
+}
+
 TEST(AnthropicRequest, RefusesWhatCannotTranslate) {
   auto bad_args = MustRefuse(R"({"messages":[{"role":"assistant","tool_calls":[
       {"id":"t","type":"function","function":{"name":"f","arguments":"{\"city\": \"Par"}}]}]})");
