@@ -8,6 +8,8 @@
 #   scripts/run.sh status            show what is running
 #   scripts/run.sh restart TARGET    split mode: (re)start one target (auth, quota, router,
 #                                    billing, edge), e.g. after kill -9, and wait for its health
+#   scripts/run.sh stacks            every thread's stack of each running Tollgate process and
+#                                    the mock upstream (gdb), e.g. when a request hangs
 # Default: one process, `tollgate serve --target=all` (pid tollgate.pid, log logs/tollgate.log).
 # --split: one process per target, as docker-compose.yml runs them (`tollgate serve
 # --target=auth` ... `--target=edge`, all with the same generated config), started in the order
@@ -71,6 +73,16 @@ stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait for a clean exit, then SIGKILL
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$file"
+}
+
+stacks() {
+  local f
+  for f in "$STATE/tollgate.pid" "${TARGETS[@]/#/$STATE/}" "$STATE"/edge-*.pid "$STATE/mock.pid"; do
+    f=${f%.pid}.pid
+    alive "$f" || continue
+    say "stacks of $(basename "$f" .pid) (pid $(cat "$f")):"
+    dump_stacks "$(cat "$f")"
+  done
 }
 
 split_running() { local t; for t in "${TARGETS[@]}"; do alive "$STATE/$t.pid" && return 0; done; return 1; }
@@ -292,5 +304,6 @@ case "${1:-up}" in
   down|stop) down ;;
   status) status ;;
   restart) shift; restart "${1:-}" ;;
-  *) die "usage: scripts/run.sh [up [--detach] [--split]|down|status|restart TARGET]" ;;
+  stacks) stacks ;;
+  *) die "usage: scripts/run.sh [up [--detach] [--split]|down|status|restart TARGET|stacks]" ;;
 esac

@@ -26,7 +26,9 @@
 //
 // Run: node --test --test-concurrency=1 tests/e2e/   (or ctest -R '^e2e$' in the build dir)
 // Environment: BUILD_DIR (default <repo>/build); TG_E2E_KEEP=1 keeps the state dir; TG_E2E_SPLIT=1
-// makes split mode the default;
+// makes split mode the default; TG_E2E_TIMEOUT_S (tests/CMakeLists.txt sets it to the ctest
+// TIMEOUT): 60 s before it the hang watchdog prints every live suite's stacks and log tails and
+// fails the file (TG_E2E_WATCHDOG_S: after that many seconds instead);
 // OPENAI_SPEC (default <repo>/../shared/spec/openai-openapi.json) for response validation.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -156,10 +158,43 @@ function stopSync(suite) {
   suite.removed = true;
   live.delete(suite);
 }
+// A file still running when ctest's timeout ends it would be killed without a word about where
+// it hung: shortly before, every live suite's threads' stacks (scripts/run.sh stacks) and log
+// tails are printed, its processes killed, and the file fails (the exit handler removes the rest).
+// Armed by the first startSuite; armHangWatchdog(seconds) re-arms it to fire that many seconds
+// from now (its own test does).
+export const WATCHDOG_EXIT_CODE = 86;
+let watchdog = null;
+export function armHangWatchdog(seconds = undefined) {
+  const fixed = Number(process.env.TG_E2E_WATCHDOG_S);
+  const timeout = Number(process.env.TG_E2E_TIMEOUT_S);
+  if (seconds === undefined) seconds = fixed > 0 ? fixed : timeout > 0 ? timeout - 60 - process.uptime() : 0;
+  if (watchdog) clearTimeout(watchdog);
+  watchdog = null;
+  if (!(seconds > 0)) return;
+  watchdog = setTimeout(async () => {
+    const out = (text) => process.stderr.write(`[harness] ${text}\n`);
+    out(`hang watchdog: still running after ${Math.round(process.uptime())} s` +
+        (timeout > 0 ? ` of ctest's ${timeout} s` : '') + `; ${live.size} live suite(s), their stacks and logs follow`);
+    await Promise.all([...live].map(async (suite) => {
+      const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'stacks'], { env: suite.env, timeoutMs: 45_000 });
+      out(`--- ${suite.stateDir} ---\n${r.stdout}${r.stderr}\n${suite.logTail(60)}`);
+    }));
+    for (const suite of live) {
+      for (const f of fs.readdirSync(suite.stateDir).filter((n) => n.endsWith('.pid'))) {
+        const pid = readPid(path.join(suite.stateDir, f));
+        if (pid !== null) try { process.kill(pid, 'SIGKILL'); } catch {}
+      }
+    }
+    process.exit(WATCHDOG_EXIT_CODE);
+  }, seconds * 1000).unref();
+}
+
 let handlersInstalled = false;
 function installExitHandlers() {
   if (handlersInstalled) return;
   handlersInstalled = true;
+  armHangWatchdog();
   // A launcher interrupted half-way is killed first, so it cannot start anything after `down`.
   process.on('exit', () => { killRunning(); for (const s of [...live]) stopSync(s); });
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
