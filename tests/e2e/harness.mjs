@@ -173,12 +173,13 @@ export function armHangWatchdog(seconds = undefined) {
   watchdog = null;
   if (!(seconds > 0)) return;
   watchdog = setTimeout(async () => {
-    const out = (text) => process.stderr.write(`[harness] ${text}\n`);
-    out(`hang watchdog: still running after ${Math.round(process.uptime())} s` +
+    // Awaited: a pipe may take the report in pieces, and exit would drop what is still queued.
+    const out = (text) => new Promise((resolve) => process.stderr.write(`[harness] ${text}\n`, resolve));
+    await out(`hang watchdog: still running after ${Math.round(process.uptime())} s` +
         (timeout > 0 ? ` of ctest's ${timeout} s` : '') + `; ${live.size} live suite(s), their stacks and logs follow`);
     await Promise.all([...live].map(async (suite) => {
       const r = await run('bash', [path.join(repoRoot, 'scripts/run.sh'), 'stacks'], { env: suite.env, timeoutMs: 45_000 });
-      out(`--- ${suite.stateDir} ---\n${r.stdout}${r.stderr}\n${suite.logTail(60)}`);
+      await out(`--- ${suite.stateDir} ---\n${r.stdout}${r.stderr}\n${suite.logTail(60)}`);
     }));
     for (const suite of live) {
       for (const f of fs.readdirSync(suite.stateDir).filter((n) => n.endsWith('.pid'))) {
