@@ -10,13 +10,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { WATCHDOG_EXIT_CODE } from './harness.mjs';
+import { WATCHDOG_EXIT_CODE, pidAlive } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const alive = (pid) => {
-  try { process.kill(pid, 0); } catch { return false; }
-  try { return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z'; } catch { return true; }
-};
 
 describe('hang watchdog', { timeout: 300_000 }, () => {
   it('a hung file prints its suite\'s stacks and logs, kills it and fails', { timeout: 280_000 }, async () => {
@@ -54,7 +50,7 @@ describe('hang watchdog', { timeout: 300_000 }, () => {
       assert.match(stderr, /no gdb to print the stacks/);
     }
     assert.match(stderr, /--- tail of .*logs\/edge\.log ---/, stderr.slice(-4000));
-    for (const pid of pids) assert.ok(!alive(pid), `process ${pid} was left running`);
+    for (const pid of pids) assert.ok(!pidAlive(pid), `process ${pid} was left running`);
     assert.ok(!fs.existsSync(stateDir), 'the state dir is removed');
   });
 });

@@ -229,7 +229,7 @@ function suiteEnv(ports, stateDir, extra) {
 export const TARGETS = ['auth', 'quota', 'router', 'billing', 'edge'];
 
 /** The process runs (a zombie, which a slow-reaping init may leave for a while, does not). */
-function pidAlive(pid) {
+export function pidAlive(pid) {
   try { process.kill(pid, 0); } catch { return false; }
   try { return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z'; } catch { return true; }
 }
