@@ -76,9 +76,9 @@ stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait for a clean exit, then SIGKILL
 }
 
 stacks() {
-  local f
-  for f in "$STATE/tollgate.pid" "${TARGETS[@]/#/$STATE/}" "$STATE"/edge-*.pid "$STATE/mock.pid"; do
-    f=${f%.pid}.pid
+  local f t files=("$STATE/tollgate.pid")
+  for t in "${TARGETS[@]}"; do files+=("$STATE/$t.pid"); done
+  for f in "${files[@]}" "$STATE"/edge-*.pid "$STATE/mock.pid"; do
     alive "$f" || continue
     say "stacks of $(basename "$f" .pid) (pid $(cat "$f")):"
     dump_stacks "$(cat "$f")"
